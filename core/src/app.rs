@@ -1,0 +1,256 @@
+//! The application side: what server code embedding the broker can do (publish from code, direct
+//! messages, rooms, requests to clients, answers to client requests, grants, closing).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::broker::Broker;
+use crate::codec::Frame;
+use crate::cursor::Cursor;
+use crate::error::{ApiError, ErrorCode, ProtocolError};
+use crate::grants::Grants;
+use crate::input::{AckId, ConnId, Recipient, ReqId};
+use crate::payload::Payload;
+use crate::timers::Timer;
+use crate::topic::{Name, Topic};
+
+impl Broker {
+    /// Publishes from server code, exactly like a client publish; returns the event's cursor.
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        topic: Topic,
+        event: Option<Name>,
+        payload: Payload,
+    ) -> Cursor {
+        self.advance(now);
+        self.publish_event(topic, event, payload)
+    }
+
+    /// Sends a message that is not retained to a connection, a client id, or a named
+    /// subscription; returns how many connections it reached.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        to: &Recipient,
+        event: Option<&Name>,
+        payload: &Payload,
+    ) -> usize {
+        self.advance(now);
+        self.send_message(to, None, None, event, payload)
+    }
+
+    /// Puts a connection in a room (rooms are server-side groups; a connection leaves all of them
+    /// when it closes). Returns whether it was not in the room yet.
+    ///
+    /// # Errors
+    /// [`ApiError::UnknownConn`], or [`ApiError::LimitReached`] past `max_rooms_per_conn`.
+    pub fn join(&mut self, conn: ConnId, room: Name) -> Result<bool, ApiError> {
+        let slot = self.slot(conn)?;
+        let max = self.config.limits.max_rooms_per_conn;
+        let state = self.conn_mut(slot);
+        if state.closing || state.rooms.contains(&room) {
+            return Ok(false);
+        }
+        if state.rooms.len() >= max {
+            return Err(ApiError::LimitReached {
+                conn,
+                what: "rooms per connection",
+                limit: max,
+            });
+        }
+        state.rooms.push(room.clone());
+        self.rooms.entry(room).or_default().push(slot);
+        Ok(true)
+    }
+
+    /// Takes a connection out of a room; returns whether it was in it. Empty rooms disappear.
+    ///
+    /// # Errors
+    /// [`ApiError::UnknownConn`].
+    pub fn leave(&mut self, conn: ConnId, room: &Name) -> Result<bool, ApiError> {
+        let slot = self.slot(conn)?;
+        let state = self.conn_mut(slot);
+        let Some(i) = state.rooms.iter().position(|r| r == room) else {
+            return Ok(false);
+        };
+        state.rooms.swap_remove(i);
+        self.remove_from_room(room, slot);
+        Ok(true)
+    }
+
+    /// Sends a message to every member of a room (encoded once per wire format); returns how
+    /// many connections it reached.
+    pub fn emit_room(
+        &mut self,
+        now: Instant,
+        room: &Name,
+        event: Option<&Name>,
+        payload: &Payload,
+    ) -> usize {
+        self.advance(now);
+        let members = self.rooms.get(room).cloned().unwrap_or_default();
+        let frame = Frame::Message {
+            from: None,
+            room: Some(room),
+            named: None,
+            event,
+            payload,
+        };
+        self.fan_out_message(&members, &frame)
+    }
+
+    /// The rooms that have members, sorted.
+    pub fn rooms(&self) -> Vec<&Name> {
+        let mut rooms: Vec<_> = self.rooms.keys().collect();
+        rooms.sort();
+        rooms
+    }
+
+    /// The members of a room, sorted.
+    pub fn room_members(&self, room: &Name) -> Vec<ConnId> {
+        let mut ids: Vec<_> = self
+            .rooms
+            .get(room)
+            .into_iter()
+            .flatten()
+            .map(|s| self.conn_ref(*s).id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Sends a request (emit-with-ack) to a client. Exactly one [`crate::Event::AckResult`]
+    /// follows: the client's answer, a timeout after `timeout` (default `ack_timeout`), or
+    /// `no_recipient` if it closes first.
+    ///
+    /// # Errors
+    /// [`ApiError::UnknownConn`]; [`ApiError::Unsupported`] for a transport clients cannot answer
+    /// on (SSE); [`ApiError::LimitReached`] past `max_pending_acks`.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        event: &Name,
+        payload: &Payload,
+        timeout: Option<Duration>,
+    ) -> Result<AckId, ApiError> {
+        self.advance(now);
+        let slot = self.slot(conn)?;
+        let max = self.config.limits.max_pending_acks;
+        let timeout = timeout.unwrap_or(self.config.timers.ack_timeout);
+        let state = self.conn_mut(slot);
+        if !state.transport.is_duplex() || state.closing {
+            return Err(ApiError::Unsupported {
+                conn,
+                what: "requests to a connection that cannot answer (SSE, or closing)",
+            });
+        }
+        if state.acks.len() >= max {
+            return Err(ApiError::LimitReached {
+                conn,
+                what: "pending requests to the client",
+                limit: max,
+            });
+        }
+        let ack = state.next_ack;
+        state.next_ack += 1;
+        state.acks.push(ack);
+        self.timers
+            .schedule(self.now + timeout, Timer::Ack(conn, ack));
+        self.send_frame(
+            slot,
+            &Frame::Request {
+                ack,
+                event,
+                payload,
+            },
+        );
+        Ok(ack)
+    }
+
+    /// Answers a client request ([`crate::Event::Request`]). Returns `false` if it was already
+    /// answered (e.g. by the broker's timeout) or the connection is gone: nothing is sent then.
+    pub fn reply(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        req: ReqId,
+        result: Result<Payload, ProtocolError>,
+    ) -> bool {
+        self.advance(now);
+        let Ok(slot) = self.slot(conn) else {
+            return false;
+        };
+        let state = self.conn_mut(slot);
+        let Some(i) = state.requests.iter().position(|r| *r == req) else {
+            return false;
+        };
+        state.requests.swap_remove(i);
+        match &result {
+            Ok(payload) => self.send_frame(
+                slot,
+                &Frame::Ok {
+                    req,
+                    cursor: None,
+                    payload: Some(payload),
+                },
+            ),
+            Err(error) => {
+                self.count_error(error.code);
+                self.send_frame(
+                    slot,
+                    &Frame::Error {
+                        req: Some(req),
+                        error,
+                    },
+                );
+            }
+        }
+        self.mark_stale();
+        true
+    }
+
+    /// Replaces a connection's grants (e.g. after a token refresh). Existing subscriptions are
+    /// kept; later operations are checked against the new grants.
+    ///
+    /// # Errors
+    /// [`ApiError::UnknownConn`].
+    pub fn set_grants(&mut self, conn: ConnId, grants: Arc<Grants>) -> Result<(), ApiError> {
+        let slot = self.slot(conn)?;
+        self.conn_mut(slot).grants = grants;
+        Ok(())
+    }
+
+    /// Closes a connection from the application side with a reason sent to the client.
+    ///
+    /// # Errors
+    /// [`ApiError::UnknownConn`].
+    pub fn close_conn(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        reason: ProtocolError,
+    ) -> Result<(), ApiError> {
+        self.advance(now);
+        let slot = self.slot(conn)?;
+        self.close(slot, reason);
+        Ok(())
+    }
+
+    /// Closes every connection with `shutting_down` (graceful shutdown: adapters then flush and
+    /// close each, and report `Closed`).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.advance(now);
+        let slots: Vec<_> = self.ids.values().copied().collect();
+        for slot in slots {
+            self.close(
+                slot,
+                ProtocolError::new(
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down; reconnect and resume from your cursor",
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! The broker: the one state machine. This file holds the dispatch of every [`Input`] and
+//! [`Command`]; delivery and flow control are in `delivery.rs`, the application API in `app.rs`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::codec::Frame;
+use crate::config::Config;
+use crate::conn::{CatchUp, ConnState, Sub};
+use crate::cursor::Cursor;
+use crate::error::{ApiError, ErrorCode, ProtocolError};
+use crate::grants::Grants;
+use crate::history::History;
+use crate::input::{Command, ConnId, Input, Recipient, Subscribe, Transport};
+use crate::output::{Event, Gap, GapReason, Output};
+use crate::payload::Payload;
+use crate::subs::{Slot, SubIndex};
+use crate::timers::{Timer, TimerHeap};
+use crate::topic::Name;
+
+/// Counters for metrics, read with [`Broker::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections currently open (including those being closed).
+    pub connections: usize,
+    /// Subscriptions currently held, over all connections.
+    pub subscriptions: usize,
+    /// Events published since start.
+    pub publishes: u64,
+    /// Frames carrying an event or message handed to connections.
+    pub deliveries: u64,
+    /// Bytes handed to connections (all frames).
+    pub bytes_out: u64,
+    /// Messages dropped for slow consumers (events are caught up from history instead).
+    pub dropped: u64,
+    /// Connections closed by the slow-consumer policy.
+    pub slow_consumer_closes: u64,
+    /// Gap notices sent.
+    pub gaps: u64,
+    /// Events retained for replay.
+    pub retained_events: usize,
+    /// Payload bytes retained for replay.
+    pub retained_bytes: usize,
+    /// Errors sent to clients, by code.
+    pub errors: Vec<(ErrorCode, u64)>,
+}
+
+/// Information about one connection, from [`Broker::conn`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnInfo {
+    /// Its wire format.
+    pub transport: Transport,
+    /// Its subscription patterns, in subscription order.
+    pub subscriptions: Vec<String>,
+    /// The client id it identified with.
+    pub client_id: Option<String>,
+    /// The rooms it is in.
+    pub rooms: Vec<String>,
+    /// Bytes handed out and not yet flushed.
+    pub queued_bytes: usize,
+    /// Whether it is being served from history (resuming or behind) rather than live.
+    pub catching_up: bool,
+    /// Whether the broker asked for it to be closed.
+    pub closing: bool,
+}
+
+/// The pub/sub broker. Performs no I/O and never reads the clock; see the crate docs for the loop
+/// contract.
+pub struct Broker {
+    pub(crate) config: Config,
+    pub(crate) now: Instant,
+    pub(crate) conns: Vec<Option<ConnState>>,
+    free: Vec<Slot>,
+    pub(crate) ids: HashMap<ConnId, Slot>,
+    pub(crate) subs: SubIndex,
+    /// Subscription name -> slots holding a subscription with that name.
+    pub(crate) names: HashMap<Name, Vec<Slot>>,
+    pub(crate) clients: HashMap<Name, Slot>,
+    pub(crate) rooms: HashMap<Name, Vec<Slot>>,
+    pub(crate) history: History,
+    pub(crate) timers: TimerHeap,
+    retention_timer: Option<Instant>,
+    pub(crate) out: VecDeque<Output>,
+    /// Incremented per fan-out; see `ConnState::stamp`.
+    pub(crate) stamp: u64,
+    pub(crate) scratch: Vec<Slot>,
+    pub(crate) stats: Stats,
+    pub(crate) errors: [u64; ErrorCode::ALL.len()],
+}
+
+impl Broker {
+    /// Creates a broker at time `now`.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let history = History::new(config.retention.clone(), config.limits.max_tracked_topics);
+        Self {
+            config,
+            now,
+            conns: Vec::new(),
+            free: Vec::new(),
+            ids: HashMap::new(),
+            subs: SubIndex::default(),
+            names: HashMap::new(),
+            clients: HashMap::new(),
+            rooms: HashMap::new(),
+            history,
+            timers: TimerHeap::default(),
+            retention_timer: None,
+            out: VecDeque::new(),
+            stamp: 0,
+            scratch: Vec::new(),
+            stats: Stats::default(),
+            errors: [0; ErrorCode::ALL.len()],
+        }
+    }
+
+    /// Handles one input.
+    ///
+    /// Call `poll_output` until it returns `None` afterwards.
+    ///
+    /// # Errors
+    /// Only for adapter misuse: [`ApiError::UnknownConn`] for an id that is not open,
+    /// [`ApiError::DuplicateConn`] for an `Open` of an id that is. Nothing a client sends is an
+    /// error here: it is answered on the wire and reported as an [`Event`].
+    pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), ApiError> {
+        self.advance(now);
+        match input {
+            Input::Open {
+                conn,
+                transport,
+                grants,
+            } => self.open(conn, transport, grants),
+            Input::Command { conn, cmd } => {
+                let slot = self.slot(conn)?;
+                let now = self.now;
+                let state = self.conn_mut(slot);
+                if state.closing {
+                    return Ok(());
+                }
+                state.last_read = now;
+                self.command(slot, cmd);
+                Ok(())
+            }
+            Input::Flushed { conn, bytes } => {
+                let slot = self.slot(conn)?;
+                let state = self.conn_mut(slot);
+                state.queued = state.queued.saturating_sub(bytes);
+                self.pump(slot);
+                Ok(())
+            }
+            Input::Closed { conn } => {
+                let slot = self.slot(conn)?;
+                self.release(slot);
+                self.conns[slot as usize] = None;
+                self.ids.remove(&conn);
+                self.free.push(slot);
+                self.out
+                    .push_back(Output::Event(Event::Disconnected { conn }));
+                Ok(())
+            }
+        }
+    }
+
+    /// Fires every timer due at or before `now`. Extra calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        while let Some(timer) = self.timers.pop_due(self.now) {
+            self.fire(timer);
+        }
+    }
+
+    /// The next output, in order. Drain it completely after every `handle_*` call.
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called (may be early; never needed sooner).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The cursor of the last published event: subscribing now means "everything after it".
+    pub fn head(&self) -> Cursor {
+        Cursor::new(self.config.epoch, self.history.head())
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> Stats {
+        let mut stats = self.stats.clone();
+        stats.connections = self.ids.len();
+        stats.subscriptions = self.conns.iter().flatten().map(|c| c.subs.len()).sum();
+        stats.retained_events = self.history.len();
+        stats.retained_bytes = self.history.bytes();
+        stats.errors = ErrorCode::ALL
+            .iter()
+            .zip(self.errors)
+            .filter(|(_, n)| *n > 0)
+            .map(|(c, n)| (*c, n))
+            .collect();
+        stats
+    }
+
+    /// What the broker knows about one connection.
+    pub fn conn(&self, conn: ConnId) -> Option<ConnInfo> {
+        let c = self.conns[*self.ids.get(&conn)? as usize].as_ref()?;
+        Some(ConnInfo {
+            transport: c.transport,
+            subscriptions: c.subs.iter().map(|s| s.pattern.to_string()).collect(),
+            client_id: c.client_id.as_ref().map(Name::to_string),
+            rooms: c.rooms.iter().map(Name::to_string).collect(),
+            queued_bytes: c.queued,
+            catching_up: c.catch_up.is_some(),
+            closing: c.closing,
+        })
+    }
+
+    /// The number of entries in the timer heap (for tests and memory accounting).
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    // ---- internals -------------------------------------------------------------------------
+
+    pub(crate) fn advance(&mut self, now: Instant) {
+        // Clamp: adapters on several threads may see slightly out-of-order clocks.
+        if now > self.now {
+            self.now = now;
+        }
+    }
+
+    pub(crate) fn slot(&self, conn: ConnId) -> Result<Slot, ApiError> {
+        self.ids
+            .get(&conn)
+            .copied()
+            .ok_or(ApiError::UnknownConn(conn))
+    }
+
+    pub(crate) fn conn_mut(&mut self, slot: Slot) -> &mut ConnState {
+        self.conns[slot as usize]
+            .as_mut()
+            .expect("slots in the id map and indexes always hold a connection")
+    }
+
+    pub(crate) fn conn_ref(&self, slot: Slot) -> &ConnState {
+        self.conns[slot as usize]
+            .as_ref()
+            .expect("slots in the id map and indexes always hold a connection")
+    }
+
+    fn open(
+        &mut self,
+        conn: ConnId,
+        transport: Transport,
+        grants: Arc<Grants>,
+    ) -> Result<(), ApiError> {
+        if self.ids.contains_key(&conn) {
+            return Err(ApiError::DuplicateConn(conn));
+        }
+        let full = self.ids.len() >= self.config.limits.max_connections;
+        let state = ConnState::new(conn, transport, grants, self.now);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.conns[slot as usize] = Some(state);
+                slot
+            }
+            None => {
+                self.conns.push(Some(state));
+                Slot::try_from(self.conns.len() - 1).expect("fewer than 2^32 connections")
+            }
+        };
+        self.ids.insert(conn, slot);
+        if full {
+            let limit = self.config.limits.max_connections;
+            self.close(
+                slot,
+                ProtocolError::new(
+                    ErrorCode::Overloaded,
+                    format!("the server holds its maximum of {limit} connections; retry later"),
+                ),
+            );
+            return Ok(());
+        }
+        let welcome = Frame::Welcome {
+            conn,
+            cursor: self.head(),
+            limits: &self.config.limits,
+            retry: self.config.sse_retry,
+        };
+        if let Some(bytes) = crate::codec::encode(transport, &welcome) {
+            self.transmit(slot, bytes);
+        }
+        if let Some(every) = self.config.timers.keepalive {
+            self.timers
+                .schedule(self.now + every, Timer::KeepAlive(conn));
+        }
+        if let (Some(idle), true) = (self.config.timers.idle_timeout, transport.is_duplex()) {
+            self.timers.schedule(self.now + idle, Timer::Idle(conn));
+        }
+        Ok(())
+    }
+
+    /// The one dispatch of client commands.
+    fn command(&mut self, slot: Slot, cmd: Command) {
+        match cmd {
+            Command::Subscribe(sub) => self.subscribe(slot, sub),
+            Command::Unsubscribe { req, patterns } => {
+                let conn = self.conn_ref(slot);
+                if let Some(p) = patterns.iter().find(|p| conn.sub(p).is_none()) {
+                    let e = ProtocolError::new(
+                        ErrorCode::NotSubscribed,
+                        format!(
+                            "not subscribed to {:?}; unsubscribe takes the patterns exactly as subscribed",
+                            p.as_str()
+                        ),
+                    );
+                    return self.fail(slot, req, e);
+                }
+                for p in &patterns {
+                    self.remove_sub(slot, p);
+                }
+                self.ok(slot, req, None, None);
+            }
+            Command::Publish {
+                req,
+                topic,
+                event,
+                payload,
+            } => {
+                if !self.conn_ref(slot).grants.may_publish(&topic) {
+                    let e = ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "publishing to {:?} is not granted to this connection",
+                            topic.as_str()
+                        ),
+                    );
+                    return self.fail(slot, req, e);
+                }
+                let cursor = self.publish_event(topic, event, payload);
+                self.ok(slot, req, Some(cursor), None);
+            }
+            Command::Send {
+                req,
+                to,
+                event,
+                payload,
+            } => {
+                let conn = self.conn_ref(slot);
+                let allowed = match &to {
+                    Recipient::Named { topic, .. } => conn.grants.may_publish(topic),
+                    _ => conn.grants.direct,
+                };
+                if !allowed {
+                    let e = ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "sending to this recipient is not granted to this connection",
+                    );
+                    return self.fail(slot, req, e);
+                }
+                let from = conn.client_id.clone();
+                if self.send_message(&to, from.as_ref(), None, event.as_ref(), &payload) == 0 {
+                    let e = ProtocolError::new(
+                        ErrorCode::NoRecipient,
+                        "no connection is there to receive this message",
+                    );
+                    return self.fail(slot, req, e);
+                }
+                self.ok(slot, req, None, None);
+            }
+            Command::Request {
+                req,
+                event,
+                payload,
+            } => {
+                let limits = &self.config.limits;
+                let conn = self.conn_ref(slot);
+                let error = if !conn.grants.direct {
+                    Some(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "requests to the application are not granted to this connection",
+                    ))
+                } else if conn.requests.contains(&req) {
+                    Some(ProtocolError::new(
+                        ErrorCode::DuplicateRequest,
+                        format!("request id {req} is already pending on this connection"),
+                    ))
+                } else if conn.requests.len() >= limits.max_pending_requests {
+                    Some(ProtocolError::new(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "at most {} requests may be pending at once",
+                            limits.max_pending_requests
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(e) = error {
+                    return self.fail(slot, Some(req), e);
+                }
+                let conn = self.conn_mut(slot);
+                conn.requests.push(req);
+                let id = conn.id;
+                self.timers.schedule(
+                    self.now + self.config.timers.request_timeout,
+                    Timer::Request(id, req),
+                );
+                self.out.push_back(Output::Event(Event::Request {
+                    conn: id,
+                    req,
+                    event,
+                    payload,
+                }));
+            }
+            Command::Reply { ack, result } => {
+                let conn = self.conn_mut(slot);
+                let Some(i) = conn.acks.iter().position(|a| *a == ack) else {
+                    let e = ProtocolError::new(
+                        ErrorCode::UnknownRequest,
+                        format!(
+                            "no server request {ack} is pending (already answered, timed out, or never sent)"
+                        ),
+                    );
+                    return self.fail(slot, None, e);
+                };
+                conn.acks.swap_remove(i);
+                let id = conn.id;
+                let result = result.map_err(|msg| ProtocolError::new(ErrorCode::Rejected, msg));
+                self.out.push_back(Output::Event(Event::AckResult {
+                    conn: id,
+                    ack,
+                    result,
+                }));
+                self.mark_stale();
+            }
+            Command::Identify { req, client_id } => {
+                match self.clients.get(&client_id) {
+                    Some(holder) if *holder != slot => {
+                        let e = ProtocolError::new(
+                            ErrorCode::ClientIdTaken,
+                            format!(
+                                "client id {:?} is held by another connection",
+                                client_id.as_str()
+                            ),
+                        );
+                        return self.fail(slot, req, e);
+                    }
+                    _ => {}
+                }
+                if let Some(old) = self.conn_mut(slot).client_id.replace(client_id.clone()) {
+                    self.clients.remove(&old);
+                }
+                self.clients.insert(client_id, slot);
+                self.ok(slot, req, None, None);
+            }
+            Command::Ping { req } => {
+                if let Some(req) = req {
+                    self.send_frame(slot, &Frame::Pong { req });
+                }
+            }
+            Command::Invalid { req, error, fatal } => {
+                self.fail(slot, req, error.clone());
+                if fatal {
+                    self.close(slot, error);
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, slot: Slot, sub: Subscribe) {
+        let Subscribe {
+            req,
+            patterns,
+            from,
+            name,
+        } = sub;
+        let conn = self.conn_ref(slot);
+        if let Some(p) = patterns.iter().find(|p| !conn.grants.may_subscribe(p)) {
+            let e = ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "subscribing to {:?} is not granted to this connection",
+                    p.as_str()
+                ),
+            );
+            return self.fail(slot, req, e);
+        }
+        let mut new: Vec<_> = patterns
+            .into_iter()
+            .filter(|p| conn.sub(p).is_none())
+            .collect();
+        new.sort();
+        new.dedup();
+        let max = self.config.limits.max_subscriptions;
+        if conn.subs.len() + new.len() > max {
+            let e = ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "at most {max} subscriptions per connection; this one holds {}",
+                    conn.subs.len()
+                ),
+            );
+            return self.fail(slot, req, e);
+        }
+        let head = self.history.head();
+        self.ok(slot, req, Some(self.head()), None);
+        // Where the new subscriptions start: now, or the client's cursor.
+        let start = match from {
+            None => head,
+            Some(c) if c.epoch == self.config.epoch && c.seq <= head => c.seq,
+            Some(c) => {
+                // Another epoch (or a cursor from the future): nothing it saw can be matched up,
+                // so say so and replay whatever this epoch still holds.
+                let to = self.history.first_seq() - 1;
+                let gap = Gap {
+                    from: Some(c),
+                    to: Cursor::new(self.config.epoch, to),
+                    reason: GapReason::Epoch,
+                    dropped_messages: 0,
+                };
+                self.send_gap(slot, &gap);
+                to
+            }
+        };
+        if start < head && !new.is_empty() {
+            self.rewind(slot, start, from);
+        }
+        for pattern in new {
+            self.subs.insert(&pattern, slot);
+            if let Some(name) = &name {
+                self.names.entry(name.clone()).or_default().push(slot);
+            }
+            let conn = self.conn_mut(slot);
+            conn.subs.push(Sub {
+                pattern,
+                name: name.clone(),
+                start,
+                done: start,
+            });
+        }
+        self.pump(slot);
+    }
+
+    /// Moves the connection's history position back to `to` so new subscriptions get their
+    /// replay; existing subscriptions first record what they already delivered.
+    fn rewind(&mut self, slot: Slot, to: u64, from: Option<Cursor>) {
+        let head = self.history.head();
+        let conn = self.conn_mut(slot);
+        let pos = conn.catch_up.as_ref().map_or(head, |c| c.pos);
+        for sub in &mut conn.subs {
+            sub.done = sub.done.max(pos);
+        }
+        match &mut conn.catch_up {
+            Some(cu) => {
+                cu.pos = cu.pos.min(to);
+                cu.from = cu.from.or(from);
+            }
+            None => {
+                conn.catch_up = Some(Box::new(CatchUp {
+                    pos: to,
+                    reason: GapReason::Evicted,
+                    from,
+                    dropped_messages: 0,
+                }));
+            }
+        }
+    }
+
+    pub(crate) fn remove_sub(&mut self, slot: Slot, pattern: &crate::topic::Pattern) {
+        let conn = self.conn_mut(slot);
+        let Some(i) = conn.subs.iter().position(|s| s.pattern == *pattern) else {
+            return;
+        };
+        let sub = conn.subs.remove(i);
+        self.subs.remove(pattern, slot);
+        if let Some(name) = sub.name {
+            if let Some(list) = self.names.get_mut(&name) {
+                if let Some(j) = list.iter().position(|s| *s == slot) {
+                    list.swap_remove(j);
+                }
+                if list.is_empty() {
+                    self.names.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Answers a request with `ok` (only when the client gave a request id).
+    pub(crate) fn ok(
+        &mut self,
+        slot: Slot,
+        req: Option<u64>,
+        cursor: Option<Cursor>,
+        payload: Option<&Payload>,
+    ) {
+        if let Some(req) = req {
+            self.send_frame(
+                slot,
+                &Frame::Ok {
+                    req,
+                    cursor,
+                    payload,
+                },
+            );
+        }
+    }
+
+    /// Sends an error frame and reports the violation to the application.
+    pub(crate) fn fail(&mut self, slot: Slot, req: Option<u64>, error: ProtocolError) {
+        self.count_error(error.code);
+        self.send_frame(slot, &Frame::Error { req, error: &error });
+        let conn = self.conn_ref(slot).id;
+        self.out
+            .push_back(Output::Event(Event::ProtocolViolation { conn, error }));
+    }
+
+    pub(crate) fn count_error(&mut self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i] += 1;
+        }
+    }
+
+    pub(crate) fn mark_stale(&mut self) {
+        let (ids, conns) = (&self.ids, &self.conns);
+        self.timers.mark_stale(|t| match *t {
+            Timer::Request(c, req) => ids
+                .get(&c)
+                .and_then(|s| conns[*s as usize].as_ref())
+                .is_some_and(|s| s.requests.contains(&req)),
+            Timer::Ack(c, ack) => ids
+                .get(&c)
+                .and_then(|s| conns[*s as usize].as_ref())
+                .is_some_and(|s| s.acks.contains(&ack)),
+            _ => true,
+        });
+    }
+
+    pub(crate) fn arm_retention(&mut self, at: Instant) {
+        if self.retention_timer.is_none() {
+            self.retention_timer = Some(at);
+            self.timers.schedule(at, Timer::Retention);
+        }
+    }
+
+    /// A due timer: each kind checks that its purpose still holds (cancellation is lazy).
+    fn fire(&mut self, timer: Timer) {
+        let now = self.now;
+        let live = |b: &Self, conn: ConnId| {
+            b.ids
+                .get(&conn)
+                .copied()
+                .filter(|s| !b.conn_ref(*s).closing)
+        };
+        match timer {
+            Timer::KeepAlive(conn) => {
+                let (Some(slot), Some(every)) = (live(self, conn), self.config.timers.keepalive)
+                else {
+                    return;
+                };
+                if now >= self.conn_ref(slot).last_write + every {
+                    self.send_frame(slot, &Frame::Ping);
+                }
+                let next = self.conn_ref(slot).last_write + every;
+                self.timers
+                    .schedule(next.max(now + every / 64), Timer::KeepAlive(conn));
+            }
+            Timer::Idle(conn) => {
+                let (Some(slot), Some(idle)) = (live(self, conn), self.config.timers.idle_timeout)
+                else {
+                    return;
+                };
+                let last = self.conn_ref(slot).last_read;
+                if now >= last + idle {
+                    let e = ProtocolError::new(
+                        ErrorCode::Idle,
+                        format!(
+                            "nothing received for {} s; clients answer pings to stay connected",
+                            idle.as_secs()
+                        ),
+                    );
+                    self.count_error(ErrorCode::Idle);
+                    self.close(slot, e);
+                } else {
+                    self.timers.schedule(last + idle, Timer::Idle(conn));
+                }
+            }
+            Timer::Request(conn, req) => {
+                let Some(slot) = live(self, conn) else { return };
+                let state = self.conn_mut(slot);
+                let Some(i) = state.requests.iter().position(|r| *r == req) else {
+                    return;
+                };
+                state.requests.swap_remove(i);
+                let ms = self.config.timers.request_timeout.as_millis();
+                self.count_error(ErrorCode::Timeout);
+                let e = ProtocolError::new(
+                    ErrorCode::Timeout,
+                    format!("the application did not answer within {ms} ms"),
+                );
+                self.send_frame(
+                    slot,
+                    &Frame::Error {
+                        req: Some(req),
+                        error: &e,
+                    },
+                );
+            }
+            Timer::Ack(conn, ack) => {
+                let Some(slot) = live(self, conn) else { return };
+                let state = self.conn_mut(slot);
+                let Some(i) = state.acks.iter().position(|a| *a == ack) else {
+                    return;
+                };
+                state.acks.swap_remove(i);
+                let e = ProtocolError::new(ErrorCode::Timeout, "the client did not answer in time");
+                self.out.push_back(Output::Event(Event::AckResult {
+                    conn,
+                    ack,
+                    result: Err(e),
+                }));
+            }
+            Timer::Retention => {
+                self.retention_timer = None;
+                if let Some(next) = self.history.evict_expired(now) {
+                    self.arm_retention(next);
+                }
+            }
+        }
+    }
+}

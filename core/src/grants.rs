@@ -1,0 +1,42 @@
+//! Grants: what one connection may subscribe to, publish to and send.
+
+use crate::topic::{Pattern, Topic};
+
+/// Per-connection permissions, set by the adapter from authentication or configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants {
+    /// A subscription pattern is allowed if one of these covers it entirely.
+    pub subscribe: Vec<Pattern>,
+    /// A publish (or a named send) to a topic is allowed if one of these matches it.
+    pub publish: Vec<Pattern>,
+    /// Whether the connection may send direct messages to other connections or client ids,
+    /// and send requests to the application.
+    pub direct: bool,
+}
+
+impl Grants {
+    /// Everything allowed.
+    pub fn all() -> Self {
+        let any = Pattern::parse(">", Default::default()).expect("'>' is a valid pattern");
+        Self {
+            subscribe: vec![any.clone()],
+            publish: vec![any],
+            direct: true,
+        }
+    }
+
+    /// Nothing allowed.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Whether subscribing to `pattern` is allowed.
+    pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
+        self.subscribe.iter().any(|g| g.covers(pattern))
+    }
+
+    /// Whether publishing to `topic` is allowed.
+    pub fn may_publish(&self, topic: &Topic) -> bool {
+        self.publish.iter().any(|g| g.matches(topic.as_str()))
+    }
+}

@@ -1,0 +1,255 @@
+//! The retained history: one hub-wide log of published events, bounded by count, bytes and age.
+//!
+//! Sequences are contiguous (every publish is appended, eviction only removes from the front), so
+//! finding the event after a cursor is an index computation. Evicted events leave a trace per topic
+//! (the last evicted sequence) so a resume can tell whether *its* topics lost anything; past
+//! `max_tracked_topics` the trace becomes one conservative watermark.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::codec::{self, Frame};
+use crate::config::Retention;
+use crate::cursor::Cursor;
+use crate::input::Transport;
+use crate::payload::Payload;
+use crate::topic::{Name, Topic};
+
+/// One published event with its encodings, made once and shared by every subscriber.
+pub(crate) struct StoredEvent {
+    pub(crate) seq: u64,
+    pub(crate) topic: Topic,
+    pub(crate) event: Option<Name>,
+    pub(crate) payload: Payload,
+    pub(crate) at: Instant,
+    encoded: [Option<Bytes>; Transport::ALL.len()],
+}
+
+impl StoredEvent {
+    pub(crate) fn new(
+        seq: u64,
+        topic: Topic,
+        event: Option<Name>,
+        payload: Payload,
+        at: Instant,
+    ) -> Self {
+        Self {
+            seq,
+            topic,
+            event,
+            payload,
+            at,
+            encoded: Default::default(),
+        }
+    }
+
+    /// The event encoded for `transport`, encoding it on first use.
+    pub(crate) fn encoded(&mut self, transport: Transport, epoch: u64) -> Option<Bytes> {
+        let i = Transport::ALL.iter().position(|t| *t == transport)?;
+        if self.encoded[i].is_none() {
+            self.encoded[i] = codec::encode(
+                transport,
+                &Frame::Event {
+                    topic: &self.topic,
+                    cursor: Cursor::new(epoch, self.seq),
+                    event: self.event.as_ref(),
+                    payload: &self.payload,
+                },
+            );
+        }
+        self.encoded[i].clone()
+    }
+
+    fn size(&self) -> usize {
+        self.payload.len() + self.topic.as_str().len()
+    }
+}
+
+pub(crate) struct History {
+    events: VecDeque<StoredEvent>,
+    bytes: usize,
+    /// The last sequence assigned (0 before the first publish).
+    head: u64,
+    evicted: HashMap<Topic, u64>,
+    /// Evictions not tracked per topic (the map was full): any cursor before it may have a gap.
+    evicted_untracked: u64,
+    retention: Retention,
+    max_tracked_topics: usize,
+}
+
+impl History {
+    pub(crate) fn new(retention: Retention, max_tracked_topics: usize) -> Self {
+        Self {
+            events: VecDeque::new(),
+            bytes: 0,
+            head: 0,
+            evicted: HashMap::new(),
+            evicted_untracked: 0,
+            retention,
+            max_tracked_topics,
+        }
+    }
+
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The sequence of the oldest retained event (`head + 1` when nothing is retained).
+    pub(crate) fn first_seq(&self) -> u64 {
+        self.events.front().map_or(self.head + 1, |e| e.seq)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn next_seq(&mut self) -> u64 {
+        self.head += 1;
+        self.head
+    }
+
+    /// Appends the event for `head` and evicts past the count and byte bounds.
+    pub(crate) fn push(&mut self, event: StoredEvent) {
+        debug_assert_eq!(event.seq, self.head);
+        self.bytes += event.size();
+        self.events.push_back(event);
+        while self.events.len() > self.retention.max_events || self.bytes > self.retention.max_bytes
+        {
+            self.evict_front();
+        }
+    }
+
+    /// Evicts events older than `max_age`; returns when the next one expires.
+    pub(crate) fn evict_expired(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(front) = self.events.front() {
+            let expires = front.at + self.retention.max_age;
+            if expires > now {
+                return Some(expires);
+            }
+            self.evict_front();
+        }
+        None
+    }
+
+    fn evict_front(&mut self) {
+        let Some(e) = self.events.pop_front() else {
+            return;
+        };
+        self.bytes -= e.size();
+        if let Some(seq) = self.evicted.get_mut(&e.topic) {
+            *seq = e.seq;
+        } else if self.evicted.len() < self.max_tracked_topics {
+            self.evicted.insert(e.topic, e.seq);
+        } else {
+            self.evicted_untracked = e.seq;
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut StoredEvent> {
+        let first = self.events.front()?.seq;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.events.get_mut(i)
+    }
+
+    /// Whether an evicted event after `pos` may have been wanted: `wanted(topic, seq)` is asked for
+    /// each topic's last evicted event after `pos`.
+    pub(crate) fn lost_after(&self, pos: u64, mut wanted: impl FnMut(&str, u64) -> bool) -> bool {
+        if self.first_seq() <= pos + 1 {
+            return false;
+        }
+        self.evicted_untracked > pos
+            || self
+                .evicted
+                .iter()
+                .any(|(topic, seq)| *seq > pos && wanted(topic.as_str(), *seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ev(h: &mut History, topic: &str, at: Instant) {
+        let seq = h.next_seq();
+        let topic = Topic::parse(topic, Default::default()).unwrap();
+        h.push(StoredEvent::new(
+            seq,
+            topic,
+            None,
+            Payload::text("12345").unwrap(),
+            at,
+        ));
+    }
+
+    #[test]
+    fn bounded_by_count_bytes_and_age() {
+        let t0 = Instant::now();
+        let retention = Retention {
+            max_events: 3,
+            max_bytes: 1000,
+            max_age: Duration::from_secs(10),
+        };
+        let mut h = History::new(retention, 10);
+        for i in 0..5 {
+            ev(
+                &mut h,
+                if i % 2 == 0 { "even" } else { "odd" },
+                t0 + Duration::from_secs(i),
+            );
+        }
+        assert_eq!((h.len(), h.first_seq(), h.head()), (3, 3, 5));
+        assert!(h.get_mut(2).is_none());
+        assert_eq!(h.get_mut(4).unwrap().seq, 4);
+        // seq 1 (even) and 2 (odd) were evicted.
+        assert!(h.lost_after(0, |t, _| t == "odd"));
+        assert!(h.lost_after(1, |t, _| t == "odd"));
+        assert!(!h.lost_after(1, |t, _| t == "even"));
+        assert!(!h.lost_after(2, |_, _| true));
+        assert_eq!(
+            h.evict_expired(t0 + Duration::from_secs(13)),
+            Some(t0 + Duration::from_secs(14))
+        );
+        assert_eq!(h.first_seq(), 5);
+        assert_eq!(h.evict_expired(t0 + Duration::from_secs(100)), None);
+        assert_eq!((h.len(), h.first_seq(), h.bytes()), (0, 6, 0));
+
+        let mut small = History::new(
+            Retention {
+                max_events: 100,
+                max_bytes: 20,
+                max_age: Duration::from_secs(1),
+            },
+            10,
+        );
+        for _ in 0..4 {
+            ev(&mut small, "abcde", t0);
+        }
+        assert_eq!(small.len(), 2, "each event counts 10 bytes");
+    }
+
+    #[test]
+    fn untracked_evictions_are_conservative() {
+        let t0 = Instant::now();
+        let mut h = History::new(
+            Retention {
+                max_events: 0,
+                ..Retention::default()
+            },
+            1,
+        );
+        ev(&mut h, "a", t0);
+        ev(&mut h, "b", t0);
+        assert!(
+            h.lost_after(0, |t, _| t == "zzz"),
+            "b is untracked, so any topic may have lost it"
+        );
+        assert!(!h.lost_after(2, |_, _| true));
+    }
+}

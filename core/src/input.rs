@@ -1,0 +1,198 @@
+//! What goes into the broker: [`Input`]s from the adapter, [`Command`]s decoded from clients.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cursor::Cursor;
+use crate::error::ProtocolError;
+use crate::grants::Grants;
+use crate::payload::Payload;
+use crate::topic::{Name, Pattern, Topic};
+
+/// A connection id, assigned by the adapter. Never reuse one: the broker refuses an `Open` for an
+/// id that is still open, and a reused id could receive another connection's late outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A request id chosen by a client (native `"id"` field). Unique among the client's pending
+/// requests.
+pub type ReqId = u64;
+
+/// An id the broker assigns to a server request (emit-with-ack) on one connection: 1, 2, 3, ...
+pub type AckId = u64;
+
+/// The wire format of a connection: decides how every frame sent to it is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Transport {
+    /// The native JSON protocol over WebSocket (`docs/PROTOCOL.md`).
+    Native,
+    /// A Server-Sent Events stream (receive only).
+    Sse,
+}
+
+impl Transport {
+    /// Every transport, for metrics and encoding caches.
+    pub const ALL: [Self; 2] = [Self::Native, Self::Sse];
+
+    /// A short name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Native => "native",
+            Self::Sse => "sse",
+        }
+    }
+
+    /// Whether the client can send commands (SSE clients cannot, so no idle timeout applies).
+    pub fn is_duplex(self) -> bool {
+        !matches!(self, Self::Sse)
+    }
+}
+
+/// Something the adapter tells the broker.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Input {
+    /// A client connected. The broker answers with the transport's opening frame.
+    Open {
+        /// Adapter-assigned id, never reused.
+        conn: ConnId,
+        /// The connection's wire format.
+        transport: Transport,
+        /// What the connection may do.
+        grants: Arc<Grants>,
+    },
+    /// A client frame, decoded by the transport's codec (e.g. [`crate::native::decode`]).
+    Command {
+        /// The sender.
+        conn: ConnId,
+        /// What it asked for.
+        cmd: Command,
+    },
+    /// The transport finished writing `bytes` of payload previously handed out for `conn`
+    /// (flow-control credit; reports may be coalesced).
+    Flushed {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes written since the last report.
+        bytes: usize,
+    },
+    /// The transport is gone (EOF, error, or after the broker asked to close it).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// Which subscriptions a client wants; the same for every wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Request id to answer, if the client wants an answer.
+    pub req: Option<ReqId>,
+    /// Patterns to subscribe to (wildcards allowed).
+    pub patterns: Vec<Pattern>,
+    /// Resume: deliver the retained events after this cursor first (exactly the missing suffix,
+    /// or a gap notice and then what is retained).
+    pub from: Option<Cursor>,
+    /// A name for named routing: a `send` to (topic, name) reaches only subscriptions with that name.
+    pub name: Option<Name>,
+}
+
+/// Who a direct message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recipient {
+    /// One connection.
+    Conn(ConnId),
+    /// The connection that identified itself with this client id.
+    Client(Name),
+    /// Every subscription named `name` whose pattern matches `topic` (named routing).
+    Named {
+        /// The topic the named subscription is on.
+        topic: Topic,
+        /// The subscription name.
+        name: Name,
+    },
+}
+
+/// A client's request, decoded from any wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Subscribe to patterns, optionally resuming from a cursor.
+    Subscribe(Subscribe),
+    /// Remove subscriptions.
+    Unsubscribe {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// Patterns exactly as subscribed.
+        patterns: Vec<Pattern>,
+    },
+    /// Publish to a topic (retained for replay, delivered with a cursor).
+    Publish {
+        /// Request id to answer (the answer carries the event's cursor).
+        req: Option<ReqId>,
+        /// The topic.
+        topic: Topic,
+        /// Optional event name (SSE `event:`).
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// Send a message to one recipient, not retained.
+    Send {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// Who gets it.
+        to: Recipient,
+        /// Optional event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// Ask the application something; exactly one answer comes back (the application's, or an
+    /// error such as `timeout`).
+    Request {
+        /// Request id the answer carries.
+        req: ReqId,
+        /// The handler name.
+        event: Name,
+        /// The data.
+        payload: Payload,
+    },
+    /// Answer a server request (emit-with-ack).
+    Reply {
+        /// The server request's id.
+        ack: AckId,
+        /// The answer, or the client's error message.
+        result: Result<Payload, String>,
+    },
+    /// Claim a client id so others can send to it directly.
+    Identify {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// The id to claim.
+        client_id: Name,
+    },
+    /// Liveness check; answered with a pong when it has a request id.
+    Ping {
+        /// Request id to answer.
+        req: Option<ReqId>,
+    },
+    /// A frame the codec could not turn into a command. The broker answers with an error frame
+    /// (closing the connection when `fatal`) and reports a protocol violation.
+    Invalid {
+        /// The request id, when the codec could still read it.
+        req: Option<ReqId>,
+        /// What was wrong.
+        error: ProtocolError,
+        /// Whether the connection must be closed (e.g. a frame over the size limit).
+        fatal: bool,
+    },
+}

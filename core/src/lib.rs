@@ -1,0 +1,32 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(unused_must_use)]
+
+mod app;
+mod broker;
+pub mod codec;
+mod config;
+mod conn;
+mod cursor;
+mod delivery;
+mod error;
+mod grants;
+mod history;
+mod input;
+pub mod native;
+mod output;
+mod payload;
+pub mod sse;
+mod subs;
+mod timers;
+mod topic;
+
+pub use broker::{Broker, ConnInfo, Stats};
+pub use config::{Config, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers};
+pub use cursor::Cursor;
+pub use error::{ApiError, ErrorCode, ProtocolError};
+pub use grants::Grants;
+pub use input::{AckId, Command, ConnId, Input, Recipient, ReqId, Subscribe, Transport};
+pub use output::{Event, Gap, GapReason, Output};
+pub use payload::Payload;
+pub use topic::{Name, NameLimits, Pattern, Topic};
