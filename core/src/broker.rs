@@ -125,7 +125,8 @@ impl Broker {
     /// [`ApiError::DuplicateConn`] for an `Open` of an id that is. Nothing a client sends is an
     /// error here: it is answered on the wire and reported as an [`Event`].
     pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), ApiError> {
-        self.advance(now);
+        // Timers due by `now` fire first, so `poll_timeout` is never in the past afterwards.
+        self.handle_timeout(now);
         match input {
             Input::Open {
                 conn,

@@ -53,11 +53,22 @@ impl Broker {
         let conn = self.conns[slot as usize]
             .as_mut()
             .expect("indexed slots hold a connection");
-        if conn.stamp == stamp || conn.catch_up.is_some() {
-            // Already got it through another pattern, or is served from history instead.
-            return;
+        if conn.stamp == stamp {
+            return; // already got it through another pattern
         }
         conn.stamp = stamp;
+        if let Some(cu) = &conn.catch_up {
+            // Served from history instead; but a consumer already behind must go if this
+            // topic's policy says so.
+            let policy = self
+                .config
+                .slow_consumer
+                .policy_for(Some(ev.topic.as_str()));
+            if cu.reason == GapReason::SlowConsumer && policy == SlowConsumerPolicy::Disconnect {
+                self.fall_behind(slot, policy, ev.seq - 1, 0);
+            }
+            return;
+        }
         let Some(bytes) = ev.encoded(conn.transport, epoch) else {
             return;
         };
