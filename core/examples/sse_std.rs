@@ -34,11 +34,12 @@
 //! becomes that connection's writer) → driver ← stdin. Only the driver touches the broker.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,9 +53,12 @@ use tidings_core::{
 const WRITER_QUEUE_FRAMES: usize = 4096;
 /// Writes are coalesced up to this many bytes.
 const COALESCE_BYTES: usize = 64 << 10;
-/// Largest request head, and largest publish body.
+/// Largest request head.
 const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Largest publish body.
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest event name (the default `Limits::max_name_len`).
+const MAX_NAME_LEN: usize = 128;
 /// A client that does not send its request, or stops reading its stream, for this long is dropped.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,22 +67,13 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// What the driver thread receives.
 enum Msg {
-    /// An input from a connection thread (`Flushed`, `Closed`).
+    /// An input from a connection's writer (`Flushed`, `Closed`).
     Input(Input),
-    /// A new SSE stream: its queue, then `Open` and `Subscribe` in one go, so the subscription
-    /// is in place by the time the client reads the opening `retry:` frame.
-    Connect {
-        conn: ConnId,
-        writer: SyncSender<Bytes>,
-        subscribe: Subscribe,
-    },
-    /// Publish from the application; the cursor goes back through `reply`.
-    Publish {
-        topic: Topic,
-        event: Option<Name>,
-        payload: Payload,
-        reply: Sender<Cursor>,
-    },
+    /// A new SSE stream: its queue, then `Open` and `Subscribe` in one driver step, so the
+    /// subscription is in place by the time the client reads the opening `retry:` frame.
+    Connect(ConnId, SyncSender<Bytes>, Subscribe),
+    /// A publish from the application: topic, event name, payload, and where the cursor goes.
+    Publish(Topic, Option<Name>, Payload, Sender<Cursor>),
 }
 
 /// A cloneable handle to publish through the driver from any thread.
@@ -86,27 +81,12 @@ enum Msg {
 pub struct Publisher(Sender<Msg>);
 
 impl Publisher {
-    /// Publishes `payload` to `topic`; returns the event's cursor (its SSE `id:`).
-    ///
-    /// # Errors
-    /// When the driver thread is gone.
-    pub fn publish(
-        &self,
-        topic: Topic,
-        event: Option<Name>,
-        payload: Payload,
-    ) -> Result<Cursor, String> {
-        let (reply, answer) = mpsc::channel();
-        let msg = Msg::Publish {
-            topic,
-            event,
-            payload,
-            reply,
-        };
-        self.0
-            .send(msg)
-            .map_err(|_| "the broker is gone".to_string())?;
-        answer.recv().map_err(|_| "the broker is gone".to_string())
+    /// Publishes `data` to `topic`; returns the event's cursor (its SSE `id:`), or `None` if the
+    /// driver thread is gone.
+    pub fn publish(&self, topic: Topic, event: Option<Name>, data: Payload) -> Option<Cursor> {
+        let (reply, cursor) = mpsc::channel();
+        let sent = self.0.send(Msg::Publish(topic, event, data, reply));
+        sent.ok().and_then(|()| cursor.recv().ok())
     }
 }
 
@@ -134,7 +114,9 @@ pub fn serve(listener: TcpListener, config: Config) -> io::Result<Server> {
     let addr = listener.local_addr()?;
     let (tx, rx) = mpsc::channel();
     let broker = Broker::new(config, Instant::now());
-    thread::spawn(move || drive(broker, &rx));
+    let writers = HashMap::new();
+    let driver = Driver { broker, writers };
+    thread::spawn(move || driver.run(&rx));
     let publisher = Publisher(tx);
     let accepting = publisher.clone();
     let accept = thread::spawn(move || {
@@ -150,92 +132,77 @@ pub fn serve(listener: TcpListener, config: Config) -> io::Result<Server> {
     })
 }
 
-/// The driver: the only code that touches the broker (contract steps 1 to 4).
-fn drive(mut broker: Broker, rx: &Receiver<Msg>) {
-    // Some(queue) while the stream is open; None after `Output::Close` until the writer reports
-    // `Closed`. Whoever removes an entry feeds `Input::Closed`, so the broker hears it once.
-    let mut writers: HashMap<ConnId, Option<SyncSender<Bytes>>> = HashMap::new();
-    loop {
-        let msg = match broker.poll_timeout() {
-            Some(deadline) => {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
+/// The driver thread's state: the broker, and each stream's queue.
+struct Driver {
+    broker: Broker,
+    /// `Some(queue)` while the stream is open; `None` after `Output::Close` until its writer reports
+    /// `Closed`. Whoever removes an entry feeds `Input::Closed`, so the broker hears it once.
+    writers: HashMap<ConnId, Option<SyncSender<Bytes>>>,
+}
+
+impl Driver {
+    /// The loop of the contract; returns when every sender is gone.
+    fn run(mut self, rx: &Receiver<Msg>) {
+        loop {
+            let msg = match self.broker.poll_timeout() {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Err(RecvTimeoutError::Disconnected) => return,
-                }
+                    received => received.ok(),
+                },
+                None => match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => return,
+                },
+            };
+            let now = Instant::now();
+            if let Some(msg) = msg {
+                self.handle(now, msg);
             }
-            None => match rx.recv() {
-                Ok(msg) => Some(msg),
-                Err(_) => return,
-            },
-        };
-        let now = Instant::now();
+            if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+                self.broker.handle_timeout(now);
+            }
+            self.drain(now);
+        }
+    }
+
+    fn handle(&mut self, now: Instant, msg: Msg) {
         match msg {
-            Some(Msg::Input(input @ Input::Closed { conn })) => {
-                if writers.remove(&conn).is_some() {
-                    feed(&mut broker, now, input);
-                }
+            Msg::Input(Input::Closed { conn }) => self.closed(now, conn),
+            Msg::Input(input) => self.feed(now, input),
+            Msg::Connect(conn, queue, subscribe) => {
+                self.writers.insert(conn, Some(queue));
+                let open = Input::Open {
+                    conn,
+                    transport: Transport::Sse,
+                    grants: Arc::new(Grants::all()),
+                };
+                self.feed(now, open);
+                let cmd = Command::Subscribe(subscribe);
+                self.feed(now, Input::Command { conn, cmd });
             }
-            Some(Msg::Input(input)) => feed(&mut broker, now, input),
-            Some(Msg::Connect {
-                conn,
-                writer,
-                subscribe,
-            }) => {
-                writers.insert(conn, Some(writer));
-                let grants = Arc::new(Grants::all());
-                feed(
-                    &mut broker,
-                    now,
-                    Input::Open {
-                        conn,
-                        transport: Transport::Sse,
-                        grants,
-                    },
-                );
-                feed(
-                    &mut broker,
-                    now,
-                    Input::Command {
-                        conn,
-                        cmd: Command::Subscribe(subscribe),
-                    },
-                );
+            Msg::Publish(topic, event, payload, reply) => {
+                let _ = reply.send(self.broker.publish(now, topic, event, payload));
             }
-            Some(Msg::Publish {
-                topic,
-                event,
-                payload,
-                reply,
-            }) => {
-                let _ = reply.send(broker.publish(now, topic, event, payload));
-            }
-            None => {}
         }
-        if broker
-            .poll_timeout()
-            .is_some_and(|deadline| deadline <= now)
-        {
-            broker.handle_timeout(now);
-        }
-        while let Some(out) = broker.poll_output() {
+    }
+
+    /// Every output, in order, without ever blocking.
+    fn drain(&mut self, now: Instant) {
+        while let Some(out) = self.broker.poll_output() {
             match out {
                 Output::Transmit { conn, payload } => {
-                    let Some(Some(writer)) = writers.get(&conn) else {
+                    let Some(Some(queue)) = self.writers.get(&conn) else {
                         continue;
                     };
-                    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                        writer.try_send(payload)
-                    {
-                        eprintln!("conn {conn}: writer cannot keep up or is gone; dropping it");
-                        writers.remove(&conn);
-                        feed(&mut broker, now, Input::Closed { conn });
+                    if queue.try_send(payload).is_err() {
+                        eprintln!("conn {conn}: its writer cannot keep up (or is gone): dropped");
+                        self.closed(now, conn);
                     }
                 }
                 Output::Close { conn, reason } => {
                     eprintln!("conn {conn}: closing: {reason}");
-                    if let Some(writer) = writers.get_mut(&conn) {
-                        *writer = None; // the writer drains its queue, ends the stream, reports Closed
+                    if let Some(queue) = self.writers.get_mut(&conn) {
+                        *queue = None; // the writer writes what is queued, ends, reports Closed
                     }
                 }
                 Output::Event(event) => eprintln!("event: {event:?}"),
@@ -243,31 +210,60 @@ fn drive(mut broker: Broker, rx: &Receiver<Msg>) {
             }
         }
     }
-}
 
-/// `handle_input`; an `Err` is an adapter bug (unknown or duplicate id), so it is only logged.
-fn feed(broker: &mut Broker, now: Instant, input: Input) {
-    if let Err(e) = broker.handle_input(now, input) {
-        eprintln!("adapter bug: {e}");
+    /// Forgets the stream's queue (its writer then ends) and tells the broker, once.
+    fn closed(&mut self, now: Instant, conn: ConnId) {
+        if self.writers.remove(&conn).is_some() {
+            self.feed(now, Input::Closed { conn });
+        }
+    }
+
+    /// `handle_input`: an `Err` is an adapter bug (unknown or duplicate id), so it is only logged.
+    fn feed(&mut self, now: Instant, input: Input) {
+        if let Err(e) = self.broker.handle_input(now, input) {
+            eprintln!("adapter bug: {e}");
+        }
     }
 }
 
-/// One HTTP connection: one request, then either an SSE stream or a short response.
+/// An HTTP error answer: status line and message.
+type Refusal = (&'static str, String);
+
+/// What a route did: `Ok(None)` served a stream; `Ok(Some(json))` is a 200 with that JSON body.
+type Answer = Result<Option<String>, Refusal>;
+
+fn refuse(status: &'static str, message: impl Display) -> Answer {
+    Err((status, format!("{message}\n")))
+}
+
+fn bad(e: impl Display) -> Refusal {
+    ("400 Bad Request", format!("{e}\n"))
+}
+
+/// One HTTP connection: one request, then either an SSE stream or a short answer.
 fn handle_http(mut stream: TcpStream, publisher: &Publisher) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let result = match read_head(&mut stream) {
-        Ok(Some(head)) => route(&mut stream, head, publisher),
-        Ok(None) => respond(
-            &mut stream,
-            "400 Bad Request",
-            "text/plain",
-            "malformed request head\n",
-        ),
-        Err(e) => Err(e),
+    let answer = match read_head(&mut stream) {
+        Err(refusal) => Err(refusal),
+        Ok(head) => match (head.method.as_str(), head.path.as_str()) {
+            ("GET", "/sse") => sse(&mut stream, &head, publisher),
+            ("POST", "/publish") => publish(&mut stream, &head, publisher),
+            _ => refuse("404 Not Found", "not found"),
+        },
     };
-    if let Err(e) = result {
-        eprintln!("http: {e}");
+    let reply = match answer {
+        Ok(None) => None,
+        Ok(Some(json)) => Some(("200 OK", "application/json", json)),
+        Err((status, message)) => Some((status, "text/plain", message)),
+    };
+    if let Some((status, content_type, body)) = reply {
+        let len = body.len();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\n\
+             Connection: close\r\n\r\n{body}"
+        );
     }
     let _ = stream.shutdown(Shutdown::Both);
 }
@@ -276,138 +272,108 @@ fn handle_http(mut stream: TcpStream, publisher: &Publisher) {
 struct Head {
     method: String,
     path: String,
+    /// Decoded query parameters, in order.
     query: Vec<(String, String)>,
+    /// Header names in lowercase.
     headers: Vec<(String, String)>,
     rest: Vec<u8>,
 }
 
 impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
+    /// Every value of query parameter `key`, in order.
     fn params<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.query
-            .iter()
-            .filter(move |(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        let found = self.query.iter().filter(move |(k, _)| k == key);
+        found.map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of header `name` (lowercase).
+    fn header(&self, name: &str) -> Option<&str> {
+        let found = self.headers.iter().find(|(n, _)| n == name);
+        found.map(|(_, v)| v.as_str())
     }
 }
 
-/// Reads until `httparse` has a complete head; `None` if it is malformed or too large.
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<Head>> {
+/// Reads until `httparse` has a complete request head.
+fn read_head(stream: &mut TcpStream) -> Result<Head, Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        let n = stream.read(&mut chunk)?;
+        let n = stream.read(&mut chunk).map_err(bad)?;
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Err(bad("the request ended early"));
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let target = req.path.unwrap_or("/");
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let Some(query) = parse_query(query) else {
-                    return Ok(None);
-                };
-                let headers = req.headers.iter().map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).trim().to_string(),
-                    )
-                });
-                return Ok(Some(Head {
-                    method: req.method.unwrap_or("").to_string(),
-                    path: path.to_string(),
-                    query,
-                    headers: headers.collect(),
-                    rest: buf[len..].to_vec(),
-                }));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => {}
-            _ => return Ok(None),
-        }
+        let len = match req.parse(&buf).map_err(bad)? {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial if buf.len() < MAX_HEAD_BYTES => continue,
+            httparse::Status::Partial => return Err(bad("the request head is too large")),
+        };
+        let target = req.path.unwrap_or("/");
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let query = parse_query(query).ok_or_else(|| bad("invalid query encoding"))?;
+        let header = |h: &httparse::Header| {
+            let value = String::from_utf8_lossy(h.value).trim().to_string();
+            (h.name.to_ascii_lowercase(), value)
+        };
+        return Ok(Head {
+            method: req.method.unwrap_or_default().to_string(),
+            path: path.to_string(),
+            query,
+            headers: req.headers.iter().map(header).collect(),
+            rest: buf[len..].to_vec(),
+        });
     }
 }
 
 /// `a=1&b=x%20y` into pairs; `None` if an escape or the UTF-8 is invalid.
 fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
     let pairs = query.split('&').filter(|p| !p.is_empty());
-    pairs
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((percent_decode(k)?, percent_decode(v)?))
-        })
-        .collect()
+    let pair = |p: &str| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        Some((percent_decode(k)?, percent_decode(v)?))
+    };
+    pairs.map(pair).collect()
 }
 
 /// Decodes `%XX` escapes and `+` (a space in query strings).
 fn percent_decode(s: &str) -> Option<String> {
-    let (bytes, mut out, mut i) = (s.as_bytes(), Vec::with_capacity(s.len()), 0);
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'+' => b' ',
             b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
-                i += 2;
+                let mut hex = || char::from(bytes.next()?).to_digit(16);
+                (hex()? * 16 + hex()?) as u8
             }
-            b => out.push(b),
-        }
-        i += 1;
+            b => b,
+        });
     }
     String::from_utf8(out).ok()
 }
 
-fn route(stream: &mut TcpStream, head: Head, publisher: &Publisher) -> io::Result<()> {
-    match (head.method.as_str(), head.path.as_str()) {
-        ("GET", "/sse") => sse(stream, &head, publisher),
-        ("POST", "/publish") => publish(stream, head, publisher),
-        _ => respond(stream, "404 Not Found", "text/plain", "not found\n"),
-    }
-}
-
 /// `GET /sse?topic=A&topic=B[&last_event_id=C]`: validate, answer 200, then become the writer.
-fn sse(stream: &mut TcpStream, head: &Head, publisher: &Publisher) -> io::Result<()> {
-    let bad = |stream: &mut TcpStream, msg: String| {
-        respond(stream, "400 Bad Request", "text/plain", &msg)
-    };
-    let patterns: Result<Vec<_>, _> = head
-        .params("topic")
-        .map(|t| Pattern::parse(t, NameLimits::default()))
-        .collect();
-    let patterns = match patterns {
-        Ok(p) if p.is_empty() => {
-            return bad(stream, "at least one topic= parameter is required\n".into());
-        }
-        Ok(p) => p,
-        Err(e) => return bad(stream, format!("{e}\n")),
-    };
-    // The header (sent by a reconnecting EventSource) wins over the query parameter.
-    let cursor = head
-        .header("last-event-id")
-        .or_else(|| head.params("last_event_id").next());
-    let from = match cursor
-        .filter(|c| !c.is_empty())
-        .map(str::parse::<Cursor>)
-        .transpose()
-    {
-        Ok(from) => from,
-        Err(e) => return bad(stream, format!("{e}\n")),
-    };
-    stream.write_all(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-          X-Accel-Buffering: no\r\nConnection: keep-alive\r\n\r\n",
-    )?;
+fn sse(stream: &mut TcpStream, head: &Head, publisher: &Publisher) -> Answer {
+    let limits = NameLimits::default();
+    let topics = head.params("topic").map(|t| Pattern::parse(t, limits));
+    let patterns = topics.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    if patterns.is_empty() {
+        return Err(bad("at least one topic= parameter is required"));
+    }
+    // A reconnecting EventSource sends the header; it wins over the query parameter.
+    let query = head.params("last_event_id").next();
+    let last = head.header("last-event-id").or(query);
+    let from = last.filter(|c| !c.is_empty()).map(str::parse::<Cursor>);
+    let from = from.transpose().map_err(bad)?;
+    let ok = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+              X-Accel-Buffering: no\r\nConnection: keep-alive\r\n\r\n";
+    if stream.write_all(ok.as_bytes()).is_err() {
+        return Ok(None);
+    }
     let conn = ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed));
-    let (writer, queue) = mpsc::sync_channel(WRITER_QUEUE_FRAMES);
+    let (queue, frames) = mpsc::sync_channel(WRITER_QUEUE_FRAMES);
     let subscribe = Subscribe {
         req: None,
         patterns,
@@ -415,168 +381,95 @@ fn sse(stream: &mut TcpStream, head: &Head, publisher: &Publisher) -> io::Result
         name: None,
     };
     let driver = &publisher.0;
-    if driver
-        .send(Msg::Connect {
-            conn,
-            writer,
-            subscribe,
-        })
-        .is_err()
-    {
-        return Ok(());
+    if driver.send(Msg::Connect(conn, queue, subscribe)).is_ok() {
+        write_stream(stream, conn, &frames, driver);
     }
-    write_stream(stream, conn, &queue, driver);
-    Ok(())
+    Ok(None)
 }
 
 /// The writer: frames from the queue to the socket, coalesced, reporting `Flushed` after each
 /// write. A write error (the client went away) or a closed queue (`Output::Close`, or dropped as
 /// too slow) ends it, with exactly one `Closed`.
-fn write_stream(
-    stream: &mut TcpStream,
-    conn: ConnId,
-    queue: &Receiver<Bytes>,
-    driver: &Sender<Msg>,
-) {
+fn write_stream(stream: &mut TcpStream, conn: ConnId, rx: &Receiver<Bytes>, tx: &Sender<Msg>) {
     let mut buf = Vec::with_capacity(COALESCE_BYTES);
-    while let Ok(frame) = queue.recv() {
+    while let Ok(frame) = rx.recv() {
         buf.clear();
         buf.extend_from_slice(&frame);
-        while buf.len() < COALESCE_BYTES {
-            match queue.try_recv() {
-                Ok(frame) => buf.extend_from_slice(&frame),
-                Err(_) => break,
-            }
+        while let (true, Ok(frame)) = (buf.len() < COALESCE_BYTES, rx.try_recv()) {
+            buf.extend_from_slice(&frame);
         }
-        if stream
-            .write_all(&buf)
-            .and_then(|()| stream.flush())
-            .is_err()
-        {
+        if stream.write_all(&buf).is_err() {
             break;
         }
-        let _ = driver.send(Msg::Input(Input::Flushed {
-            conn,
-            bytes: buf.len(),
-        }));
+        let bytes = buf.len();
+        let _ = tx.send(Msg::Input(Input::Flushed { conn, bytes }));
     }
-    let _ = driver.send(Msg::Input(Input::Closed { conn }));
+    let _ = tx.send(Msg::Input(Input::Closed { conn }));
 }
 
 /// `POST /publish?topic=T[&event=NAME]` with a body: answers `{"id":"<cursor>"}`.
-fn publish(stream: &mut TcpStream, head: Head, publisher: &Publisher) -> io::Result<()> {
-    let bad = |stream: &mut TcpStream, msg: String| {
-        respond(stream, "400 Bad Request", "text/plain", &msg)
-    };
-    let Some(len) = head
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    else {
-        return respond(
-            stream,
-            "411 Length Required",
-            "text/plain",
-            "Content-Length is required\n",
-        );
+fn publish(stream: &mut TcpStream, head: &Head, publisher: &Publisher) -> Answer {
+    let Some(Ok(len)) = head.header("content-length").map(str::parse::<usize>) else {
+        return refuse("411 Length Required", "Content-Length is required");
     };
     if len > MAX_BODY_BYTES {
-        return respond(
-            stream,
-            "413 Payload Too Large",
-            "text/plain",
-            "the body is limited to 1 MiB\n",
-        );
+        return refuse("413 Payload Too Large", "the body is limited to 1 MiB");
     }
     let mut body = head.rest.clone();
     body.truncate(len);
-    let already = body.len();
+    let start = body.len();
     body.resize(len, 0);
-    stream.read_exact(&mut body[already..])?;
-    let topic = match head
-        .params("topic")
-        .next()
-        .map(|t| Topic::parse(t, NameLimits::default()))
-    {
-        Some(Ok(topic)) => topic,
-        Some(Err(e)) => return bad(stream, format!("{e}\n")),
-        None => return bad(stream, "a topic= parameter is required\n".into()),
-    };
-    let event = match head
-        .params("event")
-        .next()
-        .map(|e| Name::parse("event", e, 128))
-        .transpose()
-    {
-        Ok(event) => event,
-        Err(e) => return bad(stream, format!("{e}\n")),
-    };
-    let json = head
-        .header("content-type")
-        .is_some_and(|t| t.starts_with("application/json"));
-    let payload = if json {
+    stream.read_exact(&mut body[start..]).map_err(bad)?;
+    let topic = head.params("topic").next().unwrap_or_default();
+    let topic = Topic::parse(topic, NameLimits::default()).map_err(bad)?;
+    let event = head.params("event").next();
+    let event = event.map(|e| Name::parse("event", e, MAX_NAME_LEN));
+    let event = event.transpose().map_err(bad)?;
+    let content_type = head.header("content-type").unwrap_or_default();
+    let payload = if content_type.starts_with("application/json") {
         Payload::json(body)
     } else {
         Payload::text(body)
     };
-    let payload = match payload {
-        Ok(payload) => payload,
-        Err(e) => return bad(stream, format!("{e}\n")),
+    let Some(cursor) = publisher.publish(topic, event, payload.map_err(bad)?) else {
+        return refuse("503 Service Unavailable", "the broker is gone");
     };
-    match publisher.publish(topic, event, payload) {
-        Ok(cursor) => respond(
-            stream,
-            "200 OK",
-            "application/json",
-            &format!("{{\"id\":\"{cursor}\"}}"),
-        ),
-        Err(e) => respond(stream, "503 Service Unavailable", "text/plain", &e),
+    Ok(Some(format!("{{\"id\":\"{cursor}\"}}")))
+}
+
+/// Publishes each line `TOPIC DATA` as text (so a person can type events).
+pub fn publish_lines(lines: impl BufRead, publisher: &Publisher) {
+    for line in lines.lines().map_while(Result::ok) {
+        let (topic, data) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        if topic.is_empty() {
+            continue;
+        }
+        let payload = Payload::text(data.to_string()).expect("a String is UTF-8");
+        match Topic::parse(topic, NameLimits::default()) {
+            Ok(topic) => match publisher.publish(topic, None, payload) {
+                Some(cursor) => eprintln!("published {cursor}"),
+                None => eprintln!("not published: the broker is gone"),
+            },
+            Err(e) => eprintln!("not published: {e}"),
+        }
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) -> io::Result<()> {
-    let len = body.len();
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}"
-    )?;
-    stream.flush()
-}
-
-/// `sse_std [ADDR]`: serve, and publish each stdin line `TOPIC DATA`.
+/// `sse_std [ADDR]`: serve on ADDR, and publish what is typed on stdin.
 fn main() -> io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9313".into());
-    let listener = TcpListener::bind(&addr)?;
+    let addr = std::env::args().nth(1);
+    let listener = TcpListener::bind(addr.as_deref().unwrap_or("127.0.0.1:9313"))?;
     println!("listening on http://{}", listener.local_addr()?);
-    // A new epoch per run, so cursors from an earlier run get a gap notice, not a mismatch.
-    let epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis() as u64);
-    let server = serve(
-        listener,
-        Config {
-            epoch,
-            ..Config::default()
-        },
-    )?;
+    // A new epoch per run: cursors from an earlier run then get a gap notice, not a mismatch.
+    let started = SystemTime::now().duration_since(UNIX_EPOCH);
+    let epoch = started.map_or(1, |d| d.as_millis() as u64);
+    let config = Config {
+        epoch,
+        ..Config::default()
+    };
+    let server = serve(listener, config)?;
     let publisher = server.publisher.clone();
-    thread::spawn(move || {
-        for line in io::stdin().lock().lines().map_while(Result::ok) {
-            let (topic, data) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
-            if topic.is_empty() {
-                continue;
-            }
-            let result = Topic::parse(topic, NameLimits::default())
-                .and_then(|t| Ok((t, Payload::text(data.to_string())?)))
-                .map_err(|e| e.to_string())
-                .and_then(|(t, p)| publisher.publish(t, None, p));
-            match result {
-                Ok(cursor) => eprintln!("published {cursor}"),
-                Err(e) => eprintln!("not published: {e}"),
-            }
-        }
-    });
+    thread::spawn(move || publish_lines(io::stdin().lock(), &publisher));
     server.wait();
     Ok(())
 }

@@ -533,7 +533,7 @@ impl Broker {
             }
         };
         if start < head && !new.is_empty() {
-            self.rewind(slot, start, from);
+            self.rewind(slot, start);
         }
         for pattern in new {
             self.subs.insert(&pattern, slot);
@@ -553,7 +553,7 @@ impl Broker {
 
     /// Moves the connection's history position back to `to` so new subscriptions get their
     /// replay; existing subscriptions first record what they already delivered.
-    fn rewind(&mut self, slot: Slot, to: u64, from: Option<Cursor>) {
+    fn rewind(&mut self, slot: Slot, to: u64) {
         let head = self.history.head();
         let conn = self.conn_mut(slot);
         let pos = conn.catch_up.as_ref().map_or(head, |c| c.pos);
@@ -561,16 +561,13 @@ impl Broker {
             sub.done = sub.done.max(pos);
         }
         match &mut conn.catch_up {
-            Some(cu) => {
-                cu.pos = cu.pos.min(to);
-                cu.from = cu.from.or(from);
-            }
+            Some(cu) => cu.pos = cu.pos.min(to),
             None => {
                 conn.catch_up = Some(Box::new(CatchUp {
                     pos: to,
                     reason: GapReason::Evicted,
-                    from,
                     dropped_messages: 0,
+                    removed: Vec::new(),
                 }));
             }
         }
@@ -582,6 +579,12 @@ impl Broker {
             return;
         };
         let sub = conn.subs.remove(i);
+        if let Some(cu) = conn.catch_up.as_deref_mut().filter(|cu| sub.done > cu.pos) {
+            cu.removed.push(Sub {
+                name: None,
+                ..sub.clone()
+            });
+        }
         self.subs.remove(pattern, slot);
         if let Some(name) = sub.name {
             if let Some(list) = self.names.get_mut(&name) {

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::cursor::Cursor;
 use crate::grants::Grants;
 use crate::input::{AckId, ConnId, ReqId, Transport};
 use crate::output::GapReason;
@@ -36,8 +35,9 @@ impl Sub {
 }
 
 /// Whether an event at `seq` on `topic` must be delivered to a connection with these
-/// subscriptions: some subscription wants it and none has delivered it yet.
-pub(crate) fn should_deliver(subs: &[Sub], topic: &str, seq: u64) -> bool {
+/// subscriptions: some subscription wants it and none has delivered it yet (including
+/// subscriptions removed while catching up, which still remember what they delivered).
+pub(crate) fn should_deliver(subs: &[Sub], removed: &[Sub], topic: &str, seq: u64) -> bool {
     let mut wanted = false;
     for sub in subs.iter().filter(|s| s.pattern.matches(topic)) {
         if sub.served(seq) {
@@ -46,6 +46,9 @@ pub(crate) fn should_deliver(subs: &[Sub], topic: &str, seq: u64) -> bool {
         wanted |= sub.wants(seq);
     }
     wanted
+        && !removed
+            .iter()
+            .any(|s| s.served(seq) && s.pattern.matches(topic))
 }
 
 /// A connection that is not live: it is being served from the history (a resume, or catching up
@@ -56,10 +59,11 @@ pub(crate) struct CatchUp {
     pub(crate) pos: u64,
     /// The reason to give in a gap notice if something turns out to be missing.
     pub(crate) reason: GapReason,
-    /// The cursor the client sent, reported as the gap's `from`.
-    pub(crate) from: Option<Cursor>,
     /// Messages (not retained) dropped while behind.
     pub(crate) dropped_messages: u64,
+    /// Subscriptions removed while catching up that had delivered events beyond `pos`: they
+    /// keep those events from being delivered twice through another subscription.
+    pub(crate) removed: Vec<Sub>,
 }
 
 pub(crate) struct ConnState {
@@ -129,14 +133,17 @@ mod tests {
         // `a.*` delivered up to 10; `a.b` resumes from 5.
         let subs = [sub("a.*", 0, 10), sub("a.b", 5, 5)];
         assert!(
-            !should_deliver(&subs, "a.b", 7),
+            !should_deliver(&subs, &[], "a.b", 7),
             "already delivered through a.*"
         );
-        assert!(should_deliver(&subs, "a.b", 11));
-        assert!(!should_deliver(&subs, "c", 11));
+        assert!(should_deliver(&subs, &[], "a.b", 11));
+        assert!(!should_deliver(&subs, &[], "c", 11));
+        // `a.*` was removed while catching up: its deliveries still count.
+        assert!(!should_deliver(&subs[1..], &subs[..1], "a.b", 7));
+        assert!(should_deliver(&subs[1..], &subs[..1], "a.b", 11));
         // A live subscription made at head 10 does not want older events.
         let subs = [sub("a.b", 10, 10)];
-        assert!(!should_deliver(&subs, "a.b", 9));
-        assert!(should_deliver(&subs, "a.b", 11));
+        assert!(!should_deliver(&subs, &[], "a.b", 9));
+        assert!(should_deliver(&subs, &[], "a.b", 11));
     }
 }

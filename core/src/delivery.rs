@@ -197,8 +197,8 @@ impl Broker {
                     conn.catch_up = Some(Box::new(CatchUp {
                         pos,
                         reason: GapReason::SlowConsumer,
-                        from: None,
                         dropped_messages,
+                        removed: Vec::new(),
                     }));
                 }
             },
@@ -254,12 +254,11 @@ impl Broker {
                         GapReason::Evicted
                     };
                     let gap = Gap {
-                        from: Some(cu.from.unwrap_or(Cursor::new(epoch, pos))),
+                        from: Some(Cursor::new(epoch, pos)),
                         to: Cursor::new(epoch, first - 1),
                         reason,
                         dropped_messages: std::mem::take(&mut cu.dropped_messages),
                     };
-                    cu.from = None;
                     self.send_gap(slot, &gap);
                 }
                 continue;
@@ -271,7 +270,7 @@ impl Broker {
                 .history
                 .get_mut(seq)
                 .expect("first <= seq <= head is retained");
-            if should_deliver(&conn.subs, ev.topic.as_str(), seq) {
+            if should_deliver(&conn.subs, &cu.removed, ev.topic.as_str(), seq) {
                 if let Some(bytes) = ev.encoded(transport, epoch) {
                     self.stats.deliveries += 1;
                     self.transmit(slot, bytes);
@@ -330,20 +329,20 @@ impl Broker {
     /// Asks the adapter to close a connection: it stops receiving anything at once, gets a last
     /// error frame, and its state is released (it stays known until `Closed`).
     pub(crate) fn close(&mut self, slot: Slot, reason: ProtocolError) {
-        if self.conn_ref(slot).closing {
+        let conn = self.conn_mut(slot);
+        if conn.closing {
             return;
         }
-        self.send_frame(
-            slot,
-            &Frame::Error {
-                req: None,
-                error: &reason,
-            },
-        );
-        self.release(slot);
-        let conn = self.conn_mut(slot);
         conn.closing = true;
-        let id = conn.id;
+        let (id, transport) = (conn.id, conn.transport);
+        // The last frame says why; it bypasses the queue limit (the connection is going anyway).
+        let last = Frame::Error { req: None, error: &reason };
+        if let Some(bytes) = codec::encode(transport, &last) {
+            self.conn_mut(slot).queued += bytes.len();
+            self.stats.bytes_out += bytes.len() as u64;
+            self.out.push_back(Output::Transmit { conn: id, payload: bytes });
+        }
+        self.release(slot);
         self.out.push_back(Output::Close { conn: id, reason });
     }
 

@@ -36,7 +36,10 @@ struct Response {
 
 impl Response {
     fn header(&self, name: &str) -> Option<&str> {
-        let h = self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
+        let h = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name));
         h.map(|(_, v)| v.as_str())
     }
 }
@@ -57,7 +60,12 @@ fn read_head(stream: &mut TcpStream) -> Response {
                 headers: resp
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8(h.value.to_vec()).unwrap()))
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8(h.value.to_vec()).unwrap(),
+                        )
+                    })
                     .collect(),
                 rest: buf[len..].to_vec(),
             };
@@ -71,13 +79,19 @@ fn request(addr: SocketAddr, head: &str, body: &[u8]) -> (Response, String) {
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(body).unwrap();
     let mut resp = read_head(&mut stream);
-    stream.read_to_end(&mut resp.rest).expect("read response body");
+    stream
+        .read_to_end(&mut resp.rest)
+        .expect("read response body");
     let body = String::from_utf8(std::mem::take(&mut resp.rest)).unwrap();
     (resp, body)
 }
 
 fn get(addr: SocketAddr, target: &str) -> (Response, String) {
-    request(addr, &format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"), b"")
+    request(
+        addr,
+        &format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        b"",
+    )
 }
 
 fn post(addr: SocketAddr, target: &str, content_type: &str, body: &[u8]) -> (Response, String) {
@@ -110,7 +124,9 @@ impl Sse {
     /// is in place (the example opens and subscribes in one driver step).
     fn open(addr: SocketAddr, target: &str, extra_headers: &str) -> Self {
         let mut stream = connect(addr);
-        let head = format!("GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra_headers}\r\n");
+        let head = format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra_headers}\r\n"
+        );
         stream.write_all(head.as_bytes()).unwrap();
         let resp = read_head(&mut stream);
         assert_eq!(resp.status, 200, "{target}");
@@ -119,9 +135,16 @@ impl Sse {
         assert_eq!(resp.header("x-accel-buffering"), Some("no"));
         assert_eq!(resp.header("connection"), Some("keep-alive"));
         assert_eq!(resp.header("content-length"), None);
-        let mut sse = Self { stream, decoder: Decoder::new() };
+        let mut sse = Self {
+            stream,
+            decoder: Decoder::new(),
+        };
         sse.decoder.feed(&resp.rest).unwrap();
-        assert_eq!(sse.next_item(), Item::Retry(2000), "the stream opens with retry:");
+        assert_eq!(
+            sse.next_item(),
+            Item::Retry(2000),
+            "the stream opens with retry:"
+        );
         sse
     }
 
@@ -131,9 +154,14 @@ impl Sse {
             if let Some(item) = self.decoder.next_item() {
                 return item;
             }
-            let n = self.stream.read(&mut chunk).expect("read the stream (timed out?)");
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .expect("read the stream (timed out?)");
             assert!(n > 0, "the stream ended");
-            self.decoder.feed(&chunk[..n]).expect("a valid event stream");
+            self.decoder
+                .feed(&chunk[..n])
+                .expect("a valid event stream");
         }
     }
 
@@ -170,9 +198,24 @@ fn live_delivery_then_exact_resume_by_header_and_by_query() {
     // (1) Live: three events on news.a / news.b, one ignored on another topic.
     let mut sub = Sse::open(addr, "/sse?topic=news.*", "");
     let a = publish(addr, "/publish?topic=news.a", "text/plain", "hello");
-    publish(addr, "/publish?topic=sports.x", "text/plain", "not for news.*");
-    let b = publish(addr, "/publish?topic=news.b&event=multi", "text/plain; charset=utf-8", "line1\nline2");
-    let c = publish(addr, "/publish?topic=news.a", "application/json", r#"{"n":3,"s":"x y"}"#);
+    publish(
+        addr,
+        "/publish?topic=sports.x",
+        "text/plain",
+        "not for news.*",
+    );
+    let b = publish(
+        addr,
+        "/publish?topic=news.b&event=multi",
+        "text/plain; charset=utf-8",
+        "line1\nline2",
+    );
+    let c = publish(
+        addr,
+        "/publish?topic=news.a",
+        "application/json",
+        r#"{"n":3,"s":"x y"}"#,
+    );
     let got: Vec<_> = (0..3).map(|_| sub.next_event()).collect();
     assert_eq!(
         got,
@@ -187,19 +230,42 @@ fn live_delivery_then_exact_resume_by_header_and_by_query() {
     // then live events (a sentinel published after the resume proves nothing else came first).
     drop(sub);
     let d = publish(addr, "/publish?topic=news.b", "text/plain", "missed 1");
-    publish(addr, "/publish?topic=sports.y", "text/plain", "still not news");
-    let e = publish(addr, "/publish?topic=news.a&event=late", "text/plain", "missed 2");
-    let mut sub = Sse::open(addr, "/sse?topic=news.*", &format!("Last-Event-ID: {c}\r\n"));
+    publish(
+        addr,
+        "/publish?topic=sports.y",
+        "text/plain",
+        "still not news",
+    );
+    let e = publish(
+        addr,
+        "/publish?topic=news.a&event=late",
+        "text/plain",
+        "missed 2",
+    );
+    let mut sub = Sse::open(
+        addr,
+        "/sse?topic=news.*",
+        &format!("Last-Event-ID: {c}\r\n"),
+    );
     let s1 = publish(addr, "/publish?topic=news.z", "text/plain", "sentinel 1");
     assert_eq!(
         sub.events_until("sentinel 1"),
-        [ev("message", "missed 1", &d), ev("late", "missed 2", &e), ev("message", "sentinel 1", &s1)]
+        [
+            ev("message", "missed 1", &d),
+            ev("late", "missed 2", &e),
+            ev("message", "sentinel 1", &s1)
+        ]
     );
     drop(sub);
 
     // (3) The same resume through the query parameter (and a percent-encoded `news.>` pattern).
     let mut sub = Sse::open(addr, &format!("/sse?topic=news.%3E&last_event_id={c}"), "");
-    let s2 = publish(addr, "/publish?topic=news.deep.er", "text/plain", "sentinel 2");
+    let s2 = publish(
+        addr,
+        "/publish?topic=news.deep.er",
+        "text/plain",
+        "sentinel 2",
+    );
     assert_eq!(
         sub.events_until("sentinel 2"),
         [
@@ -236,7 +302,10 @@ fn bad_requests_get_clear_errors() {
     assert!(body.contains("UTF-8"), "{body}");
     let (resp, body) = post(addr, "/publish?topic=a.*", "text/plain", b"x");
     assert_eq!(resp.status, 400);
-    assert!(body.contains("wildcards are only allowed in subscriptions"), "{body}");
+    assert!(
+        body.contains("wildcards are only allowed in subscriptions"),
+        "{body}"
+    );
     assert_eq!(post(addr, "/publish", "text/plain", b"x").0.status, 400);
     let head = "POST /publish?topic=a HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(request(addr, head, b"").0.status, 411);
@@ -250,7 +319,10 @@ fn keepalives_come_from_the_core_timers() {
         keepalive: Some(Duration::from_millis(50)),
         ..Timers::default()
     };
-    let addr = start(Config { timers, ..Config::default() });
+    let addr = start(Config {
+        timers,
+        ..Config::default()
+    });
     let mut sub = Sse::open(addr, "/sse?topic=idle", "");
     assert_eq!(sub.next_item(), Item::Comment(String::new()));
     assert_eq!(sub.next_item(), Item::Comment(String::new()));
