@@ -13,7 +13,8 @@
 //! # The loop contract (what any custom runtime must do)
 //!
 //! 1. **One owner.** One driver thread owns the `Broker` (no mutex). Everything else sends it
-//!    messages over one channel: [`Input`]s from connections, publishes from the application.
+//!    messages over one channel (new streams, writers' flushed bytes and closings, publishes),
+//!    which it turns into `handle_input` / `publish` calls.
 //! 2. **Time is an argument.** Read the clock once per wakeup (`now = Instant::now()`) and pass it
 //!    to `handle_input(now, ..)`, `publish(now, ..)` and `handle_timeout(now)`.
 //! 3. **Sleep until the deadline.** Block on the channel until `poll_timeout()` (forever if
@@ -23,7 +24,8 @@
 //! 4. **Drain completely, never block while draining.** After each `handle_*`, call `poll_output()`
 //!    until `None`. A `Transmit` goes into that connection's *bounded* queue with `try_send`; a full
 //!    queue means its writer cannot keep up, so the connection is dropped (its client resumes from
-//!    its cursor), never waited for: one slow socket must not stall everyone else.
+//!    its cursor), never waited for: one slow socket must not stall everyone else. `Close` is
+//!    step 6; `Event`s are for the application (this example logs them to stderr).
 //! 5. **Credit.** Writers report written bytes with `Input::Flushed`; the core counts what is queued
 //!    per connection and applies its slow-consumer policy, so the queue bound is only a backstop.
 //! 6. **Closing.** On `Output::Close`, stop handing out bytes, let the writer finish what was queued,
@@ -67,8 +69,10 @@ static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 /// What the driver thread receives.
 enum Msg {
-    /// An input from a connection's writer (`Flushed`, `Closed`).
-    Input(Input),
+    /// A writer wrote this many bytes (becomes `Input::Flushed`).
+    Flushed(ConnId, usize),
+    /// A writer ended: the client went away, or its queue was closed (becomes `Input::Closed`).
+    Closed(ConnId),
     /// A new SSE stream: its queue, then `Open` and `Subscribe` in one driver step, so the
     /// subscription is in place by the time the client reads the opening `retry:` frame.
     Connect(ConnId, SyncSender<Bytes>, Subscribe),
@@ -167,8 +171,11 @@ impl Driver {
 
     fn handle(&mut self, now: Instant, msg: Msg) {
         match msg {
-            Msg::Input(Input::Closed { conn }) => self.closed(now, conn),
-            Msg::Input(input) => self.feed(now, input),
+            Msg::Flushed(conn, bytes) if self.writers.contains_key(&conn) => {
+                self.feed(now, Input::Flushed { conn, bytes });
+            }
+            Msg::Flushed(..) => {} // credit for a stream already dropped as too slow
+            Msg::Closed(conn) => self.closed(now, conn),
             Msg::Connect(conn, queue, subscribe) => {
                 self.writers.insert(conn, Some(queue));
                 let open = Input::Open {
@@ -211,7 +218,7 @@ impl Driver {
         }
     }
 
-    /// Forgets the stream's queue (its writer then ends) and tells the broker, once.
+    /// Forgets the stream's queue (its writer then ends) and feeds `Input::Closed`, once.
     fn closed(&mut self, now: Instant, conn: ConnId) {
         if self.writers.remove(&conn).is_some() {
             self.feed(now, Input::Closed { conn });
@@ -401,10 +408,9 @@ fn write_stream(stream: &mut TcpStream, conn: ConnId, rx: &Receiver<Bytes>, tx: 
         if stream.write_all(&buf).is_err() {
             break;
         }
-        let bytes = buf.len();
-        let _ = tx.send(Msg::Input(Input::Flushed { conn, bytes }));
+        let _ = tx.send(Msg::Flushed(conn, buf.len()));
     }
-    let _ = tx.send(Msg::Input(Input::Closed { conn }));
+    let _ = tx.send(Msg::Closed(conn));
 }
 
 /// `POST /publish?topic=T[&event=NAME]` with a body: answers `{"id":"<cursor>"}`.

@@ -72,7 +72,9 @@ impl Broker {
         let Some(bytes) = ev.encoded(conn.transport, epoch) else {
             return;
         };
-        if conn.queued + bytes.len() > max {
+        // With nothing in flight a frame always goes, however large: otherwise no `Flushed`
+        // would ever come to resume the connection.
+        if conn.queued > 0 && conn.queued + bytes.len() > max {
             let policy = self
                 .config
                 .slow_consumer
@@ -154,7 +156,7 @@ impl Broker {
             };
             reached += 1;
             let conn = self.conn_ref(slot);
-            if conn.queued + bytes.len() > self.config.limits.max_queued_bytes {
+            if conn.queued > 0 && conn.queued + bytes.len() > self.config.limits.max_queued_bytes {
                 let policy = self.config.slow_consumer.policy_for(None);
                 let pos = conn
                     .catch_up
@@ -336,11 +338,17 @@ impl Broker {
         conn.closing = true;
         let (id, transport) = (conn.id, conn.transport);
         // The last frame says why; it bypasses the queue limit (the connection is going anyway).
-        let last = Frame::Error { req: None, error: &reason };
+        let last = Frame::Error {
+            req: None,
+            error: &reason,
+        };
         if let Some(bytes) = codec::encode(transport, &last) {
             self.conn_mut(slot).queued += bytes.len();
             self.stats.bytes_out += bytes.len() as u64;
-            self.out.push_back(Output::Transmit { conn: id, payload: bytes });
+            self.out.push_back(Output::Transmit {
+                conn: id,
+                payload: bytes,
+            });
         }
         self.release(slot);
         self.out.push_back(Output::Close { conn: id, reason });

@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn bounded_by_count_bytes_and_age() {
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // clock: test-only
         let retention = Retention {
             max_events: 3,
             max_bytes: 1000,
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn untracked_evictions_are_conservative() {
-        let t0 = Instant::now();
+        let t0 = Instant::now(); // clock: test-only
         let mut h = History::new(
             Retention {
                 max_events: 0,

@@ -22,8 +22,8 @@ pub(crate) struct SubIndex {
 
 #[derive(Default)]
 struct Node {
-    children: HashMap<Box<str>, Node>,
-    star: Option<Box<Node>>,
+    children: HashMap<Box<str>, Self>,
+    star: Option<Box<Self>>,
     /// Patterns ending at this node.
     here: Vec<Slot>,
     /// Patterns ending with `>` after this node.

@@ -15,9 +15,9 @@ use tidings_core::{Config, Cursor, Timers};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn start(config: Config) -> SocketAddr {
+fn start(config: Config) -> sse_std::Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    sse_std::serve(listener, config).expect("serve").addr
+    sse_std::serve(listener, config).expect("serve")
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -193,7 +193,8 @@ fn ev(event_type: &str, data: &str, id: &str) -> DecodedEvent {
 
 #[test]
 fn live_delivery_then_exact_resume_by_header_and_by_query() {
-    let addr = start(Config::default());
+    let server = start(Config::default());
+    let addr = server.addr;
 
     // (1) Live: three events on news.a / news.b, one ignored on another topic.
     let mut sub = Sse::open(addr, "/sse?topic=news.*", "");
@@ -275,11 +276,22 @@ fn live_delivery_then_exact_resume_by_header_and_by_query() {
             ev("message", "sentinel 2", &s2),
         ]
     );
+
+    // Lines typed on stdin publish too (a bad topic is only reported).
+    let typed = "bad..topic lost\nnews.typed typed by hand\n";
+    sse_std::publish_lines(typed.as_bytes(), &server.publisher);
+    let event = sub.next_event();
+    assert_eq!(
+        (event.event_type.as_str(), event.data.as_str()),
+        ("message", "typed by hand")
+    );
+    let id: Cursor = event.last_event_id.parse().unwrap();
+    assert!(id > s2.parse().unwrap(), "{id} follows {s2}");
 }
 
 #[test]
 fn bad_requests_get_clear_errors() {
-    let addr = start(Config::default());
+    let addr = start(Config::default()).addr;
     let (resp, body) = get(addr, "/sse?topic=bad..topic");
     assert_eq!(resp.status, 400);
     assert!(body.contains("\"bad..topic\" is invalid"), "{body}");
@@ -319,10 +331,11 @@ fn keepalives_come_from_the_core_timers() {
         keepalive: Some(Duration::from_millis(50)),
         ..Timers::default()
     };
-    let addr = start(Config {
+    let config = Config {
         timers,
         ..Config::default()
-    });
+    };
+    let addr = start(config).addr;
     let mut sub = Sse::open(addr, "/sse?topic=idle", "");
     assert_eq!(sub.next_item(), Item::Comment(String::new()));
     assert_eq!(sub.next_item(), Item::Comment(String::new()));
