@@ -293,8 +293,7 @@ impl Broker {
         let welcome = Frame::Welcome {
             conn,
             cursor: self.head(),
-            limits: &self.config.limits,
-            retry: self.config.sse_retry,
+            config: &self.config,
         };
         if let Some(bytes) = crate::codec::encode(transport, &welcome) {
             self.transmit(slot, bytes);
@@ -444,6 +443,16 @@ impl Broker {
                 self.mark_stale();
             }
             Command::Identify { req, client_id } => {
+                if !self.conn_ref(slot).grants.may_identify(&client_id) {
+                    let e = ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "client id {:?} is not granted to this connection",
+                            client_id.as_str()
+                        ),
+                    );
+                    return self.fail(slot, req, e);
+                }
                 match self.clients.get(&client_id) {
                     Some(holder) if *holder != slot => {
                         let e = ProtocolError::new(
@@ -469,9 +478,18 @@ impl Broker {
                 }
             }
             Command::Invalid { req, error, fatal } => {
-                self.fail(slot, req, error.clone());
                 if fatal {
+                    // One error frame: the closing one.
+                    self.count_error(error.code);
+                    let conn = self.conn_ref(slot).id;
+                    let event = Event::ProtocolViolation {
+                        conn,
+                        error: error.clone(),
+                    };
+                    self.out.push_back(Output::Event(event));
                     self.close(slot, error);
+                } else {
+                    self.fail(slot, req, error);
                 }
             }
         }
@@ -518,6 +536,7 @@ impl Broker {
         let start = match from {
             None => head,
             Some(c) if c.epoch == self.config.epoch && c.seq <= head => c.seq,
+            Some(_) if new.is_empty() => head,
             Some(c) => {
                 // Another epoch (or a cursor from the future): nothing it saw can be matched up,
                 // so say so and replay whatever this epoch still holds.
@@ -670,12 +689,22 @@ impl Broker {
                 else {
                     return;
                 };
-                if now >= self.conn_ref(slot).last_write + every {
+                // Ping when nothing was written for a while (keeps proxies from timing out), and
+                // a duplex client that said nothing for a while (so it answers before the idle
+                // timeout, even while it receives events).
+                let c = self.conn_ref(slot);
+                let quiet_since = if c.transport.is_duplex() {
+                    c.last_write.min(c.last_read)
+                } else {
+                    c.last_write
+                };
+                let next = if now >= quiet_since + every {
                     self.send_frame(slot, &Frame::Ping);
-                }
-                let next = self.conn_ref(slot).last_write + every;
-                self.timers
-                    .schedule(next.max(now + every / 64), Timer::KeepAlive(conn));
+                    now + every
+                } else {
+                    quiet_since + every
+                };
+                self.timers.schedule(next, Timer::KeepAlive(conn));
             }
             Timer::Idle(conn) => {
                 let (Some(slot), Some(idle)) = (live(self, conn), self.config.timers.idle_timeout)

@@ -5,11 +5,9 @@
 //! [`Transport`] variant, a decoder producing `Command`s and an arm in [`encode`]; the broker does
 //! not change.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 
-use crate::config::Limits;
+use crate::config::Config;
 use crate::cursor::Cursor;
 use crate::error::ProtocolError;
 use crate::input::{AckId, ConnId, ReqId, Transport};
@@ -28,10 +26,8 @@ pub enum Frame<'a> {
         conn: ConnId,
         /// The hub's current cursor: subscribing now means "everything after this".
         cursor: Cursor,
-        /// The limits the client must respect.
-        limits: &'a Limits,
-        /// Suggested reconnection delay.
-        retry: Option<Duration>,
+        /// The limits and timers the client must respect, and the suggested reconnection delay.
+        config: &'a Config,
     },
     /// A topic event (retained, with a cursor).
     Event {
@@ -113,7 +109,7 @@ fn encode_sse(frame: &Frame<'_>) -> Option<Bytes> {
         sse::event(id, name, data).unwrap_or_default()
     };
     Some(match frame {
-        Frame::Welcome { retry, .. } => match retry {
+        Frame::Welcome { config, .. } => match config.sse_retry {
             Some(retry) => {
                 let mut buf = bytes::BytesMut::with_capacity(24);
                 sse::encode_retry(

@@ -146,6 +146,18 @@ impl ErrorCode {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// The WebSocket close code an adapter should use when this error closes a connection.
+    pub fn ws_close_code(self) -> u16 {
+        match self {
+            Self::FrameTooLarge => 1009,
+            Self::ShuttingDown => 1001,
+            Self::Overloaded => 1013,
+            Self::Idle => 1000,
+            Self::NotUtf8 => 1007,
+            _ => 1008,
+        }
+    }
+
     /// The HTTP status an adapter should use when this error refuses an HTTP request.
     pub fn http_status(self) -> u16 {
         match self {

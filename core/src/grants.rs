@@ -1,6 +1,6 @@
 //! Grants: what one connection may subscribe to, publish to and send.
 
-use crate::topic::{Pattern, Topic};
+use crate::topic::{Name, Pattern, Topic};
 
 /// Per-connection permissions, set by the adapter from authentication or configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -12,6 +12,22 @@ pub struct Grants {
     /// Whether the connection may send direct messages to other connections or client ids,
     /// and send requests to the application.
     pub direct: bool,
+    /// Which client ids the connection may claim with `identify` (others can then send to it
+    /// directly, and its publishes carry it as `from`).
+    pub client_ids: ClientIds,
+}
+
+/// The client ids a connection may claim.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ClientIds {
+    /// None.
+    #[default]
+    None,
+    /// Exactly this one (e.g. the subject of the connection's token).
+    Only(Name),
+    /// Any id not held by another connection.
+    Any,
 }
 
 impl Grants {
@@ -22,6 +38,7 @@ impl Grants {
             subscribe: vec![any.clone()],
             publish: vec![any],
             direct: true,
+            client_ids: ClientIds::Any,
         }
     }
 
@@ -33,6 +50,15 @@ impl Grants {
     /// Whether subscribing to `pattern` is allowed.
     pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
         self.subscribe.iter().any(|g| g.covers(pattern))
+    }
+
+    /// Whether claiming `client_id` is allowed.
+    pub fn may_identify(&self, client_id: &Name) -> bool {
+        match &self.client_ids {
+            ClientIds::Any => true,
+            ClientIds::Only(only) => only == client_id,
+            ClientIds::None => false,
+        }
     }
 
     /// Whether publishing to `topic` is allowed.

@@ -25,7 +25,7 @@ pub use broker::{Broker, ConnInfo, Stats};
 pub use config::{Config, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers};
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};
-pub use grants::Grants;
+pub use grants::{ClientIds, Grants};
 pub use input::{AckId, Command, ConnId, Input, Recipient, ReqId, Subscribe, Transport};
 pub use output::{Event, Gap, GapReason, Output};
 pub use payload::Payload;

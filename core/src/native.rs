@@ -27,28 +27,33 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// are ignored so newer clients can talk to older servers.
 #[derive(Deserialize)]
 struct Fields<'a> {
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     op: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     topic: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     topics: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     from: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     name: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     event: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     error: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     to: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     client_id: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as a present value, so `"data": null` is data and not a missing field.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
 }
 
 /// Decodes one client frame. Never fails: a bad frame becomes [`Command::Invalid`] carrying the
@@ -66,6 +71,20 @@ pub fn decode(frame: &Bytes, limits: &Limits) -> Command {
             true,
         );
     }
+    // Only an object is a frame (serde would also map a JSON array onto the fields by position).
+    if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let message = if std::str::from_utf8(frame).is_ok() {
+            "frame must be a JSON object with an \"op\" field"
+        } else {
+            return invalid(
+                None,
+                ErrorCode::NotUtf8,
+                "frame is not valid UTF-8; frames are JSON text".into(),
+                false,
+            );
+        };
+        return invalid(None, ErrorCode::BadFrame, message.into(), false);
+    }
     let fields: Fields<'_> = match serde_json::from_slice(frame) {
         Ok(fields) => fields,
         Err(e) => {
@@ -77,7 +96,9 @@ pub fn decode(frame: &Bytes, limits: &Limits) -> Command {
                     false,
                 );
             } else if e.is_data() {
-                "frame must be a JSON object with an \"op\" field".to_string()
+                format!(
+                    "frame must be a JSON object with an \"op\" field and no duplicate keys ({e})"
+                )
             } else {
                 format!("frame is not valid JSON: {e}")
             };
@@ -97,7 +118,8 @@ pub fn decode(frame: &Bytes, limits: &Limits) -> Command {
     match decode_op(frame, &fields, req, limits) {
         Ok(cmd) => cmd,
         Err(error) => Command::Invalid {
-            req,
+            // A reply's id is the server's request id, not one the client waits on.
+            req: req.filter(|_| fields.op.is_none_or(|op| op.get() != "\"reply\"")),
             error,
             fatal: false,
         },
@@ -129,7 +151,7 @@ fn decode_op(
         "publish" => Command::Publish {
             req,
             topic: topic(f.topic, limits)?,
-            event: optional_name("event", f.event, name_len)?,
+            event: event_name(f.event, name_len)?,
             payload: payload(frame, f.data.ok_or_else(|| missing("data"))?)?,
         },
         "send" => {
@@ -151,7 +173,7 @@ fn decode_op(
             Command::Send {
                 req,
                 to,
-                event: optional_name("event", f.event, name_len)?,
+                event: event_name(f.event, name_len)?,
                 payload: payload(frame, f.data.ok_or_else(|| missing("data"))?)?,
             }
         }
@@ -187,6 +209,8 @@ fn decode_op(
             )?,
         },
         "ping" => Command::Ping { req },
+        // The answer to a server `ping`: activity, nothing to reply.
+        "pong" => Command::Ping { req: None },
         other => {
             return Err(ProtocolError::new(
                 ErrorCode::UnknownOp,
@@ -238,6 +262,27 @@ fn optional_name(
         .transpose()
 }
 
+/// Event names of published and sent data; `tidings-` names are the server's own notices
+/// (`tidings-gap`, `tidings-error` on SSE), so clients cannot forge them.
+fn event_name(raw: Option<&RawValue>, max_len: usize) -> Result<Option<Name>, ProtocolError> {
+    let name = optional_name("event", raw, max_len)?;
+    if name
+        .as_ref()
+        .is_some_and(|n| n.as_str().starts_with(RESERVED_EVENT_PREFIX))
+    {
+        return Err(ProtocolError::new(
+            ErrorCode::BadField,
+            format!(
+                "event names starting with {RESERVED_EVENT_PREFIX:?} are reserved for the server's notices"
+            ),
+        ));
+    }
+    Ok(name)
+}
+
+/// The prefix of event names the server reserves for its own SSE notices.
+pub const RESERVED_EVENT_PREFIX: &str = "tidings-";
+
 fn topic(raw: Option<&RawValue>, limits: &Limits) -> Result<Topic, ProtocolError> {
     Topic::parse(
         &string("topic", raw.ok_or_else(|| missing("topic"))?)?,
@@ -257,11 +302,17 @@ fn patterns(f: &Fields<'_>, limits: &Limits) -> Result<Vec<Pattern>, ProtocolErr
             ));
         }
     };
-    if list.is_empty() || list.len() > limits.max_subscriptions {
+    if list.is_empty() {
         return Err(ProtocolError::new(
             ErrorCode::BadField,
+            "\"topics\" must hold at least one pattern",
+        ));
+    }
+    if list.len() > limits.max_subscriptions {
+        return Err(ProtocolError::new(
+            ErrorCode::LimitReached,
             format!(
-                "\"topics\" must hold 1 to {} patterns (got {})",
+                "at most {} subscriptions per connection; this frame names {}",
                 limits.max_subscriptions,
                 list.len()
             ),
@@ -309,9 +360,10 @@ pub fn encode(frame: &Frame<'_>) -> Bytes {
         Frame::Welcome {
             conn,
             cursor,
-            limits,
-            retry,
+            config,
         } => {
+            let limits = &config.limits;
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             b.raw("{\"type\":\"welcome\",\"protocol\":");
             b.num(u64::from(PROTOCOL_VERSION));
             b.raw(",\"conn\":");
@@ -328,10 +380,21 @@ pub fn encode(frame: &Frame<'_>) -> Bytes {
             b.num(limits.max_name_len as u64);
             b.raw(",\"max_topic_len\":");
             b.num(limits.names.max_len as u64);
+            b.raw(",\"max_topic_segments\":");
+            b.num(limits.names.max_segments as u64);
             b.raw("}");
-            if let Some(retry) = retry {
-                b.raw(",\"retry_ms\":");
-                b.num(u64::try_from(retry.as_millis()).unwrap_or(u64::MAX));
+            for (field, value) in [
+                ("keepalive_ms", config.timers.keepalive),
+                ("idle_timeout_ms", config.timers.idle_timeout),
+                ("request_timeout_ms", Some(config.timers.request_timeout)),
+                ("retry_ms", config.sse_retry),
+            ] {
+                if let Some(value) = value {
+                    b.raw(",\"");
+                    b.raw(field);
+                    b.raw("\":");
+                    b.num(ms(value));
+                }
             }
             b.raw("}");
         }
@@ -724,16 +787,17 @@ mod tests {
             })[..],
             br#"{"type":"error","id":5,"code":"forbidden","message":"no"}"#
         );
-        let limits = Limits::default();
+        let config = crate::Config::default();
         let w = encode(&Frame::Welcome {
             conn: ConnId(7),
             cursor: Cursor::new(1, 0),
-            limits: &limits,
-            retry: None,
+            config: &config,
         });
         let v: serde_json::Value = serde_json::from_slice(&w).unwrap();
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["cursor"], "1-0");
         assert_eq!(v["limits"]["max_frame_bytes"], 1 << 20);
+        assert_eq!(v["keepalive_ms"], 15_000);
+        assert_eq!(v["retry_ms"], 2_000);
     }
 }

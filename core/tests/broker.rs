@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{Sim, publish};
 use serde_json::{Value, json};
 use tidings_core::{
-    ApiError, Config, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name, Pattern, Payload,
-    Recipient, SlowConsumerPolicy, Topic, Transport,
+    ApiError, ClientIds, Config, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name, Pattern,
+    Payload, Recipient, SlowConsumerPolicy, Topic, Transport,
 };
 
 fn name(s: &str) -> Name {
@@ -600,6 +600,7 @@ fn grants_are_enforced() {
         subscribe: vec![Pattern::parse("public.>", Default::default()).unwrap()],
         publish: vec![Pattern::parse("public.chat", Default::default()).unwrap()],
         direct: false,
+        client_ids: ClientIds::Only(name("me")),
     };
     let mut sim = Sim::new(Config::default());
     let c = sim.open_with(1, Transport::Native, grants);
@@ -609,6 +610,7 @@ fn grants_are_enforced() {
         r#"{"op":"publish","id":3,"topic":"public.news","data":1}"#,
         r#"{"op":"send","id":4,"to":"x","data":1}"#,
         r#"{"op":"request","id":5,"event":"x"}"#,
+        r#"{"op":"identify","id":6,"client_id":"admin"}"#,
     ] {
         sim.send(c, frame);
         let f = sim.take(c);
@@ -618,6 +620,8 @@ fn grants_are_enforced() {
         sim.broker.conn(c).unwrap().subscriptions.is_empty(),
         "all or nothing"
     );
+    sim.send(c, r#"{"op":"identify","id":8,"client_id":"me"}"#);
+    assert_eq!(sim.take(c), vec![json!({"type":"ok","id":8})]);
     sim.send(c, r#"{"op":"subscribe","id":6,"topic":"public.*"}"#);
     sim.send(
         c,
@@ -653,7 +657,7 @@ fn bad_input_is_answered_and_isolated() {
             r#"{"op":"publish","topic":"a b","data":1}"#,
             "invalid_topic",
         ),
-        (r#"{"op":"subscribe","topics":["a","b","c"]}"#, "bad_field"),
+        (r#"{"op":"subscribe","topics":["a","b","c"]}"#, "limit_reached"),
         (r#"{"op":"reply","id":99,"data":1}"#, "unknown_request"),
     ] {
         sim.send(bad, frame);
@@ -789,4 +793,87 @@ fn retention_by_age() {
     assert_eq!(f[1]["data"], "new");
     sim.advance(Duration::from_secs(30));
     assert_eq!(sim.broker.stats().retained_events, 0);
+}
+
+#[test]
+fn null_data_pong_reserved_names_and_reply_errors() {
+    let mut sim = Sim::new(Config::default());
+    let a = sim.open(1, Transport::Native);
+    sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
+    sim.send(a, r#"{"op":"publish","id":1,"topic":"t","data":null}"#);
+    let f = sim.take(a);
+    assert_eq!(
+        f[0]["data"],
+        Value::Null,
+        "null is data, not a missing field"
+    );
+    assert_eq!(f[1], json!({"type":"ok","id":1,"cursor":"1-1"}));
+    sim.send(a, r#"{"op":"pong"}"#);
+    assert!(sim.take(a).is_empty(), "a pong is activity, with no answer");
+    sim.send(
+        a,
+        r#"{"op":"publish","id":2,"topic":"t","event":"tidings-gap","data":1}"#,
+    );
+    let f = sim.take(a);
+    assert_eq!(
+        (f[0]["id"].clone(), f[0]["code"].clone()),
+        (json!(2), json!("bad_field"))
+    );
+    // A reply's id is the server's, so errors about replies never carry it.
+    sim.send(a, r#"{"op":"reply","id":3,"data":1,"error":5}"#);
+    let f = sim.take(a);
+    assert_eq!(f[0]["code"], "bad_field");
+    assert!(f[0].get("id").is_none(), "{}", f[0]);
+}
+
+#[test]
+fn fatal_errors_send_one_frame_and_resubscribing_held_patterns_sends_no_gap() {
+    let mut config = Config::default();
+    config.limits.max_frame_bytes = 64;
+    let mut sim = Sim::new(config);
+    let a = sim.open(1, Transport::Native);
+    sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
+    sim.send(a, r#"{"op":"subscribe","id":1,"topic":"t","from":"99-1"}"#);
+    assert_eq!(
+        sim.take(a),
+        vec![json!({"type":"ok","id":1,"cursor":"1-0"})],
+        "nothing new: no gap"
+    );
+    sim.send(a, &format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(64)));
+    let f = sim.take(a);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["code"], "frame_too_large");
+    assert_eq!(sim.closed[&a].code.ws_close_code(), 1009);
+}
+
+#[test]
+fn receive_only_websocket_clients_are_pinged_before_the_idle_timeout() {
+    let mut config = Config::default();
+    config.timers.keepalive = Some(Duration::from_secs(15));
+    config.timers.idle_timeout = Some(Duration::from_secs(60));
+    let mut sim = Sim::new(config);
+    let a = sim.open(1, Transport::Native);
+    sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
+    let mut pings = 0;
+    for _ in 0..20 {
+        // An event every 5 s: the server writes often, the client says nothing...
+        sim.advance(Duration::from_secs(5));
+        sim.broker.publish(sim.now, topic("t"), None, text("tick"));
+        sim.drain();
+        for f in sim.take(a) {
+            if f["type"] == "ping" {
+                pings += 1;
+                // ...except to answer pings, as clients must.
+                sim.send(a, r#"{"op":"pong"}"#);
+            }
+        }
+    }
+    assert!(
+        pings >= 5,
+        "pinged every 15 s of client silence, got {pings}"
+    );
+    assert!(
+        !sim.closed.contains_key(&a),
+        "a client that answers pings is never idle"
+    );
 }
