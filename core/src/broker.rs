@@ -593,16 +593,25 @@ impl Broker {
     }
 
     pub(crate) fn remove_sub(&mut self, slot: Slot, pattern: &crate::topic::Pattern) {
+        let max = self.config.limits.max_subscriptions;
         let conn = self.conn_mut(slot);
         let Some(i) = conn.subs.iter().position(|s| s.pattern == *pattern) else {
             return;
         };
         let sub = conn.subs.remove(i);
-        if let Some(cu) = conn.catch_up.as_deref_mut().filter(|cu| sub.done > cu.pos) {
-            cu.removed.push(Sub {
-                name: None,
-                ..sub.clone()
-            });
+        if let Some(cu) = conn.catch_up.as_deref_mut() {
+            // Remember what it delivered beyond the catch-up position, if anything; bounded like
+            // subscriptions (past that, the oldest memory goes: a duplicate beats unbounded growth).
+            cu.removed.retain(|s| s.done > cu.pos);
+            if sub.done > sub.start.max(cu.pos) {
+                if cu.removed.len() >= max {
+                    cu.removed.remove(0);
+                }
+                cu.removed.push(Sub {
+                    name: None,
+                    ..sub.clone()
+                });
+            }
         }
         self.subs.remove(pattern, slot);
         if let Some(name) = sub.name {

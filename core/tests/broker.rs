@@ -657,7 +657,10 @@ fn bad_input_is_answered_and_isolated() {
             r#"{"op":"publish","topic":"a b","data":1}"#,
             "invalid_topic",
         ),
-        (r#"{"op":"subscribe","topics":["a","b","c"]}"#, "limit_reached"),
+        (
+            r#"{"op":"subscribe","topics":["a","b","c"]}"#,
+            "limit_reached",
+        ),
         (r#"{"op":"reply","id":99,"data":1}"#, "unknown_request"),
     ] {
         sim.send(bad, frame);
