@@ -4,6 +4,7 @@
 //! Every broker call is followed by a complete drain of its outputs (counted, then dropped, as an
 //! adapter would after writing them). The clock is fixed, so no timer fires during a measurement.
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use tidings_bench::{
     Driver, bench_config, json_of_len, json_payload, subscribe_cmd, text_payload, topic,
 };
 use tidings_core::codec::Frame;
-use tidings_core::{ConnId, Cursor, Input, Limits, Transport, native, sse};
+use tidings_core::{ConnId, Cursor, Input, Limits, Output, Transport, native, sse};
 
 /// Bytes of the payload published in the fan-out, publish and resume benches.
 const PAYLOAD: usize = 128;
@@ -71,6 +72,47 @@ fn fanout(c: &mut Criterion) {
         }
         g.finish();
     }
+
+    // The floor of the current output API, without the broker: per delivery, clone the shared
+    // frame into an `Output::Transmit`, queue it, pop it and drop it (what `fanout/N` does beyond
+    // the broker's own bookkeeping). `static` uses a `Bytes::from_static` frame, whose clone and
+    // drop touch no reference count: the difference is the cost of the atomic count.
+    let mut g = c.benchmark_group("fanout_floor");
+    let shared = native::encode(&Frame::Event {
+        topic: &t,
+        cursor: Cursor::new(1, 1),
+        event: None,
+        payload: &payload,
+    });
+    let leaked: &'static [u8] = shared.to_vec().leak();
+    let frames = [
+        ("shared", shared.clone()),
+        ("static", Bytes::from_static(leaked)),
+    ];
+    for n in [100u64, 10_000] {
+        for (kind, frame) in &frames {
+            let mut queue: VecDeque<Output> = VecDeque::new();
+            g.throughput(Throughput::Elements(n));
+            g.bench_function(BenchmarkId::new(*kind, n), |b| {
+                b.iter(|| {
+                    for conn in 0..n {
+                        queue.push_back(Output::Transmit {
+                            conn: ConnId(conn),
+                            payload: frame.clone(),
+                        });
+                    }
+                    let mut bytes = 0;
+                    while let Some(out) = queue.pop_front() {
+                        if let Output::Transmit { payload, .. } = out {
+                            bytes += payload.len();
+                        }
+                    }
+                    black_box(bytes)
+                });
+            });
+        }
+    }
+    g.finish();
 
     // The same native fan-out, with the adapter returning the credit of every frame (one
     // `Flushed` each) inside the measurement: the whole broker-side cost of a delivery.
