@@ -49,17 +49,17 @@ impl Broker {
         let slot = self.slot(conn)?;
         let max = self.config.limits.max_rooms_per_conn;
         let state = self.conn_mut(slot);
-        if state.closing || state.rooms.contains(&room) {
+        if state.closing || state.rooms().contains(&room) {
             return Ok(false);
         }
-        if state.rooms.len() >= max {
+        if state.rooms().len() >= max {
             return Err(ApiError::LimitReached {
                 conn,
                 what: "rooms per connection",
                 limit: max,
             });
         }
-        state.rooms.push(room.clone());
+        state.extras_mut().rooms.push(room.clone());
         self.rooms.entry(room).or_default().push(slot);
         Ok(true)
     }
@@ -71,10 +71,10 @@ impl Broker {
     pub fn leave(&mut self, conn: ConnId, room: &Name) -> Result<bool, ApiError> {
         let slot = self.slot(conn)?;
         let state = self.conn_mut(slot);
-        let Some(i) = state.rooms.iter().position(|r| r == room) else {
+        let Some(i) = state.rooms().iter().position(|r| r == room) else {
             return Ok(false);
         };
-        state.rooms.swap_remove(i);
+        state.extras_mut().rooms.swap_remove(i);
         self.remove_from_room(room, slot);
         Ok(true)
     }
@@ -146,16 +146,17 @@ impl Broker {
                 what: "requests to a connection that cannot answer (SSE, or closing)",
             });
         }
-        if state.acks.len() >= max {
+        if state.acks().len() >= max {
             return Err(ApiError::LimitReached {
                 conn,
                 what: "pending requests to the client",
                 limit: max,
             });
         }
-        let ack = state.next_ack;
-        state.next_ack += 1;
-        state.acks.push(ack);
+        let extras = state.extras_mut();
+        extras.next_ack += 1;
+        let ack = extras.next_ack;
+        extras.acks.push(ack);
         self.timers
             .schedule(self.now + timeout, Timer::Ack(conn, ack));
         self.send_frame(
@@ -183,10 +184,10 @@ impl Broker {
             return false;
         };
         let state = self.conn_mut(slot);
-        let Some(i) = state.requests.iter().position(|r| *r == req) else {
+        let Some(i) = state.requests().iter().position(|r| *r == req) else {
             return false;
         };
-        state.requests.swap_remove(i);
+        state.extras_mut().requests.swap_remove(i);
         match &result {
             Ok(payload) => self.send_frame(
                 slot,

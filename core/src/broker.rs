@@ -12,7 +12,7 @@ use crate::cursor::Cursor;
 use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::history::History;
-use crate::input::{Command, ConnId, Input, Recipient, Subscribe, Transport};
+use crate::input::{Command, ConnId, ConnMap, Input, Recipient, Subscribe, Transport};
 use crate::output::{Event, Gap, GapReason, Output};
 use crate::payload::Payload;
 use crate::subs::{Slot, SubIndex};
@@ -74,7 +74,7 @@ pub struct Broker {
     pub(crate) now: Instant,
     pub(crate) conns: Vec<Option<ConnState>>,
     free: Vec<Slot>,
-    pub(crate) ids: HashMap<ConnId, Slot>,
+    pub(crate) ids: ConnMap<Slot>,
     pub(crate) subs: SubIndex,
     /// Subscription name -> slots holding a subscription with that name.
     pub(crate) names: HashMap<Name, Vec<Slot>>,
@@ -100,7 +100,7 @@ impl Broker {
             now,
             conns: Vec::new(),
             free: Vec::new(),
-            ids: HashMap::new(),
+            ids: ConnMap::default(),
             subs: SubIndex::default(),
             names: HashMap::new(),
             clients: HashMap::new(),
@@ -157,8 +157,7 @@ impl Broker {
                 self.conns[slot as usize] = None;
                 self.ids.remove(&conn);
                 self.free.push(slot);
-                self.out
-                    .push_back(Output::Event(Event::Disconnected { conn }));
+                self.emit(Event::Disconnected { conn });
                 Ok(())
             }
         }
@@ -216,8 +215,8 @@ impl Broker {
         Some(ConnInfo {
             transport: c.transport,
             subscriptions: c.subs.iter().map(|s| s.pattern.to_string()).collect(),
-            client_id: c.client_id.as_ref().map(Name::to_string),
-            rooms: c.rooms.iter().map(Name::to_string).collect(),
+            client_id: c.client_id().map(Name::to_string),
+            rooms: c.rooms().iter().map(Name::to_string).collect(),
             queued_bytes: c.queued,
             catching_up: c.catch_up.is_some(),
             closing: c.closing,
@@ -298,14 +297,49 @@ impl Broker {
         if let Some(bytes) = crate::codec::encode(transport, &welcome) {
             self.transmit(slot, bytes);
         }
-        if let Some(every) = self.config.timers.keepalive {
-            self.timers
-                .schedule(self.now + every, Timer::KeepAlive(conn));
-        }
-        if let (Some(idle), true) = (self.config.timers.idle_timeout, transport.is_duplex()) {
-            self.timers.schedule(self.now + idle, Timer::Idle(conn));
-        }
+        self.conn_timer(slot);
         Ok(())
+    }
+
+    /// A connection's one timer: keep-alive pings and the idle timeout. Pings go when nothing
+    /// was written for a while (so proxies keep the connection) and when a duplex client said
+    /// nothing for a while (so it answers before the idle timeout, even while receiving events).
+    fn conn_timer(&mut self, slot: Slot) {
+        let now = self.now;
+        let timers = &self.config.timers;
+        let (keepalive, idle) = (timers.keepalive, timers.idle_timeout);
+        let c = self.conn_ref(slot);
+        let (id, duplex, last_read) = (c.id, c.transport.is_duplex(), c.last_read);
+        let idle = idle.filter(|_| duplex);
+        if let Some(idle) = idle.filter(|idle| now >= last_read + *idle) {
+            self.count_error(ErrorCode::Idle);
+            let e = ProtocolError::new(
+                ErrorCode::Idle,
+                format!(
+                    "nothing received for {} s; clients answer pings to stay connected",
+                    idle.as_secs()
+                ),
+            );
+            return self.close(slot, e);
+        }
+        let next_ping = keepalive.map(|every| {
+            let c = self.conn_ref(slot);
+            let quiet_since = if duplex {
+                c.last_write.min(c.last_read)
+            } else {
+                c.last_write
+            };
+            if now >= quiet_since + every {
+                self.send_frame(slot, &Frame::Ping);
+                now + every
+            } else {
+                quiet_since + every
+            }
+        });
+        let next_idle = idle.map(|idle| last_read + idle);
+        if let Some(next) = next_ping.into_iter().chain(next_idle).min() {
+            self.timers.schedule(next, Timer::Conn(id));
+        }
     }
 
     /// The one dispatch of client commands.
@@ -366,7 +400,7 @@ impl Broker {
                     );
                     return self.fail(slot, req, e);
                 }
-                let from = conn.client_id.clone();
+                let from = conn.client_id().cloned();
                 if self.send_message(&to, from.as_ref(), None, event.as_ref(), &payload) == 0 {
                     let e = ProtocolError::new(
                         ErrorCode::NoRecipient,
@@ -388,12 +422,12 @@ impl Broker {
                         ErrorCode::Forbidden,
                         "requests to the application are not granted to this connection",
                     ))
-                } else if conn.requests.contains(&req) {
+                } else if conn.requests().contains(&req) {
                     Some(ProtocolError::new(
                         ErrorCode::DuplicateRequest,
                         format!("request id {req} is already pending on this connection"),
                     ))
-                } else if conn.requests.len() >= limits.max_pending_requests {
+                } else if conn.requests().len() >= limits.max_pending_requests {
                     Some(ProtocolError::new(
                         ErrorCode::LimitReached,
                         format!(
@@ -408,22 +442,22 @@ impl Broker {
                     return self.fail(slot, Some(req), e);
                 }
                 let conn = self.conn_mut(slot);
-                conn.requests.push(req);
+                conn.extras_mut().requests.push(req);
                 let id = conn.id;
                 self.timers.schedule(
                     self.now + self.config.timers.request_timeout,
                     Timer::Request(id, req),
                 );
-                self.out.push_back(Output::Event(Event::Request {
+                self.emit(Event::Request {
                     conn: id,
                     req,
                     event,
                     payload,
-                }));
+                });
             }
             Command::Reply { ack, result } => {
                 let conn = self.conn_mut(slot);
-                let Some(i) = conn.acks.iter().position(|a| *a == ack) else {
+                let Some(i) = conn.acks().iter().position(|a| *a == ack) else {
                     let e = ProtocolError::new(
                         ErrorCode::UnknownRequest,
                         format!(
@@ -432,14 +466,14 @@ impl Broker {
                     );
                     return self.fail(slot, None, e);
                 };
-                conn.acks.swap_remove(i);
+                conn.extras_mut().acks.swap_remove(i);
                 let id = conn.id;
                 let result = result.map_err(|msg| ProtocolError::new(ErrorCode::Rejected, msg));
-                self.out.push_back(Output::Event(Event::AckResult {
+                self.emit(Event::AckResult {
                     conn: id,
                     ack,
                     result,
-                }));
+                });
                 self.mark_stale();
             }
             Command::Identify { req, client_id } => {
@@ -466,7 +500,12 @@ impl Broker {
                     }
                     _ => {}
                 }
-                if let Some(old) = self.conn_mut(slot).client_id.replace(client_id.clone()) {
+                if let Some(old) = self
+                    .conn_mut(slot)
+                    .extras_mut()
+                    .client_id
+                    .replace(client_id.clone())
+                {
                     self.clients.remove(&old);
                 }
                 self.clients.insert(client_id, slot);
@@ -486,7 +525,7 @@ impl Broker {
                         conn,
                         error: error.clone(),
                     };
-                    self.out.push_back(Output::Event(event));
+                    self.emit(event);
                     self.close(slot, error);
                 } else {
                     self.fail(slot, req, error);
@@ -554,6 +593,8 @@ impl Broker {
         if start < head && !new.is_empty() {
             self.rewind(slot, start);
         }
+        // Most connections hold a handful of patterns: no spare capacity for them.
+        self.conn_mut(slot).subs.reserve_exact(new.len());
         for pattern in new {
             self.subs.insert(&pattern, slot);
             if let Some(name) = &name {
@@ -651,8 +692,12 @@ impl Broker {
         self.count_error(error.code);
         self.send_frame(slot, &Frame::Error { req, error: &error });
         let conn = self.conn_ref(slot).id;
-        self.out
-            .push_back(Output::Event(Event::ProtocolViolation { conn, error }));
+        self.emit(Event::ProtocolViolation { conn, error });
+    }
+
+    /// Queues an event for the application.
+    pub(crate) fn emit(&mut self, event: Event) {
+        self.out.push_back(Output::Event(Box::new(event)));
     }
 
     pub(crate) fn count_error(&mut self, code: ErrorCode) {
@@ -667,11 +712,11 @@ impl Broker {
             Timer::Request(c, req) => ids
                 .get(&c)
                 .and_then(|s| conns[*s as usize].as_ref())
-                .is_some_and(|s| s.requests.contains(&req)),
+                .is_some_and(|s| s.requests().contains(&req)),
             Timer::Ack(c, ack) => ids
                 .get(&c)
                 .and_then(|s| conns[*s as usize].as_ref())
-                .is_some_and(|s| s.acks.contains(&ack)),
+                .is_some_and(|s| s.acks().contains(&ack)),
             _ => true,
         });
     }
@@ -693,55 +738,18 @@ impl Broker {
                 .filter(|s| !b.conn_ref(*s).closing)
         };
         match timer {
-            Timer::KeepAlive(conn) => {
-                let (Some(slot), Some(every)) = (live(self, conn), self.config.timers.keepalive)
-                else {
-                    return;
-                };
-                // Ping when nothing was written for a while (keeps proxies from timing out), and
-                // a duplex client that said nothing for a while (so it answers before the idle
-                // timeout, even while it receives events).
-                let c = self.conn_ref(slot);
-                let quiet_since = if c.transport.is_duplex() {
-                    c.last_write.min(c.last_read)
-                } else {
-                    c.last_write
-                };
-                let next = if now >= quiet_since + every {
-                    self.send_frame(slot, &Frame::Ping);
-                    now + every
-                } else {
-                    quiet_since + every
-                };
-                self.timers.schedule(next, Timer::KeepAlive(conn));
-            }
-            Timer::Idle(conn) => {
-                let (Some(slot), Some(idle)) = (live(self, conn), self.config.timers.idle_timeout)
-                else {
-                    return;
-                };
-                let last = self.conn_ref(slot).last_read;
-                if now >= last + idle {
-                    let e = ProtocolError::new(
-                        ErrorCode::Idle,
-                        format!(
-                            "nothing received for {} s; clients answer pings to stay connected",
-                            idle.as_secs()
-                        ),
-                    );
-                    self.count_error(ErrorCode::Idle);
-                    self.close(slot, e);
-                } else {
-                    self.timers.schedule(last + idle, Timer::Idle(conn));
+            Timer::Conn(conn) => {
+                if let Some(slot) = live(self, conn) {
+                    self.conn_timer(slot);
                 }
             }
             Timer::Request(conn, req) => {
                 let Some(slot) = live(self, conn) else { return };
                 let state = self.conn_mut(slot);
-                let Some(i) = state.requests.iter().position(|r| *r == req) else {
+                let Some(i) = state.requests().iter().position(|r| *r == req) else {
                     return;
                 };
-                state.requests.swap_remove(i);
+                state.extras_mut().requests.swap_remove(i);
                 let ms = self.config.timers.request_timeout.as_millis();
                 self.count_error(ErrorCode::Timeout);
                 let e = ProtocolError::new(
@@ -759,16 +767,16 @@ impl Broker {
             Timer::Ack(conn, ack) => {
                 let Some(slot) = live(self, conn) else { return };
                 let state = self.conn_mut(slot);
-                let Some(i) = state.acks.iter().position(|a| *a == ack) else {
+                let Some(i) = state.acks().iter().position(|a| *a == ack) else {
                     return;
                 };
-                state.acks.swap_remove(i);
+                state.extras_mut().acks.swap_remove(i);
                 let e = ProtocolError::new(ErrorCode::Timeout, "the client did not answer in time");
-                self.out.push_back(Output::Event(Event::AckResult {
+                self.emit(Event::AckResult {
                     conn,
                     ack,
                     result: Err(e),
-                }));
+                });
             }
             Timer::Retention => {
                 self.retention_timer = None;

@@ -126,7 +126,7 @@ fn encode_sse(frame: &Frame<'_>) -> Option<Bytes> {
             payload,
             ..
         } => event(
-            Some(&cursor.to_string()),
+            Some(cursor.text().as_str()),
             name.map(Name::as_str),
             payload.bytes(),
         ),
@@ -136,7 +136,7 @@ fn encode_sse(frame: &Frame<'_>) -> Option<Bytes> {
             ..
         } => event(None, name.map(Name::as_str), payload.bytes()),
         Frame::Gap(gap) => event(
-            Some(&gap.to.to_string()),
+            Some(gap.to.text().as_str()),
             Some("tidings-gap"),
             &native::gap_json(gap),
         ),

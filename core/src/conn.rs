@@ -66,21 +66,28 @@ pub(crate) struct CatchUp {
     pub(crate) removed: Vec<Sub>,
 }
 
+/// What only some connections use, kept out of line so an idle connection stays small.
+#[derive(Default)]
+pub(crate) struct Extras {
+    pub(crate) client_id: Option<Name>,
+    pub(crate) rooms: Vec<Name>,
+    /// Client requests waiting for the application.
+    pub(crate) requests: Vec<ReqId>,
+    /// Server requests waiting for the client.
+    pub(crate) acks: Vec<AckId>,
+    /// The last server request id handed out (ids start at 1).
+    pub(crate) next_ack: AckId,
+}
+
 pub(crate) struct ConnState {
     pub(crate) id: ConnId,
     pub(crate) transport: Transport,
     pub(crate) grants: Arc<Grants>,
     pub(crate) subs: Vec<Sub>,
-    pub(crate) client_id: Option<Name>,
-    pub(crate) rooms: Vec<Name>,
     /// Bytes handed out and not yet reported flushed.
     pub(crate) queued: usize,
     pub(crate) catch_up: Option<Box<CatchUp>>,
-    /// Client requests waiting for the application.
-    pub(crate) requests: Vec<ReqId>,
-    /// Server requests waiting for the client.
-    pub(crate) acks: Vec<AckId>,
-    pub(crate) next_ack: AckId,
+    pub(crate) extras: Option<Box<Extras>>,
     pub(crate) last_read: Instant,
     pub(crate) last_write: Instant,
     /// The fan-out this connection last received (deduplicates overlapping subscriptions).
@@ -96,18 +103,35 @@ impl ConnState {
             transport,
             grants,
             subs: Vec::new(),
-            client_id: None,
-            rooms: Vec::new(),
             queued: 0,
             catch_up: None,
-            requests: Vec::new(),
-            acks: Vec::new(),
-            next_ack: 1,
+            extras: None,
             last_read: now,
             last_write: now,
             stamp: 0,
             closing: false,
         }
+    }
+
+    /// The rarely used state, allocated on first use.
+    pub(crate) fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    pub(crate) fn client_id(&self) -> Option<&Name> {
+        self.extras.as_ref()?.client_id.as_ref()
+    }
+
+    pub(crate) fn rooms(&self) -> &[Name] {
+        self.extras.as_ref().map_or(&[], |x| &x.rooms)
+    }
+
+    pub(crate) fn requests(&self) -> &[ReqId] {
+        self.extras.as_ref().map_or(&[], |x| &x.requests)
+    }
+
+    pub(crate) fn acks(&self) -> &[AckId] {
+        self.extras.as_ref().map_or(&[], |x| &x.acks)
     }
 
     pub(crate) fn sub(&self, pattern: &Pattern) -> Option<&Sub> {

@@ -28,7 +28,50 @@ impl Cursor {
 
 impl fmt::Display for Cursor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:x}-{}", self.epoch, self.seq)
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// A cursor's wire form on the stack (encoders write one per event, so no `fmt`, no allocation).
+pub(crate) struct CursorText {
+    buf: [u8; 40],
+    start: usize,
+}
+
+impl CursorText {
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII hex digits, decimal digits and '-' are ever written.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or_default()
+    }
+}
+
+impl Cursor {
+    /// The wire form, written right to left into a stack buffer.
+    pub(crate) fn text(self) -> CursorText {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 40];
+        let mut i = buf.len();
+        let mut seq = self.seq;
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (seq % 10) as u8;
+            seq /= 10;
+            if seq == 0 {
+                break;
+            }
+        }
+        i -= 1;
+        buf[i] = b'-';
+        let mut epoch = self.epoch;
+        loop {
+            i -= 1;
+            buf[i] = HEX[(epoch & 15) as usize];
+            epoch >>= 4;
+            if epoch == 0 {
+                break;
+            }
+        }
+        CursorText { buf, start: i }
     }
 }
 

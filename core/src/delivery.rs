@@ -206,8 +206,7 @@ impl Broker {
             },
         }
         if newly {
-            self.out
-                .push_back(Output::Event(Event::SlowConsumer { conn: id, policy }));
+            self.emit(Event::SlowConsumer { conn: id, policy });
         }
     }
 
@@ -358,10 +357,8 @@ impl Broker {
     pub(crate) fn release(&mut self, slot: Slot) {
         let conn = self.conn_mut(slot);
         let patterns: Vec<_> = conn.subs.iter().map(|s| s.pattern.clone()).collect();
-        let rooms = std::mem::take(&mut conn.rooms);
-        let acks = std::mem::take(&mut conn.acks);
-        let client_id = conn.client_id.take();
-        conn.requests.clear();
+        let extras = conn.extras.take().map(|x| *x).unwrap_or_default();
+        let (rooms, acks, client_id) = (extras.rooms, extras.acks, extras.client_id);
         conn.catch_up = None;
         let id = conn.id;
         for p in &patterns {
@@ -378,11 +375,11 @@ impl Broker {
                 ErrorCode::NoRecipient,
                 "the connection closed before answering",
             );
-            self.out.push_back(Output::Event(Event::AckResult {
+            self.emit(Event::AckResult {
                 conn: id,
                 ack,
                 result: Err(e),
-            }));
+            });
         }
     }
 

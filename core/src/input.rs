@@ -20,6 +20,31 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// Hashes adapter-assigned connection ids with one multiplication: they are not chosen by peers,
+/// so the DoS-resistant default hasher is not needed on this hot path (every `Flushed`).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct ConnIdHasher(u64);
+
+impl std::hash::Hasher for ConnIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(29) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by connection id.
+pub(crate) type ConnMap<V> =
+    std::collections::HashMap<ConnId, V, std::hash::BuildHasherDefault<ConnIdHasher>>;
+
 /// A request id chosen by a client (native `"id"` field). Unique among the client's pending
 /// requests.
 pub type ReqId = u64;

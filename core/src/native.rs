@@ -539,9 +539,8 @@ impl Buf {
     }
 
     fn cursor(&mut self, c: Cursor) {
-        use std::fmt::Write;
         self.0.put_u8(b'"');
-        let _ = write!(Writer(&mut self.0), "{c}");
+        self.0.extend_from_slice(c.text().as_str().as_bytes());
         self.0.put_u8(b'"');
     }
 
@@ -572,15 +571,6 @@ impl Buf {
         self.str(error.code.as_str());
         self.raw(",\"message\":");
         self.str(&error.message);
-    }
-}
-
-struct Writer<'a>(&'a mut BytesMut);
-
-impl std::fmt::Write for Writer<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
     }
 }
 

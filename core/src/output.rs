@@ -29,8 +29,9 @@ pub enum Output {
         /// Why.
         reason: ProtocolError,
     },
-    /// Something the application may want to act on.
-    Event(Event),
+    /// Something the application may want to act on (boxed: events are rare, and a small
+    /// `Output` keeps the per-delivery queue traffic low).
+    Event(Box<Event>),
 }
 
 /// Notifications for the application (server code embedding the broker).

@@ -51,7 +51,7 @@ fn remove_slot(list: &mut Vec<Slot>, slot: Slot) {
 impl SubIndex {
     pub(crate) fn insert(&mut self, pattern: &Pattern, slot: Slot) {
         if !pattern.is_wildcard() {
-            let key: Arc<str> = Arc::from(pattern.as_str());
+            let key = pattern.shared().clone();
             self.exact.entry(key).or_default().push(slot);
             return;
         }

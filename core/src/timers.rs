@@ -10,10 +10,8 @@ use crate::input::{AckId, ConnId, ReqId};
 /// What a timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Timer {
-    /// Send a keep-alive if nothing was written for the keep-alive interval.
-    KeepAlive(ConnId),
-    /// Close the connection if it sent nothing for the idle timeout.
-    Idle(ConnId),
+    /// A connection's keep-alive and idle checks (one entry per connection).
+    Conn(ConnId),
     /// A client request the application has not answered.
     Request(ConnId, ReqId),
     /// A server request the client has not answered.

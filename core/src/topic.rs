@@ -118,7 +118,11 @@ impl fmt::Display for Topic {
 
 /// A validated subscription pattern: a topic name that may contain `*` and `>` segments.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Pattern(Arc<str>);
+pub struct Pattern {
+    text: Arc<str>,
+    /// Whether a segment is `*` or `>`; exact patterns match with one string comparison.
+    wild: bool,
+}
 
 impl Pattern {
     /// Validates `s` as a pattern.
@@ -138,34 +142,49 @@ impl Pattern {
                 return Err(bad_segment("pattern", s));
             }
         }
-        Ok(Self(Arc::from(s)))
+        Ok(Self {
+            text: Arc::from(s),
+            wild: s.split('.').any(|seg| seg == "*" || seg == ">"),
+        })
     }
 
     /// A pattern matching exactly this topic.
     pub fn exact(topic: &Topic) -> Self {
-        Self(topic.0.clone())
+        Self {
+            text: topic.0.clone(),
+            wild: false,
+        }
     }
 
     /// The pattern as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    /// The shared string (indexes key on it without copying).
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.text
     }
 
     /// Whether the pattern contains a wildcard segment.
     pub fn is_wildcard(&self) -> bool {
-        self.0.split('.').any(|seg| seg == "*" || seg == ">")
+        self.wild
     }
 
     /// Whether `topic` matches this pattern.
     pub fn matches(&self, topic: &str) -> bool {
-        matches(&self.0, topic)
+        if self.wild {
+            matches(&self.text, topic)
+        } else {
+            *self.text == *topic
+        }
     }
 
     /// Whether every topic matched by `other` is matched by `self` (used for grants: a
     /// subscription to `chat.*` needs a grant covering all of `chat.*`).
     pub fn covers(&self, other: &Self) -> bool {
-        let mut mine = self.0.split('.');
-        let mut theirs = other.0.split('.');
+        let mut mine = self.text.split('.');
+        let mut theirs = other.text.split('.');
         loop {
             match (mine.next(), theirs.next()) {
                 (None, None) => return true,
@@ -180,13 +199,13 @@ impl Pattern {
 
 impl fmt::Debug for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&*self.text, f)
     }
 }
 
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
     }
 }
 
@@ -232,17 +251,33 @@ impl fmt::Display for Name {
     }
 }
 
-/// Matches a pattern string against a topic string, segment by segment.
+/// Matches a (wildcard) pattern string against a topic string, segment by segment, on bytes and
+/// without allocating.
 pub(crate) fn matches(pattern: &str, topic: &str) -> bool {
-    let mut pat = pattern.split('.');
-    let mut top = topic.split('.');
+    let (p, t) = (pattern.as_bytes(), topic.as_bytes());
+    let (mut i, mut j) = (0, 0);
     loop {
-        match (pat.next(), top.next()) {
-            (None, None) => return true,
-            (Some(">"), Some(_)) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(p), Some(t)) if p == t => {}
-            _ => return false,
+        let pe = p[i..]
+            .iter()
+            .position(|&b| b == b'.')
+            .map_or(p.len(), |k| i + k);
+        let seg = &p[i..pe];
+        if seg == b">" {
+            return j < t.len(); // one or more segments remain
+        }
+        if j > t.len() {
+            return false;
+        }
+        let te = t[j..]
+            .iter()
+            .position(|&b| b == b'.')
+            .map_or(t.len(), |k| j + k);
+        if seg != b"*" && seg != &t[j..te] {
+            return false;
+        }
+        match (pe == p.len(), te == t.len()) {
+            (false, false) => (i, j) = (pe + 1, te + 1),
+            (p_end, t_end) => return p_end && t_end,
         }
     }
 }
@@ -284,6 +319,36 @@ mod tests {
         }
         for bad in ["a.>.b", "a*", "a.b*", "a.>>", "", "a..b"] {
             assert!(Pattern::parse(bad, l).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The plain definition, as the oracle of the byte-level matcher.
+    fn oracle(pattern: &str, topic: &str) -> bool {
+        let mut pat = pattern.split('.');
+        let mut top = topic.split('.');
+        loop {
+            match (pat.next(), top.next()) {
+                (None, None) => return true,
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(p), Some(t)) if p == t => {}
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn byte_matcher_agrees_with_the_definition() {
+        let patterns = [
+            "a", "a.b", "a.*", "*", "*.b", "a.>", ">", "*.*", "a.*.c", "*.>", "ab.*", "a.bc",
+        ];
+        let topics = [
+            "a", "b", "a.b", "ab", "a.bc", "ab.c", "a.b.c", "a.x.c", "x.y.z.w", "a.b.c.d",
+        ];
+        for p in patterns {
+            for t in topics {
+                assert_eq!(pat(p).matches(t), oracle(p, t), "{p} vs {t}");
+            }
         }
     }
 

@@ -252,7 +252,7 @@ impl Harness {
                     self.conns[i].dropped_by_broker = true;
                     to_close.push(conn);
                 }
-                Output::Event(e) => self.event(e),
+                Output::Event(e) => self.event(*e),
                 other => panic!("unknown output {other:?}"),
             }
         }

@@ -49,7 +49,7 @@ impl Sim {
                 Output::Close { conn, reason } => {
                     self.closed.insert(conn, reason);
                 }
-                Output::Event(e) => self.events.push(e),
+                Output::Event(e) => self.events.push(*e),
                 other => panic!("unexpected output {other:?}"),
             }
         }
