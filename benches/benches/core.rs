@@ -81,6 +81,7 @@ fn fanout(c: &mut Criterion) {
     let shared = native::encode(&Frame::Event {
         topic: &t,
         cursor: Cursor::new(1, 1),
+        from: None,
         event: None,
         payload: &payload,
     });
@@ -246,6 +247,7 @@ fn codecs(c: &mut Criterion) {
         let frame = Frame::Event {
             topic: &t,
             cursor,
+            from: None,
             event: None,
             payload: &payload,
         };

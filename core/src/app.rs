@@ -24,7 +24,7 @@ impl Broker {
         payload: Payload,
     ) -> Cursor {
         self.advance(now);
-        self.publish_event(topic, event, payload)
+        self.publish_event(topic, event, payload, None)
     }
 
     /// Sends a message that is not retained to a connection, a client id, or a named

@@ -379,7 +379,8 @@ impl Broker {
                     );
                     return self.fail(slot, req, e);
                 }
-                let cursor = self.publish_event(topic, event, payload);
+                let from = self.conn_ref(slot).client_id().cloned();
+                let cursor = self.publish_event(topic, event, payload, from);
                 self.ok(slot, req, Some(cursor), None);
             }
             Command::Send {

@@ -35,6 +35,8 @@ pub enum Frame<'a> {
         topic: &'a Topic,
         /// The event's cursor.
         cursor: Cursor,
+        /// The publisher's client id, if it identified itself.
+        from: Option<&'a Name>,
         /// Optional event name.
         event: Option<&'a Name>,
         /// The data.

@@ -23,9 +23,10 @@ impl Broker {
         topic: Topic,
         event: Option<Name>,
         payload: Payload,
+        from: Option<Name>,
     ) -> Cursor {
         let seq = self.history.next_seq();
-        let mut ev = StoredEvent::new(seq, topic, event, payload, self.now);
+        let mut ev = StoredEvent::new(seq, topic, event, payload, from, self.now);
         self.stats.publishes += 1;
         self.stamp += 1;
         let mut slots = std::mem::take(&mut self.scratch);

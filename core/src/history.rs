@@ -23,6 +23,8 @@ pub(crate) struct StoredEvent {
     pub(crate) topic: Topic,
     pub(crate) event: Option<Name>,
     pub(crate) payload: Payload,
+    /// The publisher's client id, if it identified itself.
+    pub(crate) from: Option<Name>,
     pub(crate) at: Instant,
     encoded: [Option<Bytes>; Transport::ALL.len()],
 }
@@ -33,6 +35,7 @@ impl StoredEvent {
         topic: Topic,
         event: Option<Name>,
         payload: Payload,
+        from: Option<Name>,
         at: Instant,
     ) -> Self {
         Self {
@@ -40,6 +43,7 @@ impl StoredEvent {
             topic,
             event,
             payload,
+            from,
             at,
             encoded: Default::default(),
         }
@@ -54,6 +58,7 @@ impl StoredEvent {
                 &Frame::Event {
                     topic: &self.topic,
                     cursor: Cursor::new(epoch, self.seq),
+                    from: self.from.as_ref(),
                     event: self.event.as_ref(),
                     payload: &self.payload,
                 },
@@ -184,6 +189,7 @@ mod tests {
             topic,
             None,
             Payload::text("12345").unwrap(),
+            None,
             at,
         ));
     }

@@ -401,6 +401,7 @@ pub fn encode(frame: &Frame<'_>) -> Bytes {
         Frame::Event {
             topic,
             cursor,
+            from,
             event,
             payload,
         } => {
@@ -408,6 +409,10 @@ pub fn encode(frame: &Frame<'_>) -> Bytes {
             b.str(topic.as_str());
             b.raw(",\"cursor\":");
             b.cursor(cursor);
+            if let Some(from) = from {
+                b.raw(",\"from\":");
+                b.str(from.as_str());
+            }
             if let Some(event) = event {
                 b.raw(",\"event\":");
                 b.str(event.as_str());
@@ -750,6 +755,7 @@ mod tests {
         let out = encode(&Frame::Event {
             topic: &topic,
             cursor: Cursor::new(16, 3),
+            from: None,
             event: None,
             payload: &p,
         });

@@ -279,6 +279,11 @@ fn named_routing_and_direct_messages() {
     sim.send(b, r#"{"op":"subscribe","topic":"jobs"}"#);
     sim.send(s, r#"{"op":"identify","id":1,"client_id":"sender"}"#);
     assert_eq!(sim.take(s), vec![json!({"type":"ok","id":1})]);
+    // Publishes of an identified client say who sent them.
+    publish(&mut sim, s, "jobs", "j1");
+    let expected = json!({"type":"event","topic":"jobs","cursor":"1-1","from":"sender","data":"j1"});
+    assert_eq!(sim.take(a), vec![expected.clone()]);
+    assert_eq!(sim.take(b), vec![expected]);
     sim.send(
         s,
         r#"{"op":"send","id":2,"topic":"jobs","name":"worker","data":{"n":1}}"#,
