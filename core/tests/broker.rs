@@ -281,7 +281,8 @@ fn named_routing_and_direct_messages() {
     assert_eq!(sim.take(s), vec![json!({"type":"ok","id":1})]);
     // Publishes of an identified client say who sent them.
     publish(&mut sim, s, "jobs", "j1");
-    let expected = json!({"type":"event","topic":"jobs","cursor":"1-1","from":"sender","data":"j1"});
+    let expected =
+        json!({"type":"event","topic":"jobs","cursor":"1-1","from":"sender","data":"j1"});
     assert_eq!(sim.take(a), vec![expected.clone()]);
     assert_eq!(sim.take(b), vec![expected]);
     sim.send(
