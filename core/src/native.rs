@@ -591,15 +591,38 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// Writes `s` as a JSON string: copies runs of plain characters at once, escapes `"`, `\` and
-/// control characters.
+/// Whether any of the 8 bytes of `w` needs escaping in a JSON string (`"`, `\\`, or below 0x20).
+/// Bytes of multi-byte UTF-8 sequences (0x80 and up) never do.
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space
+        | zero_byte(w ^ (ONES * u64::from(b'"')))
+        | zero_byte(w ^ (ONES * u64::from(b'\\'))))
+        != 0
+}
+
+/// Writes `s` as a JSON string: skips plain text 8 bytes at a time, copies runs at once, escapes
+/// `"`, `\\` and control characters.
 fn write_json_str(out: &mut BytesMut, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.put_u8(b'"');
-    let mut start = 0;
-    for (i, &c) in bytes.iter().enumerate() {
+    let (mut start, mut i) = (0, 0);
+    while i < bytes.len() {
+        if let Some(word) = bytes
+            .get(i..i + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+        {
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let c = bytes[i];
         let escape: &[u8] = match c {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -607,22 +630,27 @@ fn write_json_str(out: &mut BytesMut, s: &str) {
             b'\r' => b"\\r",
             b'\t' => b"\\t",
             0..=0x1f => &[],
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         if escape.is_empty() {
-            out.extend_from_slice(&[
+            let hex = [
                 b'\\',
                 b'u',
                 b'0',
                 b'0',
                 HEX[usize::from(c >> 4)],
                 HEX[usize::from(c & 15)],
-            ]);
+            ];
+            out.extend_from_slice(&hex);
         } else {
             out.extend_from_slice(escape);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.put_u8(b'"');
@@ -746,6 +774,18 @@ mod tests {
         };
         assert!(fatal);
         assert_eq!(error.code, ErrorCode::FrameTooLarge);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn json_strings_round_trip(text in "(?s).{0,64}", ascii in "[ -~\\t\\n\"\\\\]{0,40}") {
+            for s in [text, ascii] {
+                let mut out = BytesMut::new();
+                write_json_str(&mut out, &s);
+                let back: String = serde_json::from_slice(&out).unwrap();
+                proptest::prop_assert_eq!(back, s);
+            }
+        }
     }
 
     #[test]
