@@ -1,5 +1,6 @@
 //! The broker: the one state machine. This file holds the dispatch of every [`Input`] and
-//! [`Command`]; delivery and flow control are in `delivery.rs`, the application API in `app.rs`.
+//! [`Command`]; subscribing and resume are in `subscribe.rs`, delivery and flow control in
+//! `delivery.rs`, timers firing in `timeouts.rs`, the application API in `app.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -7,13 +8,13 @@ use std::time::Instant;
 
 use crate::codec::Frame;
 use crate::config::Config;
-use crate::conn::{CatchUp, ConnState, Sub};
+use crate::conn::ConnState;
 use crate::cursor::Cursor;
 use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::history::History;
-use crate::input::{Command, ConnId, ConnMap, Input, Recipient, Subscribe, Transport};
-use crate::output::{Event, Gap, GapReason, Output};
+use crate::input::{Command, ConnId, ConnMap, Input, Recipient, Transport};
+use crate::output::{Event, Output};
 use crate::payload::Payload;
 use crate::subs::{Slot, SubIndex};
 use crate::timers::{Timer, TimerHeap};
@@ -82,7 +83,7 @@ pub struct Broker {
     pub(crate) rooms: HashMap<Name, Vec<Slot>>,
     pub(crate) history: History,
     pub(crate) timers: TimerHeap,
-    retention_timer: Option<Instant>,
+    pub(crate) retention_timer: Option<Instant>,
     pub(crate) out: VecDeque<Output>,
     /// Incremented per fan-out; see `ConnState::stamp`.
     pub(crate) stamp: u64,
@@ -301,47 +302,6 @@ impl Broker {
         Ok(())
     }
 
-    /// A connection's one timer: keep-alive pings and the idle timeout. Pings go when nothing
-    /// was written for a while (so proxies keep the connection) and when a duplex client said
-    /// nothing for a while (so it answers before the idle timeout, even while receiving events).
-    fn conn_timer(&mut self, slot: Slot) {
-        let now = self.now;
-        let timers = &self.config.timers;
-        let (keepalive, idle) = (timers.keepalive, timers.idle_timeout);
-        let c = self.conn_ref(slot);
-        let (id, duplex, last_read) = (c.id, c.transport.is_duplex(), c.last_read);
-        let idle = idle.filter(|_| duplex);
-        if let Some(idle) = idle.filter(|idle| now >= last_read + *idle) {
-            self.count_error(ErrorCode::Idle);
-            let e = ProtocolError::new(
-                ErrorCode::Idle,
-                format!(
-                    "nothing received for {} s; clients answer pings to stay connected",
-                    idle.as_secs()
-                ),
-            );
-            return self.close(slot, e);
-        }
-        let next_ping = keepalive.map(|every| {
-            let c = self.conn_ref(slot);
-            let quiet_since = if duplex {
-                c.last_write.min(c.last_read)
-            } else {
-                c.last_write
-            };
-            if now >= quiet_since + every {
-                self.send_frame(slot, &Frame::Ping);
-                now + every
-            } else {
-                quiet_since + every
-            }
-        });
-        let next_idle = idle.map(|idle| last_read + idle);
-        if let Some(next) = next_ping.into_iter().chain(next_idle).min() {
-            self.timers.schedule(next, Timer::Conn(id));
-        }
-    }
-
     /// The one dispatch of client commands.
     fn command(&mut self, slot: Slot, cmd: Command) {
         match cmd {
@@ -535,139 +495,6 @@ impl Broker {
         }
     }
 
-    fn subscribe(&mut self, slot: Slot, sub: Subscribe) {
-        let Subscribe {
-            req,
-            patterns,
-            from,
-            name,
-        } = sub;
-        let conn = self.conn_ref(slot);
-        if let Some(p) = patterns.iter().find(|p| !conn.grants.may_subscribe(p)) {
-            let e = ProtocolError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "subscribing to {:?} is not granted to this connection",
-                    p.as_str()
-                ),
-            );
-            return self.fail(slot, req, e);
-        }
-        let mut new: Vec<_> = patterns
-            .into_iter()
-            .filter(|p| conn.sub(p).is_none())
-            .collect();
-        new.sort();
-        new.dedup();
-        let max = self.config.limits.max_subscriptions;
-        if conn.subs.len() + new.len() > max {
-            let e = ProtocolError::new(
-                ErrorCode::LimitReached,
-                format!(
-                    "at most {max} subscriptions per connection; this one holds {}",
-                    conn.subs.len()
-                ),
-            );
-            return self.fail(slot, req, e);
-        }
-        let head = self.history.head();
-        self.ok(slot, req, Some(self.head()), None);
-        // Where the new subscriptions start: now, or the client's cursor.
-        let start = match from {
-            None => head,
-            Some(c) if c.epoch == self.config.epoch && c.seq <= head => c.seq,
-            Some(_) if new.is_empty() => head,
-            Some(c) => {
-                // Another epoch (or a cursor from the future): nothing it saw can be matched up,
-                // so say so and replay whatever this epoch still holds.
-                let to = self.history.first_seq() - 1;
-                let gap = Gap {
-                    from: Some(c),
-                    to: Cursor::new(self.config.epoch, to),
-                    reason: GapReason::Epoch,
-                    dropped_messages: 0,
-                };
-                self.send_gap(slot, &gap);
-                to
-            }
-        };
-        if start < head && !new.is_empty() {
-            self.rewind(slot, start);
-        }
-        // Most connections hold a handful of patterns: no spare capacity for them.
-        self.conn_mut(slot).subs.reserve_exact(new.len());
-        for pattern in new {
-            self.subs.insert(&pattern, slot);
-            if let Some(name) = &name {
-                self.names.entry(name.clone()).or_default().push(slot);
-            }
-            let conn = self.conn_mut(slot);
-            conn.subs.push(Sub {
-                pattern,
-                name: name.clone(),
-                start,
-                done: start,
-            });
-        }
-        self.pump(slot);
-    }
-
-    /// Moves the connection's history position back to `to` so new subscriptions get their
-    /// replay; existing subscriptions first record what they already delivered.
-    fn rewind(&mut self, slot: Slot, to: u64) {
-        let head = self.history.head();
-        let conn = self.conn_mut(slot);
-        let pos = conn.catch_up.as_ref().map_or(head, |c| c.pos);
-        for sub in &mut conn.subs {
-            sub.done = sub.done.max(pos);
-        }
-        match &mut conn.catch_up {
-            Some(cu) => cu.pos = cu.pos.min(to),
-            None => {
-                conn.catch_up = Some(Box::new(CatchUp {
-                    pos: to,
-                    reason: GapReason::Evicted,
-                    dropped_messages: 0,
-                    removed: Vec::new(),
-                }));
-            }
-        }
-    }
-
-    pub(crate) fn remove_sub(&mut self, slot: Slot, pattern: &crate::topic::Pattern) {
-        let max = self.config.limits.max_subscriptions;
-        let conn = self.conn_mut(slot);
-        let Some(i) = conn.subs.iter().position(|s| s.pattern == *pattern) else {
-            return;
-        };
-        let sub = conn.subs.remove(i);
-        if let Some(cu) = conn.catch_up.as_deref_mut() {
-            // Remember what it delivered beyond the catch-up position, if anything; bounded like
-            // subscriptions (past that, the oldest memory goes: a duplicate beats unbounded growth).
-            cu.removed.retain(|s| s.done > cu.pos);
-            if sub.done > sub.start.max(cu.pos) {
-                if cu.removed.len() >= max {
-                    cu.removed.remove(0);
-                }
-                cu.removed.push(Sub {
-                    name: None,
-                    ..sub.clone()
-                });
-            }
-        }
-        self.subs.remove(pattern, slot);
-        if let Some(name) = sub.name {
-            if let Some(list) = self.names.get_mut(&name) {
-                if let Some(j) = list.iter().position(|s| *s == slot) {
-                    list.swap_remove(j);
-                }
-                if list.is_empty() {
-                    self.names.remove(&name);
-                }
-            }
-        }
-    }
-
     /// Answers a request with `ok` (only when the client gave a request id).
     pub(crate) fn ok(
         &mut self,
@@ -704,87 +531,6 @@ impl Broker {
     pub(crate) fn count_error(&mut self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i] += 1;
-        }
-    }
-
-    pub(crate) fn mark_stale(&mut self) {
-        let (ids, conns) = (&self.ids, &self.conns);
-        self.timers.mark_stale(|t| match *t {
-            Timer::Request(c, req) => ids
-                .get(&c)
-                .and_then(|s| conns[*s as usize].as_ref())
-                .is_some_and(|s| s.requests().contains(&req)),
-            Timer::Ack(c, ack) => ids
-                .get(&c)
-                .and_then(|s| conns[*s as usize].as_ref())
-                .is_some_and(|s| s.acks().contains(&ack)),
-            _ => true,
-        });
-    }
-
-    pub(crate) fn arm_retention(&mut self, at: Instant) {
-        if self.retention_timer.is_none() {
-            self.retention_timer = Some(at);
-            self.timers.schedule(at, Timer::Retention);
-        }
-    }
-
-    /// A due timer: each kind checks that its purpose still holds (cancellation is lazy).
-    fn fire(&mut self, timer: Timer) {
-        let now = self.now;
-        let live = |b: &Self, conn: ConnId| {
-            b.ids
-                .get(&conn)
-                .copied()
-                .filter(|s| !b.conn_ref(*s).closing)
-        };
-        match timer {
-            Timer::Conn(conn) => {
-                if let Some(slot) = live(self, conn) {
-                    self.conn_timer(slot);
-                }
-            }
-            Timer::Request(conn, req) => {
-                let Some(slot) = live(self, conn) else { return };
-                let state = self.conn_mut(slot);
-                let Some(i) = state.requests().iter().position(|r| *r == req) else {
-                    return;
-                };
-                state.extras_mut().requests.swap_remove(i);
-                let ms = self.config.timers.request_timeout.as_millis();
-                self.count_error(ErrorCode::Timeout);
-                let e = ProtocolError::new(
-                    ErrorCode::Timeout,
-                    format!("the application did not answer within {ms} ms"),
-                );
-                self.send_frame(
-                    slot,
-                    &Frame::Error {
-                        req: Some(req),
-                        error: &e,
-                    },
-                );
-            }
-            Timer::Ack(conn, ack) => {
-                let Some(slot) = live(self, conn) else { return };
-                let state = self.conn_mut(slot);
-                let Some(i) = state.acks().iter().position(|a| *a == ack) else {
-                    return;
-                };
-                state.extras_mut().acks.swap_remove(i);
-                let e = ProtocolError::new(ErrorCode::Timeout, "the client did not answer in time");
-                self.emit(Event::AckResult {
-                    conn,
-                    ack,
-                    result: Err(e),
-                });
-            }
-            Timer::Retention => {
-                self.retention_timer = None;
-                if let Some(next) = self.history.evict_expired(now) {
-                    self.arm_retention(next);
-                }
-            }
         }
     }
 }

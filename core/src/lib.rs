@@ -18,6 +18,8 @@ mod output;
 mod payload;
 pub mod sse;
 mod subs;
+mod subscribe;
+mod timeouts;
 mod timers;
 mod topic;
 

@@ -1,0 +1,145 @@
+//! Subscribing: grants and limits, where new subscriptions start (now, or a resume cursor), and
+//! the rewind that replays history to them without duplicating what the connection already got.
+
+use crate::broker::Broker;
+use crate::conn::{CatchUp, Sub};
+use crate::cursor::Cursor;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::input::Subscribe;
+use crate::output::{Gap, GapReason};
+use crate::subs::Slot;
+
+impl Broker {
+    pub(crate) fn subscribe(&mut self, slot: Slot, sub: Subscribe) {
+        let Subscribe {
+            req,
+            patterns,
+            from,
+            name,
+        } = sub;
+        let conn = self.conn_ref(slot);
+        if let Some(p) = patterns.iter().find(|p| !conn.grants.may_subscribe(p)) {
+            let e = ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "subscribing to {:?} is not granted to this connection",
+                    p.as_str()
+                ),
+            );
+            return self.fail(slot, req, e);
+        }
+        let mut new: Vec<_> = patterns
+            .into_iter()
+            .filter(|p| conn.sub(p).is_none())
+            .collect();
+        new.sort();
+        new.dedup();
+        let max = self.config.limits.max_subscriptions;
+        if conn.subs.len() + new.len() > max {
+            let e = ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "at most {max} subscriptions per connection; this one holds {}",
+                    conn.subs.len()
+                ),
+            );
+            return self.fail(slot, req, e);
+        }
+        let head = self.history.head();
+        self.ok(slot, req, Some(self.head()), None);
+        // Where the new subscriptions start: now, or the client's cursor.
+        let start = match from {
+            None => head,
+            Some(c) if c.epoch == self.config.epoch && c.seq <= head => c.seq,
+            Some(_) if new.is_empty() => head,
+            Some(c) => {
+                // Another epoch (or a cursor from the future): nothing it saw can be matched up,
+                // so say so and replay whatever this epoch still holds.
+                let to = self.history.first_seq() - 1;
+                let gap = Gap {
+                    from: Some(c),
+                    to: Cursor::new(self.config.epoch, to),
+                    reason: GapReason::Epoch,
+                    dropped_messages: 0,
+                };
+                self.send_gap(slot, &gap);
+                to
+            }
+        };
+        if start < head && !new.is_empty() {
+            self.rewind(slot, start);
+        }
+        // Most connections hold a handful of patterns: no spare capacity for them.
+        self.conn_mut(slot).subs.reserve_exact(new.len());
+        for pattern in new {
+            self.subs.insert(&pattern, slot);
+            if let Some(name) = &name {
+                self.names.entry(name.clone()).or_default().push(slot);
+            }
+            let conn = self.conn_mut(slot);
+            conn.subs.push(Sub {
+                pattern,
+                name: name.clone(),
+                start,
+                done: start,
+            });
+        }
+        self.pump(slot);
+    }
+
+    /// Moves the connection's history position back to `to` so new subscriptions get their
+    /// replay; existing subscriptions first record what they already delivered.
+    fn rewind(&mut self, slot: Slot, to: u64) {
+        let head = self.history.head();
+        let conn = self.conn_mut(slot);
+        let pos = conn.catch_up.as_ref().map_or(head, |c| c.pos);
+        for sub in &mut conn.subs {
+            sub.done = sub.done.max(pos);
+        }
+        match &mut conn.catch_up {
+            Some(cu) => cu.pos = cu.pos.min(to),
+            None => {
+                conn.catch_up = Some(Box::new(CatchUp {
+                    pos: to,
+                    reason: GapReason::Evicted,
+                    dropped_messages: 0,
+                    removed: Vec::new(),
+                }));
+            }
+        }
+    }
+
+    pub(crate) fn remove_sub(&mut self, slot: Slot, pattern: &crate::topic::Pattern) {
+        let max = self.config.limits.max_subscriptions;
+        let conn = self.conn_mut(slot);
+        let Some(i) = conn.subs.iter().position(|s| s.pattern == *pattern) else {
+            return;
+        };
+        let sub = conn.subs.remove(i);
+        if let Some(cu) = conn.catch_up.as_deref_mut() {
+            // Remember what it delivered beyond the catch-up position, if anything; bounded like
+            // subscriptions (past that, the oldest memory goes: a duplicate beats unbounded growth).
+            cu.removed.retain(|s| s.done > cu.pos);
+            if sub.done > sub.start.max(cu.pos) {
+                if cu.removed.len() >= max {
+                    cu.removed.remove(0);
+                }
+                cu.removed.push(Sub {
+                    name: None,
+                    ..sub.clone()
+                });
+            }
+        }
+        self.subs.remove(pattern, slot);
+        if let Some(name) = sub.name {
+            if let Some(list) = self.names.get_mut(&name) {
+                if let Some(j) = list.iter().position(|s| *s == slot) {
+                    list.swap_remove(j);
+                }
+                if list.is_empty() {
+                    self.names.remove(&name);
+                }
+            }
+        }
+    }
+}
