@@ -267,6 +267,11 @@ fn one_encoding_is_shared_by_all_subscribers() {
         fb[0].as_ptr(),
         "the same buffer, not a copy"
     );
+    // The history holds that same encoding: a resume replays it without encoding again.
+    let c = sim.open(3, Transport::Native);
+    sim.send(c, r#"{"op":"subscribe","topic":"t","from":"1-0"}"#);
+    let fc = sim.take_raw(c);
+    assert_eq!(fc[0].as_ptr(), fa[0].as_ptr());
 }
 
 #[test]
