@@ -429,7 +429,7 @@ fn publish(stream: &mut TcpStream, head: &Head, publisher: &Publisher) -> Answer
     let topic = head.params("topic").next().unwrap_or_default();
     let topic = Topic::parse(topic, NameLimits::default()).map_err(bad)?;
     let event = head.params("event").next();
-    let event = event.map(|e| Name::parse("event", e, MAX_NAME_LEN));
+    let event = event.map(|e| tidings_core::native::event_name(e, MAX_NAME_LEN));
     let event = event.transpose().map_err(bad)?;
     let content_type = head.header("content-type").unwrap_or_default();
     let payload = if content_type.starts_with("application/json") {

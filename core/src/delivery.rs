@@ -304,9 +304,11 @@ impl Broker {
         if conn.closing {
             return;
         }
+        // A frame always goes when nothing is in flight, however large.
+        let over = conn.queued > 0 && conn.queued + bytes.len() > max.saturating_mul(2);
         conn.queued += bytes.len();
         conn.last_write = now;
-        let (id, over) = (conn.id, conn.queued > max.saturating_mul(2));
+        let id = conn.id;
         self.stats.bytes_out += bytes.len() as u64;
         self.out.push_back(Output::Transmit {
             conn: id,

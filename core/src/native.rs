@@ -25,29 +25,30 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The fields any client frame may carry; each is checked by the op that uses it. Unknown fields
 /// are ignored so newer clients can talk to older servers.
+/// A `null` in any field but `data` means the field is absent.
 #[derive(Deserialize)]
 struct Fields<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     op: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     topic: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     topics: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     from: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     name: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     event: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     error: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     to: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
+    #[serde(borrow)]
     client_id: Option<&'a RawValue>,
 }
 
@@ -71,31 +72,20 @@ pub fn decode(frame: &Bytes, limits: &Limits) -> Command {
             true,
         );
     }
+    // Checked up front: serde does not look inside the fields it skips.
+    if std::str::from_utf8(frame).is_err() {
+        let message = "frame is not valid UTF-8; frames are JSON text";
+        return invalid(None, ErrorCode::NotUtf8, message.into(), false);
+    }
     // Only an object is a frame (serde would also map a JSON array onto the fields by position).
     if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        let message = if std::str::from_utf8(frame).is_ok() {
-            "frame must be a JSON object with an \"op\" field"
-        } else {
-            return invalid(
-                None,
-                ErrorCode::NotUtf8,
-                "frame is not valid UTF-8; frames are JSON text".into(),
-                false,
-            );
-        };
+        let message = "frame must be a JSON object with an \"op\" field";
         return invalid(None, ErrorCode::BadFrame, message.into(), false);
     }
     let fields: Fields<'_> = match serde_json::from_slice(frame) {
         Ok(fields) => fields,
         Err(e) => {
-            let message = if std::str::from_utf8(frame).is_err() {
-                return invalid(
-                    None,
-                    ErrorCode::NotUtf8,
-                    "frame is not valid UTF-8; frames are JSON text".into(),
-                    false,
-                );
-            } else if e.is_data() {
+            let message = if e.is_data() {
                 format!(
                     "frame must be a JSON object with an \"op\" field and no duplicate keys ({e})"
                 )
@@ -119,7 +109,12 @@ pub fn decode(frame: &Bytes, limits: &Limits) -> Command {
         Ok(cmd) => cmd,
         Err(error) => Command::Invalid {
             // A reply's id is the server's request id, not one the client waits on.
-            req: req.filter(|_| fields.op.is_none_or(|op| op.get() != "\"reply\"")),
+            req: req.filter(|_| {
+                fields
+                    .op
+                    .and_then(|op| string("op", op).ok())
+                    .is_none_or(|op| op != "reply")
+            }),
             error,
             fatal: false,
         },
@@ -151,7 +146,7 @@ fn decode_op(
         "publish" => Command::Publish {
             req,
             topic: topic(f.topic, limits)?,
-            event: event_name(f.event, name_len)?,
+            event: optional_event(f.event, name_len)?,
             payload: payload(frame, f.data.ok_or_else(|| missing("data"))?)?,
         },
         "send" => {
@@ -173,7 +168,7 @@ fn decode_op(
             Command::Send {
                 req,
                 to,
-                event: event_name(f.event, name_len)?,
+                event: optional_event(f.event, name_len)?,
                 payload: payload(frame, f.data.ok_or_else(|| missing("data"))?)?,
             }
         }
@@ -215,7 +210,7 @@ fn decode_op(
             return Err(ProtocolError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {:?}; known ops: subscribe, unsubscribe, publish, send, request, reply, identify, ping",
+                    "unknown op {:?}; known ops: subscribe, unsubscribe, publish, send, request, reply, identify, ping, pong",
                     truncate(other, 64)
                 ),
             ));
@@ -262,14 +257,20 @@ fn optional_name(
         .transpose()
 }
 
-/// Event names of published and sent data; `tidings-` names are the server's own notices
-/// (`tidings-gap`, `tidings-error` on SSE), so clients cannot forge them.
-fn event_name(raw: Option<&RawValue>, max_len: usize) -> Result<Option<Name>, ProtocolError> {
-    let name = optional_name("event", raw, max_len)?;
-    if name
-        .as_ref()
-        .is_some_and(|n| n.as_str().starts_with(RESERVED_EVENT_PREFIX))
-    {
+/// Event names of published and sent data (see [`event_name`]).
+fn optional_event(raw: Option<&RawValue>, max_len: usize) -> Result<Option<Name>, ProtocolError> {
+    raw.map(|raw| event_name(&string("event", raw)?, max_len))
+        .transpose()
+}
+
+/// Validates the event name of data a peer publishes or sends (here, or through an HTTP
+/// publish): a [`Name`] that does not start with [`RESERVED_EVENT_PREFIX`], because `tidings-`
+/// names are the server's own SSE notices (`tidings-gap`, `tidings-error`) and must not be forged.
+///
+/// # Errors
+/// [`ErrorCode::BadField`] saying what is wrong.
+pub fn event_name(s: &str, max_len: usize) -> Result<Name, ProtocolError> {
+    if s.starts_with(RESERVED_EVENT_PREFIX) {
         return Err(ProtocolError::new(
             ErrorCode::BadField,
             format!(
@@ -277,7 +278,7 @@ fn event_name(raw: Option<&RawValue>, max_len: usize) -> Result<Option<Name>, Pr
             ),
         ));
     }
-    Ok(name)
+    Name::parse("event", s, max_len)
 }
 
 /// The prefix of event names the server reserves for its own SSE notices.

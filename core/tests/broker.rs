@@ -891,3 +891,42 @@ fn receive_only_websocket_clients_are_pinged_before_the_idle_timeout() {
         "a client that answers pings is never idle"
     );
 }
+
+#[test]
+fn an_event_larger_than_the_credit_still_goes_to_an_idle_connection() {
+    let mut config = Config::default();
+    config.limits.max_queued_bytes = 300;
+    let mut sim = Sim::new(config);
+    let a = sim.open(1, Transport::Native);
+    sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
+    let big = "x".repeat(1000);
+    sim.broker.publish(sim.now, topic("t"), None, text(&big));
+    sim.drain();
+    assert_eq!(sim.event_data(a), vec![big.clone()]);
+    assert!(!sim.closed.contains_key(&a), "nothing else was in flight");
+    // A resume through it works the same way.
+    let b = sim.open(2, Transport::Native);
+    sim.send(b, r#"{"op":"subscribe","topic":"t","from":"1-0"}"#);
+    assert_eq!(sim.event_data(b), vec![big]);
+    assert!(!sim.closed.contains_key(&b));
+}
+
+#[test]
+fn null_fields_are_absent_and_bad_utf8_anywhere_is_refused() {
+    let mut sim = Sim::new(Config::default());
+    let a = sim.open(1, Transport::Native);
+    sim.send(a, r#"{"op":"ping","id":null,"event":null}"#);
+    assert!(sim.take(a).is_empty(), "a null id is no id: no answer");
+    let mut frame = br#"{"op":"ping","id":1,"x":""#.to_vec();
+    frame.extend_from_slice(b"\xff\"}");
+    let cmd = tidings_core::native::decode(&bytes::Bytes::from(frame), &sim.broker.config().limits);
+    sim.command(a, cmd);
+    assert_eq!(sim.take(a)[0]["code"], "not_utf8");
+    assert_eq!(
+        tidings_core::native::event_name("tidings-gap", 128)
+            .unwrap_err()
+            .code,
+        ErrorCode::BadField
+    );
+    assert!(tidings_core::native::event_name("update", 128).is_ok());
+}
