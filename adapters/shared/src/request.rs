@@ -1,0 +1,182 @@
+//! HTTP request heads: read with `httparse`, percent-decoded query, case-insensitive headers.
+//!
+//! This is the one representation of a request every part of the server looks at (routing,
+//! authentication, CORS), whichever runtime or framework (our own listener, axum) received it.
+
+use std::fmt;
+
+/// The largest request head accepted (request line and headers).
+pub const MAX_HEAD_BYTES: usize = 16 << 10;
+/// The most headers accepted.
+pub const MAX_HEADERS: usize = 64;
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestHead {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path without the query, percent-decoded.
+    pub path: String,
+    /// Query parameters in order, percent-decoded (`+` is a space); a key may repeat.
+    pub query: Vec<(String, String)>,
+    /// Headers in order; names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// The first value of a header (name in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a query parameter, in order.
+    pub fn query_params<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.query
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The value of a cookie from the `Cookie` header(s).
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+            .flat_map(|(_, v)| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim_matches('"'))
+    }
+}
+
+/// Why a request head could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeadError {
+    /// Not valid HTTP/1.x (the message says where).
+    Malformed(String),
+    /// Larger than [`MAX_HEAD_BYTES`] or more than [`MAX_HEADERS`] headers.
+    TooLarge,
+}
+
+impl fmt::Display for HeadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(why) => write!(f, "malformed request: {why}"),
+            Self::TooLarge => write!(
+                f,
+                "request head larger than {MAX_HEAD_BYTES} bytes or with more than {MAX_HEADERS} headers"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HeadError {}
+
+/// Parses a request head from the start of `buf`. Returns `Ok(None)` when more bytes are needed,
+/// or the head and how many bytes it took (the body starts there).
+///
+/// # Errors
+/// [`HeadError`] for anything that is not a valid HTTP/1.x request head within the limits.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
+            return Err(HeadError::TooLarge);
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    if len > MAX_HEAD_BYTES {
+        return Err(HeadError::TooLarge);
+    }
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut head = RequestHead {
+        method: req.method.unwrap_or("GET").to_owned(),
+        path: decode(path, false),
+        query: query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (decode(k, true), decode(v, true))
+            })
+            .collect(),
+        headers: Vec::with_capacity(req.headers.len()),
+    };
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value)
+            .map_err(|_| HeadError::Malformed(format!("header {} is not UTF-8", h.name)))?;
+        head.headers
+            .push((h.name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    Ok(Some((head, len)))
+}
+
+/// Percent-decodes (and, in queries, turns `+` into a space). Invalid UTF-8 is replaced rather
+/// than refused here; values are validated by whoever uses them (topics, cursors, tokens).
+fn decode(s: &str, plus_is_space: bool) -> String {
+    let s = if plus_is_space && s.contains('+') {
+        std::borrow::Cow::Owned(s.replace('+', " "))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    };
+    percent_encoding::percent_decode_str(&s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_request_head() {
+        let raw = b"GET /sse?topic=chat.%2A&topic=a+b&last_event_id=1-2 HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 3-4\r\nCookie: a=1; tidings_token=\"t0k\"\r\n\r\nbody";
+        let (head, len) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(&raw[len..], b"body");
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.path, "/sse");
+        assert_eq!(
+            head.query_params("topic").collect::<Vec<_>>(),
+            vec!["chat.*", "a b"]
+        );
+        assert_eq!(head.query_param("last_event_id"), Some("1-2"));
+        assert_eq!(head.header("last-event-id"), Some("3-4"));
+        assert_eq!(head.header("LAST-EVENT-ID"), Some("3-4"));
+        assert_eq!(head.cookie("tidings_token"), Some("t0k"));
+        assert_eq!(head.cookie("nope"), None);
+    }
+
+    #[test]
+    fn partial_malformed_and_too_large() {
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        let mut big = b"GET / HTTP/1.1\r\n".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES));
+        assert_eq!(parse_head(&big), Err(HeadError::TooLarge));
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("h{i}: v\r\n"))
+            .collect();
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_head(raw.as_bytes()), Err(HeadError::TooLarge));
+    }
+}
