@@ -14,7 +14,7 @@ use tidings_bench::{
     Driver, bench_config, json_of_len, json_payload, subscribe_cmd, text_payload, topic,
 };
 use tidings_core::codec::Frame;
-use tidings_core::{ConnId, Cursor, Input, Limits, Output, Transport, native, sse};
+use tidings_core::{ConnId, Cursor, Input, Limits, Name, Output, Transport, native, sse};
 
 /// Bytes of the payload published in the fan-out, publish and resume benches.
 const PAYLOAD: usize = 128;
@@ -132,6 +132,36 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
+/// One `Input::Flushed` per call on a broker with 10,000 open, idle native connections: the id
+/// lookup (`ConnMap`), the credit update and the `pump` check, plus `handle_input`'s timer check.
+/// `in_order` reports the connections by ascending id (and slot), `shuffled` in a fixed scattered
+/// order (no locality between consecutive calls in the id map or the connection table).
+fn flushed(c: &mut Criterion) {
+    const N: u64 = 10_000;
+    let mut d = Driver::new(bench_config(10_000));
+    for i in 0..N {
+        d.open(i, Transport::Native);
+    }
+    let in_order: Vec<ConnId> = (0..N).map(ConnId).collect();
+    // A fixed permutation of 0..N: 7,919 is coprime to N, so i * 7,919 mod N visits every id once.
+    let shuffled: Vec<ConnId> = (0..N).map(|i| ConnId(i * 7_919 % N)).collect();
+    let mut g = c.benchmark_group("flushed");
+    g.throughput(Throughput::Elements(N));
+    for (name, order) in [("10000_in_order", &in_order), ("10000_shuffled", &shuffled)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for &conn in order {
+                    d.broker
+                        .handle_input(d.now, Input::Flushed { conn, bytes: 64 })
+                        .expect("open connection");
+                }
+                black_box(d.drain())
+            });
+        });
+    }
+    g.finish();
+}
+
 fn publish_one(c: &mut Criterion) {
     let t = topic("chat.room1");
     let payload = json_payload(PAYLOAD);
@@ -237,17 +267,19 @@ fn codecs(c: &mut Criterion) {
 
     let t = topic("chat.room1");
     let cursor = Cursor::new(0x018c_5e2f_04a1, 4242);
+    let publisher = Name::parse("from", "user-42", 256).expect("valid client id");
     let mut g = c.benchmark_group("native_encode");
-    for (name, payload) in [
-        ("event_128B_json", json_payload(128)),
-        ("event_128B_text", text_payload(128)),
-        ("event_1KiB_json", json_payload(1024)),
-        ("event_1KiB_text", text_payload(1024)),
+    for (name, payload, from) in [
+        ("event_128B_json", json_payload(128), None),
+        ("event_128B_json_from", json_payload(128), Some(&publisher)),
+        ("event_128B_text", text_payload(128), None),
+        ("event_1KiB_json", json_payload(1024), None),
+        ("event_1KiB_text", text_payload(1024), None),
     ] {
         let frame = Frame::Event {
             topic: &t,
             cursor,
-            from: None,
+            from,
             event: None,
             payload: &payload,
         };
@@ -451,6 +483,6 @@ fn wildcard_fanout(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default();
-    targets = fanout, publish_one, codecs, resume, wildcard_fanout
+    targets = fanout, flushed, publish_one, codecs, resume, wildcard_fanout
 }
 criterion_main!(benches);
