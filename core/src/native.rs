@@ -73,16 +73,17 @@ pub fn decode(frame: &Bytes, limits: &Limits) -> Command {
         );
     }
     // Checked up front: serde does not look inside the fields it skips.
-    if std::str::from_utf8(frame).is_err() {
+    let Ok(text) = std::str::from_utf8(frame) else {
         let message = "frame is not valid UTF-8; frames are JSON text";
         return invalid(None, ErrorCode::NotUtf8, message.into(), false);
-    }
+    };
     // Only an object is a frame (serde would also map a JSON array onto the fields by position).
     if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         let message = "frame must be a JSON object with an \"op\" field";
         return invalid(None, ErrorCode::BadFrame, message.into(), false);
     }
-    let fields: Fields<'_> = match serde_json::from_slice(frame) {
+    // From the checked text: serde does not validate the UTF-8 again.
+    let fields: Fields<'_> = match serde_json::from_str(text) {
         Ok(fields) => fields,
         Err(e) => {
             let message = if e.is_data() {
