@@ -2,4 +2,5 @@
 //! `tidings-async-std`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod request;
