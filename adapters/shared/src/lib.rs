@@ -1,6 +1,39 @@
-//! The runtime-agnostic part of the tidings server, shared by `tidings-tokio` and
+//! The runtime-agnostic part of the tidings server, shared by `tidings-tokio` and (later)
 //! `tidings-async-std`.
+//!
+//! - [`Runtime`]: the small trait a runtime adapter implements (spawn, sleep until).
+//! - [`Service`]: the HTTP surface of DESIGN.md §4 (`/ws`, `/sse`, `/publish`, `/healthz`,
+//!   `/metrics`) over any `futures-io` `AsyncRead + AsyncWrite` connection.
+//! - [`Hub`]: the application API (publish, send, rooms, emit-with-ack, request handlers,
+//!   connect/disconnect hooks, in-process subscriptions), talking to the one driver task that
+//!   owns the broker (`driver.rs`).
+//! - [`ServerConfig`]: every setting, from TOML and command-line overrides.
+//! - [`auth`]: who may do what.
+//! - [`request`]: HTTP request heads (`httparse`).
+//!
+//! A runtime adapter binds a listener, calls [`Service::start`], and for every accepted
+//! connection spawns [`Service::handle_connection`]; see `tidings-tokio`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod config;
+mod driver;
+pub mod http;
+mod hub;
+mod io;
+pub mod metrics;
 pub mod request;
+mod runtime;
+mod service;
+mod sse;
+mod ws;
+
+pub use async_tungstenite;
+pub use config::{ConfigError, ServerConfig};
+pub use driver::ServerStats;
+pub use hub::{
+    ConnectHook, Connecting, DisconnectHook, Handler, Hub, HubError, Received, Subscription,
+};
+pub use request::RequestHead;
+pub use runtime::Runtime;
+pub use service::{ConnGuard, Service, SseRequest, StartError};

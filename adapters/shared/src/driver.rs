@@ -1,0 +1,714 @@
+//! The driver: the one task that owns the [`Broker`].
+//!
+//! Everything else talks to it over two channels:
+//!
+//! - **connections** (bounded): each connection task's `Open` (with the commands to run in the
+//!   same step, e.g. the SSE subscription), its decoded client `Command`s and its `Closed`, in
+//!   order. The bound is the backpressure on clients that send faster than the broker routes.
+//! - **control** (unbounded, but every sender waits for an answer or is bounded by what the
+//!   driver handed out): writers' `Flushed` credit, the application's operations from
+//!   [`crate::Hub`], handler answers, in-process subscriptions.
+//!
+//! The loop (the contract of `core/README.md`): sleep until a message arrives or the broker's
+//! `poll_timeout()` passes; read the clock once; handle a bounded batch of messages (fairness:
+//! control first, then connections); call `handle_timeout` whenever the deadline has passed;
+//! and after every `handle_*` drain `poll_output()` completely **without awaiting**:
+//!
+//! - `Transmit` goes to the connection's bounded outbox with `try_send`; a full outbox means its
+//!   writer cannot keep up (or is gone): the connection is dropped at once and `Closed` is fed.
+//! - `Close` goes to the outbox too (the connection writes what it has, closes with that reason,
+//!   and reports `Closed`); if it has not done so within `close_grace`, the driver drops it.
+//! - `Event`s go to the application: requests to the registered handlers (spawned tasks), ack
+//!   results to the waiting [`crate::Hub::request`] callers, disconnects to the hook.
+//!
+//! `handle_input` errors for connections that are already gone (a late `Flushed` or `Closed`)
+//! are expected and ignored.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_lite::FutureExt as _;
+use tidings_core::{
+    AckId, ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name,
+    Output, Payload, ProtocolError, Recipient, ReqId, Stats, Topic, Transport,
+};
+
+use crate::hub::Registry;
+use crate::runtime::Runtime;
+
+/// Messages handled per channel per wakeup before timers are checked again.
+const BATCH: usize = 256;
+
+/// What a connection's writer receives.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Write this frame.
+    Frame(Bytes),
+    /// Write what came before, then close with this reason and report `Closed`.
+    Close(ProtocolError),
+}
+
+/// What kind of connection an entry is (for metrics and for in-process subscriptions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `/ws`, the native protocol.
+    Ws,
+    /// `/sse`.
+    Sse,
+    /// An in-process subscription of the application ([`crate::Hub::subscribe`]).
+    Internal,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        match self {
+            Self::Ws => 0,
+            Self::Sse => 1,
+            Self::Internal => 2,
+        }
+    }
+
+    fn transport(self) -> Transport {
+        match self {
+            Self::Sse => Transport::Sse,
+            Self::Ws | Self::Internal => Transport::Native,
+        }
+    }
+}
+
+/// A new connection, opened in one driver step with its first commands.
+pub(crate) struct Opening {
+    pub conn: ConnId,
+    pub kind: Kind,
+    pub grants: Arc<Grants>,
+    pub outbox: flume::Sender<Out>,
+    /// Dropped by the driver to stop the connection task at once.
+    pub kill: Option<oneshot::Sender<()>>,
+    /// Rooms to join (from the connect hook).
+    pub rooms: Vec<Name>,
+    /// Commands handled right after `Open` (identify, the SSE subscription).
+    pub commands: Vec<Command>,
+}
+
+/// From connection tasks, in order.
+pub(crate) enum ConnMsg {
+    Open(Box<Opening>),
+    Command(ConnId, Command),
+    Closed(ConnId),
+}
+
+/// Everything else.
+pub(crate) enum Ctl {
+    Flushed(ConnId, usize),
+    /// In-process subscriptions use this channel for all their messages.
+    Open(Box<Opening>),
+    Closed(ConnId),
+    Publish {
+        topic: Topic,
+        event: Option<Name>,
+        payload: Payload,
+        reply: oneshot::Sender<Cursor>,
+    },
+    Send {
+        to: Recipient,
+        event: Option<Name>,
+        payload: Payload,
+        reply: oneshot::Sender<usize>,
+    },
+    Join {
+        conn: ConnId,
+        room: Name,
+        reply: oneshot::Sender<Result<bool, ApiError>>,
+    },
+    Leave {
+        conn: ConnId,
+        room: Name,
+        reply: oneshot::Sender<Result<bool, ApiError>>,
+    },
+    EmitRoom {
+        room: Name,
+        event: Option<Name>,
+        payload: Payload,
+        reply: oneshot::Sender<usize>,
+    },
+    Rooms(oneshot::Sender<Vec<Name>>),
+    RoomMembers(Name, oneshot::Sender<Vec<ConnId>>),
+    Request {
+        conn: ConnId,
+        event: Name,
+        payload: Payload,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<Result<Payload, ProtocolError>>,
+    },
+    /// A handler's answer to a client request.
+    Reply {
+        conn: ConnId,
+        req: ReqId,
+        result: Result<Payload, ProtocolError>,
+    },
+    CloseConn {
+        conn: ConnId,
+        reason: ProtocolError,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Stats(oneshot::Sender<ServerStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Counters for `/metrics`: the broker's, plus connections by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// The broker's counters.
+    pub broker: Stats,
+    /// Open `/ws` connections.
+    pub ws_connections: usize,
+    /// Open `/sse` streams.
+    pub sse_connections: usize,
+    /// Open in-process subscriptions.
+    pub internal_connections: usize,
+    /// Connections dropped because their outbox was full or their writer was gone.
+    pub dead_connections: u64,
+    /// Client requests answered by an application handler.
+    pub handled_requests: u64,
+    /// The hub epoch of this run.
+    pub epoch: u64,
+}
+
+struct Entry {
+    kind: Kind,
+    /// `None` once the broker asked to close it: nothing more is handed out.
+    outbox: Option<flume::Sender<Out>>,
+    /// Never sent: dropping it (with the entry) stops the connection task at once.
+    _kill: Option<oneshot::Sender<()>>,
+}
+
+struct ShutdownState {
+    deadline: Instant,
+    waiters: Vec<oneshot::Sender<()>>,
+    done: bool,
+}
+
+/// How the driver ends up woken.
+enum Wake {
+    Ctl(Result<Ctl, flume::RecvError>),
+    Conn(Result<ConnMsg, flume::RecvError>),
+    Timer,
+}
+
+/// Timings the driver needs from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DriverTimings {
+    pub close_grace: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The task owning the broker.
+pub(crate) struct Driver<R: Runtime> {
+    rt: R,
+    broker: Broker,
+    conns: HashMap<ConnId, Entry>,
+    ctl_rx: flume::Receiver<Ctl>,
+    conn_rx: flume::Receiver<ConnMsg>,
+    /// For handler tasks' answers; weak so that the channel closes when every hub is gone.
+    ctl_tx: flume::WeakSender<Ctl>,
+    registry: Arc<RwLock<Registry>>,
+    acks: HashMap<(ConnId, AckId), oneshot::Sender<Result<Payload, ProtocolError>>>,
+    /// Connections asked to close, with the instant they get dropped if still open.
+    closing: VecDeque<(Instant, ConnId)>,
+    timings: DriverTimings,
+    shutdown: Option<ShutdownState>,
+    counts: [usize; 3],
+    dead: u64,
+    handled: u64,
+}
+
+impl<R: Runtime> Driver<R> {
+    pub(crate) fn new(
+        rt: R,
+        broker: Broker,
+        ctl: (flume::WeakSender<Ctl>, flume::Receiver<Ctl>),
+        conn_rx: flume::Receiver<ConnMsg>,
+        registry: Arc<RwLock<Registry>>,
+        timings: DriverTimings,
+    ) -> Self {
+        Self {
+            rt,
+            broker,
+            conns: HashMap::new(),
+            ctl_rx: ctl.1,
+            conn_rx,
+            ctl_tx: ctl.0,
+            registry,
+            acks: HashMap::new(),
+            closing: VecDeque::new(),
+            timings,
+            shutdown: None,
+            counts: [0; 3],
+            dead: 0,
+            handled: 0,
+        }
+    }
+
+    /// Runs until every sender of both channels is gone.
+    pub(crate) async fn run(mut self) {
+        let (mut ctl_open, mut conn_open) = (true, true);
+        while ctl_open || conn_open {
+            let deadline = self.deadline();
+            let wake = {
+                let ctl = async {
+                    if ctl_open {
+                        Wake::Ctl(self.ctl_rx.recv_async().await)
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                let conn = async {
+                    if conn_open {
+                        Wake::Conn(self.conn_rx.recv_async().await)
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                let sleep = deadline.map(|at| self.rt.sleep_until(at));
+                let timer = async {
+                    match sleep {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                    Wake::Timer
+                };
+                ctl.or(conn).or(timer).await
+            };
+            let now = Instant::now();
+            match wake {
+                Wake::Ctl(Ok(msg)) => self.ctl(now, msg),
+                Wake::Conn(Ok(msg)) => self.conn_msg(now, msg),
+                Wake::Ctl(Err(_)) => ctl_open = false,
+                Wake::Conn(Err(_)) => conn_open = false,
+                Wake::Timer => {}
+            }
+            for _ in 0..BATCH {
+                let Ok(msg) = self.ctl_rx.try_recv() else {
+                    break;
+                };
+                self.ctl(now, msg);
+            }
+            for _ in 0..BATCH {
+                let Ok(msg) = self.conn_rx.try_recv() else {
+                    break;
+                };
+                self.conn_msg(now, msg);
+            }
+            self.tick(now);
+        }
+        tracing::debug!("driver: every sender is gone; stopping");
+    }
+
+    /// The earliest instant something is due.
+    fn deadline(&self) -> Option<Instant> {
+        let shutdown = self
+            .shutdown
+            .as_ref()
+            .filter(|s| !s.done)
+            .map(|s| s.deadline);
+        [
+            self.broker.poll_timeout(),
+            self.closing.front().map(|(at, _)| *at),
+            shutdown,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Timers: the broker's, close deadlines, the shutdown deadline.
+    fn tick(&mut self, now: Instant) {
+        if self.broker.poll_timeout().is_some_and(|at| at <= now) {
+            self.broker.handle_timeout(now);
+            self.drain(now);
+        }
+        while let Some(&(at, conn)) = self.closing.front() {
+            if at > now {
+                break;
+            }
+            self.closing.pop_front();
+            if self.conns.get(&conn).is_some_and(|e| e.outbox.is_none()) {
+                tracing::debug!(%conn, "did not close within the grace period: dropped");
+                self.dead(now, conn);
+            }
+        }
+        let Some(shutdown) = &mut self.shutdown else {
+            return;
+        };
+        if shutdown.done {
+            return;
+        }
+        let remaining = self.conns.values().filter(|e| e.kind != Kind::Internal);
+        let remaining = remaining.count();
+        if remaining > 0 && now < shutdown.deadline {
+            return;
+        }
+        if remaining > 0 {
+            tracing::warn!(
+                remaining,
+                "shutdown: dropping connections that did not close in time"
+            );
+        }
+        shutdown.done = true;
+        for waiter in shutdown.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+        let left: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in left {
+            self.dead(now, conn);
+        }
+    }
+
+    fn conn_msg(&mut self, now: Instant, msg: ConnMsg) {
+        match msg {
+            ConnMsg::Open(opening) => self.open(now, *opening),
+            ConnMsg::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
+            ConnMsg::Closed(conn) => self.closed(now, conn),
+        }
+    }
+
+    fn ctl(&mut self, now: Instant, msg: Ctl) {
+        match msg {
+            Ctl::Flushed(conn, bytes) => {
+                if self.conns.contains_key(&conn) {
+                    self.feed(now, Input::Flushed { conn, bytes });
+                }
+            }
+            Ctl::Open(opening) => self.open(now, *opening),
+            Ctl::Closed(conn) => self.closed(now, conn),
+            Ctl::Publish {
+                topic,
+                event,
+                payload,
+                reply,
+            } => {
+                let cursor = self.broker.publish(now, topic, event, payload);
+                let _ = reply.send(cursor);
+                self.drain(now);
+            }
+            Ctl::Send {
+                to,
+                event,
+                payload,
+                reply,
+            } => {
+                let n = self.broker.send(now, &to, event.as_ref(), &payload);
+                let _ = reply.send(n);
+                self.drain(now);
+            }
+            Ctl::Join { conn, room, reply } => {
+                let _ = reply.send(self.broker.join(conn, room));
+                self.drain(now);
+            }
+            Ctl::Leave { conn, room, reply } => {
+                let _ = reply.send(self.broker.leave(conn, &room));
+                self.drain(now);
+            }
+            Ctl::EmitRoom {
+                room,
+                event,
+                payload,
+                reply,
+            } => {
+                let n = self.broker.emit_room(now, &room, event.as_ref(), &payload);
+                let _ = reply.send(n);
+                self.drain(now);
+            }
+            Ctl::Rooms(reply) => {
+                let _ = reply.send(self.broker.rooms().into_iter().cloned().collect());
+            }
+            Ctl::RoomMembers(room, reply) => {
+                let _ = reply.send(self.broker.room_members(&room));
+            }
+            Ctl::Request {
+                conn,
+                event,
+                payload,
+                timeout,
+                reply,
+            } => {
+                match self.broker.request(now, conn, &event, &payload, timeout) {
+                    Ok(ack) => {
+                        self.acks.insert((conn, ack), reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(api_to_protocol(&e)));
+                    }
+                }
+                self.drain(now);
+            }
+            Ctl::Reply { conn, req, result } => {
+                self.handled += 1;
+                self.broker.reply(now, conn, req, result);
+                self.drain(now);
+            }
+            Ctl::CloseConn {
+                conn,
+                reason,
+                reply,
+            } => {
+                let _ = reply.send(self.broker.close_conn(now, conn, reason));
+                self.drain(now);
+            }
+            Ctl::Stats(reply) => {
+                let _ = reply.send(ServerStats {
+                    broker: self.broker.stats(),
+                    ws_connections: self.counts[Kind::Ws.index()],
+                    sse_connections: self.counts[Kind::Sse.index()],
+                    internal_connections: self.counts[Kind::Internal.index()],
+                    dead_connections: self.dead,
+                    handled_requests: self.handled,
+                    epoch: self.broker.config().epoch,
+                });
+            }
+            Ctl::Shutdown(reply) => match &mut self.shutdown {
+                Some(state) if state.done => {
+                    let _ = reply.send(());
+                }
+                Some(state) => state.waiters.push(reply),
+                None => {
+                    tracing::info!(
+                        connections = self.conns.len(),
+                        "shutting down: closing every connection"
+                    );
+                    self.shutdown = Some(ShutdownState {
+                        deadline: now + self.timings.shutdown_grace,
+                        waiters: vec![reply],
+                        done: false,
+                    });
+                    self.broker.shutdown(now);
+                    self.drain(now);
+                }
+            },
+        }
+    }
+
+    fn open(&mut self, now: Instant, opening: Opening) {
+        let Opening {
+            conn,
+            kind,
+            grants,
+            outbox,
+            kill,
+            rooms,
+            commands,
+        } = opening;
+        if self.conns.contains_key(&conn) {
+            tracing::error!(%conn, "adapter bug: connection id opened twice");
+            return;
+        }
+        self.conns.insert(
+            conn,
+            Entry {
+                kind,
+                outbox: Some(outbox),
+                _kill: kill,
+            },
+        );
+        self.counts[kind.index()] += 1;
+        let transport = kind.transport();
+        self.feed(
+            now,
+            Input::Open {
+                conn,
+                transport,
+                grants,
+            },
+        );
+        for room in rooms {
+            if let Err(e) = self.broker.join(conn, room) {
+                tracing::debug!(%conn, "connect hook: {e}");
+            }
+        }
+        for cmd in commands {
+            self.feed(now, Input::Command { conn, cmd });
+        }
+        if self.shutdown.is_some() && self.conns.contains_key(&conn) {
+            let reason = ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server is shutting down; reconnect and resume from your cursor",
+            );
+            let _ = self.broker.close_conn(now, conn, reason);
+            self.drain(now);
+        }
+    }
+
+    /// The connection task ended (after a close, or the peer went away).
+    fn closed(&mut self, now: Instant, conn: ConnId) {
+        if let Some(entry) = self.conns.remove(&conn) {
+            self.counts[entry.kind.index()] -= 1;
+            self.feed(now, Input::Closed { conn });
+        }
+    }
+
+    /// Drops a connection without waiting for it: its task stops at once.
+    fn dead(&mut self, now: Instant, conn: ConnId) {
+        if let Some(entry) = self.conns.remove(&conn) {
+            self.counts[entry.kind.index()] -= 1;
+            self.dead += 1;
+            drop(entry);
+            self.feed(now, Input::Closed { conn });
+        }
+    }
+
+    /// `handle_input`, then the drain. An `Err` means the connection is already gone (late
+    /// `Flushed` or `Closed`), which is expected.
+    fn feed(&mut self, now: Instant, input: Input) {
+        if let Err(e) = self.broker.handle_input(now, input) {
+            tracing::trace!("ignored input: {e}");
+        }
+        self.drain(now);
+    }
+
+    /// Every output, in order, without awaiting anything.
+    fn drain(&mut self, now: Instant) {
+        while let Some(out) = self.broker.poll_output() {
+            match out {
+                Output::Transmit { conn, payload } => self.transmit(now, conn, payload),
+                Output::Close { conn, reason } => self.close(now, conn, reason),
+                Output::Event(event) => self.event(now, *event),
+                other => tracing::debug!("unhandled output: {other:?}"),
+            }
+        }
+    }
+
+    fn transmit(&mut self, now: Instant, conn: ConnId, payload: Bytes) {
+        let Some(entry) = self.conns.get(&conn) else {
+            return;
+        };
+        let Some(outbox) = &entry.outbox else {
+            return; // closing: nothing more is handed out
+        };
+        if entry.kind == Kind::Internal && payload.as_ref() == PING_FRAME {
+            // In-process subscriptions answer keep-alives here, so that one which is not being
+            // polled for a while is not closed as idle.
+            let len = payload.len();
+            if let Err(e) = self.broker.handle_input(
+                now,
+                Input::Command {
+                    conn,
+                    cmd: Command::Ping { req: None },
+                },
+            ) {
+                tracing::trace!("ignored input: {e}");
+            }
+            let _ = self
+                .broker
+                .handle_input(now, Input::Flushed { conn, bytes: len });
+            return;
+        }
+        if let Err(e) = outbox.try_send(Out::Frame(payload)) {
+            if matches!(e, flume::TrySendError::Full(_)) {
+                tracing::info!(%conn, "its outgoing queue is full: dropped");
+            }
+            self.dead(now, conn);
+        }
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnId, reason: ProtocolError) {
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(outbox) = entry.outbox.take() else {
+            return;
+        };
+        tracing::debug!(%conn, "closing: {reason}");
+        let internal = entry.kind == Kind::Internal;
+        if outbox.try_send(Out::Close(reason)).is_err() || internal {
+            self.dead(now, conn);
+        } else {
+            self.closing
+                .push_back((now + self.timings.close_grace, conn));
+        }
+    }
+
+    fn event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Disconnected { conn } => {
+                let hook = self
+                    .registry
+                    .read()
+                    .ok()
+                    .and_then(|r| r.on_disconnect.clone());
+                if let Some(hook) = hook
+                    && std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn))).is_err()
+                {
+                    tracing::error!(%conn, "the disconnect hook panicked");
+                }
+            }
+            Event::Request {
+                conn,
+                req,
+                event,
+                payload,
+            } => {
+                let handler = self
+                    .registry
+                    .read()
+                    .ok()
+                    .and_then(|r| r.handlers.get(event.as_str()).cloned());
+                let Some(handler) = handler else {
+                    let error = ProtocolError::new(
+                        ErrorCode::NoHandler,
+                        format!("the server has no handler for {:?}", event.as_str()),
+                    );
+                    self.broker.reply(now, conn, req, Err(error));
+                    return; // the drain in progress picks up the answer
+                };
+                let Some(ctl) = self.ctl_tx.upgrade() else {
+                    return;
+                };
+                let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler(conn, payload)));
+                self.rt.spawn(async move {
+                    let result = match call {
+                        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                        Err(panic) => Err(panic),
+                    };
+                    let result = result.unwrap_or_else(|_| {
+                        tracing::error!(%conn, event = event.as_str(), "a request handler panicked");
+                        Err(ProtocolError::new(
+                            ErrorCode::Rejected,
+                            "the handler failed",
+                        ))
+                    });
+                    let _ = ctl.send_async(Ctl::Reply { conn, req, result }).await;
+                });
+            }
+            Event::AckResult { conn, ack, result } => {
+                if let Some(waiter) = self.acks.remove(&(conn, ack)) {
+                    let _ = waiter.send(result);
+                }
+            }
+            Event::SlowConsumer { conn, policy } => {
+                tracing::debug!(%conn, ?policy, "slow consumer");
+            }
+            Event::ProtocolViolation { conn, error } => {
+                tracing::debug!(%conn, "protocol violation: {error}");
+            }
+            other => tracing::debug!("unhandled event: {other:?}"),
+        }
+    }
+}
+
+/// The native keep-alive frame, answered for in-process subscriptions by the driver itself.
+const PING_FRAME: &[u8] = br#"{"type":"ping"}"#;
+
+/// The application-facing error for an [`ApiError`] of a server request.
+pub(crate) fn api_to_protocol(e: &ApiError) -> ProtocolError {
+    let code = match e {
+        ApiError::UnknownConn(_) => ErrorCode::NoRecipient,
+        ApiError::LimitReached { .. } => ErrorCode::LimitReached,
+        _ => ErrorCode::Rejected,
+    };
+    ProtocolError::new(code, e.to_string())
+}

@@ -1,0 +1,301 @@
+//! Plain HTTP answers: status lines, JSON error bodies, CORS, and writing them with deadlines.
+//!
+//! The server answers one request per connection (`Connection: close`); streams (`/sse`) and
+//! upgrades (`/ws`) take the connection over instead.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
+use tidings_core::ProtocolError;
+
+use crate::io::with_deadline;
+use crate::request::RequestHead;
+use crate::runtime::Runtime;
+
+/// A refused request: status, machine-readable code, message, extra headers. Its body is the
+/// JSON `{"error":{"code":..,"message":..}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: u16,
+    /// A machine-readable code: a core [`tidings_core::ErrorCode`] name where one applies
+    /// (`invalid_topic`, `forbidden`, `frame_too_large`, ...), else an HTTP one (`not_found`,
+    /// `method_not_allowed`, `unauthorized`, ...).
+    pub code: String,
+    /// For humans: what was wrong and what is allowed.
+    pub message: String,
+    /// Extra headers (`Allow`, `WWW-Authenticate`, CORS, ...).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Refusal {
+    /// A refusal with no extra headers.
+    pub fn new(status: u16, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// A refusal carrying a core error, with its HTTP status.
+    pub fn protocol(error: &ProtocolError) -> Self {
+        Self::new(
+            error.code.http_status(),
+            error.code.as_str(),
+            error.message.clone(),
+        )
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> String {
+        error_body(&self.code, &self.message)
+    }
+
+    /// As a complete response.
+    pub fn into_response(self) -> Response {
+        let body = self.body();
+        Response {
+            status: self.status,
+            headers: self.headers,
+            content_type: "application/json",
+            body: body.into_bytes(),
+        }
+    }
+}
+
+/// The JSON error body `{"error":{"code":..,"message":..}}`.
+pub fn error_body(code: &str, message: &str) -> String {
+    serde_json::json!({ "error": { "code": code, "message": message } }).to_string()
+}
+
+/// A complete plain response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status.
+    pub status: u16,
+    /// Headers besides `Content-Type`, `Content-Length` and `Connection`.
+    pub headers: Vec<(String, String)>,
+    /// The `Content-Type`.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A 200 with a body.
+    pub fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    /// Adds headers.
+    #[must_use]
+    pub fn with_headers(mut self, headers: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
+    /// The bytes on the wire (`Connection: close`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        if self.status != 204 {
+            let _ = write!(
+                head,
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
+                self.body.len()
+            );
+        }
+        for (name, value) in &self.headers {
+            let _ = write!(head, "{name}: {value}\r\n");
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        let mut bytes = head.into_bytes();
+        if self.status != 204 {
+            bytes.extend_from_slice(&self.body);
+        }
+        bytes
+    }
+}
+
+/// The reason phrase of a status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+/// Writes a response and closes the connection. If the client may still be sending (a body we
+/// did not read), reads and discards for a moment so that closing does not reset the
+/// connection before the client has read the answer.
+pub(crate) async fn respond<R, S>(rt: &R, io: &mut S, response: &Response, timeout: Duration)
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let bytes = response.to_bytes();
+    let deadline = Instant::now() + timeout;
+    let written = with_deadline(rt, deadline, async {
+        io.write_all(&bytes).await?;
+        io.flush().await?;
+        io.close().await
+    })
+    .await;
+    if matches!(written, Some(Ok(()))) && response.status >= 400 {
+        linger(rt, io, 4 << 20, Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads and discards until EOF, `max_bytes` or `max_time`.
+pub(crate) async fn linger<R, S>(rt: &R, io: &mut S, max_bytes: usize, max_time: Duration)
+where
+    R: Runtime,
+    S: AsyncRead + Unpin,
+{
+    let deadline = Instant::now() + max_time;
+    let mut scratch = [0u8; 4096];
+    let mut total = 0;
+    while total < max_bytes {
+        match with_deadline(rt, deadline, io.read(&mut scratch)).await {
+            Some(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+}
+
+/// CORS: the configured allowed origins (`"*"` allows any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cors {
+    any: bool,
+    origins: Vec<String>,
+}
+
+impl Cors {
+    pub(crate) fn new(origins: &[String]) -> Self {
+        Self {
+            any: origins.iter().any(|o| o == "*"),
+            origins: origins
+                .iter()
+                .filter(|o| *o != "*")
+                .map(|o| o.trim_end_matches('/').to_owned())
+                .collect(),
+        }
+    }
+
+    /// The CORS headers for a request, or a 403 for a browser request from an origin that is
+    /// not allowed. Requests without `Origin` (not from a browser page) get none.
+    pub(crate) fn headers(&self, head: &RequestHead) -> Result<Vec<(String, String)>, Refusal> {
+        let Some(origin) = head.header("origin") else {
+            return Ok(Vec::new());
+        };
+        if self.origins.iter().any(|o| o == origin) {
+            return Ok(vec![
+                ("Access-Control-Allow-Origin".into(), origin.to_owned()),
+                ("Access-Control-Allow-Credentials".into(), "true".into()),
+                ("Vary".into(), "Origin".into()),
+            ]);
+        }
+        if self.any {
+            return Ok(vec![("Access-Control-Allow-Origin".into(), "*".into())]);
+        }
+        Err(Refusal::new(
+            403,
+            "origin_not_allowed",
+            format!("requests from origin {origin} are not allowed by this server's CORS settings"),
+        ))
+    }
+
+    /// The answer to a preflight `OPTIONS` request for a path allowing `methods`.
+    pub(crate) fn preflight(&self, head: &RequestHead, methods: &str) -> Response {
+        let mut headers = match self.headers(head) {
+            Ok(headers) => headers,
+            Err(refusal) => return refusal.into_response(),
+        };
+        headers.push(("Access-Control-Allow-Methods".into(), methods.to_owned()));
+        let requested = head
+            .header("access-control-request-headers")
+            .unwrap_or("Content-Type, Authorization, Last-Event-ID");
+        headers.push(("Access-Control-Allow-Headers".into(), requested.to_owned()));
+        headers.push(("Access-Control-Max-Age".into(), "600".into()));
+        headers.push(("Allow".into(), methods.to_owned()));
+        Response {
+            status: 204,
+            headers,
+            content_type: "text/plain",
+            body: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head_with_origin(origin: Option<&str>) -> RequestHead {
+        let mut head = RequestHead::default();
+        if let Some(origin) = origin {
+            head.headers.push(("origin".into(), origin.into()));
+        }
+        head
+    }
+
+    #[test]
+    fn cors_headers() {
+        let any = Cors::new(&["*".to_owned()]);
+        assert_eq!(any.headers(&head_with_origin(None)), Ok(vec![]));
+        let h = any
+            .headers(&head_with_origin(Some("https://x.example")))
+            .unwrap();
+        assert_eq!(h[0].1, "*");
+        let some = Cors::new(&["https://a.example/".to_owned()]);
+        let h = some
+            .headers(&head_with_origin(Some("https://a.example")))
+            .unwrap();
+        assert_eq!(h[0].1, "https://a.example");
+        let e = some
+            .headers(&head_with_origin(Some("https://b.example")))
+            .unwrap_err();
+        assert_eq!(e.status, 403);
+    }
+
+    #[test]
+    fn responses() {
+        let r = Refusal::new(404, "not_found", "no \"x\"").into_response();
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+        assert!(text.ends_with(r#"{"error":{"code":"not_found","message":"no \"x\""}}"#));
+    }
+}

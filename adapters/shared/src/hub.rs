@@ -1,0 +1,657 @@
+//! The application API: a cloneable [`Hub`] handle to the driver that owns the broker.
+//!
+//! From server code (any task, any thread) you can publish, send direct messages, manage rooms,
+//! ask a client something and wait for its answer (emit-with-ack), subscribe in-process, and
+//! register what answers clients' requests:
+//!
+//! - [`Hub::on`] registers a named handler for client `request`s (etp's `on`). Handlers run as
+//!   tasks of their own, so a slow one never holds up the others or the driver. A request for a
+//!   name without a handler is answered `no_handler` at once.
+//! - [`Hub::on_connect`] runs on every new `/ws` and `/sse` connection (on the connection's own
+//!   task, before it opens) and returns the rooms to put it in; they are joined in the same
+//!   driver step as the connection opens, so no room message can slip in between.
+//! - [`Hub::on_disconnect`] runs on the driver when a connection is gone: keep it short (spawn
+//!   anything slow).
+//!
+//! Every call is a message to the driver and, where it returns something, an answer back; the
+//! calls fail with [`HubError::Stopped`] once the driver is gone.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_util::Stream;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tidings_core::{
+    ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Gap, GapReason, Grants, Limits, Name,
+    Pattern, Payload, ProtocolError, Recipient, Subscribe, Topic, Transport,
+};
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::driver::{ConnMsg, Ctl, Driver, DriverTimings, Kind, Opening, Out, ServerStats};
+use crate::request::RequestHead;
+use crate::runtime::Runtime;
+
+/// Capacity of the channel from connection tasks to the driver: a connection whose commands
+/// cannot be queued waits (backpressure on clients that send faster than the broker routes).
+const CONN_CHANNEL: usize = 4096;
+
+/// A handler for client requests: the connection asking and the request's data.
+pub type Handler = Arc<
+    dyn Fn(ConnId, Payload) -> BoxFuture<'static, Result<Payload, ProtocolError>> + Send + Sync,
+>;
+
+/// The connect hook; returns the rooms to put the connection in.
+pub type ConnectHook = Arc<dyn Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync>;
+
+/// The disconnect hook.
+pub type DisconnectHook = Arc<dyn Fn(ConnId) + Send + Sync>;
+
+/// What the connect hook knows about a new connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Connecting<'a> {
+    /// Its id (never reused).
+    pub conn: ConnId,
+    /// `/ws` (native) or `/sse`.
+    pub transport: Transport,
+    /// The HTTP request that opened it.
+    pub head: &'a RequestHead,
+    /// The client id authentication gave it, if any.
+    pub client_id: Option<&'a Name>,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) handlers: HashMap<String, Handler>,
+    pub(crate) on_connect: Option<ConnectHook>,
+    pub(crate) on_disconnect: Option<DisconnectHook>,
+}
+
+/// A hub call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The driver is gone (the server stopped).
+    Stopped,
+    /// The broker refused (unknown connection, a limit).
+    Api(ApiError),
+}
+
+impl fmt::Display for HubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("the tidings server has stopped"),
+            Self::Api(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for HubError {}
+
+impl From<ApiError> for HubError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+struct HubInner {
+    ctl: flume::Sender<Ctl>,
+    conns: flume::Sender<ConnMsg>,
+    next_conn: AtomicU64,
+    registry: Arc<RwLock<Registry>>,
+    limits: Limits,
+    outbox_frames: usize,
+}
+
+/// A handle to a running broker. Cheap to clone; use it from any task or thread.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// Starts a broker configured by `config` on its own driver task (spawned on `rt`) and
+    /// returns a handle to it. [`crate::Service::start`] does this for a server.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] if the configuration is invalid.
+    pub fn start<R: Runtime>(rt: &R, config: &ServerConfig) -> Result<Self, ConfigError> {
+        let core = config.into_core()?;
+        let limits = core.limits.clone();
+        let outbox_frames = config.http.outbox_frames(limits.max_queued_bytes);
+        let broker = Broker::new(core, Instant::now());
+        let (ctl_tx, ctl_rx) = flume::unbounded();
+        let (conn_tx, conn_rx) = flume::bounded(CONN_CHANNEL);
+        let registry = Arc::new(RwLock::new(Registry::default()));
+        let timings = DriverTimings {
+            close_grace: config.http.close_grace,
+            shutdown_grace: config.http.shutdown_grace,
+        };
+        let driver = Driver::new(
+            rt.clone(),
+            broker,
+            (ctl_tx.downgrade(), ctl_rx),
+            conn_rx,
+            registry.clone(),
+            timings,
+        );
+        rt.spawn(driver.run());
+        Ok(Self {
+            inner: Arc::new(HubInner {
+                ctl: ctl_tx,
+                conns: conn_tx,
+                next_conn: AtomicU64::new(1),
+                registry,
+                limits,
+                outbox_frames,
+            }),
+        })
+    }
+
+    // ---- for connection tasks ------------------------------------------------------------------
+
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn conn_sender(&self) -> &flume::Sender<ConnMsg> {
+        &self.inner.conns
+    }
+
+    pub(crate) fn ctl_sender(&self) -> &flume::Sender<Ctl> {
+        &self.inner.ctl
+    }
+
+    /// The core limits in force (frame size, name limits, ...).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub(crate) fn outbox_frames(&self) -> usize {
+        self.inner.outbox_frames
+    }
+
+    /// Runs the connect hook (if any) and returns the rooms to join.
+    pub(crate) fn connect_rooms(&self, connecting: &Connecting<'_>) -> Vec<Name> {
+        let hook = self
+            .inner
+            .registry
+            .read()
+            .ok()
+            .and_then(|r| r.on_connect.clone());
+        let Some(hook) = hook else {
+            return Vec::new();
+        };
+        std::panic::catch_unwind(AssertUnwindSafe(|| hook(connecting))).unwrap_or_else(|_| {
+            tracing::error!(conn = %connecting.conn, "the connect hook panicked");
+            Vec::new()
+        })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Ctl) -> Result<T, HubError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .ctl
+            .send(make(tx))
+            .map_err(|_| HubError::Stopped)?;
+        rx.await.map_err(|_| HubError::Stopped)
+    }
+
+    // ---- the application API -------------------------------------------------------------------
+
+    /// Publishes an event (retained for replay, delivered with a cursor); returns its cursor.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        event: Option<Name>,
+        payload: Payload,
+    ) -> Result<Cursor, HubError> {
+        self.call(|reply| Ctl::Publish {
+            topic,
+            event,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// Sends a message that is not retained to a connection, a client id or a named
+    /// subscription; returns how many connections it reached.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn send(
+        &self,
+        to: Recipient,
+        event: Option<Name>,
+        payload: Payload,
+    ) -> Result<usize, HubError> {
+        self.call(|reply| Ctl::Send {
+            to,
+            event,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// Puts a connection in a room; returns whether it was not in it yet.
+    ///
+    /// # Errors
+    /// [`HubError::Api`] for an unknown connection or past `max_rooms_per_conn`.
+    pub async fn join(&self, conn: ConnId, room: Name) -> Result<bool, HubError> {
+        Ok(self.call(|reply| Ctl::Join { conn, room, reply }).await??)
+    }
+
+    /// Takes a connection out of a room; returns whether it was in it.
+    ///
+    /// # Errors
+    /// [`HubError::Api`] for an unknown connection.
+    pub async fn leave(&self, conn: ConnId, room: Name) -> Result<bool, HubError> {
+        Ok(self
+            .call(|reply| Ctl::Leave { conn, room, reply })
+            .await??)
+    }
+
+    /// Sends a message to every member of a room; returns how many it reached.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn emit_room(
+        &self,
+        room: Name,
+        event: Option<Name>,
+        payload: Payload,
+    ) -> Result<usize, HubError> {
+        self.call(|reply| Ctl::EmitRoom {
+            room,
+            event,
+            payload,
+            reply,
+        })
+        .await
+    }
+
+    /// The rooms that have members, sorted.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn rooms(&self) -> Result<Vec<Name>, HubError> {
+        self.call(Ctl::Rooms).await
+    }
+
+    /// The members of a room, sorted.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn room_members(&self, room: Name) -> Result<Vec<ConnId>, HubError> {
+        self.call(|reply| Ctl::RoomMembers(room, reply)).await
+    }
+
+    /// Asks a client something (emit-with-ack) and waits for its answer: the client's `reply`,
+    /// or an error: `timeout` after `timeout` (default `ack_timeout`), `rejected` (the client
+    /// answered with an error), `no_recipient` (no such connection, or it closed first),
+    /// `limit_reached`, or `shutting_down` when the server stopped.
+    ///
+    /// # Errors
+    /// The [`ProtocolError`] above.
+    pub async fn request(
+        &self,
+        conn: ConnId,
+        event: Name,
+        payload: Payload,
+        timeout: Option<Duration>,
+    ) -> Result<Payload, ProtocolError> {
+        let answer = self
+            .call(|reply| Ctl::Request {
+                conn,
+                event,
+                payload,
+                timeout,
+                reply,
+            })
+            .await;
+        answer.unwrap_or_else(|_| {
+            Err(ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server has stopped",
+            ))
+        })
+    }
+
+    /// Closes a connection with a reason sent to the client.
+    ///
+    /// # Errors
+    /// [`HubError::Api`] for an unknown connection.
+    pub async fn close(&self, conn: ConnId, reason: ProtocolError) -> Result<(), HubError> {
+        Ok(self
+            .call(|reply| Ctl::CloseConn {
+                conn,
+                reason,
+                reply,
+            })
+            .await??)
+    }
+
+    /// Counters (the broker's, and connections by kind).
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn stats(&self) -> Result<ServerStats, HubError> {
+        self.call(Ctl::Stats).await
+    }
+
+    /// Closes every connection with `shutting_down` (WebSocket close 1001, SSE streams end with
+    /// a `tidings-error` event) and returns when they are closed or the shutdown grace period is
+    /// over. The hub keeps working afterwards (publishes are still answered).
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn shutdown(&self) -> Result<(), HubError> {
+        self.call(Ctl::Shutdown).await
+    }
+
+    /// Registers the handler answering client requests named `name` (replacing any earlier one).
+    /// It runs as a task of its own for each request; its result is the answer (`ok` with the
+    /// payload, or the error). The broker answers `timeout` itself if the handler takes longer
+    /// than `request_timeout`.
+    pub fn on<F, Fut>(&self, name: &str, handler: F)
+    where
+        F: Fn(ConnId, Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, ProtocolError>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |conn, payload| Box::pin(handler(conn, payload)));
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.handlers.insert(name.to_owned(), handler);
+        }
+    }
+
+    /// Sets the connect hook: it sees every new `/ws` and `/sse` connection before it opens and
+    /// returns the rooms to put it in (joined in the same step as the connection opens).
+    pub fn on_connect<F>(&self, hook: F)
+    where
+        F: Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_connect = Some(Arc::new(hook));
+        }
+    }
+
+    /// Sets the disconnect hook. It runs on the driver task: keep it short, spawn slow work.
+    pub fn on_disconnect<F>(&self, hook: F)
+    where
+        F: Fn(ConnId) + Send + Sync + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_disconnect = Some(Arc::new(hook));
+        }
+    }
+
+    /// Subscribes in-process to `patterns` (wildcards allowed), optionally resuming after
+    /// `from`. The events arrive as a [`Stream`] of [`Received`] items.
+    ///
+    /// This is implemented simply: an internal connection of the native protocol whose frames
+    /// the stream decodes with `serde_json`. It is subject to the same flow control as any
+    /// connection: poll it, or past `max_queued_bytes` the slow-consumer policy applies (by
+    /// default: it is caught up from the history later, with a gap notice for what was lost).
+    /// It ends when the server shuts down or closes it; dropping it unsubscribes.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub fn subscribe(
+        &self,
+        patterns: Vec<Pattern>,
+        from: Option<Cursor>,
+    ) -> Result<Subscription, HubError> {
+        let conn = self.next_conn_id();
+        let (outbox, frames) = flume::bounded(self.outbox_frames());
+        let opening = Opening {
+            conn,
+            kind: Kind::Internal,
+            grants: Arc::new(Grants::all()),
+            outbox,
+            kill: None,
+            rooms: Vec::new(),
+            commands: vec![Command::Subscribe(Subscribe {
+                req: None,
+                patterns,
+                from,
+                name: None,
+            })],
+        };
+        self.inner
+            .ctl
+            .send(Ctl::Open(Box::new(opening)))
+            .map_err(|_| HubError::Stopped)?;
+        Ok(Subscription {
+            conn,
+            frames: frames.into_stream(),
+            ctl: self.inner.ctl.clone(),
+            limits: self.inner.limits.clone(),
+            closed: None,
+        })
+    }
+}
+
+/// What an in-process [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Received {
+    /// A published event.
+    Event {
+        /// Its topic.
+        topic: Topic,
+        /// Its cursor (resume after it with `from`).
+        cursor: Cursor,
+        /// Its event name, if any.
+        event: Option<Name>,
+        /// Its data.
+        payload: Payload,
+    },
+    /// Events may be missing between `from` and `to` (see `docs/PROTOCOL.md` §10).
+    Gap(Gap),
+}
+
+/// An in-process subscription; see [`Hub::subscribe`]. Dropping it unsubscribes.
+pub struct Subscription {
+    conn: ConnId,
+    frames: flume::r#async::RecvStream<'static, Out>,
+    ctl: flume::Sender<Ctl>,
+    limits: Limits,
+    closed: Option<ProtocolError>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// The internal connection's id.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Why the stream ended, once it has (e.g. `shutting_down`).
+    pub fn closed_reason(&self) -> Option<&ProtocolError> {
+        self.closed.as_ref()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Received;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Received>> {
+        let this = &mut *self;
+        loop {
+            if this.closed.is_some() {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.frames).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.closed = Some(ProtocolError::new(
+                        ErrorCode::ShuttingDown,
+                        "the subscription was dropped by the server",
+                    ));
+                }
+                Poll::Ready(Some(Out::Close(reason))) => this.closed = Some(reason),
+                Poll::Ready(Some(Out::Frame(frame))) => {
+                    let _ = this.ctl.send(Ctl::Flushed(this.conn, frame.len()));
+                    if let Some(item) = decode_frame(&frame, &this.limits) {
+                        return Poll::Ready(Some(item));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Ctl::Closed(self.conn));
+    }
+}
+
+#[derive(Deserialize)]
+struct WireFrame<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    topic: Option<String>,
+    cursor: Option<String>,
+    event: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    from: Option<String>,
+    to: Option<String>,
+    reason: Option<String>,
+    dropped_messages: Option<u64>,
+}
+
+/// Turns a native server frame into what a subscription yields (`None` for frames that are not
+/// events or gaps, e.g. `welcome`).
+fn decode_frame(frame: &Bytes, limits: &Limits) -> Option<Received> {
+    let wire: WireFrame<'_> = match serde_json::from_slice(frame) {
+        Ok(wire) => wire,
+        Err(e) => {
+            tracing::error!("in-process subscription: undecodable frame: {e}");
+            return None;
+        }
+    };
+    match wire.kind.as_str() {
+        "event" => {
+            let topic = Topic::parse(wire.topic.as_deref()?, limits.names).ok()?;
+            let cursor = wire.cursor.as_deref()?.parse().ok()?;
+            let event = match wire.event {
+                Some(e) => Some(Name::parse("event", &e, limits.max_name_len).ok()?),
+                None => None,
+            };
+            let payload = payload_of(frame, wire.data?)?;
+            Some(Received::Event {
+                topic,
+                cursor,
+                event,
+                payload,
+            })
+        }
+        "gap" => {
+            let reason = match wire.reason.as_deref()? {
+                "evicted" => GapReason::Evicted,
+                "epoch" => GapReason::Epoch,
+                _ => GapReason::SlowConsumer,
+            };
+            Some(Received::Gap(Gap {
+                from: wire.from.and_then(|c| c.parse().ok()),
+                to: wire.to?.parse().ok()?,
+                reason,
+                dropped_messages: wire.dropped_messages.unwrap_or(0),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// The payload of a `data` value: a JSON string is text (unescaped), anything else is JSON, cut
+/// out of the frame without copying.
+fn payload_of(frame: &Bytes, data: &RawValue) -> Option<Payload> {
+    let raw = data.get();
+    if raw.starts_with('"') {
+        let text: String = serde_json::from_str(raw).ok()?;
+        return Payload::text(text).ok();
+    }
+    let start = (raw.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+    let bytes = frame.get(start..start + raw.len())?;
+    debug_assert_eq!(bytes, raw.as_bytes());
+    Payload::json(frame.slice(start..start + raw.len())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_events_and_gaps() {
+        let limits = Limits::default();
+        let frame = Bytes::from_static(
+            br#"{"type":"event","topic":"a.b","cursor":"1f-2","event":"x","data":{"k":[1, 2]}}"#,
+        );
+        let Some(Received::Event {
+            topic,
+            cursor,
+            event,
+            payload,
+        }) = decode_frame(&frame, &limits)
+        else {
+            panic!("not an event");
+        };
+        assert_eq!(topic.as_str(), "a.b");
+        assert_eq!(cursor.to_string(), "1f-2");
+        assert_eq!(event.unwrap().as_str(), "x");
+        assert!(payload.is_json());
+        assert_eq!(payload.as_str(), r#"{"k":[1, 2]}"#);
+
+        let frame =
+            Bytes::from_static(br#"{"type":"event","topic":"a","cursor":"1-3","data":"l1\nl2"}"#);
+        let Some(Received::Event { payload, .. }) = decode_frame(&frame, &limits) else {
+            panic!("not an event");
+        };
+        assert!(!payload.is_json());
+        assert_eq!(payload.as_str(), "l1\nl2");
+
+        let frame = Bytes::from_static(
+            br#"{"type":"gap","from":"1-1","to":"1-4","reason":"evicted","dropped_messages":0}"#,
+        );
+        let Some(Received::Gap(gap)) = decode_frame(&frame, &limits) else {
+            panic!("not a gap");
+        };
+        assert_eq!(gap.reason, GapReason::Evicted);
+        assert_eq!(gap.to.to_string(), "1-4");
+        assert_eq!(
+            decode_frame(&Bytes::from_static(br#"{"type":"ping"}"#), &limits),
+            None
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! `/metrics`: the broker's counters in the Prometheus text exposition format (version 0.0.4).
+
+use std::fmt::Write as _;
+
+use tidings_core::ErrorCode;
+
+use crate::driver::ServerStats;
+
+/// Renders the counters.
+pub fn render(stats: &ServerStats) -> String {
+    let b = &stats.broker;
+    let mut out = String::with_capacity(4096);
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        }
+    };
+    let n = |v: usize| v as u64;
+    family(
+        "tidings_connections",
+        "gauge",
+        "Open connections by transport (internal: in-process subscriptions).",
+        &[
+            ("transport=\"ws\"", n(stats.ws_connections)),
+            ("transport=\"sse\"", n(stats.sse_connections)),
+            ("transport=\"internal\"", n(stats.internal_connections)),
+        ],
+    );
+    family(
+        "tidings_subscriptions",
+        "gauge",
+        "Subscriptions (patterns) held over all connections.",
+        &[("", n(b.subscriptions))],
+    );
+    family(
+        "tidings_publishes_total",
+        "counter",
+        "Events published.",
+        &[("", b.publishes)],
+    );
+    family(
+        "tidings_deliveries_total",
+        "counter",
+        "Frames carrying an event or message handed to connections.",
+        &[("", b.deliveries)],
+    );
+    family(
+        "tidings_bytes_out_total",
+        "counter",
+        "Bytes handed to connections (all frames).",
+        &[("", b.bytes_out)],
+    );
+    family(
+        "tidings_dropped_messages_total",
+        "counter",
+        "Messages dropped for slow consumers (events are caught up from history instead).",
+        &[("", b.dropped)],
+    );
+    family(
+        "tidings_slow_consumer_closes_total",
+        "counter",
+        "Connections closed by the slow-consumer policy.",
+        &[("", b.slow_consumer_closes)],
+    );
+    family(
+        "tidings_dead_connections_total",
+        "counter",
+        "Connections dropped because their outgoing queue was full or they did not close in time.",
+        &[("", stats.dead_connections)],
+    );
+    family(
+        "tidings_gaps_total",
+        "counter",
+        "Gap notices sent.",
+        &[("", b.gaps)],
+    );
+    family(
+        "tidings_retained_events",
+        "gauge",
+        "Events retained for replay.",
+        &[("", n(b.retained_events))],
+    );
+    family(
+        "tidings_retained_bytes",
+        "gauge",
+        "Payload and topic bytes retained for replay.",
+        &[("", n(b.retained_bytes))],
+    );
+    family(
+        "tidings_handled_requests_total",
+        "counter",
+        "Client requests answered by an application handler.",
+        &[("", stats.handled_requests)],
+    );
+    let labels: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| format!("code=\"{}\"", c.as_str()))
+        .collect();
+    let errors: Vec<(&str, u64)> = ErrorCode::ALL
+        .iter()
+        .zip(&labels)
+        .map(|(code, label)| {
+            let count = b
+                .errors
+                .iter()
+                .find(|(c, _)| c == code)
+                .map_or(0, |(_, n)| *n);
+            (label.as_str(), count)
+        })
+        .collect();
+    family(
+        "tidings_errors_total",
+        "counter",
+        "Errors sent to clients, by code.",
+        &errors,
+    );
+    let epoch = format!(
+        "epoch=\"{:x}\",version=\"{}\"",
+        stats.epoch,
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        "tidings_info",
+        "gauge",
+        "The hub epoch (hex, as in cursors) and the server version.",
+        &[(epoch.as_str(), 1)],
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let text = render(&ServerStats::default());
+        assert!(text.contains("tidings_connections{transport=\"ws\"} 0\n"));
+        assert!(text.contains("tidings_errors_total{code=\"forbidden\"} 0\n"));
+        assert!(text.contains("# TYPE tidings_publishes_total counter\n"));
+    }
+}

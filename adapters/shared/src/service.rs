@@ -1,0 +1,665 @@
+//! The server as a runtime-agnostic service: reads each connection's request head and routes it
+//! (DESIGN.md §4):
+//!
+//! | path | methods | what |
+//! |---|---|---|
+//! | `/ws` | `GET` (upgrade) | the native WebSocket protocol |
+//! | `/sse` | `GET`, `OPTIONS` | a Server-Sent Events stream of `topic` patterns |
+//! | `/publish` | `POST`, `OPTIONS` | publish the body to `topic` |
+//! | `/healthz` | `GET` | `ok` |
+//! | `/metrics` | `GET` | Prometheus text |
+//!
+//! One request per connection: plain answers carry `Connection: close`. A runtime adapter
+//! accepts connections and calls [`Service::handle_connection`] on a task of its own for each;
+//! an embedding that parsed the request itself (e.g. an axum route) can call
+//! [`Service::handle_request`], or the finer [`Service::check_websocket`] /
+//! [`Service::run_websocket`] and [`Service::check_sse`] / [`Service::run_sse`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
+use tidings_core::{Cursor, ErrorCode, Pattern, Payload, ProtocolError, Topic, native};
+
+use crate::auth::{AuthConfigError, Authenticated, Authenticator};
+use crate::config::{ConfigError, ServerConfig};
+use crate::http::{Cors, Refusal, Response, respond};
+use crate::hub::Hub;
+use crate::io::with_deadline;
+use crate::request::{HeadError, RequestHead, parse_head};
+use crate::runtime::Runtime;
+
+/// What exists, for 404 and 405 answers.
+const ROUTES: &str =
+    "GET /ws (WebSocket), GET /sse?topic=..., POST /publish?topic=..., GET /healthz, GET /metrics";
+
+/// The server could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The authentication settings are invalid.
+    Auth(AuthConfigError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Auth(e) => write!(f, "invalid authentication settings: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+struct Inner<R> {
+    rt: R,
+    hub: Hub,
+    config: ServerConfig,
+    auth: Authenticator,
+    cors: Cors,
+    /// Held (cloned) by every connection task; `None` once shutting down.
+    live: Mutex<Option<flume::Sender<()>>>,
+    /// Disconnects when every connection task has ended after shutdown started.
+    idle: flume::Receiver<()>,
+}
+
+/// The tidings server, independent of the runtime: cheap to clone.
+pub struct Service<R: Runtime> {
+    inner: Arc<Inner<R>>,
+}
+
+impl<R: Runtime> Clone for Service<R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> fmt::Debug for Service<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+/// Held by a connection task while it runs (graceful shutdown waits for all of them).
+#[derive(Debug)]
+pub struct ConnGuard(#[allow(dead_code)] flume::Sender<()>);
+
+impl<R: Runtime> Service<R> {
+    /// Starts the broker's driver on `rt` and returns the service.
+    ///
+    /// # Errors
+    /// [`StartError`] for an invalid configuration.
+    pub fn start(rt: R, config: ServerConfig) -> Result<Self, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        let core = config.into_core().map_err(StartError::Config)?;
+        let auth =
+            Authenticator::with_limits(&config.auth, &core.limits).map_err(StartError::Auth)?;
+        let hub = Hub::start(&rt, &config).map_err(StartError::Config)?;
+        let (live, idle) = flume::bounded(1);
+        let cors = Cors::new(&config.http.cors_origins);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                rt,
+                hub,
+                config,
+                auth,
+                cors,
+                live: Mutex::new(Some(live)),
+                idle,
+            }),
+        })
+    }
+
+    /// The application API of this server's broker.
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    /// One line describing who may do what (for the start-up log).
+    pub fn describe_auth(&self) -> String {
+        self.inner.auth.describe()
+    }
+
+    /// Whether anonymous clients may do everything (worth a warning beyond loopback).
+    pub fn auth_is_open(&self) -> bool {
+        self.inner.auth.is_open()
+    }
+
+    /// A guard for a new connection, or `None` once the server is shutting down (the accept
+    /// loop then closes the connection).
+    pub fn track(&self) -> Option<ConnGuard> {
+        let live = self.inner.live.lock().ok()?;
+        live.as_ref().map(|l| ConnGuard(l.clone()))
+    }
+
+    /// Graceful shutdown: refuses new connections, closes every open one (WebSocket close 1001,
+    /// SSE streams end after a `tidings-error` event), lets requests in flight finish (a publish
+    /// is still answered), and returns when every connection has ended or the shutdown grace
+    /// period is over.
+    pub async fn shutdown(&self) {
+        let deadline = Instant::now() + self.inner.config.http.shutdown_grace;
+        if let Ok(mut live) = self.inner.live.lock() {
+            live.take();
+        }
+        let _ = with_deadline(&self.inner.rt, deadline, self.inner.hub.shutdown()).await;
+        let idle = self.inner.idle.recv_async();
+        if with_deadline(&self.inner.rt, deadline, idle)
+            .await
+            .is_none()
+        {
+            tracing::warn!("shutdown: some connections were still open after the grace period");
+        }
+    }
+
+    /// Serves one accepted connection: reads its request head (within the read timeout, at most
+    /// 16 KiB) and answers or upgrades it. Returns when the connection is done.
+    pub async fn handle_connection<S>(&self, mut io: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(_guard) = self.track() else {
+            let refusal = Refusal::new(503, "shutting_down", "the server is shutting down");
+            self.respond(&mut io, refusal.into_response()).await;
+            return;
+        };
+        let deadline = Instant::now() + self.inner.config.http.read_timeout;
+        match read_head(&self.inner.rt, &mut io, deadline).await {
+            Ok(Some((head, rest))) => {
+                tracing::debug!(%peer, method = head.method, path = head.path, "request");
+                self.handle_request(io, head, rest).await;
+            }
+            Ok(None) => {} // closed before sending anything
+            Err(refusal) => {
+                tracing::debug!(%peer, "bad request: {}", refusal.message);
+                self.respond(&mut io, refusal.into_response()).await;
+            }
+        }
+    }
+
+    /// Serves a request whose head was already read; `rest` holds the bytes read after the head
+    /// (the start of a body, or of WebSocket frames).
+    pub async fn handle_request<S>(&self, mut io: S, head: RequestHead, rest: Vec<u8>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let method = head.method.as_str();
+        let response = match (head.path.as_str(), method) {
+            ("/ws", "GET") => match self.check_websocket(&head) {
+                Ok(auth) => {
+                    self.upgrade_websocket(io, &head, rest, auth).await;
+                    return;
+                }
+                Err(refusal) => refusal.into_response(),
+            },
+            ("/sse", "GET") => match self.check_sse(&head) {
+                Ok(request) => {
+                    self.run_sse(io, &head, request).await;
+                    return;
+                }
+                Err(refusal) => refusal.into_response(),
+            },
+            ("/sse", "OPTIONS") => self.inner.cors.preflight(&head, "GET, OPTIONS"),
+            ("/publish", "POST") => match self.publish(&mut io, &head, rest).await {
+                Ok(response) | Err(response) => response,
+            },
+            ("/publish", "OPTIONS") => self.inner.cors.preflight(&head, "POST, OPTIONS"),
+            ("/healthz", "GET" | "HEAD") => Response::ok("text/plain; charset=utf-8", "ok\n"),
+            ("/metrics", "GET") => match self.inner.hub.stats().await {
+                Ok(stats) => Response::ok(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::render(&stats),
+                ),
+                Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
+            },
+            (path, _) => match allowed(path) {
+                Some(allow) => Refusal::new(
+                    405,
+                    "method_not_allowed",
+                    format!(
+                        "{method} is not allowed on {path}; use {allow}. This server has: {ROUTES}"
+                    ),
+                )
+                .with_header("Allow", allow)
+                .into_response(),
+                None => Refusal::new(
+                    404,
+                    "not_found",
+                    format!("there is nothing at {path}. This server has: {ROUTES}"),
+                )
+                .into_response(),
+            },
+        };
+        self.respond(&mut io, response).await;
+    }
+
+    async fn respond<S>(&self, io: &mut S, response: Response)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        respond(
+            &self.inner.rt,
+            io,
+            &response,
+            self.inner.config.http.write_timeout,
+        )
+        .await;
+    }
+
+    fn authenticate(&self, head: &RequestHead) -> Result<Authenticated, Refusal> {
+        self.inner.auth.authenticate(head).map_err(|e| {
+            let status = e.status();
+            let code = if status == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            };
+            let refusal = Refusal::new(status, code, e.message().to_string());
+            if status == 401 {
+                refusal.with_header("WWW-Authenticate", e.www_authenticate())
+            } else {
+                refusal
+            }
+        })
+    }
+
+    // ---- WebSocket -----------------------------------------------------------------------------
+
+    /// Checks a `/ws` request: the upgrade headers, the `Origin` allow-list, authentication.
+    ///
+    /// # Errors
+    /// The [`Refusal`] to answer with (400, 401, 403, 426).
+    pub fn check_websocket(&self, head: &RequestHead) -> Result<Authenticated, Refusal> {
+        let has_token = |name: &str, token: &str| {
+            head.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .flat_map(|(_, v)| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case(token))
+        };
+        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+            return Err(Refusal::new(
+                426,
+                "upgrade_required",
+                "/ws is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
+            )
+            .with_header("Upgrade", "websocket"));
+        }
+        if head.header("sec-websocket-version") != Some("13") {
+            return Err(Refusal::new(
+                426,
+                "upgrade_required",
+                "only WebSocket version 13 is supported",
+            )
+            .with_header("Sec-WebSocket-Version", "13"));
+        }
+        if head.header("sec-websocket-key").is_none_or(str::is_empty) {
+            return Err(Refusal::new(
+                400,
+                "bad_request",
+                "the Sec-WebSocket-Key header is missing",
+            ));
+        }
+        let allowed = &self.inner.config.http.ws_origins;
+        if let Some(origin) = head.header("origin")
+            && !allowed.is_empty()
+            && !allowed
+                .iter()
+                .any(|a| a == "*" || a.trim_end_matches('/') == origin)
+        {
+            return Err(Refusal::new(
+                403,
+                "origin_not_allowed",
+                format!("WebSocket connections from origin {origin} are not allowed"),
+            ));
+        }
+        self.authenticate(head)
+    }
+
+    async fn upgrade_websocket<S>(
+        &self,
+        mut io: S,
+        head: &RequestHead,
+        rest: Vec<u8>,
+        auth: Authenticated,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let key = head.header("sec-websocket-key").unwrap_or_default();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let response = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        let deadline = Instant::now() + self.inner.config.http.write_timeout;
+        let written = with_deadline(&self.inner.rt, deadline, async {
+            io.write_all(response.as_bytes()).await?;
+            io.flush().await
+        })
+        .await;
+        if !matches!(written, Some(Ok(()))) {
+            return;
+        }
+        let config = self.websocket_config();
+        let ws = if rest.is_empty() {
+            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+        } else {
+            WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await
+        };
+        self.run_websocket(ws, head, auth).await;
+    }
+
+    /// The WebSocket settings: messages and frames limited to `max_frame_bytes` (larger ones
+    /// close the connection with 1009), a small read buffer per connection.
+    pub fn websocket_config(&self) -> WebSocketConfig {
+        let max = self.inner.config.limits.max_frame_bytes;
+        WebSocketConfig::default()
+            .read_buffer_size(self.inner.config.http.ws_read_buffer.max(256))
+            .write_buffer_size(64 << 10)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+
+    /// Runs an upgraded WebSocket connection (after [`Service::check_websocket`]) until it ends.
+    pub async fn run_websocket<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        head: &RequestHead,
+        auth: Authenticated,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        crate::ws::run(
+            &self.inner.rt,
+            &self.inner.hub,
+            &self.inner.config,
+            ws,
+            head,
+            auth,
+        )
+        .await;
+    }
+
+    // ---- SSE -----------------------------------------------------------------------------------
+
+    /// Checks a `/sse` request: topics (at least one, valid patterns), the resume cursor
+    /// (`Last-Event-ID` header, else `last_event_id` parameter), CORS, authentication and the
+    /// subscribe grants.
+    ///
+    /// # Errors
+    /// The [`Refusal`] to answer with (400, 401, 403, 429).
+    pub fn check_sse(&self, head: &RequestHead) -> Result<SseRequest, Refusal> {
+        let cors = self.inner.cors.headers(head)?;
+        let limits = self.inner.hub.limits();
+        let patterns = head
+            .query_params("topic")
+            .map(|t| Pattern::parse(t, limits.names))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Refusal::protocol(&e))?;
+        if patterns.is_empty() {
+            return Err(Refusal::new(
+                400,
+                "bad_field",
+                "at least one topic parameter is required, e.g. /sse?topic=chat.* (wildcards: * for one segment, > for the rest)",
+            ));
+        }
+        if patterns.len() > limits.max_subscriptions {
+            return Err(Refusal::protocol(&ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "{} topics requested; at most {} are allowed per stream",
+                    patterns.len(),
+                    limits.max_subscriptions
+                ),
+            )));
+        }
+        let last = head
+            .header("last-event-id")
+            .or_else(|| head.query_param("last_event_id"))
+            .map(str::trim)
+            .filter(|c| !c.is_empty());
+        let from = last
+            .map(str::parse::<Cursor>)
+            .transpose()
+            .map_err(|e| Refusal::protocol(&e))?;
+        let auth = self.authenticate(head)?;
+        if let Some(p) = patterns.iter().find(|p| !auth.grants.may_subscribe(p)) {
+            return Err(Refusal::new(
+                403,
+                "forbidden",
+                format!("you may not subscribe to {p}"),
+            ));
+        }
+        Ok(SseRequest {
+            patterns,
+            from,
+            auth,
+            cors,
+        })
+    }
+
+    /// Runs an SSE stream (after [`Service::check_sse`]): writes the response head, then the
+    /// events, until the client goes away or the server closes the stream.
+    pub async fn run_sse<S>(&self, io: S, head: &RequestHead, request: SseRequest)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        crate::sse::run(
+            &self.inner.rt,
+            &self.inner.hub,
+            &self.inner.config,
+            io,
+            head,
+            request,
+        )
+        .await;
+    }
+
+    // ---- publish -------------------------------------------------------------------------------
+
+    async fn publish<S>(
+        &self,
+        io: &mut S,
+        head: &RequestHead,
+        mut body: Vec<u8>,
+    ) -> Result<Response, Response>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let refuse = |r: Refusal| r.into_response();
+        let cors = self.inner.cors.headers(head).map_err(refuse)?;
+        let refuse = |r: Refusal| r.with_headers(cors.clone()).into_response();
+        let limits = self.inner.hub.limits();
+        let auth = self.authenticate(head).map_err(refuse)?;
+        let topic = head.query_param("topic").ok_or_else(|| {
+            refuse(Refusal::new(
+                400,
+                "bad_field",
+                "the topic parameter is required: POST /publish?topic=NAME[&event=NAME]",
+            ))
+        })?;
+        let topic = Topic::parse(topic, limits.names).map_err(|e| refuse(Refusal::protocol(&e)))?;
+        let event = head
+            .query_param("event")
+            .filter(|e| !e.is_empty())
+            .map(|e| native::event_name(e, limits.max_name_len))
+            .transpose()
+            .map_err(|e| refuse(Refusal::protocol(&e)))?;
+        if !auth.grants.may_publish(&topic) {
+            return Err(refuse(Refusal::new(
+                403,
+                "forbidden",
+                format!("you may not publish to {topic}"),
+            )));
+        }
+        if head
+            .header("transfer-encoding")
+            .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
+        {
+            return Err(refuse(Refusal::new(
+                411,
+                "length_required",
+                "send the body with a Content-Length (chunked bodies are not accepted)",
+            )));
+        }
+        let length = match head.header("content-length").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            None => 0,
+            Some(Err(_)) => {
+                return Err(refuse(Refusal::new(
+                    400,
+                    "bad_request",
+                    "the Content-Length header is not a number",
+                )));
+            }
+        };
+        if length > limits.max_frame_bytes {
+            return Err(refuse(Refusal::protocol(&ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the body is {length} bytes; at most {} are allowed",
+                    limits.max_frame_bytes
+                ),
+            ))));
+        }
+        if body.len() < length
+            && head
+                .header("expect")
+                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        {
+            let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        let deadline = Instant::now() + self.inner.config.http.read_timeout;
+        body.truncate(length);
+        let start = body.len();
+        body.resize(length, 0);
+        match with_deadline(&self.inner.rt, deadline, io.read_exact(&mut body[start..])).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                return Err(refuse(Refusal::new(
+                    400,
+                    "bad_request",
+                    format!("the body ended early: {e}"),
+                )));
+            }
+            None => {
+                return Err(refuse(Refusal::new(
+                    408,
+                    "timeout",
+                    "the body did not arrive in time",
+                )));
+            }
+        }
+        let json = head.header("content-type").is_some_and(is_json);
+        let payload = if json {
+            Payload::json(body)
+        } else {
+            Payload::text(body)
+        }
+        .map_err(|e| refuse(Refusal::protocol(&e)))?;
+        match self.inner.hub.publish(topic, event, payload).await {
+            Ok(cursor) => {
+                let body = format!("{{\"id\":\"{cursor}\"}}");
+                Ok(Response::ok("application/json", body).with_headers(cors))
+            }
+            Err(e) => Err(refuse(Refusal::new(503, "shutting_down", e.to_string()))),
+        }
+    }
+}
+
+/// A checked `/sse` request, ready to run.
+#[derive(Debug)]
+pub struct SseRequest {
+    /// The topic patterns.
+    pub patterns: Vec<Pattern>,
+    /// Resume after this cursor.
+    pub from: Option<Cursor>,
+    /// Who is asking.
+    pub auth: Authenticated,
+    /// CORS headers for the response.
+    pub cors: Vec<(String, String)>,
+}
+
+impl Refusal {
+    /// Adds headers.
+    #[must_use]
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+}
+
+/// `application/json`, or any `application/...+json`, with or without parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The methods a known path allows.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/ws" => Some("GET"),
+        "/sse" => Some("GET, OPTIONS"),
+        "/publish" => Some("POST, OPTIONS"),
+        "/healthz" => Some("GET, HEAD"),
+        "/metrics" => Some("GET"),
+        _ => None,
+    }
+}
+
+/// Reads a request head: `Ok(None)` if the client closed without sending anything.
+async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
+    rt: &R,
+    io: &mut S,
+    deadline: Instant,
+) -> Result<Option<(RequestHead, Vec<u8>)>, Refusal> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = match with_deadline(rt, deadline, io.read(&mut chunk)).await {
+            None if buf.is_empty() => return Ok(None),
+            None => {
+                return Err(Refusal::new(
+                    408,
+                    "timeout",
+                    "the request head did not arrive in time",
+                ));
+            }
+            Some(Err(_)) | Some(Ok(0)) => return Ok(None),
+            Some(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_head(&buf) {
+            Ok(Some((head, len))) => return Ok(Some((head, buf.split_off(len)))),
+            Ok(None) => {}
+            Err(HeadError::TooLarge) => {
+                return Err(Refusal::new(
+                    431,
+                    "head_too_large",
+                    HeadError::TooLarge.to_string(),
+                ));
+            }
+            Err(e) => return Err(Refusal::new(400, "bad_request", e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A `/sse` stream on one task.
+//!
+//! The stream opens in one driver step with its subscription (resuming from the cursor if one
+//! was given), so nothing published after the response head can be missed. The response head
+//! carries `Content-Type: text/event-stream`, `Cache-Control: no-cache` and
+//! `X-Accel-Buffering: no`; the body is everything the core encodes for the stream (`retry:`,
+//! events with `id:`, `:` keep-alives, `tidings-gap` and, on close, `tidings-error` events),
+//! written as it comes, several queued frames per write. The stream ends when the client goes
+//! away (the task keeps reading to notice), or when the core closes it.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::FutureExt as _;
+use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
+use tidings_core::{Command, Subscribe, Transport};
+
+use crate::config::ServerConfig;
+use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
+use crate::hub::{Connecting, Hub};
+use crate::io::with_deadline;
+use crate::request::RequestHead;
+use crate::runtime::Runtime;
+use crate::service::SseRequest;
+
+/// Bytes coalesced into one write at most.
+const COALESCE_BYTES: usize = 64 << 10;
+
+enum Step {
+    Killed,
+    Out(Result<Out, flume::RecvError>),
+    /// The client closed its side, or the connection failed.
+    Gone,
+}
+
+/// Runs the stream until it ends, then reports `Closed`.
+pub(crate) async fn run<R, S>(
+    rt: &R,
+    hub: &Hub,
+    config: &ServerConfig,
+    mut io: S,
+    head: &RequestHead,
+    request: SseRequest,
+) where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let SseRequest {
+        patterns,
+        from,
+        auth,
+        cors,
+    } = request;
+    let conn = hub.next_conn_id();
+    let (outbox_tx, outbox) = flume::bounded(hub.outbox_frames());
+    let (kill_tx, mut kill) = oneshot::channel::<()>();
+    let rooms = hub.connect_rooms(&Connecting {
+        conn,
+        transport: Transport::Sse,
+        head,
+        client_id: auth.client_id.as_ref(),
+    });
+    let mut commands = Vec::with_capacity(2);
+    if let Some(client_id) = auth.client_id {
+        commands.push(Command::Identify {
+            req: None,
+            client_id,
+        });
+    }
+    commands.push(Command::Subscribe(Subscribe {
+        req: None,
+        patterns,
+        from,
+        name: None,
+    }));
+    let opening = Opening {
+        conn,
+        kind: Kind::Sse,
+        grants: auth.grants.into(),
+        outbox: outbox_tx,
+        kill: Some(kill_tx),
+        rooms,
+        commands,
+    };
+    let to_driver = hub.conn_sender();
+    if to_driver
+        .send_async(ConnMsg::Open(Box::new(opening)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ctl = hub.ctl_sender();
+    let write_timeout = config.http.write_timeout;
+
+    let mut response = String::from(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+         X-Accel-Buffering: no\r\n",
+    );
+    for (name, value) in &cors {
+        response.push_str(&format!("{name}: {value}\r\n"));
+    }
+    response.push_str("Connection: close\r\n\r\n");
+    let mut pending_head = Some(response.into_bytes());
+
+    loop {
+        let step = {
+            let killed = async {
+                let _ = (&mut kill).await;
+                Step::Killed
+            };
+            let out = async { Step::Out(outbox.recv_async().await) };
+            let gone = async {
+                let mut scratch = [0u8; 64];
+                loop {
+                    match io.read(&mut scratch).await {
+                        Ok(0) | Err(_) => return Step::Gone,
+                        Ok(_) => {} // nothing is expected from an SSE client: discard
+                    }
+                }
+            };
+            killed.or(out).or(gone).await
+        };
+        let first = match step {
+            Step::Killed | Step::Gone | Step::Out(Err(_)) => break,
+            Step::Out(Ok(first)) => first,
+        };
+        // One write: the response head (first time), `first` and what else is queued.
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut close = None;
+        let mut next = Some(first);
+        let mut size = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(frame) => {
+                    size += frame.len();
+                    frames.push(frame);
+                    if size < COALESCE_BYTES {
+                        next = outbox.try_recv().ok();
+                    }
+                }
+                Out::Close(reason) => {
+                    tracing::debug!(%conn, "closing the stream: {reason}");
+                    close = Some(reason);
+                }
+            }
+        }
+        let head_bytes = pending_head.take();
+        let write = async {
+            match (&head_bytes, frames.as_slice()) {
+                (None, [one]) => io.write_all(one).await?,
+                _ => {
+                    let head_len = head_bytes.as_ref().map_or(0, Vec::len);
+                    let mut buf = Vec::with_capacity(head_len + size);
+                    if let Some(h) = &head_bytes {
+                        buf.extend_from_slice(h);
+                    }
+                    for frame in &frames {
+                        buf.extend_from_slice(frame);
+                    }
+                    io.write_all(&buf).await?;
+                }
+            }
+            io.flush().await?;
+            if close.is_some() {
+                io.close().await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let killed = async {
+            let _ = (&mut kill).await;
+            None
+        };
+        let deadline = Instant::now() + write_timeout;
+        let written = with_deadline(rt, deadline, write).or(killed).await;
+        if !matches!(written, Some(Ok(()))) {
+            break;
+        }
+        if size > 0 {
+            let _ = ctl.send(Ctl::Flushed(conn, size));
+        }
+        if close.is_some() {
+            break;
+        }
+    }
+    let _ = to_driver.send_async(ConnMsg::Closed(conn)).await;
+}

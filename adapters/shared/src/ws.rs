@@ -1,0 +1,290 @@
+//! A `/ws` connection: the native protocol over WebSocket (async-tungstenite), on one task.
+//!
+//! The task waits for whichever comes first: the driver stopping it (`kill`), frames in its
+//! outbox, or a client message. Client messages are decoded here with
+//! [`tidings_core::native::decode`] (text and binary alike), so parsing runs on every core, and
+//! sent to the driver in order. Outgoing frames are written in batches (several queued frames,
+//! one flush) and reported with `Flushed`. WebSocket pings are answered by tungstenite and count
+//! as activity (`Command::Ping` without id). A message over `max_frame_bytes` ends reading and
+//! becomes the core's fatal `frame_too_large`: the client gets the error frame and close 1009.
+//! A server close sends the error frame the core queued, then a close frame whose code comes from
+//! [`tidings_core::ErrorCode::ws_close_code`] and whose reason is the error message (at most 123
+//! bytes), then waits briefly for the client's close.
+
+use std::future::pending;
+use std::time::{Duration, Instant};
+
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::error::CapacityError;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::FutureExt as _;
+use futures_util::{SinkExt as _, StreamExt as _};
+use tidings_core::{Command, ErrorCode, ProtocolError, Transport, native};
+
+use crate::auth::Authenticated;
+use crate::config::ServerConfig;
+use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
+use crate::http::linger;
+use crate::hub::{Connecting, Hub};
+use crate::io::with_deadline;
+use crate::request::RequestHead;
+use crate::runtime::Runtime;
+
+/// Frames written per flush at most.
+const BATCH_FRAMES: usize = 64;
+/// Bytes written per flush at most (more may follow in the next batch at once).
+const BATCH_BYTES: usize = 256 << 10;
+/// The longest close reason RFC 6455 allows (a control frame carries at most 125 bytes).
+const MAX_CLOSE_REASON: usize = 123;
+
+enum Step {
+    Killed,
+    Out(Result<Out, flume::RecvError>),
+    Read(Option<Result<Message, WsError>>),
+}
+
+/// Runs the connection until it ends, then reports `Closed`.
+pub(crate) async fn run<R, S>(
+    rt: &R,
+    hub: &Hub,
+    config: &ServerConfig,
+    mut ws: WebSocketStream<S>,
+    head: &RequestHead,
+    auth: Authenticated,
+) where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let conn = hub.next_conn_id();
+    let (outbox_tx, outbox) = flume::bounded(hub.outbox_frames());
+    let (kill_tx, mut kill) = oneshot::channel::<()>();
+    let rooms = hub.connect_rooms(&Connecting {
+        conn,
+        transport: Transport::Native,
+        head,
+        client_id: auth.client_id.as_ref(),
+    });
+    let commands = auth
+        .client_id
+        .map(|client_id| Command::Identify {
+            req: None,
+            client_id,
+        })
+        .into_iter()
+        .collect();
+    let opening = Opening {
+        conn,
+        kind: Kind::Ws,
+        grants: auth.grants.into(),
+        outbox: outbox_tx,
+        kill: Some(kill_tx),
+        rooms,
+        commands,
+    };
+    let to_driver = hub.conn_sender();
+    if to_driver
+        .send_async(ConnMsg::Open(Box::new(opening)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let ctl = hub.ctl_sender();
+    let limits = hub.limits();
+    let write_timeout = config.http.write_timeout;
+    let close_wait = config.http.close_grace.min(Duration::from_secs(2));
+    let mut reading = true;
+    loop {
+        let step = {
+            let killed = async {
+                let _ = (&mut kill).await;
+                Step::Killed
+            };
+            let out = async { Step::Out(outbox.recv_async().await) };
+            let read = async {
+                if reading {
+                    Step::Read(ws.next().await)
+                } else {
+                    pending().await
+                }
+            };
+            killed.or(out).or(read).await
+        };
+        match step {
+            Step::Killed | Step::Out(Err(_)) => break,
+            Step::Out(Ok(first)) => {
+                let deadline = Instant::now() + write_timeout;
+                let write = write_batch(&mut ws, &outbox, first);
+                let killed = async {
+                    let _ = (&mut kill).await;
+                    None
+                };
+                let written = with_deadline(rt, deadline, write).or(killed).await;
+                let Some(Ok((bytes, close))) = written else {
+                    break; // timed out, killed, or the socket failed
+                };
+                if bytes > 0 {
+                    let _ = ctl.send(Ctl::Flushed(conn, bytes));
+                }
+                if let Some(reason) = close {
+                    let closing = close_ws(rt, &mut ws, &reason, reading, close_wait);
+                    let killed = async {
+                        let _ = (&mut kill).await;
+                    };
+                    closing.or(killed).await;
+                    break;
+                }
+            }
+            Step::Read(None) => break,
+            Step::Read(Some(Ok(message))) => {
+                let cmd = match message {
+                    Message::Text(text) => native::decode(&Bytes::from(text), limits),
+                    Message::Binary(data) => native::decode(&data, limits),
+                    Message::Ping(_) | Message::Pong(_) => Command::Ping { req: None },
+                    Message::Close(_) | Message::Frame(_) => continue,
+                };
+                if to_driver
+                    .send_async(ConnMsg::Command(conn, cmd))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Step::Read(Some(Err(error))) => {
+                reading = false;
+                let error = match error {
+                    WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                        ProtocolError::new(
+                            ErrorCode::FrameTooLarge,
+                            format!("frame is {size} bytes; at most {max_size} are allowed"),
+                        )
+                    }
+                    WsError::Utf8(_) => {
+                        ProtocolError::new(ErrorCode::NotUtf8, "a text message is not valid UTF-8")
+                    }
+                    other => {
+                        tracing::debug!(%conn, "websocket ended: {other}");
+                        break;
+                    }
+                };
+                let cmd = Command::Invalid {
+                    req: None,
+                    error,
+                    fatal: true,
+                };
+                if to_driver
+                    .send_async(ConnMsg::Command(conn, cmd))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to_driver.send_async(ConnMsg::Closed(conn)).await;
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), with one flush. Returns the
+/// payload bytes written and the close reason if a `Close` came in the batch.
+async fn write_batch<S>(
+    ws: &mut WebSocketStream<S>,
+    outbox: &flume::Receiver<Out>,
+    first: Out,
+) -> Result<(usize, Option<ProtocolError>), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut bytes = 0;
+    let mut frames = 0;
+    let mut next = Some(first);
+    while let Some(out) = next.take() {
+        match out {
+            Out::Close(reason) => {
+                ws.flush().await?;
+                return Ok((bytes, Some(reason)));
+            }
+            Out::Frame(frame) => {
+                bytes += frame.len();
+                frames += 1;
+                match Utf8Bytes::try_from(frame) {
+                    Ok(text) => ws.feed(Message::Text(text)).await?,
+                    Err(_) => tracing::error!("the core produced a frame that is not UTF-8"),
+                }
+            }
+        }
+        if frames < BATCH_FRAMES && bytes < BATCH_BYTES {
+            next = outbox.try_recv().ok();
+        }
+    }
+    ws.flush().await?;
+    Ok((bytes, None))
+}
+
+/// Sends the close frame for `reason`, then waits (briefly) for the client's close, or, if the
+/// connection can no longer be read as WebSocket, drains what the client still sends so that
+/// closing does not reset the connection before it has read the close.
+async fn close_ws<R, S>(
+    rt: &R,
+    ws: &mut WebSocketStream<S>,
+    reason: &ProtocolError,
+    reading: bool,
+    wait: Duration,
+) where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Instant::now() + wait;
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code.ws_close_code()),
+        reason: Utf8Bytes::from(truncate(&reason.message, MAX_CLOSE_REASON)),
+    };
+    if with_deadline(rt, deadline, ws.close(Some(frame)))
+        .await
+        .is_none()
+    {
+        return;
+    }
+    if reading {
+        let _ = with_deadline(rt, deadline, async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    } else {
+        let mut rest = deadline.saturating_duration_since(Instant::now());
+        rest = rest.max(Duration::from_millis(200));
+        linger(rt, ws.get_mut(), 4 << 20, rest).await;
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::truncate;
+
+    #[test]
+    fn truncates_at_char_boundaries() {
+        assert_eq!(truncate("abc", 123), "abc");
+        let long = "é".repeat(100);
+        let cut = truncate(&long, 123);
+        assert_eq!(cut.len(), 122);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

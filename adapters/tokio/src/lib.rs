@@ -1,0 +1,168 @@
+//! Runs the tidings server on tokio.
+//!
+//! This crate is thin: [`TokioRuntime`] implements [`tidings_adapter::Runtime`] (spawn and
+//! sleep), and [`serve`] binds a TCP listener, starts the runtime-agnostic
+//! [`Service`] (whose driver task owns the broker) and accepts connections, handing each, wrapped
+//! with `tokio_util::compat`, to [`Service::handle_connection`] on a task of its own.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use tidings_adapter::ServerConfig;
+//! use tidings_core::{Payload, Topic};
+//!
+//! let mut config = ServerConfig::default();
+//! config.listen = "127.0.0.1:0".into();
+//! let server = tidings_tokio::serve(config).await?;
+//! println!("listening on http://{}", server.addr());
+//! let hub = server.hub().clone();
+//! hub.on("echo", |_conn, payload| async move { Ok(payload) });
+//! let topic = Topic::parse("chat.lobby", Default::default()).unwrap();
+//! let cursor = hub.publish(topic, None, Payload::text("hi").unwrap()).await.unwrap();
+//! # let _ = cursor;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::compat::TokioAsyncReadCompatExt as _;
+
+pub use tidings_adapter::{Hub, Runtime, ServerConfig, Service};
+
+/// [`Runtime`] on tokio: tasks on the runtime whose handle it holds, tokio timers.
+#[derive(Debug, Clone)]
+pub struct TokioRuntime {
+    handle: tokio::runtime::Handle,
+}
+
+impl TokioRuntime {
+    /// The runtime of the calling task.
+    ///
+    /// # Panics
+    /// Outside of a tokio runtime.
+    pub fn current() -> Self {
+        Self {
+            handle: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// A given runtime.
+    pub fn new(handle: tokio::runtime::Handle) -> Self {
+        Self { handle }
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        drop(self.handle.spawn(task));
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        tokio::time::sleep_until(deadline.into())
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    service: Service<TokioRuntime>,
+    stop: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+}
+
+impl Server {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The application API.
+    pub fn hub(&self) -> &Hub {
+        self.service.hub()
+    }
+
+    /// The runtime-agnostic service (to serve connections accepted elsewhere).
+    pub fn service(&self) -> &Service<TokioRuntime> {
+        &self.service
+    }
+
+    /// Graceful shutdown: stops accepting, closes every connection (WebSocket close 1001, SSE
+    /// streams end after a `tidings-error` event), answers requests in flight, and returns when
+    /// all connections are done or `http.shutdown_grace` is over.
+    pub async fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        self.service.shutdown().await;
+    }
+
+    /// Waits until the accept loop ends (after [`Server::shutdown`]).
+    pub async fn wait(self) {
+        let _ = self.accept.await;
+    }
+}
+
+/// Binds `config.listen`, starts the broker and accepts connections on the current tokio
+/// runtime. Returns once listening.
+///
+/// # Errors
+/// If the address cannot be bound or the configuration is invalid.
+pub async fn serve(config: ServerConfig) -> io::Result<Server> {
+    let listener = TcpListener::bind(&config.listen).await?;
+    serve_on(listener, config)
+}
+
+/// Like [`serve`], on a listener already bound (`config.listen` is ignored).
+///
+/// # Errors
+/// If the configuration is invalid.
+pub fn serve_on(listener: TcpListener, config: ServerConfig) -> io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let service = Service::start(TokioRuntime::current(), config)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let (stop, stopped) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(listener, service.clone(), stopped));
+    Ok(Server {
+        addr,
+        service,
+        stop,
+        accept,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    service: Service<TokioRuntime>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let service = service.clone();
+                tokio::spawn(async move {
+                    service.handle_connection(stream.compat(), peer).await;
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!("no longer accepting connections");
+}
