@@ -10,8 +10,10 @@
 //! use tidings_adapter::ServerConfig;
 //! use tidings_core::{Payload, Topic};
 //!
-//! let mut config = ServerConfig::default();
-//! config.listen = "127.0.0.1:0".into();
+//! let config = ServerConfig {
+//!     listen: "127.0.0.1:0".into(),
+//!     ..ServerConfig::default()
+//! };
 //! let server = tidings_tokio::serve(config).await?;
 //! println!("listening on http://{}", server.addr());
 //! let hub = server.hub().clone();

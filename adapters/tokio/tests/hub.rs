@@ -1,0 +1,329 @@
+//! The application API ([`tidings_adapter::Hub`]) in-process, against clients over loopback:
+//! request handlers, emit-with-ack, rooms joined from the connect hook, the disconnect hook,
+//! direct sends and in-process subscriptions.
+//!
+//! Clients are the synchronous `tungstenite` client and plain `TcpStream`s, run on blocking
+//! threads (`spawn_blocking`) so that they never hold up the server's tasks.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::{Value, json};
+use tidings_adapter::{Received, ServerConfig};
+use tidings_core::{ConnId, ErrorCode, Name, Pattern, Payload, ProtocolError, Recipient, Topic};
+use tokio::task::spawn_blocking;
+use tungstenite::{Message, WebSocket};
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn server() -> tidings_tokio::Server {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        ..ServerConfig::default()
+    };
+    tidings_tokio::serve(config).await.expect("serves")
+}
+
+struct Ws {
+    ws: WebSocket<TcpStream>,
+    conn: u64,
+}
+
+impl Ws {
+    fn open(addr: SocketAddr, path: &str) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://{addr}{path}"), stream).unwrap();
+        let mut ws = Self { ws, conn: 0 };
+        let welcome = ws.recv();
+        assert_eq!(welcome["type"], "welcome");
+        ws.conn = welcome["conn"].as_u64().unwrap();
+        ws
+    }
+
+    fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).unwrap();
+    }
+
+    fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a frame in time") {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(_) => panic!("closed"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Runs blocking client code off the runtime's worker threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    spawn_blocking(f).await.expect("the client code succeeds")
+}
+
+fn name(s: &str) -> Name {
+    Name::parse("name", s, 128).unwrap()
+}
+
+fn json_payload(v: &Value) -> Payload {
+    Payload::json(v.to_string()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_answer_requests_concurrently_and_missing_ones_say_so() {
+    let server = server().await;
+    let hub = server.hub().clone();
+    hub.on("add", |_conn, payload: Payload| async move {
+        let v: Vec<i64> = serde_json::from_str(payload.as_str()).map_err(|e| {
+            ProtocolError::new(ErrorCode::Rejected, format!("expected [a, b]: {e}"))
+        })?;
+        Ok(Payload::json(v.iter().sum::<i64>().to_string()).unwrap())
+    });
+    hub.on("slow", |conn: ConnId, _| async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Payload::json(json!({ "conn": conn.0 }).to_string()).unwrap())
+    });
+    let addr = server.addr();
+    blocking(move || {
+        let mut ws = Ws::open(addr, "/ws");
+        ws.send(json!({"op":"request","id":1,"event":"slow"}));
+        ws.send(json!({"op":"request","id":2,"event":"add","data":[2,3]}));
+        ws.send(json!({"op":"request","id":3,"event":"add","data":"nonsense"}));
+        ws.send(json!({"op":"request","id":4,"event":"missing"}));
+        let mut answers: Vec<Value> = (0..4).map(|_| ws.recv()).collect();
+        // The slow handler does not hold up the others: its answer comes last.
+        assert_eq!(answers[3]["id"], 1, "{answers:?}");
+        assert_eq!(answers[3]["data"]["conn"], ws.conn);
+        answers.sort_by_key(|a| a["id"].as_u64());
+        assert_eq!(answers[1], json!({"type":"ok","id":2,"data":5}));
+        assert_eq!(answers[2]["code"], "rejected");
+        assert_eq!(answers[3]["code"], "no_handler");
+    })
+    .await;
+    let stats = hub.stats().await.unwrap();
+    assert_eq!(stats.handled_requests, 3);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_with_ack_gets_the_clients_answer_or_a_timeout() {
+    let server = server().await;
+    let hub = server.hub().clone();
+    let addr = server.addr();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let client = spawn_blocking(move || {
+        let mut ws = Ws::open(addr, "/ws");
+        tx.send(ws.conn).unwrap();
+        let request = ws.recv();
+        assert_eq!(request["type"], "request");
+        assert_eq!(request["event"], "confirm");
+        assert_eq!(request["data"], json!({"amount":5}));
+        ws.send(json!({"op":"reply","id":request["id"],"data":{"ok":true}}));
+        let second = ws.recv();
+        assert_eq!(second["event"], "ignored");
+        // Not answered: the server times out. The connection is kept for a last check.
+        ws
+    });
+    let conn = ConnId(rx.await.unwrap());
+    let answer = hub
+        .request(
+            conn,
+            name("confirm"),
+            json_payload(&json!({"amount":5})),
+            None,
+        )
+        .await
+        .expect("the client answers");
+    assert_eq!(answer.as_str(), r#"{"ok":true}"#);
+    let error = hub
+        .request(
+            conn,
+            name("ignored"),
+            Payload::empty(),
+            Some(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::Timeout);
+    let error = hub
+        .request(ConnId(999_999), name("x"), Payload::empty(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::NoRecipient);
+    drop(client.await.expect("the client code succeeds"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_from_the_connect_hook_and_the_disconnect_hook() {
+    let server = server().await;
+    let hub = server.hub().clone();
+    hub.on_connect(|c| {
+        c.head
+            .query_param("room")
+            .and_then(|r| Name::parse("room", r, 128).ok())
+            .into_iter()
+            .collect()
+    });
+    let gone = Arc::new(AtomicUsize::new(0));
+    let (gone_tx, mut gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let gone = gone.clone();
+        hub.on_disconnect(move |conn| {
+            gone.fetch_add(1, Ordering::SeqCst);
+            let _ = gone_tx.send(conn);
+        });
+    }
+    let addr = server.addr();
+    let (mut a, b, mut c) = blocking(move || {
+        (
+            Ws::open(addr, "/ws?room=blue"),
+            Ws::open(addr, "/ws?room=blue"),
+            Ws::open(addr, "/ws?room=red"),
+        )
+    })
+    .await;
+    assert_eq!(hub.rooms().await.unwrap(), vec![name("blue"), name("red")]);
+    let mut blue = vec![ConnId(a.conn), ConnId(b.conn)];
+    blue.sort();
+    assert_eq!(hub.room_members(name("blue")).await.unwrap(), blue);
+    let reached = hub
+        .emit_room(
+            name("blue"),
+            Some(name("hello")),
+            Payload::text("hi blue").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reached, 2);
+    // Joined and left from code too.
+    assert!(hub.join(ConnId(c.conn), name("blue")).await.unwrap());
+    assert!(hub.leave(ConnId(c.conn), name("red")).await.unwrap());
+    let reached = hub
+        .emit_room(name("blue"), None, Payload::text("all three").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reached, 3);
+    let sent = hub
+        .send(
+            Recipient::Conn(ConnId(c.conn)),
+            None,
+            Payload::text("just you").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent, 1);
+    let b_conn = ConnId(b.conn);
+    let (a, c) = blocking(move || {
+        let first = a.recv();
+        assert_eq!(
+            first,
+            json!({"type":"message","room":"blue","event":"hello","data":"hi blue"})
+        );
+        assert_eq!(a.recv()["data"], "all three");
+        assert_eq!(c.recv()["data"], "all three");
+        assert_eq!(c.recv(), json!({"type":"message","data":"just you"}));
+        drop(b); // goes away: leaves its rooms
+        (a, c)
+    })
+    .await;
+    let gone_conn = tokio::time::timeout(TIMEOUT, gone_rx.recv())
+        .await
+        .expect("the disconnect hook runs")
+        .unwrap();
+    assert_eq!(gone_conn, b_conn);
+    assert_eq!(gone.load(Ordering::SeqCst), 1);
+    assert_eq!(hub.room_members(name("blue")).await.unwrap().len(), 2);
+    drop((a, c));
+    server.shutdown().await;
+}
+
+async fn next(sub: &mut tidings_adapter::Subscription) -> Received {
+    tokio::time::timeout(TIMEOUT, sub.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream goes on")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_subscriptions_receive_and_resume() {
+    let server = server().await;
+    let hub = server.hub().clone();
+    let pattern = Pattern::parse("chat.*", Default::default()).unwrap();
+    let mut sub = hub.subscribe(vec![pattern.clone()], None).unwrap();
+    let topic = Topic::parse("chat.lobby", Default::default()).unwrap();
+    let first = hub
+        .publish(
+            topic.clone(),
+            Some(name("msg")),
+            Payload::json(r#"{"a":[1, 2]}"#).unwrap(),
+        )
+        .await
+        .unwrap();
+    // From a client over HTTP, text.
+    let addr = server.addr();
+    let second = blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"POST /publish?topic=chat.room HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nline\n")
+            .unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        let body = raw.split("\r\n\r\n").nth(1).unwrap().to_owned();
+        let id: Value = serde_json::from_str(&body).unwrap();
+        id["id"].as_str().unwrap().to_owned()
+    })
+    .await;
+    let Received::Event {
+        topic: t,
+        cursor,
+        event,
+        payload,
+    } = next(&mut sub).await
+    else {
+        panic!("not an event")
+    };
+    assert_eq!(
+        (t, cursor, event),
+        (topic.clone(), first, Some(name("msg")))
+    );
+    assert!(payload.is_json());
+    assert_eq!(payload.as_str(), r#"{"a":[1, 2]}"#);
+    let Received::Event {
+        cursor, payload, ..
+    } = next(&mut sub).await
+    else {
+        panic!("not an event")
+    };
+    assert_eq!(cursor.to_string(), second);
+    assert!(!payload.is_json());
+    assert_eq!(payload.as_str(), "line\n");
+    drop(sub);
+
+    // Resuming after the first event yields exactly the second.
+    let mut resumed = hub.subscribe(vec![pattern], Some(first)).unwrap();
+    let item = tokio::time::timeout(TIMEOUT, resumed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let Received::Event { cursor, .. } = item else {
+        panic!("not an event")
+    };
+    assert_eq!(cursor.to_string(), second);
+    let stats = hub.stats().await.unwrap();
+    assert_eq!(stats.internal_connections, 1);
+
+    // Shutting down ends the stream.
+    server.shutdown().await;
+    let end = tokio::time::timeout(TIMEOUT, resumed.next()).await.unwrap();
+    assert_eq!(end, None);
+    assert_eq!(
+        resumed.closed_reason().map(|r| r.code),
+        Some(ErrorCode::ShuttingDown)
+    );
+}

@@ -1,0 +1,945 @@
+//! End-to-end tests of the `tidings` binary over loopback: each test starts the real server
+//! (`tidings serve --listen 127.0.0.1:0`), reads the bound address from its first stdout line,
+//! talks to it with plain `TcpStream`s (HTTP, SSE read with the core's `sse::Decoder`) and the
+//! synchronous `tungstenite` client, and stops it by pid.
+//!
+//! Every test runs once per runtime in [`RUNTIMES`]. Nothing sleeps to wait for something that
+//! can be awaited; reads have timeouts so that a failure fails fast instead of hanging.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tidings_core::sse::{DecodedEvent, Decoder};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// The runtimes the server can run on; every test runs on each.
+const RUNTIMES: &[&str] = &["tokio"];
+
+/// How long any single read may take before the test fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---- harness -----------------------------------------------------------------------------------
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    runtime: &'static str,
+}
+
+impl Server {
+    fn start(runtime: &'static str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the tidings binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {} // keep the pipe drained
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("[{runtime}] the server did not print its address");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("a socket address");
+        Self {
+            child,
+            addr,
+            runtime,
+        }
+    }
+
+    /// SIGTERM, then the exit status (within 15 s).
+    fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connects");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// A connection whose receive buffer is tiny, so that a client that stops reading stalls
+    /// the server's writes quickly instead of after megabytes of kernel buffering.
+    fn connect_small_buffer(&self) -> TcpStream {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&self.addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// One HTTP request; the server answers and closes.
+    fn request(&self, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let mut stream = self.connect();
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .expect("the server answers and closes");
+        Resp::parse(&raw)
+    }
+
+    fn get(&self, target: &str) -> Resp {
+        self.request("GET", target, &[], b"")
+    }
+
+    /// Publishes text over HTTP; returns the cursor.
+    fn publish(&self, topic: &str, body: &str) -> String {
+        let resp = self.request(
+            "POST",
+            &format!("/publish?topic={topic}"),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let json: Value = serde_json::from_str(&resp.body).unwrap();
+        json["id"].as_str().expect("an id").to_owned()
+    }
+
+    fn metrics(&self) -> String {
+        let resp = self.get("/metrics");
+        assert_eq!(resp.status, 200);
+        resp.body
+    }
+
+    /// Polls `/metrics` until `done` holds (the server reports connections going away
+    /// asynchronously; there is no event to wait for from outside).
+    fn wait_for_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics();
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] {what}:\n{metrics}",
+                self.runtime
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn sse(&self, target: &str, headers: &[(&str, &str)]) -> Sse {
+        Sse::open(self.connect(), target, headers)
+    }
+
+    fn ws(&self) -> Ws {
+        Ws::open(self.connect(), self.addr, &[])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric sample line `name value`.
+fn metric(metrics: &str, sample: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Resp {
+    fn parse(raw: &[u8]) -> Self {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(raw) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!(
+                "not an HTTP response ({other:?}): {:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        };
+        Self {
+            status: resp.code.unwrap(),
+            headers: resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&raw[len..]).into_owned(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error_code(&self) -> String {
+        let json: Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.body));
+        json["error"]["code"].as_str().expect("a code").to_owned()
+    }
+}
+
+/// An SSE stream read with the core's decoder.
+struct Sse {
+    stream: TcpStream,
+    decoder: Decoder,
+    head: Resp,
+}
+
+impl Sse {
+    fn open(mut stream: TcpStream, target: &str, headers: &[(&str, &str)]) -> Self {
+        let mut head =
+            format!("GET {target} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).expect("the response head arrives");
+            assert_eq!(n, 1, "the connection ended in the response head: {raw:?}");
+            raw.push(byte[0]);
+        }
+        Self {
+            stream,
+            decoder: Decoder::new(),
+            head: Resp::parse(&raw),
+        }
+    }
+
+    /// Reads more of the stream; `false` at its end.
+    fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16 << 10];
+        match self.stream.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.decoder.feed(&buf[..n]).expect("a valid event stream");
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("reading the SSE stream: {e}"),
+        }
+    }
+
+    fn next_event(&mut self) -> DecodedEvent {
+        loop {
+            if let Some(event) = self.decoder.next_event() {
+                return event;
+            }
+            assert!(self.fill(), "the SSE stream ended");
+        }
+    }
+
+    /// Every event until the server ends the stream.
+    fn until_end(&mut self) -> Vec<DecodedEvent> {
+        let mut events = Vec::new();
+        loop {
+            while let Some(event) = self.decoder.next_event() {
+                events.push(event);
+            }
+            if !self.fill() {
+                return events;
+            }
+        }
+    }
+}
+
+/// A native-protocol WebSocket client.
+struct Ws {
+    ws: WebSocket<TcpStream>,
+    welcome: Value,
+}
+
+impl Ws {
+    fn open(stream: TcpStream, addr: SocketAddr, headers: &[(&'static str, &str)]) -> Self {
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws"))
+                .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::client(request, stream).expect("the handshake succeeds");
+        let mut ws = Self {
+            ws,
+            welcome: Value::Null,
+        };
+        ws.welcome = ws.recv();
+        assert_eq!(ws.welcome["type"], "welcome", "{}", ws.welcome);
+        ws
+    }
+
+    fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).unwrap();
+    }
+
+    fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).unwrap();
+    }
+
+    /// The next JSON frame (WebSocket control frames are skipped).
+    fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a frame arrives") {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a frame with id `id` and returns the answer carrying that id (frames in between,
+    /// e.g. events, are returned too, before it).
+    fn ask(&mut self, frame: Value) -> Value {
+        let id = frame["id"].clone();
+        self.send(frame);
+        loop {
+            let answer = self.recv();
+            if answer["id"] == id
+                && ["ok", "error", "pong"].contains(&answer["type"].as_str().unwrap_or_default())
+            {
+                return answer;
+            }
+        }
+    }
+
+    /// Reads until the server closes: the JSON frames it sent before, and the close code.
+    fn until_close(&mut self) -> (Vec<Value>, Option<CloseCode>) {
+        let mut frames = Vec::new();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => frames.push(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Close(frame)) => return (frames, frame.map(|f| f.code)),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("timed out waiting for the close; got {frames:?}")
+                }
+                Err(_) => return (frames, None),
+            }
+        }
+    }
+}
+
+fn for_each_runtime(test: impl Fn(&'static str)) {
+    for runtime in RUNTIMES {
+        eprintln!("runtime: {runtime}");
+        test(runtime);
+    }
+}
+
+// ---- tests -------------------------------------------------------------------------------------
+
+#[test]
+fn pubsub_over_ws_and_sse_with_wildcards() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let mut sse = server.sse("/sse?topic=chat.*&topic=news.eu", &[]);
+        assert_eq!(sse.head.status, 200);
+        assert_eq!(sse.head.header("content-type"), Some("text/event-stream"));
+        assert_eq!(sse.head.header("cache-control"), Some("no-cache"));
+        assert_eq!(sse.head.header("x-accel-buffering"), Some("no"));
+        let mut sub = server.ws();
+        let ok = sub.ask(json!({"op":"subscribe","id":1,"topics":["chat.>"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let mut publisher = server.ws();
+
+        // Over WebSocket, JSON data, with an event name.
+        let ok = publisher.ask(
+            json!({"op":"publish","id":7,"topic":"chat.lobby","event":"msg","data":{"text":"hi"}}),
+        );
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let first = ok["cursor"].as_str().unwrap().to_owned();
+        // Over HTTP: a deeper topic (chat.> but not chat.*), one SSE-only, one nobody's.
+        let deep = server.publish("chat.room.1", "deep");
+        let news = server.publish("news.eu", "line1\nline2");
+        server.publish("sports.x", "nobody");
+        let last = server.publish("chat.lobby", "bye");
+
+        let ev = sse.next_event();
+        assert_eq!(
+            (
+                ev.event_type.as_str(),
+                ev.data.as_str(),
+                ev.last_event_id.as_str()
+            ),
+            ("msg", r#"{"text":"hi"}"#, first.as_str())
+        );
+        let ev = sse.next_event();
+        assert_eq!(
+            (ev.data.as_str(), ev.last_event_id.as_str()),
+            ("line1\nline2", news.as_str())
+        );
+        let ev = sse.next_event();
+        assert_eq!(
+            (ev.data.as_str(), ev.last_event_id.as_str()),
+            ("bye", last.as_str())
+        );
+
+        let got: Vec<Value> = (0..3).map(|_| sub.recv()).collect();
+        assert_eq!(got[0]["data"], json!({"text":"hi"}));
+        assert_eq!(got[0]["cursor"], first.as_str());
+        assert_eq!(got[0]["event"], "msg");
+        assert_eq!(
+            (got[1]["topic"].as_str(), got[1]["data"].as_str()),
+            (Some("chat.room.1"), Some("deep"))
+        );
+        assert_eq!(got[1]["cursor"], deep.as_str());
+        assert_eq!(got[2]["cursor"], last.as_str());
+        for frame in &got {
+            assert_eq!(frame["type"], "event");
+        }
+    });
+}
+
+#[test]
+fn sse_resumes_with_last_event_id_and_query_exactly_after_the_cursor() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let cursors: Vec<String> = (0..5)
+            .map(|i| server.publish(if i % 2 == 0 { "a.x" } else { "b.y" }, &format!("e{i}")))
+            .collect();
+        let check = |sse: &mut Sse| {
+            // Exactly the events after cursor 1 on a.* or b.*, in order, then live ones.
+            for (i, cursor) in cursors.iter().enumerate().skip(2) {
+                let ev = sse.next_event();
+                assert_eq!(
+                    (ev.data.as_str(), ev.last_event_id.as_str()),
+                    (format!("e{i}").as_str(), cursor.as_str())
+                );
+            }
+        };
+        let mut by_header = server.sse(
+            "/sse?topic=a.*&topic=b.*",
+            &[("Last-Event-ID", &cursors[1])],
+        );
+        check(&mut by_header);
+        let mut by_query = server.sse(
+            &format!("/sse?topic=a.*&topic=b.*&last_event_id={}", cursors[1]),
+            &[],
+        );
+        check(&mut by_query);
+        let live = server.publish("b.z", "live");
+        for sse in [&mut by_header, &mut by_query] {
+            let ev = sse.next_event();
+            assert_eq!(
+                (ev.data.as_str(), ev.last_event_id.as_str()),
+                ("live", live.as_str())
+            );
+        }
+        // Only one topic: the other topic's missed events are not replayed.
+        let mut only_a = server.sse("/sse?topic=a.x", &[("Last-Event-ID", &cursors[0])]);
+        let ev = only_a.next_event();
+        assert_eq!(ev.data, "e2");
+        let ev = only_a.next_event();
+        assert_eq!(ev.data, "e4");
+        // A bad cursor is refused before streaming.
+        let resp = server.get("/sse?topic=a.x&last_event_id=nonsense");
+        assert_eq!(resp.status, 400);
+        assert_eq!(resp.error_code(), "invalid_cursor");
+    });
+}
+
+#[test]
+fn resuming_past_trimmed_history_gets_a_gap_notice_first() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &["--retention-events", "2"]);
+        let cursors: Vec<String> = (0..5)
+            .map(|i| server.publish("t.a", &format!("e{i}")))
+            .collect();
+        let mut sse = server.sse("/sse?topic=t.*", &[("Last-Event-ID", &cursors[0])]);
+        let gap = sse.next_event();
+        assert_eq!(gap.event_type, "tidings-gap");
+        let notice: Value = serde_json::from_str(&gap.data).unwrap();
+        assert_eq!(notice["reason"], "evicted");
+        assert_eq!(notice["from"], cursors[0].as_str());
+        assert_eq!(notice["to"], cursors[2].as_str());
+        assert_eq!(gap.last_event_id, cursors[2]);
+        for (i, cursor) in cursors.iter().enumerate().skip(3) {
+            let ev = sse.next_event();
+            assert_eq!(
+                (ev.data.as_str(), ev.last_event_id.as_str()),
+                (format!("e{i}").as_str(), cursor.as_str())
+            );
+        }
+        // Over WebSocket the same resume gets the same gap frame.
+        let mut ws = server.ws();
+        ws.send(json!({"op":"subscribe","id":1,"topics":["t.>"],"from":cursors[0]}));
+        let frames: Vec<Value> = (0..4).map(|_| ws.recv()).collect();
+        assert_eq!(frames[0]["type"], "ok");
+        assert_eq!(frames[1]["type"], "gap");
+        assert_eq!(frames[1]["to"], cursors[2].as_str());
+        assert_eq!(frames[2]["cursor"], cursors[3].as_str());
+        assert_eq!(frames[3]["cursor"], cursors[4].as_str());
+        let metrics = server.metrics();
+        assert_eq!(metric(&metrics, "tidings_gaps_total"), 2);
+        assert_eq!(metric(&metrics, "tidings_retained_events"), 2);
+    });
+}
+
+#[test]
+fn publish_answers_and_refusals() {
+    for_each_runtime(|rt| {
+        let server = Server::start(
+            rt,
+            &[
+                "--max-frame-bytes",
+                "1024",
+                "--set",
+                r#"auth.anonymous={subscribe=[">"],publish=["public.>"]}"#,
+            ],
+        );
+        let ok = server.request(
+            "POST",
+            "/publish?topic=public.a&event=note",
+            &[("Content-Type", "application/json")],
+            br#"{"n":1}"#,
+        );
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(ok.header("content-type"), Some("application/json"));
+        let id: Value = serde_json::from_str(&ok.body).unwrap();
+        assert!(id["id"].as_str().unwrap().contains('-'), "{}", ok.body);
+
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [u8], u16, &'a str);
+        let cases: &[Case<'_>] = &[
+            ("/publish?topic=public..a", &[], b"x", 400, "invalid_topic"),
+            ("/publish", &[], b"x", 400, "bad_field"),
+            (
+                "/publish?topic=public.a&event=tidings-gap",
+                &[],
+                b"x",
+                400,
+                "bad_field",
+            ),
+            (
+                "/publish?topic=public.a",
+                &[("Content-Type", "application/json")],
+                b"{nope",
+                400,
+                "bad_field",
+            ),
+            ("/publish?topic=public.a", &[], b"\xff\xfe", 400, "not_utf8"),
+            ("/publish?topic=private.a", &[], b"x", 403, "forbidden"),
+            (
+                "/publish?topic=public.a",
+                &[],
+                &[b'x'; 1025],
+                413,
+                "frame_too_large",
+            ),
+        ];
+        for (target, headers, body, status, code) in cases {
+            let resp = server.request("POST", target, headers, body);
+            assert_eq!(
+                (resp.status, resp.error_code().as_str()),
+                (*status, *code),
+                "{target}: {}",
+                resp.body
+            );
+            assert_eq!(resp.header("content-type"), Some("application/json"));
+        }
+        // A declared length over the limit is refused before the body is read.
+        let mut stream = server.connect();
+        stream
+            .write_all(b"POST /publish?topic=public.a HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\nabc")
+            .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        assert_eq!(Resp::parse(&raw).status, 413);
+
+        // CORS: preflight and the header on answers.
+        let pre = server.request(
+            "OPTIONS",
+            "/publish",
+            &[
+                ("Origin", "https://app.example"),
+                ("Access-Control-Request-Method", "POST"),
+            ],
+            b"",
+        );
+        assert_eq!(pre.status, 204);
+        assert_eq!(pre.header("access-control-allow-origin"), Some("*"));
+        assert!(
+            pre.header("access-control-allow-methods")
+                .unwrap()
+                .contains("POST")
+        );
+        let resp = server.request(
+            "POST",
+            "/publish?topic=public.b",
+            &[("Origin", "https://app.example")],
+            b"x",
+        );
+        assert_eq!(resp.header("access-control-allow-origin"), Some("*"));
+
+        let metrics = server.metrics();
+        assert_eq!(metric(&metrics, "tidings_publishes_total"), 2);
+    });
+}
+
+#[test]
+fn unknown_paths_wrong_methods_health_and_metrics() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let resp = server.get("/nothing");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (404, "not_found")
+        );
+        assert!(
+            resp.body.contains("/sse") && resp.body.contains("/publish"),
+            "{}",
+            resp.body
+        );
+        let resp = server.get("/publish");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (405, "method_not_allowed")
+        );
+        assert_eq!(resp.header("allow"), Some("POST, OPTIONS"));
+        let resp = server.request("POST", "/sse", &[], b"x");
+        assert_eq!(resp.status, 405);
+        assert_eq!(resp.header("allow"), Some("GET, OPTIONS"));
+        let resp = server.get("/ws");
+        assert_eq!(resp.status, 426, "a plain GET on /ws: {}", resp.body);
+        let resp = server.get("/sse");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (400, "bad_field")
+        );
+        let resp = server.get("/sse?topic=a..b");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (400, "invalid_topic")
+        );
+
+        let resp = server.get("/healthz");
+        assert_eq!((resp.status, resp.body.as_str()), (200, "ok\n"));
+
+        let _sse = server.sse("/sse?topic=x", &[]);
+        let _ws = server.ws();
+        server.publish("x", "1");
+        let metrics = server.wait_for_metrics("one of each connection", |m| {
+            m.contains("tidings_connections{transport=\"ws\"} 1")
+                && m.contains("tidings_connections{transport=\"sse\"} 1")
+        });
+        for sample in [
+            "tidings_subscriptions 1",
+            "tidings_publishes_total 1",
+            "tidings_deliveries_total 1",
+            "tidings_errors_total{code=\"forbidden\"} 0",
+            "# TYPE tidings_bytes_out_total counter",
+            "tidings_slow_consumer_closes_total 0",
+            "tidings_retained_events 1",
+        ] {
+            assert!(metrics.contains(sample), "no {sample:?} in\n{metrics}");
+        }
+    });
+}
+
+#[test]
+fn oversize_websocket_message_closes_with_1009() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &["--max-frame-bytes", "1024"]);
+        let mut ws = server.ws();
+        assert_eq!(ws.welcome["limits"]["max_frame_bytes"], 1024);
+        let big = format!(
+            r#"{{"op":"publish","topic":"a","data":"{}"}}"#,
+            "x".repeat(2000)
+        );
+        ws.send_raw(Message::text(big));
+        let (frames, code) = ws.until_close();
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["code"], "frame_too_large", "{frames:?}");
+        assert_eq!(code, Some(CloseCode::Size));
+        let metrics = server.wait_for_metrics("the connection is gone", |m| {
+            m.contains("tidings_connections{transport=\"ws\"} 0")
+        });
+        assert_eq!(
+            metric(&metrics, "tidings_errors_total{code=\"frame_too_large\"}"),
+            1
+        );
+    });
+}
+
+#[test]
+fn malformed_frames_get_errors_and_the_connection_lives() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let mut ws = server.ws();
+        ws.send_raw(Message::text("not json"));
+        let error = ws.recv();
+        assert_eq!(
+            (error["type"].as_str(), error["code"].as_str()),
+            (Some("error"), Some("bad_frame")),
+            "{error}"
+        );
+        ws.send_raw(Message::binary(&b"[1,2]"[..]));
+        assert_eq!(ws.recv()["code"], "bad_frame");
+        let answer = ws.ask(json!({"op":"subscribe","id":2,"topics":["a..b"]}));
+        assert_eq!(answer["code"], "invalid_topic");
+        let answer = ws.ask(json!({"op":"nope","id":3}));
+        assert_eq!(answer["code"], "unknown_op");
+        // Still alive: ping, and an event still arrives.
+        let pong = ws.ask(json!({"op":"ping","id":4}));
+        assert_eq!(pong["type"], "pong", "{pong}");
+        ws.ask(json!({"op":"subscribe","id":5,"topics":["ok"]}));
+        server.publish("ok", "still here");
+        assert_eq!(ws.recv()["data"], "still here");
+    });
+}
+
+#[test]
+fn a_stalled_reader_meets_the_slow_consumer_policy_and_stalls_nobody() {
+    for_each_runtime(|rt| {
+        let server = Server::start(
+            rt,
+            &[
+                "--max-queued-bytes",
+                "262144",
+                "--slow-consumer-rule",
+                "slow.a=disconnect",
+                "--set",
+                "http.close_grace=60s",
+            ],
+        );
+        // Enough that each stalled reader's share exceeds what the kernel buffers on the
+        // server's side (send buffers autotune up to tcp_wmem's maximum) plus the core's credit.
+        let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .unwrap_or(4 << 20);
+        const SIZE: usize = 32 << 10;
+        let n = ((wmem_max + (2 << 20)) / SIZE).clamp(100, 2000);
+        let data = "x".repeat(SIZE);
+
+        // Stalled readers: a WebSocket on slow.a (disconnect) and an SSE stream on slow.b
+        // (drop and gap, the default). Neither reads until the publisher is done.
+        let mut stalled_ws = Ws::open(server.connect_small_buffer(), server.addr, &[]);
+        stalled_ws.ask(json!({"op":"subscribe","id":1,"topics":["slow.a"]}));
+        let mut stalled_sse = Sse::open(server.connect_small_buffer(), "/sse?topic=slow.b", &[]);
+
+        // A healthy reader of slow.b, reading as fast as it can on its own thread.
+        let mut healthy = server.sse("/sse?topic=slow.b", &[]);
+        let reader = thread::spawn(move || {
+            (0..n)
+                .map(|_| healthy.next_event().last_event_id)
+                .collect::<Vec<_>>()
+        });
+
+        // The publisher sends everything, then collects its acks: none may be held up.
+        let mut publisher = server.ws();
+        let started = Instant::now();
+        for i in 0..2 * n {
+            let topic = if i % 2 == 0 { "slow.a" } else { "slow.b" };
+            publisher.send(json!({"op":"publish","id":i,"topic":topic,"data":data}));
+        }
+        let mut cursors_b = Vec::new();
+        for i in 0..2 * n {
+            let ok = publisher.recv();
+            assert_eq!(
+                (ok["type"].as_str(), ok["id"].as_u64()),
+                (Some("ok"), Some(i as u64)),
+                "{ok}"
+            );
+            if i % 2 == 1 {
+                cursors_b.push(ok["cursor"].as_str().unwrap().to_owned());
+            }
+        }
+        eprintln!("published {} events in {:?}", 2 * n, started.elapsed());
+
+        let got = reader.join().expect("the healthy reader got everything");
+        assert_eq!(
+            got, cursors_b,
+            "the healthy reader got every event, in order"
+        );
+
+        let metrics = server.metrics();
+        assert!(
+            metric(&metrics, "tidings_slow_consumer_closes_total") >= 1,
+            "{metrics}"
+        );
+
+        // The disconnected reader: what was already on its way, then the reason, then close.
+        let (frames, code) = stalled_ws.until_close();
+        let last = frames.last().expect("frames");
+        assert_eq!(last["code"], "slow_consumer", "{last}");
+        assert!(frames.len() < n, "it was cut off ({} frames)", frames.len());
+        assert_eq!(code, Some(CloseCode::Policy));
+
+        // The drop-and-gap reader: once it reads again it is caught up from the history, in
+        // order, nothing twice, nothing lost (all of it is still retained).
+        let ids: Vec<String> = (0..n)
+            .map(|_| stalled_sse.next_event())
+            .map(|e| {
+                assert_eq!(e.event_type, "message", "no gap: everything is retained");
+                e.last_event_id
+            })
+            .collect();
+        assert_eq!(ids, cursors_b);
+    });
+}
+
+#[test]
+fn two_thousand_connects_and_disconnects_leave_nothing_open() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        for i in 0..2000 {
+            if i % 2 == 0 {
+                let ws = server.ws();
+                drop(ws); // no close handshake: the socket just goes away
+            } else {
+                let sse = server.sse("/sse?topic=churn.*", &[]);
+                assert_eq!(sse.head.status, 200);
+            }
+        }
+        let metrics = server.wait_for_metrics("every connection is closed", |m| {
+            m.contains("tidings_connections{transport=\"ws\"} 0")
+                && m.contains("tidings_connections{transport=\"sse\"} 0")
+        });
+        assert_eq!(metric(&metrics, "tidings_subscriptions"), 0);
+        assert_eq!(metric(&metrics, "tidings_dead_connections_total"), 0);
+        // And it still serves.
+        let mut sse = server.sse("/sse?topic=churn.*", &[]);
+        server.publish("churn.x", "after");
+        assert_eq!(sse.next_event().data, "after");
+    });
+}
+
+#[test]
+fn sigterm_closes_websockets_with_1001_ends_sse_streams_and_exits_0() {
+    for_each_runtime(|rt| {
+        let mut server = Server::start(rt, &[]);
+        let mut ws = server.ws();
+        ws.ask(json!({"op":"subscribe","id":1,"topics":["a"]}));
+        let mut sse = server.sse("/sse?topic=a", &[]);
+        let cursor = server.publish("a", "before");
+        assert_eq!(sse.next_event().last_event_id, cursor);
+        assert_eq!(ws.recv()["cursor"], cursor.as_str());
+
+        let status = server.terminate();
+        assert!(status.success(), "exit status {status:?}");
+        let (frames, code) = ws.until_close();
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(frames[0]["code"], "shutting_down");
+        assert_eq!(code, Some(CloseCode::Away));
+        let rest = sse.until_end();
+        assert_eq!(rest.len(), 1, "{rest:?}");
+        assert_eq!(rest[0].event_type, "tidings-error");
+        let error: Value = serde_json::from_str(&rest[0].data).unwrap();
+        assert_eq!(error["code"], "shutting_down");
+        assert!(
+            TcpStream::connect(server.addr).is_err(),
+            "no longer listening"
+        );
+    });
+}
+
+#[test]
+fn async_std_is_refused_clearly_until_its_adapter_exists() {
+    if RUNTIMES.contains(&"async-std") {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--runtime", "async-std"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("async-std"));
+}
+
+#[test]
+fn help_documents_the_flags_and_bad_settings_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--runtime",
+        "--config",
+        "--retention-events",
+        "--slow-consumer",
+        "--max-frame-bytes",
+        "--anonymous",
+        "--set",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from\n{help}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["serve", "--set", "limits.max_frame_byte=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_frame_byte"));
+}
