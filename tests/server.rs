@@ -943,3 +943,172 @@ fn help_documents_the_flags_and_bad_settings_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_frame_byte"));
 }
+
+/// An HS256 token for the test secret.
+fn token(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn authentication_accepts_tokens_and_refuses_before_upgrading() {
+    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+    for_each_runtime(|rt| {
+        let server = Server::start(
+            rt,
+            &[
+                "--anonymous",
+                "false",
+                "--set",
+                &format!("auth.jwt.secret=\"{SECRET}\""),
+            ],
+        );
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let alice = token(
+            SECRET,
+            &json!({"sub":"alice","exp":exp,"tidings":{"subscribe":["a.>"],"publish":["a.>"]}}),
+        );
+        let bearer = format!("Bearer {alice}");
+
+        // Refused before streaming or upgrading.
+        let resp = server.get("/sse?topic=a.x");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (401, "unauthorized")
+        );
+        assert!(resp.header("www-authenticate").is_some());
+        let refused = tungstenite::client(format!("ws://{}/ws", server.addr), server.connect());
+        match refused {
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                assert_eq!(r.status(), 401);
+            }
+            other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+        }
+        let resp = server.request(
+            "GET",
+            "/sse?topic=a.x",
+            &[("Authorization", "Bearer nonsense")],
+            b"",
+        );
+        assert_eq!(resp.status, 401);
+        let resp = server.request("GET", "/sse?topic=b.x", &[("Authorization", &bearer)], b"");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "forbidden")
+        );
+        let resp = server.request(
+            "POST",
+            "/publish?topic=b.x",
+            &[("Authorization", &bearer)],
+            b"x",
+        );
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "forbidden")
+        );
+
+        // Accepted: the header, the query parameter. The token's sub becomes the client id of
+        // the first connection that uses it (a client id is held by one connection at a time).
+        let mut ws = Ws::open(server.connect(), server.addr, &[("Authorization", &bearer)]);
+        let mut by_header = server.sse("/sse?topic=a.*", &[("Authorization", &bearer)]);
+        assert_eq!(by_header.head.status, 200);
+        let mut by_query = server.sse(&format!("/sse?topic=a.*&token={alice}"), &[]);
+        assert_eq!(by_query.head.status, 200);
+        let mut sub = Ws::open(server.connect(), server.addr, &[("Authorization", &bearer)]);
+        sub.ask(json!({"op":"subscribe","id":1,"topics":["a.>"]}));
+        let ok = ws.ask(json!({"op":"publish","id":1,"topic":"a.b","data":1}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let denied = ws.ask(json!({"op":"publish","id":2,"topic":"b.b","data":1}));
+        assert_eq!(denied["code"], "forbidden");
+        let event = sub.recv();
+        assert_eq!(
+            (event["from"].as_str(), event["data"].as_u64()),
+            (Some("alice"), Some(1))
+        );
+        let resp = server.request(
+            "POST",
+            "/publish?topic=a.c",
+            &[("Authorization", &bearer)],
+            b"two",
+        );
+        assert_eq!(resp.status, 200);
+        for sse in [&mut by_header, &mut by_query] {
+            // alice is already held by `ws`: the streams are told so, and go on.
+            let taken = sse.next_event();
+            assert_eq!(taken.event_type, "tidings-error");
+            assert!(taken.data.contains("client_id_taken"), "{}", taken.data);
+            assert_eq!(sse.next_event().data, "1");
+            assert_eq!(sse.next_event().data, "two");
+        }
+    });
+}
+
+/// The npm `eventsource` package (a WHATWG EventSource for Node) reads our streams: named and
+/// unnamed events, multi-line data, `id:` as its lastEventId, resuming with `last_event_id`.
+#[test]
+fn a_third_party_eventsource_client_reads_the_stream() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/eventsource.mjs");
+    let modules = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/node_modules/eventsource"
+    );
+    let node_ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !node_ok || !std::path::Path::new(modules).exists() {
+        let why = "node or the npm eventsource package is missing (run scripts/setup-interop.sh)";
+        assert!(
+            std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
+            "TIDINGS_REQUIRE_INTEROP is set but {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let skipped = server.publish("i.a", "before");
+        let url = format!(
+            "http://{}/sse?topic=i.*&last_event_id={skipped}",
+            server.addr
+        );
+        let mut child = Command::new("node")
+            .args([script, &url, "3", "note"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || -> Value {
+            serde_json::from_str(&lines.next().expect("a line").expect("readable")).unwrap()
+        };
+        assert_eq!(next()["kind"], "open");
+        let first = server.publish("i.a", "one\ntwo");
+        let resp = server.request(
+            "POST",
+            "/publish?topic=i.b&event=note",
+            &[("Content-Type", "application/json")],
+            br#"{"n":2}"#,
+        );
+        assert_eq!(resp.status, 200);
+        let third = server.publish("i.c", "three");
+        let events: Vec<Value> = (0..3).map(|_| next()).collect();
+        assert_eq!(
+            events[0],
+            json!({"kind":"event","type":"message","data":"one\ntwo","lastEventId":first})
+        );
+        assert_eq!(events[1]["type"], "note");
+        assert_eq!(events[1]["data"], r#"{"n":2}"#);
+        assert_eq!(events[2]["lastEventId"], third.as_str());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "node exited with {status}");
+    });
+}
