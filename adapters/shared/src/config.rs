@@ -508,6 +508,15 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_lists_the_defaults() {
+        let text = include_str!("../../../tidings.example.toml");
+        assert_eq!(
+            ServerConfig::from_toml(text).unwrap(),
+            ServerConfig::default()
+        );
+    }
+
+    #[test]
     fn errors_name_the_problem() {
         let e = ServerConfig::from_toml("[limits]\nmax_frame_byte = 1").unwrap_err();
         assert!(e.0.contains("max_frame_byte"), "{e}");

@@ -211,14 +211,18 @@ impl<R: Runtime> Service<R> {
                     self.run_sse(io, &head, request).await;
                     return;
                 }
-                Err(refusal) => refusal.into_response(),
+                // Allowed cross-origin pages get the CORS headers, so they can read why.
+                Err(refusal) => {
+                    let cors = self.inner.cors.headers(&head).unwrap_or_default();
+                    refusal.with_headers(cors).into_response()
+                }
             },
             ("/sse", "OPTIONS") => self.inner.cors.preflight(&head, "GET, OPTIONS"),
             ("/publish", "POST") => match self.publish(&mut io, &head, rest).await {
                 Ok(response) | Err(response) => response,
             },
             ("/publish", "OPTIONS") => self.inner.cors.preflight(&head, "POST, OPTIONS"),
-            ("/healthz", "GET" | "HEAD") => Response::ok("text/plain; charset=utf-8", "ok\n"),
+            ("/healthz", "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
             ("/metrics", "GET") => match self.inner.hub.stats().await {
                 Ok(stats) => Response::ok(
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -621,7 +625,7 @@ fn allowed(path: &str) -> Option<&'static str> {
         "/ws" => Some("GET"),
         "/sse" => Some("GET, OPTIONS"),
         "/publish" => Some("POST, OPTIONS"),
-        "/healthz" => Some("GET, HEAD"),
+        "/healthz" => Some("GET"),
         "/metrics" => Some("GET"),
         _ => None,
     }
