@@ -551,11 +551,14 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Drops a connection without waiting for it: its task stops at once.
+    /// Drops a connection without waiting for it: its task stops at once. (An in-process
+    /// subscription's stream ends once it has read what it was handed.)
     fn dead(&mut self, now: Instant, conn: ConnId) {
         if let Some(entry) = self.conns.remove(&conn) {
             self.counts[entry.kind.index()] -= 1;
-            self.dead += 1;
+            if entry.kind != Kind::Internal {
+                self.dead += 1;
+            }
             drop(entry);
             self.feed(now, Input::Closed { conn });
         }

@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod request;
 mod runtime;
 mod service;
-mod sse;
+pub mod sse;
 mod ws;
 
 pub use async_tungstenite;

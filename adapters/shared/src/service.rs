@@ -473,6 +473,13 @@ impl<R: Runtime> Service<R> {
         .await;
     }
 
+    /// Opens an SSE stream (after [`Service::check_sse`]) as a body of chunks, for an embedding
+    /// whose HTTP server writes the response: send [`crate::sse::SSE_HEADERS`] (and the
+    /// request's `cors` headers), then the chunks.
+    pub fn sse_body(&self, head: &RequestHead, request: SseRequest) -> crate::sse::SseBody {
+        crate::sse::SseBody::open(&self.inner.hub, head, request)
+    }
+
     // ---- publish -------------------------------------------------------------------------------
 
     async fn publish<S>(

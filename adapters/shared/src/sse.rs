@@ -187,3 +187,124 @@ pub(crate) async fn run<R, S>(
     }
     let _ = to_driver.send_async(ConnMsg::Closed(conn)).await;
 }
+
+/// The response headers of every SSE stream (DESIGN.md §4), for embeddings that write the
+/// response themselves (see [`SseBody`]).
+pub const SSE_HEADERS: [(&str, &str); 3] = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+];
+
+/// An SSE stream as a [`Stream`](futures_util::Stream) of body chunks, for embeddings whose own
+/// HTTP server writes the response (an axum handler returning a streaming body with
+/// [`SSE_HEADERS`]). Made by [`crate::Service::sse_body`].
+///
+/// Each chunk is reported to the broker as written when the next one is asked for (the HTTP
+/// server asks once it has written the previous one), which is the flow-control credit. The
+/// stream ends when the broker closes it (after the `tidings-error` event); dropping it (the
+/// client went away) closes the connection.
+pub struct SseBody {
+    conn: tidings_core::ConnId,
+    frames: flume::r#async::RecvStream<'static, Out>,
+    ctl: flume::Sender<Ctl>,
+    unflushed: usize,
+    ended: bool,
+}
+
+impl std::fmt::Debug for SseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseBody")
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SseBody {
+    /// Opens the stream (after [`crate::Service::check_sse`]).
+    pub(crate) fn open(hub: &Hub, head: &RequestHead, request: SseRequest) -> Self {
+        let SseRequest {
+            patterns,
+            from,
+            auth,
+            cors: _,
+        } = request;
+        let conn = hub.next_conn_id();
+        let (outbox, frames) = flume::bounded(hub.outbox_frames());
+        let rooms = hub.connect_rooms(&Connecting {
+            conn,
+            transport: Transport::Sse,
+            head,
+            client_id: auth.client_id.as_ref(),
+        });
+        let mut commands = Vec::with_capacity(2);
+        if let Some(client_id) = auth.client_id {
+            commands.push(Command::Identify {
+                req: None,
+                client_id,
+            });
+        }
+        commands.push(Command::Subscribe(Subscribe {
+            req: None,
+            patterns,
+            from,
+            name: None,
+        }));
+        let opening = Opening {
+            conn,
+            kind: Kind::Sse,
+            grants: auth.grants.into(),
+            outbox,
+            kill: None,
+            rooms,
+            commands,
+        };
+        // Everything of this stream goes through the control channel, so `Closed` (sent on
+        // drop, without waiting) can never overtake `Open`.
+        let ctl = hub.ctl_sender().clone();
+        let ended = ctl.send(Ctl::Open(Box::new(opening))).is_err();
+        Self {
+            conn,
+            frames: frames.into_stream(),
+            ctl,
+            unflushed: 0,
+            ended,
+        }
+    }
+}
+
+impl futures_util::Stream for SseBody {
+    type Item = Bytes;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Bytes>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.unflushed > 0 {
+            let _ = this.ctl.send(Ctl::Flushed(this.conn, this.unflushed));
+            this.unflushed = 0;
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.frames).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Out::Frame(frame))) => {
+                this.unflushed = frame.len();
+                Poll::Ready(Some(frame))
+            }
+            Poll::Ready(Some(Out::Close(_)) | None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Ctl::Closed(self.conn));
+    }
+}

@@ -327,3 +327,34 @@ async fn in_process_subscriptions_receive_and_resume() {
         Some(ErrorCode::ShuttingDown)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_stream_as_a_body_for_embeddings() {
+    let server = server().await;
+    let service = server.service().clone();
+    let (head, _) =
+        tidings_adapter::request::parse_head(b"GET /sse?topic=e.* HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap()
+            .unwrap();
+    let request = service.check_sse(&head).expect("a valid request");
+    let mut body = service.sse_body(&head, request);
+    let chunk = |b: Option<bytes::Bytes>| String::from_utf8(b.expect("a chunk").to_vec()).unwrap();
+    let first = tokio::time::timeout(TIMEOUT, body.next()).await.unwrap();
+    assert_eq!(chunk(first), "retry: 2000\n\n");
+    let hub = server.hub();
+    let cursor = hub
+        .publish(
+            Topic::parse("e.x", Default::default()).unwrap(),
+            None,
+            Payload::text("a\nb").unwrap(),
+        )
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(TIMEOUT, body.next()).await.unwrap();
+    assert_eq!(chunk(event), format!("id: {cursor}\ndata: a\ndata: b\n\n"));
+    assert_eq!(hub.stats().await.unwrap().sse_connections, 1);
+    drop(body);
+    // The close travels on the same channel as the stats request: it is handled first.
+    assert_eq!(hub.stats().await.unwrap().sse_connections, 0);
+    server.shutdown().await;
+}
