@@ -8,7 +8,7 @@
 //!    the server answers with at most `--window` publishes unanswered.
 //! 4. Each subscriber checks order and loss and records the latency of every payload; it stops
 //!    at the last sequence number. Once the publisher has its answers, subscribers get `--drain`
-//!    seconds more; everything is bounded by `--timeout`.
+//!    seconds more, then the rest are aborted; everything is bounded by `--timeout`.
 //!
 //! deliveries/s = payloads received by all subscribers ÷ (last delivery − first send).
 
@@ -130,24 +130,25 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let failed = Arc::new(AtomicUsize::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
     let mut subscribers = JoinSet::new();
-    for _ in 0..n {
+    let checks: Vec<Arc<Mutex<SeqCheck>>> = (0..n)
+        .map(|_| Arc::new(Mutex::new(SeqCheck::new(args.messages, start))))
+        .collect();
+    for check in &checks {
         let (connecting, ready, failed, first_error) = (
             Arc::clone(&connecting),
             Arc::clone(&ready),
             Arc::clone(&failed),
             Arc::clone(&first_error),
         );
-        let (target, topic, stop) = (args.target, args.topic.clone(), stop.clone());
-        let total = args.messages;
+        let (target, topic, check) = (args.target, args.topic.clone(), Arc::clone(check));
         subscribers.spawn(async move {
-            let mut check = SeqCheck::new(total, start);
             let permit = connecting.acquire().await;
             let conn = open_with_retry(target, addr, Some(&topic)).await;
             drop(permit);
             match conn {
                 Ok(conn) => {
                     ready.fetch_add(1, Ordering::Relaxed);
-                    conn.receive(&mut check, stop).await;
+                    conn.receive(&check).await;
                 }
                 Err(e) => {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -155,10 +156,9 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .get_or_insert(e.clone());
-                    check.error = Some(e);
+                    check.lock().unwrap_or_else(PoisonError::into_inner).error = Some(e);
                 }
             }
-            check
         });
     }
 
@@ -210,12 +210,12 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
         }
     });
     let mut published: Option<Result<PublishStats, String>> = None;
-    let mut checks: Vec<SeqCheck> = Vec::with_capacity(n);
+    let mut finished = 0;
     let mut limit = deadline;
     let mut last_report = Instant::now();
-    while can_publish && (checks.len() < n || publisher.is_some()) {
+    while can_publish && (finished < n || publisher.is_some()) {
         if last_report.elapsed() >= Duration::from_secs(5) {
-            eprintln!("  {}/{n} subscribers done", checks.len());
+            eprintln!("  {finished}/{n} subscribers done");
             last_report = Instant::now();
         }
         tokio::select! {
@@ -225,8 +225,8 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
                 limit = limit.min(Instant::now() + Duration::from_secs(args.drain));
             }
             j = subscribers.join_next(), if !subscribers.is_empty() => {
-                if let Some(Ok(check)) = j {
-                    checks.push(check);
+                if j.is_some() {
+                    finished += 1;
                 }
             }
             () = tokio::time::sleep_until(limit.into()) => {
@@ -240,13 +240,8 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let client_after = proc_stats("self");
     let peak_rss = server.peak_rss();
     let _ = stop_tx.send(true);
-    while let Ok(Some(j)) =
-        tokio::time::timeout(Duration::from_secs(5), subscribers.join_next()).await
-    {
-        if let Ok(check) = j {
-            checks.push(check);
-        }
-    }
+    subscribers.abort_all();
+    while subscribers.join_next().await.is_some() {}
     if let Some(p) = publisher.take() {
         if let Ok(r) = tokio::time::timeout(Duration::from_secs(5), p).await {
             published = Some(r.unwrap_or_else(|e| Err(format!("publisher task: {e}"))));
@@ -257,7 +252,8 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let (mut deliveries, mut lost, mut reordered, mut gaps, mut sub_errors) = (0, 0, 0, 0, 0);
     let mut last_ns = 0;
     let mut sub_error = None;
-    for check in &mut checks {
+    for check in &checks {
+        let mut check = check.lock().unwrap_or_else(PoisonError::into_inner);
         check.finish();
         deliveries += check.received;
         lost += check.lost;
@@ -269,8 +265,6 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
             sub_error.get_or_insert_with(|| e.clone());
         }
     }
-    // Subscribers that never reported lost everything.
-    lost += (n - checks.len()) as u64 * args.messages;
     let (pub_stats, pub_error) = match published {
         Some(Ok(s)) => (s, None),
         Some(Err(e)) => (PublishStats::default(), Some(e)),

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::report::Report;
 use super::server::{Server, ServerArgs};
-use super::{Subscriber, Target, check_fd_limit, open_with_retry, runtime};
+use super::{Target, check_fd_limit, open_with_retry, runtime};
 
 const CONNECT_PARALLEL: usize = 64;
 
@@ -75,15 +75,14 @@ pub(crate) fn main(args: &IdleArgs) -> Result<bool, String> {
     Ok(ok)
 }
 
-/// Opens `count` connections as tasks that hold them until `stop`; waits until all are open.
+/// Opens `count` connections as tasks that hold them until aborted; waits until all are open.
 /// Returns the number that failed to open, and the first error.
 #[allow(clippy::too_many_arguments)]
 async fn open(
     args: &IdleArgs,
     server: &Server,
     count: usize,
-    tasks: &mut JoinSet<Option<String>>,
-    stop: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<String>,
     deadline: Instant,
 ) -> Result<(), String> {
     let connecting = Arc::new(Semaphore::new(CONNECT_PARALLEL));
@@ -92,7 +91,7 @@ async fn open(
     let topic = (!args.no_subscribe || args.target != Target::Tidings).then(|| args.topic.clone());
     for _ in 0..count {
         let (connecting, done, tx) = (Arc::clone(&connecting), Arc::clone(&done), tx.clone());
-        let (target, addr, topic, stop) = (args.target, server.addr, topic.clone(), stop.clone());
+        let (target, addr, topic) = (args.target, server.addr, topic.clone());
         tasks.spawn(async move {
             let permit = connecting.acquire().await;
             let conn = open_with_retry(target, addr, topic.as_deref()).await;
@@ -103,9 +102,8 @@ async fn open(
             drop(tx);
             done.fetch_add(1, Ordering::Relaxed);
             match conn {
-                Ok(Subscriber::Ws(c)) => c.hold(stop).await,
-                Ok(Subscriber::Sse(c)) => c.hold(stop).await,
-                Err(e) => Some(e),
+                Ok(conn) => conn.hold().await,
+                Err(e) => e,
             }
         });
     }
@@ -136,15 +134,14 @@ async fn run(args: &IdleArgs, server: &Server) -> (Report, bool) {
     let deadline = start + Duration::from_secs(args.timeout);
     let n = args.connections;
     let tenth = n / 10;
-    let (stop_tx, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = server.stats();
-    let mut result = open(args, server, tenth, &mut tasks, &stop, deadline).await;
+    let mut result = open(args, server, tenth, &mut tasks, deadline).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let at_tenth = server.stats();
     if result.is_ok() {
-        result = open(args, server, n - tenth, &mut tasks, &stop, deadline).await;
+        result = open(args, server, n - tenth, &mut tasks, deadline).await;
     }
     let connect_s = start.elapsed().as_secs_f64();
     eprintln!("  {n} connections in {connect_s:.1} s; settling");
@@ -155,15 +152,10 @@ async fn run(args: &IdleArgs, server: &Server) -> (Report, bool) {
     let mut first_drop = None;
     while let Some(Ok(ended)) = tasks.try_join_next() {
         dropped += 1;
-        first_drop = first_drop.or(ended);
+        first_drop.get_or_insert(ended);
     }
-    let _ = stop_tx.send(true);
-    while tokio::time::timeout(Duration::from_secs(5), tasks.join_next())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-    {}
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     tokio::time::sleep(Duration::from_secs(1)).await;
     let closed = server.stats();
 

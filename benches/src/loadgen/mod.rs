@@ -62,15 +62,20 @@ impl Subscriber {
         }
     }
 
-    /// Receives until `check` has seen the last message, the connection ends, or `stop`.
-    pub(crate) async fn receive(
-        self,
-        check: &mut check::SeqCheck,
-        stop: tokio::sync::watch::Receiver<bool>,
-    ) {
+    /// Receives until `check` has seen the last message or the connection ends; abort the
+    /// task to end it earlier.
+    pub(crate) async fn receive(self, check: &std::sync::Mutex<check::SeqCheck>) {
         match self {
-            Self::Ws(conn) => conn.receive(check, stop).await,
-            Self::Sse(conn) => conn.receive(check, stop).await,
+            Self::Ws(conn) => conn.receive(check).await,
+            Self::Sse(conn) => conn.receive(check).await,
+        }
+    }
+
+    /// Holds an idle connection open until it fails; returns why. Abort the task to close it.
+    pub(crate) async fn hold(self) -> String {
+        match self {
+            Self::Ws(conn) => conn.hold().await,
+            Self::Sse(conn) => conn.hold().await,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! `Connection: close` and no chunked encoding, so the body is the event stream as is.
 
 use std::net::SocketAddr;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use memchr::memmem;
@@ -104,11 +105,10 @@ impl SseConn {
         self.len -= n;
     }
 
-    /// Receives events until the last message, the end of the stream, or `stop`.
-    pub(crate) async fn receive(mut self, check: &mut SeqCheck, mut stop: watch::Receiver<bool>) {
-        if *stop.borrow_and_update() {
-            return;
-        }
+    /// Receives events until the last message or the end of the stream (the caller aborts
+    /// the task to end it early; `check` keeps what was counted, see `ws::WsConn::receive`).
+    pub(crate) async fn receive(mut self, check: &Mutex<SeqCheck>) {
+        let lock = || check.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             // Every complete event in the buffer.
             let mut at = 0;
@@ -116,43 +116,32 @@ impl SseConn {
                 let event = &self.buf[at..at + end];
                 at += end;
                 if let Some((seq, t)) = payload::parse(event) {
-                    if check.on_payload(seq, t) {
+                    if lock().on_payload(seq, t) {
                         return;
                     }
                 } else if memmem::find(event, b"event: tidings-gap").is_some() {
-                    check.gaps += 1;
+                    lock().gaps += 1;
                 } else if memmem::find(event, b"event: tidings-error").is_some() {
-                    check.error = Some(String::from_utf8_lossy(event).into_owned());
+                    lock().error = Some(String::from_utf8_lossy(event).into_owned());
                 }
             }
             if at > 0 {
                 self.consume(at);
             }
-            let filled = tokio::select! {
-                biased;
-                r = self.fill() => r,
-                _ = stop.changed() => return,
-            };
-            if let Err(e) = filled {
-                check.error = Some(e);
+            if let Err(e) = self.fill().await {
+                lock().error.get_or_insert(e);
                 return;
             }
         }
     }
 
-    /// Holds the stream open until `stop`, discarding what arrives (idle connections).
-    pub(crate) async fn hold(mut self, mut stop: watch::Receiver<bool>) -> Option<String> {
-        if *stop.borrow_and_update() {
-            return None;
-        }
+    /// Holds the stream open, discarding what arrives, until it fails (idle connections; the
+    /// caller aborts the task to close it).
+    pub(crate) async fn hold(mut self) -> String {
         loop {
             self.len = 0;
-            let filled = tokio::select! {
-                r = self.fill() => r,
-                _ = stop.changed() => return None,
-            };
-            if let Err(e) = filled {
-                return Some(e);
+            if let Err(e) = self.fill().await {
+                return e;
             }
         }
     }

@@ -5,7 +5,7 @@
 //! client: its cost is per publish, not per delivery.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
@@ -103,36 +103,35 @@ impl WsConn {
         .map_err(|_| format!("no answer to subscribe in {OPEN_TIMEOUT:?}"))?
     }
 
-    /// Receives events until the last message, the end of the connection, or `stop`.
-    pub(crate) async fn receive(mut self, check: &mut SeqCheck, mut stop: watch::Receiver<bool>) {
-        if *stop.borrow_and_update() {
-            return;
-        }
+    /// Receives events until the last message or the end of the connection. The caller ends
+    /// it early by aborting its task; `check` (locked per frame, by this task only) keeps what
+    /// was counted. (A shared stop signal polled in every wait would make all subscribers
+    /// contend for one lock.)
+    pub(crate) async fn receive(mut self, check: &Mutex<SeqCheck>) {
+        let lock = || check.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let mut ping = false;
             let mut last = false;
-            let read = self.raw.read_frames(|frame| {
-                if let Some((seq, t)) = payload::parse(frame) {
-                    if check.on_payload(seq, t) {
-                        last = true;
-                        return Flow::Stop;
+            let read = self
+                .raw
+                .read_frames(|frame| {
+                    if let Some((seq, t)) = payload::parse(frame) {
+                        if lock().on_payload(seq, t) {
+                            last = true;
+                            return Flow::Stop;
+                        }
+                    } else if has(frame, b"\"type\":\"ping\"") {
+                        ping = true;
+                    } else if has(frame, b"\"type\":\"gap\"") {
+                        lock().gaps += 1;
+                    } else if has(frame, b"\"type\":\"error\"") {
+                        lock().error = Some(String::from_utf8_lossy(frame).into_owned());
                     }
-                } else if has(frame, b"\"type\":\"ping\"") {
-                    ping = true;
-                } else if has(frame, b"\"type\":\"gap\"") {
-                    check.gaps += 1;
-                } else if has(frame, b"\"type\":\"error\"") {
-                    check.error = Some(String::from_utf8_lossy(frame).into_owned());
-                }
-                Flow::Continue
-            });
-            let read = tokio::select! {
-                biased;
-                r = read => r,
-                _ = stop.changed() => return,
-            };
+                    Flow::Continue
+                })
+                .await;
             if let Err(e) = read {
-                check.error = Some(e);
+                lock().error.get_or_insert(e);
                 return;
             }
             if last {
@@ -140,39 +139,36 @@ impl WsConn {
             }
             if ping {
                 if let Err(e) = self.raw.send_text(br#"{"op":"pong"}"#).await {
-                    check.error = Some(e);
+                    lock().error = Some(e);
                     return;
                 }
             }
         }
     }
 
-    /// Holds the connection open, answering pings, until `stop` (idle connections).
-    pub(crate) async fn hold(mut self, mut stop: watch::Receiver<bool>) -> Option<String> {
-        if *stop.borrow_and_update() {
-            return None;
-        }
+    /// Holds the connection open, answering pings, until it fails (idle connections; the
+    /// caller aborts the task to close it).
+    pub(crate) async fn hold(mut self) -> String {
         loop {
             let mut ping = false;
             let mut error = None;
-            let read = self.raw.read_frames(|t| {
-                if has(t, b"\"type\":\"ping\"") {
-                    ping = true;
-                } else if has(t, b"\"type\":\"error\"") {
-                    error = Some(String::from_utf8_lossy(t).into_owned());
-                }
-                Flow::Continue
-            });
-            let read = tokio::select! {
-                r = read => r,
-                _ = stop.changed() => return None,
-            };
+            let read = self
+                .raw
+                .read_frames(|t| {
+                    if has(t, b"\"type\":\"ping\"") {
+                        ping = true;
+                    } else if has(t, b"\"type\":\"error\"") {
+                        error = Some(String::from_utf8_lossy(t).into_owned());
+                    }
+                    Flow::Continue
+                })
+                .await;
             if let Err(e) = read {
-                return Some(error.unwrap_or(e));
+                return error.unwrap_or(e);
             }
             if ping {
                 if let Err(e) = self.raw.send_text(br#"{"op":"pong"}"#).await {
-                    return Some(e);
+                    return e;
                 }
             }
         }
