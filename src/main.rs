@@ -348,14 +348,8 @@ fn main() -> ExitCode {
             };
             runtime.block_on(serve_tokio(config))
         }
-        // The async-std adapter (tidings-async-std) is not written yet: its arm goes here.
-        "async-std" => {
-            eprintln!(
-                "tidings: the async-std runtime adapter is not available in this build yet; \
-                 use --runtime tokio"
-            );
-            ExitCode::from(2)
-        }
+        // async-io timers and sockets, tasks on async-global-executor (see tidings-async-std).
+        "async-std" => async_io::block_on(serve_async_std(config)),
         other => {
             eprintln!("tidings: unknown runtime {other:?}; use tokio or async-std");
             ExitCode::from(2)
@@ -373,6 +367,32 @@ async fn serve_tokio(config: ServerConfig) -> ExitCode {
     };
     announce(server.addr(), "tokio", server.service()).await;
     wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn serve_async_std(config: ServerConfig) -> ExitCode {
+    // Signals first: the handlers must be in place before the server is announced.
+    let signals =
+        match async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int]) {
+            Ok(signals) => signals,
+            Err(e) => {
+                eprintln!("tidings: cannot watch SIGTERM/SIGINT: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let server = match tidings_async_std::serve(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("tidings: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(server.addr(), "async-std", server.service()).await;
+    let mut signals = signals;
+    let _ = futures_lite::StreamExt::next(&mut signals).await;
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
