@@ -186,7 +186,8 @@ where
     S: AsyncRead + Unpin,
 {
     let deadline = Instant::now() + max_time;
-    let mut scratch = [0u8; 4096];
+    // On the heap: a buffer in the future would enlarge every connection's task.
+    let mut scratch = vec![0u8; 4096];
     let mut total = 0;
     while total < max_bytes {
         match with_deadline(rt, deadline, io.read(&mut scratch)).await {

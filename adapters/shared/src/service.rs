@@ -16,6 +16,7 @@
 //! [`Service::run_websocket`] and [`Service::check_sse`] / [`Service::run_sse`].
 
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -94,6 +95,15 @@ impl<R: Runtime> fmt::Debug for Service<R> {
 #[derive(Debug)]
 pub struct ConnGuard(#[allow(dead_code)] flume::Sender<()>);
 
+/// What a connection task owns besides its socket.
+pub(crate) struct ConnCtx<R> {
+    pub(crate) rt: R,
+    pub(crate) hub: Hub,
+    pub(crate) write_timeout: std::time::Duration,
+    pub(crate) close_grace: std::time::Duration,
+    pub(crate) _guard: Option<ConnGuard>,
+}
+
 impl<R: Runtime> Service<R> {
     /// Starts the broker's driver on `rt` and returns the service.
     ///
@@ -167,14 +177,15 @@ impl<R: Runtime> Service<R> {
     }
 
     /// Serves one accepted connection: reads its request head (within the read timeout, at most
-    /// 16 KiB) and answers or upgrades it. Returns when the connection is done.
+    /// 16 KiB) and answers it, or upgrades it and hands it to a task of its own (spawned on the
+    /// runtime) for as long as it lives.
     pub async fn handle_connection<S>(&self, mut io: S, peer: SocketAddr)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(_guard) = self.track() else {
             let refusal = Refusal::new(503, "shutting_down", "the server is shutting down");
-            self.respond(&mut io, refusal.into_response()).await;
+            Box::pin(self.respond(&mut io, refusal.into_response())).await;
             return;
         };
         let deadline = Instant::now() + self.inner.config.http.read_timeout;
@@ -186,13 +197,14 @@ impl<R: Runtime> Service<R> {
             Ok(None) => {} // closed before sending anything
             Err(refusal) => {
                 tracing::debug!(%peer, "bad request: {}", refusal.message);
-                self.respond(&mut io, refusal.into_response()).await;
+                Box::pin(self.respond(&mut io, refusal.into_response())).await;
             }
         }
     }
 
     /// Serves a request whose head was already read; `rest` holds the bytes read after the head
-    /// (the start of a body, or of WebSocket frames).
+    /// (the start of a body, or of WebSocket frames). WebSocket and SSE connections continue on
+    /// a task of their own.
     pub async fn handle_request<S>(&self, mut io: S, head: RequestHead, rest: Vec<u8>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -201,14 +213,21 @@ impl<R: Runtime> Service<R> {
         let response = match (head.path.as_str(), method) {
             ("/ws", "GET") => match self.check_websocket(&head) {
                 Ok(auth) => {
-                    self.upgrade_websocket(io, &head, rest, auth).await;
+                    // The short-lived steps are boxed, so that the task (whose size is that of
+                    // its largest state) is not larger than the connection it mostly runs.
+                    let upgrade = Box::pin(self.upgrade_websocket(io, &head, rest)).await;
+                    if let Some(ws) = upgrade {
+                        // A task of its own, of exactly the connection's size.
+                        self.inner.rt.spawn(self.run_websocket(ws, head, auth));
+                    }
                     return;
                 }
                 Err(refusal) => refusal.into_response(),
             },
             ("/sse", "GET") => match self.check_sse(&head) {
                 Ok(request) => {
-                    self.run_sse(io, &head, request).await;
+                    // A task of its own, of exactly the stream's size.
+                    self.inner.rt.spawn(self.run_sse(io, head, request));
                     return;
                 }
                 // Allowed cross-origin pages get the CORS headers, so they can read why.
@@ -218,12 +237,12 @@ impl<R: Runtime> Service<R> {
                 }
             },
             ("/sse", "OPTIONS") => self.inner.cors.preflight(&head, "GET, OPTIONS"),
-            ("/publish", "POST") => match self.publish(&mut io, &head, rest).await {
+            ("/publish", "POST") => match Box::pin(self.publish(&mut io, &head, rest)).await {
                 Ok(response) | Err(response) => response,
             },
             ("/publish", "OPTIONS") => self.inner.cors.preflight(&head, "POST, OPTIONS"),
             ("/healthz", "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
-            ("/metrics", "GET") => match self.inner.hub.stats().await {
+            ("/metrics", "GET") => match Box::pin(self.inner.hub.stats()).await {
                 Ok(stats) => Response::ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     crate::metrics::render(&stats),
@@ -248,7 +267,7 @@ impl<R: Runtime> Service<R> {
                 .into_response(),
             },
         };
-        self.respond(&mut io, response).await;
+        Box::pin(self.respond(&mut io, response)).await;
     }
 
     async fn respond<S>(&self, io: &mut S, response: Response)
@@ -334,13 +353,14 @@ impl<R: Runtime> Service<R> {
         self.authenticate(head)
     }
 
+    /// Writes the `101` answer and wraps the connection; `None` if the client is gone.
     async fn upgrade_websocket<S>(
         &self,
         mut io: S,
         head: &RequestHead,
         rest: Vec<u8>,
-        auth: Authenticated,
-    ) where
+    ) -> Option<WebSocketStream<S>>
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let key = head.header("sec-websocket-key").unwrap_or_default();
@@ -356,15 +376,14 @@ impl<R: Runtime> Service<R> {
         })
         .await;
         if !matches!(written, Some(Ok(()))) {
-            return;
+            return None;
         }
-        let config = self.websocket_config();
-        let ws = if rest.is_empty() {
-            WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
+        let config = Some(self.websocket_config());
+        Some(if rest.is_empty() {
+            WebSocketStream::from_raw_socket(io, Role::Server, config).await
         } else {
-            WebSocketStream::from_partially_read(io, rest, Role::Server, Some(config)).await
-        };
-        self.run_websocket(ws, head, auth).await;
+            WebSocketStream::from_partially_read(io, rest, Role::Server, config).await
+        })
     }
 
     /// The WebSocket settings: messages and frames limited to `max_frame_bytes` (larger ones
@@ -379,23 +398,29 @@ impl<R: Runtime> Service<R> {
     }
 
     /// Runs an upgraded WebSocket connection (after [`Service::check_websocket`]) until it ends.
-    pub async fn run_websocket<S>(
+    /// `head` is dropped as soon as the connect hook has seen it. The future owns everything it
+    /// needs: spawn it, so that the connection's task is exactly its size.
+    pub fn run_websocket<S>(
         &self,
         ws: WebSocketStream<S>,
-        head: &RequestHead,
+        head: RequestHead,
         auth: Authenticated,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        crate::ws::run(
-            &self.inner.rt,
-            &self.inner.hub,
-            &self.inner.config,
-            ws,
-            head,
-            auth,
-        )
-        .await;
+        // Not an `async` wrapper: it would store the connection twice.
+        crate::ws::run(self.conn_ctx(), ws, head, auth)
+    }
+
+    fn conn_ctx(&self) -> ConnCtx<R> {
+        ConnCtx {
+            rt: self.inner.rt.clone(),
+            hub: self.inner.hub.clone(),
+            write_timeout: self.inner.config.http.write_timeout,
+            close_grace: self.inner.config.http.close_grace,
+            _guard: self.track(),
+        }
     }
 
     // ---- SSE -----------------------------------------------------------------------------------
@@ -457,20 +482,18 @@ impl<R: Runtime> Service<R> {
     }
 
     /// Runs an SSE stream (after [`Service::check_sse`]): writes the response head, then the
-    /// events, until the client goes away or the server closes the stream.
-    pub async fn run_sse<S>(&self, io: S, head: &RequestHead, request: SseRequest)
+    /// events, until the client goes away or the server closes the stream. `head` is dropped as
+    /// soon as the connect hook has seen it. The future owns everything it needs: spawn it.
+    pub fn run_sse<S>(
+        &self,
+        io: S,
+        head: RequestHead,
+        request: SseRequest,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        crate::sse::run(
-            &self.inner.rt,
-            &self.inner.hub,
-            &self.inner.config,
-            io,
-            head,
-            request,
-        )
-        .await;
+        crate::sse::run(self.conn_ctx(), io, head, request)
     }
 
     /// Opens an SSE stream (after [`Service::check_sse`]) as a body of chunks, for an embedding
@@ -645,10 +668,14 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
     deadline: Instant,
 ) -> Result<Option<(RequestHead, Vec<u8>)>, Refusal> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
-        let n = match with_deadline(rt, deadline, io.read(&mut chunk)).await {
-            None if buf.is_empty() => return Ok(None),
+        // Read into the buffer itself (not a stack array, which would enlarge every
+        // connection's task for its whole life).
+        let filled = buf.len();
+        buf.resize(filled + 1024, 0);
+        let read = with_deadline(rt, deadline, io.read(&mut buf[filled..])).await;
+        match read {
+            None if filled == 0 => return Ok(None),
             None => {
                 return Err(Refusal::new(
                     408,
@@ -657,9 +684,8 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
                 ));
             }
             Some(Err(_)) | Some(Ok(0)) => return Ok(None),
-            Some(Ok(n)) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+            Some(Ok(n)) => buf.truncate(filled + n),
+        }
         match parse_head(&buf) {
             Ok(Some((head, len))) => return Ok(Some((head, buf.split_off(len)))),
             Ok(None) => {}
@@ -672,5 +698,83 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
             }
             Err(e) => return Err(Refusal::new(400, "bad_request", e.to_string())),
         }
+    }
+}
+
+/// Every connection's task is as large as its future's largest state, for as long as the
+/// connection lives: these keep the per-connection memory small (short-lived large steps are
+/// boxed, long-lived connections run on tasks of their own, no buffers in futures).
+#[cfg(test)]
+mod task_sizes {
+    use super::*;
+    use std::mem::size_of_val;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    #[derive(Clone)]
+    struct Rt;
+
+    impl Runtime for Rt {
+        fn spawn<F: Future<Output = ()> + Send + 'static>(&self, _: F) {}
+
+        fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + 'static {
+            std::future::pending()
+        }
+    }
+
+    /// A stand-in socket (the futures are measured, never polled).
+    struct Io;
+
+    impl AsyncRead for Io {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Io {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn connection_tasks_stay_small() {
+        let svc = Service::start(Rt, ServerConfig::default()).unwrap();
+        let head = RequestHead::default();
+        let auth = svc.authenticate(&head).unwrap();
+        let accept = size_of_val(&svc.handle_connection(Io, "127.0.0.1:1".parse().unwrap()));
+        let request = SseRequest {
+            patterns: vec![],
+            from: None,
+            auth: auth.clone(),
+            cors: vec![],
+        };
+        let sse = size_of_val(&svc.run_sse(Io, head.clone(), request));
+        let ws = futures_lite::future::block_on(WebSocketStream::from_raw_socket(
+            Io,
+            Role::Server,
+            None,
+        ));
+        let ws = size_of_val(&svc.run_websocket(ws, head, auth));
+        eprintln!("task sizes: accept {accept}, sse {sse}, ws {ws} bytes");
+        assert!(accept <= 1024, "{accept}");
+        assert!(sse <= 1536, "{sse}");
+        assert!(ws <= 2048, "{ws}");
     }
 }

@@ -17,13 +17,12 @@ use futures_lite::FutureExt as _;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use tidings_core::{Command, Subscribe, Transport};
 
-use crate::config::ServerConfig;
 use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
 use crate::hub::{Connecting, Hub};
 use crate::io::with_deadline;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::service::SseRequest;
+use crate::service::{ConnCtx, SseRequest};
 
 /// Bytes coalesced into one write at most.
 const COALESCE_BYTES: usize = 64 << 10;
@@ -36,17 +35,13 @@ enum Step {
 }
 
 /// Runs the stream until it ends, then reports `Closed`.
-pub(crate) async fn run<R, S>(
-    rt: &R,
-    hub: &Hub,
-    config: &ServerConfig,
-    mut io: S,
-    head: &RequestHead,
-    request: SseRequest,
-) where
+pub(crate) async fn run<R, S>(ctx: ConnCtx<R>, mut io: S, head: RequestHead, request: SseRequest)
+where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let rt = &ctx.rt;
+    let hub = &ctx.hub;
     let SseRequest {
         patterns,
         from,
@@ -59,9 +54,10 @@ pub(crate) async fn run<R, S>(
     let rooms = hub.connect_rooms(&Connecting {
         conn,
         transport: Transport::Sse,
-        head,
+        head: &head,
         client_id: auth.client_id.as_ref(),
     });
+    drop(head);
     let mut commands = Vec::with_capacity(2);
     if let Some(client_id) = auth.client_id {
         commands.push(Command::Identify {
@@ -93,7 +89,7 @@ pub(crate) async fn run<R, S>(
         return;
     }
     let ctl = hub.ctl_sender();
-    let write_timeout = config.http.write_timeout;
+    let write_timeout = ctx.write_timeout;
 
     let mut response = String::from(
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
@@ -174,7 +170,10 @@ pub(crate) async fn run<R, S>(
             None
         };
         let deadline = Instant::now() + write_timeout;
-        let written = with_deadline(rt, deadline, write).or(killed).await;
+        // Boxed: in place, this short-lived future would enlarge every idle stream's task.
+        let written = Box::pin(with_deadline(rt, deadline, write))
+            .or(killed)
+            .await;
         if !matches!(written, Some(Ok(()))) {
             break;
         }

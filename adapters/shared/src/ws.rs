@@ -27,13 +27,13 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tidings_core::{Command, ErrorCode, ProtocolError, Transport, native};
 
 use crate::auth::Authenticated;
-use crate::config::ServerConfig;
 use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
 use crate::http::linger;
-use crate::hub::{Connecting, Hub};
+use crate::hub::Connecting;
 use crate::io::with_deadline;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
+use crate::service::ConnCtx;
 
 /// Frames written per flush at most.
 const BATCH_FRAMES: usize = 64;
@@ -50,25 +50,26 @@ enum Step {
 
 /// Runs the connection until it ends, then reports `Closed`.
 pub(crate) async fn run<R, S>(
-    rt: &R,
-    hub: &Hub,
-    config: &ServerConfig,
+    ctx: ConnCtx<R>,
     mut ws: WebSocketStream<S>,
-    head: &RequestHead,
+    head: RequestHead,
     auth: Authenticated,
 ) where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let rt = &ctx.rt;
+    let hub = &ctx.hub;
     let conn = hub.next_conn_id();
     let (outbox_tx, outbox) = flume::bounded(hub.outbox_frames());
     let (kill_tx, mut kill) = oneshot::channel::<()>();
     let rooms = hub.connect_rooms(&Connecting {
         conn,
         transport: Transport::Native,
-        head,
+        head: &head,
         client_id: auth.client_id.as_ref(),
     });
+    drop(head);
     let commands = auth
         .client_id
         .map(|client_id| Command::Identify {
@@ -96,8 +97,8 @@ pub(crate) async fn run<R, S>(
     }
     let ctl = hub.ctl_sender();
     let limits = hub.limits();
-    let write_timeout = config.http.write_timeout;
-    let close_wait = config.http.close_grace.min(Duration::from_secs(2));
+    let write_timeout = ctx.write_timeout;
+    let close_wait = ctx.close_grace.min(Duration::from_secs(2));
     let mut reading = true;
     loop {
         let step = {
@@ -119,12 +120,18 @@ pub(crate) async fn run<R, S>(
             Step::Killed | Step::Out(Err(_)) => break,
             Step::Out(Ok(first)) => {
                 let deadline = Instant::now() + write_timeout;
-                let write = write_batch(&mut ws, &outbox, first);
+                // Boxed, like the close below: these futures are large and short-lived; in
+                // place they would enlarge every idle connection's task.
+                let write = Box::pin(with_deadline(
+                    rt,
+                    deadline,
+                    write_batch(&mut ws, &outbox, first),
+                ));
                 let killed = async {
                     let _ = (&mut kill).await;
                     None
                 };
-                let written = with_deadline(rt, deadline, write).or(killed).await;
+                let written = write.or(killed).await;
                 let Some(Ok((bytes, close))) = written else {
                     break; // timed out, killed, or the socket failed
                 };
@@ -132,7 +139,7 @@ pub(crate) async fn run<R, S>(
                     let _ = ctl.send(Ctl::Flushed(conn, bytes));
                 }
                 if let Some(reason) = close {
-                    let closing = close_ws(rt, &mut ws, &reason, reading, close_wait);
+                    let closing = Box::pin(close_ws(rt, &mut ws, &reason, reading, close_wait));
                     let killed = async {
                         let _ = (&mut kill).await;
                     };
