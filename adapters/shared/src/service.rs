@@ -387,12 +387,14 @@ impl<R: Runtime> Service<R> {
     }
 
     /// The WebSocket settings: messages and frames limited to `max_frame_bytes` (larger ones
-    /// close the connection with 1009), a small read buffer per connection.
+    /// close the connection with 1009), a small read buffer per connection, and writes of at
+    /// most 8 KiB gathered before they go to the socket (several frames per write, and a write
+    /// buffer that stays small: it keeps its capacity for the connection's life).
     pub fn websocket_config(&self) -> WebSocketConfig {
         let max = self.inner.config.limits.max_frame_bytes;
         WebSocketConfig::default()
             .read_buffer_size(self.inner.config.http.ws_read_buffer.max(256))
-            .write_buffer_size(64 << 10)
+            .write_buffer_size(8 << 10)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }

@@ -149,9 +149,13 @@ pub(crate) async fn run<R, S>(
             }
             Step::Read(None) => break,
             Step::Read(Some(Ok(message))) => {
+                // Copied out of tungstenite's read buffer: the core keeps slices of the frame
+                // (payloads, in the history), which would otherwise pin whole read blocks.
                 let cmd = match message {
-                    Message::Text(text) => native::decode(&Bytes::from(text), limits),
-                    Message::Binary(data) => native::decode(&data, limits),
+                    Message::Text(text) => {
+                        native::decode(&Bytes::copy_from_slice(text.as_bytes()), limits)
+                    }
+                    Message::Binary(data) => native::decode(&Bytes::copy_from_slice(&data), limits),
                     Message::Ping(_) | Message::Pong(_) => Command::Ping { req: None },
                     Message::Close(_) | Message::Frame(_) => continue,
                 };
