@@ -74,7 +74,7 @@ impl Runtime for TokioRuntime {
     }
 }
 
-/// A running server.
+/// A running server. Dropping it does not stop it: call [`Server::shutdown`].
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
