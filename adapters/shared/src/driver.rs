@@ -292,19 +292,27 @@ impl<R: Runtime> Driver<R> {
                 Wake::Conn(Err(_)) => conn_open = false,
                 Wake::Timer => {}
             }
-            for _ in 0..BATCH {
+            let mut handled = 0;
+            while handled < BATCH {
                 let Ok(msg) = self.ctl_rx.try_recv() else {
                     break;
                 };
                 self.ctl(now, msg);
+                handled += 1;
             }
-            for _ in 0..BATCH {
+            while handled < 2 * BATCH {
                 let Ok(msg) = self.conn_rx.try_recv() else {
                     break;
                 };
                 self.conn_msg(now, msg);
+                handled += 1;
             }
             self.tick(now);
+            if handled >= BATCH {
+                // Busy: let the connection tasks run (on a single-threaded executor nothing
+                // else would, as the channels never make this task wait).
+                futures_lite::future::yield_now().await;
+            }
         }
         tracing::debug!("driver: every sender is gone; stopping");
     }

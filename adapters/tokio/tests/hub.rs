@@ -358,3 +358,30 @@ async fn an_sse_stream_as_a_body_for_embeddings() {
     assert_eq!(hub.stats().await.unwrap().sse_connections, 0);
     server.shutdown().await;
 }
+
+/// On a single-threaded runtime, a busy driver still lets the other tasks run.
+#[tokio::test(flavor = "current_thread")]
+async fn a_single_threaded_runtime_is_not_starved_by_the_driver() {
+    let server = server().await;
+    let hub = server.hub().clone();
+    let pattern = Pattern::parse("load.>", Default::default()).unwrap();
+    let mut sub = hub.subscribe(vec![pattern], None).unwrap();
+    let topic = Topic::parse("load.x", Default::default()).unwrap();
+    let publisher = {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            for i in 0..2000 {
+                let payload = Payload::text(i.to_string()).unwrap();
+                hub.publish(topic.clone(), None, payload).await.unwrap();
+            }
+        })
+    };
+    for i in 0..2000 {
+        let Received::Event { payload, .. } = next(&mut sub).await else {
+            panic!("not an event");
+        };
+        assert_eq!(payload.as_str(), i.to_string());
+    }
+    publisher.await.unwrap();
+    server.shutdown().await;
+}
