@@ -1099,3 +1099,85 @@ fn a_third_party_eventsource_client_reads_the_stream() {
         assert!(status.success(), "node exited with {status}");
     });
 }
+
+#[test]
+fn origin_allow_lists_for_websocket_and_cors() {
+    for_each_runtime(|rt| {
+        let server = Server::start(
+            rt,
+            &[
+                "--ws-origin",
+                "https://good.example",
+                "--cors-origin",
+                "https://good.example",
+            ],
+        );
+        // WebSocket: a listed origin and no origin (not a browser) are let in, others get 403.
+        Ws::open(
+            server.connect(),
+            server.addr,
+            &[("Origin", "https://good.example")],
+        );
+        Ws::open(server.connect(), server.addr, &[]);
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}/ws",
+            server.addr
+        ))
+        .unwrap();
+        request
+            .headers_mut()
+            .insert("Origin", "https://evil.example".parse().unwrap());
+        match tungstenite::client(request, server.connect()) {
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                assert_eq!(r.status(), 403);
+            }
+            other => panic!("expected a 403, got {:?}", other.map(|_| ())),
+        }
+        // CORS: the listed origin is echoed with credentials; another is refused.
+        let sse = server.sse("/sse?topic=x", &[("Origin", "https://good.example")]);
+        assert_eq!(sse.head.status, 200);
+        assert_eq!(
+            sse.head.header("access-control-allow-origin"),
+            Some("https://good.example")
+        );
+        assert_eq!(
+            sse.head.header("access-control-allow-credentials"),
+            Some("true")
+        );
+        let resp = server.request(
+            "GET",
+            "/sse?topic=x",
+            &[("Origin", "https://evil.example")],
+            b"",
+        );
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "origin_not_allowed")
+        );
+        let resp = server.request(
+            "POST",
+            "/publish?topic=x",
+            &[("Origin", "https://evil.example")],
+            b"x",
+        );
+        assert_eq!(resp.status, 403);
+        let pre = server.request(
+            "OPTIONS",
+            "/sse",
+            &[
+                ("Origin", "https://good.example"),
+                ("Access-Control-Request-Headers", "last-event-id"),
+            ],
+            b"",
+        );
+        assert_eq!(pre.status, 204);
+        assert_eq!(
+            pre.header("access-control-allow-headers"),
+            Some("last-event-id")
+        );
+        assert_eq!(
+            pre.header("access-control-allow-methods"),
+            Some("GET, OPTIONS")
+        );
+    });
+}
