@@ -185,6 +185,8 @@ struct Entry {
     outbox: Option<flume::Sender<Out>>,
     /// Never sent: dropping it (with the entry) stops the connection task at once.
     _kill: Option<oneshot::Sender<()>>,
+    /// The client id it was identified with when it opened (from authentication).
+    auto_id: Option<Name>,
 }
 
 struct ShutdownState {
@@ -225,6 +227,8 @@ pub(crate) struct Driver<R: Runtime> {
     counts: [usize; 3],
     dead: u64,
     handled: u64,
+    /// Client ids claimed for connections when they opened, and by whom.
+    auto_ids: HashMap<Name, ConnId>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -251,6 +255,7 @@ impl<R: Runtime> Driver<R> {
             counts: [0; 3],
             dead: 0,
             handled: 0,
+            auto_ids: HashMap::new(),
         }
     }
 
@@ -515,12 +520,38 @@ impl<R: Runtime> Driver<R> {
             tracing::error!(%conn, "adapter bug: connection id opened twice");
             return;
         }
+        // A client id from authentication is claimed for the first of its connections only (a
+        // user's second tab must not get a `client_id_taken` error it never asked for).
+        let mut auto_id = None;
+        let commands: Vec<Command> = commands
+            .into_iter()
+            .filter(|cmd| {
+                let Command::Identify { client_id, .. } = cmd else {
+                    return true;
+                };
+                let held = self.auto_ids.get(client_id).is_some_and(|holder| {
+                    self.broker
+                        .conn(*holder)
+                        .is_some_and(|c| c.client_id.as_deref() == Some(client_id.as_str()))
+                });
+                if held {
+                    tracing::debug!(%conn, client_id = client_id.as_str(), "client id already held");
+                } else {
+                    auto_id = Some(client_id.clone());
+                }
+                !held
+            })
+            .collect();
+        if let Some(id) = &auto_id {
+            self.auto_ids.insert(id.clone(), conn);
+        }
         self.conns.insert(
             conn,
             Entry {
                 kind,
                 outbox: Some(outbox),
                 _kill: kill,
+                auto_id,
             },
         );
         self.counts[kind.index()] += 1;
@@ -554,7 +585,7 @@ impl<R: Runtime> Driver<R> {
     /// The connection task ended (after a close, or the peer went away).
     fn closed(&mut self, now: Instant, conn: ConnId) {
         if let Some(entry) = self.conns.remove(&conn) {
-            self.counts[entry.kind.index()] -= 1;
+            self.forget(conn, &entry);
             self.feed(now, Input::Closed { conn });
         }
     }
@@ -563,12 +594,22 @@ impl<R: Runtime> Driver<R> {
     /// subscription's stream ends once it has read what it was handed.)
     fn dead(&mut self, now: Instant, conn: ConnId) {
         if let Some(entry) = self.conns.remove(&conn) {
-            self.counts[entry.kind.index()] -= 1;
+            self.forget(conn, &entry);
             if entry.kind != Kind::Internal {
                 self.dead += 1;
             }
             drop(entry);
             self.feed(now, Input::Closed { conn });
+        }
+    }
+
+    /// Bookkeeping of a connection that is gone.
+    fn forget(&mut self, conn: ConnId, entry: &Entry) {
+        self.counts[entry.kind.index()] -= 1;
+        if let Some(id) = &entry.auto_id
+            && self.auto_ids.get(id) == Some(&conn)
+        {
+            self.auto_ids.remove(id);
         }
     }
 
