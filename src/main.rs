@@ -358,15 +358,25 @@ fn main() -> ExitCode {
 }
 
 async fn serve_tokio(config: ServerConfig) -> ExitCode {
+    // Signals first: the handlers must be in place before the server is announced (whoever
+    // reads the address may signal at once).
+    let signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("tidings: cannot watch SIGTERM/SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = config.listen.clone();
     let server = match tidings_tokio::serve(config).await {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("tidings: {e}");
+            eprintln!("tidings: cannot serve on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
     announce(server.addr(), "tokio", server.service()).await;
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
@@ -383,10 +393,11 @@ async fn serve_async_std(config: ServerConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    let listen = config.listen.clone();
     let server = match tidings_async_std::serve(config).await {
         Ok(server) => server,
         Err(e) => {
-            eprintln!("tidings: {e}");
+            eprintln!("tidings: cannot serve on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -425,24 +436,42 @@ async fn announce<R: tidings_adapter::Runtime>(
     }
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM on tokio, registered when created.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Returns at the first signal.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => {}
+                _ = self.int.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

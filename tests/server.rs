@@ -1179,3 +1179,14 @@ fn origin_allow_lists_for_websocket_and_cors() {
         );
     });
 }
+
+#[test]
+fn sigterm_right_after_start_is_a_clean_exit() {
+    for_each_runtime(|rt| {
+        for _ in 0..3 {
+            let mut server = Server::start(rt, &[]);
+            let status = server.terminate();
+            assert!(status.success(), "exit status {status:?}");
+        }
+    });
+}
