@@ -237,6 +237,11 @@ pub struct HttpConfig {
     /// How long a connection the server decided to close may take to write what it has.
     #[serde(deserialize_with = "de_duration")]
     pub close_grace: Duration,
+    /// Linux `TCP_USER_TIMEOUT`: a connection whose peer acknowledges nothing of what was sent
+    /// (keep-alives included) for this long is dropped by the kernel, so half-open connections
+    /// (a vanished peer) are found within it (`"off"`: the system default, many minutes).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub tcp_user_timeout: Option<Duration>,
     /// How long a graceful shutdown waits for connections to flush and close.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
@@ -256,6 +261,7 @@ impl Default for HttpConfig {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             close_grace: Duration::from_secs(5),
+            tcp_user_timeout: Some(Duration::from_secs(60)),
             shutdown_grace: Duration::from_secs(5),
             outbox_frames: 0,
             ws_read_buffer: 4096,

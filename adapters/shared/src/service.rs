@@ -145,6 +145,22 @@ impl<R: Runtime> Service<R> {
         self.inner.auth.describe()
     }
 
+    /// Socket options for an accepted TCP connection: no Nagle delay, and on Linux
+    /// `http.tcp_user_timeout`, so that the keep-alives the server sends find half-open
+    /// connections. Runtime adapters call it on every accepted socket (errors are ignored: the
+    /// options are an optimisation).
+    pub fn tune_tcp<'s, T>(&self, socket: &'s T)
+    where
+        socket2::SockRef<'s>: From<&'s T>,
+    {
+        let socket = socket2::SockRef::from(socket);
+        let _ = socket.set_tcp_nodelay(true);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(timeout) = self.inner.config.http.tcp_user_timeout {
+            let _ = socket.set_tcp_user_timeout(Some(timeout));
+        }
+    }
+
     /// Whether anonymous clients may do everything (worth a warning beyond loopback).
     pub fn auth_is_open(&self) -> bool {
         self.inner.auth.is_open()

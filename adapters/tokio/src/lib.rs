@@ -153,7 +153,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                service.tune_tcp(&stream);
                 let service = service.clone();
                 tokio::spawn(async move {
                     service.handle_connection(stream.compat(), peer).await;

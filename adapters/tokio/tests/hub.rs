@@ -385,3 +385,23 @@ async fn a_single_threaded_runtime_is_not_starved_by_the_driver() {
     publisher.await.unwrap();
     server.shutdown().await;
 }
+
+/// Accepted sockets get the TCP options (Linux: `TCP_USER_TIMEOUT` finds vanished peers).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn accepted_sockets_are_tuned() {
+    let server = server().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    server.service().tune_tcp(&stream);
+    let socket = socket2::SockRef::from(&stream);
+    assert_eq!(
+        socket.tcp_user_timeout().unwrap(),
+        Some(Duration::from_secs(60))
+    );
+    assert!(socket.tcp_nodelay().unwrap());
+    server.shutdown().await;
+}
