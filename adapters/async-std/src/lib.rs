@@ -142,7 +142,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+                service.tune_tcp(&stream);
                 let service = service.clone();
                 AsyncIoRuntime.spawn(async move {
                     service.handle_connection(stream, peer).await;
