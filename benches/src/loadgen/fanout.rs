@@ -296,6 +296,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     };
 
     let mut r = Report::default();
+    r.put("scenario", "fanout");
     r.put("target", args.target.name());
     r.put("runtime", args.server.runtime.as_str());
     r.put("subscribers", n as u64);

@@ -165,6 +165,7 @@ async fn run(args: &IdleArgs, server: &Server) -> (Report, bool) {
         _ => None,
     };
     let mut r = Report::default();
+    r.put("scenario", "idle");
     r.put("target", args.target.name());
     r.put("runtime", args.server.runtime.as_str());
     r.put("connections", n as u64);
