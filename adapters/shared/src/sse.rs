@@ -8,8 +8,6 @@
 //! written as it comes, several queued frames per write. The stream ends when the client goes
 //! away (the task keeps reading to notice), or when the core closes it.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
@@ -19,7 +17,7 @@ use tidings_core::{Command, Subscribe, Transport};
 
 use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
 use crate::hub::{Connecting, Hub};
-use crate::io::with_deadline;
+use crate::io::with_timeout;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 use crate::service::{ConnCtx, SseRequest};
@@ -169,9 +167,8 @@ where
             let _ = (&mut kill).await;
             None
         };
-        let deadline = Instant::now() + write_timeout;
         // Boxed: in place, this short-lived future would enlarge every idle stream's task.
-        let written = Box::pin(with_deadline(rt, deadline, write))
+        let written = Box::pin(with_timeout(rt, write_timeout, write))
             .or(killed)
             .await;
         if !matches!(written, Some(Ok(()))) {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::frame::Frame;
+use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -30,7 +31,7 @@ use crate::auth::Authenticated;
 use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
 use crate::http::linger;
 use crate::hub::Connecting;
-use crate::io::with_deadline;
+use crate::io::{with_deadline, with_timeout};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 use crate::service::ConnCtx;
@@ -119,12 +120,11 @@ pub(crate) async fn run<R, S>(
         match step {
             Step::Killed | Step::Out(Err(_)) => break,
             Step::Out(Ok(first)) => {
-                let deadline = Instant::now() + write_timeout;
                 // Boxed, like the close below: these futures are large and short-lived; in
                 // place they would enlarge every idle connection's task.
-                let write = Box::pin(with_deadline(
+                let write = Box::pin(with_timeout(
                     rt,
-                    deadline,
+                    write_timeout,
                     write_batch(&mut ws, &outbox, first),
                 ));
                 let killed = async {
@@ -224,10 +224,11 @@ where
             Out::Frame(frame) => {
                 bytes += frame.len();
                 frames += 1;
-                match Utf8Bytes::try_from(frame) {
-                    Ok(text) => ws.feed(Message::Text(text)).await?,
-                    Err(_) => tracing::error!("the core produced a frame that is not UTF-8"),
-                }
+                // A text frame made from the shared bytes as they are: the core encoded valid
+                // UTF-8 JSON once; checking it again per connection would cost a pass over
+                // every frame for every subscriber.
+                let frame = Frame::message(frame, OpCode::Data(Data::Text), true);
+                ws.feed(Message::Frame(frame)).await?;
             }
         }
         if frames < BATCH_FRAMES && bytes < BATCH_BYTES {
