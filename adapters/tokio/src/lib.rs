@@ -5,6 +5,10 @@
 //! [`Service`] (whose driver task owns the broker) and accepts connections, handing each, wrapped
 //! with `tokio_util::compat`, to [`Service::handle_connection`] on a task of its own.
 //!
+//! To embed the server in an application that accepts connections itself, [`start`] makes the
+//! [`Service`] without a listener; with the `axum` feature, `tidings_tokio::axum::router`
+//! mounts it in an axum `Router` (see the `axum` module).
+//!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
 //! use tidings_adapter::ServerConfig;
@@ -36,7 +40,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
-pub use tidings_adapter::{Hub, Runtime, ServerConfig, Service};
+pub use tidings_adapter::{Hub, Runtime, ServerConfig, Service, StartError};
+
+#[cfg(feature = "axum")]
+pub mod axum;
 
 /// [`Runtime`] on tokio: tasks on the runtime whose handle it holds, tokio timers.
 #[derive(Debug, Clone)]
@@ -111,6 +118,20 @@ impl Server {
     pub async fn wait(self) {
         let _ = self.accept.await;
     }
+}
+
+/// Starts the server without a listener, on the current tokio runtime: the broker's driver task
+/// and the [`Service`] whose [`Hub`] is the application API, for an application that accepts
+/// connections itself (with the `axum` feature, `axum::router` mounts it in an axum app;
+/// `config.listen` is not used). The same as `Service::start(TokioRuntime::current(), config)`.
+///
+/// # Errors
+/// [`StartError`] for an invalid configuration.
+///
+/// # Panics
+/// Outside of a tokio runtime.
+pub fn start(config: ServerConfig) -> Result<Service<TokioRuntime>, StartError> {
+    Service::start(TokioRuntime::current(), config)
 }
 
 /// Binds `config.listen`, starts the broker and accepts connections on the current tokio
