@@ -415,3 +415,29 @@ fn recv(ws: &mut tungstenite::WebSocket<TcpStream>) -> Value {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_merge_at_the_root_of_an_app_with_its_own_fallback() {
+    let service = tidings_tokio::start(ServerConfig::default()).expect("starts");
+    let app = Router::new()
+        .route("/hello", get(|| async { "hello from the app" }))
+        .merge(tidings_tokio::axum::routes().with_state(service.clone()))
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "the app's own 404") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    blocking(move || {
+        let health = request(addr, "GET", "/healthz", "", "");
+        assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+        let published = request(addr, "POST", "/publish?topic=a.b", "", "x");
+        assert_eq!(published.status, 200, "{}", published.body);
+        let wrong = request(addr, "DELETE", "/sse", "", "");
+        assert_eq!(wrong.status, 405, "{}", wrong.body);
+        let missing = request(addr, "GET", "/nope", "", "");
+        assert_eq!(
+            (missing.status, missing.body.as_str()),
+            (404, "the app's own 404")
+        );
+    })
+    .await;
+}
