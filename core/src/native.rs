@@ -328,13 +328,25 @@ fn patterns(f: &Fields<'_>, limits: &Limits) -> Result<Vec<Pattern>, ProtocolErr
 fn payload(frame: &Bytes, raw: &RawValue) -> Result<Payload, ProtocolError> {
     let text = raw.get();
     if text.starts_with('"') {
-        let s: Cow<'_, str> = serde_json::from_str(text).map_err(|_| wrong_type("data", "JSON"))?;
-        return Payload::text(match s {
-            Cow::Borrowed(b) => frame.slice_ref(b.as_bytes()),
-            Cow::Owned(o) => Bytes::from(o),
-        });
+        // A string without escapes borrows from the frame; one with escapes is unescaped.
+        if let Ok(plain) = serde_json::from_str::<&str>(text) {
+            return Payload::text(share(frame, plain.as_bytes()));
+        }
+        let owned: String = serde_json::from_str(text).map_err(|_| wrong_type("data", "JSON"))?;
+        return Payload::text(owned);
     }
-    Ok(Payload::json_unchecked(frame.slice_ref(text.as_bytes())))
+    Ok(Payload::json_unchecked(share(frame, text.as_bytes())))
+}
+
+/// The payload as a slice of the frame (no copy) when it is most of the frame; otherwise a copy,
+/// so a small payload retained in the history does not keep a large frame alive (retention
+/// counts payload bytes).
+fn share(frame: &Bytes, part: &[u8]) -> Bytes {
+    if part.len() * 2 >= frame.len() {
+        frame.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -710,6 +722,27 @@ mod tests {
         };
         assert!(!payload.is_json());
         assert_eq!(payload.as_str(), "line1\nline2 é");
+    }
+
+    #[test]
+    fn small_payloads_do_not_pin_large_frames() {
+        let pad = "x".repeat(1000);
+        let frame = Bytes::from(format!(
+            r#"{{"op":"publish","topic":"a","pad":"{pad}","data":7}}"#
+        ));
+        let Command::Publish { payload, .. } = decode(&frame, &Limits::default()) else {
+            panic!()
+        };
+        let inside = frame.as_ptr_range().contains(&payload.bytes().as_ptr());
+        assert!(!inside, "a 1-byte payload is copied out of a 1 KiB frame");
+        let frame = Bytes::from(format!(r#"{{"op":"publish","topic":"a","data":"{pad}"}}"#));
+        let Command::Publish { payload, .. } = decode(&frame, &Limits::default()) else {
+            panic!()
+        };
+        assert!(
+            frame.as_ptr_range().contains(&payload.bytes().as_ptr()),
+            "a large one is shared"
+        );
     }
 
     #[test]

@@ -94,6 +94,14 @@ pub enum GapReason {
 }
 
 impl GapReason {
+    /// Every reason.
+    pub const ALL: [Self; 3] = [Self::Evicted, Self::Epoch, Self::SlowConsumer];
+
+    /// Parses a wire name.
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
