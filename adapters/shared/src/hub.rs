@@ -37,6 +37,7 @@ use tidings_core::{
     Pattern, Payload, ProtocolError, Recipient, Subscribe, Topic, Transport,
 };
 
+use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::driver::{ConnMsg, Ctl, Driver, DriverTimings, Kind, Opening, Out, ServerStats};
 use crate::request::RequestHead;
@@ -57,6 +58,12 @@ pub type ConnectHook = Arc<dyn Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync>;
 /// The disconnect hook.
 pub type DisconnectHook = Arc<dyn Fn(ConnId) + Send + Sync>;
 
+/// The application's authorizer: sees every `/ws`, `/sse` and `/publish` request with what token
+/// authentication (or anonymous access) granted, and returns the grants to use (narrowed,
+/// widened, or a client id set) or a refusal (401/403).
+pub type Authorizer =
+    Arc<dyn Fn(&RequestHead, Authenticated) -> Result<Authenticated, AuthError> + Send + Sync>;
+
 /// What the connect hook knows about a new connection.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -76,6 +83,7 @@ pub(crate) struct Registry {
     pub(crate) handlers: HashMap<String, Handler>,
     pub(crate) on_connect: Option<ConnectHook>,
     pub(crate) on_disconnect: Option<DisconnectHook>,
+    pub(crate) authorizer: Option<Authorizer>,
 }
 
 /// A hub call failed.
@@ -186,6 +194,32 @@ impl Hub {
 
     pub(crate) fn outbox_frames(&self) -> usize {
         self.inner.outbox_frames
+    }
+
+    /// Runs the authorizer (if any) over what authentication granted.
+    pub(crate) fn run_authorizer(
+        &self,
+        head: &RequestHead,
+        authenticated: Authenticated,
+    ) -> Result<Authenticated, AuthError> {
+        let authorizer = self
+            .inner
+            .registry
+            .read()
+            .ok()
+            .and_then(|r| r.authorizer.clone());
+        match authorizer {
+            None => Ok(authenticated),
+            Some(authorizer) => std::panic::catch_unwind(AssertUnwindSafe(|| {
+                authorizer(head, authenticated)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!(path = %head.path, "the authorizer panicked; refusing the request");
+                Err(AuthError::forbidden(
+                    "the server could not decide on this request",
+                ))
+            }),
+        }
     }
 
     /// Runs the connect hook (if any) and returns the rooms to join.
@@ -394,6 +428,23 @@ impl Hub {
     {
         if let Ok(mut registry) = self.inner.registry.write() {
             registry.on_connect = Some(Arc::new(hook));
+        }
+    }
+
+    /// Plugs in an authorizer: the application's own decision on every `/ws`, `/sse` and
+    /// `/publish` request, made after token authentication (see `docs/AUTH.md`). It gets the
+    /// request head and what the token (or anonymous access) granted, and returns the grants to
+    /// use or a refusal (`AuthError::unauthorized` → 401, `AuthError::forbidden` → 403). It runs
+    /// on the connection's task before the upgrade: keep it quick (no I/O).
+    pub fn set_authorizer<F>(&self, authorizer: F)
+    where
+        F: Fn(&RequestHead, Authenticated) -> Result<Authenticated, AuthError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.authorizer = Some(Arc::new(authorizer));
         }
     }
 

@@ -32,7 +32,8 @@ pub use async_tungstenite;
 pub use config::{ConfigError, ServerConfig};
 pub use driver::ServerStats;
 pub use hub::{
-    ConnectHook, Connecting, DisconnectHook, Handler, Hub, HubError, Received, Subscription,
+    Authorizer, ConnectHook, Connecting, DisconnectHook, Handler, Hub, HubError, Received,
+    Subscription,
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;

@@ -300,7 +300,9 @@ impl<R: Runtime> Service<R> {
     }
 
     fn authenticate(&self, head: &RequestHead) -> Result<Authenticated, Refusal> {
-        self.inner.auth.authenticate(head).map_err(|e| {
+        let authenticated = self.inner.auth.authenticate(head);
+        let authorized = authenticated.and_then(|a| self.inner.hub.run_authorizer(head, a));
+        authorized.map_err(|e| {
             let status = e.status();
             let code = if status == 401 {
                 "unauthorized"

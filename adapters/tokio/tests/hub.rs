@@ -405,3 +405,59 @@ async fn accepted_sockets_are_tuned() {
     assert!(socket.tcp_nodelay().unwrap());
     server.shutdown().await;
 }
+
+/// Sends a raw HTTP request and returns the status line's code and the whole answer.
+fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugged_in_authorizer_decides_after_token_authentication() {
+    use tidings_adapter::auth::AuthError;
+    let server = server().await;
+    let addr = server.addr();
+    // The application's rule: a `key` query parameter is required, and publishing is only
+    // allowed to `public.>` whatever the token or anonymous access granted.
+    server.hub().set_authorizer(|head, mut authenticated| {
+        if head.query_param("key") != Some("sesame") {
+            return Err(AuthError::unauthorized("a key is required"));
+        }
+        let public = Pattern::parse("public.>", Default::default()).unwrap();
+        authenticated.grants.publish = vec![public];
+        Ok(authenticated)
+    });
+    let (refused, no_key, allowed, forbidden) = blocking(move || {
+        let get = |path: &str| http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).0;
+        let post = |path: &str| {
+            let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+            http(addr, &request)
+        };
+        (
+            get("/sse?topic=a"),
+            post("/publish?topic=public.news"),
+            post("/publish?topic=public.news&key=sesame"),
+            post("/publish?topic=private&key=sesame"),
+        )
+    })
+    .await;
+    assert_eq!(refused, 401, "no key: refused before the stream starts");
+    assert_eq!(no_key.0, 401);
+    assert!(no_key.1.contains("a key is required"), "{}", no_key.1);
+    assert_eq!(allowed.0, 200, "{}", allowed.1);
+    assert_eq!(
+        forbidden.0, 403,
+        "the authorizer narrowed the publish grants: {}",
+        forbidden.1
+    );
+    server.shutdown().await;
+}
