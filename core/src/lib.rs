@@ -10,6 +10,9 @@ mod conn;
 mod cursor;
 mod delivery;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod grants;
 mod history;
 mod input;
