@@ -72,7 +72,7 @@ impl Kind {
         }
     }
 
-    fn transport(self) -> Transport {
+    pub(crate) fn transport(self) -> Transport {
         match self {
             Self::Sse => Transport::Sse,
             Self::Ws | Self::Internal => Transport::Native,

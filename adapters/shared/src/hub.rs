@@ -222,6 +222,41 @@ impl Hub {
         }
     }
 
+    /// Prepares a `/ws` or `/sse` connection's `Open`: a fresh id, its bounded outbox, the rooms
+    /// of the connect hook, and its first commands (claiming the authenticated client id, then
+    /// `then`). Returns the opening and the outbox's receiving end.
+    pub(crate) fn opening(
+        &self,
+        kind: Kind,
+        head: &RequestHead,
+        auth: Authenticated,
+        then: Option<Command>,
+        kill: Option<oneshot::Sender<()>>,
+    ) -> (Opening, flume::Receiver<Out>) {
+        let conn = self.next_conn_id();
+        let (outbox, frames) = flume::bounded(self.outbox_frames());
+        let rooms = self.connect_rooms(&Connecting {
+            conn,
+            transport: kind.transport(),
+            head,
+            client_id: auth.client_id.as_ref(),
+        });
+        let identify = auth.client_id.map(|client_id| Command::Identify {
+            req: None,
+            client_id,
+        });
+        let opening = Opening {
+            conn,
+            kind,
+            grants: auth.grants.into(),
+            outbox,
+            kill,
+            rooms,
+            commands: identify.into_iter().chain(then).collect(),
+        };
+        (opening, frames)
+    }
+
     /// Runs the connect hook (if any) and returns the rooms to join.
     pub(crate) fn connect_rooms(&self, connecting: &Connecting<'_>) -> Vec<Name> {
         let hook = self

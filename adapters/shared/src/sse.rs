@@ -13,10 +13,10 @@ use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
-use tidings_core::{Command, Subscribe, Transport};
+use tidings_core::{Command, Cursor, Pattern, Subscribe};
 
-use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
-use crate::hub::{Connecting, Hub};
+use crate::driver::{ConnMsg, Ctl, Kind, Out};
+use crate::hub::Hub;
 use crate::io::with_timeout;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
@@ -46,38 +46,11 @@ where
         auth,
         cors,
     } = request;
-    let conn = hub.next_conn_id();
-    let (outbox_tx, outbox) = flume::bounded(hub.outbox_frames());
     let (kill_tx, mut kill) = oneshot::channel::<()>();
-    let rooms = hub.connect_rooms(&Connecting {
-        conn,
-        transport: Transport::Sse,
-        head: &head,
-        client_id: auth.client_id.as_ref(),
-    });
+    let subscribe = subscribe(patterns, from);
+    let (opening, outbox) = hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+    let conn = opening.conn;
     drop(head);
-    let mut commands = Vec::with_capacity(2);
-    if let Some(client_id) = auth.client_id {
-        commands.push(Command::Identify {
-            req: None,
-            client_id,
-        });
-    }
-    commands.push(Command::Subscribe(Subscribe {
-        req: None,
-        patterns,
-        from,
-        name: None,
-    }));
-    let opening = Opening {
-        conn,
-        kind: Kind::Sse,
-        grants: auth.grants.into(),
-        outbox: outbox_tx,
-        kill: Some(kill_tx),
-        rooms,
-        commands,
-    };
     let to_driver = hub.conn_sender();
     if to_driver
         .send_async(ConnMsg::Open(Box::new(opening)))
@@ -208,6 +181,16 @@ pub struct SseBody {
     ended: bool,
 }
 
+/// The stream's subscription, run in the same driver step as its `Open`.
+fn subscribe(patterns: Vec<Pattern>, from: Option<Cursor>) -> Command {
+    Command::Subscribe(Subscribe {
+        req: None,
+        patterns,
+        from,
+        name: None,
+    })
+}
+
 impl std::fmt::Debug for SseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SseBody")
@@ -225,36 +208,9 @@ impl SseBody {
             auth,
             cors: _,
         } = request;
-        let conn = hub.next_conn_id();
-        let (outbox, frames) = flume::bounded(hub.outbox_frames());
-        let rooms = hub.connect_rooms(&Connecting {
-            conn,
-            transport: Transport::Sse,
-            head,
-            client_id: auth.client_id.as_ref(),
-        });
-        let mut commands = Vec::with_capacity(2);
-        if let Some(client_id) = auth.client_id {
-            commands.push(Command::Identify {
-                req: None,
-                client_id,
-            });
-        }
-        commands.push(Command::Subscribe(Subscribe {
-            req: None,
-            patterns,
-            from,
-            name: None,
-        }));
-        let opening = Opening {
-            conn,
-            kind: Kind::Sse,
-            grants: auth.grants.into(),
-            outbox,
-            kill: None,
-            rooms,
-            commands,
-        };
+        let (opening, frames) =
+            hub.opening(Kind::Sse, head, auth, Some(subscribe(patterns, from)), None);
+        let conn = opening.conn;
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.
         let ctl = hub.ctl_sender().clone();

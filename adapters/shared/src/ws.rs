@@ -25,12 +25,11 @@ use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tidings_core::{Command, ErrorCode, ProtocolError, Transport, native};
+use tidings_core::{Command, ErrorCode, ProtocolError, native};
 
 use crate::auth::Authenticated;
-use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out};
+use crate::driver::{ConnMsg, Ctl, Kind, Out};
 use crate::http::linger;
-use crate::hub::Connecting;
 use crate::io::{with_deadline, with_timeout};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
@@ -61,33 +60,10 @@ pub(crate) async fn run<R, S>(
 {
     let rt = &ctx.rt;
     let hub = &ctx.hub;
-    let conn = hub.next_conn_id();
-    let (outbox_tx, outbox) = flume::bounded(hub.outbox_frames());
     let (kill_tx, mut kill) = oneshot::channel::<()>();
-    let rooms = hub.connect_rooms(&Connecting {
-        conn,
-        transport: Transport::Native,
-        head: &head,
-        client_id: auth.client_id.as_ref(),
-    });
+    let (opening, outbox) = hub.opening(Kind::Ws, &head, auth, None, Some(kill_tx));
+    let conn = opening.conn;
     drop(head);
-    let commands = auth
-        .client_id
-        .map(|client_id| Command::Identify {
-            req: None,
-            client_id,
-        })
-        .into_iter()
-        .collect();
-    let opening = Opening {
-        conn,
-        kind: Kind::Ws,
-        grants: auth.grants.into(),
-        outbox: outbox_tx,
-        kill: Some(kill_tx),
-        rooms,
-        commands,
-    };
     let to_driver = hub.conn_sender();
     if to_driver
         .send_async(ConnMsg::Open(Box::new(opening)))
