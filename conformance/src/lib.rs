@@ -1,0 +1,1 @@
+//! The tidings conformance suite (work in progress).
