@@ -1,1 +1,347 @@
-//! The tidings conformance suite (work in progress).
+//! The tidings conformance suite: language-neutral case files and a runner.
+//!
+//! **Contract.** A case is a JSON transcript (connections to open, frames and HTTP requests to
+//! send, what must come back, silences that must hold) under `conformance/cases/<group>/`; the
+//! format is specified in `docs/CONFORMANCE.md`. The runner plays each case against a server
+//! reachable at a base URL, one case at a time, and reports pass, fail (with the step and a
+//! precise difference) or skip (with the reason) per case. The server under test runs with the
+//! conformance profile (`conformance/server.toml` for tidings: small limits, short timers, a
+//! known JWT secret), which the cases rely on.
+//!
+//! The suite is a library (our tests run it in-process against both runtime adapters) and a
+//! binary, `tidings-conformance --base http://127.0.0.1:9313`.
+//!
+//! ```
+//! // Load the built-in cases and pick the SSE group.
+//! let cases = tidings_conformance::builtin_cases().unwrap();
+//! let sse: Vec<_> = cases.iter().filter(|c| c.group == "sse").collect();
+//! assert!(!sse.is_empty());
+//! assert!(cases.len() > 100);
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+pub mod case;
+pub mod pattern;
+mod run;
+pub mod wire;
+
+pub use case::Case;
+pub use run::PROFILE_JWT_SECRET;
+
+include!(concat!(env!("OUT_DIR"), "/case_files.rs"));
+
+/// The groups a suite may name, in report order (`ksbus` and `etp` have no cases yet).
+pub const GROUPS: &[&str] = &["native", "sse", "http", "ksbus", "etp"];
+
+/// The cases compiled into this crate.
+pub fn builtin_cases() -> Result<Vec<Case>, String> {
+    let mut cases = Vec::new();
+    for (group, file, text) in CASE_FILES {
+        cases.extend(case::parse_file(group, file, text)?);
+    }
+    check_unique(&cases)?;
+    Ok(cases)
+}
+
+/// The cases of a directory laid out like `conformance/cases/` (`<group>/<file>.json`).
+pub fn load_dir(dir: &Path) -> Result<Vec<Case>, String> {
+    let mut files = Vec::new();
+    let groups = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for group in groups {
+        let group = group.map_err(|e| e.to_string())?.path();
+        if !group.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&group).map_err(|e| format!("{}: {e}", group.display()))? {
+            let file = file.map_err(|e| e.to_string())?.path();
+            if file.extension().is_some_and(|e| e == "json") {
+                files.push(file);
+            }
+        }
+    }
+    files.sort();
+    let mut cases = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let group = file.parent().and_then(Path::file_name).and_then(|s| s.to_str()).unwrap_or("");
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        cases.extend(case::parse_file(group, stem, &text)?);
+    }
+    check_unique(&cases)?;
+    Ok(cases)
+}
+
+fn check_unique(cases: &[Case]) -> Result<(), String> {
+    let mut ids: Vec<&str> = cases.iter().map(|c| c.id.as_str()).collect();
+    ids.sort_unstable();
+    match ids.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(format!("two cases are named {}", w[0])),
+        None => Ok(()),
+    }
+}
+
+/// What to run and against what.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The server's base URL, `http://HOST:PORT` optionally with a path prefix
+    /// (`http://127.0.0.1:3000/realtime` for an embedding mounted there).
+    pub base: String,
+    /// The groups to run; empty runs all.
+    pub suites: Vec<String>,
+    /// Only cases whose id matches this glob (`*` any characters, `?` one).
+    pub case_glob: Option<String>,
+    /// Features the server lacks: cases requiring them are skipped.
+    pub without: Vec<String>,
+    /// How long any single expectation may wait.
+    pub timeout: Duration,
+    /// Print every frame, event and request to stderr (to see why a case fails).
+    pub trace: bool,
+}
+
+impl Options {
+    /// Options for `base` with every group, no filter and a 5 s timeout.
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            suites: Vec::new(),
+            case_glob: None,
+            without: Vec::new(),
+            timeout: Duration::from_secs(5),
+            trace: false,
+        }
+    }
+}
+
+/// The server under test, resolved from [`Options::base`].
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// `host:port`, for `Host` headers and WebSocket URLs.
+    pub authority: String,
+    /// The path prefix (empty, or like `/realtime`).
+    pub prefix: String,
+}
+
+impl Target {
+    /// Parses and resolves a base URL.
+    pub fn parse(base: &str) -> Result<Self, String> {
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("the base URL must start with http:// (got {base:?})"))?;
+        let (authority, prefix) = match rest.find('/') {
+            Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        Ok(Self {
+            addr: wire::resolve(authority)?,
+            authority: authority.to_owned(),
+            prefix: prefix.to_owned(),
+        })
+    }
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Every step held.
+    Pass,
+    /// A step did not hold.
+    Fail {
+        /// The step, counted from 1 (0: before the first step).
+        step: usize,
+        /// What was expected and what came.
+        message: String,
+    },
+    /// Not run.
+    Skip {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The result of one case.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseResult {
+    /// The case id.
+    pub id: String,
+    /// Its group.
+    pub group: String,
+    /// What it checks.
+    pub description: String,
+    /// Where that is specified.
+    pub spec: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// How long it took.
+    pub millis: u64,
+}
+
+/// The results of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// A label for the server under test (e.g. `tidings tokio`).
+    pub target: String,
+    /// The base URL.
+    pub base: String,
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed.
+    pub failed: usize,
+    /// Cases that were skipped.
+    pub skipped: usize,
+    /// One entry per case, in run order.
+    pub results: Vec<CaseResult>,
+}
+
+impl Report {
+    /// `N passed, N failed, N skipped`.
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+    }
+}
+
+/// Whether `id` matches `glob` (`*`: any characters, `?`: one character).
+pub fn glob_matches(glob: &str, id: &str) -> bool {
+    fn go(g: &[char], s: &[char]) -> bool {
+        match g.split_first() {
+            None => s.is_empty(),
+            Some(('*', rest)) => (0..=s.len()).any(|i| go(rest, &s[i..])),
+            Some(('?', rest)) => !s.is_empty() && go(rest, &s[1..]),
+            Some((c, rest)) => s.first() == Some(c) && go(rest, &s[1..]),
+        }
+    }
+    let g: Vec<char> = glob.chars().collect();
+    let s: Vec<char> = id.chars().collect();
+    go(&g, &s)
+}
+
+/// Runs the selected `cases` one after the other (they share the server's history, so they
+/// never overlap), calling `each` as every result comes in.
+pub fn run(cases: &[Case], options: &Options, label: &str, mut each: impl FnMut(&CaseResult)) -> Result<Report, String> {
+    let target = Target::parse(&options.base)?;
+    if let Some(unknown) = options.suites.iter().find(|s| !GROUPS.contains(&s.as_str())) {
+        return Err(format!("unknown suite {unknown:?}; the suites are {}", GROUPS.join(", ")));
+    }
+    // A run-unique namespace per case keeps runs against the same server apart.
+    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros()) as u64 & 0xffff_ffff;
+    let mut report = Report {
+        target: label.to_owned(),
+        base: options.base.clone(),
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        results: Vec::new(),
+    };
+    let selected = cases.iter().filter(|c| {
+        (options.suites.is_empty() || options.suites.contains(&c.group))
+            && options.case_glob.as_deref().is_none_or(|g| glob_matches(g, &c.id))
+    });
+    for (i, case) in selected.enumerate() {
+        let started = Instant::now();
+        let outcome = match case.requires.iter().find(|f| options.without.contains(f)) {
+            Some(feature) => Outcome::Skip {
+                reason: format!("needs {feature}, which the server lacks (--without {feature})"),
+            },
+            None => match run::run_case(case, &target, options, &format!("n{nonce:x}x{i}")) {
+                Ok(()) => Outcome::Pass,
+                Err((step, message)) => Outcome::Fail { step, message },
+            },
+        };
+        match outcome {
+            Outcome::Pass => report.passed += 1,
+            Outcome::Fail { .. } => report.failed += 1,
+            Outcome::Skip { .. } => report.skipped += 1,
+        }
+        let result = CaseResult {
+            id: case.id.clone(),
+            group: case.group.clone(),
+            description: case.description.clone(),
+            spec: case.spec.clone(),
+            outcome,
+            millis: started.elapsed().as_millis() as u64,
+        };
+        each(&result);
+        report.results.push(result);
+    }
+    Ok(report)
+}
+
+/// One line for a result: `pass  ID (N ms)`, `FAIL  ID: step N: …`, `skip  ID: reason`.
+pub fn text_line(result: &CaseResult) -> String {
+    match &result.outcome {
+        Outcome::Pass => format!("pass  {} ({} ms)", result.id, result.millis),
+        Outcome::Fail { step, message } => format!("FAIL  {}: step {step}: {message}", result.id),
+        Outcome::Skip { reason } => format!("skip  {}: {reason}", result.id),
+    }
+}
+
+/// A Markdown table of several reports side by side: one row per case, one column per report.
+pub fn markdown_table(reports: &[Report]) -> String {
+    let mut out = String::from("| case | checks |");
+    for r in reports {
+        out.push_str(&format!(" {} |", r.target));
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---|".repeat(reports.len()));
+    out.push('\n');
+    let Some(first) = reports.first() else {
+        return out;
+    };
+    for result in &first.results {
+        out.push_str(&format!("| `{}` | {} |", result.id, result.description.replace('|', "\\|")));
+        for r in reports {
+            let cell = match r.results.iter().find(|x| x.id == result.id).map(|x| &x.outcome) {
+                Some(Outcome::Pass) => "pass",
+                Some(Outcome::Fail { .. }) => "**FAIL**",
+                Some(Outcome::Skip { .. }) => "skip",
+                None => "—",
+            };
+            out.push_str(&format!(" {cell} |"));
+        }
+        out.push('\n');
+    }
+    out.push_str("| **total** | |");
+    for r in reports {
+        out.push_str(&format!(" {} |", r.summary()));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("native/*", "native/subscribe/x"));
+        assert!(glob_matches("*resume*", "sse/resume/header"));
+        assert!(glob_matches("a?c", "abc"));
+        assert!(!glob_matches("a?c", "ac"));
+        assert!(!glob_matches("sse/*", "native/x"));
+    }
+
+    #[test]
+    fn builtin_cases_parse() {
+        let cases = builtin_cases().unwrap();
+        for group in ["native", "sse", "http"] {
+            assert!(cases.iter().any(|c| c.group == group), "no {group} cases");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("http://127.0.0.1:9313/realtime/").unwrap();
+        assert_eq!(t.authority, "127.0.0.1:9313");
+        assert_eq!(t.prefix, "/realtime");
+        assert!(Target::parse("ws://x").is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! `tidings-conformance`: runs the conformance suite against a server.
+//!
+//! ```text
+//! tidings-conformance --base http://127.0.0.1:9313 [--suite native,sse,http] [--case GLOB]
+//!                     [--format text|json] [--label NAME] [--without jwt] [--cases DIR]
+//! tidings-conformance --list
+//! tidings-conformance --table tokio.json async-std.json      # Markdown, from --format json runs
+//! ```
+//!
+//! Text output is one line per case and a summary line; JSON output is one object (the
+//! [`tidings_conformance::Report`]). The exit status is 1 if any case failed, 2 on a usage or
+//! setup error.
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tidings_conformance::{Options, Report, builtin_cases, load_dir, markdown_table, run, text_line};
+
+/// Runs the tidings conformance suite against a server started with the conformance profile
+/// (for tidings: `tidings serve --config conformance/server.toml`).
+#[derive(Debug, Parser)]
+#[command(name = "tidings-conformance", version, about)]
+struct Cli {
+    /// The server's base URL (http://HOST:PORT, optionally with a path prefix).
+    #[arg(long, required_unless_present_any = ["list", "table"])]
+    base: Option<String>,
+    /// Groups to run, comma-separated (native, sse, http, ksbus, etp); default all.
+    #[arg(long, value_delimiter = ',')]
+    suite: Vec<String>,
+    /// Only cases whose id (group/file/name) matches this glob.
+    #[arg(long = "case")]
+    case_glob: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// A name for the server under test, shown in reports and tables (default: the base URL).
+    #[arg(long)]
+    label: Option<String>,
+    /// A feature the server lacks (e.g. jwt): cases needing it are skipped. Repeatable.
+    #[arg(long)]
+    without: Vec<String>,
+    /// How long one expectation may wait, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Print every frame sent and received to stderr.
+    #[arg(long)]
+    trace: bool,
+    /// Read the cases from this directory instead of the built-in copy.
+    #[arg(long)]
+    cases: Option<PathBuf>,
+    /// List the cases (id and description) and exit.
+    #[arg(long)]
+    list: bool,
+    /// Print a Markdown table of these JSON reports side by side, and exit.
+    #[arg(long, num_args = 1..)]
+    table: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match main_with(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("tidings-conformance: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main_with(cli: Cli) -> Result<ExitCode, String> {
+    if !cli.table.is_empty() {
+        let reports = cli
+            .table
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .and_then(report_from_json)
+                    .map_err(|e| format!("{}: not a report ({e})", path.display()))
+            })
+            .collect::<Result<Vec<Report>, String>>()?;
+        out(markdown_table(&reports).trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cases = match &cli.cases {
+        Some(dir) => load_dir(dir)?,
+        None => builtin_cases()?,
+    };
+    if cli.list {
+        for case in &cases {
+            out(&format!("{}\t{}", case.id, case.description));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let base = cli.base.clone().unwrap_or_default();
+    let options = Options {
+        base: base.clone(),
+        suites: cli.suite.clone(),
+        case_glob: cli.case_glob.clone(),
+        without: cli.without.clone(),
+        timeout: Duration::from_millis(cli.timeout_ms),
+        trace: cli.trace,
+    };
+    let label = cli.label.clone().unwrap_or(base);
+    let text = cli.format == Format::Text;
+    let report = run(&cases, &options, &label, |result| {
+        if text {
+            out(&text_line(result));
+        }
+    })?;
+    if text {
+        out(&report.summary());
+    } else {
+        out(&serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    }
+    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints a line; a closed stdout (`| head`) ends the program quietly instead of panicking.
+fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Reads a report written by `--format json` (the parts the table needs).
+fn report_from_json(value: serde_json::Value) -> Result<Report, serde_json::Error> {
+    use serde::de::Error as _;
+    let get = |k: &str| value.get(k).cloned().ok_or_else(|| serde_json::Error::custom(format!("no {k:?}")));
+    let results = get("results")?
+        .as_array()
+        .ok_or_else(|| serde_json::Error::custom("\"results\" is not a list"))?
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let outcome = match s("status").as_str() {
+                "pass" => tidings_conformance::Outcome::Pass,
+                "skip" => tidings_conformance::Outcome::Skip { reason: s("reason") },
+                _ => tidings_conformance::Outcome::Fail {
+                    step: r.get("step").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
+                    message: s("message"),
+                },
+            };
+            tidings_conformance::CaseResult {
+                id: s("id"),
+                group: s("group"),
+                description: s("description"),
+                spec: s("spec"),
+                outcome,
+                millis: r.get("millis").and_then(|v| v.as_u64()).unwrap_or(0),
+            }
+        })
+        .collect();
+    let n = |k: &str| value.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
+    Ok(Report {
+        target: value.get("target").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+        base: value.get("base").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+        passed: n("passed"),
+        failed: n("failed"),
+        skipped: n("skipped"),
+        results,
+    })
+}

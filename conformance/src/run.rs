@@ -1,0 +1,566 @@
+//! Runs one case: a small interpreter over the steps, holding the case's connections and
+//! variables.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::{Map, Value};
+use tidings_core::sse::{Decoder, Item};
+use tungstenite::Message;
+
+use crate::case::{Body, Case, Expectation, Http, OpenSse, OpenWs, Outgoing, Step};
+use crate::pattern::{Vars, matches};
+use crate::wire::{BodyRead, Head, HttpStream, Incoming, Upgrade, Ws, request};
+use crate::{Options, Target};
+
+/// The HS256 secret of the conformance profile: a server under test verifies the cases' tokens
+/// with it (see `conformance/server.toml`).
+pub const PROFILE_JWT_SECRET: &str = "tidings-conformance-profile-secret-0123456789";
+
+/// Runs `case` against `target`; `Err` is the failure: the step (1-based) and what was wrong.
+pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Result<(), (usize, String)> {
+    let mut run = Run {
+        target,
+        timeout: options.timeout,
+        trace: options.trace,
+        vars: Vars::default(),
+        ws: HashMap::new(),
+        sse: HashMap::new(),
+    };
+    run.vars.set("ns", Value::String(ns.to_owned()));
+    for (name, claims) in &case.tokens {
+        let token = Value::Object(claims.clone());
+        let token = run
+            .vars
+            .interpolate_json(&token)
+            .and_then(|claims| sign(claims.as_object().expect("an object stays an object")))
+            .map_err(|e| (0, format!("token {name:?}: {e}")))?;
+        run.vars.set(format!("token:{name}"), Value::String(token));
+    }
+    for (i, step) in case.steps.iter().enumerate() {
+        run.step(step).map_err(|e| (i + 1, format!("{}: {e}", describe(step))))?;
+    }
+    Ok(())
+}
+
+/// Signs `claims` with the profile secret; `exp` is added (an hour from now) when missing, and a
+/// negative `exp` counts from now (an expired token). `"$secret"` signs with another secret.
+fn sign(claims: &Map<String, Value>) -> Result<String, String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let mut claims = claims.clone();
+    let secret = match claims.remove("$secret") {
+        Some(Value::String(s)) => s,
+        Some(_) => return Err("\"$secret\" must be a string".into()),
+        None => PROFILE_JWT_SECRET.to_owned(),
+    };
+    match claims.get("exp").and_then(Value::as_i64) {
+        None => {
+            claims.insert("exp".into(), Value::from(now + 3600));
+        }
+        Some(exp) if exp < 0 => {
+            claims.insert("exp".into(), Value::from(now + exp));
+        }
+        Some(_) => {}
+    }
+    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+}
+
+fn describe(step: &Step) -> String {
+    match step {
+        Step::OpenWs(o) => format!("ws {} {}", o.conn, o.path),
+        Step::OpenSse(o) => format!("sse {} {}", o.conn, o.path),
+        Step::Http(h) => match &h.raw {
+            Some(_) => "http (raw request)".to_owned(),
+            None => format!("http {} {}", h.method, h.path),
+        },
+        Step::Send { conn, .. } => format!("send on {conn}"),
+        Step::Expect { conn, what, .. } => format!("expect on {conn} ({})", kind(what)),
+        Step::Silence { conn, ms } => format!("silence on {conn} for {ms} ms"),
+        Step::Wait { ms } => format!("wait {ms} ms"),
+        Step::Close { conn } => format!("close {conn}"),
+    }
+}
+
+fn kind(what: &Expectation) -> &'static str {
+    match what {
+        Expectation::Json(_) => "json",
+        Expectation::Unordered(_) => "unordered",
+        Expectation::Text(_) => "text",
+        Expectation::Close(_) => "close",
+        Expectation::Event(_) => "event",
+        Expectation::Retry(_) => "retry",
+        Expectation::Comment(_) => "comment",
+        Expectation::Bytes(_) => "bytes",
+        Expectation::Eof => "eof",
+    }
+}
+
+struct Run<'a> {
+    target: &'a Target,
+    timeout: Duration,
+    trace: bool,
+    vars: Vars,
+    ws: HashMap<String, WsConn>,
+    sse: HashMap<String, SseConn>,
+}
+
+struct WsConn {
+    ws: Ws,
+    raw_pings: bool,
+}
+
+struct SseConn {
+    http: HttpStream,
+    raw: VecDeque<u8>,
+    decoder: Decoder,
+    items: VecDeque<Item>,
+    ended: bool,
+}
+
+impl Run<'_> {
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.target.addr
+    }
+
+    fn path(&self, path: &str) -> Result<String, String> {
+        Ok(format!("{}{}", self.target.prefix, self.vars.interpolate(path)?))
+    }
+
+    fn headers(&self, headers: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+        headers
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), self.vars.interpolate(v)?)))
+            .collect()
+    }
+
+    fn step(&mut self, step: &Step) -> Result<(), String> {
+        match step {
+            Step::OpenWs(open) => self.open_ws(open),
+            Step::OpenSse(open) => self.open_sse(open),
+            Step::Http(http) => self.http(http),
+            Step::Send { conn, message, times } => {
+                for i in 0..*times {
+                    self.vars.set("i", Value::from(i));
+                    let message = match message {
+                        Outgoing::Json(v) => Message::text(self.vars.interpolate_json(v)?.to_string()),
+                        Outgoing::Text(t) => Message::text(self.vars.interpolate(t)?),
+                        Outgoing::Binary(b) => Message::binary(b.clone()),
+                    };
+                    if self.trace {
+                        trace(conn, "->", message.to_text().unwrap_or("(binary)"));
+                    }
+                    self.ws_conn(conn)?.ws.send(message)?;
+                }
+                Ok(())
+            }
+            Step::Expect { conn, what, skip } => {
+                if self.sse.contains_key(conn) {
+                    self.expect_sse(conn, what)
+                } else {
+                    self.expect_ws(conn, what, skip)
+                }
+            }
+            Step::Silence { conn, ms } => {
+                let deadline = Instant::now() + Duration::from_millis(*ms);
+                if self.sse.contains_key(conn) {
+                    match self.next_sse_item(conn, deadline, true)? {
+                        None => Ok(()),
+                        Some(item) => Err(format!("expected silence, got {}", show_item(&item))),
+                    }
+                } else {
+                    match self.next_ws(conn, deadline)? {
+                        Incoming::Timeout => Ok(()),
+                        other => Err(format!("expected silence, got {}", show(&other))),
+                    }
+                }
+            }
+            Step::Wait { ms } => {
+                std::thread::sleep(Duration::from_millis(*ms));
+                Ok(())
+            }
+            Step::Close { conn } => {
+                if let Some(mut c) = self.ws.remove(conn) {
+                    c.ws.close();
+                    Ok(())
+                } else if self.sse.remove(conn).is_some() {
+                    Ok(())
+                } else {
+                    Err(format!("no connection {conn:?} is open"))
+                }
+            }
+        }
+    }
+
+    fn ws_conn(&mut self, conn: &str) -> Result<&mut WsConn, String> {
+        self.ws
+            .get_mut(conn)
+            .ok_or_else(|| format!("no WebSocket connection {conn:?} is open"))
+    }
+
+    fn open_ws(&mut self, open: &OpenWs) -> Result<(), String> {
+        let path = self.path(&open.path)?;
+        let headers = self.headers(&open.headers)?;
+        let deadline = self.deadline();
+        match (Ws::open(self.addr(), &self.target.authority, &path, &headers, deadline)?, open.status) {
+            (Upgrade::Open(ws), None) => {
+                self.ws.insert(open.conn.clone(), WsConn { ws, raw_pings: open.raw_pings });
+                if open.welcome {
+                    let welcome = self.expect_ws_json(&open.conn, deadline)?;
+                    if welcome.get("type").and_then(Value::as_str) != Some("welcome") {
+                        return Err(format!("the first frame must be welcome, got {welcome}"));
+                    }
+                    if let Some(cursor) = welcome.get("cursor") {
+                        self.vars.set(format!("{}.cursor", open.conn), cursor.clone());
+                    }
+                }
+                Ok(())
+            }
+            (Upgrade::Open(_), Some(status)) => Err(format!("expected the upgrade to be refused with {status}, it succeeded")),
+            (Upgrade::Refused(head, body), Some(status)) => {
+                check_head(&head, status, &open.response_headers, &mut self.vars)?;
+                check_body(&open.body, &body, &mut self.vars)
+            }
+            (Upgrade::Refused(head, body), None) => Err(format!(
+                "the upgrade was refused with {}: {}",
+                head.status,
+                String::from_utf8_lossy(&body)
+            )),
+        }
+    }
+
+    fn open_sse(&mut self, open: &OpenSse) -> Result<(), String> {
+        let path = self.path(&open.path)?;
+        let mut headers = self.headers(&open.headers)?;
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+            headers.push(("Accept".into(), "text/event-stream".into()));
+        }
+        let deadline = self.deadline();
+        let req = request("GET", &self.target.authority, &path, &headers, None);
+        let mut http = HttpStream::send(self.addr(), &req, deadline)?;
+        let head = http.head(deadline)?;
+        check_head(&head, open.status, &open.response_headers, &mut self.vars)?;
+        if head.status != 200 {
+            let body = http.body(deadline)?;
+            return check_body(&open.body, &body, &mut self.vars);
+        }
+        self.sse.insert(
+            open.conn.clone(),
+            SseConn {
+                http,
+                raw: VecDeque::new(),
+                decoder: Decoder::new(),
+                items: VecDeque::new(),
+                ended: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn http(&mut self, http: &Http) -> Result<(), String> {
+        let deadline = self.deadline();
+        let req = match &http.raw {
+            Some(raw) => self.vars.interpolate(raw)?.into_bytes(),
+            None => {
+                let body = http.body.as_deref().map(|b| self.vars.interpolate(b)).transpose()?;
+                request(
+                    &http.method,
+                    &self.target.authority,
+                    &self.path(&http.path)?,
+                    &self.headers(&http.headers)?,
+                    body.as_deref(),
+                )
+            }
+        };
+        let mut stream = HttpStream::send(self.addr(), &req, deadline)?;
+        let head = stream.head(deadline)?;
+        let body = stream.body(deadline)?;
+        check_head(&head, http.status, &http.response_headers, &mut self.vars)
+            .map_err(|e| format!("{e} (body: {})", String::from_utf8_lossy(&body)))?;
+        check_body(&http.body_expect, &body, &mut self.vars)
+    }
+
+    /// The next WebSocket message; server `ping` frames are answered with `pong` and skipped
+    /// unless the connection shows them.
+    fn next_ws(&mut self, conn: &str, deadline: Instant) -> Result<Incoming, String> {
+        let tracing = self.trace;
+        let c = self.ws_conn(conn)?;
+        loop {
+            let incoming = c.ws.next(deadline)?;
+            if tracing {
+                trace(conn, "<-", &show(&incoming));
+            }
+            if !c.raw_pings
+                && let Incoming::Text(text) = &incoming
+                && text == r#"{"type":"ping"}"#
+            {
+                c.ws.send(Message::text(r#"{"op":"pong"}"#))?;
+                continue;
+            }
+            return Ok(incoming);
+        }
+    }
+
+    fn expect_ws_json(&mut self, conn: &str, deadline: Instant) -> Result<Value, String> {
+        self.expect_ws_json_skipping(conn, deadline, None, &[])
+    }
+
+    /// The next JSON frame, or with `skip`, the first one that matches `pattern` after frames that
+    /// match one of `skip` (a frame matching both is the one expected).
+    fn expect_ws_json_skipping(
+        &mut self,
+        conn: &str,
+        deadline: Instant,
+        pattern: Option<&Value>,
+        skip: &[Value],
+    ) -> Result<Value, String> {
+        loop {
+            let frame: Value = match self.next_ws(conn, deadline)? {
+                Incoming::Text(text) => serde_json::from_str(&text)
+                    .map_err(|e| format!("the server sent a frame that is not JSON ({e}): {text}"))?,
+                other => return Err(format!("expected a frame, got {}", show(&other))),
+            };
+            let expected = pattern.is_none_or(|p| matches(p, &frame, &mut self.vars.clone()).is_ok());
+            if expected || !skip.iter().any(|p| matches(p, &frame, &mut self.vars.clone()).is_ok()) {
+                return Ok(frame);
+            }
+        }
+    }
+
+    fn expect_ws(&mut self, conn: &str, what: &Expectation, skip: &[Value]) -> Result<(), String> {
+        let deadline = self.deadline();
+        match what {
+            Expectation::Json(pattern) => {
+                let frame = self.expect_ws_json_skipping(conn, deadline, Some(pattern), skip)?;
+                matches(pattern, &frame, &mut self.vars).map_err(|e| format!("{e}\n    frame: {frame}"))
+            }
+            Expectation::Unordered(patterns) => {
+                let mut left: Vec<&Value> = patterns.iter().collect();
+                while !left.is_empty() {
+                    let frame = self.expect_ws_json(conn, deadline)?;
+                    let found = left.iter().position(|p| {
+                        let mut vars = self.vars.clone();
+                        let ok = matches(p, &frame, &mut vars).is_ok();
+                        if ok {
+                            self.vars = vars;
+                        }
+                        ok
+                    });
+                    match found {
+                        Some(i) => {
+                            left.remove(i);
+                        }
+                        None => {
+                            let want: Vec<String> = left.iter().map(|p| p.to_string()).collect();
+                            return Err(format!("{frame} matches none of the expected frames left: {}", want.join(", ")));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Expectation::Text(text) => {
+                let want = self.vars.interpolate(text)?;
+                match self.next_ws(conn, deadline)? {
+                    Incoming::Text(got) if got == want => Ok(()),
+                    Incoming::Text(got) => Err(format!("expected exactly\n      {want}\n    got\n      {got}")),
+                    other => Err(format!("expected {want}, got {}", show(&other))),
+                }
+            }
+            Expectation::Close(code) => {
+                match self.next_ws(conn, deadline)? {
+                    Incoming::Close(got, reason) => {
+                        if code.is_some() && got != *code {
+                            return Err(format!("expected close code {code:?}, got {got:?} ({reason:?})"));
+                        }
+                    }
+                    Incoming::End if code.is_none() => return Ok(()),
+                    other => return Err(format!("expected a close frame, got {}", show(&other))),
+                }
+                match self.next_ws(conn, deadline)? {
+                    Incoming::End => Ok(()),
+                    other => Err(format!("expected the connection to end after the close frame, got {}", show(&other))),
+                }
+            }
+            Expectation::Eof => match self.next_ws(conn, deadline)? {
+                Incoming::End | Incoming::Close(..) => Ok(()),
+                other => Err(format!("expected the connection to end, got {}", show(&other))),
+            },
+            other => Err(format!("`{}` is an SSE expectation; {conn:?} is a WebSocket", kind(other))),
+        }
+    }
+
+    /// The next SSE item; `None` at the deadline (with `quiet`) — otherwise a timeout is an
+    /// error. Comments are skipped when `skip_comments`.
+    fn next_sse_item(&mut self, conn: &str, deadline: Instant, quiet: bool) -> Result<Option<Item>, String> {
+        self.next_sse(conn, deadline, true).or_else(|e| if quiet && e == TIMEOUT { Ok(None) } else { Err(e) })
+    }
+
+    fn next_sse(&mut self, conn: &str, deadline: Instant, skip_comments: bool) -> Result<Option<Item>, String> {
+        let c = self.sse.get_mut(conn).ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
+        loop {
+            if let Some(item) = c.items.pop_front() {
+                if skip_comments && matches!(item, Item::Comment(_)) {
+                    continue;
+                }
+                return Ok(Some(item));
+            }
+            // One byte at a time, so that items end exactly where their bytes end.
+            if let Some(byte) = c.raw.pop_front() {
+                c.decoder.feed(&[byte]).map_err(|e| format!("the stream is not valid SSE: {e}"))?;
+                while let Some(item) = c.decoder.next_item() {
+                    if self.trace {
+                        trace(conn, "<-", &show_item(&item));
+                    }
+                    c.items.push_back(item);
+                }
+                continue;
+            }
+            if c.ended {
+                return Ok(None);
+            }
+            match c.http.body_part(deadline)? {
+                BodyRead::Data(data) => c.raw.extend(data),
+                BodyRead::End => c.ended = true,
+                BodyRead::Timeout => return Err(TIMEOUT.into()),
+            }
+        }
+    }
+
+    fn expect_sse(&mut self, conn: &str, what: &Expectation) -> Result<(), String> {
+        let deadline = self.deadline();
+        match what {
+            Expectation::Event(pattern) => match self.next_sse(conn, deadline, true)? {
+                Some(Item::Event(event)) => {
+                    let mut actual = serde_json::json!({
+                        "event": event.event_type,
+                        "data": event.data,
+                        "id": event.last_event_id,
+                    });
+                    if pattern.get("data_json").is_some() {
+                        let parsed: Value = serde_json::from_str(&event.data)
+                            .map_err(|e| format!("the event's data is not JSON ({e}): {:?}", event.data))?;
+                        actual.as_object_mut().map(|o| {
+                            o.remove("data");
+                            o.insert("data_json".into(), parsed)
+                        });
+                    }
+                    matches(pattern, &actual, &mut self.vars).map_err(|e| format!("{e}\n    event: {actual}"))
+                }
+                Some(other) => Err(format!("expected an event, got {}", show_item(&other))),
+                None => Err("expected an event, the stream ended".into()),
+            },
+            Expectation::Retry(ms) => match self.next_sse(conn, deadline, true)? {
+                Some(Item::Retry(got)) if got == *ms => Ok(()),
+                Some(other) => Err(format!("expected retry: {ms}, got {}", show_item(&other))),
+                None => Err("expected retry, the stream ended".into()),
+            },
+            Expectation::Comment(text) => match self.next_sse(conn, deadline, false)? {
+                Some(Item::Comment(got)) if &got == text => Ok(()),
+                Some(other) => Err(format!("expected the comment {text:?}, got {}", show_item(&other))),
+                None => Err("expected a comment, the stream ended".into()),
+            },
+            Expectation::Bytes(text) => {
+                let want = self.vars.interpolate(text)?.into_bytes();
+                let c = self.sse.get_mut(conn).ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
+                if !c.items.is_empty() {
+                    return Err("`bytes` must not follow a step that read part of an SSE block".into());
+                }
+                while c.raw.len() < want.len() && !c.ended {
+                    match c.http.body_part(deadline)? {
+                        BodyRead::Data(data) => c.raw.extend(data),
+                        BodyRead::End => c.ended = true,
+                        BodyRead::Timeout => break,
+                    }
+                }
+                let got: Vec<u8> = c.raw.iter().take(want.len()).copied().collect();
+                if got != want {
+                    return Err(format!(
+                        "expected the bytes {:?}, got {:?}",
+                        String::from_utf8_lossy(&want),
+                        String::from_utf8_lossy(&got)
+                    ));
+                }
+                c.raw.drain(..want.len());
+                c.decoder.feed(&want).map_err(|e| e.to_string())?;
+                while c.decoder.next_item().is_some() {}
+                Ok(())
+            }
+            Expectation::Eof => match self.next_sse(conn, deadline, true)? {
+                None => Ok(()),
+                Some(item) => Err(format!("expected the stream to end, got {}", show_item(&item))),
+            },
+            other => Err(format!("`{}` is a WebSocket expectation; {conn:?} is an SSE stream", kind(other))),
+        }
+    }
+}
+
+fn trace(conn: &str, dir: &str, what: &str) {
+    let what = match what.char_indices().nth(160) {
+        Some((at, _)) => format!("{}… ({} bytes)", &what[..at], what.len()),
+        None => what.to_owned(),
+    };
+    eprintln!("    {conn} {dir} {what}");
+}
+
+const TIMEOUT: &str = "nothing arrived in time";
+
+fn check_head(head: &Head, status: u16, expected: &[(String, Value)], vars: &mut Vars) -> Result<(), String> {
+    if head.status != status {
+        return Err(format!("expected status {status}, got {}", head.status));
+    }
+    for (name, pattern) in expected {
+        let actual = head.header(name).map(|v| Value::String(v.to_owned()));
+        if pattern.as_str() == Some("$absent") {
+            if let Some(v) = actual {
+                return Err(format!("header {name} should be absent, got {v}"));
+            }
+            continue;
+        }
+        let actual = actual.ok_or_else(|| format!("header {name} is missing"))?;
+        matches(pattern, &actual, vars).map_err(|e| format!("header {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn check_body(expected: &Body, body: &[u8], vars: &mut Vars) -> Result<(), String> {
+    match expected {
+        Body::Any => Ok(()),
+        Body::Text(text) => {
+            let want = vars.interpolate(text)?;
+            if want.as_bytes() == body {
+                Ok(())
+            } else {
+                Err(format!("expected the body {want:?}, got {:?}", String::from_utf8_lossy(body)))
+            }
+        }
+        Body::Json(pattern) => {
+            let actual: Value = serde_json::from_slice(body)
+                .map_err(|e| format!("the body is not JSON ({e}): {:?}", String::from_utf8_lossy(body)))?;
+            matches(pattern, &actual, vars).map_err(|e| format!("{e}\n    body: {actual}"))
+        }
+    }
+}
+
+fn show(incoming: &Incoming) -> String {
+    match incoming {
+        Incoming::Text(t) => format!("the frame {t}"),
+        Incoming::Binary(b) => format!("a binary message of {} bytes", b.len()),
+        Incoming::Close(code, reason) => format!("a close frame ({code:?}, {reason:?})"),
+        Incoming::End => "the end of the connection".into(),
+        Incoming::Timeout => TIMEOUT.into(),
+    }
+}
+
+fn show_item(item: &Item) -> String {
+    match item {
+        Item::Event(e) => format!("the event {{event: {:?}, data: {:?}, id: {:?}}}", e.event_type, e.data, e.last_event_id),
+        Item::Retry(ms) => format!("retry: {ms}"),
+        Item::Comment(c) => format!("the comment {c:?}"),
+        _ => "an unknown SSE item".into(),
+    }
+}
