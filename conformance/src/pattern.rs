@@ -213,7 +213,9 @@ fn match_at(path: &str, expected: &Value, actual: Option<&Value>, vars: &mut Var
         }
         (Value::Object(want), Value::Object(got)) => {
             let open = want.get("...") == Some(&Value::Bool(true));
-            for (key, pattern) in want {
+            // Fields that bind variables first, so that their siblings may use them.
+            let (binding, plain): (Vec<_>, Vec<_>) = want.iter().partition(|(_, p)| binds(p));
+            for (key, pattern) in binding.into_iter().chain(plain) {
                 if key == "..." {
                     continue;
                 }
@@ -245,6 +247,16 @@ fn match_at(path: &str, expected: &Value, actual: Option<&Value>, vars: &mut Var
         }
         _ if expected == actual => Ok(()),
         _ => Err(format!("{here}: expected {expected}, got {actual}")),
+    }
+}
+
+/// Whether a pattern binds a variable (`$kind:NAME`) anywhere inside.
+fn binds(pattern: &Value) -> bool {
+    match pattern {
+        Value::String(s) => s.starts_with('$') && !s.starts_with("${") && s.contains(':'),
+        Value::Array(items) => items.iter().any(binds),
+        Value::Object(map) => map.values().any(binds),
+        _ => false,
     }
 }
 
@@ -304,6 +316,8 @@ mod tests {
         matches(&json!({"a": 1, "...": true}), &json!({"a": 1, "b": 2}), &mut v).unwrap();
         matches(&json!({"c": "${c+1}"}), &json!({"c": "18c5e2f04a1-42"}), &mut v).unwrap();
         matches(&json!({"${ns}": 1}), &json!({"n1": 1}), &mut v).unwrap();
+        // A sibling may use what another field binds, whatever the key order.
+        matches(&json!({"a": "${z}", "b": {"z": "$int:z"}}), &json!({"a": 7, "b": {"z": 7}}), &mut v).unwrap();
         assert!(matches(&json!([1, 2]), &json!([1]), &mut v).is_err());
         assert!(matches(&json!({"a": "$absent"}), &json!({"a": null}), &mut v).is_err());
     }

@@ -117,6 +117,20 @@ struct SseConn {
     decoder: Decoder,
     items: VecDeque<Item>,
     ended: bool,
+    /// Whether anything was read yet, and whether the last item read was an event (or bytes).
+    consumed_any: bool,
+    after_event: bool,
+}
+
+/// Which SSE items a step passes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Skip {
+    /// None.
+    Nothing,
+    /// Comments (keep-alives).
+    Comments,
+    /// Comments and `retry` fields.
+    Fields,
 }
 
 impl Run<'_> {
@@ -257,6 +271,8 @@ impl Run<'_> {
                 decoder: Decoder::new(),
                 items: VecDeque::new(),
                 ended: false,
+                consumed_any: false,
+                after_event: false,
             },
         );
         Ok(())
@@ -397,20 +413,27 @@ impl Run<'_> {
     /// The next SSE item; `None` at the deadline (with `quiet`) — otherwise a timeout is an
     /// error. Comments are skipped when `skip_comments`.
     fn next_sse_item(&mut self, conn: &str, deadline: Instant, quiet: bool) -> Result<Option<Item>, String> {
-        self.next_sse(conn, deadline, true).or_else(|e| if quiet && e == TIMEOUT { Ok(None) } else { Err(e) })
+        self.next_sse(conn, deadline, Skip::Fields).or_else(|e| if quiet && e == TIMEOUT { Ok(None) } else { Err(e) })
     }
 
-    fn next_sse(&mut self, conn: &str, deadline: Instant, skip_comments: bool) -> Result<Option<Item>, String> {
+    fn next_sse(&mut self, conn: &str, deadline: Instant, skip: Skip) -> Result<Option<Item>, String> {
         let c = self.sse.get_mut(conn).ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
         loop {
             if let Some(item) = c.items.pop_front() {
-                if skip_comments && matches!(item, Item::Comment(_)) {
+                c.after_event = matches!(item, Item::Event(_));
+                let skipped = match item {
+                    Item::Comment(_) => skip != Skip::Nothing,
+                    Item::Retry(_) => skip == Skip::Fields,
+                    _ => false,
+                };
+                if skipped {
                     continue;
                 }
                 return Ok(Some(item));
             }
             // One byte at a time, so that items end exactly where their bytes end.
             if let Some(byte) = c.raw.pop_front() {
+                c.consumed_any = true;
                 c.decoder.feed(&[byte]).map_err(|e| format!("the stream is not valid SSE: {e}"))?;
                 while let Some(item) = c.decoder.next_item() {
                     if self.trace {
@@ -434,7 +457,7 @@ impl Run<'_> {
     fn expect_sse(&mut self, conn: &str, what: &Expectation) -> Result<(), String> {
         let deadline = self.deadline();
         match what {
-            Expectation::Event(pattern) => match self.next_sse(conn, deadline, true)? {
+            Expectation::Event(pattern) => match self.next_sse(conn, deadline, Skip::Fields)? {
                 Some(Item::Event(event)) => {
                     let mut actual = serde_json::json!({
                         "event": event.event_type,
@@ -454,12 +477,12 @@ impl Run<'_> {
                 Some(other) => Err(format!("expected an event, got {}", show_item(&other))),
                 None => Err("expected an event, the stream ended".into()),
             },
-            Expectation::Retry(ms) => match self.next_sse(conn, deadline, true)? {
+            Expectation::Retry(ms) => match self.next_sse(conn, deadline, Skip::Comments)? {
                 Some(Item::Retry(got)) if got == *ms => Ok(()),
                 Some(other) => Err(format!("expected retry: {ms}, got {}", show_item(&other))),
                 None => Err("expected retry, the stream ended".into()),
             },
-            Expectation::Comment(text) => match self.next_sse(conn, deadline, false)? {
+            Expectation::Comment(text) => match self.next_sse(conn, deadline, Skip::Nothing)? {
                 Some(Item::Comment(got)) if &got == text => Ok(()),
                 Some(other) => Err(format!("expected the comment {text:?}, got {}", show_item(&other))),
                 None => Err("expected a comment, the stream ended".into()),
@@ -469,6 +492,21 @@ impl Run<'_> {
                 let c = self.sse.get_mut(conn).ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
                 if !c.items.is_empty() {
                     return Err("`bytes` must not follow a step that read part of an SSE block".into());
+                }
+                // A retry or comment step consumed its line; the blank line that ends its block
+                // is still to come and belongs to it.
+                if !c.after_event && c.consumed_any {
+                    while c.raw.is_empty() && !c.ended {
+                        match c.http.body_part(deadline)? {
+                            BodyRead::Data(data) => c.raw.extend(data),
+                            BodyRead::End => c.ended = true,
+                            BodyRead::Timeout => break,
+                        }
+                    }
+                    if c.raw.front() == Some(&b'\n') {
+                        c.raw.pop_front();
+                        c.decoder.feed(b"\n").map_err(|e| e.to_string())?;
+                    }
                 }
                 while c.raw.len() < want.len() && !c.ended {
                     match c.http.body_part(deadline)? {
@@ -488,9 +526,11 @@ impl Run<'_> {
                 c.raw.drain(..want.len());
                 c.decoder.feed(&want).map_err(|e| e.to_string())?;
                 while c.decoder.next_item().is_some() {}
+                c.after_event = true;
+                c.consumed_any = true;
                 Ok(())
             }
-            Expectation::Eof => match self.next_sse(conn, deadline, true)? {
+            Expectation::Eof => match self.next_sse(conn, deadline, Skip::Fields)? {
                 None => Ok(()),
                 Some(item) => Err(format!("expected the stream to end, got {}", show_item(&item))),
             },

@@ -27,7 +27,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use tidings_core::{Cursor, ErrorCode, Pattern, Payload, ProtocolError, Topic, native};
 
-use crate::auth::{AuthConfigError, Authenticated, Authenticator};
+use crate::auth::{AuthConfigError, AuthError, Authenticated, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
 use crate::http::{Cors, Refusal, Response, respond};
 use crate::hub::Hub;
@@ -302,20 +302,7 @@ impl<R: Runtime> Service<R> {
     fn authenticate(&self, head: &RequestHead) -> Result<Authenticated, Refusal> {
         let authenticated = self.inner.auth.authenticate(head);
         let authorized = authenticated.and_then(|a| self.inner.hub.run_authorizer(head, a));
-        authorized.map_err(|e| {
-            let status = e.status();
-            let code = if status == 401 {
-                "unauthorized"
-            } else {
-                "forbidden"
-            };
-            let refusal = Refusal::new(status, code, e.message().to_string());
-            if status == 401 {
-                refusal.with_header("WWW-Authenticate", e.www_authenticate())
-            } else {
-                refusal
-            }
-        })
+        authorized.map_err(|e| auth_refusal(&e))
     }
 
     // ---- WebSocket -----------------------------------------------------------------------------
@@ -486,13 +473,8 @@ impl<R: Runtime> Service<R> {
             .transpose()
             .map_err(|e| Refusal::protocol(&e))?;
         let auth = self.authenticate(head)?;
-        if let Some(p) = patterns.iter().find(|p| !auth.grants.may_subscribe(p)) {
-            return Err(Refusal::new(
-                403,
-                "forbidden",
-                format!("you may not subscribe to {p}"),
-            ));
-        }
+        auth.check_subscribe(&patterns)
+            .map_err(|e| auth_refusal(&e))?;
         Ok(SseRequest {
             patterns,
             from,
@@ -553,13 +535,8 @@ impl<R: Runtime> Service<R> {
             .map(|e| native::event_name(e, limits.max_name_len))
             .transpose()
             .map_err(|e| refuse(Refusal::protocol(&e)))?;
-        if !auth.grants.may_publish(&topic) {
-            return Err(refuse(Refusal::new(
-                403,
-                "forbidden",
-                format!("you may not publish to {topic}"),
-            )));
-        }
+        auth.check_publish(&topic)
+            .map_err(|e| refuse(auth_refusal(&e)))?;
         if head
             .header("transfer-encoding")
             .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
@@ -658,6 +635,18 @@ impl Refusal {
 }
 
 /// `application/json`, or any `application/...+json`, with or without parameters.
+/// The answer to a refused authentication or authorization: `401 unauthorized` or
+/// `403 forbidden`, with the `WWW-Authenticate` header of RFC 6750 (docs/AUTH.md).
+fn auth_refusal(e: &AuthError) -> Refusal {
+    let code = if e.status() == 401 {
+        "unauthorized"
+    } else {
+        "forbidden"
+    };
+    Refusal::new(e.status(), code, e.message().to_string())
+        .with_header("WWW-Authenticate", e.www_authenticate())
+}
+
 fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
