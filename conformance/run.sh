@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs the conformance suite against `tidings serve` on each runtime, the way CI does:
+#
+#   conformance/run.sh            # run, print one line per case, fail on any failure
+#   conformance/run.sh --write    # also regenerate the results table in docs/CONFORMANCE.md
+#   conformance/run.sh --check    # also fail if docs/CONFORMANCE.md's table is out of date
+#
+# Each server is started with the conformance profile (conformance/server.toml) on a free
+# loopback port and stopped by its pid. JSON reports go to target/conformance/<runtime>.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-}"
+
+cargo build -q -p tidings -p tidings-conformance
+bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+out=target/conformance
+mkdir -p "$out"
+
+pid=""
+stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
+trap stop EXIT
+
+failed=0
+reports=()
+for runtime in tokio async-std; do
+    log="$out/$runtime.server.log"
+    "$bin/tidings" serve --runtime "$runtime" --config conformance/server.toml --listen 127.0.0.1:0 \
+        >"$out/$runtime.stdout" 2>"$log" &
+    pid=$!
+    base=""
+    for _ in $(seq 1 100); do
+        base="$(sed -n 's/^listening on //p' "$out/$runtime.stdout" | head -1)"
+        [ -n "$base" ] && break
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ -n "$base" ] || { echo "the $runtime server did not start" >&2; exit 1; }
+    echo "== conformance: tidings serve --runtime $runtime ($base)"
+    label="tidings serve --runtime $runtime"
+    if ! "$bin/tidings-conformance" --base "$base" --label "$label" --format json >"$out/$runtime.json"; then
+        failed=1
+    fi
+    # One line per case that did not pass, and the summary.
+    python3 - "$out/$runtime.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for c in r["results"]:
+    if c["status"] == "fail":
+        print(f"FAIL  {c['id']}: step {c['step']}: {c['message']}")
+    elif c["status"] == "skip":
+        print(f"skip  {c['id']}: {c['reason']}")
+print(f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped")
+PY
+    reports+=("$out/$runtime.json")
+    stop
+done
+
+if [ "$mode" = "--write" ] || [ "$mode" = "--check" ]; then
+    table="$("$bin/tidings-conformance" --table "${reports[@]}")"
+    python3 - "$mode" docs/CONFORMANCE.md "$table" <<'PY'
+import sys
+mode, path, table = sys.argv[1], sys.argv[2], sys.argv[3]
+begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+doc = open(path).read()
+head, rest = doc.split(begin, 1)
+_, tail = rest.split(end, 1)
+new = f"{head}{begin}\n{table}\n{end}{tail}"
+if mode == "--write":
+    open(path, "w").write(new)
+    print(f"wrote the results table to {path}")
+elif new != doc:
+    sys.exit(f"{path}: the results table is out of date; run conformance/run.sh --write")
+PY
+fi
+exit "$failed"

@@ -1,0 +1,48 @@
+//! The whole conformance suite, in-process, against both runtime adapters: each test starts a
+//! server with the conformance profile (`conformance/server.toml`) on a free loopback port and
+//! runs every built-in case against it. A failing case fails the test with its step and diff.
+
+use tidings_adapter::ServerConfig;
+use tidings_conformance::{Options, Outcome, builtin_cases, run, text_line};
+
+fn profile() -> ServerConfig {
+    let text = include_str!("../server.toml");
+    let mut config = ServerConfig::from_toml(text).expect("the conformance profile is valid");
+    config.listen = "127.0.0.1:0".into();
+    config
+}
+
+fn run_suite(label: &str, addr: std::net::SocketAddr) {
+    let cases = builtin_cases().expect("the built-in cases parse");
+    let options = Options::new(format!("http://{addr}"));
+    let report = run(&cases, &options, label, |_| {}).expect("the runner starts");
+    let failures: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::Pass))
+        .map(text_line)
+        .collect();
+    assert!(failures.is_empty(), "[{label}] {}:\n{}", report.summary(), failures.join("\n"));
+    assert_eq!(report.passed, cases.len(), "[{label}] every case ran and passed");
+}
+
+#[test]
+fn tokio_adapter_conforms() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let server = rt
+        .block_on(tidings_tokio::serve(profile()))
+        .expect("the tokio server starts");
+    run_suite("tokio", server.addr());
+    rt.block_on(server.shutdown());
+}
+
+#[test]
+fn async_std_adapter_conforms() {
+    let server = async_io::block_on(tidings_async_std::serve(profile())).expect("the async-std server starts");
+    run_suite("async-std", server.addr());
+    async_io::block_on(server.shutdown());
+}
