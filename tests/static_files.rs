@@ -179,7 +179,12 @@ fn assert_revalidates(addr: SocketAddr, path: &str, etag: &str) {
         assert_eq!(resp.header("etag"), Some(etag));
         assert_eq!(resp.header("cache-control"), Some("no-cache"));
     }
-    let stale = request(addr, "GET", path, &[("If-None-Match", "\"0123456789abcdef\"")]);
+    let stale = request(
+        addr,
+        "GET",
+        path,
+        &[("If-None-Match", "\"0123456789abcdef\"")],
+    );
     assert_eq!(stale.status, 200, "another tag gets the file");
     assert!(!stale.body.is_empty());
 }
@@ -194,8 +199,24 @@ fn the_demo_page_and_the_browser_client_are_served() {
     assert!(CLIENT.contains("new URL(path, import.meta.url)"));
     for_each_runtime(|addr| {
         let page = assert_serves(addr, "/", "text/html; charset=utf-8", PAGE);
-        let client = assert_serves(addr, "/tidings.js", "text/javascript; charset=utf-8", CLIENT);
+        let client = assert_serves(
+            addr,
+            "/tidings.js",
+            "text/javascript; charset=utf-8",
+            CLIENT,
+        );
         assert_ne!(page, client, "each file has its own ETag");
+        // Pages of any origin may import the client (module scripts are fetched with CORS);
+        // the page itself is not shared.
+        let js = request(
+            addr,
+            "GET",
+            "/tidings.js",
+            &[("Origin", "https://app.example")],
+        );
+        assert_eq!(js.header("access-control-allow-origin"), Some("*"));
+        let html = request(addr, "GET", "/", &[("Origin", "https://app.example")]);
+        assert_eq!(html.header("access-control-allow-origin"), None);
         assert_revalidates(addr, "/", &page);
         assert_revalidates(addr, "/tidings.js", &client);
         // Stable: the same tag on every request (a browser's cache would be useless otherwise).

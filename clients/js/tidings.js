@@ -273,7 +273,7 @@ export class Tidings extends Emitter {
     this._WebSocket = o.WebSocket ?? globalThis.WebSocket;
     /** @type {string|null} */
     this._cursor = o.cursor ?? null;
-    this._state = 'closed';
+    this._state = o.connect === false ? 'closed' : 'connecting';
     this._ws = null;
     this._welcome = null;
     this._nextId = 1;
@@ -286,12 +286,18 @@ export class Tidings extends Emitter {
     this._attempt = 0;
     this._retryTimer = null;
     this._tick = null;
-    this._stopped = true;
+    this._stopped = o.connect === false;
     this._connections = 0;
     this._closeError = null;
     this._lastReceived = 0;
     this._lastSent = 0;
-    if (o.connect !== false) this.connect();
+    // After the caller's synchronous code, so that its listeners see every state (operations
+    // made meanwhile wait for the connection).
+    if (!this._stopped) {
+      queueMicrotask(() => {
+        if (!this._stopped && !this._ws && !this._retryTimer) this._open();
+      });
+    }
   }
 
   /** The connection state. @returns {'connecting'|'open'|'reconnecting'|'closed'} */

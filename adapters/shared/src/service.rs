@@ -50,6 +50,9 @@ pub(crate) struct StaticFile {
     pub(crate) content_type: &'static str,
     /// Its content.
     pub(crate) body: &'static str,
+    /// Whether any page may load it (`Access-Control-Allow-Origin: *`): the client module, so
+    /// that pages of other origins can `import` it (module scripts are fetched with CORS).
+    pub(crate) public: bool,
 }
 
 impl StaticFile {
@@ -67,7 +70,8 @@ impl StaticFile {
     /// The answer to a `GET` with these request headers: `200` with the file, or `304` when
     /// `If-None-Match` names its `ETag` (or is `*`). Either way `Cache-Control: no-cache`
     /// (browsers may keep it but revalidate before each use, so an upgraded server is seen at
-    /// once, at the cost of a `304`), the `ETag` and `X-Content-Type-Options: nosniff`.
+    /// once, at the cost of a `304`), the `ETag`, `X-Content-Type-Options: nosniff`, and for a
+    /// public file `Access-Control-Allow-Origin: *`.
     pub(crate) fn response(&self, head: &RequestHead) -> Response {
         let etag = self.etag();
         let fresh = head.header("if-none-match").is_some_and(|tags| {
@@ -75,16 +79,20 @@ impl StaticFile {
                 .map(|t| t.trim().trim_start_matches("W/"))
                 .any(|t| t == "*" || t == etag)
         });
-        let headers = [
+        let mut headers: Vec<(String, String)> = [
             ("Cache-Control", "no-cache"),
             ("ETag", etag.as_str()),
             ("X-Content-Type-Options", "nosniff"),
         ]
-        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .into();
+        if self.public {
+            headers.push(("Access-Control-Allow-Origin".to_owned(), "*".to_owned()));
+        }
         if fresh {
             Response {
                 status: 304,
-                headers: headers.into(),
+                headers,
                 content_type: self.content_type,
                 body: Vec::new(),
             }
@@ -100,11 +108,13 @@ pub(crate) const STATIC_FILES: [StaticFile; 2] = [
         path: "/",
         content_type: "text/html; charset=utf-8",
         body: include_str!("../../../clients/js/index.html"),
+        public: false,
     },
     StaticFile {
         path: "/tidings.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../../clients/js/tidings.js"),
+        public: true,
     },
 ];
 
