@@ -798,7 +798,7 @@ export class Tidings extends Emitter {
           );
           this._closeError = error;
           const ws = this._ws;
-          ws.close(1002, 'protocol version');
+          ws.close(4002, 'unsupported protocol version');
           this._lost(ws, null);
           return;
         }
@@ -833,8 +833,9 @@ export class Tidings extends Emitter {
           clearTimeout(p.timer);
           if (f.type === 'error') p.reject(new TidingsError(f.code, f.message));
           else p.resolve(f);
-        } else if (f.type === 'error') {
+        } else if (f.type === 'error' && f.id === undefined) {
           // Without an id: a report about a frame without one, or the reason of a close.
+          // (An answer to an operation that already timed out is ignored.)
           const error = new TidingsError(f.code, f.message);
           this._closeError = error;
           this._emit('error', error);
