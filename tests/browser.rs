@@ -541,4 +541,9 @@ async fn tidings_js_requests_replies_and_sends() {
     );
     assert_eq!(r["answered"], json!({"answer": r#"{"confirmed":5}"#}));
     assert_eq!(r["unhandled"]["error"], "rejected", "{r:#}");
+    assert_eq!(
+        r["lifecycle"],
+        json!({"before": "closed", "states": ["connecting", "open", "closed"], "afterClose": "closed"}),
+        "{r:#}"
+    );
 }

@@ -345,6 +345,7 @@ export class Tidings extends Emitter {
     const ws = this._ws;
     this._detach();
     if (ws) ws.close(1000, 'closed by the client');
+    for (const held of this._patterns.values()) held.confirmed = false;
     this._failPending(new TidingsError('closed', 'the client was closed'), true);
     this._setState({ state: 'closed' });
   }

@@ -388,7 +388,28 @@ const scenarios = {
       const nobody = await bob.send({ to: 'carol' }, 1).catch((e) => e.code);
       const bad = await bob.publish('a..b', 1).catch((e) => e.code);
       const rtt = await bob.ping();
-      return { conn: alice.welcome.conn, echo, failure, timeout, nobody, bad, rtt: rtt >= 0, inbox, jobs };
+      // A client made with connect: false waits for connect(); after close() it refuses work.
+      const lazy = new Tidings({ connect: false });
+      const lifecycle = { before: lazy.state, states: [] };
+      lazy.on('state', (st) => lifecycle.states.push(st.state));
+      await new Promise((resolve) => {
+        lazy.on('state', (st) => st.state === 'open' && resolve());
+        lazy.connect();
+      });
+      lazy.close();
+      lifecycle.afterClose = await lazy.publish('a.b', 1).catch((e) => e.code);
+      return {
+        conn: alice.welcome.conn,
+        echo,
+        failure,
+        timeout,
+        nobody,
+        bad,
+        rtt: rtt >= 0,
+        inbox,
+        jobs,
+        lifecycle,
+      };
     });
     const answered = await ask({ ask: 'request', conn: out.conn, event: 'confirm', data: { amount: 5 } });
     const unhandled = await ask({ ask: 'request', conn: out.conn, event: 'nobody-handles', data: null });
