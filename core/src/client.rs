@@ -15,7 +15,7 @@
 //! use tidings_core::client::{Client, ClientConfig, Event, Item};
 //! use tidings_core::{NameLimits, Pattern};
 //!
-//! let now = Instant::now();
+//! let now = Instant::now(); // the driver reads the clock, never the core (clock: test-only)
 //! let mut client = Client::new(ClientConfig::default(), 42, now);
 //! // The machine asks for a connection; the driver opens a WebSocket and reports it.
 //! assert!(matches!(client.poll_event(), Some(Event::Connect { .. })));

@@ -65,7 +65,7 @@ impl Pair {
     }
 
     fn with_broker(config: ClientConfig, broker: Config) -> Self {
-        let now = Instant::now();
+        let now = Instant::now(); // clock: test-only
         let mut pair = Self {
             now,
             broker: Broker::new(broker, now),
@@ -820,7 +820,7 @@ fn limits_bound_what_waits() {
 
 #[test]
 fn no_welcome_in_time_closes_and_retries() {
-    let now = Instant::now();
+    let now = Instant::now(); // clock: test-only
     let mut c = Client::new(fast(), 1, now);
     assert!(matches!(
         c.poll_event(),
