@@ -862,3 +862,49 @@ fn no_welcome_in_time_closes_and_retries() {
         }
     ));
 }
+
+proptest::proptest! {
+    /// Whatever a server sends, in any order, the machine neither panics nor grows without
+    /// bound, and every operation still gets exactly one outcome.
+    #[test]
+    fn any_server_frames_never_panic(frames in proptest::collection::vec(
+        (0usize..12, 0u64..6, 0u64..4, "(a|a.b|c.d.e)"),
+        0..60,
+    )) {
+        let now = Instant::now(); // clock: test-only
+        let mut c = Client::new(fast(), 3, now);
+        c.handle_connected(now);
+        c.handle_frame(now, &Bytes::from_static(br#"{"type":"welcome","protocol":1,"cursor":"1-0","keepalive_ms":1000}"#));
+        let (_, sub_op) = c.subscribe(now, vec![pattern("a.>"), pattern("a")], None, None).unwrap();
+        let publish = c.publish(now, topic("a"), None, text("x")).unwrap();
+        for (kind, id, seq, t) in frames {
+            let frame = match kind {
+                0 => format!(r#"{{"type":"event","topic":"{t}","cursor":"1-{seq}","data":1}}"#),
+                1 => format!(r#"{{"type":"event","topic":"{t}","cursor":"{seq}-1","data":"s"}}"#),
+                2 => format!(r#"{{"type":"ok","id":{id},"cursor":"1-{seq}"}}"#),
+                3 => format!(r#"{{"type":"error","id":{id},"code":"x","message":"m"}}"#),
+                4 => format!(r#"{{"type":"gap","from":"1-{id}","to":"{seq}-{id}","reason":"epoch","dropped_messages":1}}"#),
+                5 => format!(r#"{{"type":"request","id":{id},"event":"e","data":null}}"#),
+                6 => r#"{"type":"ping"}"#.to_owned(),
+                7 => format!(r#"{{"type":"message","topic":"{t}","name":"n","data":[]}}"#),
+                8 => r#"{"type":"welcome","protocol":1,"cursor":"2-0"}"#.to_owned(),
+                9 => r#"{"type":"error","code":"shutting_down","message":"bye"}"#.to_owned(),
+                10 => format!(r#"{{"type":"pong","id":{id}}}"#),
+                _ => "}{".to_owned(),
+            };
+            c.handle_frame(now, &Bytes::from(frame));
+            while c.poll_transmit().is_some() {}
+        }
+        c.handle_timeout(now + Duration::from_secs(60));
+        c.handle_disconnected(now + Duration::from_secs(60), Reason::Closed);
+        let mut outcomes = std::collections::BTreeMap::new();
+        while let Some(e) = c.poll_event() {
+            if let Event::Done { op, .. } = e {
+                *outcomes.entry(op).or_insert(0) += 1;
+            }
+        }
+        proptest::prop_assert_eq!(outcomes.get(&publish), Some(&1));
+        proptest::prop_assert!(outcomes.get(&sub_op).copied().unwrap_or(0) <= 1);
+        proptest::prop_assert!(outcomes.values().all(|n| *n == 1));
+    }
+}
