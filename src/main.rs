@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+mod cli;
 use tidings_adapter::ServerConfig;
 use tidings_adapter::config::{parse_duration, parse_opt_duration};
 
@@ -37,6 +39,14 @@ enum Command {
     /// Settings: defaults, then --config FILE (TOML; every key is in tidings.example.toml), then
     /// these flags. Durations are like 500ms, 15s, 5m, 1h; "off" disables a timer.
     Serve(Box<ServeArgs>),
+    /// Subscribe and print events as JSON lines (resumes by itself after a disconnect).
+    ///
+    /// Each event is one line {"type":"event","topic":..,"cursor":..,"event":..,"data":..};
+    /// a gap notice is a line {"type":"gap","from":..,"to":..,"reason":..,..}. Connection
+    /// changes go to stderr.
+    Sub(cli::SubArgs),
+    /// Publish one event and print its cursor.
+    Pub(cli::PubArgs),
 }
 
 #[derive(Debug, Args)]
@@ -326,7 +336,11 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Sub(args) => return cli::sub(&args),
+        Command::Pub(args) => return cli::publish(&args),
+    };
     let config = match load(&args) {
         Ok(config) => config,
         Err(e) => {

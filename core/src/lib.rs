@@ -4,6 +4,7 @@
 
 mod app;
 mod broker;
+pub mod client;
 pub mod codec;
 mod config;
 mod conn;

@@ -238,11 +238,11 @@ fn wrong_type(field: &str, expected: &str) -> ProtocolError {
     )
 }
 
-fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, ProtocolError> {
+pub(crate) fn string<'a>(field: &str, raw: &'a RawValue) -> Result<Cow<'a, str>, ProtocolError> {
     serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|_| wrong_type(field, "a string"))
 }
 
-fn parse_id(field: &str, raw: &RawValue) -> Result<ReqId, ProtocolError> {
+pub(crate) fn parse_id(field: &str, raw: &RawValue) -> Result<ReqId, ProtocolError> {
     serde_json::from_str::<u64>(raw.get())
         .ok()
         .filter(|id| *id <= (1 << 53))
@@ -325,7 +325,7 @@ fn patterns(f: &Fields<'_>, limits: &Limits) -> Result<Vec<Pattern>, ProtocolErr
         .collect()
 }
 
-fn payload(frame: &Bytes, raw: &RawValue) -> Result<Payload, ProtocolError> {
+pub(crate) fn payload(frame: &Bytes, raw: &RawValue) -> Result<Payload, ProtocolError> {
     let text = raw.get();
     if text.starts_with('"') {
         // A string without escapes borrows from the frame; one with escapes is unescaped.
@@ -620,7 +620,7 @@ fn word_needs_escape(w: u64) -> bool {
 
 /// Writes `s` as a JSON string: skips plain text 8 bytes at a time, copies runs at once, escapes
 /// `"`, `\\` and control characters.
-fn write_json_str(out: &mut BytesMut, s: &str) {
+pub(crate) fn write_json_str(out: &mut BytesMut, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);

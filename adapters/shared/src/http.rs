@@ -113,7 +113,10 @@ impl Response {
     /// The bytes on the wire (`Connection: close`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        if self.status != 204 {
+        // 204 and 304 have no body (and a 304 no Content-Length: it would describe the body
+        // it stands for).
+        let bodiless = matches!(self.status, 204 | 304);
+        if !bodiless {
             let _ = write!(
                 head,
                 "Content-Type: {}\r\nContent-Length: {}\r\n",
@@ -126,7 +129,7 @@ impl Response {
         }
         head.push_str("Connection: close\r\n\r\n");
         let mut bytes = head.into_bytes();
-        if self.status != 204 {
+        if !bodiless {
             bytes.extend_from_slice(&self.body);
         }
         bytes
@@ -139,6 +142,7 @@ pub fn reason(status: u16) -> &'static str {
         101 => "Switching Protocols",
         200 => "OK",
         204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",

@@ -8,6 +8,8 @@
 //! | `/publish` | `POST`, `OPTIONS` | publish the body to `topic` |
 //! | `/healthz` | `GET` | `ok` |
 //! | `/metrics` | `GET` | Prometheus text |
+//! | `/` | `GET` | the demo page (`clients/js/index.html`, embedded) |
+//! | `/tidings.js` | `GET` | the browser client (`clients/js/tidings.js`, embedded) |
 //!
 //! One request per connection: plain answers carry `Connection: close`. A runtime adapter
 //! accepts connections and calls [`Service::handle_connection`] on a task of its own for each;
@@ -36,8 +38,90 @@ use crate::request::{HeadError, RequestHead, parse_head};
 use crate::runtime::Runtime;
 
 /// What exists, for 404 and 405 answers.
-const ROUTES: &str =
-    "GET /ws (WebSocket), GET /sse?topic=..., POST /publish?topic=..., GET /healthz, GET /metrics";
+const ROUTES: &str = "GET /ws (WebSocket), GET /sse?topic=..., POST /publish?topic=..., GET /healthz, \
+     GET /metrics, GET / (demo page), GET /tidings.js (browser client)";
+
+/// A file the server serves from its own binary.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticFile {
+    /// Its path (relative to where the server is mounted).
+    pub(crate) path: &'static str,
+    /// Its `Content-Type`.
+    pub(crate) content_type: &'static str,
+    /// Its content.
+    pub(crate) body: &'static str,
+    /// Whether any page may load it (`Access-Control-Allow-Origin: *`): the client module, so
+    /// that pages of other origins can `import` it (module scripts are fetched with CORS).
+    pub(crate) public: bool,
+}
+
+impl StaticFile {
+    /// The strong `ETag` of the content (a quoted 64-bit FNV-1a hash), so that a browser
+    /// revalidating with `If-None-Match` gets a `304` until the server is upgraded.
+    pub(crate) fn etag(&self) -> String {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.body.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("\"{hash:016x}\"")
+    }
+
+    /// The answer to a `GET` with these request headers: `200` with the file, or `304` when
+    /// `If-None-Match` names its `ETag` (or is `*`). Either way `Cache-Control: no-cache`
+    /// (browsers may keep it but revalidate before each use, so an upgraded server is seen at
+    /// once, at the cost of a `304`), the `ETag`, `X-Content-Type-Options: nosniff`, and for a
+    /// public file `Access-Control-Allow-Origin: *`.
+    pub(crate) fn response(&self, head: &RequestHead) -> Response {
+        let etag = self.etag();
+        let fresh = head.header("if-none-match").is_some_and(|tags| {
+            tags.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || t == etag)
+        });
+        let mut headers: Vec<(String, String)> = [
+            ("Cache-Control", "no-cache"),
+            ("ETag", etag.as_str()),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .into();
+        if self.public {
+            headers.push(("Access-Control-Allow-Origin".to_owned(), "*".to_owned()));
+        }
+        if fresh {
+            Response {
+                status: 304,
+                headers,
+                content_type: self.content_type,
+                body: Vec::new(),
+            }
+        } else {
+            Response::ok(self.content_type, self.body).with_headers(headers)
+        }
+    }
+}
+
+/// The demo page and the browser client, embedded in the binary (`GET /`, `GET /tidings.js`).
+pub(crate) const STATIC_FILES: [StaticFile; 2] = [
+    StaticFile {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: include_str!("../../../clients/js/index.html"),
+        public: false,
+    },
+    StaticFile {
+        path: "/tidings.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../../clients/js/tidings.js"),
+        public: true,
+    },
+];
+
+/// The embedded file served at `path`, if any.
+pub(crate) fn static_file(path: &str) -> Option<&'static StaticFile> {
+    STATIC_FILES.iter().find(|f| f.path == path)
+}
 
 /// The server could not start.
 #[derive(Debug)]
@@ -265,22 +349,25 @@ impl<R: Runtime> Service<R> {
                 ),
                 Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
             },
-            (path, _) => match allowed(path) {
-                Some(allow) => Refusal::new(
-                    405,
-                    "method_not_allowed",
-                    format!(
-                        "{method} is not allowed on {path}; use {allow}. This server has: {ROUTES}"
-                    ),
-                )
-                .with_header("Allow", allow)
-                .into_response(),
-                None => Refusal::new(
-                    404,
-                    "not_found",
-                    format!("there is nothing at {path}. This server has: {ROUTES}"),
-                )
-                .into_response(),
+            (path, _) => match (static_file(path), method) {
+                (Some(file), "GET") => file.response(&head),
+                _ => match allowed(path) {
+                    Some(allow) => Refusal::new(
+                        405,
+                        "method_not_allowed",
+                        format!(
+                            "{method} is not allowed on {path}; use {allow}. This server has: {ROUTES}"
+                        ),
+                    )
+                    .with_header("Allow", allow)
+                    .into_response(),
+                    None => Refusal::new(
+                        404,
+                        "not_found",
+                        format!("there is nothing at {path}. This server has: {ROUTES}"),
+                    )
+                    .into_response(),
+                },
             },
         };
         Box::pin(self.respond(&mut io, response)).await;
@@ -666,6 +753,7 @@ fn allowed(path: &str) -> Option<&'static str> {
         "/publish" => Some("POST, OPTIONS"),
         "/healthz" => Some("GET"),
         "/metrics" => Some("GET"),
+        _ if static_file(path).is_some() => Some("GET"),
         _ => None,
     }
 }

@@ -1,7 +1,8 @@
 //! Mounting tidings in an [axum](https://docs.rs/axum) application (feature `axum`).
 //!
 //! [`router`] serves the whole HTTP surface of the server (`/ws`, `/sse`, `POST /publish`,
-//! `/healthz`, `/metrics`, CORS preflights, `404`/`405` answers listing what exists) as an axum
+//! `/healthz`, `/metrics`, the browser client `/tidings.js` and the demo page `/`, CORS
+//! preflights, `404`/`405` answers listing what exists) as an axum
 //! [`Router`], with the same behaviour and status codes as the standalone server (see
 //! `docs/HTTP.md`). Nest it under a prefix or merge it at the root:
 //!
@@ -23,9 +24,11 @@
 //!
 //! Under `nest("/realtime", ..)` the endpoints are `/realtime/ws`, `/realtime/sse?topic=..`,
 //! `/realtime/publish?topic=..`, `/realtime/healthz`, `/realtime/metrics`; anything else under
-//! the prefix gets the server's JSON `404`. Paths are seen relative to the mount. To merge the
+//! the prefix gets the server's JSON `404`. Paths are seen relative to the mount; the demo page
+//! is at `/realtime` (axum's `nest` does not route `/realtime/`) and finds `tidings.js`, `ws` and `sse` next to itself. To merge the
 //! endpoints at the root of an application that has a fallback of its own, use [`routes`] (the
-//! same routes without a fallback: axum refuses two fallbacks).
+//! same routes without a fallback, as axum refuses two, and without the demo page, as the
+//! application's root is its own).
 //!
 //! The router is a [tower `Service`](https://docs.rs/tower-service) like any axum router:
 //! `router(service).into_service()` (or `.into_make_service()` for a hyper server).
@@ -71,19 +74,30 @@ use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use crate::TokioRuntime;
 
-/// The paths the server answers (relative to the mount).
-const PATHS: [&str; 5] = ["/ws", "/sse", "/publish", "/healthz", "/metrics"];
+/// The paths the server answers (relative to the mount), besides the demo page at `/`.
+const PATHS: [&str; 6] = [
+    "/ws",
+    "/sse",
+    "/publish",
+    "/healthz",
+    "/metrics",
+    "/tidings.js",
+];
 
 /// The tidings HTTP surface as an axum [`Router`], with a fallback answering the server's JSON
 /// `404` for unknown paths: nest it (`Router::nest("/realtime", router(service))`) or merge it
 /// into an application that has no fallback of its own.
 pub fn router(service: Service<TokioRuntime>) -> Router {
-    routes().fallback(dispatch).with_state(service)
+    routes()
+        .route("/", any(dispatch))
+        .fallback(dispatch)
+        .with_state(service)
 }
 
-/// The same routes as [`router`] (`/ws`, `/sse`, `/publish`, `/healthz`, `/metrics`, any method:
-/// wrong ones get the server's `405`) without a fallback, to merge at the root of an application
-/// that has a fallback of its own: `app.merge(routes().with_state(service))`.
+/// The same routes as [`router`] (`/ws`, `/sse`, `/publish`, `/healthz`, `/metrics`,
+/// `/tidings.js`, any method: wrong ones get the server's `405`) without a fallback and without
+/// the demo page at `/` (the application's root is its own), to merge at the root of an
+/// application that has a fallback of its own: `app.merge(routes().with_state(service))`.
 pub fn routes() -> Router<Service<TokioRuntime>> {
     PATHS
         .iter()
