@@ -22,11 +22,25 @@ fn main() {
         }
     }
     files.sort();
-    let mut out = String::from("/// Every built-in case file: (group, file stem, contents).\npub const CASE_FILES: &[(&str, &str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Every built-in case file: (group, file stem, contents).\npub const CASE_FILES: &[(&str, &str, &str)] = &[\n",
+    );
     for file in files {
-        let group = file.parent().and_then(Path::file_name).and_then(|s| s.to_str()).expect("utf-8 group name");
-        let stem = file.file_stem().and_then(|s| s.to_str()).expect("utf-8 file name");
-        writeln!(out, "    ({group:?}, {stem:?}, include_str!({:?})),", file.display().to_string()).unwrap();
+        let group = file
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|s| s.to_str())
+            .expect("utf-8 group name");
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 file name");
+        writeln!(
+            out,
+            "    ({group:?}, {stem:?}, include_str!({:?})),",
+            file.display().to_string()
+        )
+        .unwrap();
     }
     out.push_str("];\n");
     let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("case_files.rs");

@@ -179,7 +179,8 @@ pub enum Expectation {
 
 /// Parses one case file of `group` (named `file`, without extension).
 pub fn parse_file(group: &str, file: &str, text: &str) -> Result<Vec<Case>, String> {
-    let root: Value = serde_json::from_str(text).map_err(|e| format!("{group}/{file}.json: {e}"))?;
+    let root: Value =
+        serde_json::from_str(text).map_err(|e| format!("{group}/{file}.json: {e}"))?;
     let cases = root
         .get("cases")
         .and_then(Value::as_array)
@@ -200,7 +201,8 @@ fn parse_case(group: &str, file: &str, case: &Value) -> Result<Case, String> {
     let spec = string(obj, "spec")?.unwrap_or_default();
     let requires = match obj.get("requires") {
         None => Vec::new(),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| "\"requires\" must be a list of strings")?,
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|_| "\"requires\" must be a list of strings")?,
     };
     let tokens = match obj.get("tokens") {
         None => Vec::new(),
@@ -236,12 +238,25 @@ fn parse_step(step: &Value) -> Result<Step, String> {
     let obj = step.as_object().ok_or("a step must be an object")?;
     let known = |allowed: &[&str]| -> Result<(), String> {
         match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-            Some(k) => Err(format!("unknown key {k:?} (allowed here: {})", allowed.join(", "))),
+            Some(k) => Err(format!(
+                "unknown key {k:?} (allowed here: {})",
+                allowed.join(", ")
+            )),
             None => Ok(()),
         }
     };
     if let Some(conn) = string(obj, "ws")? {
-        known(&["ws", "path", "headers", "status", "response_headers", "json", "body", "welcome", "raw_pings"])?;
+        known(&[
+            "ws",
+            "path",
+            "headers",
+            "status",
+            "response_headers",
+            "json",
+            "body",
+            "welcome",
+            "raw_pings",
+        ])?;
         return Ok(Step::OpenWs(OpenWs {
             conn,
             path: string(obj, "path")?.unwrap_or_else(|| "/ws".into()),
@@ -254,10 +269,19 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }));
     }
     if let Some(conn) = string(obj, "sse")? {
-        known(&["sse", "path", "headers", "status", "response_headers", "json", "body"])?;
+        known(&[
+            "sse",
+            "path",
+            "headers",
+            "status",
+            "response_headers",
+            "json",
+            "body",
+        ])?;
         return Ok(Step::OpenSse(OpenSse {
             conn,
-            path: string(obj, "path")?.ok_or("\"path\" is missing (e.g. \"/sse?topic=t.${ns}.a\")")?,
+            path: string(obj, "path")?
+                .ok_or("\"path\" is missing (e.g. \"/sse?topic=t.${ns}.a\")")?,
             headers: headers(obj, "headers")?,
             status: number(obj, "status")?.map_or(200, |n| n as u16),
             response_headers: expected_headers(obj)?,
@@ -295,10 +319,26 @@ fn parse_step(step: &Value) -> Result<Step, String> {
             return Err("\"send\" needs \"json\", \"text\" or \"binary\"".into());
         };
         let times = number(obj, "times")?.unwrap_or(1);
-        return Ok(Step::Send { conn, message, times });
+        return Ok(Step::Send {
+            conn,
+            message,
+            times,
+        });
     }
     if let Some(conn) = string(obj, "expect")? {
-        known(&["expect", "json", "unordered", "text", "close", "event", "retry", "comment", "bytes", "eof", "skip"])?;
+        known(&[
+            "expect",
+            "json",
+            "unordered",
+            "text",
+            "close",
+            "event",
+            "retry",
+            "comment",
+            "bytes",
+            "eof",
+            "skip",
+        ])?;
         let skip = match obj.get("skip") {
             None => Vec::new(),
             Some(Value::Array(patterns)) => patterns.clone(),
@@ -307,7 +347,11 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         let what = if let Some(v) = obj.get("json") {
             Expectation::Json(v.clone())
         } else if let Some(v) = obj.get("unordered") {
-            Expectation::Unordered(v.as_array().ok_or("\"unordered\" must be an array")?.clone())
+            Expectation::Unordered(
+                v.as_array()
+                    .ok_or("\"unordered\" must be an array")?
+                    .clone(),
+            )
         } else if let Some(t) = string(obj, "text")? {
             Expectation::Text(t)
         } else if let Some(v) = obj.get("close") {
@@ -333,7 +377,10 @@ fn parse_step(step: &Value) -> Result<Step, String> {
     }
     if let Some(conn) = string(obj, "silence")? {
         known(&["silence", "ms"])?;
-        return Ok(Step::Silence { conn, ms: number(obj, "ms")?.ok_or("\"ms\" is missing")? });
+        return Ok(Step::Silence {
+            conn,
+            ms: number(obj, "ms")?.ok_or("\"ms\" is missing")?,
+        });
     }
     if let Some(ms) = number(obj, "wait_ms")? {
         known(&["wait_ms"])?;
@@ -357,7 +404,10 @@ fn string(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, String>
 fn number(obj: &Map<String, Value>, key: &str) -> Result<Option<u64>, String> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| format!("{key:?} must be a non-negative integer")),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("{key:?} must be a non-negative integer")),
     }
 }
 
@@ -386,7 +436,10 @@ fn headers(obj: &Map<String, Value>, key: &str) -> Result<Vec<(String, String)>,
 fn expected_headers(obj: &Map<String, Value>) -> Result<Vec<(String, Value)>, String> {
     match obj.get("response_headers") {
         None => Ok(Vec::new()),
-        Some(Value::Object(map)) => Ok(map.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect()),
+        Some(Value::Object(map)) => Ok(map
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect()),
         Some(_) => Err("\"response_headers\" must be an object".into()),
     }
 }

@@ -67,8 +67,13 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Case>, String> {
     files.sort();
     let mut cases = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-        let group = file.parent().and_then(Path::file_name).and_then(|s| s.to_str()).unwrap_or("");
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let group = file
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|s| s.to_str())
+            .unwrap_or("");
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("");
         cases.extend(case::parse_file(group, stem, &text)?);
     }
@@ -204,7 +209,10 @@ pub struct Report {
 impl Report {
     /// `N passed, N failed, N skipped`.
     pub fn summary(&self) -> String {
-        format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+        format!(
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 }
 
@@ -225,13 +233,28 @@ pub fn glob_matches(glob: &str, id: &str) -> bool {
 
 /// Runs the selected `cases` one after the other (they share the server's history, so they
 /// never overlap), calling `each` as every result comes in.
-pub fn run(cases: &[Case], options: &Options, label: &str, mut each: impl FnMut(&CaseResult)) -> Result<Report, String> {
+pub fn run(
+    cases: &[Case],
+    options: &Options,
+    label: &str,
+    mut each: impl FnMut(&CaseResult),
+) -> Result<Report, String> {
     let target = Target::parse(&options.base)?;
-    if let Some(unknown) = options.suites.iter().find(|s| !GROUPS.contains(&s.as_str())) {
-        return Err(format!("unknown suite {unknown:?}; the suites are {}", GROUPS.join(", ")));
+    if let Some(unknown) = options
+        .suites
+        .iter()
+        .find(|s| !GROUPS.contains(&s.as_str()))
+    {
+        return Err(format!(
+            "unknown suite {unknown:?}; the suites are {}",
+            GROUPS.join(", ")
+        ));
     }
     // A run-unique namespace per case keeps runs against the same server apart.
-    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros()) as u64 & 0xffff_ffff;
+    let nonce = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros()) as u64
+        & 0xffff_ffff;
     let mut report = Report {
         target: label.to_owned(),
         base: options.base.clone(),
@@ -242,7 +265,10 @@ pub fn run(cases: &[Case], options: &Options, label: &str, mut each: impl FnMut(
     };
     let selected = cases.iter().filter(|c| {
         (options.suites.is_empty() || options.suites.contains(&c.group))
-            && options.case_glob.as_deref().is_none_or(|g| glob_matches(g, &c.id))
+            && options
+                .case_glob
+                .as_deref()
+                .is_none_or(|g| glob_matches(g, &c.id))
     });
     for (i, case) in selected.enumerate() {
         let started = Instant::now();
@@ -296,9 +322,18 @@ pub fn markdown_table(reports: &[Report]) -> String {
         return out;
     };
     for result in &first.results {
-        out.push_str(&format!("| `{}` | {} |", result.id, result.description.replace('|', "\\|")));
+        out.push_str(&format!(
+            "| `{}` | {} |",
+            result.id,
+            result.description.replace('|', "\\|")
+        ));
         for r in reports {
-            let cell = match r.results.iter().find(|x| x.id == result.id).map(|x| &x.outcome) {
+            let cell = match r
+                .results
+                .iter()
+                .find(|x| x.id == result.id)
+                .map(|x| &x.outcome)
+            {
                 Some(Outcome::Pass) => "pass",
                 Some(Outcome::Fail { .. }) => "**FAIL**",
                 Some(Outcome::Skip { .. }) => "skip",

@@ -18,7 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use tidings_conformance::{Options, Report, builtin_cases, load_dir, markdown_table, run, text_line};
+use tidings_conformance::{
+    Options, Report, builtin_cases, load_dir, markdown_table, run, text_line,
+};
 
 /// Runs the tidings conformance suite against a server started with the conformance profile
 /// (for tidings: `tidings serve --config conformance/server.toml`).
@@ -83,7 +85,8 @@ fn main_with(cli: Cli) -> Result<ExitCode, String> {
             .table
             .iter()
             .map(|path| {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
                 serde_json::from_str::<serde_json::Value>(&text)
                     .and_then(report_from_json)
                     .map_err(|e| format!("{}: not a report ({e})", path.display()))
@@ -123,13 +126,20 @@ fn main_with(cli: Cli) -> Result<ExitCode, String> {
     } else {
         out(&serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     }
-    Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Prints a line; a closed stdout (`| head`) ends the program quietly instead of panicking.
 fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+    if writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
         std::process::exit(0);
     }
 }
@@ -137,16 +147,28 @@ fn out(line: &str) {
 /// Reads a report written by `--format json` (the parts the table needs).
 fn report_from_json(value: serde_json::Value) -> Result<Report, serde_json::Error> {
     use serde::de::Error as _;
-    let get = |k: &str| value.get(k).cloned().ok_or_else(|| serde_json::Error::custom(format!("no {k:?}")));
+    let get = |k: &str| {
+        value
+            .get(k)
+            .cloned()
+            .ok_or_else(|| serde_json::Error::custom(format!("no {k:?}")))
+    };
     let results = get("results")?
         .as_array()
         .ok_or_else(|| serde_json::Error::custom("\"results\" is not a list"))?
         .iter()
         .map(|r| {
-            let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let s = |k: &str| {
+                r.get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             let outcome = match s("status").as_str() {
                 "pass" => tidings_conformance::Outcome::Pass,
-                "skip" => tidings_conformance::Outcome::Skip { reason: s("reason") },
+                "skip" => tidings_conformance::Outcome::Skip {
+                    reason: s("reason"),
+                },
                 _ => tidings_conformance::Outcome::Fail {
                     step: r.get("step").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
                     message: s("message"),
@@ -164,8 +186,16 @@ fn report_from_json(value: serde_json::Value) -> Result<Report, serde_json::Erro
         .collect();
     let n = |k: &str| value.get(k).and_then(|v| v.as_u64()).unwrap_or(0) as usize;
     Ok(Report {
-        target: value.get("target").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
-        base: value.get("base").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+        target: value
+            .get("target")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
+        base: value
+            .get("base")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned(),
         passed: n("passed"),
         failed: n("failed"),
         skipped: n("skipped"),

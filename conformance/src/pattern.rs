@@ -100,11 +100,16 @@ impl Vars {
             return Ok(Value::String(text.repeat(count)));
         }
         let (name, offset) = match expr.rfind(['+', '-']) {
-            Some(at) if expr[at + 1..].chars().all(|c| c.is_ascii_digit()) && at + 1 < expr.len() => {
+            Some(at)
+                if expr[at + 1..].chars().all(|c| c.is_ascii_digit()) && at + 1 < expr.len() =>
+            {
                 let n: i64 = expr[at + 1..]
                     .parse()
                     .map_err(|_| format!("`${{{expr}}}`: offset too large"))?;
-                (&expr[..at], if expr.as_bytes()[at] == b'-' { -n } else { n })
+                (
+                    &expr[..at],
+                    if expr.as_bytes()[at] == b'-' { -n } else { n },
+                )
             }
             _ => (expr, 0),
         };
@@ -148,7 +153,9 @@ pub fn is_cursor(s: &str) -> bool {
         return false;
     };
     (1..=16).contains(&epoch.len())
-        && epoch.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && epoch
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         && (1..=20).contains(&seq.len())
         && seq.bytes().all(|b| b.is_ascii_digit())
         && seq.parse::<u64>().is_ok()
@@ -160,7 +167,12 @@ pub fn matches(expected: &Value, actual: &Value, vars: &mut Vars) -> Result<(), 
     match_at("", expected, Some(actual), vars)
 }
 
-fn match_at(path: &str, expected: &Value, actual: Option<&Value>, vars: &mut Vars) -> Result<(), String> {
+fn match_at(
+    path: &str,
+    expected: &Value,
+    actual: Option<&Value>,
+    vars: &mut Vars,
+) -> Result<(), String> {
     let here = if path.is_empty() { "the value" } else { path };
     if let Value::String(pattern) = expected
         && let Some(kind) = pattern.strip_prefix('$')
@@ -223,7 +235,9 @@ fn match_at(path: &str, expected: &Value, actual: Option<&Value>, vars: &mut Var
                 match_at(&join(path, &key), pattern, got.get(&key), vars)?;
             }
             if !open
-                && let Some(extra) = got.keys().find(|k| !want.contains_key(k.as_str()) && !want_has_interpolated(want, k, vars))
+                && let Some(extra) = got.keys().find(|k| {
+                    !want.contains_key(k.as_str()) && !want_has_interpolated(want, k, vars)
+                })
             {
                 return Err(format!(
                     "{here} has the unexpected field {extra:?} (= {})",
@@ -300,24 +314,51 @@ mod tests {
         assert_eq!(v.interpolate("$${x} $5").unwrap(), "${x} $5");
         assert!(v.interpolate("${nope}").unwrap_err().contains("nope"));
         assert!(v.interpolate("${ns").is_err());
-        assert_eq!(v.interpolate_json(&json!({"id": "${n}"})).unwrap(), json!({"id": 5}));
+        assert_eq!(
+            v.interpolate_json(&json!({"id": "${n}"})).unwrap(),
+            json!({"id": 5})
+        );
     }
 
     #[test]
     fn matching() {
         let mut v = vars();
         let want = json!({"type": "ok", "id": 1, "cursor": "$cursor:k", "x": "$absent"});
-        matches(&want, &json!({"type": "ok", "id": 1, "cursor": "1f-7"}), &mut v).unwrap();
+        matches(
+            &want,
+            &json!({"type": "ok", "id": 1, "cursor": "1f-7"}),
+            &mut v,
+        )
+        .unwrap();
         assert_eq!(v.get("k"), Some(&json!("1f-7")));
-        let err = matches(&want, &json!({"type": "ok", "id": 1, "cursor": "1F-7"}), &mut v);
+        let err = matches(
+            &want,
+            &json!({"type": "ok", "id": 1, "cursor": "1F-7"}),
+            &mut v,
+        );
         assert!(err.unwrap_err().contains("cursor"));
         let err = matches(&json!({"a": 1}), &json!({"a": 1, "b": 2}), &mut v).unwrap_err();
         assert!(err.contains("unexpected field \"b\""), "{err}");
-        matches(&json!({"a": 1, "...": true}), &json!({"a": 1, "b": 2}), &mut v).unwrap();
-        matches(&json!({"c": "${c+1}"}), &json!({"c": "18c5e2f04a1-42"}), &mut v).unwrap();
+        matches(
+            &json!({"a": 1, "...": true}),
+            &json!({"a": 1, "b": 2}),
+            &mut v,
+        )
+        .unwrap();
+        matches(
+            &json!({"c": "${c+1}"}),
+            &json!({"c": "18c5e2f04a1-42"}),
+            &mut v,
+        )
+        .unwrap();
         matches(&json!({"${ns}": 1}), &json!({"n1": 1}), &mut v).unwrap();
         // A sibling may use what another field binds, whatever the key order.
-        matches(&json!({"a": "${z}", "b": {"z": "$int:z"}}), &json!({"a": 7, "b": {"z": 7}}), &mut v).unwrap();
+        matches(
+            &json!({"a": "${z}", "b": {"z": "$int:z"}}),
+            &json!({"a": 7, "b": {"z": 7}}),
+            &mut v,
+        )
+        .unwrap();
         assert!(matches(&json!([1, 2]), &json!([1]), &mut v).is_err());
         assert!(matches(&json!({"a": "$absent"}), &json!({"a": null}), &mut v).is_err());
     }

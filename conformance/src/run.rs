@@ -20,7 +20,12 @@ use crate::{Options, Target};
 pub const PROFILE_JWT_SECRET: &str = "tidings-conformance-profile-secret-0123456789";
 
 /// Runs `case` against `target`; `Err` is the failure: the step (1-based) and what was wrong.
-pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Result<(), (usize, String)> {
+pub fn run_case(
+    case: &Case,
+    target: &Target,
+    options: &Options,
+    ns: &str,
+) -> Result<(), (usize, String)> {
     let mut run = Run {
         target,
         timeout: options.timeout,
@@ -40,7 +45,8 @@ pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Re
         run.vars.set(format!("token:{name}"), Value::String(token));
     }
     for (i, step) in case.steps.iter().enumerate() {
-        run.step(step).map_err(|e| (i + 1, format!("{}: {e}", describe(step))))?;
+        run.step(step)
+            .map_err(|e| (i + 1, format!("{}: {e}", describe(step))))?;
     }
     Ok(())
 }
@@ -48,7 +54,9 @@ pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Re
 /// Signs `claims` with the profile secret; `exp` is added (an hour from now) when missing, and a
 /// negative `exp` counts from now (an expired token). `"$secret"` signs with another secret.
 fn sign(claims: &Map<String, Value>) -> Result<String, String> {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let mut claims = claims.clone();
     let secret = match claims.remove("$secret") {
         Some(Value::String(s)) => s,
@@ -64,7 +72,12 @@ fn sign(claims: &Map<String, Value>) -> Result<String, String> {
         }
         Some(_) => {}
     }
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).map_err(|e| e.to_string())
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn describe(step: &Step) -> String {
@@ -107,7 +120,7 @@ struct Run<'a> {
 }
 
 struct WsConn {
-    ws: Ws,
+    ws: Box<Ws>,
     raw_pings: bool,
 }
 
@@ -143,7 +156,11 @@ impl Run<'_> {
     }
 
     fn path(&self, path: &str) -> Result<String, String> {
-        Ok(format!("{}{}", self.target.prefix, self.vars.interpolate(path)?))
+        Ok(format!(
+            "{}{}",
+            self.target.prefix,
+            self.vars.interpolate(path)?
+        ))
     }
 
     fn headers(&self, headers: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
@@ -158,11 +175,17 @@ impl Run<'_> {
             Step::OpenWs(open) => self.open_ws(open),
             Step::OpenSse(open) => self.open_sse(open),
             Step::Http(http) => self.http(http),
-            Step::Send { conn, message, times } => {
+            Step::Send {
+                conn,
+                message,
+                times,
+            } => {
                 for i in 0..*times {
                     self.vars.set("i", Value::from(i));
                     let message = match message {
-                        Outgoing::Json(v) => Message::text(self.vars.interpolate_json(v)?.to_string()),
+                        Outgoing::Json(v) => {
+                            Message::text(self.vars.interpolate_json(v)?.to_string())
+                        }
                         Outgoing::Text(t) => Message::text(self.vars.interpolate(t)?),
                         Outgoing::Binary(b) => Message::binary(b.clone()),
                     };
@@ -221,21 +244,39 @@ impl Run<'_> {
         let path = self.path(&open.path)?;
         let headers = self.headers(&open.headers)?;
         let deadline = self.deadline();
-        match (Ws::open(self.addr(), &self.target.authority, &path, &headers, deadline)?, open.status) {
+        match (
+            Ws::open(
+                self.addr(),
+                &self.target.authority,
+                &path,
+                &headers,
+                deadline,
+            )?,
+            open.status,
+        ) {
             (Upgrade::Open(ws), None) => {
-                self.ws.insert(open.conn.clone(), WsConn { ws, raw_pings: open.raw_pings });
+                self.ws.insert(
+                    open.conn.clone(),
+                    WsConn {
+                        ws,
+                        raw_pings: open.raw_pings,
+                    },
+                );
                 if open.welcome {
                     let welcome = self.expect_ws_json(&open.conn, deadline)?;
                     if welcome.get("type").and_then(Value::as_str) != Some("welcome") {
                         return Err(format!("the first frame must be welcome, got {welcome}"));
                     }
                     if let Some(cursor) = welcome.get("cursor") {
-                        self.vars.set(format!("{}.cursor", open.conn), cursor.clone());
+                        self.vars
+                            .set(format!("{}.cursor", open.conn), cursor.clone());
                     }
                 }
                 Ok(())
             }
-            (Upgrade::Open(_), Some(status)) => Err(format!("expected the upgrade to be refused with {status}, it succeeded")),
+            (Upgrade::Open(_), Some(status)) => Err(format!(
+                "expected the upgrade to be refused with {status}, it succeeded"
+            )),
             (Upgrade::Refused(head, body), Some(status)) => {
                 check_head(&head, status, &open.response_headers, &mut self.vars)?;
                 check_body(&open.body, &body, &mut self.vars)
@@ -251,7 +292,10 @@ impl Run<'_> {
     fn open_sse(&mut self, open: &OpenSse) -> Result<(), String> {
         let path = self.path(&open.path)?;
         let mut headers = self.headers(&open.headers)?;
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
+        {
             headers.push(("Accept".into(), "text/event-stream".into()));
         }
         let deadline = self.deadline();
@@ -283,7 +327,11 @@ impl Run<'_> {
         let req = match &http.raw {
             Some(raw) => self.vars.interpolate(raw)?.into_bytes(),
             None => {
-                let body = http.body.as_deref().map(|b| self.vars.interpolate(b)).transpose()?;
+                let body = http
+                    .body
+                    .as_deref()
+                    .map(|b| self.vars.interpolate(b))
+                    .transpose()?;
                 request(
                     &http.method,
                     &self.target.authority,
@@ -337,12 +385,18 @@ impl Run<'_> {
     ) -> Result<Value, String> {
         loop {
             let frame: Value = match self.next_ws(conn, deadline)? {
-                Incoming::Text(text) => serde_json::from_str(&text)
-                    .map_err(|e| format!("the server sent a frame that is not JSON ({e}): {text}"))?,
+                Incoming::Text(text) => serde_json::from_str(&text).map_err(|e| {
+                    format!("the server sent a frame that is not JSON ({e}): {text}")
+                })?,
                 other => return Err(format!("expected a frame, got {}", show(&other))),
             };
-            let expected = pattern.is_none_or(|p| matches(p, &frame, &mut self.vars.clone()).is_ok());
-            if expected || !skip.iter().any(|p| matches(p, &frame, &mut self.vars.clone()).is_ok()) {
+            let expected =
+                pattern.is_none_or(|p| matches(p, &frame, &mut self.vars.clone()).is_ok());
+            if expected
+                || !skip
+                    .iter()
+                    .any(|p| matches(p, &frame, &mut self.vars.clone()).is_ok())
+            {
                 return Ok(frame);
             }
         }
@@ -353,7 +407,8 @@ impl Run<'_> {
         match what {
             Expectation::Json(pattern) => {
                 let frame = self.expect_ws_json_skipping(conn, deadline, Some(pattern), skip)?;
-                matches(pattern, &frame, &mut self.vars).map_err(|e| format!("{e}\n    frame: {frame}"))
+                matches(pattern, &frame, &mut self.vars)
+                    .map_err(|e| format!("{e}\n    frame: {frame}"))
             }
             Expectation::Unordered(patterns) => {
                 let mut left: Vec<&Value> = patterns.iter().collect();
@@ -373,7 +428,10 @@ impl Run<'_> {
                         }
                         None => {
                             let want: Vec<String> = left.iter().map(|p| p.to_string()).collect();
-                            return Err(format!("{frame} matches none of the expected frames left: {}", want.join(", ")));
+                            return Err(format!(
+                                "{frame} matches none of the expected frames left: {}",
+                                want.join(", ")
+                            ));
                         }
                     }
                 }
@@ -383,7 +441,9 @@ impl Run<'_> {
                 let want = self.vars.interpolate(text)?;
                 match self.next_ws(conn, deadline)? {
                     Incoming::Text(got) if got == want => Ok(()),
-                    Incoming::Text(got) => Err(format!("expected exactly\n      {want}\n    got\n      {got}")),
+                    Incoming::Text(got) => Err(format!(
+                        "expected exactly\n      {want}\n    got\n      {got}"
+                    )),
                     other => Err(format!("expected {want}, got {}", show(&other))),
                 }
             }
@@ -391,7 +451,9 @@ impl Run<'_> {
                 match self.next_ws(conn, deadline)? {
                     Incoming::Close(got, reason) => {
                         if code.is_some() && got != *code {
-                            return Err(format!("expected close code {code:?}, got {got:?} ({reason:?})"));
+                            return Err(format!(
+                                "expected close code {code:?}, got {got:?} ({reason:?})"
+                            ));
                         }
                     }
                     Incoming::End if code.is_none() => return Ok(()),
@@ -399,25 +461,53 @@ impl Run<'_> {
                 }
                 match self.next_ws(conn, deadline)? {
                     Incoming::End => Ok(()),
-                    other => Err(format!("expected the connection to end after the close frame, got {}", show(&other))),
+                    other => Err(format!(
+                        "expected the connection to end after the close frame, got {}",
+                        show(&other)
+                    )),
                 }
             }
             Expectation::Eof => match self.next_ws(conn, deadline)? {
                 Incoming::End | Incoming::Close(..) => Ok(()),
-                other => Err(format!("expected the connection to end, got {}", show(&other))),
+                other => Err(format!(
+                    "expected the connection to end, got {}",
+                    show(&other)
+                )),
             },
-            other => Err(format!("`{}` is an SSE expectation; {conn:?} is a WebSocket", kind(other))),
+            other => Err(format!(
+                "`{}` is an SSE expectation; {conn:?} is a WebSocket",
+                kind(other)
+            )),
         }
     }
 
     /// The next SSE item; `None` at the deadline (with `quiet`) — otherwise a timeout is an
     /// error. Comments are skipped when `skip_comments`.
-    fn next_sse_item(&mut self, conn: &str, deadline: Instant, quiet: bool) -> Result<Option<Item>, String> {
-        self.next_sse(conn, deadline, Skip::Fields).or_else(|e| if quiet && e == TIMEOUT { Ok(None) } else { Err(e) })
+    fn next_sse_item(
+        &mut self,
+        conn: &str,
+        deadline: Instant,
+        quiet: bool,
+    ) -> Result<Option<Item>, String> {
+        self.next_sse(conn, deadline, Skip::Fields).or_else(|e| {
+            if quiet && e == TIMEOUT {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        })
     }
 
-    fn next_sse(&mut self, conn: &str, deadline: Instant, skip: Skip) -> Result<Option<Item>, String> {
-        let c = self.sse.get_mut(conn).ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
+    fn next_sse(
+        &mut self,
+        conn: &str,
+        deadline: Instant,
+        skip: Skip,
+    ) -> Result<Option<Item>, String> {
+        let c = self
+            .sse
+            .get_mut(conn)
+            .ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
         loop {
             if let Some(item) = c.items.pop_front() {
                 c.after_event = matches!(item, Item::Event(_));
@@ -434,7 +524,9 @@ impl Run<'_> {
             // One byte at a time, so that items end exactly where their bytes end.
             if let Some(byte) = c.raw.pop_front() {
                 c.consumed_any = true;
-                c.decoder.feed(&[byte]).map_err(|e| format!("the stream is not valid SSE: {e}"))?;
+                c.decoder
+                    .feed(&[byte])
+                    .map_err(|e| format!("the stream is not valid SSE: {e}"))?;
                 while let Some(item) = c.decoder.next_item() {
                     if self.trace {
                         trace(conn, "<-", &show_item(&item));
@@ -465,14 +557,16 @@ impl Run<'_> {
                         "id": event.last_event_id,
                     });
                     if pattern.get("data_json").is_some() {
-                        let parsed: Value = serde_json::from_str(&event.data)
-                            .map_err(|e| format!("the event's data is not JSON ({e}): {:?}", event.data))?;
+                        let parsed: Value = serde_json::from_str(&event.data).map_err(|e| {
+                            format!("the event's data is not JSON ({e}): {:?}", event.data)
+                        })?;
                         actual.as_object_mut().map(|o| {
                             o.remove("data");
                             o.insert("data_json".into(), parsed)
                         });
                     }
-                    matches(pattern, &actual, &mut self.vars).map_err(|e| format!("{e}\n    event: {actual}"))
+                    matches(pattern, &actual, &mut self.vars)
+                        .map_err(|e| format!("{e}\n    event: {actual}"))
                 }
                 Some(other) => Err(format!("expected an event, got {}", show_item(&other))),
                 None => Err("expected an event, the stream ended".into()),
@@ -484,14 +578,22 @@ impl Run<'_> {
             },
             Expectation::Comment(text) => match self.next_sse(conn, deadline, Skip::Nothing)? {
                 Some(Item::Comment(got)) if &got == text => Ok(()),
-                Some(other) => Err(format!("expected the comment {text:?}, got {}", show_item(&other))),
+                Some(other) => Err(format!(
+                    "expected the comment {text:?}, got {}",
+                    show_item(&other)
+                )),
                 None => Err("expected a comment, the stream ended".into()),
             },
             Expectation::Bytes(text) => {
                 let want = self.vars.interpolate(text)?.into_bytes();
-                let c = self.sse.get_mut(conn).ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
+                let c = self
+                    .sse
+                    .get_mut(conn)
+                    .ok_or_else(|| format!("no SSE stream {conn:?} is open"))?;
                 if !c.items.is_empty() {
-                    return Err("`bytes` must not follow a step that read part of an SSE block".into());
+                    return Err(
+                        "`bytes` must not follow a step that read part of an SSE block".into(),
+                    );
                 }
                 // A retry or comment step consumed its line; the blank line that ends its block
                 // is still to come and belongs to it.
@@ -532,9 +634,15 @@ impl Run<'_> {
             }
             Expectation::Eof => match self.next_sse(conn, deadline, Skip::Fields)? {
                 None => Ok(()),
-                Some(item) => Err(format!("expected the stream to end, got {}", show_item(&item))),
+                Some(item) => Err(format!(
+                    "expected the stream to end, got {}",
+                    show_item(&item)
+                )),
             },
-            other => Err(format!("`{}` is a WebSocket expectation; {conn:?} is an SSE stream", kind(other))),
+            other => Err(format!(
+                "`{}` is a WebSocket expectation; {conn:?} is an SSE stream",
+                kind(other)
+            )),
         }
     }
 }
@@ -549,7 +657,12 @@ fn trace(conn: &str, dir: &str, what: &str) {
 
 const TIMEOUT: &str = "nothing arrived in time";
 
-fn check_head(head: &Head, status: u16, expected: &[(String, Value)], vars: &mut Vars) -> Result<(), String> {
+fn check_head(
+    head: &Head,
+    status: u16,
+    expected: &[(String, Value)],
+    vars: &mut Vars,
+) -> Result<(), String> {
     if head.status != status {
         return Err(format!("expected status {status}, got {}", head.status));
     }
@@ -575,12 +688,19 @@ fn check_body(expected: &Body, body: &[u8], vars: &mut Vars) -> Result<(), Strin
             if want.as_bytes() == body {
                 Ok(())
             } else {
-                Err(format!("expected the body {want:?}, got {:?}", String::from_utf8_lossy(body)))
+                Err(format!(
+                    "expected the body {want:?}, got {:?}",
+                    String::from_utf8_lossy(body)
+                ))
             }
         }
         Body::Json(pattern) => {
-            let actual: Value = serde_json::from_slice(body)
-                .map_err(|e| format!("the body is not JSON ({e}): {:?}", String::from_utf8_lossy(body)))?;
+            let actual: Value = serde_json::from_slice(body).map_err(|e| {
+                format!(
+                    "the body is not JSON ({e}): {:?}",
+                    String::from_utf8_lossy(body)
+                )
+            })?;
             matches(pattern, &actual, vars).map_err(|e| format!("{e}\n    body: {actual}"))
         }
     }
@@ -598,7 +718,10 @@ fn show(incoming: &Incoming) -> String {
 
 fn show_item(item: &Item) -> String {
     match item {
-        Item::Event(e) => format!("the event {{event: {:?}, data: {:?}, id: {:?}}}", e.event_type, e.data, e.last_event_id),
+        Item::Event(e) => format!(
+            "the event {{event: {:?}, data: {:?}, id: {:?}}}",
+            e.event_type, e.data, e.last_event_id
+        ),
         Item::Retry(ms) => format!("retry: {ms}"),
         Item::Comment(c) => format!("the comment {c:?}"),
         _ => "an unknown SSE item".into(),

@@ -27,7 +27,10 @@ pub struct Head {
 impl Head {
     /// The first header called `name` (lowercase).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -42,13 +45,16 @@ pub fn resolve(authority: &str) -> Result<SocketAddr, String> {
 
 fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
     let timeout = remaining(deadline).ok_or("timed out before connecting")?;
-    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     Ok(stream)
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
 }
 
 fn timed_out(e: &io::Error) -> bool {
@@ -91,9 +97,15 @@ impl HttpStream {
     /// Connects to `addr` and writes `request` (a complete request head and body).
     pub fn send(addr: SocketAddr, request: &[u8], deadline: Instant) -> Result<Self, String> {
         let mut sock = connect(addr, deadline)?;
-        sock.set_write_timeout(remaining(deadline)).map_err(|e| e.to_string())?;
-        sock.write_all(request).map_err(|e| format!("writing the request: {e}"))?;
-        Ok(Self { sock, raw: Vec::new(), framing: Framing::Head })
+        sock.set_write_timeout(remaining(deadline))
+            .map_err(|e| e.to_string())?;
+        sock.write_all(request)
+            .map_err(|e| format!("writing the request: {e}"))?;
+        Ok(Self {
+            sock,
+            raw: Vec::new(),
+            framing: Framing::Head,
+        })
     }
 
     /// Reads the response head.
@@ -108,14 +120,21 @@ impl HttpStream {
                         headers: response
                             .headers
                             .iter()
-                            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.name.to_ascii_lowercase(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
                             .collect(),
                     };
                     self.raw.drain(..len);
                     let chunked = head
                         .header("transfer-encoding")
                         .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-                    let length = head.header("content-length").and_then(|v| v.trim().parse().ok());
+                    let length = head
+                        .header("content-length")
+                        .and_then(|v| v.trim().parse().ok());
                     self.framing = match (chunked, length) {
                         (true, _) => Framing::Chunked(None),
                         (false, Some(n)) => Framing::Length(n),
@@ -125,7 +144,9 @@ impl HttpStream {
                     return Ok(head);
                 }
                 Ok(httparse::Status::Partial) if self.raw.len() < MAX_HEAD => {}
-                Ok(httparse::Status::Partial) => return Err("the response head is larger than 64 KiB".into()),
+                Ok(httparse::Status::Partial) => {
+                    return Err("the response head is larger than 64 KiB".into());
+                }
                 Err(e) => return Err(format!("the response is not HTTP/1.x: {e}")),
             }
             match self.fill(deadline)? {
@@ -187,7 +208,11 @@ impl HttpStream {
                 }
                 let n = left.min(self.raw.len());
                 let data: Vec<u8> = self.raw.drain(..n).collect();
-                self.framing = if left == n { Framing::Done } else { Framing::Length(left - n) };
+                self.framing = if left == n {
+                    Framing::Done
+                } else {
+                    Framing::Length(left - n)
+                };
                 Ok(Some(data))
             }
             Framing::Chunked(None) => {
@@ -196,7 +221,8 @@ impl HttpStream {
                 };
                 let line = String::from_utf8_lossy(&self.raw[..end]).into_owned();
                 let size = line.split(';').next().unwrap_or("").trim();
-                let size = usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size line {line:?}"))?;
+                let size = usize::from_str_radix(size, 16)
+                    .map_err(|_| format!("bad chunk size line {line:?}"))?;
                 if size == 0 {
                     // The last chunk; trailers (if any) are not read.
                     self.raw.clear();
@@ -233,7 +259,9 @@ impl HttpStream {
         let Some(timeout) = remaining(deadline) else {
             return Ok(None);
         };
-        self.sock.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        self.sock
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
         let mut buf = [0u8; 16 * 1024];
         match self.sock.read(&mut buf) {
             Ok(n) => {
@@ -249,7 +277,13 @@ impl HttpStream {
 
 /// Builds a request head (and body): `Host` and `Connection: close` are added unless given, and
 /// `Content-Length` when there is a body.
-pub fn request(method: &str, authority: &str, path: &str, headers: &[(String, String)], body: Option<&str>) -> Vec<u8> {
+pub fn request(
+    method: &str,
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<&str>,
+) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\n");
     let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     if !has("host") {
@@ -286,7 +320,7 @@ pub struct Ws {
 /// The result of a WebSocket handshake.
 pub enum Upgrade {
     /// Upgraded.
-    Open(Ws),
+    Open(Box<Ws>),
     /// Refused with this head and body.
     Refused(Head, Vec<u8>),
 }
@@ -308,40 +342,65 @@ pub enum Incoming {
 
 impl Ws {
     /// Opens `ws://authority/path` with these extra headers.
-    pub fn open(addr: SocketAddr, authority: &str, path: &str, headers: &[(String, String)], deadline: Instant) -> Result<Upgrade, String> {
+    pub fn open(
+        addr: SocketAddr,
+        authority: &str,
+        path: &str,
+        headers: &[(String, String)],
+        deadline: Instant,
+    ) -> Result<Upgrade, String> {
         let sock = connect(addr, deadline)?;
-        sock.set_read_timeout(remaining(deadline)).map_err(|e| e.to_string())?;
+        sock.set_read_timeout(remaining(deadline))
+            .map_err(|e| e.to_string())?;
         let mut req = format!("ws://{authority}{path}")
             .into_client_request()
             .map_err(|e| format!("bad WebSocket URL {path:?}: {e}"))?;
         for (k, v) in headers {
-            let name: tungstenite::http::HeaderName = k.parse().map_err(|_| format!("bad header name {k:?}"))?;
+            let name: tungstenite::http::HeaderName =
+                k.parse().map_err(|_| format!("bad header name {k:?}"))?;
             let value = v.parse().map_err(|_| format!("bad header value {v:?}"))?;
             req.headers_mut().insert(name, value);
         }
         // Incoming frames are not bounded by the server's max_frame_bytes (PROTOCOL.md §2).
-        let config = WebSocketConfig::default().max_message_size(Some(MAX_BODY)).max_frame_size(Some(MAX_BODY));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_BODY))
+            .max_frame_size(Some(MAX_BODY));
         match tungstenite::client::client_with_config(req, sock, Some(config)) {
-            Ok((socket, _)) => Ok(Upgrade::Open(Self { socket, closed: false })),
+            Ok((socket, _)) => Ok(Upgrade::Open(Box::new(Self {
+                socket,
+                closed: false,
+            }))),
             Err(HandshakeError::Failure(tungstenite::Error::Http(response))) => {
                 let head = Head {
                     status: response.status().as_u16(),
                     headers: response
                         .headers()
                         .iter()
-                        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                        .map(|(k, v)| {
+                            (
+                                k.as_str().to_owned(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
                         .collect(),
                 };
-                Ok(Upgrade::Refused(head, response.into_body().unwrap_or_default()))
+                Ok(Upgrade::Refused(
+                    head,
+                    response.into_body().unwrap_or_default(),
+                ))
             }
             Err(HandshakeError::Failure(e)) => Err(format!("WebSocket handshake failed: {e}")),
-            Err(HandshakeError::Interrupted(_)) => Err("the WebSocket handshake did not complete in time".into()),
+            Err(HandshakeError::Interrupted(_)) => {
+                Err("the WebSocket handshake did not complete in time".into())
+            }
         }
     }
 
     /// Sends a message.
     pub fn send(&mut self, message: Message) -> Result<(), String> {
-        self.socket.send(message).map_err(|e| format!("sending: {e}"))
+        self.socket
+            .send(message)
+            .map_err(|e| format!("sending: {e}"))
     }
 
     /// The next message, close or end, or `Timeout`.
@@ -353,13 +412,18 @@ impl Ws {
             let Some(timeout) = remaining(deadline) else {
                 return Ok(Incoming::Timeout);
             };
-            self.socket.get_mut().set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+            self.socket
+                .get_mut()
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
             match self.socket.read() {
                 Ok(Message::Text(t)) => return Ok(Incoming::Text(t.as_str().to_owned())),
                 Ok(Message::Binary(b)) => return Ok(Incoming::Binary(b.to_vec())),
                 Ok(Message::Close(frame)) => {
                     return Ok(match frame {
-                        Some(f) => Incoming::Close(Some(f.code.into()), f.reason.as_str().to_owned()),
+                        Some(f) => {
+                            Incoming::Close(Some(f.code.into()), f.reason.as_str().to_owned())
+                        }
                         None => Incoming::Close(None, String::new()),
                     });
                 }
@@ -370,12 +434,19 @@ impl Ws {
                     return Ok(Incoming::End);
                 }
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe) =>
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset
+                            | ErrorKind::UnexpectedEof
+                            | ErrorKind::BrokenPipe
+                    ) =>
                 {
                     self.closed = true;
                     return Ok(Incoming::End);
                 }
-                Err(tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => {
                     self.closed = true;
                     return Ok(Incoming::End);
                 }

@@ -22,8 +22,17 @@ fn run_suite(label: &str, addr: std::net::SocketAddr) {
         .filter(|r| !matches!(r.outcome, Outcome::Pass))
         .map(text_line)
         .collect();
-    assert!(failures.is_empty(), "[{label}] {}:\n{}", report.summary(), failures.join("\n"));
-    assert_eq!(report.passed, cases.len(), "[{label}] every case ran and passed");
+    assert!(
+        failures.is_empty(),
+        "[{label}] {}:\n{}",
+        report.summary(),
+        failures.join("\n")
+    );
+    assert_eq!(
+        report.passed,
+        cases.len(),
+        "[{label}] every case ran and passed"
+    );
 }
 
 #[test]
@@ -42,7 +51,8 @@ fn tokio_adapter_conforms() {
 
 #[test]
 fn async_std_adapter_conforms() {
-    let server = async_io::block_on(tidings_async_std::serve(profile())).expect("the async-std server starts");
+    let server = async_io::block_on(tidings_async_std::serve(profile()))
+        .expect("the async-std server starts");
     run_suite("async-std", server.addr());
     async_io::block_on(server.shutdown());
 }
