@@ -17,7 +17,7 @@ pub struct Case {
     pub spec: String,
     /// Features the server must have (e.g. `jwt`); see `--without`.
     pub requires: Vec<String>,
-    /// JWTs the case uses, by name: their claims (see [`crate::Profile`]).
+    /// JWTs the case uses, by name: their claims (signed with [`crate::PROFILE_JWT_SECRET`]).
     pub tokens: Vec<(String, Map<String, Value>)>,
     /// The transcript.
     pub steps: Vec<Step>,
