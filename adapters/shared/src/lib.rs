@@ -18,6 +18,9 @@
 pub mod auth;
 pub mod config;
 mod driver;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 mod hub;
 mod io;
