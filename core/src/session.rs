@@ -300,10 +300,8 @@ impl Broker {
         let max_subs = self.config.limits.max_subscriptions;
         let max_rooms = self.config.limits.max_rooms_per_conn;
         let conn = self.conn_ref(slot);
-        let p = match &conn.catch_up {
-            Some(cu) => parked.pos.min(cu.pos),
-            None => parked.pos,
-        };
+        let resumed_from = conn.extras.as_ref().and_then(|x| x.resumed_from);
+        let p = resumed_from.map_or(parked.pos, |r| parked.pos.min(r));
         if p < head {
             let conn = self.conn_mut(slot);
             let pos = conn.catch_up.as_ref().map_or(head, |c| c.pos);

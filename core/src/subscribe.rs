@@ -87,6 +87,10 @@ impl Broker {
                 to
             }
         };
+        if from.is_some() && start < head {
+            let x = self.conn_mut(slot).extras_mut();
+            x.resumed_from = Some(x.resumed_from.map_or(start, |r| r.min(start)));
+        }
         if start < head && !new.is_empty() {
             self.rewind(slot, start);
         }
