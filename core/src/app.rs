@@ -214,6 +214,11 @@ impl Broker {
         true
     }
 
+    /// Turns the [`crate::Lifecycle`] events on or off (`Config::lifecycle_events`).
+    pub fn set_lifecycle_events(&mut self, on: bool) {
+        self.config.lifecycle_events = on;
+    }
+
     /// Replaces a connection's grants (e.g. after a token refresh). Existing subscriptions are
     /// kept; later operations are checked against the new grants.
     ///
