@@ -14,13 +14,13 @@ use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::history::History;
 use crate::input::{Command, ConnId, ConnMap, Input, Recipient, Transport};
+use crate::output::Visibility;
 use crate::output::{Event, Output};
 use crate::payload::Payload;
-use crate::subs::{Slot, SubIndex};
-use crate::timers::{Timer, TimerHeap};
-use crate::output::Visibility;
 use crate::session::Parked;
 pub use crate::session::SubscriptionChange;
+use crate::subs::{Slot, SubIndex};
+use crate::timers::{Timer, TimerHeap};
 use crate::topic::{Name, Topic};
 
 /// Counters for metrics, read with [`Broker::stats`].
@@ -344,7 +344,10 @@ impl Broker {
                 self.ok(slot, req, None, None);
                 if !patterns.is_empty() {
                     let id = self.conn_ref(slot).id;
-                    self.lifecycle(|| crate::output::Lifecycle::Unsubscribed { conn: id, patterns });
+                    self.lifecycle(|| crate::output::Lifecycle::Unsubscribed {
+                        conn: id,
+                        patterns,
+                    });
                 }
             }
             Command::Publish {

@@ -187,7 +187,11 @@ impl Broker {
             let Some((_, name, generation)) = self.parked_order.pop_front() else {
                 break;
             };
-            if self.parked.get(&name).is_some_and(|p| p.generation == generation) {
+            if self
+                .parked
+                .get(&name)
+                .is_some_and(|p| p.generation == generation)
+            {
                 self.parked.remove(&name);
                 self.expired(name);
             }
@@ -211,8 +215,11 @@ impl Broker {
         // they dominate, so the queue stays within a small multiple of the live sessions.
         if self.parked_order.len() > 2 * max + 16 {
             let parked = &self.parked;
-            self.parked_order
-                .retain(|(_, name, generation)| parked.get(name).is_some_and(|p| p.generation == *generation));
+            self.parked_order.retain(|(_, name, generation)| {
+                parked
+                    .get(name)
+                    .is_some_and(|p| p.generation == *generation)
+            });
         }
         self.arm_parked();
     }
@@ -236,7 +243,11 @@ impl Broker {
             let Some((_, name, generation)) = self.parked_order.pop_front() else {
                 break;
             };
-            if self.parked.get(&name).is_some_and(|p| p.generation == generation) {
+            if self
+                .parked
+                .get(&name)
+                .is_some_and(|p| p.generation == generation)
+            {
                 self.parked.remove(&name);
                 self.expired(name);
             }
@@ -530,9 +541,10 @@ impl Broker {
     /// Returns whether anything changed.
     pub fn declare_topic(&mut self, now: Instant, topic: Topic, visibility: Visibility) -> bool {
         self.advance(now);
-        let old = self
-            .catalog
-            .insert(topic.as_str().to_owned(), (topic.clone(), visibility.clone()));
+        let old = self.catalog.insert(
+            topic.as_str().to_owned(),
+            (topic.clone(), visibility.clone()),
+        );
         let old = old.map(|(_, v)| v);
         if old.as_ref() == Some(&visibility) {
             return false;

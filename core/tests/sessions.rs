@@ -41,7 +41,11 @@ fn sse_events(sim: &mut Sim, conn: ConnId) -> Vec<(String, String, String)> {
         decoder.feed(&frame).unwrap();
         while let Some(item) = decoder.next_item() {
             if let Item::Event(e) = item {
-                out.push((e.event_type.clone(), e.data.clone(), e.last_event_id.clone()));
+                out.push((
+                    e.event_type.clone(),
+                    e.data.clone(),
+                    e.last_event_id.clone(),
+                ));
             }
         }
     }
@@ -82,7 +86,11 @@ fn a_client_reconnecting_within_the_window_keeps_its_subscriptions_and_loses_not
     assert_eq!(frames[1]["data"]["resumed"], true);
     assert_eq!(frames[1]["data"]["subscriptions"], json!(["news.*"]));
     let data: Vec<_> = frames[2..].iter().map(|f| f["data"].clone()).collect();
-    assert_eq!(data, [json!("two"), json!("three")], "exactly what it missed");
+    assert_eq!(
+        data,
+        [json!("two"), json!("three")],
+        "exactly what it missed"
+    );
     assert_eq!(
         sim.broker.conn(b).unwrap().subscriptions,
         vec!["news.*".to_owned()]
@@ -103,10 +111,9 @@ fn after_the_window_the_session_is_gone_and_reported() {
     sim.take_events();
     sim.advance(Duration::from_secs(61));
     assert!(sim.broker.parked_sessions().is_empty());
-    assert!(
-        sim.take_events()
-            .contains(&Event::SessionExpired { client_id: name("bob") })
-    );
+    assert!(sim.take_events().contains(&Event::SessionExpired {
+        client_id: name("bob")
+    }));
     let b = sim.open(2, Transport::Native);
     identify(&mut sim, b, "bob");
     assert_eq!(sim.take(b), vec![json!({"type":"ok","id":99})]);
@@ -144,14 +151,10 @@ fn parked_sessions_are_bounded_oldest_first() {
         sim.send(c, r#"{"op":"subscribe","topic":"x"}"#);
         sim.close(c);
     }
-    assert_eq!(
-        sim.broker.parked_sessions(),
-        vec![&name("c2"), &name("c3")]
-    );
-    assert!(
-        sim.take_events()
-            .contains(&Event::SessionExpired { client_id: name("c1") })
-    );
+    assert_eq!(sim.broker.parked_sessions(), vec![&name("c2"), &name("c3")]);
+    assert!(sim.take_events().contains(&Event::SessionExpired {
+        client_id: name("c1")
+    }));
     // Reconnecting and leaving again many times within the window keeps the bookkeeping small.
     for i in 0..100 {
         let c = sim.open(100 + i, Transport::Native);
@@ -166,10 +169,7 @@ fn a_restored_session_is_limited_by_the_new_connections_grants() {
     let mut sim = Sim::new(windowed());
     let a = sim.open(1, Transport::Native);
     identify(&mut sim, a, "dave");
-    sim.send(
-        a,
-        r#"{"op":"subscribe","topics":["public.a","secret.b"]}"#,
-    );
+    sim.send(a, r#"{"op":"subscribe","topics":["public.a","secret.b"]}"#);
     sim.close(a);
     let grants = tidings_core::Grants {
         subscribe: vec![pattern("public.>")],
@@ -225,7 +225,11 @@ fn an_sse_stream_resuming_a_session_with_an_older_cursor_gets_what_was_in_flight
         .collect();
     assert_eq!(got[0].0, "tidings-session");
     let rest: Vec<_> = got[1..].iter().map(|(_, d)| d.as_str()).collect();
-    assert_eq!(rest, ["b1", "b2"], "in-flight b1 again, then b2, no a1 twice");
+    assert_eq!(
+        rest,
+        ["b1", "b2"],
+        "in-flight b1 again, then b2, no a1 twice"
+    );
 }
 
 fn subscribe(patterns: &[&str], from: Option<tidings_core::Cursor>) -> tidings_core::Command {
@@ -295,9 +299,10 @@ fn subscription_changes_for_a_parked_or_unknown_client() {
 
 #[test]
 fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
-    let mut config = Config::default();
-    config.lifecycle_events = true;
-    let mut sim = Sim::new(config);
+    let mut sim = Sim::new(Config {
+        lifecycle_events: true,
+        ..Config::default()
+    });
     let publisher = sim.open(1, Transport::Native);
     let alice = sim.open(2, Transport::Native);
     identify(&mut sim, alice, "alice");
@@ -306,20 +311,31 @@ fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
     sim.take(alice);
     sim.take(bob);
     let now = sim.now;
-    sim.broker
-        .declare_topic(now, topic("inbox.alice"), Visibility::Private(name("alice")));
+    sim.broker.declare_topic(
+        now,
+        topic("inbox.alice"),
+        Visibility::Private(name("alice")),
+    );
     sim.broker
         .declare_topic(now, topic("team.chat"), Visibility::Group(name("team")));
     sim.broker
         .declare_topic(now, topic("news"), Visibility::Public);
     sim.drain();
     // Everyone identified hears about the public topic; alice about her private one too.
-    let notices: Vec<_> = sim.take(alice).into_iter().map(|f| f["data"].clone()).collect();
+    let notices: Vec<_> = sim
+        .take(alice)
+        .into_iter()
+        .map(|f| f["data"].clone())
+        .collect();
     assert_eq!(
         notices.last().unwrap(),
         &json!({"topics":[{"name":"inbox.alice","type":"private"},{"name":"news","type":"public"}]})
     );
-    let notices: Vec<_> = sim.take(bob).into_iter().map(|f| f["data"].clone()).collect();
+    let notices: Vec<_> = sim
+        .take(bob)
+        .into_iter()
+        .map(|f| f["data"].clone())
+        .collect();
     assert_eq!(
         notices,
         [json!({"topics":[{"name":"news","type":"public"}]})]
@@ -361,17 +377,35 @@ fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
             .iter()
             .any(|e| matches!(e, Event::Lifecycle(l) if f(l)))
     };
-    assert!(has(&|l| matches!(l, Lifecycle::ClientNew { client_id, .. } if client_id.as_str() == "bob")));
-    assert!(has(&|l| matches!(l, Lifecycle::TopicNew { topic, .. } if topic.as_str() == "team.chat")));
-    assert!(has(&|l| matches!(l, Lifecycle::TopicRemoved { topic } if topic.as_str() == "inbox.alice")));
-    assert!(has(&|l| matches!(l, Lifecycle::GroupNew { room } if room.as_str() == "team")));
-    assert!(has(&|l| matches!(l, Lifecycle::Subscribed { conn, .. } if *conn == alice)));
-    assert!(has(&|l| matches!(l, Lifecycle::Unsubscribed { conn, .. } if *conn == alice)));
-    assert!(has(&|l| matches!(l, Lifecycle::Published { topic, .. } if topic.as_str() == "team.chat")));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::ClientNew { client_id, .. } if client_id.as_str() == "bob")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::TopicNew { topic, .. } if topic.as_str() == "team.chat")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::TopicRemoved { topic } if topic.as_str() == "inbox.alice")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::GroupNew { room } if room.as_str() == "team")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::Subscribed { conn, .. } if *conn == alice)
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::Unsubscribed { conn, .. } if *conn == alice)
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::Published { topic, .. } if topic.as_str() == "team.chat")
+    ));
     sim.close(bob);
     let events = sim.take_events();
-    assert!(events.contains(&Event::Lifecycle(Lifecycle::GroupRemoved { room: name("team") })));
-    assert!(events.contains(&Event::Lifecycle(Lifecycle::ClientRemoved { client_id: name("bob") })));
+    assert!(events.contains(&Event::Lifecycle(Lifecycle::GroupRemoved {
+        room: name("team")
+    })));
+    assert!(events.contains(&Event::Lifecycle(Lifecycle::ClientRemoved {
+        client_id: name("bob")
+    })));
     // Publishing to a declared topic is the ordinary publish.
     let now = sim.now;
     let payload = Payload::text("x").unwrap();

@@ -251,10 +251,9 @@ impl SseConfig {
         let mut headers: Vec<(String, String)> = crate::sse::SSE_HEADERS
             .iter()
             .filter(|(name, _)| {
-                !self
-                    .headers
-                    .keys()
-                    .any(|k| k.eq_ignore_ascii_case(name) && !name.eq_ignore_ascii_case("content-type"))
+                !self.headers.keys().any(|k| {
+                    k.eq_ignore_ascii_case(name) && !name.eq_ignore_ascii_case("content-type")
+                })
             })
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
@@ -270,7 +269,10 @@ impl SseConfig {
                     "sse.headers: {name:?} is not a valid header name"
                 )));
             }
-            if SSE_FIXED_HEADERS.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            if SSE_FIXED_HEADERS
+                .iter()
+                .any(|f| name.eq_ignore_ascii_case(f))
+            {
                 return Err(ConfigError(format!(
                     "sse.headers: {name} is written by the server itself and cannot be set"
                 )));

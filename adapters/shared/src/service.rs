@@ -663,10 +663,7 @@ impl<R: Runtime> Service<R> {
             .map_err(|e| refuse(Refusal::protocol(&e)))?;
         auth.check_publish(&topic)
             .map_err(|e| refuse(auth_refusal(&e)))?;
-        let body = self
-            .read_body(io, head, body)
-            .await
-            .map_err(refuse)?;
+        let body = self.read_body(io, head, body).await.map_err(refuse)?;
         let json = head.header("content-type").is_some_and(is_json);
         let payload = if json {
             Payload::json(body)
@@ -769,7 +766,8 @@ impl<R: Runtime> Service<R> {
             .await
         {
             Ok(Ok(change)) => {
-                let list = |p: &[Pattern]| p.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
+                let list =
+                    |p: &[Pattern]| p.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
                 let body = serde_json::json!({
                     "client_id": client_id.as_str(),
                     "subscriptions": list(&change.subscriptions),
@@ -856,7 +854,6 @@ impl<R: Runtime> Service<R> {
         }
         Ok(body)
     }
-
 }
 
 /// A checked `/sse` request, ready to run.

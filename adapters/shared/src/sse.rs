@@ -53,8 +53,7 @@ where
     if client_id.is_some() {
         auth.client_id = client_id;
     }
-    let (mut opening, outbox) =
-        hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+    let (mut opening, outbox) = hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
     opening.takeover = takeover;
     let conn = opening.conn;
     drop(head);
