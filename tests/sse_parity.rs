@@ -414,10 +414,8 @@ mod tempfile_path {
         pub fn new(content: &str) -> Self {
             static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "tidings-parity-{}-{n}.toml",
-                std::process::id()
-            ));
+            let path = std::env::temp_dir()
+                .join(format!("tidings-parity-{}-{n}.toml", std::process::id()));
             std::fs::write(&path, content).unwrap();
             Self(path.to_string_lossy().into_owned())
         }
@@ -457,7 +455,10 @@ fn gosse_channels_broadcast_headers_and_an_immediate_open() {
         assert_eq!(a.head.header("server"), Some("gosse-compatible"));
         assert_eq!(a.head.header("cache-control"), Some("no-store"));
         assert_eq!(a.head.header("content-type"), Some("text/event-stream"));
-        assert!(a.fill(), "the stream's first bytes arrive without any publish");
+        assert!(
+            a.fill(),
+            "the stream's first bytes arrive without any publish"
+        );
         // Publish to one channel (the channel parameter works on /publish too).
         let resp = server.request("POST", "/publish?channel=room1&event=greet", &[], b"hi 1");
         assert_eq!(resp.status, 200, "{}", resp.body);
@@ -467,7 +468,10 @@ fn gosse_channels_broadcast_headers_and_an_immediate_open() {
         server.publish("everyone", "to all");
         assert_eq!(a.next_event().data, "to all");
         let e = b.next_event();
-        assert_eq!(e.data, "to all", "room2 got the broadcast, not room1's event");
+        assert_eq!(
+            e.data, "to all",
+            "room2 got the broadcast, not room1's event"
+        );
     });
 }
 
@@ -485,7 +489,11 @@ fn gochan_client_ids_reconnect_window_and_http_subscription_changes() {
         assert_eq!(session["subscriptions"], json!(["a"]));
 
         // Add a topic to the open stream over HTTP (gochan's update_subscriptions).
-        let resp = post_json(&server, "/subscriptions", &json!({"client_id": "u1", "add": ["b"]}));
+        let resp = post_json(
+            &server,
+            "/subscriptions",
+            &json!({"client_id": "u1", "add": ["b"]}),
+        );
         assert_eq!(resp.status, 200, "{}", resp.body);
         let body: Value = serde_json::from_str(&resp.body).unwrap();
         assert_eq!(body["subscriptions"], json!(["a", "b"]));
@@ -545,14 +553,22 @@ fn gochan_client_ids_reconnect_window_and_http_subscription_changes() {
         assert_eq!(s2.next_event().data, "c2");
 
         // Errors say what is wrong and change nothing.
-        let resp = post_json(&server, "/subscriptions", &json!({"client_id": "nobody", "add": ["x"]}));
+        let resp = post_json(
+            &server,
+            "/subscriptions",
+            &json!({"client_id": "nobody", "add": ["x"]}),
+        );
         assert_eq!(resp.status, 404, "{}", resp.body);
         assert_eq!(resp.error_code(), "no_recipient");
         let resp = server.request("POST", "/subscriptions", &[], b"{not json");
         assert_eq!(resp.status, 400);
         let resp = post_json(&server, "/subscriptions", &json!({"add": ["x"]}));
         assert_eq!(resp.status, 400);
-        let resp = post_json(&server, "/subscriptions", &json!({"client_id": "u1", "add": ["bad..topic"]}));
+        let resp = post_json(
+            &server,
+            "/subscriptions",
+            &json!({"client_id": "u1", "add": ["bad..topic"]}),
+        );
         assert_eq!(resp.status, 400);
         assert_eq!(resp.error_code(), "invalid_topic");
     });
@@ -567,7 +583,11 @@ fn client_ids_need_a_grant() {
         );
         let s = server.sse("/sse?client_id=u1&topic=a", &[]);
         assert_eq!(s.head.status, 403);
-        let resp = post_json(&server, "/subscriptions", &json!({"client_id": "u1", "add": ["a"]}));
+        let resp = post_json(
+            &server,
+            "/subscriptions",
+            &json!({"client_id": "u1", "add": ["a"]}),
+        );
         assert_eq!(resp.status, 403);
         let s = server.sse("/sse?channel=", &[]);
         assert_eq!(s.head.status, 400);
