@@ -60,7 +60,8 @@ impl Broker {
             });
         }
         state.extras_mut().rooms.push(room.clone());
-        self.rooms.entry(room).or_default().push(slot);
+        self.add_to_room(room.clone(), slot);
+        self.room_changed(slot, &room);
         Ok(true)
     }
 
@@ -76,6 +77,7 @@ impl Broker {
         };
         state.extras_mut().rooms.swap_remove(i);
         self.remove_from_room(room, slot);
+        self.room_changed(slot, room);
         Ok(true)
     }
 
@@ -210,6 +212,11 @@ impl Broker {
         }
         self.mark_stale();
         true
+    }
+
+    /// Turns the [`crate::Lifecycle`] events on or off (`Config::lifecycle_events`).
+    pub fn set_lifecycle_events(&mut self, on: bool) {
+        self.config.lifecycle_events = on;
     }
 
     /// Replaces a connection's grants (e.g. after a token refresh). Existing subscriptions are

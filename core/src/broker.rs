@@ -2,7 +2,7 @@
 //! [`Command`]; subscribing and resume are in `subscribe.rs`, delivery and flow control in
 //! `delivery.rs`, timers firing in `timeouts.rs`, the application API in `app.rs`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,11 +14,14 @@ use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::history::History;
 use crate::input::{Command, ConnId, ConnMap, Input, Recipient, Transport};
+use crate::output::Visibility;
 use crate::output::{Event, Output};
 use crate::payload::Payload;
+use crate::session::Parked;
+pub use crate::session::SubscriptionChange;
 use crate::subs::{Slot, SubIndex};
 use crate::timers::{Timer, TimerHeap};
-use crate::topic::Name;
+use crate::topic::{Name, Topic};
 
 /// Counters for metrics, read with [`Broker::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct Stats {
     pub retained_bytes: usize,
     /// Errors sent to clients, by code.
     pub errors: Vec<(ErrorCode, u64)>,
+    /// Client sessions parked for the reconnect window.
+    pub parked_sessions: usize,
 }
 
 /// Information about one connection, from [`Broker::conn`].
@@ -90,6 +95,15 @@ pub struct Broker {
     pub(crate) scratch: Vec<Slot>,
     pub(crate) stats: Stats,
     pub(crate) errors: [u64; ErrorCode::ALL.len()],
+    /// Sessions of closed identified connections, by client id (the reconnect window).
+    pub(crate) parked: HashMap<Name, Parked>,
+    /// Parked sessions in expiry order (one window for all, so parking order), with the
+    /// generation that tells a session apart from an earlier one of the same id.
+    pub(crate) parked_order: VecDeque<(Instant, Name, u64)>,
+    pub(crate) parked_gen: u64,
+    pub(crate) parked_timer: Option<Instant>,
+    /// Declared topics (by name) and who may see them.
+    pub(crate) catalog: BTreeMap<String, (Topic, Visibility)>,
 }
 
 impl Broker {
@@ -114,6 +128,11 @@ impl Broker {
             scratch: Vec::new(),
             stats: Stats::default(),
             errors: [0; ErrorCode::ALL.len()],
+            parked: HashMap::new(),
+            parked_order: VecDeque::new(),
+            parked_gen: 0,
+            parked_timer: None,
+            catalog: BTreeMap::new(),
         }
     }
 
@@ -201,6 +220,7 @@ impl Broker {
         stats.subscriptions = self.conns.iter().flatten().map(|c| c.subs.len()).sum();
         stats.retained_events = self.history.len();
         stats.retained_bytes = self.history.bytes();
+        stats.parked_sessions = self.parked.len();
         stats.errors = ErrorCode::ALL
             .iter()
             .zip(self.errors)
@@ -322,6 +342,13 @@ impl Broker {
                     self.remove_sub(slot, p);
                 }
                 self.ok(slot, req, None, None);
+                if !patterns.is_empty() {
+                    let id = self.conn_ref(slot).id;
+                    self.lifecycle(|| crate::output::Lifecycle::Unsubscribed {
+                        conn: id,
+                        patterns,
+                    });
+                }
             }
             Command::Publish {
                 req,
@@ -469,8 +496,9 @@ impl Broker {
                 {
                     self.clients.remove(&old);
                 }
-                self.clients.insert(client_id, slot);
+                self.clients.insert(client_id.clone(), slot);
                 self.ok(slot, req, None, None);
+                self.identified(slot, &client_id);
             }
             Command::Ping { req } => {
                 if let Some(req) = req {

@@ -21,6 +21,16 @@ pub struct Config {
     pub timers: Timers,
     /// The reconnection delay advertised to SSE clients with `retry:` when a stream opens.
     pub sse_retry: Option<Duration>,
+    /// The reconnect window of identified clients (gochan's client TTL). When set, a connection
+    /// that claimed a client id and held subscriptions or rooms leaves a *session* behind when it
+    /// closes: its subscriptions (with their delivery position) and rooms, kept for this long. A
+    /// connection claiming the same client id within the window gets them back and is caught up
+    /// from where delivery stopped (a gap notice for anything no longer retained). `None` (the
+    /// default): nothing outlives a connection.
+    pub reconnect_window: Option<Duration>,
+    /// Emit [`crate::Lifecycle`] events (clients, topics, groups, subscriptions, publishes) for
+    /// the application's hooks. Off by default: they cost an allocation each.
+    pub lifecycle_events: bool,
 }
 
 impl Default for Config {
@@ -32,6 +42,8 @@ impl Default for Config {
             slow_consumer: SlowConsumer::default(),
             timers: Timers::default(),
             sse_retry: Some(Duration::from_millis(2000)),
+            reconnect_window: None,
+            lifecycle_events: false,
         }
     }
 }
@@ -61,6 +73,9 @@ pub struct Limits {
     /// Distinct topics whose eviction point is remembered exactly for gap detection; past this,
     /// gap detection becomes conservative (may report a gap for a topic that lost nothing).
     pub max_tracked_topics: usize,
+    /// Sessions kept for the reconnect window at once; past it the oldest is dropped. Each holds
+    /// at most `max_subscriptions` subscriptions and `max_rooms_per_conn` rooms.
+    pub max_parked_sessions: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +91,7 @@ impl Default for Limits {
             max_name_len: 128,
             max_rooms_per_conn: 64,
             max_tracked_topics: 100_000,
+            max_parked_sessions: 10_000,
         }
     }
 }

@@ -77,6 +77,9 @@ pub(crate) struct Extras {
     pub(crate) acks: Vec<AckId>,
     /// The last server request id handed out (ids start at 1).
     pub(crate) next_ack: AckId,
+    /// The earliest resume cursor (sequence) the connection subscribed from: a parked session
+    /// it claims resumes from there if that is earlier than where delivery stopped.
+    pub(crate) resumed_from: Option<u64>,
 }
 
 pub(crate) struct ConnState {

@@ -26,7 +26,24 @@ impl Broker {
         from: Option<Name>,
     ) -> Cursor {
         let seq = self.history.next_seq();
+        if self.config.lifecycle_events {
+            let (topic, from) = (topic.clone(), from.clone());
+            let cursor = Cursor::new(self.config.epoch, seq);
+            self.emit(Event::Lifecycle(crate::output::Lifecycle::Published {
+                topic,
+                cursor,
+                from,
+            }));
+        }
         let mut ev = StoredEvent::new(seq, topic, event, payload, from, self.now);
+        if !self.catalog.is_empty() {
+            ev.scope = self
+                .catalog
+                .get(ev.topic.as_str())
+                .map(|(_, v)| v)
+                .filter(|v| **v != crate::output::Visibility::Public)
+                .cloned();
+        }
         self.stats.publishes += 1;
         self.stamp += 1;
         let mut slots = std::mem::take(&mut self.scratch);
@@ -58,6 +75,11 @@ impl Broker {
             return; // already got it through another pattern
         }
         conn.stamp = stamp;
+        if let Some(scope) = &ev.scope
+            && !crate::session::sees(conn, scope)
+        {
+            return; // a private or group topic this connection cannot see
+        }
         if let Some(cu) = &conn.catch_up {
             // Served from history instead; but a consumer already behind must go if this
             // topic's policy says so.
@@ -272,7 +294,11 @@ impl Broker {
                 .history
                 .get_mut(seq)
                 .expect("first <= seq <= head is retained");
-            if should_deliver(&conn.subs, &cu.removed, ev.topic.as_str(), seq) {
+            let visible = ev
+                .scope
+                .as_ref()
+                .is_none_or(|scope| crate::session::sees_extras(conn.extras.as_deref(), scope));
+            if visible && should_deliver(&conn.subs, &cu.removed, ev.topic.as_str(), seq) {
                 if let Some(bytes) = ev.encoded(transport, epoch) {
                     self.stats.deliveries += 1;
                     self.transmit(slot, bytes);
@@ -362,16 +388,18 @@ impl Broker {
         let patterns: Vec<_> = conn.subs.iter().map(|s| s.pattern.clone()).collect();
         let extras = conn.extras.take().map(|x| *x).unwrap_or_default();
         let (rooms, acks, client_id) = (extras.rooms, extras.acks, extras.client_id);
-        conn.catch_up = None;
         let id = conn.id;
+        if let Some(client_id) = client_id {
+            // Parks the session (subscriptions, position, rooms) for the reconnect window.
+            self.clients.remove(&client_id);
+            self.park_or_forget(slot, client_id, rooms.clone());
+        }
+        self.conn_mut(slot).catch_up = None;
         for p in &patterns {
             self.remove_sub(slot, p);
         }
         for room in rooms {
             self.remove_from_room(&room, slot);
-        }
-        if let Some(client_id) = client_id {
-            self.clients.remove(&client_id);
         }
         for ack in acks {
             let e = ProtocolError::new(
@@ -393,7 +421,18 @@ impl Broker {
             }
             if members.is_empty() {
                 self.rooms.remove(room);
+                let room = room.clone();
+                self.lifecycle(|| crate::output::Lifecycle::GroupRemoved { room });
             }
+        }
+    }
+
+    /// Adds a member to a room's index (the connection's own list is the caller's).
+    pub(crate) fn add_to_room(&mut self, room: Name, slot: Slot) {
+        let members = self.rooms.entry(room.clone()).or_default();
+        members.push(slot);
+        if members.len() == 1 {
+            self.lifecycle(|| crate::output::Lifecycle::GroupNew { room });
         }
     }
 }

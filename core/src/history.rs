@@ -26,6 +26,8 @@ pub(crate) struct StoredEvent {
     /// The publisher's client id, if it identified itself.
     pub(crate) from: Option<Name>,
     pub(crate) at: Instant,
+    /// The visibility of the topic when it was published, unless public (declared topics).
+    pub(crate) scope: Option<crate::output::Visibility>,
     encoded: [Option<Bytes>; Transport::ALL.len()],
 }
 
@@ -45,6 +47,7 @@ impl StoredEvent {
             payload,
             from,
             at,
+            scope: None,
             encoded: Default::default(),
         }
     }

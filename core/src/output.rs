@@ -7,7 +7,7 @@ use crate::cursor::Cursor;
 use crate::error::ProtocolError;
 use crate::input::{AckId, ConnId, ReqId};
 use crate::payload::Payload;
-use crate::topic::Name;
+use crate::topic::{Name, Pattern, Topic};
 
 /// Something the adapter must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +69,14 @@ pub enum Event {
         /// The data.
         payload: Payload,
     },
+    /// A client's parked session ended unclaimed at the end of the reconnect window (or was
+    /// dropped past `max_parked_sessions`); its subscriptions and rooms are gone.
+    SessionExpired {
+        /// The client id.
+        client_id: Name,
+    },
+    /// A lifecycle notification (only with `Config::lifecycle_events`).
+    Lifecycle(Lifecycle),
     /// The outcome of a server request (emit-with-ack): exactly one per request.
     AckResult {
         /// The connection asked.
@@ -124,4 +132,93 @@ pub struct Gap {
     pub reason: GapReason,
     /// Direct or room messages dropped (they are never retained), if any.
     pub dropped_messages: u64,
+}
+
+/// Who may see a declared topic (pubsub-sse's public, private and group topics).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Visibility {
+    /// Every connection (that its grants allow).
+    Public,
+    /// Only the connection holding this client id.
+    Private(Name),
+    /// Only the members of this room.
+    Group(Name),
+}
+
+impl Visibility {
+    /// The wire name of the kind: `public`, `private` or `group`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private(_) => "private",
+            Self::Group(_) => "group",
+        }
+    }
+}
+
+/// What happened, for the application's lifecycle hooks (`Config::lifecycle_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lifecycle {
+    /// A connection claimed a client id (`resumed`: it got a parked session back).
+    ClientNew {
+        /// The connection.
+        conn: ConnId,
+        /// The client id.
+        client_id: Name,
+        /// Whether a parked session was restored.
+        resumed: bool,
+    },
+    /// A client id is gone: its connection closed with nothing to park (or no reconnect
+    /// window), or its parked session expired.
+    ClientRemoved {
+        /// The client id.
+        client_id: Name,
+    },
+    /// A topic was declared (or its visibility changed).
+    TopicNew {
+        /// The topic.
+        topic: Topic,
+        /// Who may see it.
+        visibility: Visibility,
+    },
+    /// A declared topic was removed.
+    TopicRemoved {
+        /// The topic.
+        topic: Topic,
+    },
+    /// A room got its first member.
+    GroupNew {
+        /// The room.
+        room: Name,
+    },
+    /// A room lost its last member.
+    GroupRemoved {
+        /// The room.
+        room: Name,
+    },
+    /// A connection subscribed.
+    Subscribed {
+        /// The connection.
+        conn: ConnId,
+        /// The patterns added.
+        patterns: Vec<Pattern>,
+    },
+    /// A connection unsubscribed (also when a declared topic is removed).
+    Unsubscribed {
+        /// The connection.
+        conn: ConnId,
+        /// The patterns removed.
+        patterns: Vec<Pattern>,
+    },
+    /// An event was published.
+    Published {
+        /// Its topic.
+        topic: Topic,
+        /// Its cursor.
+        cursor: Cursor,
+        /// The publisher's client id, if any.
+        from: Option<Name>,
+    },
 }

@@ -28,6 +28,10 @@ impl Broker {
             );
             return self.fail(slot, req, e);
         }
+        if let Some(p) = patterns.iter().find(|p| !self.may_see(conn, p)) {
+            let e = crate::session::not_visible(p);
+            return self.fail(slot, req, e);
+        }
         let mut new: Vec<_> = patterns
             .into_iter()
             .filter(|p| conn.sub(p).is_none())
@@ -45,8 +49,25 @@ impl Broker {
             );
             return self.fail(slot, req, e);
         }
-        let head = self.history.head();
+        let id = conn.id;
         self.ok(slot, req, Some(self.head()), None);
+        if !new.is_empty() {
+            let patterns = new.clone();
+            self.lifecycle(|| crate::output::Lifecycle::Subscribed { conn: id, patterns });
+        }
+        self.subscribe_inner(slot, new, from, name);
+    }
+
+    /// Adds checked subscriptions that the connection does not hold yet, starting now or after
+    /// `from`, and serves what they should replay.
+    pub(crate) fn subscribe_inner(
+        &mut self,
+        slot: Slot,
+        new: Vec<crate::topic::Pattern>,
+        from: Option<Cursor>,
+        name: Option<crate::topic::Name>,
+    ) {
+        let head = self.history.head();
         // Where the new subscriptions start: now, or the client's cursor.
         let start = match from {
             None => head,
@@ -66,6 +87,10 @@ impl Broker {
                 to
             }
         };
+        if from.is_some() && start < head {
+            let x = self.conn_mut(slot).extras_mut();
+            x.resumed_from = Some(x.resumed_from.map_or(start, |r| r.min(start)));
+        }
         if start < head && !new.is_empty() {
             self.rewind(slot, start);
         }

@@ -125,6 +125,7 @@ impl Broker {
                     result: Err(e),
                 });
             }
+            Timer::Parked => self.expire_parked(now),
             Timer::Retention => {
                 self.retention_timer = None;
                 if let Some(next) = self.history.evict_expired(now) {

@@ -18,6 +18,8 @@ pub(crate) enum Timer {
     Ack(ConnId, AckId),
     /// The oldest retained event expires.
     Retention,
+    /// The oldest parked session expires.
+    Parked,
 }
 
 #[derive(Default)]

@@ -7,6 +7,7 @@
 //! milliseconds; timers that can be disabled also accept `"off"`. Sizes are numbers of bytes.
 //! Unknown keys are refused, so a typo is an error rather than a silently ignored setting.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -76,6 +77,7 @@ pub struct LimitsConfig {
     pub max_name_len: usize,
     pub max_rooms_per_conn: usize,
     pub max_tracked_topics: usize,
+    pub max_parked_sessions: usize,
 }
 
 impl Default for LimitsConfig {
@@ -93,6 +95,7 @@ impl Default for LimitsConfig {
             max_name_len: l.max_name_len,
             max_rooms_per_conn: l.max_rooms_per_conn,
             max_tracked_topics: l.max_tracked_topics,
+            max_parked_sessions: l.max_parked_sessions,
         }
     }
 }
@@ -137,6 +140,10 @@ pub struct TimersConfig {
     /// Default deadline of a server request to a client.
     #[serde(deserialize_with = "de_duration")]
     pub ack_timeout: Duration,
+    /// How long the session (subscriptions, delivery position, rooms) of a connection that
+    /// claimed a client id outlives it, for a reconnecting client to take back (`"off"`: none).
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub reconnect_window: Option<Duration>,
 }
 
 impl Default for TimersConfig {
@@ -147,6 +154,7 @@ impl Default for TimersConfig {
             idle_timeout: t.idle_timeout,
             request_timeout: t.request_timeout,
             ack_timeout: t.ack_timeout,
+            reconnect_window: None,
         }
     }
 }
@@ -209,13 +217,77 @@ pub struct SseConfig {
     /// The reconnection delay sent as `retry:` when a stream opens (`"off"`: none).
     #[serde(deserialize_with = "de_opt_duration")]
     pub retry: Option<Duration>,
+    /// Extra response headers of every stream (gosse's additional headers), e.g.
+    /// `{ "Server" = "gochan" }`. `Cache-Control` and `X-Accel-Buffering` replace the defaults;
+    /// `Content-Type`, `Content-Length`, `Connection` and `Transfer-Encoding` cannot be set.
+    pub headers: BTreeMap<String, String>,
+    /// A topic every stream is subscribed to as well, when its grants allow it: publishing to it
+    /// is gosse's `Broadcast` (every stream gets it). Off by default.
+    pub broadcast_topic: Option<String>,
 }
 
 impl Default for SseConfig {
     fn default() -> Self {
         Self {
             retry: Config::default().sse_retry,
+            headers: BTreeMap::new(),
+            broadcast_topic: None,
         }
+    }
+}
+
+/// Response headers an SSE stream always writes itself.
+const SSE_FIXED_HEADERS: [&str; 4] = [
+    "content-type",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+];
+
+impl SseConfig {
+    /// The response headers of a stream: the defaults (`Content-Type: text/event-stream`,
+    /// `Cache-Control: no-cache`, `X-Accel-Buffering: no`) with the configured ones.
+    pub fn response_headers(&self) -> Vec<(String, String)> {
+        let mut headers: Vec<(String, String)> = crate::sse::SSE_HEADERS
+            .iter()
+            .filter(|(name, _)| {
+                !self.headers.keys().any(|k| {
+                    k.eq_ignore_ascii_case(name) && !name.eq_ignore_ascii_case("content-type")
+                })
+            })
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        headers.extend(self.headers.iter().map(|(n, v)| (n.clone(), v.clone())));
+        headers
+    }
+
+    fn validate(&self, limits: NameLimits) -> Result<(), ConfigError> {
+        for (name, value) in &self.headers {
+            let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            if name.is_empty() || !name.chars().all(token) {
+                return Err(ConfigError(format!(
+                    "sse.headers: {name:?} is not a valid header name"
+                )));
+            }
+            if SSE_FIXED_HEADERS
+                .iter()
+                .any(|f| name.eq_ignore_ascii_case(f))
+            {
+                return Err(ConfigError(format!(
+                    "sse.headers: {name} is written by the server itself and cannot be set"
+                )));
+            }
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(ConfigError(format!(
+                    "sse.headers: the value of {name} contains control characters"
+                )));
+            }
+        }
+        if let Some(topic) = &self.broadcast_topic {
+            tidings_core::Topic::parse(topic, limits)
+                .map_err(|e| ConfigError(format!("sse.broadcast_topic: {}", e.message)))?;
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +396,7 @@ impl ServerConfig {
     /// A [`ConfigError`] saying what is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.slow_consumer_rules()?;
+        self.sse.validate(self.name_limits())?;
         let l = &self.limits;
         for (name, value) in [
             ("limits.max_frame_bytes", l.max_frame_bytes),
@@ -382,6 +455,7 @@ impl ServerConfig {
                 max_name_len: l.max_name_len,
                 max_rooms_per_conn: l.max_rooms_per_conn,
                 max_tracked_topics: l.max_tracked_topics,
+                max_parked_sessions: l.max_parked_sessions,
             },
             retention: Retention {
                 max_events: self.retention.max_events,
@@ -399,6 +473,8 @@ impl ServerConfig {
                 ack_timeout: self.timers.ack_timeout,
             },
             sse_retry: self.sse.retry,
+            reconnect_window: self.timers.reconnect_window,
+            lifecycle_events: false,
         })
     }
 }

@@ -34,7 +34,8 @@ use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use tidings_core::{
     AckId, ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name,
-    Output, Payload, ProtocolError, Recipient, ReqId, Stats, Topic, Transport,
+    Output, Pattern, Payload, ProtocolError, Recipient, ReqId, Stats, SubscriptionChange, Topic,
+    Transport, Visibility,
 };
 
 use crate::hub::Registry;
@@ -90,8 +91,12 @@ pub(crate) struct Opening {
     pub kill: Option<oneshot::Sender<()>>,
     /// Rooms to join (from the connect hook).
     pub rooms: Vec<Name>,
-    /// Commands handled right after `Open` (identify, the SSE subscription).
+    /// Commands handled right after `Open` (the SSE subscription, identify).
     pub commands: Vec<Command>,
+    /// The client id of the `Identify` in `commands` was asked for explicitly (an SSE stream's
+    /// `client_id`): take it over from any connection holding it, which is closed (and so parks
+    /// its session for this one to take back).
+    pub takeover: bool,
 }
 
 /// From connection tasks, in order.
@@ -157,6 +162,24 @@ pub(crate) enum Ctl {
     },
     Stats(oneshot::Sender<ServerStats>),
     Shutdown(oneshot::Sender<()>),
+    LifecycleEvents(bool),
+    UpdateSubscriptions {
+        client_id: Name,
+        add: Vec<Pattern>,
+        remove: Vec<Pattern>,
+        reply: oneshot::Sender<Result<SubscriptionChange, ProtocolError>>,
+    },
+    DeclareTopic {
+        topic: Topic,
+        visibility: Visibility,
+        reply: oneshot::Sender<bool>,
+    },
+    RemoveTopic {
+        topic: Topic,
+        reply: oneshot::Sender<bool>,
+    },
+    DeclaredTopics(oneshot::Sender<Vec<(Topic, Visibility)>>),
+    ParkedSessions(oneshot::Sender<Vec<Name>>),
 }
 
 /// Counters for `/metrics`: the broker's, plus connections by kind.
@@ -484,6 +507,37 @@ impl<R: Runtime> Driver<R> {
                     epoch: self.broker.config().epoch,
                 });
             }
+            Ctl::LifecycleEvents(on) => self.broker.set_lifecycle_events(on),
+            Ctl::UpdateSubscriptions {
+                client_id,
+                add,
+                remove,
+                reply,
+            } => {
+                let result = self
+                    .broker
+                    .update_subscriptions(now, &client_id, add, remove);
+                let _ = reply.send(result);
+                self.drain(now);
+            }
+            Ctl::DeclareTopic {
+                topic,
+                visibility,
+                reply,
+            } => {
+                let _ = reply.send(self.broker.declare_topic(now, topic, visibility));
+                self.drain(now);
+            }
+            Ctl::RemoveTopic { topic, reply } => {
+                let _ = reply.send(self.broker.remove_topic(now, &topic));
+                self.drain(now);
+            }
+            Ctl::DeclaredTopics(reply) => {
+                let _ = reply.send(self.broker.declared_topics());
+            }
+            Ctl::ParkedSessions(reply) => {
+                let _ = reply.send(self.broker.parked_sessions().into_iter().cloned().collect());
+            }
             Ctl::Shutdown(reply) => match &mut self.shutdown {
                 Some(state) if state.done => {
                     let _ = reply.send(());
@@ -515,10 +569,27 @@ impl<R: Runtime> Driver<R> {
             kill,
             rooms,
             commands,
+            takeover,
         } = opening;
         if self.conns.contains_key(&conn) {
             tracing::error!(%conn, "adapter bug: connection id opened twice");
             return;
+        }
+        if takeover {
+            // The stream asked for its client id: whoever holds it (typically the same client's
+            // previous stream, not yet noticed gone) is closed, parking its session.
+            for cmd in &commands {
+                if let Command::Identify { client_id, .. } = cmd
+                    && let Some(holder) = self.broker.client_conn(client_id)
+                {
+                    let reason = ProtocolError::new(
+                        ErrorCode::ClientIdTaken,
+                        "another connection took this client id over",
+                    );
+                    let _ = self.broker.close_conn(now, holder, reason);
+                    self.drain(now);
+                }
+            }
         }
         // A client id from authentication is claimed for the first of its connections only (a
         // user's second tab must not get a `client_id_taken` error it never asked for).
@@ -529,6 +600,9 @@ impl<R: Runtime> Driver<R> {
                 let Command::Identify { client_id, .. } = cmd else {
                     return true;
                 };
+                if takeover {
+                    return true;
+                }
                 let held = self.auto_ids.get(client_id).is_some_and(|holder| {
                     self.broker
                         .conn(*holder)
@@ -740,6 +814,21 @@ impl<R: Runtime> Driver<R> {
                 if let Some(waiter) = self.acks.remove(&(conn, ack)) {
                     let _ = waiter.send(result);
                 }
+            }
+            Event::Lifecycle(event) => {
+                let hook = self
+                    .registry
+                    .read()
+                    .ok()
+                    .and_then(|r| r.on_lifecycle.clone());
+                if let Some(hook) = hook
+                    && std::panic::catch_unwind(AssertUnwindSafe(|| hook(&event))).is_err()
+                {
+                    tracing::error!("the lifecycle hook panicked");
+                }
+            }
+            Event::SessionExpired { client_id } => {
+                tracing::debug!(client_id = client_id.as_str(), "session expired");
             }
             Event::SlowConsumer { conn, policy } => {
                 tracing::debug!(%conn, ?policy, "slow consumer");

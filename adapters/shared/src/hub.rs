@@ -33,8 +33,9 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidings_core::{
-    ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Gap, GapReason, Grants, Limits, Name,
-    Pattern, Payload, ProtocolError, Recipient, Subscribe, Topic, Transport,
+    ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Gap, GapReason, Grants, Lifecycle,
+    Limits, Name, Pattern, Payload, ProtocolError, Recipient, Subscribe, SubscriptionChange, Topic,
+    Transport, Visibility,
 };
 
 use crate::auth::{AuthError, Authenticated};
@@ -57,6 +58,9 @@ pub type ConnectHook = Arc<dyn Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync>;
 
 /// The disconnect hook.
 pub type DisconnectHook = Arc<dyn Fn(ConnId) + Send + Sync>;
+
+/// The lifecycle hook (see [`Hub::on_lifecycle`]).
+pub type LifecycleHook = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 
 /// The application's authorizer: sees every `/ws`, `/sse` and `/publish` request with what token
 /// authentication (or anonymous access) granted, and returns the grants to use (narrowed,
@@ -83,6 +87,7 @@ pub(crate) struct Registry {
     pub(crate) handlers: HashMap<String, Handler>,
     pub(crate) on_connect: Option<ConnectHook>,
     pub(crate) on_disconnect: Option<DisconnectHook>,
+    pub(crate) on_lifecycle: Option<LifecycleHook>,
     pub(crate) authorizer: Option<Authorizer>,
 }
 
@@ -245,6 +250,8 @@ impl Hub {
             req: None,
             client_id,
         });
+        // The client id is claimed after `then` (the SSE subscription): a parked session it
+        // takes back then sees the stream's own resume cursor.
         let opening = Opening {
             conn,
             kind,
@@ -252,7 +259,8 @@ impl Hub {
             outbox,
             kill,
             rooms,
-            commands: identify.into_iter().chain(then).collect(),
+            commands: then.into_iter().chain(identify).collect(),
+            takeover: false,
         };
         (opening, frames)
     }
@@ -483,6 +491,86 @@ impl Hub {
         }
     }
 
+    /// Sets the lifecycle hook (pubsub-sse's hooks, and more): it sees every new and removed
+    /// client id (a removal comes when a connection without a parked session closes, or when
+    /// its reconnect window ends), declared topic and room (group), every subscribe and
+    /// unsubscribe, and every publish. It runs on the driver task, for every event: keep it
+    /// short (spawn slow work). Setting it turns the core's lifecycle events on.
+    pub fn on_lifecycle<F>(&self, hook: F)
+    where
+        F: Fn(&Lifecycle) + Send + Sync + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_lifecycle = Some(Arc::new(hook));
+        }
+        let _ = self.inner.ctl.send(Ctl::LifecycleEvents(true));
+    }
+
+    /// Changes the subscriptions of a client, connected (it gets `tidings-unsubscribed` and
+    /// `tidings-subscribed` notices) or parked within its reconnect window; see
+    /// [`Broker::update_subscriptions`]. The outer error is the driver being gone, the inner one
+    /// the client's (`no_recipient`, `forbidden`, `limit_reached`).
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn update_subscriptions(
+        &self,
+        client_id: Name,
+        add: Vec<Pattern>,
+        remove: Vec<Pattern>,
+    ) -> Result<Result<SubscriptionChange, ProtocolError>, HubError> {
+        self.call(|reply| Ctl::UpdateSubscriptions {
+            client_id,
+            add,
+            remove,
+            reply,
+        })
+        .await
+    }
+
+    /// Declares a topic as public, private to a client id, or a group topic of a room
+    /// (pubsub-sse); see [`Broker::declare_topic`]. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn declare_topic(
+        &self,
+        topic: Topic,
+        visibility: Visibility,
+    ) -> Result<bool, HubError> {
+        self.call(|reply| Ctl::DeclareTopic {
+            topic,
+            visibility,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a declared topic (its exact subscriptions end, with notices); see
+    /// [`Broker::remove_topic`]. Returns whether it was declared.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn remove_topic(&self, topic: Topic) -> Result<bool, HubError> {
+        self.call(|reply| Ctl::RemoveTopic { topic, reply }).await
+    }
+
+    /// Every declared topic with its visibility, sorted by name.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn declared_topics(&self) -> Result<Vec<(Topic, Visibility)>, HubError> {
+        self.call(Ctl::DeclaredTopics).await
+    }
+
+    /// The client ids whose sessions are parked within their reconnect window, sorted.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn parked_sessions(&self) -> Result<Vec<Name>, HubError> {
+        self.call(Ctl::ParkedSessions).await
+    }
+
     /// Sets the disconnect hook. It runs on the driver task: keep it short, spawn slow work.
     pub fn on_disconnect<F>(&self, hook: F)
     where
@@ -518,6 +606,7 @@ impl Hub {
             outbox,
             kill: None,
             rooms: Vec::new(),
+            takeover: false,
             commands: vec![Command::Subscribe(Subscribe {
                 req: None,
                 patterns,

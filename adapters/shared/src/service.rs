@@ -27,7 +27,7 @@ use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
-use tidings_core::{Cursor, ErrorCode, Pattern, Payload, ProtocolError, Topic, native};
+use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Topic, native};
 
 use crate::auth::{AuthConfigError, AuthError, Authenticated, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
@@ -38,7 +38,8 @@ use crate::request::{HeadError, RequestHead, parse_head};
 use crate::runtime::Runtime;
 
 /// What exists, for 404 and 405 answers.
-const ROUTES: &str = "GET /ws (WebSocket), GET /sse?topic=..., POST /publish?topic=..., GET /healthz, \
+const ROUTES: &str = "GET /ws (WebSocket), GET /sse?topic=..., POST /publish?topic=..., \
+     POST /subscriptions, GET /healthz, \
      GET /metrics, GET / (demo page), GET /tidings.js (browser client)";
 
 /// A file the server serves from its own binary.
@@ -341,6 +342,14 @@ impl<R: Runtime> Service<R> {
                 Ok(response) | Err(response) => response,
             },
             ("/publish", "OPTIONS") => self.inner.cors.preflight(&head, "POST, OPTIONS"),
+            ("/subscriptions" | "/update_subscriptions", "POST") => {
+                match Box::pin(self.update_subscriptions(&mut io, &head, rest)).await {
+                    Ok(response) | Err(response) => response,
+                }
+            }
+            ("/subscriptions" | "/update_subscriptions", "OPTIONS") => {
+                self.inner.cors.preflight(&head, "POST, OPTIONS")
+            }
             ("/healthz", "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
             ("/metrics", "GET") => match Box::pin(self.inner.hub.stats()).await {
                 Ok(stats) => Response::ok(
@@ -528,16 +537,23 @@ impl<R: Runtime> Service<R> {
     pub fn check_sse(&self, head: &RequestHead) -> Result<SseRequest, Refusal> {
         let cors = self.inner.cors.headers(head)?;
         let limits = self.inner.hub.limits();
-        let patterns = head
+        // `channel` is gosse's name for a topic.
+        let mut patterns = head
             .query_params("topic")
+            .chain(head.query_params("channel"))
             .map(|t| Pattern::parse(t, limits.names))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Refusal::protocol(&e))?;
-        if patterns.is_empty() {
+        let client_id = head
+            .query_param("client_id")
+            .map(|id| Name::parse("client_id", id, limits.max_name_len))
+            .transpose()
+            .map_err(|e| Refusal::protocol(&e))?;
+        if patterns.is_empty() && client_id.is_none() {
             return Err(Refusal::new(
                 400,
                 "bad_field",
-                "at least one topic parameter is required, e.g. /sse?topic=chat.* (wildcards: * for one segment, > for the rest)",
+                "at least one topic (or channel) parameter is required, e.g. /sse?topic=chat.* (wildcards: * for one segment, > for the rest), unless a client_id resumes a session",
             ));
         }
         if patterns.len() > limits.max_subscriptions {
@@ -562,11 +578,31 @@ impl<R: Runtime> Service<R> {
         let auth = self.authenticate(head)?;
         auth.check_subscribe(&patterns)
             .map_err(|e| auth_refusal(&e))?;
+        if let Some(id) = &client_id
+            && !auth.grants.may_identify(id)
+        {
+            return Err(auth_refusal(&AuthError::forbidden(format!(
+                "not allowed to use client id {:?}",
+                id.as_str()
+            ))));
+        }
+        // gosse's broadcast: every stream also receives the broadcast topic, if it may.
+        if let Some(topic) = &self.inner.config.sse.broadcast_topic
+            && let Ok(broadcast) = Pattern::parse(topic, limits.names)
+            && !patterns.contains(&broadcast)
+            && patterns.len() < limits.max_subscriptions
+            && auth.grants.may_subscribe(&broadcast)
+        {
+            patterns.push(broadcast);
+        }
+        let mut headers = self.inner.config.sse.response_headers();
+        headers.extend(cors);
         Ok(SseRequest {
             patterns,
             from,
             auth,
-            cors,
+            headers,
+            client_id,
         })
     }
 
@@ -586,8 +622,8 @@ impl<R: Runtime> Service<R> {
     }
 
     /// Opens an SSE stream (after [`Service::check_sse`]) as a body of chunks, for an embedding
-    /// whose HTTP server writes the response: send [`crate::sse::SSE_HEADERS`] (and the
-    /// request's `cors` headers), then the chunks.
+    /// whose HTTP server writes the response: send the request's `headers` (the stream headers
+    /// with `sse.headers`, and CORS), then the chunks.
     pub fn sse_body(&self, head: &RequestHead, request: SseRequest) -> crate::sse::SseBody {
         crate::sse::SseBody::open(&self.inner.hub, head, request)
     }
@@ -598,7 +634,7 @@ impl<R: Runtime> Service<R> {
         &self,
         io: &mut S,
         head: &RequestHead,
-        mut body: Vec<u8>,
+        body: Vec<u8>,
     ) -> Result<Response, Response>
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -608,13 +644,16 @@ impl<R: Runtime> Service<R> {
         let refuse = |r: Refusal| r.with_headers(cors.clone()).into_response();
         let limits = self.inner.hub.limits();
         let auth = self.authenticate(head).map_err(refuse)?;
-        let topic = head.query_param("topic").ok_or_else(|| {
-            refuse(Refusal::new(
-                400,
-                "bad_field",
-                "the topic parameter is required: POST /publish?topic=NAME[&event=NAME]",
-            ))
-        })?;
+        let topic = head
+            .query_param("topic")
+            .or_else(|| head.query_param("channel"))
+            .ok_or_else(|| {
+                refuse(Refusal::new(
+                    400,
+                    "bad_field",
+                    "the topic (or channel) parameter is required: POST /publish?topic=NAME[&event=NAME]",
+                ))
+            })?;
         let topic = Topic::parse(topic, limits.names).map_err(|e| refuse(Refusal::protocol(&e)))?;
         let event = head
             .query_param("event")
@@ -624,64 +663,7 @@ impl<R: Runtime> Service<R> {
             .map_err(|e| refuse(Refusal::protocol(&e)))?;
         auth.check_publish(&topic)
             .map_err(|e| refuse(auth_refusal(&e)))?;
-        if head
-            .header("transfer-encoding")
-            .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
-        {
-            return Err(refuse(Refusal::new(
-                411,
-                "length_required",
-                "send the body with a Content-Length (chunked bodies are not accepted)",
-            )));
-        }
-        let length = match head.header("content-length").map(str::parse::<usize>) {
-            Some(Ok(n)) => n,
-            None => 0,
-            Some(Err(_)) => {
-                return Err(refuse(Refusal::new(
-                    400,
-                    "bad_request",
-                    "the Content-Length header is not a number",
-                )));
-            }
-        };
-        if length > limits.max_frame_bytes {
-            return Err(refuse(Refusal::protocol(&ProtocolError::new(
-                ErrorCode::FrameTooLarge,
-                format!(
-                    "the body is {length} bytes; at most {} are allowed",
-                    limits.max_frame_bytes
-                ),
-            ))));
-        }
-        if body.len() < length
-            && head
-                .header("expect")
-                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
-        {
-            let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
-        }
-        let deadline = Instant::now() + self.inner.config.http.read_timeout;
-        body.truncate(length);
-        let start = body.len();
-        body.resize(length, 0);
-        match with_deadline(&self.inner.rt, deadline, io.read_exact(&mut body[start..])).await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                return Err(refuse(Refusal::new(
-                    400,
-                    "bad_request",
-                    format!("the body ended early: {e}"),
-                )));
-            }
-            None => {
-                return Err(refuse(Refusal::new(
-                    408,
-                    "timeout",
-                    "the body did not arrive in time",
-                )));
-            }
-        }
+        let body = self.read_body(io, head, body).await.map_err(refuse)?;
         let json = head.header("content-type").is_some_and(is_json);
         let payload = if json {
             Payload::json(body)
@@ -697,6 +679,181 @@ impl<R: Runtime> Service<R> {
             Err(e) => Err(refuse(Refusal::new(503, "shutting_down", e.to_string()))),
         }
     }
+
+    // ---- subscriptions over HTTP (gochan's update_subscriptions) --------------------------------
+
+    /// `POST /subscriptions`: changes the subscriptions of a client (a live stream or a parked
+    /// session), authorized like the stream itself: the request's grants must allow claiming the
+    /// client id and subscribing to what is added.
+    async fn update_subscriptions<S>(
+        &self,
+        io: &mut S,
+        head: &RequestHead,
+        body: Vec<u8>,
+    ) -> Result<Response, Response>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Change {
+            client_id: Option<String>,
+            #[serde(default)]
+            add: Vec<String>,
+            #[serde(default)]
+            remove: Vec<String>,
+        }
+        let refuse = |r: Refusal| r.into_response();
+        let cors = self.inner.cors.headers(head).map_err(refuse)?;
+        let refuse = |r: Refusal| r.with_headers(cors.clone()).into_response();
+        let limits = self.inner.hub.limits();
+        let auth = self.authenticate(head).map_err(refuse)?;
+        let body = self.read_body(io, head, body).await.map_err(refuse)?;
+        let bad = |message: String| refuse(Refusal::new(400, "bad_field", message));
+        let change = if body.iter().all(u8::is_ascii_whitespace) {
+            Change {
+                client_id: None,
+                add: Vec::new(),
+                remove: Vec::new(),
+            }
+        } else {
+            serde_json::from_slice::<Change>(&body).map_err(|e| {
+                bad(format!(
+                    "the body must be JSON {{\"client_id\": ID, \"add\": [topics], \"remove\": [topics]}}: {e}"
+                ))
+            })?
+        };
+        let client_id = change
+            .client_id
+            .as_deref()
+            .or_else(|| head.query_param("client_id"))
+            .ok_or_else(|| {
+                bad("client_id is required (in the JSON body or the query)".to_owned())
+            })?;
+        let client_id = Name::parse("client_id", client_id, limits.max_name_len)
+            .map_err(|e| refuse(Refusal::protocol(&e)))?;
+        let parse = |list: Vec<String>, param: &str| {
+            list.iter()
+                .map(String::as_str)
+                .chain(head.query_params(param))
+                .map(|t| Pattern::parse(t, limits.names))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| refuse(Refusal::protocol(&e)))
+        };
+        let add = parse(change.add, "add")?;
+        let remove = parse(change.remove, "remove")?;
+        if add.len() + remove.len() > 2 * limits.max_subscriptions {
+            return Err(refuse(Refusal::protocol(&ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "at most {} topics may be added or removed at once",
+                    2 * limits.max_subscriptions
+                ),
+            ))));
+        }
+        if !auth.grants.may_identify(&client_id) {
+            return Err(refuse(auth_refusal(&AuthError::forbidden(format!(
+                "not allowed to use client id {:?}",
+                client_id.as_str()
+            )))));
+        }
+        auth.check_subscribe(&add)
+            .map_err(|e| refuse(auth_refusal(&e)))?;
+        match self
+            .inner
+            .hub
+            .update_subscriptions(client_id.clone(), add, remove)
+            .await
+        {
+            Ok(Ok(change)) => {
+                let list =
+                    |p: &[Pattern]| p.iter().map(|p| p.as_str().to_owned()).collect::<Vec<_>>();
+                let body = serde_json::json!({
+                    "client_id": client_id.as_str(),
+                    "subscriptions": list(&change.subscriptions),
+                    "added": list(&change.added),
+                    "removed": list(&change.removed),
+                    "connected": change.connected,
+                });
+                Ok(Response::ok("application/json", body.to_string()).with_headers(cors))
+            }
+            Ok(Err(e)) => Err(refuse(Refusal::protocol(&e))),
+            Err(e) => Err(refuse(Refusal::new(503, "shutting_down", e.to_string()))),
+        }
+    }
+
+    /// Reads a request body of `Content-Length` bytes (`rest`: what was read after the head),
+    /// within the read timeout and `max_frame_bytes`.
+    async fn read_body<S>(
+        &self,
+        io: &mut S,
+        head: &RequestHead,
+        mut body: Vec<u8>,
+    ) -> Result<Vec<u8>, Refusal>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let limits = self.inner.hub.limits();
+        if head
+            .header("transfer-encoding")
+            .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Refusal::new(
+                411,
+                "length_required",
+                "send the body with a Content-Length (chunked bodies are not accepted)",
+            ));
+        }
+        let length = match head.header("content-length").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            None => 0,
+            Some(Err(_)) => {
+                return Err(Refusal::new(
+                    400,
+                    "bad_request",
+                    "the Content-Length header is not a number",
+                ));
+            }
+        };
+        if length > limits.max_frame_bytes {
+            return Err(Refusal::protocol(&ProtocolError::new(
+                ErrorCode::FrameTooLarge,
+                format!(
+                    "the body is {length} bytes; at most {} are allowed",
+                    limits.max_frame_bytes
+                ),
+            )));
+        }
+        if body.len() < length
+            && head
+                .header("expect")
+                .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"))
+        {
+            let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        let deadline = Instant::now() + self.inner.config.http.read_timeout;
+        body.truncate(length);
+        let start = body.len();
+        body.resize(length, 0);
+        match with_deadline(&self.inner.rt, deadline, io.read_exact(&mut body[start..])).await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                return Err(Refusal::new(
+                    400,
+                    "bad_request",
+                    format!("the body ended early: {e}"),
+                ));
+            }
+            None => {
+                return Err(Refusal::new(
+                    408,
+                    "timeout",
+                    "the body did not arrive in time",
+                ));
+            }
+        }
+        Ok(body)
+    }
 }
 
 /// A checked `/sse` request, ready to run.
@@ -708,8 +865,12 @@ pub struct SseRequest {
     pub from: Option<Cursor>,
     /// Who is asking.
     pub auth: Authenticated,
-    /// CORS headers for the response.
-    pub cors: Vec<(String, String)>,
+    /// The response headers besides the status line and `Connection`: the stream headers
+    /// (`Content-Type`, `Cache-Control`, `X-Accel-Buffering` and `sse.headers`) and CORS.
+    pub headers: Vec<(String, String)>,
+    /// The client id the stream claims (`client_id` parameter): it takes the id over from any
+    /// connection holding it, and gets back its parked session (the reconnect window).
+    pub client_id: Option<Name>,
 }
 
 impl Refusal {
@@ -750,7 +911,7 @@ fn allowed(path: &str) -> Option<&'static str> {
     match path {
         "/ws" => Some("GET"),
         "/sse" => Some("GET, OPTIONS"),
-        "/publish" => Some("POST, OPTIONS"),
+        "/publish" | "/subscriptions" | "/update_subscriptions" => Some("POST, OPTIONS"),
         "/healthz" => Some("GET"),
         "/metrics" => Some("GET"),
         _ if static_file(path).is_some() => Some("GET"),
@@ -860,7 +1021,8 @@ mod task_sizes {
             patterns: vec![],
             from: None,
             auth: auth.clone(),
-            cors: vec![],
+            headers: vec![],
+            client_id: None,
         };
         let sse = size_of_val(&svc.run_sse(Io, head.clone(), request));
         let ws = futures_lite::future::block_on(WebSocketStream::from_raw_socket(

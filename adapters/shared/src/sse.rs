@@ -43,12 +43,18 @@ where
     let SseRequest {
         patterns,
         from,
-        auth,
-        cors,
+        mut auth,
+        headers,
+        client_id,
     } = request;
     let (kill_tx, mut kill) = oneshot::channel::<()>();
     let subscribe = subscribe(patterns, from);
-    let (opening, outbox) = hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+    let takeover = client_id.is_some();
+    if client_id.is_some() {
+        auth.client_id = client_id;
+    }
+    let (mut opening, outbox) = hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+    opening.takeover = takeover;
     let conn = opening.conn;
     drop(head);
     let to_driver = hub.conn_sender();
@@ -62,11 +68,10 @@ where
     let ctl = hub.ctl_sender();
     let write_timeout = ctx.write_timeout;
 
-    let mut response = String::from(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
-         X-Accel-Buffering: no\r\n",
-    );
-    for (name, value) in &cors {
+    // The head goes out with the opening frame (`retry:`, or a `:` comment), which the broker
+    // sends at once: the client sees the stream open (`onopen`) without waiting for an event.
+    let mut response = String::from("HTTP/1.1 200 OK\r\n");
+    for (name, value) in &headers {
         response.push_str(&format!("{name}: {value}\r\n"));
     }
     response.push_str("Connection: close\r\n\r\n");
@@ -157,8 +162,9 @@ where
     let _ = to_driver.send_async(ConnMsg::Closed(conn)).await;
 }
 
-/// The response headers of every SSE stream (DESIGN.md §4), for embeddings that write the
-/// response themselves (see [`SseBody`]).
+/// The default response headers of every SSE stream (DESIGN.md §4), for embeddings that write
+/// the response themselves (see [`SseBody`]); `SseRequest::headers` holds them with the
+/// configured `sse.headers` and CORS.
 pub const SSE_HEADERS: [(&str, &str); 3] = [
     ("Content-Type", "text/event-stream"),
     ("Cache-Control", "no-cache"),
@@ -205,11 +211,17 @@ impl SseBody {
         let SseRequest {
             patterns,
             from,
-            auth,
-            cors: _,
+            mut auth,
+            headers: _,
+            client_id,
         } = request;
-        let (opening, frames) =
+        let takeover = client_id.is_some();
+        if client_id.is_some() {
+            auth.client_id = client_id;
+        }
+        let (mut opening, frames) =
             hub.opening(Kind::Sse, head, auth, Some(subscribe(patterns, from)), None);
+        opening.takeover = takeover;
         let conn = opening.conn;
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.

@@ -39,7 +39,7 @@
 //! with the accept key; the connection hyper hands over after the upgrade (through
 //! `hyper::upgrade::on`) runs [`Service::run_websocket`] with async-tungstenite, on a task of its
 //! own. `GET /sse` is checked with [`Service::check_sse`] and streamed from
-//! [`Service::sse_body`] with [`SSE_HEADERS`]. Everything else (publish, health, metrics,
+//! [`Service::sse_body`] with the request's headers. Everything else (publish, health, metrics,
 //! preflights, refusals) is answered by [`Service::handle_request`] itself, reading the request
 //! body as it arrives, so the answers are byte for byte the standalone server's (less
 //! `Connection: close`: hyper manages the connection).
@@ -68,7 +68,6 @@ use tidings_adapter::async_tungstenite::tungstenite::handshake::derive_accept_ke
 use tidings_adapter::async_tungstenite::tungstenite::protocol::Role;
 use tidings_adapter::http::Refusal;
 use tidings_adapter::request::{HeadError, parse_head};
-use tidings_adapter::sse::SSE_HEADERS;
 use tidings_adapter::{RequestHead, Service};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
@@ -126,10 +125,8 @@ async fn dispatch(State(service): State<Service<TokioRuntime>>, req: Request) ->
             Ok(request) => {
                 let mut response = Response::new(Body::empty());
                 let headers = response.headers_mut();
-                for (name, value) in SSE_HEADERS.iter().copied() {
-                    append(headers, name, value);
-                }
-                for (name, value) in &request.cors {
+                // The stream headers (with `sse.headers`) and CORS.
+                for (name, value) in &request.headers {
                     append(headers, name, value);
                 }
                 let body = service.sse_body(&head, request);

@@ -1,0 +1,656 @@
+//! Client sessions and the topic catalog.
+//!
+//! - **Reconnect window** (gochan's client TTL): when a connection that claimed a client id
+//!   closes, its subscriptions (with their delivery position) and rooms are *parked* under the
+//!   client id for `Config::reconnect_window`. The next connection to claim that id gets them
+//!   back and is caught up from where delivery stopped, through the same history mechanism as a
+//!   resume (so nothing retained is lost, and a gap notice announces what is not). Parked
+//!   sessions are bounded by `max_parked_sessions` (the oldest goes first), each by the
+//!   per-connection limits.
+//! - **Subscription changes on behalf of a client** ([`Broker::update_subscriptions`]): for a
+//!   live connection or a parked session, checked against that client's own grants.
+//! - **Declared topics** (pubsub-sse's public, private and group topics): a topic may be declared
+//!   with a [`Visibility`]; a private topic is seen only by the connection holding its client id,
+//!   a group topic only by the members of its room. Exact subscriptions to a topic the connection
+//!   cannot see are refused, and events of such topics are never delivered to it (so wildcard
+//!   subscriptions cannot see them either).
+//! - **Notices**: what changes for a client without it asking is pushed to it as a message with a
+//!   reserved `tidings-` event name (`tidings-session`, `tidings-topics`, `tidings-subscribed`,
+//!   `tidings-unsubscribed`; see `docs/PROTOCOL.md` §15.4).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::broker::Broker;
+use crate::codec::Frame;
+use crate::conn::{CatchUp, ConnState, Extras, Sub};
+use crate::error::{ErrorCode, ProtocolError};
+use crate::grants::Grants;
+use crate::output::{Event, GapReason, Lifecycle, Visibility};
+use crate::payload::Payload;
+use crate::subs::Slot;
+use crate::timers::Timer;
+use crate::topic::{Name, Pattern, Topic};
+
+/// A closed connection's state, kept for its client id during the reconnect window.
+pub(crate) struct Parked {
+    /// Tells this parking apart from earlier ones of the same client id (expiry entries).
+    generation: u64,
+    /// Subscriptions; `done` is at least `pos`.
+    subs: Vec<Sub>,
+    /// Subscriptions removed while catching up that delivered beyond `pos` (no duplicates).
+    removed: Vec<Sub>,
+    /// Every event up to here was handed to the connection (or considered for it).
+    pos: u64,
+    rooms: Vec<Name>,
+    /// The closed connection's grants (subscription changes while parked are checked on them).
+    grants: Arc<Grants>,
+}
+
+/// The outcome of [`Broker::update_subscriptions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionChange {
+    /// Patterns newly subscribed (those already held are left as they are).
+    pub added: Vec<Pattern>,
+    /// Patterns removed (those not held are ignored).
+    pub removed: Vec<Pattern>,
+    /// Every subscription the client holds now, in subscription order.
+    pub subscriptions: Vec<Pattern>,
+    /// Whether the client is connected (`false`: its session is parked).
+    pub connected: bool,
+}
+
+/// Whether a connection may see events of a topic with this visibility.
+pub(crate) fn sees(conn: &ConnState, visibility: &Visibility) -> bool {
+    sees_extras(conn.extras.as_deref(), visibility)
+}
+
+/// [`sees`] on the part of the connection state it needs.
+pub(crate) fn sees_extras(extras: Option<&Extras>, visibility: &Visibility) -> bool {
+    match visibility {
+        Visibility::Public => true,
+        Visibility::Private(owner) => extras.and_then(|x| x.client_id.as_ref()) == Some(owner),
+        Visibility::Group(room) => extras.is_some_and(|x| x.rooms.contains(room)),
+    }
+}
+
+fn notice_name(kind: &str) -> Name {
+    Name::parse("event", kind, 64).expect("notice names are valid names")
+}
+
+fn patterns_json(patterns: &[Pattern]) -> Value {
+    Value::from(patterns.iter().map(Pattern::as_str).collect::<Vec<_>>())
+}
+
+impl Broker {
+    // ---- notices and lifecycle events -----------------------------------------------------------
+
+    /// Sends a `tidings-*` notice (a message with a reserved event name and JSON data).
+    pub(crate) fn notify(&mut self, slot: Slot, kind: &str, data: &Value) {
+        let name = notice_name(kind);
+        let payload = Payload::json(serde_json::to_vec(data).unwrap_or_default())
+            .unwrap_or_else(|_| Payload::text("{}").expect("valid text"));
+        self.send_frame(
+            slot,
+            &Frame::Message {
+                from: None,
+                room: None,
+                named: None,
+                event: Some(&name),
+                payload: &payload,
+            },
+        );
+    }
+
+    /// Emits a lifecycle event when they are enabled (`make` runs only then).
+    pub(crate) fn lifecycle(&mut self, make: impl FnOnce() -> Lifecycle) {
+        if self.config.lifecycle_events {
+            self.emit(Event::Lifecycle(make()));
+        }
+    }
+
+    /// The declared topics a connection can see, as notice JSON.
+    fn topics_json(&self, slot: Slot) -> Value {
+        let conn = self.conn_ref(slot);
+        let list: Vec<Value> = self
+            .catalog
+            .values()
+            .filter(|(_, v)| sees(conn, v))
+            .map(|(topic, v)| {
+                let mut item = json!({"name": topic.as_str(), "type": v.kind()});
+                if let Visibility::Group(room) = v {
+                    item["group"] = Value::from(room.as_str());
+                }
+                item
+            })
+            .collect();
+        Value::from(list)
+    }
+
+    /// Sends `tidings-topics` to a connection.
+    fn notify_topics(&mut self, slot: Slot) {
+        let topics = self.topics_json(slot);
+        self.notify(slot, "tidings-topics", &json!({ "topics": topics }));
+    }
+
+    /// The connections a topic of this visibility concerns: identified connections (public), the
+    /// owner (private), the room's members (group).
+    fn audience(&self, visibility: &Visibility) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = match visibility {
+            Visibility::Public => self.clients.values().copied().collect(),
+            Visibility::Private(owner) => self.clients.get(owner).copied().into_iter().collect(),
+            Visibility::Group(room) => self.rooms.get(room).cloned().unwrap_or_default(),
+        };
+        slots.sort_unstable();
+        slots.dedup();
+        slots.retain(|s| !self.conn_ref(*s).closing);
+        slots
+    }
+
+    /// After a room membership change: the member's topic list, if the room has group topics.
+    pub(crate) fn room_changed(&mut self, slot: Slot, room: &Name) {
+        let group = Visibility::Group(room.clone());
+        if self.catalog.values().any(|(_, v)| *v == group) && !self.conn_ref(slot).closing {
+            self.notify_topics(slot);
+        }
+    }
+
+    // ---- the reconnect window ------------------------------------------------------------------
+
+    /// Called by `release` for a connection that held a client id: parks its session when the
+    /// reconnect window is on and there is something to keep.
+    pub(crate) fn park_or_forget(&mut self, slot: Slot, client_id: Name, rooms: Vec<Name>) {
+        let head = self.history.head();
+        let window = self.config.reconnect_window;
+        let max = self.config.limits.max_parked_sessions;
+        let conn = self.conn_mut(slot);
+        if window.is_none() || max == 0 || (conn.subs.is_empty() && rooms.is_empty()) {
+            self.lifecycle(|| Lifecycle::ClientRemoved { client_id });
+            return;
+        }
+        let catch_up = conn.catch_up.take();
+        let pos = catch_up.as_ref().map_or(head, |c| c.pos);
+        let subs = conn
+            .subs
+            .iter()
+            .map(|s| Sub {
+                done: s.done.max(pos),
+                ..s.clone()
+            })
+            .collect();
+        let removed = catch_up.map(|c| c.removed).unwrap_or_default();
+        let grants = conn.grants.clone();
+        while self.parked.len() >= max {
+            let Some((_, name, generation)) = self.parked_order.pop_front() else {
+                break;
+            };
+            if self
+                .parked
+                .get(&name)
+                .is_some_and(|p| p.generation == generation)
+            {
+                self.parked.remove(&name);
+                self.expired(name);
+            }
+        }
+        self.parked_gen += 1;
+        let generation = self.parked_gen;
+        let at = self.now + window.unwrap_or_default();
+        self.parked.insert(
+            client_id.clone(),
+            Parked {
+                generation,
+                subs,
+                removed,
+                pos,
+                rooms,
+                grants,
+            },
+        );
+        self.parked_order.push_back((at, client_id, generation));
+        // Entries of sessions claimed early stay in the queue until they come due: compact when
+        // they dominate, so the queue stays within a small multiple of the live sessions.
+        if self.parked_order.len() > 2 * max + 16 {
+            let parked = &self.parked;
+            self.parked_order.retain(|(_, name, generation)| {
+                parked
+                    .get(name)
+                    .is_some_and(|p| p.generation == *generation)
+            });
+        }
+        self.arm_parked();
+    }
+
+    fn arm_parked(&mut self) {
+        if self.parked_timer.is_none()
+            && let Some((at, _, _)) = self.parked_order.front()
+        {
+            self.parked_timer = Some(*at);
+            self.timers.schedule(*at, Timer::Parked);
+        }
+    }
+
+    /// The parked-session timer: sessions whose window is over are dropped.
+    pub(crate) fn expire_parked(&mut self, now: Instant) {
+        self.parked_timer = None;
+        while let Some((at, _, _)) = self.parked_order.front() {
+            if *at > now {
+                break;
+            }
+            let Some((_, name, generation)) = self.parked_order.pop_front() else {
+                break;
+            };
+            if self
+                .parked
+                .get(&name)
+                .is_some_and(|p| p.generation == generation)
+            {
+                self.parked.remove(&name);
+                self.expired(name);
+            }
+        }
+        self.arm_parked();
+    }
+
+    fn expired(&mut self, client_id: Name) {
+        self.lifecycle(|| Lifecycle::ClientRemoved {
+            client_id: client_id.clone(),
+        });
+        self.emit(Event::SessionExpired { client_id });
+    }
+
+    /// A connection claimed `client_id` (after `identify` succeeded): restores a parked session,
+    /// reports the new client and sends the `tidings-session` notice where it is due.
+    pub(crate) fn identified(&mut self, slot: Slot, client_id: &Name) {
+        let restored = self
+            .parked
+            .remove(client_id)
+            .map(|parked| self.restore(slot, parked));
+        let conn = self.conn_ref(slot);
+        let id = conn.id;
+        let resumed = restored.is_some();
+        self.lifecycle(|| Lifecycle::ClientNew {
+            conn: id,
+            client_id: client_id.clone(),
+            resumed,
+        });
+        let conn = self.conn_ref(slot);
+        let stream = !conn.transport.is_duplex();
+        let wanted = if stream {
+            self.config.reconnect_window.is_some() || !self.catalog.is_empty()
+        } else {
+            restored.as_ref().is_some_and(|r| !r.is_empty())
+        };
+        if wanted && !conn.closing {
+            let subscriptions: Vec<Pattern> = conn.subs.iter().map(|s| s.pattern.clone()).collect();
+            let window = self
+                .config
+                .reconnect_window
+                .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+            let data = json!({
+                "client_id": client_id.as_str(),
+                "reconnect_window_ms": window,
+                "resumed": resumed,
+                "subscriptions": patterns_json(&subscriptions),
+                "topics": self.topics_json(slot),
+            });
+            self.notify(slot, "tidings-session", &data);
+        }
+        self.pump(slot);
+    }
+
+    /// Gives a parked session to the connection `slot`; returns the patterns restored. Patterns
+    /// it already holds keep their own position; the others resume after the session's
+    /// position, or after the connection's own resume cursor when that is earlier (an SSE stream
+    /// reconnecting with `Last-Event-ID` missed what was in flight).
+    fn restore(&mut self, slot: Slot, parked: Parked) -> Vec<Pattern> {
+        let head = self.history.head();
+        let max_subs = self.config.limits.max_subscriptions;
+        let max_rooms = self.config.limits.max_rooms_per_conn;
+        let conn = self.conn_ref(slot);
+        let resumed_from = conn.extras.as_ref().and_then(|x| x.resumed_from);
+        let p = resumed_from.map_or(parked.pos, |r| parked.pos.min(r));
+        if p < head {
+            let conn = self.conn_mut(slot);
+            let pos = conn.catch_up.as_ref().map_or(head, |c| c.pos);
+            for sub in &mut conn.subs {
+                sub.done = sub.done.max(pos);
+            }
+            match &mut conn.catch_up {
+                Some(cu) => cu.pos = cu.pos.min(p),
+                None => {
+                    conn.catch_up = Some(Box::new(CatchUp {
+                        pos: p,
+                        reason: GapReason::Evicted,
+                        dropped_messages: 0,
+                        removed: Vec::new(),
+                    }));
+                }
+            }
+        }
+        let mut restored = Vec::new();
+        for sub in parked.subs {
+            let conn = self.conn_ref(slot);
+            if conn.sub(&sub.pattern).is_some()
+                || conn.subs.len() >= max_subs
+                || !conn.grants.may_subscribe(&sub.pattern)
+            {
+                continue;
+            }
+            self.subs.insert(&sub.pattern, slot);
+            if let Some(name) = &sub.name {
+                self.names.entry(name.clone()).or_default().push(slot);
+            }
+            restored.push(sub.pattern.clone());
+            let done = sub.done.min(p).max(sub.start);
+            self.conn_mut(slot).subs.push(Sub { done, ..sub });
+        }
+        let conn = self.conn_mut(slot);
+        if let Some(cu) = conn.catch_up.as_deref_mut() {
+            for sub in parked.removed {
+                if cu.removed.len() < max_subs && sub.done > cu.pos {
+                    cu.removed.push(sub);
+                }
+            }
+        }
+        for room in parked.rooms {
+            let conn = self.conn_mut(slot);
+            if conn.rooms().contains(&room) || conn.rooms().len() >= max_rooms {
+                continue;
+            }
+            conn.extras_mut().rooms.push(room.clone());
+            self.add_to_room(room, slot);
+        }
+        if !restored.is_empty() {
+            let id = self.conn_ref(slot).id;
+            let patterns = restored.clone();
+            self.lifecycle(|| Lifecycle::Subscribed { conn: id, patterns });
+        }
+        restored
+    }
+
+    // ---- subscription changes on behalf of a client --------------------------------------------
+
+    /// Changes the subscriptions of the client holding `client_id`, connected or parked within
+    /// its reconnect window (gochan's `update_subscriptions`): removes `remove` (patterns not
+    /// held are ignored), then adds `add` (patterns already held are kept as they are; new ones
+    /// start with the next event). A connected client is told with `tidings-unsubscribed` and
+    /// `tidings-subscribed` notices. The checks are the client's own: its grants, the visibility
+    /// of declared topics, `max_subscriptions`.
+    ///
+    /// # Errors
+    /// `no_recipient` (no such client), `forbidden`, `limit_reached`; nothing changes then.
+    pub fn update_subscriptions(
+        &mut self,
+        now: Instant,
+        client_id: &Name,
+        add: Vec<Pattern>,
+        remove: Vec<Pattern>,
+    ) -> Result<SubscriptionChange, ProtocolError> {
+        self.advance(now);
+        let max = self.config.limits.max_subscriptions;
+        let head = self.history.head();
+        let mut add = add;
+        add.sort();
+        add.dedup();
+        if let Some(&slot) = self.clients.get(client_id) {
+            let conn = self.conn_ref(slot);
+            if conn.closing {
+                return Err(no_client(client_id));
+            }
+            self.check_adds(conn, &conn.grants, &add)?;
+            let held = |p: &Pattern| conn.sub(p).is_some();
+            let removing: Vec<Pattern> = remove.iter().filter(|p| held(p)).cloned().collect();
+            let new: Vec<Pattern> = add
+                .iter()
+                .filter(|p| !held(p) || removing.contains(p))
+                .cloned()
+                .collect();
+            check_limit(conn.subs.len() - removing.len() + new.len(), max)?;
+            for p in &removing {
+                self.remove_sub(slot, p);
+            }
+            if !new.is_empty() {
+                self.subscribe_inner(slot, new.clone(), None, None);
+            }
+            let id = self.conn_ref(slot).id;
+            if !removing.is_empty() {
+                let data = json!({ "topics": patterns_json(&removing) });
+                self.notify(slot, "tidings-unsubscribed", &data);
+                let patterns = removing.clone();
+                self.lifecycle(|| Lifecycle::Unsubscribed { conn: id, patterns });
+            }
+            if !new.is_empty() {
+                let data = json!({ "topics": patterns_json(&new) });
+                self.notify(slot, "tidings-subscribed", &data);
+                let patterns = new.clone();
+                self.lifecycle(|| Lifecycle::Subscribed { conn: id, patterns });
+            }
+            let subscriptions = self
+                .conn_ref(slot)
+                .subs
+                .iter()
+                .map(|s| s.pattern.clone())
+                .collect();
+            return Ok(SubscriptionChange {
+                added: new,
+                removed: removing,
+                subscriptions,
+                connected: true,
+            });
+        }
+        let Some(parked) = self.parked.get(client_id) else {
+            return Err(no_client(client_id));
+        };
+        // A parked client's grants, and its rooms and id for visibility.
+        for p in &add {
+            if !parked.grants.may_subscribe(p) {
+                return Err(not_granted(p));
+            }
+            if !p.is_wildcard()
+                && let Some((_, v)) = self.catalog.get(p.as_str())
+                && !match v {
+                    Visibility::Public => true,
+                    Visibility::Private(owner) => owner == client_id,
+                    Visibility::Group(room) => parked.rooms.contains(room),
+                }
+            {
+                return Err(not_visible(p));
+            }
+        }
+        let held = |p: &Pattern| parked.subs.iter().any(|s| s.pattern == *p);
+        let removing: Vec<Pattern> = remove.iter().filter(|p| held(p)).cloned().collect();
+        let new: Vec<Pattern> = add
+            .iter()
+            .filter(|p| !held(p) || removing.contains(p))
+            .cloned()
+            .collect();
+        check_limit(parked.subs.len() - removing.len() + new.len(), max)?;
+        let parked = self.parked.get_mut(client_id).expect("checked above");
+        parked.subs.retain(|s| !removing.contains(&s.pattern));
+        for pattern in &new {
+            parked.subs.push(Sub {
+                pattern: pattern.clone(),
+                name: None,
+                start: head,
+                done: head,
+            });
+        }
+        Ok(SubscriptionChange {
+            added: new,
+            removed: removing,
+            subscriptions: parked.subs.iter().map(|s| s.pattern.clone()).collect(),
+            connected: false,
+        })
+    }
+
+    fn check_adds(
+        &self,
+        conn: &ConnState,
+        grants: &Grants,
+        add: &[Pattern],
+    ) -> Result<(), ProtocolError> {
+        for p in add {
+            if !grants.may_subscribe(p) {
+                return Err(not_granted(p));
+            }
+            if !self.may_see(conn, p) {
+                return Err(not_visible(p));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an exact subscription to `pattern` is visible to the connection (wildcards always
+    /// are: their deliveries are filtered instead).
+    pub(crate) fn may_see(&self, conn: &ConnState, pattern: &Pattern) -> bool {
+        pattern.is_wildcard()
+            || self
+                .catalog
+                .get(pattern.as_str())
+                .is_none_or(|(_, v)| sees(conn, v))
+    }
+
+    /// The client id's connection, if one holds it.
+    pub fn client_conn(&self, client_id: &Name) -> Option<crate::ConnId> {
+        self.clients.get(client_id).map(|s| self.conn_ref(*s).id)
+    }
+
+    /// The client ids whose sessions are parked (within their reconnect window), sorted.
+    pub fn parked_sessions(&self) -> Vec<&Name> {
+        let mut names: Vec<_> = self.parked.keys().collect();
+        names.sort();
+        names
+    }
+
+    /// The subscriptions of a parked session, in subscription order.
+    pub fn parked_subscriptions(&self, client_id: &Name) -> Option<Vec<Pattern>> {
+        self.parked
+            .get(client_id)
+            .map(|p| p.subs.iter().map(|s| s.pattern.clone()).collect())
+    }
+
+    // ---- declared topics -----------------------------------------------------------------------
+
+    /// Declares a topic with a visibility (pubsub-sse's public, private and group topics), or
+    /// changes its visibility. The connections concerned (identified connections for public
+    /// topics, the owner, the room's members) get a `tidings-topics` notice with their list.
+    /// Returns whether anything changed.
+    pub fn declare_topic(&mut self, now: Instant, topic: Topic, visibility: Visibility) -> bool {
+        self.advance(now);
+        let old = self.catalog.insert(
+            topic.as_str().to_owned(),
+            (topic.clone(), visibility.clone()),
+        );
+        let old = old.map(|(_, v)| v);
+        if old.as_ref() == Some(&visibility) {
+            return false;
+        }
+        let mut slots = self.audience(&visibility);
+        if let Some(old) = &old {
+            slots.extend(self.audience(old));
+            slots.sort_unstable();
+            slots.dedup();
+        }
+        for slot in slots {
+            self.notify_topics(slot);
+        }
+        self.lifecycle(|| Lifecycle::TopicNew { topic, visibility });
+        true
+    }
+
+    /// Removes a declared topic: every exact subscription to it (connected or parked) ends, with
+    /// a `tidings-unsubscribed` notice, and the connections that could see it get their new
+    /// `tidings-topics` list. Returns whether it was declared.
+    pub fn remove_topic(&mut self, now: Instant, topic: &Topic) -> bool {
+        self.advance(now);
+        let Some((_, visibility)) = self.catalog.remove(topic.as_str()) else {
+            return false;
+        };
+        let pattern = Pattern::exact(topic);
+        let mut holders = Vec::new();
+        self.subs
+            .for_each_match(topic.as_str(), |slot| holders.push(slot));
+        holders.sort_unstable();
+        holders.dedup();
+        holders.retain(|s| self.conn_ref(*s).sub(&pattern).is_some());
+        for &slot in &holders {
+            self.remove_sub(slot, &pattern);
+            let data = json!({ "topics": [topic.as_str()] });
+            self.notify(slot, "tidings-unsubscribed", &data);
+            let id = self.conn_ref(slot).id;
+            let patterns = vec![pattern.clone()];
+            self.lifecycle(|| Lifecycle::Unsubscribed { conn: id, patterns });
+        }
+        for parked in self.parked.values_mut() {
+            parked.subs.retain(|s| s.pattern != pattern);
+        }
+        for slot in self.audience(&visibility) {
+            self.notify_topics(slot);
+        }
+        let topic = topic.clone();
+        self.lifecycle(|| Lifecycle::TopicRemoved { topic });
+        true
+    }
+
+    /// Every declared topic with its visibility, sorted by name.
+    pub fn declared_topics(&self) -> Vec<(Topic, Visibility)> {
+        self.catalog.values().cloned().collect()
+    }
+
+    /// The declared topics a connection can see, sorted by name.
+    pub fn visible_topics(&self, conn: crate::ConnId) -> Option<Vec<(Topic, Visibility)>> {
+        let slot = *self.ids.get(&conn)?;
+        let state = self.conn_ref(slot);
+        Some(
+            self.catalog
+                .values()
+                .filter(|(_, v)| sees(state, v))
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+fn no_client(client_id: &Name) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::NoRecipient,
+        format!(
+            "no client {:?} is connected or within its reconnect window",
+            client_id.as_str()
+        ),
+    )
+}
+
+fn not_granted(p: &Pattern) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "subscribing to {:?} is not granted to this client",
+            p.as_str()
+        ),
+    )
+}
+
+pub(crate) fn not_visible(p: &Pattern) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "topic {:?} is private to another client or to a group this client is not in",
+            p.as_str()
+        ),
+    )
+}
+
+fn check_limit(total: usize, max: usize) -> Result<(), ProtocolError> {
+    if total > max {
+        return Err(ProtocolError::new(
+            ErrorCode::LimitReached,
+            format!("at most {max} subscriptions per client; this change would make {total}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! Parity features of the SSE projects in the core: the reconnect window of identified clients
+//! (gochan), subscription changes on behalf of a client, declared public/private/group topics
+//! with their notices (pubsub-sse), and lifecycle events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Sim, publish};
+use serde_json::{Value, json};
+use tidings_core::sse::{Decoder, Item};
+use tidings_core::{
+    Config, ConnId, ErrorCode, Event, Lifecycle, Name, Pattern, Payload, Topic, Transport,
+    Visibility,
+};
+
+fn name(s: &str) -> Name {
+    Name::parse("name", s, 128).unwrap()
+}
+
+fn topic(s: &str) -> Topic {
+    Topic::parse(s, Default::default()).unwrap()
+}
+
+fn pattern(s: &str) -> Pattern {
+    Pattern::parse(s, Default::default()).unwrap()
+}
+
+fn windowed() -> Config {
+    Config {
+        reconnect_window: Some(Duration::from_secs(60)),
+        ..Config::default()
+    }
+}
+
+/// Events an SSE connection received: (event name, data, id).
+fn sse_events(sim: &mut Sim, conn: ConnId) -> Vec<(String, String, String)> {
+    let mut decoder = Decoder::new();
+    let mut out = Vec::new();
+    for frame in sim.take_raw(conn) {
+        decoder.feed(&frame).unwrap();
+        while let Some(item) = decoder.next_item() {
+            if let Item::Event(e) = item {
+                out.push((
+                    e.event_type.clone(),
+                    e.data.clone(),
+                    e.last_event_id.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn identify(sim: &mut Sim, conn: ConnId, id: &str) {
+    sim.send(
+        conn,
+        &format!(r#"{{"op":"identify","id":99,"client_id":"{id}"}}"#),
+    );
+}
+
+#[test]
+fn a_client_reconnecting_within_the_window_keeps_its_subscriptions_and_loses_nothing() {
+    let mut sim = Sim::new(windowed());
+    let publisher = sim.open(1, Transport::Native);
+    let a = sim.open(2, Transport::Native);
+    identify(&mut sim, a, "alice");
+    sim.send(a, r#"{"op":"subscribe","id":1,"topic":"news.*"}"#);
+    sim.take(a);
+    publish(&mut sim, publisher, "news.eu", "one");
+    assert_eq!(sim.event_data(a), ["one"]);
+    sim.close(a);
+    assert_eq!(sim.broker.parked_sessions(), vec![&name("alice")]);
+    // Published while alice is away.
+    publish(&mut sim, publisher, "news.eu", "two");
+    publish(&mut sim, publisher, "other", "not for alice");
+    publish(&mut sim, publisher, "news.us", "three");
+    sim.advance(Duration::from_secs(59));
+
+    let b = sim.open(3, Transport::Native);
+    identify(&mut sim, b, "alice");
+    let frames = sim.take(b);
+    assert_eq!(frames[0], json!({"type":"ok","id":99}));
+    assert_eq!(frames[1]["type"], "message");
+    assert_eq!(frames[1]["event"], "tidings-session");
+    assert_eq!(frames[1]["data"]["resumed"], true);
+    assert_eq!(frames[1]["data"]["subscriptions"], json!(["news.*"]));
+    let data: Vec<_> = frames[2..].iter().map(|f| f["data"].clone()).collect();
+    assert_eq!(
+        data,
+        [json!("two"), json!("three")],
+        "exactly what it missed"
+    );
+    assert_eq!(
+        sim.broker.conn(b).unwrap().subscriptions,
+        vec!["news.*".to_owned()]
+    );
+    assert!(sim.broker.parked_sessions().is_empty());
+    // And live from there on, once.
+    publish(&mut sim, publisher, "news.eu", "four");
+    assert_eq!(sim.event_data(b), ["four"]);
+}
+
+#[test]
+fn after_the_window_the_session_is_gone_and_reported() {
+    let mut sim = Sim::new(windowed());
+    let a = sim.open(1, Transport::Native);
+    identify(&mut sim, a, "bob");
+    sim.send(a, r#"{"op":"subscribe","topic":"x"}"#);
+    sim.close(a);
+    sim.take_events();
+    sim.advance(Duration::from_secs(61));
+    assert!(sim.broker.parked_sessions().is_empty());
+    assert!(sim.take_events().contains(&Event::SessionExpired {
+        client_id: name("bob")
+    }));
+    let b = sim.open(2, Transport::Native);
+    identify(&mut sim, b, "bob");
+    assert_eq!(sim.take(b), vec![json!({"type":"ok","id":99})]);
+    assert!(sim.broker.conn(b).unwrap().subscriptions.is_empty());
+    assert_eq!(sim.broker.stats().parked_sessions, 0);
+}
+
+#[test]
+fn without_a_window_or_anything_to_keep_nothing_is_parked() {
+    let mut sim = Sim::new(Config::default());
+    let a = sim.open(1, Transport::Native);
+    identify(&mut sim, a, "carol");
+    sim.send(a, r#"{"op":"subscribe","topic":"x"}"#);
+    sim.close(a);
+    assert!(sim.broker.parked_sessions().is_empty());
+
+    let mut sim = Sim::new(windowed());
+    let a = sim.open(1, Transport::Native);
+    identify(&mut sim, a, "carol");
+    sim.close(a);
+    assert!(
+        sim.broker.parked_sessions().is_empty(),
+        "no subscriptions or rooms: nothing to park"
+    );
+}
+
+#[test]
+fn parked_sessions_are_bounded_oldest_first() {
+    let mut config = windowed();
+    config.limits.max_parked_sessions = 2;
+    let mut sim = Sim::new(config);
+    for (i, id) in ["c1", "c2", "c3"].iter().enumerate() {
+        let c = sim.open(i as u64 + 1, Transport::Native);
+        identify(&mut sim, c, id);
+        sim.send(c, r#"{"op":"subscribe","topic":"x"}"#);
+        sim.close(c);
+    }
+    assert_eq!(sim.broker.parked_sessions(), vec![&name("c2"), &name("c3")]);
+    assert!(sim.take_events().contains(&Event::SessionExpired {
+        client_id: name("c1")
+    }));
+    // Reconnecting and leaving again many times within the window keeps the bookkeeping small.
+    for i in 0..100 {
+        let c = sim.open(100 + i, Transport::Native);
+        identify(&mut sim, c, "c3");
+        sim.close(c);
+    }
+    assert_eq!(sim.broker.parked_sessions().len(), 2);
+}
+
+#[test]
+fn a_restored_session_is_limited_by_the_new_connections_grants() {
+    let mut sim = Sim::new(windowed());
+    let a = sim.open(1, Transport::Native);
+    identify(&mut sim, a, "dave");
+    sim.send(a, r#"{"op":"subscribe","topics":["public.a","secret.b"]}"#);
+    sim.close(a);
+    let grants = tidings_core::Grants {
+        subscribe: vec![pattern("public.>")],
+        client_ids: tidings_core::ClientIds::Only(name("dave")),
+        ..Default::default()
+    };
+    let b = sim.open_with(2, Transport::Native, grants);
+    identify(&mut sim, b, "dave");
+    assert_eq!(
+        sim.broker.conn(b).unwrap().subscriptions,
+        vec!["public.a".to_owned()]
+    );
+}
+
+#[test]
+fn an_sse_stream_resuming_a_session_with_an_older_cursor_gets_what_was_in_flight() {
+    let mut sim = Sim::new(windowed());
+    let publisher = sim.open(1, Transport::Native);
+    let s = sim.open(2, Transport::Sse);
+    // The stream's own topic (from its URL), then its client id.
+    sim.command(s, subscribe(&["a"], None));
+    identify(&mut sim, s, "erin");
+    let session = sse_events(&mut sim, s);
+    assert_eq!(session[0].0, "tidings-session");
+    let data: Value = serde_json::from_str(&session[0].1).unwrap();
+    assert_eq!(data["resumed"], false);
+    assert_eq!(data["reconnect_window_ms"], 60000);
+    // An extra topic added over HTTP while the stream is open.
+    let change = sim
+        .broker
+        .update_subscriptions(sim.now, &name("erin"), vec![pattern("b")], vec![])
+        .unwrap();
+    sim.drain();
+    assert_eq!(change.added, vec![pattern("b")]);
+    assert!(change.connected);
+    let notice = sse_events(&mut sim, s);
+    assert_eq!(notice[0].0, "tidings-subscribed");
+    assert_eq!(notice[0].1, r#"{"topics":["b"]}"#);
+    publish(&mut sim, publisher, "a", "a1");
+    publish(&mut sim, publisher, "b", "b1");
+    let got = sse_events(&mut sim, s);
+    let first = got[0].2.clone();
+    assert_eq!(got.len(), 2);
+    // The stream dies after both were handed out, but the browser only saw a1.
+    sim.close(s);
+    publish(&mut sim, publisher, "b", "b2");
+    let s2 = sim.open(3, Transport::Sse);
+    sim.command(s2, subscribe(&["a"], Some(first.parse().unwrap())));
+    identify(&mut sim, s2, "erin");
+    let got: Vec<_> = sse_events(&mut sim, s2)
+        .into_iter()
+        .map(|(e, d, _)| (e, d))
+        .collect();
+    assert_eq!(got[0].0, "tidings-session");
+    let rest: Vec<_> = got[1..].iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(
+        rest,
+        ["b1", "b2"],
+        "in-flight b1 again, then b2, no a1 twice"
+    );
+}
+
+fn subscribe(patterns: &[&str], from: Option<tidings_core::Cursor>) -> tidings_core::Command {
+    tidings_core::Command::Subscribe(tidings_core::Subscribe {
+        req: None,
+        patterns: patterns.iter().map(|p| pattern(p)).collect(),
+        from,
+        name: None,
+    })
+}
+
+#[test]
+fn subscription_changes_for_a_parked_or_unknown_client() {
+    let mut sim = Sim::new(windowed());
+    let publisher = sim.open(1, Transport::Native);
+    let a = sim.open(2, Transport::Native);
+    identify(&mut sim, a, "frank");
+    sim.send(a, r#"{"op":"subscribe","topic":"x"}"#);
+    sim.close(a);
+    publish(&mut sim, publisher, "y", "before the change");
+    let change = sim
+        .broker
+        .update_subscriptions(
+            sim.now,
+            &name("frank"),
+            vec![pattern("y")],
+            vec![pattern("x"), pattern("never")],
+        )
+        .unwrap();
+    assert!(!change.connected);
+    assert_eq!(change.removed, vec![pattern("x")]);
+    assert_eq!(change.subscriptions, vec![pattern("y")]);
+    publish(&mut sim, publisher, "y", "after the change");
+    publish(&mut sim, publisher, "x", "unsubscribed");
+    let b = sim.open(3, Transport::Native);
+    identify(&mut sim, b, "frank");
+    let data: Vec<_> = sim
+        .take(b)
+        .into_iter()
+        .filter(|f| f["type"] == "event")
+        .map(|f| f["data"].clone())
+        .collect();
+    assert_eq!(data, [json!("after the change")]);
+
+    let e = sim
+        .broker
+        .update_subscriptions(sim.now, &name("nobody"), vec![pattern("y")], vec![])
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NoRecipient);
+    let mut config = windowed();
+    config.limits.max_subscriptions = 1;
+    let mut sim = Sim::new(config);
+    let a = sim.open(1, Transport::Native);
+    identify(&mut sim, a, "gina");
+    let e = sim
+        .broker
+        .update_subscriptions(
+            sim.now,
+            &name("gina"),
+            vec![pattern("a"), pattern("b")],
+            vec![],
+        )
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::LimitReached);
+    assert!(sim.broker.conn(a).unwrap().subscriptions.is_empty());
+}
+
+#[test]
+fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
+    let mut sim = Sim::new(Config {
+        lifecycle_events: true,
+        ..Config::default()
+    });
+    let publisher = sim.open(1, Transport::Native);
+    let alice = sim.open(2, Transport::Native);
+    identify(&mut sim, alice, "alice");
+    let bob = sim.open(3, Transport::Native);
+    identify(&mut sim, bob, "bob");
+    sim.take(alice);
+    sim.take(bob);
+    let now = sim.now;
+    sim.broker.declare_topic(
+        now,
+        topic("inbox.alice"),
+        Visibility::Private(name("alice")),
+    );
+    sim.broker
+        .declare_topic(now, topic("team.chat"), Visibility::Group(name("team")));
+    sim.broker
+        .declare_topic(now, topic("news"), Visibility::Public);
+    sim.drain();
+    // Everyone identified hears about the public topic; alice about her private one too.
+    let notices: Vec<_> = sim
+        .take(alice)
+        .into_iter()
+        .map(|f| f["data"].clone())
+        .collect();
+    assert_eq!(
+        notices.last().unwrap(),
+        &json!({"topics":[{"name":"inbox.alice","type":"private"},{"name":"news","type":"public"}]})
+    );
+    let notices: Vec<_> = sim
+        .take(bob)
+        .into_iter()
+        .map(|f| f["data"].clone())
+        .collect();
+    assert_eq!(
+        notices,
+        [json!({"topics":[{"name":"news","type":"public"}]})]
+    );
+    // Bob cannot subscribe to alice's inbox or the team's chat, not even by a wildcard.
+    sim.send(bob, r#"{"op":"subscribe","id":1,"topic":"inbox.alice"}"#);
+    assert_eq!(sim.take(bob)[0]["code"], "forbidden");
+    sim.send(bob, r#"{"op":"subscribe","id":2,"topic":">"}"#);
+    sim.send(alice, r#"{"op":"subscribe","id":3,"topic":"inbox.alice"}"#);
+    sim.take(bob);
+    sim.take(alice);
+    publish(&mut sim, publisher, "inbox.alice", "for alice");
+    publish(&mut sim, publisher, "team.chat", "for the team");
+    assert!(sim.take(bob).is_empty());
+    assert_eq!(sim.event_data(alice), ["for alice"]);
+    // Joining the room makes the group topic visible (with a notice), and delivered.
+    sim.broker.join(bob, name("team")).unwrap();
+    sim.drain();
+    let notice = sim.take(bob);
+    assert_eq!(notice[0]["event"], "tidings-topics");
+    assert_eq!(
+        notice[0]["data"]["topics"][1],
+        json!({"name":"team.chat","type":"group","group":"team"})
+    );
+    publish(&mut sim, publisher, "team.chat", "welcome");
+    assert_eq!(sim.event_data(bob), ["welcome"]);
+    // Removing a topic unsubscribes its exact subscribers, with notices.
+    let now = sim.now;
+    assert!(sim.broker.remove_topic(now, &topic("inbox.alice")));
+    sim.drain();
+    let frames = sim.take(alice);
+    assert_eq!(frames[0]["event"], "tidings-unsubscribed");
+    assert_eq!(frames[0]["data"], json!({"topics":["inbox.alice"]}));
+    assert_eq!(frames[1]["event"], "tidings-topics");
+    // The lifecycle: clients, topics, group, subscriptions, publishes.
+    let events = sim.take_events();
+    let has = |f: &dyn Fn(&Lifecycle) -> bool| {
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Lifecycle(l) if f(l)))
+    };
+    assert!(has(
+        &|l| matches!(l, Lifecycle::ClientNew { client_id, .. } if client_id.as_str() == "bob")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::TopicNew { topic, .. } if topic.as_str() == "team.chat")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::TopicRemoved { topic } if topic.as_str() == "inbox.alice")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::GroupNew { room } if room.as_str() == "team")
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::Subscribed { conn, .. } if *conn == alice)
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::Unsubscribed { conn, .. } if *conn == alice)
+    ));
+    assert!(has(
+        &|l| matches!(l, Lifecycle::Published { topic, .. } if topic.as_str() == "team.chat")
+    ));
+    sim.close(bob);
+    let events = sim.take_events();
+    assert!(events.contains(&Event::Lifecycle(Lifecycle::GroupRemoved {
+        room: name("team")
+    })));
+    assert!(events.contains(&Event::Lifecycle(Lifecycle::ClientRemoved {
+        client_id: name("bob")
+    })));
+    // Publishing to a declared topic is the ordinary publish.
+    let now = sim.now;
+    let payload = Payload::text("x").unwrap();
+    sim.broker.publish(now, topic("news"), None, payload);
+}
