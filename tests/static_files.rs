@@ -4,21 +4,16 @@
 //! `tidings` binary and in the axum embedding (nested under a prefix, and merged at the root of
 //! an application with routes of its own).
 //!
-//! The binary is started as in tests/server.rs (`tidings serve --listen 127.0.0.1:0`, the
-//! address read from its first stdout line) and spoken to with plain `TcpStream`s.
+//! The binary is started by the shared harness (`tests/common`: `tidings serve --listen
+//! 127.0.0.1:0`, the address read from its first stdout line) and spoken to with plain
+//! `TcpStream`s.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
 use tidings_adapter::ServerConfig;
-
-/// The runtimes the server can run on; every test runs on each.
-const RUNTIMES: &[&str] = &["tokio", "async-std"];
 
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -27,49 +22,8 @@ const CLIENT: &str = include_str!("../clients/js/tidings.js");
 
 // ---- harness -----------------------------------------------------------------------------------
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(runtime: &'static str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the tidings binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {} // keep the pipe drained
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            panic!("[{runtime}] the server did not print its address");
-        };
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("a socket address");
-        Self { child, addr }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::{RUNTIMES, Server};
 
 struct Resp {
     status: u16,
@@ -137,7 +91,7 @@ fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)
 fn for_each_runtime(test: impl Fn(SocketAddr)) {
     for runtime in RUNTIMES {
         eprintln!("runtime: {runtime}");
-        let server = Server::start(runtime);
+        let server = Server::start(runtime, &[]);
         test(server.addr);
     }
 }

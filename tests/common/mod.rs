@@ -1,0 +1,404 @@
+//! The harness of the end-to-end tests of the `tidings` binary (`tests/server.rs`,
+//! `tests/sse_parity.rs`, ...): each test starts the real server (`tidings serve --listen
+//! 127.0.0.1:0`), reads the bound address from its first stdout line, talks to it with plain
+//! `TcpStream`s (HTTP, SSE read with the core's `sse::Decoder`) and the synchronous `tungstenite`
+//! client, and stops it by pid. Reads have timeouts so that a failure fails fast instead of
+//! hanging.
+#![allow(dead_code)] // each test file uses a part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tidings_core::sse::{DecodedEvent, Decoder};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// The runtimes the server can run on; every test runs on each.
+pub const RUNTIMES: &[&str] = &["tokio", "async-std"];
+
+/// How long any single read may take before the test fails.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---- harness -----------------------------------------------------------------------------------
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub runtime: &'static str,
+}
+
+impl Server {
+    pub fn start(runtime: &'static str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the tidings binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {} // keep the pipe drained
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("[{runtime}] the server did not print its address");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("a socket address");
+        Self {
+            child,
+            addr,
+            runtime,
+        }
+    }
+
+    /// SIGTERM, then the exit status (within 15 s).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connects");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// A connection whose receive buffer is tiny, so that a client that stops reading stalls
+    /// the server's writes quickly instead of after megabytes of kernel buffering.
+    pub fn connect_small_buffer(&self) -> TcpStream {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&self.addr.into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// One HTTP request; the server answers and closes.
+    pub fn request(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Resp {
+        let mut stream = self.connect();
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        stream
+            .read_to_end(&mut raw)
+            .expect("the server answers and closes");
+        Resp::parse(&raw)
+    }
+
+    pub fn get(&self, target: &str) -> Resp {
+        self.request("GET", target, &[], b"")
+    }
+
+    /// Publishes text over HTTP; returns the cursor.
+    pub fn publish(&self, topic: &str, body: &str) -> String {
+        let resp = self.request(
+            "POST",
+            &format!("/publish?topic={topic}"),
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let json: Value = serde_json::from_str(&resp.body).unwrap();
+        json["id"].as_str().expect("an id").to_owned()
+    }
+
+    pub fn metrics(&self) -> String {
+        let resp = self.get("/metrics");
+        assert_eq!(resp.status, 200);
+        resp.body
+    }
+
+    /// Polls `/metrics` until `done` holds (the server reports connections going away
+    /// asynchronously; there is no event to wait for from outside).
+    pub fn wait_for_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metrics = self.metrics();
+            if done(&metrics) {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "[{}] {what}:\n{metrics}",
+                self.runtime
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn sse(&self, target: &str, headers: &[(&str, &str)]) -> Sse {
+        Sse::open(self.connect(), target, headers)
+    }
+
+    pub fn ws(&self) -> Ws {
+        Ws::open(self.connect(), self.addr, &[])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric sample line `name value`.
+pub fn metric(metrics: &str, sample: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no sample {sample} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn parse(raw: &[u8]) -> Self {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let len = match resp.parse(raw) {
+            Ok(httparse::Status::Complete(len)) => len,
+            other => panic!(
+                "not an HTTP response ({other:?}): {:?}",
+                String::from_utf8_lossy(raw)
+            ),
+        };
+        Self {
+            status: resp.code.unwrap(),
+            headers: resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&raw[len..]).into_owned(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn error_code(&self) -> String {
+        let json: Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.body));
+        json["error"]["code"].as_str().expect("a code").to_owned()
+    }
+}
+
+/// An SSE stream read with the core's decoder.
+pub struct Sse {
+    pub stream: TcpStream,
+    pub decoder: Decoder,
+    pub head: Resp,
+}
+
+impl Sse {
+    pub fn open(mut stream: TcpStream, target: &str, headers: &[(&str, &str)]) -> Self {
+        let mut head =
+            format!("GET {target} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).expect("the response head arrives");
+            assert_eq!(n, 1, "the connection ended in the response head: {raw:?}");
+            raw.push(byte[0]);
+        }
+        Self {
+            stream,
+            decoder: Decoder::new(),
+            head: Resp::parse(&raw),
+        }
+    }
+
+    /// Reads more of the stream; `false` at its end.
+    pub fn fill(&mut self) -> bool {
+        let mut buf = [0u8; 16 << 10];
+        match self.stream.read(&mut buf) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.decoder.feed(&buf[..n]).expect("a valid event stream");
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("reading the SSE stream: {e}"),
+        }
+    }
+
+    pub fn next_event(&mut self) -> DecodedEvent {
+        loop {
+            if let Some(event) = self.decoder.next_event() {
+                return event;
+            }
+            assert!(self.fill(), "the SSE stream ended");
+        }
+    }
+
+    /// Every event until the server ends the stream.
+    pub fn until_end(&mut self) -> Vec<DecodedEvent> {
+        let mut events = Vec::new();
+        loop {
+            while let Some(event) = self.decoder.next_event() {
+                events.push(event);
+            }
+            if !self.fill() {
+                return events;
+            }
+        }
+    }
+}
+
+/// A native-protocol WebSocket client.
+pub struct Ws {
+    pub ws: WebSocket<TcpStream>,
+    pub welcome: Value,
+}
+
+impl Ws {
+    pub fn open(stream: TcpStream, addr: SocketAddr, headers: &[(&'static str, &str)]) -> Self {
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/ws"))
+                .unwrap();
+        for (name, value) in headers {
+            request.headers_mut().insert(*name, value.parse().unwrap());
+        }
+        let (ws, _) = tungstenite::client(request, stream).expect("the handshake succeeds");
+        let mut ws = Self {
+            ws,
+            welcome: Value::Null,
+        };
+        ws.welcome = ws.recv();
+        assert_eq!(ws.welcome["type"], "welcome", "{}", ws.welcome);
+        ws
+    }
+
+    pub fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).unwrap();
+    }
+
+    pub fn send_raw(&mut self, message: Message) {
+        self.ws.send(message).unwrap();
+    }
+
+    /// The next JSON frame (WebSocket control frames are skipped).
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a frame arrives") {
+                Message::Text(text) => return serde_json::from_str(&text).expect("JSON"),
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("unexpected message {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a frame with id `id` and returns the answer carrying that id (frames in between,
+    /// e.g. events, are returned too, before it).
+    pub fn ask(&mut self, frame: Value) -> Value {
+        let id = frame["id"].clone();
+        self.send(frame);
+        loop {
+            let answer = self.recv();
+            if answer["id"] == id
+                && ["ok", "error", "pong"].contains(&answer["type"].as_str().unwrap_or_default())
+            {
+                return answer;
+            }
+        }
+    }
+
+    /// Reads until the server closes: the JSON frames it sent before, and the close code.
+    pub fn until_close(&mut self) -> (Vec<Value>, Option<CloseCode>) {
+        let mut frames = Vec::new();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => frames.push(serde_json::from_str(&text).unwrap()),
+                Ok(Message::Close(frame)) => return (frames, frame.map(|f| f.code)),
+                Ok(_) => {}
+                Err(tungstenite::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("timed out waiting for the close; got {frames:?}")
+                }
+                Err(_) => return (frames, None),
+            }
+        }
+    }
+}
+
+pub fn for_each_runtime(test: impl Fn(&'static str)) {
+    for runtime in RUNTIMES {
+        eprintln!("runtime: {runtime}");
+        test(runtime);
+    }
+}
