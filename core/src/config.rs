@@ -21,6 +21,9 @@ pub struct Config {
     pub timers: Timers,
     /// The reconnection delay advertised to SSE clients with `retry:` when a stream opens.
     pub sse_retry: Option<Duration>,
+    /// The server's own id in the ksbus protocol: the `from` of server-originated ksbus frames
+    /// (wait-recv acks, string publishes) and the `pub_id` target that reaches the application.
+    pub server_id: String,
 }
 
 impl Default for Config {
@@ -32,9 +35,13 @@ impl Default for Config {
             slow_consumer: SlowConsumer::default(),
             timers: Timers::default(),
             sse_retry: Some(Duration::from_millis(2000)),
+            server_id: DEFAULT_SERVER_ID.to_owned(),
         }
     }
 }
+
+/// The default [`Config::server_id`].
+pub const DEFAULT_SERVER_ID: &str = "tidings";
 
 /// Limits on what peers can make the broker hold. Exceeding one gets a clear error.
 #[derive(Debug, Clone, PartialEq)]

@@ -77,6 +77,8 @@ pub(crate) struct Extras {
     pub(crate) acks: Vec<AckId>,
     /// The last server request id handed out (ids start at 1).
     pub(crate) next_ack: AckId,
+    /// etp only: the event names of client requests still to be answered.
+    pub(crate) etp_names: Vec<(ReqId, Name)>,
 }
 
 pub(crate) struct ConnState {
@@ -132,6 +134,13 @@ impl ConnState {
 
     pub(crate) fn acks(&self) -> &[AckId] {
         self.extras.as_ref().map_or(&[], |x| &x.acks)
+    }
+
+    /// Forgets and returns the etp event name of request `req` (the latest one with that id).
+    pub(crate) fn take_etp_name(&mut self, req: ReqId) -> Option<Name> {
+        let names = &mut self.extras.as_mut()?.etp_names;
+        let i = names.iter().rposition(|(r, _)| *r == req)?;
+        Some(names.remove(i).1)
     }
 
     pub(crate) fn sub(&self, pattern: &Pattern) -> Option<&Sub> {

@@ -27,7 +27,9 @@ fn req_of(cmd: &Command) -> Option<u64> {
         | Command::Send { req, .. }
         | Command::Identify { req, .. }
         | Command::Ping { req }
-        | Command::Invalid { req, .. } => *req,
+        | Command::Invalid { req, .. }
+        | Command::RemoveTopic { req, .. } => *req,
+        Command::Notify { .. } => None,
         Command::Request { req, .. } => Some(*req),
         Command::Reply { ack, .. } => Some(*ack),
     }

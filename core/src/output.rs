@@ -69,6 +69,15 @@ pub enum Event {
         /// The data.
         payload: Payload,
     },
+    /// A client event that wants no answer ([`crate::Command::Notify`]).
+    Notify {
+        /// The sending connection.
+        conn: ConnId,
+        /// The handler name.
+        event: Name,
+        /// The data.
+        payload: Payload,
+    },
     /// The outcome of a server request (emit-with-ack): exactly one per request.
     AckResult {
         /// The connection asked.
