@@ -270,10 +270,10 @@ fn patterns(data: &[u8], limits: &Limits) -> Result<Vec<Pattern>, ProtocolError>
             ),
         ));
     }
-    if list.iter().any(|p| p.contains("||")) {
+    if list.iter().any(|p| p.contains("||") || p.ends_with('|')) {
         return Err(ProtocolError::new(
             ErrorCode::InvalidTopic,
-            "etp cannot carry topic names containing \"||\"",
+            "etp cannot carry topic names containing \"||\" or ending in \"|\"",
         ));
     }
     list.iter()
@@ -305,9 +305,10 @@ pub fn encode(frame: &Frame<'_>, ack_name: Option<&str>, js: bool) -> Option<Byt
         // Answers always omit empty data, as etp does (the JS client never asks for them).
         event(&name, req, data, false)
     };
-    // etp cannot carry names containing `||` (it has no escaping): such topics and events are
-    // not delivered to etp clients (found by fuzzing).
-    let carried = |name: &str| !name.contains("||");
+    // etp cannot carry names containing `||` or ending in `|` (it has no escaping): such topics
+    // and events are not delivered to etp clients (found by fuzzing).
+    // A name ending in `|` would run into the separator.
+    let carried = |name: &str| !name.contains("||") && !name.ends_with('|');
     Some(match frame {
         Frame::Event { topic, .. } if !carried(topic.as_str()) => return None,
         Frame::Message { event: Some(e), .. } | Frame::Request { event: e, .. }
