@@ -115,7 +115,10 @@ fn the_pypi_ksbus_client_works_against_the_server() {
             json!({"data": "hello", "from": "tidings", "topic": topic})
         );
         let ack = &step("wait_recv_ack")["got"];
-        assert_eq!((&ack["ok"], &ack["from"]), (&json!("done"), &json!("tidings")));
+        assert_eq!(
+            (&ack["ok"], &ack["from"]),
+            (&json!("done"), &json!("tidings"))
+        );
         assert_eq!(step("wait_recv_ack")["expired"], false);
         let delivery = &step("wait_recv_delivery")["got"];
         assert_eq!(delivery["msg"], "wait");

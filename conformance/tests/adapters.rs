@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use tidings_adapter::{Hub, ServerConfig};
-use tidings_core::{ErrorCode, Name, Payload, ProtocolError};
 use tidings_conformance::{Options, Outcome, builtin_cases, run, text_line};
+use tidings_core::{ErrorCode, Name, Payload, ProtocolError};
 
 fn profile() -> ServerConfig {
     let text = include_str!("../server.toml");
@@ -41,7 +41,9 @@ fn run_suite(label: &str, addr: std::net::SocketAddr) {
 /// The application handlers the `etp-handlers` cases need (`tidings serve` has none; run.sh
 /// skips those cases there).
 fn etp_handlers(hub: &Hub) {
-    hub.on("hello", |_, _| async { Ok(Payload::text("pong").expect("text")) });
+    hub.on("hello", |_, _| async {
+        Ok(Payload::text("pong").expect("text"))
+    });
     hub.on("empty", |_, _| async { Ok(Payload::empty()) });
     hub.on("fast", |_, _| async { Ok(Payload::empty()) });
     hub.on("slow", |_, _| async {

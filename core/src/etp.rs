@@ -80,8 +80,8 @@ fn parse_ack(s: &[u8]) -> Result<AckId, ProtocolError> {
     }
     let n = if negative { -n } else { n };
     let n = i64::try_from(n).map_err(|_| fail("value out of range"))?;
-    // etp: `uint64(ackId)`.
-    Ok(n.cast_unsigned())
+    // etp: `uint64(ackId)` (two's complement, as Go converts).
+    Ok(u64::from_ne_bytes(n.to_ne_bytes()))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -254,10 +254,16 @@ fn patterns(data: &[u8], limits: &Limits) -> Result<Vec<Pattern>, ProtocolError>
         .map_err(|_| ProtocolError::new(ErrorCode::NotUtf8, "the data is not valid UTF-8"))?;
     let list: Vec<String> = match text.trim_start().as_bytes().first() {
         Some(b'[') => serde_json::from_str(text).map_err(|_| {
-            ProtocolError::new(ErrorCode::BadField, "give a pattern or a JSON array of them")
+            ProtocolError::new(
+                ErrorCode::BadField,
+                "give a pattern or a JSON array of them",
+            )
         })?,
         Some(b'"') => vec![serde_json::from_str(text).map_err(|_| {
-            ProtocolError::new(ErrorCode::BadField, "give a pattern or a JSON array of them")
+            ProtocolError::new(
+                ErrorCode::BadField,
+                "give a pattern or a JSON array of them",
+            )
         })?],
         _ => vec![text.to_owned()],
     };
@@ -316,10 +322,19 @@ pub fn encode(frame: &Frame<'_>, ack_name: Option<&str>, js: bool) -> Option<Byt
         {
             return None;
         }
-        Frame::Message { named: Some((t, _)), event: None, .. } if !carried(t.as_str()) => {
+        Frame::Message {
+            named: Some((t, _)),
+            event: None,
+            ..
+        } if !carried(t.as_str()) => {
             return None;
         }
-        Frame::Message { room: Some(r), event: None, named: None, .. } if !carried(r.as_str()) => {
+        Frame::Message {
+            room: Some(r),
+            event: None,
+            named: None,
+            ..
+        } if !carried(r.as_str()) => {
             return None;
         }
         Frame::Event { topic, payload, .. } => event(topic.as_str(), 0, payload.bytes(), js),
@@ -387,7 +402,10 @@ mod tests {
         let Command::Request { req, payload, .. } = dec("hello||7||ping") else {
             panic!()
         };
-        assert_eq!((req, payload.as_str(), payload.is_json()), (7, "ping", false));
+        assert_eq!(
+            (req, payload.as_str(), payload.is_json()),
+            (7, "ping", false)
+        );
         let Command::Notify { payload, .. } = dec("chat||0||a||b") else {
             panic!()
         };
@@ -400,7 +418,10 @@ mod tests {
         }
         assert!(matches!(dec("hello||007"), Command::Request { req: 7, .. }));
         assert!(matches!(dec("x||+3||d"), Command::Request { req: 3, .. }));
-        assert!(matches!(dec("x||-1"), Command::Request { req: u64::MAX, .. }));
+        assert!(matches!(
+            dec("x||-1"),
+            Command::Request { req: u64::MAX, .. }
+        ));
         let Command::Invalid { error, fatal, .. } = dec("garbage") else {
             panic!()
         };
@@ -415,7 +436,10 @@ mod tests {
             };
             assert!(error.message.starts_with("parse ackId: "), "{error}");
         }
-        assert!(matches!(dec("x||9223372036854775807"), Command::Request { .. }));
+        assert!(matches!(
+            dec("x||9223372036854775807"),
+            Command::Request { .. }
+        ));
         assert!(matches!(
             dec("__ack_q||1||answer"),
             Command::Reply { ack: 1, .. }
@@ -443,7 +467,10 @@ mod tests {
             cursor: None,
             payload: Some(&Payload::text("pong").unwrap()),
         };
-        assert_eq!(encode(&ok, Some("hello"), false).unwrap(), "__ack_hello||7||pong");
+        assert_eq!(
+            encode(&ok, Some("hello"), false).unwrap(),
+            "__ack_hello||7||pong"
+        );
         let ok = Frame::Ok {
             req: 8,
             cursor: None,

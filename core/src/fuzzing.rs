@@ -452,11 +452,23 @@ fn through_broker(transport: Transport, cmds: Vec<Command>) -> Vec<Bytes> {
         name: None,
     });
     broker
-        .handle_input(now, Input::Command { conn: ConnId(2), cmd: sub })
+        .handle_input(
+            now,
+            Input::Command {
+                conn: ConnId(2),
+                cmd: sub,
+            },
+        )
         .expect("open connection");
     for cmd in cmds {
         broker
-            .handle_input(now, Input::Command { conn: ConnId(1), cmd })
+            .handle_input(
+                now,
+                Input::Command {
+                    conn: ConnId(1),
+                    cmd,
+                },
+            )
             .expect("open connection");
     }
     broker.handle_timeout(now + Duration::from_secs(3600));
@@ -488,15 +500,20 @@ pub fn ksbus_decode(data: &[u8]) {
         if frame.is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_slice(&frame)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {frame:?}"));
-        let o = v.as_object().unwrap_or_else(|| panic!("not an object: {v}"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&frame).unwrap_or_else(|e| panic!("not JSON ({e}): {frame:?}"));
+        let o = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {v}"));
         // A pong is exactly {"data":"pong"}, an error exactly {"error":..}; everything else is
         // a delivery, which clients route by topic, to_id or name.
         let pong = o.len() == 1 && o.get("data").is_some_and(|d| d == "pong");
         let error = o.len() == 1 && o.contains_key("error");
         assert!(
-            pong || error || ["topic", "to_id", "name"].iter().any(|k| o.contains_key(*k)),
+            pong || error
+                || ["topic", "to_id", "name"]
+                    .iter()
+                    .any(|k| o.contains_key(*k)),
             "{v}"
         );
     }
@@ -525,7 +542,10 @@ pub fn etp_decode(data: &[u8]) {
                 .position(|w| w == b"||")
                 .unwrap_or_else(|| panic!("no '||' in {frame:?}"));
             let rest = &frame[i + 2..];
-            let id_end = rest.windows(2).position(|w| w == b"||").unwrap_or(rest.len());
+            let id_end = rest
+                .windows(2)
+                .position(|w| w == b"||")
+                .unwrap_or(rest.len());
             assert!(
                 !rest[..id_end].is_empty() && rest[..id_end].iter().all(u8::is_ascii_digit),
                 "{frame:?}"

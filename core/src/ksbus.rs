@@ -87,7 +87,10 @@ fn bad(message: impl Into<String>) -> ProtocolError {
 }
 
 /// A string field: `Ok(None)` when absent or `null`, an error when of another type.
-fn string_field<'a>(m: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ProtocolError> {
+fn string_field<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, ProtocolError> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -376,7 +379,11 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
             gap.dropped_messages,
             gap.to
         )),
-        Frame::Request { ack, event, payload } => {
+        Frame::Request {
+            ack,
+            event,
+            payload,
+        } => {
             let mut map = BTreeMap::new();
             map.insert("data".to_owned(), value_of(payload));
             map.insert("event".to_owned(), Value::String(event.as_str().to_owned()));
@@ -544,7 +551,10 @@ mod tests {
         assert_eq!(err(r#"{"action":"pub_id","data":{}}"#), "id missing");
         assert_eq!(err(r#"{"action":"foo"}"#), "action foo not handled");
         assert_eq!(err(r#"{"action":7}"#), "action must be a string");
-        assert_eq!(err(r#"{"action":"sub","topic":1}"#), "topic must be a string");
+        assert_eq!(
+            err(r#"{"action":"sub","topic":1}"#),
+            "topic must be a string"
+        );
         assert!(decode(br#"{"topic":"x"}"#, &Limits::default(), "m").is_empty());
         assert!(decode(b"null", &Limits::default(), "m").is_empty());
         assert!(matches!(

@@ -30,7 +30,9 @@ mod timers;
 mod topic;
 
 pub use broker::{Broker, ConnInfo, Stats};
-pub use config::{DEFAULT_SERVER_ID, Config, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers};
+pub use config::{
+    Config, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
+};
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use grants::{ClientIds, Grants};

@@ -786,7 +786,10 @@ impl<R: Runtime> Driver<R> {
         if *running >= max {
             let error = ProtocolError::new(
                 ErrorCode::LimitReached,
-                format!("at most {max} events may be handled at once per connection; dropped {:?}", event.as_str()),
+                format!(
+                    "at most {max} events may be handled at once per connection; dropped {:?}",
+                    event.as_str()
+                ),
             );
             self.on_error(conn, &error);
             return;
@@ -811,9 +814,10 @@ impl<R: Runtime> Driver<R> {
     /// Reports a client's protocol violation to the application's error hook. Answers to
     /// unknown server requests from etp clients are not reported (etp ignores them silently).
     fn on_error(&self, conn: ConnId, error: &ProtocolError) {
-        let etp = self.conns.get(&conn).is_some_and(|e| {
-            matches!(e.kind, Kind::Compat(Transport::Etp | Transport::EtpJs))
-        });
+        let etp = self
+            .conns
+            .get(&conn)
+            .is_some_and(|e| matches!(e.kind, Kind::Compat(Transport::Etp | Transport::EtpJs)));
         if etp && error.code == ErrorCode::UnknownRequest {
             return;
         }

@@ -557,8 +557,16 @@ impl Hub {
     ///
     /// # Errors
     /// [`HubError::Stopped`].
-    pub async fn emit(&self, conn: ConnId, event: Name, payload: Payload) -> Result<bool, HubError> {
-        Ok(self.send(Recipient::Conn(conn), Some(event), payload).await? > 0)
+    pub async fn emit(
+        &self,
+        conn: ConnId,
+        event: Name,
+        payload: Payload,
+    ) -> Result<bool, HubError> {
+        Ok(self
+            .send(Recipient::Conn(conn), Some(event), payload)
+            .await?
+            > 0)
     }
 
     /// Sets the disconnect hook. It runs on the driver task: keep it short, spawn slow work.

@@ -160,7 +160,9 @@ pub(crate) async fn run<R, S>(
                     vec![Command::Ping { req: None }]
                 } else {
                     match proto {
-                        Proto::Native => vec![native::decode(&Bytes::copy_from_slice(data), limits)],
+                        Proto::Native => {
+                            vec![native::decode(&Bytes::copy_from_slice(data), limits)]
+                        }
                         Proto::Ksbus => ksbus::decode(data, limits, hub.server_id()),
                         Proto::Etp { .. } => vec![etp::decode(data, limits)],
                     }
