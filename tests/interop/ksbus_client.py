@@ -40,7 +40,14 @@ class Client:
 
     async def sync(self):
         """Everything sent so far was handled: ping and wait for the pong (frames on one
-        connection are handled in order)."""
+        connection are handled in order). The library sends most frames from tasks of their
+        own: wait for those first, so the ping goes after them."""
+        sending = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task() and t.get_coro().__name__ == "sendMessage"
+        ]
+        await asyncio.gather(*sending)
         await self.bus.sendMessage({"action": "ping"})
         await self.opened()
 
