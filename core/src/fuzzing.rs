@@ -429,7 +429,7 @@ pub fn broker_ops(data: &[u8]) {
 /// Runs `cmds` from one connection of `transport` through a broker (with a second connection
 /// of the same transport subscribed to everything) and returns every frame handed out.
 fn through_broker(transport: Transport, cmds: Vec<Command>) -> Vec<Bytes> {
-    let now = Instant::now();
+    let now = Instant::now(); // clock: test-only (the fuzz harness's own base time)
     let mut broker = Broker::new(Config::default(), now);
     let grants = Arc::new(Grants::all());
     for conn in [ConnId(1), ConnId(2)] {
