@@ -257,14 +257,17 @@ fn parse_step(step: &Value) -> Result<Step, String> {
             "welcome",
             "raw_pings",
         ])?;
+        let path = string(obj, "path")?.unwrap_or_else(|| "/ws".into());
+        // ksbus and etp have no welcome frame.
+        let compat = path.starts_with("/ws/bus") || path.starts_with("/etp");
         return Ok(Step::OpenWs(OpenWs {
             conn,
-            path: string(obj, "path")?.unwrap_or_else(|| "/ws".into()),
+            path,
             headers: headers(obj, "headers")?,
             status: number(obj, "status")?.map(|n| n as u16),
             response_headers: expected_headers(obj)?,
             body: body(obj)?,
-            welcome: boolean(obj, "welcome")?.unwrap_or(true),
+            welcome: boolean(obj, "welcome")?.unwrap_or(!compat),
             raw_pings: boolean(obj, "raw_pings")?.unwrap_or(false),
         }));
     }

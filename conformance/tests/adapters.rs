@@ -2,8 +2,11 @@
 //! server with the conformance profile (`conformance/server.toml`) on a free loopback port and
 //! runs every built-in case against it. A failing case fails the test with its step and diff.
 
-use tidings_adapter::ServerConfig;
+use std::time::Duration;
+
+use tidings_adapter::{Hub, ServerConfig};
 use tidings_conformance::{Options, Outcome, builtin_cases, run, text_line};
+use tidings_core::{ErrorCode, Name, Payload, ProtocolError};
 
 fn profile() -> ServerConfig {
     let text = include_str!("../server.toml");
@@ -35,6 +38,42 @@ fn run_suite(label: &str, addr: std::net::SocketAddr) {
     );
 }
 
+/// The application handlers the `etp-handlers` cases need (`tidings serve` has none; run.sh
+/// skips those cases there).
+fn etp_handlers(hub: &Hub) {
+    hub.on("hello", |_, _| async {
+        Ok(Payload::text("pong").expect("text"))
+    });
+    hub.on("empty", |_, _| async { Ok(Payload::empty()) });
+    hub.on("fast", |_, _| async { Ok(Payload::empty()) });
+    hub.on("slow", |_, _| async {
+        // A slow handler, on any runtime: a thread sleeps, the handler awaits it.
+        let (tx, rx) = futures_channel::oneshot::channel();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+        Ok(Payload::empty())
+    });
+    let asker = hub.clone();
+    hub.on("e", move |conn, payload| {
+        let hub = asker.clone();
+        async move {
+            let echo = Name::parse("event", "echo", 32).expect("a valid name");
+            let answer = hub.request(conn, echo, payload, None).await?;
+            Ok(Payload::text(format!("got:{}", answer.as_str())).expect("text"))
+        }
+    });
+    hub.on_unknown(|_, name, payload| async move {
+        if name.as_str().starts_with("mystery") {
+            let text = format!("unknown:{}:{}", name.as_str(), payload.as_str());
+            return Ok(Payload::text(text).expect("text"));
+        }
+        Err(ProtocolError::new(ErrorCode::NoHandler, "no handler"))
+    });
+}
+
 #[test]
 fn tokio_adapter_conforms() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -45,6 +84,7 @@ fn tokio_adapter_conforms() {
     let server = rt
         .block_on(tidings_tokio::serve(profile()))
         .expect("the tokio server starts");
+    etp_handlers(server.hub());
     run_suite("tokio", server.addr());
     rt.block_on(server.shutdown());
 }
@@ -53,6 +93,7 @@ fn tokio_adapter_conforms() {
 fn async_std_adapter_conforms() {
     let server = async_io::block_on(tidings_async_std::serve(profile()))
         .expect("the async-std server starts");
+    etp_handlers(server.hub());
     run_suite("async-std", server.addr());
     async_io::block_on(server.shutdown());
 }

@@ -315,7 +315,7 @@ impl Broker {
             cursor: self.head(),
             config: &self.config,
         };
-        if let Some(bytes) = crate::codec::encode(transport, &welcome) {
+        if let Some(bytes) = crate::codec::encode_with(transport, &welcome, &self.ctx()) {
             self.transmit(slot, bytes);
         }
         self.conn_timer(slot);
@@ -324,6 +324,12 @@ impl Broker {
 
     /// The one dispatch of client commands.
     fn command(&mut self, slot: Slot, cmd: Command) {
+        if matches!(
+            self.conn_ref(slot).transport,
+            Transport::Etp | Transport::EtpJs
+        ) {
+            self.remember_etp_name(slot, &cmd);
+        }
         match cmd {
             Command::Subscribe(sub) => self.subscribe(slot, sub),
             Command::Unsubscribe { req, patterns } => {
@@ -500,6 +506,45 @@ impl Broker {
                 self.ok(slot, req, None, None);
                 self.identified(slot, &client_id);
             }
+            Command::Notify { event, payload } => {
+                if !self.conn_ref(slot).grants.direct {
+                    let e = ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "events for the application are not granted to this connection",
+                    );
+                    return self.fail(slot, None, e);
+                }
+                let conn = self.conn_ref(slot).id;
+                self.emit(Event::Notify {
+                    conn,
+                    event,
+                    payload,
+                });
+            }
+            Command::RemoveTopic { req, topic } => {
+                if !self.conn_ref(slot).grants.may_publish(&topic) {
+                    let e = ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "removing topic {:?} needs the grant to publish to it",
+                            topic.as_str()
+                        ),
+                    );
+                    return self.fail(slot, req, e);
+                }
+                let pattern = crate::topic::Pattern::exact(&topic);
+                let holders: Vec<Slot> = self
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.as_ref().is_some_and(|c| c.sub(&pattern).is_some()))
+                    .filter_map(|(i, _)| Slot::try_from(i).ok())
+                    .collect();
+                for holder in holders {
+                    self.remove_sub(holder, &pattern);
+                }
+                self.ok(slot, req, None, None);
+            }
             Command::Ping { req } => {
                 if let Some(req) = req {
                     self.send_frame(slot, &Frame::Pong { req });
@@ -521,6 +566,37 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// etp answers carry the name of the event they answer (`__ack_<name>||id`): remember it
+    /// for commands that will be answered (bounded: answered at once, or a pending request).
+    fn remember_etp_name(&mut self, slot: Slot, cmd: &Command) {
+        let (req, name) = match cmd {
+            Command::Request { req, event, .. } => (*req, event.clone()),
+            Command::Subscribe(s) => match s.req {
+                Some(req) => (req, crate::etp::reserved(crate::etp::SUBSCRIBE)),
+                None => return,
+            },
+            Command::Unsubscribe { req: Some(req), .. } => {
+                (*req, crate::etp::reserved(crate::etp::UNSUBSCRIBE))
+            }
+            Command::Publish { req: Some(req), .. } => {
+                (*req, crate::etp::reserved(crate::etp::PUBLISH))
+            }
+            Command::Send { req: Some(req), .. } => (*req, crate::etp::reserved(crate::etp::SEND)),
+            Command::Identify { req: Some(req), .. } => {
+                (*req, crate::etp::reserved(crate::etp::IDENTIFY))
+            }
+            // Only refused reserved events carry an id (acks are matched by id only).
+            Command::Invalid { req: Some(req), .. } => (*req, crate::etp::reserved("tidings")),
+            _ => return,
+        };
+        let max = self.config.limits.max_pending_requests;
+        let names = &mut self.conn_mut(slot).extras_mut().etp_names;
+        if names.len() > max * 2 {
+            names.remove(0);
+        }
+        names.push((req, name));
     }
 
     /// Answers a request with `ok` (only when the client gave a request id).

@@ -14,7 +14,7 @@ use crate::input::{AckId, ConnId, ReqId, Transport};
 use crate::output::Gap;
 use crate::payload::Payload;
 use crate::topic::{Name, Topic};
-use crate::{native, sse};
+use crate::{etp, ksbus, native, sse};
 
 /// A frame from the broker to a client, before encoding.
 #[derive(Debug, Clone, Copy)]
@@ -94,10 +94,39 @@ pub enum Frame<'a> {
 
 /// Encodes `frame` for `transport`, or `None` when the transport cannot carry it (an SSE stream
 /// has no way to receive replies to requests it cannot send).
+///
+/// The ksbus encoding uses the default server id ([`crate::config::DEFAULT_SERVER_ID`]); the
+/// broker uses [`encode_with`] with its configured one.
 pub fn encode(transport: Transport, frame: &Frame<'_>) -> Option<Bytes> {
+    encode_with(transport, frame, &Context::default())
+}
+
+/// What some encodings need besides the frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The server's own id (`from` of server-originated ksbus frames).
+    pub server_id: &'a str,
+    /// For etp replies (`__ack_<name>||id`): the name of the event being answered.
+    pub ack_name: Option<&'a str>,
+}
+
+impl Default for Context<'_> {
+    fn default() -> Self {
+        Self {
+            server_id: crate::config::DEFAULT_SERVER_ID,
+            ack_name: None,
+        }
+    }
+}
+
+/// [`encode`] with an explicit [`Context`].
+pub fn encode_with(transport: Transport, frame: &Frame<'_>, cx: &Context<'_>) -> Option<Bytes> {
     match transport {
         Transport::Native => Some(native::encode(frame)),
         Transport::Sse => encode_sse(frame),
+        Transport::Ksbus => ksbus::encode(frame, cx.server_id),
+        Transport::Etp => etp::encode(frame, cx.ack_name, false),
+        Transport::EtpJs => etp::encode(frame, cx.ack_name, true),
     }
 }
 

@@ -80,6 +80,8 @@ pub(crate) struct Extras {
     /// The earliest resume cursor (sequence) the connection subscribed from: a parked session
     /// it claims resumes from there if that is earlier than where delivery stopped.
     pub(crate) resumed_from: Option<u64>,
+    /// etp only: the event names of client requests still to be answered.
+    pub(crate) etp_names: Vec<(ReqId, Name)>,
 }
 
 pub(crate) struct ConnState {
@@ -135,6 +137,13 @@ impl ConnState {
 
     pub(crate) fn acks(&self) -> &[AckId] {
         self.extras.as_ref().map_or(&[], |x| &x.acks)
+    }
+
+    /// Forgets and returns the etp event name of request `req` (the latest one with that id).
+    pub(crate) fn take_etp_name(&mut self, req: ReqId) -> Option<Name> {
+        let names = &mut self.extras.as_mut()?.etp_names;
+        let i = names.iter().rposition(|(r, _)| *r == req)?;
+        Some(names.remove(i).1)
     }
 
     pub(crate) fn sub(&self, pattern: &Pattern) -> Option<&Sub> {

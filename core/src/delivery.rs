@@ -92,7 +92,7 @@ impl Broker {
             }
             return;
         }
-        let Some(bytes) = ev.encoded(conn.transport, epoch) else {
+        let Some(bytes) = ev.encoded(conn.transport, epoch, &self.config.server_id) else {
             return;
         };
         // With nothing in flight a frame always goes, however large: otherwise no `Flushed`
@@ -172,7 +172,7 @@ impl Broker {
                 .unwrap_or(0);
             let bytes = match &encoded[i] {
                 Some(b) => b.clone(),
-                None => match codec::encode(transport, frame) {
+                None => match codec::encode_with(transport, frame, &self.ctx()) {
                     Some(b) => encoded[i].insert(b).clone(),
                     None => continue,
                 },
@@ -299,7 +299,7 @@ impl Broker {
                 .as_ref()
                 .is_none_or(|scope| crate::session::sees_extras(conn.extras.as_deref(), scope));
             if visible && should_deliver(&conn.subs, &cu.removed, ev.topic.as_str(), seq) {
-                if let Some(bytes) = ev.encoded(transport, epoch) {
+                if let Some(bytes) = ev.encoded(transport, epoch, &self.config.server_id) {
                     self.stats.deliveries += 1;
                     self.transmit(slot, bytes);
                 }
@@ -315,8 +315,28 @@ impl Broker {
     /// Encodes a frame for one connection and hands it out.
     pub(crate) fn send_frame(&mut self, slot: Slot, frame: &Frame<'_>) {
         let transport = self.conn_ref(slot).transport;
-        if let Some(bytes) = codec::encode(transport, frame) {
+        // etp answers name the event they answer: look it up (and forget it) by request id.
+        let ack_name = match (transport, frame) {
+            (
+                crate::input::Transport::Etp | crate::input::Transport::EtpJs,
+                Frame::Ok { req, .. } | Frame::Error { req: Some(req), .. },
+            ) => self.conn_mut(slot).take_etp_name(*req),
+            _ => None,
+        };
+        let cx = codec::Context {
+            server_id: &self.config.server_id,
+            ack_name: ack_name.as_ref().map(Name::as_str),
+        };
+        if let Some(bytes) = codec::encode_with(transport, frame, &cx) {
             self.transmit(slot, bytes);
+        }
+    }
+
+    /// The encoding context for frames shared by several connections.
+    pub(crate) fn ctx(&self) -> codec::Context<'_> {
+        codec::Context {
+            server_id: &self.config.server_id,
+            ack_name: None,
         }
     }
 
@@ -370,7 +390,7 @@ impl Broker {
             req: None,
             error: &reason,
         };
-        if let Some(bytes) = codec::encode(transport, &last) {
+        if let Some(bytes) = codec::encode_with(transport, &last, &self.ctx()) {
             self.conn_mut(slot).queued += bytes.len();
             self.stats.bytes_out += bytes.len() as u64;
             self.out.push_back(Output::Transmit {

@@ -27,7 +27,9 @@ fn req_of(cmd: &Command) -> Option<u64> {
         | Command::Send { req, .. }
         | Command::Identify { req, .. }
         | Command::Ping { req }
-        | Command::Invalid { req, .. } => *req,
+        | Command::Invalid { req, .. }
+        | Command::RemoveTopic { req, .. } => *req,
+        Command::Notify { .. } => None,
         Command::Request { req, .. } => Some(*req),
         Command::Reply { ack, .. } => Some(*ack),
     }
@@ -421,5 +423,133 @@ pub fn broker_ops(data: &[u8]) {
             }
         }
         h.drain();
+    }
+}
+
+/// Runs `cmds` from one connection of `transport` through a broker (with a second connection
+/// of the same transport subscribed to everything) and returns every frame handed out.
+fn through_broker(transport: Transport, cmds: Vec<Command>) -> Vec<Bytes> {
+    let now = Instant::now(); // clock: test-only (the fuzz harness's own base time)
+    let mut broker = Broker::new(Config::default(), now);
+    let grants = Arc::new(Grants::all());
+    for conn in [ConnId(1), ConnId(2)] {
+        broker
+            .handle_input(
+                now,
+                Input::Open {
+                    conn,
+                    transport,
+                    grants: grants.clone(),
+                },
+            )
+            .expect("fresh connection");
+    }
+    let all = crate::Pattern::parse(">", NameLimits::default()).expect("valid pattern");
+    let sub = Command::Subscribe(crate::Subscribe {
+        req: None,
+        patterns: vec![all],
+        from: None,
+        name: None,
+    });
+    broker
+        .handle_input(
+            now,
+            Input::Command {
+                conn: ConnId(2),
+                cmd: sub,
+            },
+        )
+        .expect("open connection");
+    for cmd in cmds {
+        broker
+            .handle_input(
+                now,
+                Input::Command {
+                    conn: ConnId(1),
+                    cmd,
+                },
+            )
+            .expect("open connection");
+    }
+    broker.handle_timeout(now + Duration::from_secs(3600));
+    let mut frames = Vec::new();
+    while let Some(out) = broker.poll_output() {
+        if let Output::Transmit { payload, .. } = out {
+            frames.push(payload);
+        }
+    }
+    frames
+}
+
+/// `ksbus::decode` never panics; what the broker then sends a ksbus client is a JSON object
+/// (or an empty keep-alive), and `pong`/`error` frames carry neither `topic` nor `to_id`.
+pub fn ksbus_decode(data: &[u8]) {
+    let cmds = crate::ksbus::decode(data, &Limits::default(), "master");
+    let small = Limits {
+        max_frame_bytes: 16,
+        ..Limits::default()
+    };
+    let small_cmds = crate::ksbus::decode(data, &small, "master");
+    if data.len() > 16 {
+        assert!(
+            matches!(small_cmds[..], [Command::Invalid { fatal: true, .. }]),
+            "{small_cmds:?}"
+        );
+    }
+    for frame in through_broker(Transport::Ksbus, cmds) {
+        if frame.is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&frame).unwrap_or_else(|e| panic!("not JSON ({e}): {frame:?}"));
+        let o = v
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {v}"));
+        // A pong is exactly {"data":"pong"}, an error exactly {"error":..}; everything else is
+        // a delivery, which clients route by topic, to_id or name.
+        let pong = o.len() == 1 && o.get("data").is_some_and(|d| d == "pong");
+        let error = o.len() == 1 && o.contains_key("error");
+        assert!(
+            pong || error
+                || ["topic", "to_id", "name"]
+                    .iter()
+                    .any(|k| o.contains_key(*k)),
+            "{v}"
+        );
+    }
+}
+
+/// `etp::decode` never panics and follows etp's split rules; what the broker then sends an etp
+/// client is `name||id[||data]` with a decimal id.
+pub fn etp_decode(data: &[u8]) {
+    let cmd = crate::etp::decode(data, &Limits::default());
+    let first = data.windows(2).position(|w| w == b"||");
+    match (&cmd, first) {
+        (Command::Invalid { fatal, .. }, _) => assert!(!fatal),
+        (_, None) => panic!("decoded a frame without '||': {cmd:?}"),
+        (Command::Notify { event, .. } | Command::Request { event, .. }, Some(i)) => {
+            assert_eq!(event.as_str().as_bytes(), &data[..i]);
+        }
+        _ => {}
+    }
+    for js in [Transport::Etp, Transport::EtpJs] {
+        for frame in through_broker(js, vec![cmd.clone()]) {
+            if frame.is_empty() {
+                continue;
+            }
+            let i = frame
+                .windows(2)
+                .position(|w| w == b"||")
+                .unwrap_or_else(|| panic!("no '||' in {frame:?}"));
+            let rest = &frame[i + 2..];
+            let id_end = rest
+                .windows(2)
+                .position(|w| w == b"||")
+                .unwrap_or(rest.len());
+            assert!(
+                !rest[..id_end].is_empty() && rest[..id_end].iter().all(u8::is_ascii_digit),
+                "{frame:?}"
+            );
+        }
     }
 }

@@ -53,10 +53,15 @@ impl StoredEvent {
     }
 
     /// The event encoded for `transport`, encoding it on first use.
-    pub(crate) fn encoded(&mut self, transport: Transport, epoch: u64) -> Option<Bytes> {
+    pub(crate) fn encoded(
+        &mut self,
+        transport: Transport,
+        epoch: u64,
+        server_id: &str,
+    ) -> Option<Bytes> {
         let i = Transport::ALL.iter().position(|t| *t == transport)?;
         if self.encoded[i].is_none() {
-            self.encoded[i] = codec::encode(
+            self.encoded[i] = codec::encode_with(
                 transport,
                 &Frame::Event {
                     topic: &self.topic,
@@ -64,6 +69,10 @@ impl StoredEvent {
                     from: self.from.as_ref(),
                     event: self.event.as_ref(),
                     payload: &self.payload,
+                },
+                &codec::Context {
+                    server_id,
+                    ack_name: None,
                 },
             );
         }

@@ -60,17 +60,28 @@ pub enum Transport {
     Native,
     /// A Server-Sent Events stream (receive only).
     Sse,
+    /// The ksbus (gen C) JSON protocol on `/ws/bus` (`crate::ksbus`, `docs/COMPAT.md`).
+    Ksbus,
+    /// The etp v3/v4 protocol (`name||ackId||data`) on `/etp` (`crate::etp`); empty data is
+    /// written `name||0` as the Go etp server does.
+    Etp,
+    /// The etp protocol with empty data written `name||0||`, for the etp JS client (which
+    /// cannot parse `name||0`).
+    EtpJs,
 }
 
 impl Transport {
     /// Every transport, for metrics and encoding caches.
-    pub const ALL: [Self; 2] = [Self::Native, Self::Sse];
+    pub const ALL: [Self; 5] = [Self::Native, Self::Sse, Self::Ksbus, Self::Etp, Self::EtpJs];
 
     /// A short name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Sse => "sse",
+            Self::Ksbus => "ksbus",
+            Self::Etp => "etp",
+            Self::EtpJs => "etp-js",
         }
     }
 
@@ -204,6 +215,22 @@ pub enum Command {
         req: Option<ReqId>,
         /// The id to claim.
         client_id: Name,
+    },
+    /// An event for the application that wants no answer (etp events with ack id 0, ksbus
+    /// messages to the server's own id): the application gets [`crate::Event::Notify`].
+    Notify {
+        /// The handler name.
+        event: Name,
+        /// The data.
+        payload: Payload,
+    },
+    /// Removes every subscription to exactly this topic, of every connection (ksbus
+    /// `remove_topic`). Needs the publish grant for the topic.
+    RemoveTopic {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// The topic.
+        topic: Topic,
     },
     /// Liveness check; answered with a pong when it has a request id.
     Ping {

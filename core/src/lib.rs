@@ -11,12 +11,14 @@ mod conn;
 mod cursor;
 mod delivery;
 mod error;
+pub mod etp;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod grants;
 mod history;
 mod input;
+pub mod ksbus;
 pub mod native;
 mod output;
 mod payload;
@@ -29,7 +31,9 @@ mod timers;
 mod topic;
 
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
-pub use config::{Config, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers};
+pub use config::{
+    Config, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
+};
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use grants::{ClientIds, Grants};

@@ -538,6 +538,15 @@ pub(crate) fn error_json(error: &ProtocolError) -> Vec<u8> {
     b.0.to_vec()
 }
 
+/// An error as `{"error":{"code":..,"message":..}}` (the data of an etp error answer).
+pub(crate) fn error_json_wrapped(error: &ProtocolError) -> Vec<u8> {
+    let mut b = Buf::with_capacity(80 + error.message.len());
+    b.raw("{\"error\":{");
+    b.error_fields(error);
+    b.raw("}}");
+    b.0.to_vec()
+}
+
 struct Buf(BytesMut);
 
 impl Buf {

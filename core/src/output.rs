@@ -77,6 +77,15 @@ pub enum Event {
     },
     /// A lifecycle notification (only with `Config::lifecycle_events`).
     Lifecycle(Lifecycle),
+    /// A client event that wants no answer ([`crate::Command::Notify`]).
+    Notify {
+        /// The sending connection.
+        conn: ConnId,
+        /// The handler name.
+        event: Name,
+        /// The data.
+        payload: Payload,
+    },
     /// The outcome of a server request (emit-with-ack): exactly one per request.
     AckResult {
         /// The connection asked.

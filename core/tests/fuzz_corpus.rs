@@ -43,3 +43,13 @@ fn sse_roundtrip_corpus() {
 fn broker_ops_corpus() {
     replay("broker_ops", fuzzing::broker_ops);
 }
+
+#[test]
+fn ksbus_decode_corpus() {
+    replay("ksbus_decode", fuzzing::ksbus_decode);
+}
+
+#[test]
+fn etp_decode_corpus() {
+    replay("etp_decode", fuzzing::etp_decode);
+}

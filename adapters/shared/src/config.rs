@@ -43,6 +43,53 @@ pub struct ServerConfig {
     pub http: HttpConfig,
     /// Authentication (see `docs/AUTH.md`).
     pub auth: AuthConfig,
+    /// The ksbus-compatible endpoint `/ws/bus` (see `docs/COMPAT.md`).
+    pub ksbus: KsbusConfig,
+    /// The etp-compatible endpoint `/etp` (see `docs/COMPAT.md`).
+    pub etp: EtpConfig,
+}
+
+/// The ksbus-compatible endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KsbusConfig {
+    /// The server's own ksbus id: `from` of its wait-recv acks and string publishes, and the
+    /// `pub_id` target that reaches the application's `ksbus.id` handler.
+    pub server_id: String,
+}
+
+impl Default for KsbusConfig {
+    fn default() -> Self {
+        Self {
+            server_id: tidings_core::DEFAULT_SERVER_ID.to_owned(),
+        }
+    }
+}
+
+/// The etp-compatible endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtpConfig {
+    /// The largest message read, in bytes (etp's default: 1 MiB); a larger one closes the
+    /// connection with 1009 and the reason `read limited at <limit + 1> bytes`.
+    pub read_limit: usize,
+    /// Origins allowed to open `/etp` from a browser. Empty: only the same origin (the `Origin`
+    /// host equals the `Host` header), as etp's WebSocket library does; `"*"` allows any.
+    /// Requests without `Origin` are always allowed.
+    pub origins: Vec<String>,
+    /// Write events with empty data as `name||0||` (what the etp JS client can parse) instead
+    /// of etp v3/v4's `name||0`.
+    pub empty_data_separator: bool,
+}
+
+impl Default for EtpConfig {
+    fn default() -> Self {
+        Self {
+            read_limit: 1 << 20,
+            origins: Vec::new(),
+            empty_data_separator: false,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -57,6 +104,8 @@ impl Default for ServerConfig {
             sse: SseConfig::default(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
+            ksbus: KsbusConfig::default(),
+            etp: EtpConfig::default(),
         }
     }
 }
@@ -475,6 +524,7 @@ impl ServerConfig {
             sse_retry: self.sse.retry,
             reconnect_window: self.timers.reconnect_window,
             lifecycle_events: false,
+            server_id: self.ksbus.server_id.clone(),
         })
     }
 }

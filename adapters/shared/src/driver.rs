@@ -62,12 +62,14 @@ pub(crate) enum Kind {
     Sse,
     /// An in-process subscription of the application ([`crate::Hub::subscribe`]).
     Internal,
+    /// A WebSocket of a compatible protocol (`/ws/bus`: ksbus, `/etp`: etp); counted with `/ws`.
+    Compat(Transport),
 }
 
 impl Kind {
     fn index(self) -> usize {
         match self {
-            Self::Ws => 0,
+            Self::Ws | Self::Compat(_) => 0,
             Self::Sse => 1,
             Self::Internal => 2,
         }
@@ -77,6 +79,7 @@ impl Kind {
         match self {
             Self::Sse => Transport::Sse,
             Self::Ws | Self::Internal => Transport::Native,
+            Self::Compat(t) => t,
         }
     }
 }
@@ -155,6 +158,8 @@ pub(crate) enum Ctl {
         req: ReqId,
         result: Result<Payload, ProtocolError>,
     },
+    /// A handler of an event that wants no answer finished.
+    NotifyDone(ConnId),
     CloseConn {
         conn: ConnId,
         reason: ProtocolError,
@@ -252,6 +257,9 @@ pub(crate) struct Driver<R: Runtime> {
     handled: u64,
     /// Client ids claimed for connections when they opened, and by whom.
     auto_ids: HashMap<Name, ConnId>,
+    /// Handlers running for events that want no answer, per connection (bounded like pending
+    /// requests).
+    notifies: HashMap<ConnId, usize>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -279,6 +287,7 @@ impl<R: Runtime> Driver<R> {
             dead: 0,
             handled: 0,
             auto_ids: HashMap::new(),
+            notifies: HashMap::new(),
         }
     }
 
@@ -487,6 +496,14 @@ impl<R: Runtime> Driver<R> {
                 self.handled += 1;
                 self.broker.reply(now, conn, req, result);
                 self.drain(now);
+            }
+            Ctl::NotifyDone(conn) => {
+                if let Some(n) = self.notifies.get_mut(&conn) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.notifies.remove(&conn);
+                    }
+                }
             }
             Ctl::CloseConn {
                 conn,
@@ -778,11 +795,7 @@ impl<R: Runtime> Driver<R> {
                 event,
                 payload,
             } => {
-                let handler = self
-                    .registry
-                    .read()
-                    .ok()
-                    .and_then(|r| r.handlers.get(event.as_str()).cloned());
+                let handler = self.registry.read().ok().and_then(|r| r.handler(&event));
                 let Some(handler) = handler else {
                     let error = ProtocolError::new(
                         ErrorCode::NoHandler,
@@ -810,6 +823,11 @@ impl<R: Runtime> Driver<R> {
                     let _ = ctl.send_async(Ctl::Reply { conn, req, result }).await;
                 });
             }
+            Event::Notify {
+                conn,
+                event,
+                payload,
+            } => self.notify(conn, event, payload),
             Event::AckResult { conn, ack, result } => {
                 if let Some(waiter) = self.acks.remove(&(conn, ack)) {
                     let _ = waiter.send(result);
@@ -835,8 +853,68 @@ impl<R: Runtime> Driver<R> {
             }
             Event::ProtocolViolation { conn, error } => {
                 tracing::debug!(%conn, "protocol violation: {error}");
+                self.on_error(conn, &error);
             }
             other => tracing::debug!("unhandled event: {other:?}"),
+        }
+    }
+}
+
+impl<R: Runtime> Driver<R> {
+    /// Runs the handler of an event that wants no answer (etp ack id 0, ksbus `pub_id` to the
+    /// server): its result is dropped. At most `max_pending_requests` run per connection; more
+    /// are dropped and reported to the error hook.
+    fn notify(&mut self, conn: ConnId, event: Name, payload: Payload) {
+        let handler = self.registry.read().ok().and_then(|r| r.handler(&event));
+        let Some(handler) = handler else {
+            tracing::debug!(%conn, event = event.as_str(), "no handler for the event");
+            return;
+        };
+        let max = self.broker.config().limits.max_pending_requests;
+        let running = self.notifies.entry(conn).or_default();
+        if *running >= max {
+            let error = ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "at most {max} events may be handled at once per connection; dropped {:?}",
+                    event.as_str()
+                ),
+            );
+            self.on_error(conn, &error);
+            return;
+        }
+        *running += 1;
+        let Some(ctl) = self.ctl_tx.upgrade() else {
+            return;
+        };
+        let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler(conn, payload)));
+        self.rt.spawn(async move {
+            let result = match call {
+                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await.is_ok(),
+                Err(_) => false,
+            };
+            if !result {
+                tracing::error!(%conn, event = event.as_str(), "an event handler panicked");
+            }
+            let _ = ctl.send_async(Ctl::NotifyDone(conn)).await;
+        });
+    }
+
+    /// Reports a client's protocol violation to the application's error hook. Answers to
+    /// unknown server requests from etp clients are not reported (etp ignores them silently).
+    fn on_error(&self, conn: ConnId, error: &ProtocolError) {
+        let etp = self
+            .conns
+            .get(&conn)
+            .is_some_and(|e| matches!(e.kind, Kind::Compat(Transport::Etp | Transport::EtpJs)));
+        if etp && error.code == ErrorCode::UnknownRequest {
+            return;
+        }
+        let hook = self.registry.read().ok().and_then(|r| r.on_error.clone());
+        if let Some(hook) = hook
+            && std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn, error))).is_err()
+        {
+            tracing::error!(%conn, "the error hook panicked");
         }
     }
 }

@@ -62,6 +62,17 @@ pub type DisconnectHook = Arc<dyn Fn(ConnId) + Send + Sync>;
 /// The lifecycle hook (see [`Hub::on_lifecycle`]).
 pub type LifecycleHook = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 
+/// The error hook: a client sent something invalid (etp's `OnError`).
+pub type ErrorHook = Arc<dyn Fn(ConnId, &ProtocolError) + Send + Sync>;
+
+/// The handler of events no [`Hub::on`] handler is registered for (etp's `OnUnknownEvent`): the
+/// connection, the event name and the data.
+pub type UnknownHandler = Arc<
+    dyn Fn(ConnId, Name, Payload) -> BoxFuture<'static, Result<Payload, ProtocolError>>
+        + Send
+        + Sync,
+>;
+
 /// The application's authorizer: sees every `/ws`, `/sse` and `/publish` request with what token
 /// authentication (or anonymous access) granted, and returns the grants to use (narrowed,
 /// widened, or a client id set) or a refusal (401/403).
@@ -89,6 +100,22 @@ pub(crate) struct Registry {
     pub(crate) on_disconnect: Option<DisconnectHook>,
     pub(crate) on_lifecycle: Option<LifecycleHook>,
     pub(crate) authorizer: Option<Authorizer>,
+    pub(crate) on_error: Option<ErrorHook>,
+    pub(crate) on_unknown: Option<UnknownHandler>,
+}
+
+impl Registry {
+    /// The handler for `event`: the registered one, else the unknown-event handler.
+    pub(crate) fn handler(&self, event: &Name) -> Option<Handler> {
+        if let Some(h) = self.handlers.get(event.as_str()) {
+            return Some(h.clone());
+        }
+        let fallback = self.on_unknown.clone()?;
+        let event = event.clone();
+        Some(Arc::new(move |conn, payload| {
+            fallback(conn, event.clone(), payload)
+        }))
+    }
 }
 
 /// A hub call failed.
@@ -125,6 +152,7 @@ struct HubInner {
     registry: Arc<RwLock<Registry>>,
     limits: Limits,
     outbox_frames: usize,
+    server_id: String,
 }
 
 /// A handle to a running broker. Cheap to clone; use it from any task or thread.
@@ -174,6 +202,7 @@ impl Hub {
                 registry,
                 limits,
                 outbox_frames,
+                server_id: config.ksbus.server_id.clone(),
             }),
         })
     }
@@ -195,6 +224,11 @@ impl Hub {
     /// The core limits in force (frame size, name limits, ...).
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The server's own ksbus id.
+    pub(crate) fn server_id(&self) -> &str {
+        &self.inner.server_id
     }
 
     pub(crate) fn outbox_frames(&self) -> usize {
@@ -569,6 +603,58 @@ impl Hub {
     /// [`HubError::Stopped`].
     pub async fn parked_sessions(&self) -> Result<Vec<Name>, HubError> {
         self.call(Ctl::ParkedSessions).await
+    }
+
+    /// Sets the error hook (etp's `OnError`): it sees every invalid frame a client sends (the
+    /// client got an error frame where its protocol has one; etp clients get nothing). It runs
+    /// on the driver task: keep it short.
+    pub fn on_error<F>(&self, hook: F)
+    where
+        F: Fn(ConnId, &ProtocolError) + Send + Sync + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_error = Some(Arc::new(hook));
+        }
+    }
+
+    /// Sets the handler of events and requests that no [`Hub::on`] handler is registered for
+    /// (etp's `OnUnknownEvent`); it also gets the event name. Without it such requests are
+    /// answered `no_handler` (an empty ack on etp, as etp does).
+    pub fn on_unknown<F, Fut>(&self, handler: F)
+    where
+        F: Fn(ConnId, Name, Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Payload, ProtocolError>> + Send + 'static,
+    {
+        let handler: UnknownHandler =
+            Arc::new(move |conn, name, payload| Box::pin(handler(conn, name, payload)));
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_unknown = Some(handler);
+        }
+    }
+
+    /// How many connections are in a room (etp's `Len`).
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn room_len(&self, room: Name) -> Result<usize, HubError> {
+        Ok(self.room_members(room).await?.len())
+    }
+
+    /// Sends an event to one connection (etp's `Emit`): on etp it arrives as `event||0||data`.
+    /// Returns whether the connection was there.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn emit(
+        &self,
+        conn: ConnId,
+        event: Name,
+        payload: Payload,
+    ) -> Result<bool, HubError> {
+        Ok(self
+            .send(Recipient::Conn(conn), Some(event), payload)
+            .await?
+            > 0)
     }
 
     /// Sets the disconnect hook. It runs on the driver task: keep it short, spawn slow work.

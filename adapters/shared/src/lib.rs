@@ -35,8 +35,8 @@ pub use async_tungstenite;
 pub use config::{ConfigError, ServerConfig};
 pub use driver::ServerStats;
 pub use hub::{
-    Authorizer, ConnectHook, Connecting, DisconnectHook, Handler, Hub, HubError, Received,
-    Subscription,
+    Authorizer, ConnectHook, Connecting, DisconnectHook, ErrorHook, Handler, Hub, HubError,
+    Received, Subscription, UnknownHandler,
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;

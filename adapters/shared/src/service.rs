@@ -38,8 +38,8 @@ use crate::request::{HeadError, RequestHead, parse_head};
 use crate::runtime::Runtime;
 
 /// What exists, for 404 and 405 answers.
-const ROUTES: &str = "GET /ws (WebSocket), GET /sse?topic=..., POST /publish?topic=..., \
-     POST /subscriptions, GET /healthz, \
+const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), \
+     GET /sse?topic=..., POST /publish?topic=..., POST /subscriptions, GET /healthz, \
      GET /metrics, GET / (demo page), GET /tidings.js (browser client)";
 
 /// A file the server serves from its own binary.
@@ -325,6 +325,34 @@ impl<R: Runtime> Service<R> {
                 }
                 Err(refusal) => refusal.into_response(),
             },
+            ("/ws/bus", "GET") | ("/etp", "GET") => {
+                let etp = head.path == "/etp";
+                let checked = if etp {
+                    self.check_etp_origin(&head)
+                        .and_then(|()| self.check_websocket(&head))
+                } else {
+                    self.check_websocket(&head)
+                };
+                match checked {
+                    Ok(auth) => {
+                        let c = &self.inner.config;
+                        let (proto, max) = if etp {
+                            let read_limit = c.etp.read_limit;
+                            let js = c.etp.empty_data_separator;
+                            (crate::ws::Proto::Etp { read_limit, js }, read_limit)
+                        } else {
+                            (crate::ws::Proto::Ksbus, c.limits.max_frame_bytes)
+                        };
+                        let upgrade = Box::pin(self.upgrade_with(io, &head, rest, max)).await;
+                        if let Some(ws) = upgrade {
+                            let run = crate::ws::run(self.conn_ctx(), ws, head, auth, proto);
+                            self.inner.rt.spawn(run);
+                        }
+                        return;
+                    }
+                    Err(refusal) => refusal.into_response(),
+                }
+            }
             ("/sse", "GET") => match self.check_sse(&head) {
                 Ok(request) => {
                     // A task of its own, of exactly the stream's size.
@@ -454,12 +482,52 @@ impl<R: Runtime> Service<R> {
         self.authenticate(head)
     }
 
+    /// etp's origin rule (coder/websocket): a browser `Origin` must be the request's own host,
+    /// or in `etp.origins` (`"*"`: any).
+    fn check_etp_origin(&self, head: &RequestHead) -> Result<(), Refusal> {
+        let Some(origin) = head.header("origin") else {
+            return Ok(());
+        };
+        let allowed = &self.inner.config.etp.origins;
+        let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+        let same = head
+            .header("host")
+            .is_some_and(|h| h.eq_ignore_ascii_case(host.trim_end_matches('/')));
+        if same
+            || allowed
+                .iter()
+                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+        {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            403,
+            "origin_not_allowed",
+            format!("etp connections from origin {origin} are not allowed (see etp.origins)"),
+        ))
+    }
+
     /// Writes the `101` answer and wraps the connection; `None` if the client is gone.
     async fn upgrade_websocket<S>(
+        &self,
+        io: S,
+        head: &RequestHead,
+        rest: Vec<u8>,
+    ) -> Option<WebSocketStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let max = self.inner.config.limits.max_frame_bytes;
+        self.upgrade_with(io, head, rest, max).await
+    }
+
+    /// [`Self::upgrade_websocket`] with a message size limit.
+    async fn upgrade_with<S>(
         &self,
         mut io: S,
         head: &RequestHead,
         rest: Vec<u8>,
+        max_message: usize,
     ) -> Option<WebSocketStream<S>>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -479,7 +547,11 @@ impl<R: Runtime> Service<R> {
         if !matches!(written, Some(Ok(()))) {
             return None;
         }
-        let config = Some(self.websocket_config());
+        let config = Some(
+            self.websocket_config()
+                .max_message_size(Some(max_message))
+                .max_frame_size(Some(max_message)),
+        );
         Some(if rest.is_empty() {
             WebSocketStream::from_raw_socket(io, Role::Server, config).await
         } else {
@@ -513,7 +585,7 @@ impl<R: Runtime> Service<R> {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Not an `async` wrapper: it would store the connection twice.
-        crate::ws::run(self.conn_ctx(), ws, head, auth)
+        crate::ws::run(self.conn_ctx(), ws, head, auth, crate::ws::Proto::Native)
     }
 
     fn conn_ctx(&self) -> ConnCtx<R> {
@@ -909,7 +981,7 @@ fn is_json(content_type: &str) -> bool {
 /// The methods a known path allows.
 fn allowed(path: &str) -> Option<&'static str> {
     match path {
-        "/ws" => Some("GET"),
+        "/ws" | "/ws/bus" | "/etp" => Some("GET"),
         "/sse" => Some("GET, OPTIONS"),
         "/publish" | "/subscriptions" | "/update_subscriptions" => Some("POST, OPTIONS"),
         "/healthz" => Some("GET"),

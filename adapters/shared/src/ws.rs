@@ -25,7 +25,7 @@ use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{SinkExt as _, StreamExt as _};
-use tidings_core::{Command, ErrorCode, ProtocolError, native};
+use tidings_core::{Command, ErrorCode, ProtocolError, Transport, etp, ksbus, native};
 
 use crate::auth::Authenticated;
 use crate::driver::{ConnMsg, Ctl, Kind, Out};
@@ -42,6 +42,28 @@ const BATCH_BYTES: usize = 256 << 10;
 /// The longest close reason RFC 6455 allows (a control frame carries at most 125 bytes).
 const MAX_CLOSE_REASON: usize = 123;
 
+/// The wire protocol of a WebSocket connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Proto {
+    /// `/ws`.
+    Native,
+    /// `/ws/bus`.
+    Ksbus,
+    /// `/etp`, with its read limit; `js`: empty data written `name||0||`.
+    Etp { read_limit: usize, js: bool },
+}
+
+impl Proto {
+    fn kind(self) -> Kind {
+        match self {
+            Self::Native => Kind::Ws,
+            Self::Ksbus => Kind::Compat(Transport::Ksbus),
+            Self::Etp { js: false, .. } => Kind::Compat(Transport::Etp),
+            Self::Etp { js: true, .. } => Kind::Compat(Transport::EtpJs),
+        }
+    }
+}
+
 enum Step {
     Killed,
     Out(Result<Out, flume::RecvError>),
@@ -54,6 +76,7 @@ pub(crate) async fn run<R, S>(
     mut ws: WebSocketStream<S>,
     head: RequestHead,
     auth: Authenticated,
+    proto: Proto,
 ) where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -61,7 +84,7 @@ pub(crate) async fn run<R, S>(
     let rt = &ctx.rt;
     let hub = &ctx.hub;
     let (kill_tx, mut kill) = oneshot::channel::<()>();
-    let (opening, outbox) = hub.opening(Kind::Ws, &head, auth, None, Some(kill_tx));
+    let (opening, outbox) = hub.opening(proto.kind(), &head, auth, None, Some(kill_tx));
     let conn = opening.conn;
     drop(head);
     let to_driver = hub.conn_sender();
@@ -127,19 +150,35 @@ pub(crate) async fn run<R, S>(
             Step::Read(Some(Ok(message))) => {
                 // Copied out of tungstenite's read buffer: the core keeps slices of the frame
                 // (payloads, in the history), which would otherwise pin whole read blocks.
-                let cmd = match message {
-                    Message::Text(text) => {
-                        native::decode(&Bytes::copy_from_slice(text.as_bytes()), limits)
-                    }
-                    Message::Binary(data) => native::decode(&Bytes::copy_from_slice(&data), limits),
-                    Message::Ping(_) | Message::Pong(_) => Command::Ping { req: None },
+                let data = match &message {
+                    Message::Text(text) => text.as_bytes(),
+                    Message::Binary(data) => &data[..],
+                    Message::Ping(_) | Message::Pong(_) => &[][..],
                     Message::Close(_) | Message::Frame(_) => continue,
                 };
-                if to_driver
-                    .send_async(ConnMsg::Command(conn, cmd))
-                    .await
-                    .is_err()
-                {
+                let cmds = if matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                    vec![Command::Ping { req: None }]
+                } else {
+                    match proto {
+                        Proto::Native => {
+                            vec![native::decode(&Bytes::copy_from_slice(data), limits)]
+                        }
+                        Proto::Ksbus => ksbus::decode(data, limits, hub.server_id()),
+                        Proto::Etp { .. } => vec![etp::decode(data, limits)],
+                    }
+                };
+                let mut gone = false;
+                for cmd in cmds {
+                    if to_driver
+                        .send_async(ConnMsg::Command(conn, cmd))
+                        .await
+                        .is_err()
+                    {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
                     break;
                 }
             }
@@ -147,10 +186,14 @@ pub(crate) async fn run<R, S>(
                 reading = false;
                 let error = match error {
                     WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                        ProtocolError::new(
-                            ErrorCode::FrameTooLarge,
-                            format!("frame is {size} bytes; at most {max_size} are allowed"),
-                        )
+                        let message = match proto {
+                            // etp's words (coder/websocket counts the limit plus one).
+                            Proto::Etp { read_limit, .. } => {
+                                format!("read limited at {} bytes", read_limit + 1)
+                            }
+                            _ => format!("frame is {size} bytes; at most {max_size} are allowed"),
+                        };
+                        ProtocolError::new(ErrorCode::FrameTooLarge, message)
                     }
                     WsError::Utf8(_) => {
                         ProtocolError::new(ErrorCode::NotUtf8, "a text message is not valid UTF-8")
@@ -196,6 +239,12 @@ where
             Out::Close(reason) => {
                 ws.flush().await?;
                 return Ok((bytes, Some(reason)));
+            }
+            // Protocols without keep-alive frames of their own (ksbus, etp) get an empty frame:
+            // a WebSocket ping, whose pong counts as activity.
+            Out::Frame(frame) if frame.is_empty() => {
+                frames += 1;
+                ws.feed(Message::Ping(Bytes::new())).await?;
             }
             Out::Frame(frame) => {
                 bytes += frame.len();

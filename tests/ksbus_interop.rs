@@ -1,0 +1,142 @@
+//! The real ksbus client: PyPI `ksbus==1.3.1` (installed by `scripts/setup-python.sh` into
+//! `tests/interop/.venv`) against the `tidings` binary on `/ws/bus`, on both runtimes. The
+//! scenario is `tests/interop/ksbus_client.py`: connect, subscribe, publish object and string
+//! data, publish-wait-recv, direct `pub_id`, remove topic (the `remove` action that client
+//! sends), reconnect with the same id. It prints one JSON line per observation, checked here.
+//!
+//! Without python and the package the test prints why it skipped; with
+//! `TIDINGS_REQUIRE_INTEROP=1` (set by CI) that is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// The python with the ksbus package: the project's virtual environment, else `python3`.
+fn python() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/python");
+    [venv, PathBuf::from("python3")].into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", "import ksbus, websockets"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+struct Server(Child, String);
+
+impl Server {
+    fn start(runtime: &str) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the tidings binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server prints its address");
+        let addr = line
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self(child, addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_pypi_ksbus_client_works_against_the_server() {
+    let Some(python) = python() else {
+        let why = "python3 with the PyPI ksbus package is missing (run scripts/setup-python.sh)";
+        assert!(
+            std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
+            "TIDINGS_REQUIRE_INTEROP is set but {why}"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/ksbus_client.py");
+    for runtime in ["tokio", "async-std"] {
+        let server = Server::start(runtime);
+        let out = Command::new(&python)
+            .args([script, &server.1])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("python runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "[{runtime}] the ksbus client failed ({}):\n{text}",
+            out.status
+        );
+        let steps: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        let step = |name: &str| -> &Value {
+            steps
+                .iter()
+                .find(|s| s["step"] == name)
+                .unwrap_or_else(|| panic!("[{runtime}] no {name} step in:\n{text}"))
+        };
+        let ids = step("connected");
+        let (a, b) = (ids["a"].as_str().unwrap(), ids["b"].as_str().unwrap());
+        let topic = step("object")["got"]["topic"].as_str().unwrap().to_owned();
+        assert_eq!(
+            step("object")["got"],
+            json!({"from": b, "msg": "hi", "n": 1, "topic": topic})
+        );
+        assert_eq!(
+            step("string")["got"],
+            json!({"data": "hello", "from": "tidings", "topic": topic})
+        );
+        let ack = &step("wait_recv_ack")["got"];
+        assert_eq!(
+            (&ack["ok"], &ack["from"]),
+            (&json!("done"), &json!("tidings"))
+        );
+        assert_eq!(step("wait_recv_ack")["expired"], false);
+        let delivery = &step("wait_recv_delivery")["got"];
+        assert_eq!(delivery["msg"], "wait");
+        assert_eq!(delivery["event_id"], ack["topic"]);
+        assert_eq!(
+            step("direct")["got"],
+            json!({"dm": 1, "from": b, "to_id": a})
+        );
+        assert_eq!(step("after_remove")["got"], Value::Null);
+        assert_eq!(step("after_remove")["errors"], json!([]));
+        assert_eq!(step("reconnected")["errors"], json!([]));
+        assert_eq!(
+            step("after_reconnect")["got"],
+            json!({"from": b, "msg": "again", "topic": topic})
+        );
+        assert_eq!(
+            step("direct_after_reconnect")["got"],
+            json!({"data": "dm again", "from": b, "to_id": a})
+        );
+    }
+}
