@@ -7,7 +7,7 @@
 //! - [`Hub::on`] registers a named handler for client `request`s (etp's `on`). Handlers run as
 //!   tasks of their own, so a slow one never holds up the others or the driver. A request for a
 //!   name without a handler is answered `no_handler` at once.
-//! - [`Hub::on_connect`] runs on every new `/ws` and `/sse` connection (on the connection's own
+//! - [`Hub::on_connect`] runs on every new `/ws`, `/ws/bus`, `/etp` and `/sse` connection (on the connection's own
 //!   task, before it opens) and returns the rooms to put it in; they are joined in the same
 //!   driver step as the connection opens, so no room message can slip in between.
 //! - [`Hub::on_disconnect`] runs on the driver when a connection is gone: keep it short (spawn
@@ -497,8 +497,9 @@ impl Hub {
         }
     }
 
-    /// Sets the connect hook: it sees every new `/ws` and `/sse` connection before it opens and
-    /// returns the rooms to put it in (joined in the same step as the connection opens).
+    /// Sets the connect hook: it sees every new `/ws`, `/ws/bus`, `/etp` and `/sse` connection
+    /// before it opens and returns the rooms to put it in (joined in the same step as the
+    /// connection opens).
     pub fn on_connect<F>(&self, hook: F)
     where
         F: Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync + 'static,

@@ -40,4 +40,4 @@ pub use hub::{
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;
-pub use service::{ConnGuard, Service, SseRequest, StartError};
+pub use service::{ConnGuard, Service, SseRequest, StartError, Upgrade};

@@ -42,6 +42,15 @@ const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), 
      GET /sse?topic=..., POST /publish?topic=..., POST /subscriptions, GET /healthz, \
      GET /metrics, GET / (demo page), GET /tidings.js (browser client)";
 
+/// A WebSocket request that passed its checks ([`Service::check_upgrade`]): who is asking and
+/// which of the server's WebSocket protocols its endpoint speaks.
+#[derive(Debug)]
+pub struct Upgrade {
+    auth: Authenticated,
+    proto: crate::ws::Proto,
+    max_message: usize,
+}
+
 /// A file the server serves from its own binary.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StaticFile {
@@ -312,47 +321,20 @@ impl<R: Runtime> Service<R> {
     {
         let method = head.method.as_str();
         let response = match (head.path.as_str(), method) {
-            ("/ws", "GET") => match self.check_websocket(&head) {
-                Ok(auth) => {
+            ("/ws" | "/ws/bus" | "/etp", "GET") => match self.check_upgrade(&head) {
+                Ok(upgrade) => {
                     // The short-lived steps are boxed, so that the task (whose size is that of
                     // its largest state) is not larger than the connection it mostly runs.
-                    let upgrade = Box::pin(self.upgrade_websocket(io, &head, rest)).await;
-                    if let Some(ws) = upgrade {
+                    let max = upgrade.max_message;
+                    let ws = Box::pin(self.upgrade_with(io, &head, rest, max)).await;
+                    if let Some(ws) = ws {
                         // A task of its own, of exactly the connection's size.
-                        self.inner.rt.spawn(self.run_websocket(ws, head, auth));
+                        self.inner.rt.spawn(self.run_upgraded(ws, head, upgrade));
                     }
                     return;
                 }
                 Err(refusal) => refusal.into_response(),
             },
-            ("/ws/bus", "GET") | ("/etp", "GET") => {
-                let etp = head.path == "/etp";
-                let checked = if etp {
-                    self.check_etp_origin(&head)
-                        .and_then(|()| self.check_websocket(&head))
-                } else {
-                    self.check_websocket(&head)
-                };
-                match checked {
-                    Ok(auth) => {
-                        let c = &self.inner.config;
-                        let (proto, max) = if etp {
-                            let read_limit = c.etp.read_limit;
-                            let js = c.etp.empty_data_separator;
-                            (crate::ws::Proto::Etp { read_limit, js }, read_limit)
-                        } else {
-                            (crate::ws::Proto::Ksbus, c.limits.max_frame_bytes)
-                        };
-                        let upgrade = Box::pin(self.upgrade_with(io, &head, rest, max)).await;
-                        if let Some(ws) = upgrade {
-                            let run = crate::ws::run(self.conn_ctx(), ws, head, auth, proto);
-                            self.inner.rt.spawn(run);
-                        }
-                        return;
-                    }
-                    Err(refusal) => refusal.into_response(),
-                }
-            }
             ("/sse", "GET") => match self.check_sse(&head) {
                 Ok(request) => {
                     // A task of its own, of exactly the stream's size.
@@ -508,20 +490,7 @@ impl<R: Runtime> Service<R> {
     }
 
     /// Writes the `101` answer and wraps the connection; `None` if the client is gone.
-    async fn upgrade_websocket<S>(
-        &self,
-        io: S,
-        head: &RequestHead,
-        rest: Vec<u8>,
-    ) -> Option<WebSocketStream<S>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let max = self.inner.config.limits.max_frame_bytes;
-        self.upgrade_with(io, head, rest, max).await
-    }
-
-    /// [`Self::upgrade_websocket`] with a message size limit.
+    /// Answers the upgrade (`101`) and opens the WebSocket, with a message size limit.
     async fn upgrade_with<S>(
         &self,
         mut io: S,
@@ -570,6 +539,66 @@ impl<R: Runtime> Service<R> {
             .write_buffer_size(8 << 10)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
+    }
+
+    /// Checks a request to any of the WebSocket endpoints (`/ws` native, `/ws/bus` ksbus, `/etp`
+    /// etp): the upgrade headers, the `Origin` allow-lists, authentication. The [`Upgrade`] says
+    /// which protocol the connection speaks; an embedding upgrades the connection with
+    /// [`Service::upgrade_config`] and runs it with [`Service::run_upgraded`].
+    ///
+    /// # Errors
+    /// The [`Refusal`] to answer with (400, 401, 403, 404 for a path that is not a WebSocket
+    /// endpoint, 426).
+    pub fn check_upgrade(&self, head: &RequestHead) -> Result<Upgrade, Refusal> {
+        let c = &self.inner.config;
+        let (proto, max_message) = match head.path.as_str() {
+            "/ws" => (crate::ws::Proto::Native, c.limits.max_frame_bytes),
+            "/ws/bus" => (crate::ws::Proto::Ksbus, c.limits.max_frame_bytes),
+            "/etp" => {
+                self.check_etp_origin(head)?;
+                let read_limit = c.etp.read_limit;
+                let js = c.etp.empty_data_separator;
+                (crate::ws::Proto::Etp { read_limit, js }, read_limit)
+            }
+            other => {
+                return Err(Refusal::new(
+                    404,
+                    "not_found",
+                    format!(
+                        "{other} is not a WebSocket endpoint (those are /ws, /ws/bus and /etp)"
+                    ),
+                ));
+            }
+        };
+        let auth = self.check_websocket(head)?;
+        Ok(Upgrade {
+            auth,
+            proto,
+            max_message,
+        })
+    }
+
+    /// The WebSocket settings for an accepted upgrade: [`Service::websocket_config`] with the
+    /// message limit of its protocol (etp's `read_limit`).
+    pub fn upgrade_config(&self, upgrade: &Upgrade) -> WebSocketConfig {
+        self.websocket_config()
+            .max_message_size(Some(upgrade.max_message))
+            .max_frame_size(Some(upgrade.max_message))
+    }
+
+    /// Runs a connection upgraded after [`Service::check_upgrade`] until it ends, in the protocol
+    /// of its endpoint. `head` is dropped as soon as the connect hook has seen it. The future owns
+    /// everything it needs: spawn it, so that the connection's task is exactly its size.
+    pub fn run_upgraded<S>(
+        &self,
+        ws: WebSocketStream<S>,
+        head: RequestHead,
+        upgrade: Upgrade,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        crate::ws::run(self.conn_ctx(), ws, head, upgrade.auth, upgrade.proto)
     }
 
     /// Runs an upgraded WebSocket connection (after [`Service::check_websocket`]) until it ends.

@@ -1,6 +1,7 @@
 //! Mounting tidings in an [axum](https://docs.rs/axum) application (feature `axum`).
 //!
-//! [`router`] serves the whole HTTP surface of the server (`/ws`, `/sse`, `POST /publish`,
+//! [`router`] serves the whole HTTP surface of the server (`/ws`, the ksbus and etp endpoints
+//! `/ws/bus` and `/etp`, `/sse`, `POST /publish`, `POST /subscriptions`,
 //! `/healthz`, `/metrics`, the browser client `/tidings.js` and the demo page `/`, CORS
 //! preflights, `404`/`405` answers listing what exists) as an axum
 //! [`Router`], with the same behaviour and status codes as the standalone server (see
@@ -35,9 +36,9 @@
 //!
 //! How it works: every request is turned into a [`RequestHead`] (method, percent-decoded path
 //! relative to the mount, percent-decoded query, lowercased headers) exactly as the standalone
-//! server reads it. `GET /ws` is checked with [`Service::check_websocket`] and answered `101`
+//! server reads it. `GET /ws`, `/ws/bus` and `/etp` are checked with [`Service::check_upgrade`] and answered `101`
 //! with the accept key; the connection hyper hands over after the upgrade (through
-//! `hyper::upgrade::on`) runs [`Service::run_websocket`] with async-tungstenite, on a task of its
+//! `hyper::upgrade::on`) runs [`Service::run_upgraded`] with async-tungstenite, on a task of its
 //! own. `GET /sse` is checked with [`Service::check_sse`] and streamed from
 //! [`Service::sse_body`] with the request's headers. Everything else (publish, health, metrics,
 //! preflights, refusals) is answered by [`Service::handle_request`] itself, reading the request
@@ -74,10 +75,14 @@ use tokio_util::compat::TokioAsyncReadCompatExt as _;
 use crate::TokioRuntime;
 
 /// The paths the server answers (relative to the mount), besides the demo page at `/`.
-const PATHS: [&str; 6] = [
+const PATHS: [&str; 10] = [
     "/ws",
+    "/ws/bus",
+    "/etp",
     "/sse",
     "/publish",
+    "/subscriptions",
+    "/update_subscriptions",
     "/healthz",
     "/metrics",
     "/tidings.js",
@@ -93,7 +98,8 @@ pub fn router(service: Service<TokioRuntime>) -> Router {
         .with_state(service)
 }
 
-/// The same routes as [`router`] (`/ws`, `/sse`, `/publish`, `/healthz`, `/metrics`,
+/// The same routes as [`router`] (`/ws`, `/ws/bus`, `/etp`, `/sse`, `/publish`,
+/// `/subscriptions`, `/healthz`, `/metrics`,
 /// `/tidings.js`, any method: wrong ones get the server's `405`) without a fallback and without
 /// the demo page at `/` (the application's root is its own), to merge at the root of an
 /// application that has a fallback of its own: `app.merge(routes().with_state(service))`.
@@ -117,8 +123,8 @@ async fn dispatch(State(service): State<Service<TokioRuntime>>, req: Request) ->
         Err(r) => return refusal(r),
     };
     match (head.path.as_str(), head.method.as_str()) {
-        ("/ws", "GET") => match service.check_websocket(&head) {
-            Ok(auth) => upgrade_websocket(service, req, head, auth),
+        ("/ws" | "/ws/bus" | "/etp", "GET") => match service.check_upgrade(&head) {
+            Ok(upgrade) => upgrade_websocket(service, req, head, upgrade),
             Err(r) => refusal(r),
         },
         ("/sse", "GET") => match service.check_sse(&head) {
@@ -217,7 +223,7 @@ fn upgrade_websocket(
     service: Service<TokioRuntime>,
     mut req: Request,
     head: RequestHead,
-    auth: tidings_adapter::auth::Authenticated,
+    upgrade: tidings_adapter::Upgrade,
 ) -> Response {
     let accept = derive_accept_key(
         head.header("sec-websocket-key")
@@ -235,10 +241,10 @@ fn upgrade_websocket(
             }
         };
         let io = TokioIo::new(upgraded).compat();
-        let config = Some(service.websocket_config());
+        let config = Some(service.upgrade_config(&upgrade));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, config).await;
         // A task of exactly the connection's size.
-        tokio::spawn(service.run_websocket(ws, head, auth));
+        tokio::spawn(service.run_upgraded(ws, head, upgrade));
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

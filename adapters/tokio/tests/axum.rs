@@ -402,6 +402,53 @@ async fn websocket_under_the_mount_gets_http_publishes_requests_and_rooms() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ksbus_and_etp_endpoints_under_the_mount() {
+    let (addr, _service) = app().await;
+    blocking(move || {
+        // A ksbus subscriber on /realtime/ws/bus (`sub` is silent: a ping orders it).
+        let url = format!("ws://{addr}/realtime/ws/bus");
+        let (mut bus, response) = tungstenite::client(url, connect(addr)).unwrap();
+        assert_eq!(response.status(), 101);
+        bus.send(Message::text(
+            r#"{"action":"sub","topic":"orders.x","from":"k1"}"#,
+        ))
+        .unwrap();
+        bus.send(Message::text(r#"{"action":"ping"}"#)).unwrap();
+        assert_eq!(recv_text(&mut bus), r#"{"data":"pong"}"#);
+
+        // An etp client on /realtime/etp publishes through the reserved event and gets the
+        // cursor in its ack; the ksbus subscriber gets the event in ksbus's own shape.
+        let url = format!("ws://{addr}/realtime/etp");
+        let (mut etp, response) = tungstenite::client(url, connect(addr)).unwrap();
+        assert_eq!(response.status(), 101);
+        etp.send(Message::text(
+            r#"tidings.publish||3||{"topic":"orders.x","data":{"a":1}}"#,
+        ))
+        .unwrap();
+        let ack = recv_text(&mut etp);
+        assert!(
+            ack.starts_with(r#"__ack_tidings.publish||3||{"cursor":""#),
+            "{ack}"
+        );
+        assert_eq!(
+            recv_text(&mut bus),
+            r#"{"a":1,"from":"tidings","topic":"orders.x"}"#
+        );
+    })
+    .await;
+}
+
+fn recv_text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
+    loop {
+        match ws.read().expect("a frame in time") {
+            Message::Text(text) => return text.as_str().to_owned(),
+            Message::Close(frame) => panic!("closed: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
 fn send(ws: &mut tungstenite::WebSocket<TcpStream>, frame: Value) {
     ws.send(Message::text(frame.to_string())).unwrap();
 }
