@@ -52,6 +52,10 @@ pub(crate) struct CompareArgs {
     /// The `tidings` binary [default: target/release/tidings]
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
+    /// Before each run, wait up to this many seconds for a second in which the CPUs are at
+    /// least 70 % idle (the machine may be shared); the idle share is recorded either way
+    #[arg(long, default_value_t = 30)]
+    pub quiet: u64,
     /// Do not measure: print the table (and draw the plot) of a JSON file written earlier
     #[arg(long, value_name = "FILE", conflicts_with_all = ["quick", "repeat"])]
     pub from: Option<PathBuf>,
@@ -111,6 +115,39 @@ fn plan(quick: bool, repeat: usize) -> Vec<Scenario> {
     }
 }
 
+/// Percent of CPU time idle over the next second (all CPUs, from `/proc/stat`).
+fn idle_pct() -> Option<f64> {
+    let sample = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let idle = cpu.get(3)? + cpu.get(4)?;
+        Some((idle, cpu.iter().sum()))
+    };
+    let (i0, t0) = sample()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (i1, t1) = sample()?;
+    #[allow(clippy::cast_precision_loss)]
+    (t1 > t0).then(|| 100.0 * (i1 - i0) as f64 / (t1 - t0) as f64)
+}
+
+/// Waits up to `max_s` seconds for a second with ≥ 70 % idle CPU; returns the last sample.
+fn wait_quiet(max_s: u64) -> Option<f64> {
+    let until = Instant::now() + Duration::from_secs(max_s);
+    loop {
+        let idle = idle_pct();
+        if idle.is_none_or(|i| i >= 70.0) || Instant::now() >= until {
+            return idle;
+        }
+    }
+}
+
 /// Runs this binary with `args`; the last stdout line parsed as JSON. `Ok(None)`: skipped.
 fn run_child(args: &[String]) -> Result<Option<Value>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
@@ -118,7 +155,7 @@ fn run_child(args: &[String]) -> Result<Option<Value>, String> {
     let out = Command::new(exe)
         .args(args)
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("running tidings-bench: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -142,7 +179,13 @@ fn run_child(args: &[String]) -> Result<Option<Value>, String> {
         )
     })?;
     if !out.status.success() {
-        eprintln!("  (run reported a failure, exit {:?})", out.status.code());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(4).collect();
+        eprintln!(
+            "  (run reported a failure, exit {:?}): {}",
+            out.status.code(),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
     }
     Ok(Some(v))
 }
@@ -157,9 +200,19 @@ fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
 }
 
-/// The median of `key` over the runs (lower middle for an even count).
-fn median(runs: &[Value], key: &str) -> Option<f64> {
-    let mut xs: Vec<f64> = runs.iter().filter_map(|r| num(r, key)).collect();
+/// Whether a run counts: it did not time out, and a fan-out delivered something.
+fn valid(run: &Value) -> bool {
+    run["timed_out"] != Value::Bool(true)
+        && (run["scenario"] != "fanout" || num(run, "deliveries").is_some_and(|d| d > 0.0))
+}
+
+/// The median of `key` over the valid runs (lower middle for an even count).
+pub(crate) fn median(runs: &[Value], key: &str) -> Option<f64> {
+    let mut xs: Vec<f64> = runs
+        .iter()
+        .filter(|r| valid(r))
+        .filter_map(|r| num(r, key))
+        .collect();
     if xs.is_empty() {
         return None;
     }
@@ -203,6 +256,7 @@ pub(crate) fn main(args: &CompareArgs) -> Result<bool, String> {
         common.push(bin.display().to_string());
     }
     let started = Instant::now();
+    let quiet = if args.quick { 0 } else { args.quiet };
     let mut results: Results = BTreeMap::new();
     let mut order = Vec::new();
     let mut skipped: Vec<Target> = Vec::new();
@@ -218,9 +272,20 @@ pub(crate) fn main(args: &CompareArgs) -> Result<bool, String> {
                 let mut a = vec![sc.kind.to_owned(), "--target".into(), target.name().into()];
                 a.extend(sc.args.iter().cloned());
                 a.extend(common.iter().cloned());
+                let idle = wait_quiet(quiet);
                 match run_child(&a) {
                     Ok(Some(mut v)) => {
                         v["scenario_name"] = Value::from(sc.name.as_str());
+                        v["machine_idle_pct_before"] =
+                            idle.map_or(Value::Null, |i| Value::from(i.round()));
+                        v["load_avg_before"] = Value::from(
+                            std::fs::read_to_string("/proc/loadavg")
+                                .unwrap_or_default()
+                                .split(' ')
+                                .take(3)
+                                .collect::<Vec<_>>()
+                                .join(" "),
+                        );
                         results
                             .entry(sc.name.clone())
                             .or_default()
@@ -258,27 +323,43 @@ pub(crate) fn main(args: &CompareArgs) -> Result<bool, String> {
         .and_then(|m| m.get("tidings"))
         .and_then(|runs| median(runs, "deliveries_per_sec"));
     let rate = peak.map_or(100.0, |p| (p * 0.5 / 1000.0).round().max(10.0));
+    // And at half of the slowest system's peak, a load every system keeps up with.
+    let slowest = results.get("fanout N=1000 128B").and_then(|m| {
+        m.values()
+            .filter_map(|runs| median(runs, "deliveries_per_sec"))
+            .min_by(f64::total_cmp)
+    });
+    let low_rate = slowest.map_or(10.0, |p| (p * 0.5 / 1000.0).round().max(10.0));
     let seconds = if args.quick { 1.0 } else { 3.0 };
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let messages = (rate * seconds) as u64;
-    let paced = Scenario {
-        name: "paced N=1000 128B".into(),
-        kind: "fanout",
-        args: vec![
-            "--subscribers".into(),
-            "1000".into(),
-            "--size".into(),
-            "128".into(),
-            "--messages".into(),
-            messages.to_string(),
-            "--rate".into(),
-            rate.to_string(),
-        ],
-        repeat,
-        plot_n: None,
-    };
-    eprintln!("== paced at {rate} msgs/s (half of tidings' peak {peak:?} deliveries/s ÷ 1,000)");
-    measure(&paced, &mut results, &mut skipped);
+    for (name, rate) in [
+        ("paced N=1000 128B", rate),
+        ("paced-low N=1000 128B", low_rate),
+    ] {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let messages = ((rate * seconds) as u64).max(10);
+        let paced = Scenario {
+            name: name.into(),
+            kind: "fanout",
+            args: vec![
+                "--subscribers".into(),
+                "1000".into(),
+                "--size".into(),
+                "128".into(),
+                "--messages".into(),
+                messages.to_string(),
+                "--rate".into(),
+                rate.to_string(),
+            ],
+            repeat,
+            plot_n: None,
+        };
+        eprintln!("== {name}: {rate} msgs/s");
+        measure(&paced, &mut results, &mut skipped);
+    }
+    eprintln!(
+        "paced at {rate} msgs/s (half of tidings' peak {peak:?} deliveries/s / 1,000) and {low_rate} \
+         (half of the slowest system's peak {slowest:?})"
+    );
 
     let idle_n = if args.quick { 2000 } else { 10_000 };
     let idle = Scenario {
@@ -311,6 +392,7 @@ pub(crate) fn main(args: &CompareArgs) -> Result<bool, String> {
             "quick": args.quick,
             "repeat": repeat,
             "paced_rate": rate,
+            "paced_low_rate": low_rate,
             "order": order,
             "skipped": skipped.iter().map(|t| t.name()).collect::<Vec<_>>(),
             "loopback": loopback,
@@ -394,7 +476,7 @@ fn print_tables(order: &[String], results: &Results, loopback: &Value, targets: 
         let metrics: &[&str] = if name.starts_with("idle") {
             &["rss_per_conn_bytes"]
         } else if name.starts_with("paced") {
-            &["p50_us", "p99_us", "p999_us", "deliveries_per_sec"]
+            &["rate", "p50_us", "p99_us", "p999_us", "deliveries_per_sec"]
         } else {
             &[
                 "deliveries_per_sec",
@@ -459,7 +541,7 @@ fn print_tables(order: &[String], results: &Results, loopback: &Value, targets: 
                 }
             }
         }
-        if name.starts_with("paced") {
+        if name.starts_with("paced N") {
             if let Some(ours) = med(Target::Tidings, "p99_us") {
                 for &p in &peers {
                     if let Some(theirs) = med(p, "p99_us") {

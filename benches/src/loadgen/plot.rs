@@ -5,11 +5,10 @@
 
 use std::path::Path;
 
+use super::Target;
+use super::compare::median;
 use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
-use serde_json::Value;
-
-use super::Target;
 
 const FONTS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -39,12 +38,6 @@ const COLORS: [RGBColor; 5] = [
     RGBColor(0x94, 0x67, 0xbd),
 ];
 
-fn median(runs: &[Value], key: &str) -> Option<f64> {
-    let mut xs: Vec<f64> = runs.iter().filter_map(|r| r.get(key)?.as_f64()).collect();
-    xs.sort_by(f64::total_cmp);
-    (!xs.is_empty()).then(|| xs[(xs.len() - 1) / 2])
-}
-
 /// `(N, value)` points of `key` per target, from the plain 128 B fan-out scenarios.
 fn series(
     results: &super::compare::Results,
@@ -63,7 +56,7 @@ fn series(
                 .parse()
                 .ok()?;
             let v = median(by_target.get(target.name())?, key)?;
-            Some((n, v * scale))
+            (v > 0.0).then_some((n, v * scale))
         })
         .collect();
     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -120,7 +113,15 @@ pub(crate) fn draw(
             .x_desc("N subscribers")
             .x_labels(6)
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| format!("{y:.3}"))
+            .y_label_formatter(&|&y| {
+                if y >= 10.0 {
+                    format!("{y:.0}")
+                } else if y >= 1.0 {
+                    format!("{y:.1}")
+                } else {
+                    format!("{y:.3}")
+                }
+            })
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(|e| err(&e))?;

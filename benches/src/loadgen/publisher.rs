@@ -21,6 +21,9 @@ use super::{Target, nats, payload, sio};
 
 type Ws = WebSocketStream<TokioAdapter<TcpStream>>;
 
+/// socket.io ack ids of the publisher's `join`s (publishes count from 1).
+const JOIN_ACK_BASE: u64 = 1 << 40;
+
 /// What to publish.
 #[derive(Debug, Clone)]
 pub(crate) struct PublishPlan {
@@ -140,6 +143,34 @@ async fn connect(proto: Proto, addr: SocketAddr) -> Result<Ws, String> {
                 .await
                 .map_err(|e| format!("publisher: socket.io connect: {e}"))?;
             await_frame(&mut ws, "socket.io connect", |f| f.starts_with(b"40")).await?;
+            // A round trip before publishing, for socketioxide (see `sio::SioConn::join`): a
+            // `join` of a room of the publisher's own, resent every second until acked. Its
+            // ack ids are above any publish's.
+            let mut acked = false;
+            for attempt in 0..sio::JOIN_ATTEMPTS {
+                let join = format!(
+                    "42{}[\"join\",\"tidings-bench.publisher\"]",
+                    JOIN_ACK_BASE + attempt
+                );
+                ws.send(Message::text(join))
+                    .await
+                    .map_err(|e| format!("publisher: socket.io join: {e}"))?;
+                let wait = await_frame(
+                    &mut ws,
+                    "join ack",
+                    |f| matches!(sio::parse(f), Ok(sio::Packet::Ack { id, .. }) if id >= JOIN_ACK_BASE),
+                );
+                if tokio::time::timeout(Duration::from_secs(1), wait)
+                    .await
+                    .is_ok()
+                {
+                    acked = true;
+                    break;
+                }
+            }
+            if !acked {
+                return Err("publisher: socket.io join never acked".into());
+            }
         }
     }
     Ok(ws)
@@ -193,7 +224,7 @@ async fn read_answers(
                 }
             }
             Proto::Sio => match sio::parse(frame) {
-                Ok(sio::Packet::Ack { .. }) => acks += 1,
+                Ok(sio::Packet::Ack { id, .. }) if id < JOIN_ACK_BASE => acks += 1,
                 Ok(sio::Packet::Ping) => reply = Some(Message::text("3")),
                 Ok(sio::Packet::Close | sio::Packet::Disconnect) => {
                     return Err((stats, "socket.io: publisher disconnected".into()));

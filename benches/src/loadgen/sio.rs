@@ -21,6 +21,9 @@ use super::wsraw::{Flow, RawWs};
 
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `join` is sent at most this many times, a second apart.
+pub(crate) const JOIN_ATTEMPTS: u64 = 10;
+
 /// The WebSocket path of engine.io v4.
 pub(crate) const PATH: &str = "/socket.io/?EIO=4&transport=websocket";
 
@@ -125,10 +128,7 @@ impl SioConn {
             conn.raw.send_text(b"40").await?;
             conn.wait_for(|p| matches!(p, Packet::Connect(_))).await?;
             if let Some(room) = room {
-                let join = format!("421[\"join\",{}]", serde_json::Value::from(room));
-                conn.raw.send_text(join.as_bytes()).await?;
-                conn.wait_for(|p| matches!(p, Packet::Ack { id: 1, .. }))
-                    .await?;
+                conn.join(room).await?;
             }
             Ok(conn)
         })
@@ -136,6 +136,28 @@ impl SioConn {
         .map_err(|_| {
             format!("socket.io: no open/connect/join answer from {addr} in {OPEN_TIMEOUT:?}")
         })?
+    }
+
+    /// Joins `room`, sending `join` again every second until an ack comes: socketioxide 0.18
+    /// sends the socket.io connect packet before it runs the (spawned) connect handler that
+    /// registers the event handlers, so an event sent right after the connect can find no
+    /// handler and is dropped without an answer. Joining twice is harmless.
+    async fn join(&mut self, room: &str) -> Result<(), String> {
+        for attempt in 1..=JOIN_ATTEMPTS {
+            let join = format!("42{attempt}[\"join\",{}]", serde_json::Value::from(room));
+            self.raw.send_text(join.as_bytes()).await?;
+            let acked = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.wait_for(|p| matches!(p, Packet::Ack { .. })),
+            )
+            .await;
+            if let Ok(acked) = acked {
+                return acked;
+            }
+        }
+        Err(format!(
+            "socket.io: no ack to join in {JOIN_ATTEMPTS} attempts"
+        ))
     }
 
     /// Reads until a packet matches `want` (answering pings; errors on close, disconnect or
