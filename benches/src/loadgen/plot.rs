@@ -81,12 +81,18 @@ pub(crate) fn draw(
         )
         .map_err(|e| err(&e))?;
     let panels = body.split_evenly((1, 2));
-    for (panel, (key, scale, label)) in panels.iter().zip([
-        ("deliveries_per_sec", 1e-6, "deliveries/s (millions, log)"),
+    for (panel, (key, scale, label, legend)) in panels.iter().zip([
+        (
+            "deliveries_per_sec",
+            1e-6,
+            "deliveries/s (millions, log)",
+            SeriesLabelPosition::UpperRight,
+        ),
         (
             "p99_us",
             1e-3,
             "p99 publish-to-delivery latency (ms, log), unpaced",
+            SeriesLabelPosition::UpperLeft,
         ),
     ]) {
         let all: Vec<(Target, Vec<(f64, f64)>)> = targets
@@ -112,6 +118,7 @@ pub(crate) fn draw(
             .configure_mesh()
             .x_desc("N subscribers")
             .x_labels(6)
+            .y_labels(12)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|&y| {
                 if y >= 10.0 {
@@ -144,7 +151,7 @@ pub(crate) fn draw(
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::LowerLeft)
+            .position(legend)
             .draw()
             .map_err(|e| err(&e))?;
     }
