@@ -91,7 +91,9 @@ impl SeqCheck {
         }
     }
 
-    /// Takes one payload; true once the last message has arrived.
+    /// Takes one payload; true once the last message has arrived and, if anything arrived out
+    /// of order, every skipped one too (a system that reorders may still deliver them; one
+    /// that keeps order never will).
     pub(crate) fn on_payload(&mut self, seq: u64, sent_ns: u64) -> bool {
         let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         record_latency(now.saturating_sub(sent_ns));
@@ -106,7 +108,7 @@ impl SeqCheck {
             self.reordered += 1;
             self.lost = self.lost.saturating_sub(1);
         }
-        seq + 1 >= self.total
+        self.next >= self.total && (self.lost == 0 || self.reordered == 0)
     }
 
     /// Counts the messages that never came at the end.
@@ -132,5 +134,18 @@ mod tests {
         assert!(c.on_payload(2, 0));
         c.finish();
         assert_eq!((c.lost, c.reordered), (1, 0));
+        // Out of order: done only once the skipped ones are in too.
+        let mut c = SeqCheck::new(4, Instant::now());
+        for seq in [0, 2, 1] {
+            assert!(!c.on_payload(seq, 0));
+        }
+        assert!(!c.on_payload(3, 0) || c.lost == 0);
+        let mut c = SeqCheck::new(4, Instant::now());
+        assert!(!c.on_payload(1, 0));
+        assert!(!c.on_payload(0, 0));
+        assert!(!c.on_payload(3, 0));
+        assert!(c.on_payload(2, 0));
+        c.finish();
+        assert_eq!((c.received, c.lost, c.reordered), (4, 0, 2));
     }
 }

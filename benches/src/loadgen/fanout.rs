@@ -1,11 +1,14 @@
 //! `fanout`: one publisher, N subscribers of one topic.
 //!
-//! 1. Start the server (or attach to `--url`), with retention raised to hold every message, so
-//!    a subscriber that falls behind is caught up from history instead of losing messages.
+//! 1. Start the server (or attach to `--url`); tidings with retention raised to hold every
+//!    message, so a subscriber that falls behind is caught up from history instead of losing
+//!    messages (the peers have no such history: what they drop is counted as lost).
 //! 2. Open N subscribers (at most 64 connecting at once) and wait until every one has its
 //!    subscription confirmed.
 //! 3. One publisher connection sends M payloads (`payload.rs`): paced at `--rate`, or as fast as
-//!    the server answers with at most `--window` publishes unanswered.
+//!    the server answers with at most `--window` publishes unanswered. With `--spread` ("many
+//!    topics") every subscriber has a topic of its own and M payloads are sent to each, the
+//!    topics taken in turn.
 //! 4. Each subscriber checks order and loss and records the latency of every payload; it stops
 //!    at the last sequence number. Once the publisher has its answers, subscribers get `--drain`
 //!    seconds more, then the rest are aborted; everything is bounded by `--timeout`.
@@ -20,10 +23,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::check::{SeqCheck, merged_latencies};
+use super::publisher::{self, PublishPlan, PublishStats};
 use super::report::Report;
-use super::server::{ProcStats, Server, ServerArgs, proc_stats};
-use super::ws::{PublishPlan, PublishStats};
-use super::{Target, check_fd_limit, open_with_retry, runtime, sse, ws};
+use super::server::{ProcStats, Server, ServerArgs, cpu_hz, proc_stats};
+use super::{Target, check_fd_limit, open_with_retry, runtime, sse, wire_bytes};
 
 /// Connections being opened at once.
 const CONNECT_PARALLEL: usize = 64;
@@ -49,10 +52,15 @@ pub(crate) struct FanoutArgs {
     /// Payload bytes per message
     #[arg(long, default_value_t = 128)]
     pub size: usize,
-    /// Messages published
+    /// Messages published (per topic with `--spread`)
     #[arg(long, default_value_t = 1000)]
     pub messages: u64,
-    /// Publish this many messages per second (default: as fast as the server answers)
+    /// Many topics: every subscriber subscribes to a topic of its own (`TOPIC.<i>`), and the
+    /// publisher sends `--messages` to each, in turn
+    #[arg(long)]
+    pub spread: bool,
+    /// Publish this many messages per second, all topics together (default: as fast as the
+    /// server answers)
     #[arg(long, value_name = "MSGS_PER_S")]
     pub rate: Option<f64>,
     /// Publishes awaiting the server's answer at most
@@ -80,9 +88,21 @@ pub(crate) fn main(args: &FanoutArgs) -> Result<bool, String> {
         return Err("--messages and --subscribers must be at least 1".into());
     }
     check_fd_limit(args.subscribers + 1)?;
-    let retained_bytes = args.messages * (args.size as u64 + args.topic.len() as u64) * 2;
+    if args.publish == PublishVia::Http && (!args.target.is_tidings() || args.spread) {
+        return Err("--publish http is for tidings, one topic".into());
+    }
+    let topics = if args.spread {
+        args.subscribers as u64
+    } else {
+        1
+    };
+    let retained_bytes =
+        topics * args.messages * (args.size as u64 + args.topic.len() as u64 + 8) * 2;
     let limits = vec![
-        format!("--retention-events={}", args.messages.max(10_000)),
+        format!(
+            "--retention-events={}",
+            (topics * args.messages).max(10_000)
+        ),
         format!("--retention-bytes={}", retained_bytes.max(64 << 20)),
         "--retention-age=1h".to_owned(),
         format!(
@@ -90,7 +110,12 @@ pub(crate) fn main(args: &FanoutArgs) -> Result<bool, String> {
             (args.subscribers + 100).max(100_000)
         ),
     ];
-    let mut server = Server::start(&args.server, &limits)?;
+    let limits = if args.target.is_tidings() {
+        limits
+    } else {
+        Vec::new()
+    };
+    let mut server = Server::start(args.target, &args.server, &limits)?;
     eprintln!(
         "server {} (pid {}), {} {} subscribers, {} messages of {} bytes",
         server.addr,
@@ -103,10 +128,11 @@ pub(crate) fn main(args: &FanoutArgs) -> Result<bool, String> {
     let rt = runtime(args.server.threads)?;
     let (report, ok) = rt.block_on(run(args, &mut server));
     let title = format!(
-        "fanout: {} ({}), {} subscribers, {} x {} B{}",
+        "fanout: {} ({}), {} subscribers{}, {} x {} B{}",
         args.target.name(),
         args.server.runtime,
         args.subscribers,
+        if args.spread { " (a topic each)" } else { "" },
         args.messages,
         args.size,
         args.rate
@@ -133,14 +159,21 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let checks: Vec<Arc<Mutex<SeqCheck>>> = (0..n)
         .map(|_| Arc::new(Mutex::new(SeqCheck::new(args.messages, start))))
         .collect();
-    for check in &checks {
+    let topic_of = |i: usize| {
+        if args.spread {
+            format!("{}.{i}", args.topic)
+        } else {
+            args.topic.clone()
+        }
+    };
+    for (i, check) in checks.iter().enumerate() {
         let (connecting, ready, failed, first_error) = (
             Arc::clone(&connecting),
             Arc::clone(&ready),
             Arc::clone(&failed),
             Arc::clone(&first_error),
         );
-        let (target, topic, check) = (args.target, args.topic.clone(), Arc::clone(check));
+        let (target, topic, check) = (args.target, topic_of(i), Arc::clone(check));
         subscribers.spawn(async move {
             let permit = connecting.acquire().await;
             let conn = open_with_retry(target, addr, Some(&topic)).await;
@@ -191,8 +224,13 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     server.start_sampling();
 
     // Publish, and wait for the subscribers.
+    let wire_before = wire_bytes();
     let plan = PublishPlan {
-        topic: args.topic.clone(),
+        topics: if args.spread {
+            (0..n).map(topic_of).collect()
+        } else {
+            vec![args.topic.clone()]
+        },
         messages: args.messages,
         size: args.size,
         rate: args.rate,
@@ -203,7 +241,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let mut publisher = can_publish.then(|| {
         let stop = stop.clone();
         match args.publish {
-            PublishVia::Ws => tokio::spawn(ws::publish(addr, plan, stop)),
+            PublishVia::Ws => tokio::spawn(publisher::publish(args.target, addr, plan, stop)),
             PublishVia::Http => {
                 tokio::spawn(async move { sse::publish_all_http(addr, &plan, &stop).await })
             }
@@ -238,6 +276,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     }
     let server_after = server.stats();
     let client_after = proc_stats("self");
+    let wire = wire_bytes() - wire_before;
     let peak_rss = server.peak_rss();
     let _ = stop_tx.send(true);
     subscribers.abort_all();
@@ -300,6 +339,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     r.put("target", args.target.name());
     r.put("runtime", args.server.runtime.as_str());
     r.put("subscribers", n as u64);
+    r.put("topics", if args.spread { n as u64 } else { 1 });
     r.put("size", args.size as u64);
     r.put("messages", args.messages);
     r.put_opt("rate", args.rate);
@@ -307,6 +347,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     r.put("deliveries", deliveries);
     r.put_f("deliveries_per_sec", per_s(deliveries));
     r.put_f("publishes_per_sec", per_s(pub_stats.acked));
+    r.put_f("wire_bytes_per_sec", per_s(wire));
     r.put_r("duration_s", window_s, 3);
     r.put_f("p50_us", us(0.5));
     r.put_f("p90_us", us(0.9));
@@ -333,6 +374,14 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     r.put_opt(
         "server_cpu_ns_per_delivery",
         per_delivery(server_cpu).map(f64::round),
+    );
+    r.put_opt("cpu_hz", cpu_hz().map(f64::round));
+    #[allow(clippy::cast_precision_loss)]
+    r.put_opt(
+        "server_cycles_per_delivery",
+        per_delivery(server_cpu)
+            .zip(cpu_hz())
+            .map(|(ns, hz)| (ns * hz / 1e9).round()),
     );
     r.put_opt(
         "client_cpu_s",

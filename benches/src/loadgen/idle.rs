@@ -31,7 +31,7 @@ pub(crate) struct IdleArgs {
     /// The topic every connection subscribes to
     #[arg(long, default_value = "bench.idle")]
     pub topic: String,
-    /// Native connections subscribe to nothing (SSE streams always have a topic)
+    /// Connections subscribe to nothing (SSE streams always have a topic)
     #[arg(long)]
     pub no_subscribe: bool,
     /// Seconds to wait after the last connection opened before reading RSS
@@ -54,7 +54,12 @@ pub(crate) fn main(args: &IdleArgs) -> Result<bool, String> {
         "--max-connections={}",
         (args.connections + 100).max(100_000)
     )];
-    let server = Server::start(&args.server, &limits)?;
+    let limits = if args.target.is_tidings() {
+        limits
+    } else {
+        Vec::new()
+    };
+    let server = Server::start(args.target, &args.server, &limits)?;
     eprintln!(
         "server {} (pid {}), {} idle {} connections",
         server.addr,
@@ -88,7 +93,8 @@ async fn open(
     let connecting = Arc::new(Semaphore::new(CONNECT_PARALLEL));
     let done = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let topic = (!args.no_subscribe || args.target != Target::Tidings).then(|| args.topic.clone());
+    let topic =
+        (!args.no_subscribe || args.target == Target::TidingsSse).then(|| args.topic.clone());
     for _ in 0..count {
         let (connecting, done, tx) = (Arc::clone(&connecting), Arc::clone(&done), tx.clone());
         let (target, addr, topic) = (args.target, server.addr, topic.clone());
@@ -171,7 +177,7 @@ async fn run(args: &IdleArgs, server: &Server) -> (Report, bool) {
     r.put("connections", n as u64);
     r.put(
         "subscribed",
-        !args.no_subscribe || args.target != Target::Tidings,
+        !args.no_subscribe || args.target == Target::TidingsSse,
     );
     r.put_opt("rss_per_conn_bytes", diff(rss(after), rss(before), n));
     r.put_opt(

@@ -1,18 +1,40 @@
-//! The load generator's parts. Targets are an enum so that other systems (NATS over WebSocket,
-//! socket.io, socketioxide) can be added as variants with a module each, next to `ws` and `sse`.
+//! The load generator's parts. Targets are an enum, with a module per wire protocol: `ws`
+//! (tidings native), `sse` (tidings SSE), `nats` (NATS over WebSocket), `sio` (socket.io v4,
+//! for both socket.io and socketioxide); `publisher` speaks all of them; `server` starts the
+//! systems (`peers` for the other systems' servers).
 
 pub(crate) mod check;
+pub(crate) mod compare;
 pub(crate) mod fanout;
 pub(crate) mod idle;
+pub(crate) mod loopback;
+pub(crate) mod nats;
 pub(crate) mod payload;
+pub(crate) mod plot;
+pub(crate) mod publisher;
 pub(crate) mod report;
 pub(crate) mod server;
+pub(crate) mod sio;
 pub(crate) mod sse;
 pub(crate) mod ws;
 pub(crate) mod wsraw;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Bytes the subscribers have read from their sockets (HTTP heads included).
+static WIRE_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts bytes read by a subscriber.
+pub(crate) fn count_wire_bytes(n: usize) {
+    WIRE_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Bytes read by all subscribers so far.
+pub(crate) fn wire_bytes() -> u64 {
+    WIRE_BYTES.load(Ordering::Relaxed)
+}
 
 /// What is measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -21,14 +43,37 @@ pub(crate) enum Target {
     Tidings,
     /// tidings, Server-Sent Events on `GET /sse?topic=` (published to over `/ws`)
     TidingsSse,
+    /// nats-server, its WebSocket listener (NATS text protocol in WebSocket frames)
+    Nats,
+    /// socket.io 4.x on Node (`benches/peers/socketio`), WebSocket transport
+    Socketio,
+    /// socketioxide on axum (`benches/peers/socketioxide`), WebSocket transport
+    Socketioxide,
 }
 
 impl Target {
+    /// Every target, tidings first.
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Tidings,
+        Self::TidingsSse,
+        Self::Nats,
+        Self::Socketio,
+        Self::Socketioxide,
+    ];
+
     pub(crate) const fn name(self) -> &'static str {
         match self {
             Self::Tidings => "tidings",
             Self::TidingsSse => "tidings-sse",
+            Self::Nats => "nats",
+            Self::Socketio => "socketio",
+            Self::Socketioxide => "socketioxide",
         }
+    }
+
+    /// Whether this is tidings itself (either transport).
+    pub(crate) const fn is_tidings(self) -> bool {
+        matches!(self, Self::Tidings | Self::TidingsSse)
     }
 }
 
@@ -36,6 +81,8 @@ impl Target {
 pub(crate) enum Subscriber {
     Ws(Box<ws::WsConn>),
     Sse(sse::SseConn),
+    Nats(Box<nats::NatsConn>),
+    Sio(Box<sio::SioConn>),
 }
 
 impl Subscriber {
@@ -59,6 +106,12 @@ impl Subscriber {
                 let topic = topic.ok_or("an SSE stream needs a topic")?;
                 Ok(Self::Sse(sse::SseConn::open(addr, topic).await?))
             }
+            Target::Nats => Ok(Self::Nats(Box::new(
+                nats::NatsConn::connect(addr, topic).await?,
+            ))),
+            Target::Socketio | Target::Socketioxide => Ok(Self::Sio(Box::new(
+                sio::SioConn::connect(addr, topic).await?,
+            ))),
         }
     }
 
@@ -68,6 +121,8 @@ impl Subscriber {
         match self {
             Self::Ws(conn) => conn.receive(check).await,
             Self::Sse(conn) => conn.receive(check).await,
+            Self::Nats(conn) => conn.receive(check).await,
+            Self::Sio(conn) => conn.receive(check).await,
         }
     }
 
@@ -76,6 +131,8 @@ impl Subscriber {
         match self {
             Self::Ws(conn) => conn.hold().await,
             Self::Sse(conn) => conn.hold().await,
+            Self::Nats(conn) => conn.hold().await,
+            Self::Sio(conn) => conn.hold().await,
         }
     }
 }

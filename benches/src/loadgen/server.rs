@@ -1,5 +1,8 @@
 //! The server under test: started by the load generator (on a free loopback port) or already
-//! running (`--url`), and its memory and CPU time read from `/proc/<pid>`.
+//! running (`--url`), and its memory and CPU time read from `/proc/<pid>`. The peers are
+//! started here too, from what `benches/scripts/setup-peers.sh` installed: `nats-server` (on the
+//! `PATH` or in `/usr/sbin`) with a generated config, `node benches/peers/socketio/server.js`,
+//! and `tidings-peer-socketioxide` from the target directory.
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{SocketAddr, ToSocketAddrs as _};
@@ -9,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use super::Target;
 
 /// Which server, and how to start it. Shared by every subcommand.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +34,9 @@ pub(crate) struct ServerArgs {
     /// An extra argument for `tidings serve` (repeatable), e.g. `--server-arg=--keepalive=off`
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
+    /// The `nats-server` binary [default: `nats-server` on the PATH, or /usr/sbin/nats-server]
+    #[arg(long, value_name = "PATH")]
+    pub nats_bin: Option<PathBuf>,
     /// Client worker threads (0: one per CPU)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -44,6 +52,20 @@ pub(crate) struct ProcStats {
     pub rss_bytes: u64,
     /// `utime + stime`, seconds.
     pub cpu_s: f64,
+}
+
+/// The CPU clock rate in Hz (`cpu MHz` of the first CPU in `/proc/cpuinfo`).
+pub(crate) fn cpu_hz() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(mhz * 1e6)
 }
 
 /// Reads `VmRSS` and `utime + stime` of `pid` (`"self"` for this process).
@@ -78,12 +100,60 @@ pub(crate) struct Server {
     pub pid: Option<u32>,
     child: Option<Child>,
     sampler: Option<Sampler>,
+    /// A file to remove when the server stops (the generated nats-server config).
+    temp_file: Option<PathBuf>,
+}
+
+/// The message of a run that could not start because a peer is missing.
+pub(crate) fn skipped(peer: &str) -> String {
+    format!("skipped: {peer} not installed (run benches/scripts/setup-peers.sh)")
+}
+
+fn bench_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cargo target directory: `$CARGO_TARGET_DIR`, else the one this binary was built in
+/// (it runs from `<target>/release/`), else `target/` of the workspace.
+fn target_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let release = exe.parent()?;
+            (release.file_name()? == "release").then(|| release.parent().map(PathBuf::from))?
+        })
+        .unwrap_or_else(|| bench_dir().join("../target"))
+}
+
+fn find_on_path(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; another process could take it before
+/// the server does, which only fails that run).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
 }
 
 impl Server {
     /// Starts `tidings serve` on a free loopback port with `limits` (extra flags) added, or
     /// attaches to `--url`. Waits for the `listening on http://ADDR` line.
-    pub(crate) fn start(args: &ServerArgs, limits: &[String]) -> Result<Self, String> {
+    pub(crate) fn start(
+        target: Target,
+        args: &ServerArgs,
+        limits: &[String],
+    ) -> Result<Self, String> {
         if let Some(url) = &args.url {
             let hostport = url
                 .trim_start_matches("http://")
@@ -99,7 +169,34 @@ impl Server {
                 pid: args.server_pid,
                 child: None,
                 sampler: None,
+                temp_file: None,
             });
+        }
+        match target {
+            Target::Tidings | Target::TidingsSse => {}
+            Target::Nats => return Self::start_nats(args),
+            Target::Socketio => {
+                let dir = bench_dir().join("peers/socketio");
+                let node = find_on_path("node", &[]);
+                let (Some(node), true) = (node, dir.join("node_modules/socket.io").is_dir()) else {
+                    return Err(skipped("socketio"));
+                };
+                let mut cmd = Command::new(node);
+                cmd.arg("server.js")
+                    .arg("0")
+                    .current_dir(&dir)
+                    .env("NODE_ENV", "production");
+                return Self::spawn_announced(cmd, "node benches/peers/socketio/server.js");
+            }
+            Target::Socketioxide => {
+                let bin = target_dir().join("release/tidings-peer-socketioxide");
+                if !bin.is_file() {
+                    return Err(skipped("socketioxide"));
+                }
+                let mut cmd = Command::new(&bin);
+                cmd.arg("0").env_remove("RUST_LOG");
+                return Self::spawn_announced(cmd, &bin.display().to_string());
+            }
         }
         let bin = args.server_bin.clone().unwrap_or_else(default_bin);
         if !bin.exists() {
@@ -122,13 +219,18 @@ impl Server {
         .env(
             "RUST_LOG",
             std::env::var("TIDINGS_LOG").unwrap_or("warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        );
+        Self::spawn_announced(cmd, &bin.display().to_string())
+    }
+
+    /// Starts `cmd` and waits for its first stdout line, `listening on http://ADDR`.
+    fn spawn_announced(mut cmd: Command, what: &str) -> Result<Self, String> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
         let pid = child.id();
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
@@ -145,23 +247,75 @@ impl Server {
             pid: Some(pid),
             child: Some(child),
             sampler: None,
+            temp_file: None,
         };
         let line = rx
             .recv_timeout(Duration::from_secs(30))
-            .map_err(|_| format!("{} printed no `listening on` line in 30 s", bin.display()))?;
+            .map_err(|_| format!("{what} printed no `listening on` line in 30 s"))?;
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| {
                 format!(
-                    "{} did not start: first stdout line {:?} (see its log above)",
-                    bin.display(),
+                    "{what} did not start: first stdout line {:?} (see its log above)",
                     line.trim()
                 )
             })?;
         server.addr = addr;
         Ok(server)
+    }
+
+    /// `nats-server -c CONFIG`: client port and WebSocket port on 127.0.0.1 (free ports),
+    /// WebSocket without TLS and without compression, no debug or trace logging, otherwise
+    /// defaults (`max_pending` 64 MiB per client: the slow-consumer limit). Waits until the
+    /// WebSocket port accepts connections.
+    fn start_nats(args: &ServerArgs) -> Result<Self, String> {
+        let bin = args
+            .nats_bin
+            .clone()
+            .or_else(|| find_on_path("nats-server", &["/usr/sbin", "/usr/local/sbin"]))
+            .ok_or_else(|| skipped("nats"))?;
+        let (port, ws_port) = (free_port()?, free_port()?);
+        let config = std::env::temp_dir().join(format!(
+            "tidings-bench-nats-{}-{ws_port}.conf",
+            std::process::id()
+        ));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\nmax_connections: 100000\n\
+                 websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n  \
+                 compression: false\n}}\n"
+            ),
+        )
+        .map_err(|e| format!("writing {}: {e}", config.display()))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], ws_port));
+        let server = Self {
+            addr,
+            pid: Some(child.id()),
+            child: Some(child),
+            sampler: None,
+            temp_file: Some(config),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "{} did not listen on {addr} in 10 s",
+            bin.display()
+        ))
     }
 
     /// The server's memory and CPU now, if its process is known.
@@ -190,6 +344,9 @@ impl Server {
 impl Drop for Server {
     /// Stops a server this process started: SIGTERM (graceful shutdown), SIGKILL after 10 s.
     fn drop(&mut self) {
+        if let Some(file) = self.temp_file.take() {
+            let _ = std::fs::remove_file(file);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -207,11 +364,7 @@ impl Drop for Server {
 }
 
 fn default_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    target.join("release/tidings")
+    target_dir().join("release/tidings")
 }
 
 struct Sampler {

@@ -94,6 +94,7 @@ impl SseConn {
             Ok(0) => Err("connection closed".into()),
             Ok(n) => {
                 self.len += n;
+                super::count_wire_bytes(n);
                 Ok(())
             }
             Err(e) => Err(format!("reading the SSE stream: {e}")),
@@ -183,12 +184,13 @@ pub(crate) async fn publish_http(addr: SocketAddr, topic: &str, body: &[u8]) -> 
 /// times, ns since `start`.
 pub(crate) async fn publish_all_http(
     addr: SocketAddr,
-    plan: &super::ws::PublishPlan,
+    plan: &super::publisher::PublishPlan,
     stop: &watch::Receiver<bool>,
-) -> Result<super::ws::PublishStats, String> {
-    let mut stats = super::ws::PublishStats::default();
+) -> Result<super::publisher::PublishStats, String> {
+    let mut stats = super::publisher::PublishStats::default();
     let mut body = Vec::with_capacity(plan.size + 32);
     let paced_from = Instant::now();
+    let topic = plan.topics.first().ok_or("no topic")?;
     for seq in 0..plan.messages {
         if *stop.borrow() {
             break;
@@ -206,7 +208,7 @@ pub(crate) async fn publish_all_http(
             stats.first_send_ns = t;
         }
         stats.last_send_ns = t;
-        match publish_http(addr, &plan.topic, &body).await {
+        match publish_http(addr, topic, &body).await {
             Ok(()) => stats.acked += 1,
             Err(e) => {
                 stats.errors += 1;

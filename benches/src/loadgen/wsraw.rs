@@ -118,6 +118,7 @@ impl RawWs {
             Ok(0) => Err("connection closed".into()),
             Ok(n) => {
                 self.len += n;
+                super::count_wire_bytes(n);
                 Ok(())
             }
             Err(e) => Err(format!("reading: {e}")),
@@ -169,6 +170,11 @@ impl RawWs {
     /// Sends one masked text frame.
     pub(crate) async fn send_text(&mut self, payload: &[u8]) -> Result<(), String> {
         self.send(0x1, payload).await
+    }
+
+    /// Sends one masked binary frame.
+    pub(crate) async fn send_binary(&mut self, payload: &[u8]) -> Result<(), String> {
+        self.send(0x2, payload).await
     }
 
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), String> {
