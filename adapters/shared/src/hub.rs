@@ -41,6 +41,7 @@ use tidings_core::{
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::driver::{ConnMsg, Ctl, Driver, DriverTimings, Kind, Opening, Out, ServerStats};
+use crate::http::Refusal;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 
@@ -64,6 +65,10 @@ pub type LifecycleHook = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 
 /// The error hook: a client sent something invalid (etp's `OnError`).
 pub type ErrorHook = Arc<dyn Fn(ConnId, &ProtocolError) + Send + Sync>;
+
+/// The refusal hook (see [`Hub::on_refused`]): a WebSocket upgrade request that was answered
+/// with an HTTP error instead of `101`, so there is no connection (etp's `OnError(nil, err)`).
+pub type RefusedHook = Arc<dyn Fn(&RequestHead, &Refusal) + Send + Sync>;
 
 /// The handler of events no [`Hub::on`] handler is registered for (etp's `OnUnknownEvent`): the
 /// connection, the event name and the data.
@@ -101,6 +106,7 @@ pub(crate) struct Registry {
     pub(crate) on_lifecycle: Option<LifecycleHook>,
     pub(crate) authorizer: Option<Authorizer>,
     pub(crate) on_error: Option<ErrorHook>,
+    pub(crate) on_refused: Option<RefusedHook>,
     pub(crate) on_unknown: Option<UnknownHandler>,
 }
 
@@ -297,6 +303,21 @@ impl Hub {
             takeover: false,
         };
         (opening, frames)
+    }
+
+    /// Runs the refusal hook (if any) over a refused WebSocket upgrade.
+    pub(crate) fn refused(&self, head: &RequestHead, refusal: &Refusal) {
+        let hook = self
+            .inner
+            .registry
+            .read()
+            .ok()
+            .and_then(|r| r.on_refused.clone());
+        if let Some(hook) = hook
+            && std::panic::catch_unwind(AssertUnwindSafe(|| hook(head, refusal))).is_err()
+        {
+            tracing::error!(path = %head.path, "the refusal hook panicked");
+        }
     }
 
     /// Runs the connect hook (if any) and returns the rooms to join.
@@ -615,6 +636,21 @@ impl Hub {
     {
         if let Ok(mut registry) = self.inner.registry.write() {
             registry.on_error = Some(Arc::new(hook));
+        }
+    }
+
+    /// Sets the refusal hook (etp's `OnError(nil, err)`): it sees every WebSocket upgrade
+    /// request (`/ws`, `/ws/bus`, `/etp`) that is answered with an HTTP error instead of `101`,
+    /// e.g. an `Origin` that is not allowed (403 `origin_not_allowed`), a failed authentication
+    /// or bad upgrade headers. There is no connection, hence no [`ConnId`]: it gets the request
+    /// head and the refusal. It runs on the request's task before the answer is written: keep
+    /// it quick (no I/O).
+    pub fn on_refused<F>(&self, hook: F)
+    where
+        F: Fn(&RequestHead, &Refusal) + Send + Sync + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_refused = Some(Arc::new(hook));
         }
     }
 

@@ -36,7 +36,7 @@ pub use config::{ConfigError, ServerConfig};
 pub use driver::ServerStats;
 pub use hub::{
     Authorizer, ConnectHook, Connecting, DisconnectHook, ErrorHook, Handler, Hub, HubError,
-    Received, Subscription, UnknownHandler,
+    Received, RefusedHook, Subscription, UnknownHandler,
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;

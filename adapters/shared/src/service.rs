@@ -550,6 +550,14 @@ impl<R: Runtime> Service<R> {
     /// The [`Refusal`] to answer with (400, 401, 403, 404 for a path that is not a WebSocket
     /// endpoint, 426).
     pub fn check_upgrade(&self, head: &RequestHead) -> Result<Upgrade, Refusal> {
+        let checked = self.check_upgrade_request(head);
+        if let Err(refusal) = &checked {
+            self.inner.hub.refused(head, refusal);
+        }
+        checked
+    }
+
+    fn check_upgrade_request(&self, head: &RequestHead) -> Result<Upgrade, Refusal> {
         let c = &self.inner.config;
         let (proto, max_message) = match head.path.as_str() {
             "/ws" => (crate::ws::Proto::Native, c.limits.max_frame_bytes),

@@ -461,3 +461,61 @@ async fn a_plugged_in_authorizer_decides_after_token_authentication() {
     );
     server.shutdown().await;
 }
+
+/// A raw WebSocket upgrade request (`GET path`) with extra header lines.
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refusal_hook_sees_an_etp_upgrade_from_a_foreign_origin() {
+    let server = server().await;
+    let addr = server.addr();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    server.hub().on_refused(move |head, refusal| {
+        let origin = head.header("origin").unwrap_or_default().to_owned();
+        log.lock().unwrap().push((
+            head.path.clone(),
+            origin,
+            refusal.status,
+            refusal.code.clone(),
+        ));
+    });
+    let refused = blocking(move || {
+        http(
+            addr,
+            &upgrade_request("/etp", "Origin: http://evil.example\r\n"),
+        )
+    })
+    .await;
+    assert_eq!(refused.0, 403, "{}", refused.1);
+    let seen_now = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen_now,
+        vec![(
+            "/etp".to_owned(),
+            "http://evil.example".to_owned(),
+            403,
+            "origin_not_allowed".to_owned()
+        )]
+    );
+    // An accepted upgrade (same host, no `Origin`) is not a refusal.
+    let accepted = blocking(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(upgrade_request("/etp", "Origin: http://x\r\n").as_bytes())
+            .unwrap();
+        let mut answer = [0u8; 12];
+        stream.read_exact(&mut answer).unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await;
+    assert_eq!(accepted, "HTTP/1.1 101");
+    assert_eq!(seen.lock().unwrap().len(), 1, "only the refusal was seen");
+    server.shutdown().await;
+}
