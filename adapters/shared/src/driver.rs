@@ -38,7 +38,7 @@ use tidings_core::{
     Transport, Visibility,
 };
 
-use crate::hub::Registry;
+use crate::hub::{Disconnect, Registry};
 use crate::runtime::Runtime;
 
 /// Messages handled per channel per wakeup before timers are checked again.
@@ -49,8 +49,9 @@ const BATCH: usize = 256;
 pub(crate) enum Out {
     /// Write this frame.
     Frame(Bytes),
-    /// Write what came before, then close with this reason and report `Closed`.
-    Close(ProtocolError),
+    /// Write what came before, then close with this reason (`None`: a normal close, WebSocket
+    /// 1000) and report `Closed`.
+    Close(Option<ProtocolError>),
 }
 
 /// What kind of connection an entry is (for metrics and for in-process subscriptions).
@@ -106,7 +107,8 @@ pub(crate) struct Opening {
 pub(crate) enum ConnMsg {
     Open(Box<Opening>),
     Command(ConnId, Command),
-    Closed(ConnId),
+    /// The connection ended; with the client's WebSocket close code if it sent one.
+    Closed(ConnId, Option<u16>),
 }
 
 /// Everything else.
@@ -165,6 +167,10 @@ pub(crate) enum Ctl {
         reason: ProtocolError,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
+    CloseNormal {
+        conn: ConnId,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
     Stats(oneshot::Sender<ServerStats>),
     Shutdown(oneshot::Sender<()>),
     LifecycleEvents(bool),
@@ -215,6 +221,8 @@ struct Entry {
     _kill: Option<oneshot::Sender<()>>,
     /// The client id it was identified with when it opened (from authentication).
     auto_id: Option<Name>,
+    /// Why it is ending, once known (the server closed it, or the client sent a close).
+    ending: Option<Disconnect>,
 }
 
 struct ShutdownState {
@@ -255,6 +263,8 @@ pub(crate) struct Driver<R: Runtime> {
     counts: [usize; 3],
     dead: u64,
     handled: u64,
+    /// The connection whose `Closed` is being fed to the broker, and why it ended.
+    ending: Option<(ConnId, Disconnect)>,
     /// Client ids claimed for connections when they opened, and by whom.
     auto_ids: HashMap<Name, ConnId>,
     /// Handlers running for events that want no answer, per connection (bounded like pending
@@ -286,6 +296,7 @@ impl<R: Runtime> Driver<R> {
             counts: [0; 3],
             dead: 0,
             handled: 0,
+            ending: None,
             auto_ids: HashMap::new(),
             notifies: HashMap::new(),
         }
@@ -418,7 +429,15 @@ impl<R: Runtime> Driver<R> {
         match msg {
             ConnMsg::Open(opening) => self.open(now, *opening),
             ConnMsg::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
-            ConnMsg::Closed(conn) => self.closed(now, conn),
+            ConnMsg::Closed(conn, code) => {
+                if let Some(entry) = self.conns.get_mut(&conn)
+                    && entry.ending.is_none()
+                {
+                    entry.ending =
+                        Some(code.map_or(Disconnect::Lost, |c| Disconnect::Client(Some(c))));
+                }
+                self.closed(now, conn);
+            }
         }
     }
 
@@ -512,6 +531,9 @@ impl<R: Runtime> Driver<R> {
             } => {
                 let _ = reply.send(self.broker.close_conn(now, conn, reason));
                 self.drain(now);
+            }
+            Ctl::CloseNormal { conn, reply } => {
+                let _ = reply.send(self.close_normal(now, conn));
             }
             Ctl::Stats(reply) => {
                 let _ = reply.send(ServerStats {
@@ -643,6 +665,7 @@ impl<R: Runtime> Driver<R> {
                 outbox: Some(outbox),
                 _kill: kill,
                 auto_id,
+                ending: None,
             },
         );
         self.counts[kind.index()] += 1;
@@ -677,8 +700,38 @@ impl<R: Runtime> Driver<R> {
     fn closed(&mut self, now: Instant, conn: ConnId) {
         if let Some(entry) = self.conns.remove(&conn) {
             self.forget(conn, &entry);
-            self.feed(now, Input::Closed { conn });
+            self.ended(now, conn, entry.ending.clone());
         }
+    }
+
+    /// Feeds `Closed` to the broker; its `Disconnected` event (handled in the same drain) gets
+    /// `ending` as the reason.
+    fn ended(&mut self, now: Instant, conn: ConnId, ending: Option<Disconnect>) {
+        self.ending = Some((conn, ending.unwrap_or(Disconnect::Lost)));
+        self.feed(now, Input::Closed { conn });
+        self.ending = None;
+    }
+
+    /// Closes a connection normally (WebSocket 1000): nothing more is handed out, what is queued
+    /// is written, then the close. The broker learns of it when the connection reports `Closed`.
+    fn close_normal(&mut self, now: Instant, conn: ConnId) -> Result<(), ApiError> {
+        let entry = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(ApiError::UnknownConn(conn))?;
+        let Some(outbox) = entry.outbox.take() else {
+            return Ok(()); // already closing
+        };
+        tracing::debug!(%conn, "closing normally");
+        entry.ending.get_or_insert(Disconnect::Normal);
+        let internal = entry.kind == Kind::Internal;
+        if outbox.try_send(Out::Close(None)).is_err() || internal {
+            self.dead(now, conn);
+        } else {
+            self.closing
+                .push_back((now + self.timings.close_grace, conn));
+        }
+        Ok(())
     }
 
     /// Drops a connection without waiting for it: its task stops at once. (An in-process
@@ -689,8 +742,9 @@ impl<R: Runtime> Driver<R> {
             if entry.kind != Kind::Internal {
                 self.dead += 1;
             }
+            let ending = entry.ending.clone();
             drop(entry);
-            self.feed(now, Input::Closed { conn });
+            self.ended(now, conn, ending);
         }
     }
 
@@ -766,8 +820,11 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         tracing::debug!(%conn, "closing: {reason}");
+        entry
+            .ending
+            .get_or_insert_with(|| Disconnect::Server(reason.clone()));
         let internal = entry.kind == Kind::Internal;
-        if outbox.try_send(Out::Close(reason)).is_err() || internal {
+        if outbox.try_send(Out::Close(Some(reason))).is_err() || internal {
             self.dead(now, conn);
         } else {
             self.closing
@@ -778,15 +835,24 @@ impl<R: Runtime> Driver<R> {
     fn event(&mut self, now: Instant, event: Event) {
         match event {
             Event::Disconnected { conn } => {
-                let hook = self
+                let (hook, reason_hook) = self
                     .registry
                     .read()
-                    .ok()
-                    .and_then(|r| r.on_disconnect.clone());
+                    .map(|r| (r.on_disconnect.clone(), r.on_disconnect_reason.clone()))
+                    .unwrap_or_default();
                 if let Some(hook) = hook
                     && std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn))).is_err()
                 {
                     tracing::error!(%conn, "the disconnect hook panicked");
+                }
+                if let Some(hook) = reason_hook {
+                    let reason = match &self.ending {
+                        Some((c, reason)) if *c == conn => reason.clone(),
+                        _ => Disconnect::Lost,
+                    };
+                    if std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn, &reason))).is_err() {
+                        tracing::error!(%conn, "the disconnect hook panicked");
+                    }
                 }
             }
             Event::Request {

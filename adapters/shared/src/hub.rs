@@ -60,6 +60,46 @@ pub type ConnectHook = Arc<dyn Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync>;
 /// The disconnect hook.
 pub type DisconnectHook = Arc<dyn Fn(ConnId) + Send + Sync>;
 
+/// The disconnect hook that also gets why the connection ended (see
+/// [`Hub::on_disconnect_reason`]).
+pub type DisconnectReasonHook = Arc<dyn Fn(ConnId, &Disconnect) + Send + Sync>;
+
+/// Why a connection ended (see [`Hub::on_disconnect_reason`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The server closed it normally ([`Hub::close_normal`]): WebSocket close 1000.
+    Normal,
+    /// The server closed it with this reason ([`Hub::close`], shutdown, idle, slow consumer, a
+    /// fatal client error such as a frame over the limit); WebSocket clients got
+    /// [`tidings_core::ErrorCode::ws_close_code`].
+    Server(ProtocolError),
+    /// The client closed it first, with this WebSocket close code (`None`: a close frame
+    /// without a code).
+    Client(Option<u16>),
+    /// The connection was lost: the socket ended without a close frame, a network error, an SSE
+    /// stream or in-process subscription that ended, or it was dropped (a full outbox).
+    Lost,
+}
+
+impl Disconnect {
+    /// The WebSocket close code of the close, if there was one.
+    pub fn ws_close_code(&self) -> Option<u16> {
+        match self {
+            Self::Normal => Some(1000),
+            Self::Server(reason) => Some(reason.code.ws_close_code()),
+            Self::Client(code) => *code,
+            Self::Lost => None,
+        }
+    }
+
+    /// Whether it was a normal close (WebSocket close 1000, from either side; etp's
+    /// `IsNormalClose`).
+    pub fn is_normal(&self) -> bool {
+        self.ws_close_code() == Some(1000)
+    }
+}
+
 /// The lifecycle hook (see [`Hub::on_lifecycle`]).
 pub type LifecycleHook = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
 
@@ -103,6 +143,7 @@ pub(crate) struct Registry {
     pub(crate) handlers: HashMap<String, Handler>,
     pub(crate) on_connect: Option<ConnectHook>,
     pub(crate) on_disconnect: Option<DisconnectHook>,
+    pub(crate) on_disconnect_reason: Option<DisconnectReasonHook>,
     pub(crate) on_lifecycle: Option<LifecycleHook>,
     pub(crate) authorizer: Option<Authorizer>,
     pub(crate) on_error: Option<ErrorHook>,
@@ -485,6 +526,20 @@ impl Hub {
             .await??)
     }
 
+    /// Closes a connection normally (etp's `Conn.Close`): what is queued for it is written,
+    /// then a WebSocket close 1000 (an SSE stream just ends; an in-process subscription ends
+    /// without a [`Subscription::closed_reason`]). Nothing is sent before the close, not even
+    /// to native `/ws` clients (no error frame). The disconnect hooks run once the connection is
+    /// gone ([`Disconnect::Normal`]). Closing a connection that is already closing does nothing.
+    ///
+    /// # Errors
+    /// [`HubError::Api`] for an unknown connection.
+    pub async fn close_normal(&self, conn: ConnId) -> Result<(), HubError> {
+        Ok(self
+            .call(|reply| Ctl::CloseNormal { conn, reply })
+            .await??)
+    }
+
     /// Counters (the broker's, and connections by kind).
     ///
     /// # Errors
@@ -704,6 +759,18 @@ impl Hub {
         }
     }
 
+    /// Sets the disconnect hook that also gets why the connection ended ([`Disconnect`]:
+    /// [`Disconnect::is_normal`] is etp's `IsNormalClose`). It runs on the driver task, after
+    /// the [`Hub::on_disconnect`] hook if both are set: keep it short, spawn slow work.
+    pub fn on_disconnect_reason<F>(&self, hook: F)
+    where
+        F: Fn(ConnId, &Disconnect) + Send + Sync + 'static,
+    {
+        if let Ok(mut registry) = self.inner.registry.write() {
+            registry.on_disconnect_reason = Some(Arc::new(hook));
+        }
+    }
+
     /// Subscribes in-process to `patterns` (wildcards allowed), optionally resuming after
     /// `from`. The events arrive as a [`Stream`] of [`Received`] items.
     ///
@@ -747,6 +814,7 @@ impl Hub {
             ctl: self.inner.ctl.clone(),
             limits: self.inner.limits.clone(),
             closed: None,
+            ended: false,
         })
     }
 }
@@ -777,6 +845,8 @@ pub struct Subscription {
     ctl: flume::Sender<Ctl>,
     limits: Limits,
     closed: Option<ProtocolError>,
+    /// The stream has ended (with `closed`, or normally without).
+    ended: bool,
 }
 
 impl fmt::Debug for Subscription {
@@ -793,7 +863,8 @@ impl Subscription {
         self.conn
     }
 
-    /// Why the stream ended, once it has (e.g. `shutting_down`).
+    /// Why the stream ended, once it has (e.g. `shutting_down`); `None` while it runs, and after
+    /// a normal close ([`Hub::close_normal`]).
     pub fn closed_reason(&self) -> Option<&ProtocolError> {
         self.closed.as_ref()
     }
@@ -805,18 +876,22 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Received>> {
         let this = &mut *self;
         loop {
-            if this.closed.is_some() {
+            if this.ended {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut this.frames).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
+                    this.ended = true;
                     this.closed = Some(ProtocolError::new(
                         ErrorCode::ShuttingDown,
                         "the subscription was dropped by the server",
                     ));
                 }
-                Poll::Ready(Some(Out::Close(reason))) => this.closed = Some(reason),
+                Poll::Ready(Some(Out::Close(reason))) => {
+                    this.ended = true;
+                    this.closed = reason;
+                }
                 Poll::Ready(Some(Out::Frame(frame))) => {
                     let _ = this.ctl.send(Ctl::Flushed(this.conn, frame.len()));
                     if let Some(item) = decode_frame(&frame, &this.limits) {

@@ -35,8 +35,8 @@ pub use async_tungstenite;
 pub use config::{ConfigError, ServerConfig};
 pub use driver::ServerStats;
 pub use hub::{
-    Authorizer, ConnectHook, Connecting, DisconnectHook, ErrorHook, Handler, Hub, HubError,
-    Received, RefusedHook, Subscription, UnknownHandler,
+    Authorizer, ConnectHook, Connecting, Disconnect, DisconnectHook, DisconnectReasonHook,
+    ErrorHook, Handler, Hub, HubError, Received, RefusedHook, Subscription, UnknownHandler,
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;

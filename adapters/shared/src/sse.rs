@@ -114,7 +114,9 @@ where
                     }
                 }
                 Out::Close(reason) => {
-                    tracing::debug!(%conn, "closing the stream: {reason}");
+                    if let Some(reason) = &reason {
+                        tracing::debug!(%conn, "closing the stream: {reason}");
+                    }
                     close = Some(reason);
                 }
             }
@@ -159,7 +161,7 @@ where
             break;
         }
     }
-    let _ = to_driver.send_async(ConnMsg::Closed(conn)).await;
+    let _ = to_driver.send_async(ConnMsg::Closed(conn, None)).await;
 }
 
 /// The default response headers of every SSE stream (DESIGN.md §4), for embeddings that write

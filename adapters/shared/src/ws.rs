@@ -100,6 +100,8 @@ pub(crate) async fn run<R, S>(
     let write_timeout = ctx.write_timeout;
     let close_wait = ctx.close_grace.min(Duration::from_secs(2));
     let mut reading = true;
+    // The client's close code, if it closed first.
+    let mut peer_close: Option<u16> = None;
     loop {
         let step = {
             let killed = async {
@@ -138,7 +140,8 @@ pub(crate) async fn run<R, S>(
                     let _ = ctl.send(Ctl::Flushed(conn, bytes));
                 }
                 if let Some(reason) = close {
-                    let closing = Box::pin(close_ws(rt, &mut ws, &reason, reading, close_wait));
+                    let closing =
+                        Box::pin(close_ws(rt, &mut ws, reason.as_ref(), reading, close_wait));
                     let killed = async {
                         let _ = (&mut kill).await;
                     };
@@ -154,7 +157,11 @@ pub(crate) async fn run<R, S>(
                     Message::Text(text) => text.as_bytes(),
                     Message::Binary(data) => &data[..],
                     Message::Ping(_) | Message::Pong(_) => &[][..],
-                    Message::Close(_) | Message::Frame(_) => continue,
+                    Message::Close(frame) => {
+                        peer_close = Some(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
+                        continue;
+                    }
+                    Message::Frame(_) => continue,
                 };
                 let cmds = if matches!(message, Message::Ping(_) | Message::Pong(_)) {
                     vec![Command::Ping { req: None }]
@@ -218,16 +225,19 @@ pub(crate) async fn run<R, S>(
             }
         }
     }
-    let _ = to_driver.send_async(ConnMsg::Closed(conn)).await;
+    let _ = to_driver
+        .send_async(ConnMsg::Closed(conn, peer_close))
+        .await;
 }
 
 /// Writes `first` and whatever else is queued (up to a batch), with one flush. Returns the
-/// payload bytes written and the close reason if a `Close` came in the batch.
+/// payload bytes written and the close reason if a `Close` came in the batch (`Some(None)`: a
+/// normal close).
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &flume::Receiver<Out>,
     first: Out,
-) -> Result<(usize, Option<ProtocolError>), WsError>
+) -> Result<(usize, Option<Option<ProtocolError>>), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -264,13 +274,13 @@ where
     Ok((bytes, None))
 }
 
-/// Sends the close frame for `reason`, then waits (briefly) for the client's close, or, if the
+/// Sends the close frame for `reason` (`None`: a normal close, 1000 without a reason), then waits (briefly) for the client's close, or, if the
 /// connection can no longer be read as WebSocket, drains what the client still sends so that
 /// closing does not reset the connection before it has read the close.
 async fn close_ws<R, S>(
     rt: &R,
     ws: &mut WebSocketStream<S>,
-    reason: &ProtocolError,
+    reason: Option<&ProtocolError>,
     reading: bool,
     wait: Duration,
 ) where
@@ -278,9 +288,15 @@ async fn close_ws<R, S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let deadline = Instant::now() + wait;
-    let frame = CloseFrame {
-        code: CloseCode::from(reason.code.ws_close_code()),
-        reason: Utf8Bytes::from(truncate(&reason.message, MAX_CLOSE_REASON)),
+    let frame = match reason {
+        Some(reason) => CloseFrame {
+            code: CloseCode::from(reason.code.ws_close_code()),
+            reason: Utf8Bytes::from(truncate(&reason.message, MAX_CLOSE_REASON)),
+        },
+        None => CloseFrame {
+            code: CloseCode::Normal,
+            reason: Utf8Bytes::default(),
+        },
     };
     if with_deadline(rt, deadline, ws.close(Some(frame)))
         .await

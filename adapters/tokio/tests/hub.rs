@@ -519,3 +519,120 @@ async fn the_refusal_hook_sees_an_etp_upgrade_from_a_foreign_origin() {
     assert_eq!(seen.lock().unwrap().len(), 1, "only the refusal was seen");
     server.shutdown().await;
 }
+
+/// Opens an etp connection (no `Origin`), returning the client and the connection id the
+/// connect hook reported, once the connection is open.
+fn open_etp(
+    addr: SocketAddr,
+    ids: &std::sync::mpsc::Receiver<ConnId>,
+) -> (WebSocket<TcpStream>, ConnId) {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{addr}/etp"), stream).unwrap();
+    let conn = ids.recv_timeout(TIMEOUT).expect("the connect hook ran");
+    // The hook runs before the connection opens on the driver: an answered event says it has.
+    ws.send(Message::text("x||1")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("__ack_x||1"));
+    (ws, conn)
+}
+
+/// Reads until the server's close frame and returns its code.
+fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
+    loop {
+        if let Message::Close(frame) = ws.read().expect("a close in time") {
+            return frame.map_or(1005, |f| u16::from(f.code));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etp_connections_close_normally_and_the_disconnect_hook_says_why() {
+    use tidings_adapter::{Disconnect, HubError};
+    let server = server().await;
+    let addr = server.addr();
+    let hub = server.hub().clone();
+    let (id_tx, ids) = std::sync::mpsc::channel();
+    let id_tx = std::sync::Mutex::new(id_tx);
+    hub.on_connect(move |c| {
+        let _ = id_tx.lock().unwrap().send(c.conn);
+        Vec::new()
+    });
+    let (gone_tx, gone) = std::sync::mpsc::channel();
+    let gone_tx = std::sync::Mutex::new(gone_tx);
+    hub.on_disconnect_reason(move |conn, why| {
+        let _ = gone_tx.lock().unwrap().send((conn, why.clone()));
+    });
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+    let gone = Arc::new(std::sync::Mutex::new(gone));
+    let next_gone = {
+        let gone = gone.clone();
+        move || {
+            gone.lock()
+                .unwrap()
+                .recv_timeout(TIMEOUT)
+                .expect("the disconnect hook ran")
+        }
+    };
+
+    // The application closes normally: close 1000, and the hook sees a normal close.
+    let ids2 = ids.clone();
+    let (mut ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    hub.close_normal(conn).await.unwrap();
+    let code = blocking(move || close_code(&mut ws)).await;
+    assert_eq!(code, 1000);
+    let (c, why) = blocking(next_gone.clone()).await;
+    assert_eq!((c, &why), (conn, &Disconnect::Normal));
+    assert!(why.is_normal());
+    assert_eq!(
+        hub.close_normal(conn).await,
+        Err(HubError::Api(tidings_core::ApiError::UnknownConn(conn))),
+        "it is gone"
+    );
+
+    // The client closes: without a code it is not a normal close, with 1000 it is.
+    let ids2 = ids.clone();
+    let (mut ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    blocking(move || {
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    })
+    .await;
+    let (c, why) = blocking(next_gone.clone()).await;
+    assert_eq!((c, &why), (conn, &Disconnect::Client(Some(1005))));
+    assert!(!why.is_normal(), "a close without a code is not 1000");
+    let ids2 = ids.clone();
+    let (mut ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    blocking(move || {
+        ws.close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .unwrap();
+        while ws.read().is_ok() {}
+    })
+    .await;
+    let (c, why) = blocking(next_gone.clone()).await;
+    assert_eq!((c, &why), (conn, &Disconnect::Client(Some(1000))));
+    assert!(why.is_normal());
+
+    // A close with a reason is not normal.
+    let ids2 = ids.clone();
+    let (mut ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    let reason = ProtocolError::new(ErrorCode::Forbidden, "go away");
+    hub.close(conn, reason.clone()).await.unwrap();
+    let code = blocking(move || close_code(&mut ws)).await;
+    assert_eq!(code, 1008);
+    let (c, why) = blocking(next_gone.clone()).await;
+    assert_eq!((c, &why), (conn, &Disconnect::Server(reason)));
+    assert!(!why.is_normal());
+
+    // Shutdown: 1001, reported as the server's close.
+    let ids2 = ids.clone();
+    let (mut ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    let closing = blocking(move || close_code(&mut ws));
+    server.shutdown().await;
+    assert_eq!(closing.await, 1001);
+    let (c, why) = blocking(next_gone).await;
+    assert_eq!(c, conn);
+    assert_eq!(why.ws_close_code(), Some(1001));
+}
