@@ -52,6 +52,9 @@ pub(crate) enum Out {
     /// Write what came before, then close with this reason (`None`: a normal close, WebSocket
     /// 1000) and report `Closed`.
     Close(Option<ProtocolError>),
+    /// Send a WebSocket ping (with the connection's next counter payload) and answer with the
+    /// round-trip time when its pong arrives ([`crate::Hub::ping`]).
+    Ping(oneshot::Sender<Result<Duration, ProtocolError>>),
 }
 
 /// What kind of connection an entry is (for metrics and for in-process subscriptions).
@@ -170,6 +173,10 @@ pub(crate) enum Ctl {
     CloseNormal {
         conn: ConnId,
         reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Ping {
+        conn: ConnId,
+        reply: oneshot::Sender<Result<Duration, ProtocolError>>,
     },
     Stats(oneshot::Sender<ServerStats>),
     Shutdown(oneshot::Sender<()>),
@@ -535,6 +542,7 @@ impl<R: Runtime> Driver<R> {
             Ctl::CloseNormal { conn, reply } => {
                 let _ = reply.send(self.close_normal(now, conn));
             }
+            Ctl::Ping { conn, reply } => self.ping(conn, reply),
             Ctl::Stats(reply) => {
                 let _ = reply.send(ServerStats {
                     broker: self.broker.stats(),
@@ -710,6 +718,46 @@ impl<R: Runtime> Driver<R> {
         self.ending = Some((conn, ending.unwrap_or(Disconnect::Lost)));
         self.feed(now, Input::Closed { conn });
         self.ending = None;
+    }
+
+    /// Hands a ping to a WebSocket connection's task, which answers `reply` when the pong comes.
+    fn ping(&mut self, conn: ConnId, reply: oneshot::Sender<Result<Duration, ProtocolError>>) {
+        let refuse = |code, message: String| Err(ProtocolError::new(code, message));
+        let outbox = match self.conns.get(&conn) {
+            None => {
+                let _ = reply.send(refuse(
+                    ErrorCode::NoRecipient,
+                    format!("there is no connection {conn}"),
+                ));
+                return;
+            }
+            Some(entry) if !matches!(entry.kind, Kind::Ws | Kind::Compat(_)) => {
+                let _ = reply.send(refuse(
+                    ErrorCode::NoRecipient,
+                    format!("connection {conn} is not a WebSocket: it cannot be pinged"),
+                ));
+                return;
+            }
+            Some(entry) => entry.outbox.as_ref(),
+        };
+        let Some(outbox) = outbox else {
+            let _ = reply.send(refuse(
+                ErrorCode::NoRecipient,
+                format!("connection {conn} is closing"),
+            ));
+            return;
+        };
+        match outbox.try_send(Out::Ping(reply)) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(Out::Ping(reply))) => {
+                let _ = reply.send(refuse(
+                    ErrorCode::LimitReached,
+                    format!("connection {conn}: its outgoing queue is full"),
+                ));
+            }
+            // Disconnected: the reply is dropped, which the hub reports as gone.
+            Err(_) => {}
+        }
     }
 
     /// Closes a connection normally (WebSocket 1000): nothing more is handed out, what is queued

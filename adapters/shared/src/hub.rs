@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
+use futures_lite::FutureExt as _;
 use futures_util::Stream;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
@@ -200,7 +201,11 @@ struct HubInner {
     limits: Limits,
     outbox_frames: usize,
     server_id: String,
+    /// The runtime's timer ([`Runtime::sleep_until`]).
+    sleep: Sleep,
 }
+
+type Sleep = Arc<dyn Fn(Instant) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A handle to a running broker. Cheap to clone; use it from any task or thread.
 #[derive(Clone)]
@@ -241,6 +246,8 @@ impl Hub {
             timings,
         );
         rt.spawn(driver.run());
+        let timer = rt.clone();
+        let sleep: Sleep = Arc::new(move |at| Box::pin(timer.sleep_until(at)));
         Ok(Self {
             inner: Arc::new(HubInner {
                 ctl: ctl_tx,
@@ -250,6 +257,7 @@ impl Hub {
                 limits,
                 outbox_frames,
                 server_id: config.ksbus.server_id.clone(),
+                sleep,
             }),
         })
     }
@@ -538,6 +546,42 @@ impl Hub {
         Ok(self
             .call(|reply| Ctl::CloseNormal { conn, reply })
             .await??)
+    }
+
+    /// Pings a WebSocket connection (`/ws`, `/ws/bus`, `/etp`; etp's `Conn.Ping`) and waits for
+    /// its pong: a WebSocket ping whose payload is the connection's counter (`1`, `2`, … as
+    /// ASCII digits), written after what is already queued for it, answered when the pong with
+    /// the same payload arrives (other pongs are not answers). Returns the round-trip time.
+    ///
+    /// # Errors
+    /// `timeout` when no pong came within `timeout`, `no_recipient` for an unknown connection,
+    /// one that is not a WebSocket (SSE, in-process) or that closed before its pong,
+    /// `limit_reached` when its outgoing queue is full or too many of its pings are waiting,
+    /// `shutting_down` when the server stopped.
+    pub async fn ping(&self, conn: ConnId, timeout: Duration) -> Result<Duration, ProtocolError> {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.ctl.send(Ctl::Ping { conn, reply }).is_err() {
+            return Err(ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server has stopped",
+            ));
+        }
+        let sleep = (self.inner.sleep)(Instant::now() + timeout);
+        let answer = async { Some(answer.await) }.or(async {
+            sleep.await;
+            None
+        });
+        match answer.await {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ProtocolError::new(
+                ErrorCode::NoRecipient,
+                format!("connection {conn} closed before its pong"),
+            )),
+            None => Err(ProtocolError::new(
+                ErrorCode::Timeout,
+                format!("no pong from connection {conn} within {timeout:?}"),
+            )),
+        }
     }
 
     /// Counters (the broker's, and connections by kind).
@@ -888,6 +932,7 @@ impl Stream for Subscription {
                         "the subscription was dropped by the server",
                     ));
                 }
+                Poll::Ready(Some(Out::Ping(_))) => {} // never handed to in-process subscriptions
                 Poll::Ready(Some(Out::Close(reason))) => {
                     this.ended = true;
                     this.closed = reason;

@@ -113,6 +113,8 @@ where
                         next = outbox.try_recv().ok();
                     }
                 }
+                // Not handed to streams (the driver refuses): dropping the reply says so.
+                Out::Ping(_) => {}
                 Out::Close(reason) => {
                     if let Some(reason) = &reason {
                         tracing::debug!(%conn, "closing the stream: {reason}");
@@ -260,6 +262,11 @@ impl futures_util::Stream for SseBody {
             Poll::Ready(Some(Out::Frame(frame))) => {
                 this.unflushed = frame.len();
                 Poll::Ready(Some(frame))
+            }
+            // Not handed to streams (the driver refuses): dropping the reply says so.
+            Poll::Ready(Some(Out::Ping(_))) => {
+                cx.waker().wake_by_ref();
+                Poll::Pending
             }
             Poll::Ready(Some(Out::Close(_)) | None) => {
                 this.ended = true;

@@ -5,8 +5,11 @@
 //! [`tidings_core::native::decode`] (text and binary alike), so parsing runs on every core, and
 //! sent to the driver in order. Outgoing frames are written in batches (several queued frames,
 //! one flush) and reported with `Flushed`. WebSocket pings are answered by tungstenite and count
-//! as activity (`Command::Ping` without id). A message over `max_frame_bytes` ends reading and
-//! becomes the core's fatal `frame_too_large`: the client gets the error frame and close 1009.
+//! as activity (`Command::Ping` without id). The application's pings ([`crate::Hub::ping`]) carry
+//! the connection's counter (`1`, `2`, …) and are answered by the pong with the same payload. A
+//! message over `max_frame_bytes` ends reading and becomes the core's fatal `frame_too_large`:
+//! the client gets the error frame and close 1009. A normal close ([`crate::Hub::close_normal`])
+//! is a close frame 1000 without reason.
 //! A server close sends the error frame the core queued, then a close frame whose code comes from
 //! [`tidings_core::ErrorCode::ws_close_code`] and whose reason is the error message (at most 123
 //! bytes), then waits briefly for the client's close.
@@ -41,6 +44,55 @@ const BATCH_FRAMES: usize = 64;
 const BATCH_BYTES: usize = 256 << 10;
 /// The longest close reason RFC 6455 allows (a control frame carries at most 125 bytes).
 const MAX_CLOSE_REASON: usize = 123;
+
+/// Pings of the application ([`crate::Hub::ping`]) waiting for their pong, per connection, at
+/// most.
+const MAX_WAITING_PINGS: usize = 64;
+
+type PingReply = oneshot::Sender<Result<Duration, ProtocolError>>;
+
+/// The application's pings of one connection: counter payloads `1`, `2`, … (etp's `Ping`), each
+/// answered with the round-trip time when the pong with its payload arrives.
+#[derive(Default)]
+struct Pings {
+    last: u64,
+    waiting: Vec<(u64, Instant, PingReply)>,
+}
+
+impl Pings {
+    /// The payload of the next ping, or `None` (the reply answered) if too many are waiting.
+    fn start(&mut self, reply: PingReply) -> Option<Bytes> {
+        // Pings whose caller gave up (timed out) wait no longer.
+        self.waiting.retain(|(_, _, r)| !r.is_canceled());
+        if self.waiting.len() >= MAX_WAITING_PINGS {
+            let _ = reply.send(Err(ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!("at most {MAX_WAITING_PINGS} pings may wait for their pong"),
+            )));
+            return None;
+        }
+        self.last += 1;
+        self.waiting.push((self.last, Instant::now(), reply));
+        Some(Bytes::from(self.last.to_string()))
+    }
+
+    /// A pong arrived: answers the ping with the same payload, if one is waiting.
+    fn pong(&mut self, payload: &[u8]) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let Some(n) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|p| p.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if let Some(i) = self.waiting.iter().position(|(id, _, _)| *id == n) {
+            let (_, sent, reply) = self.waiting.swap_remove(i);
+            let _ = reply.send(Ok(sent.elapsed()));
+        }
+    }
+}
 
 /// The wire protocol of a WebSocket connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +154,7 @@ pub(crate) async fn run<R, S>(
     let mut reading = true;
     // The client's close code, if it closed first.
     let mut peer_close: Option<u16> = None;
+    let mut pings = Pings::default();
     loop {
         let step = {
             let killed = async {
@@ -126,7 +179,7 @@ pub(crate) async fn run<R, S>(
                 let write = Box::pin(with_timeout(
                     rt,
                     write_timeout,
-                    write_batch(&mut ws, &outbox, first),
+                    write_batch(&mut ws, &outbox, first, &mut pings),
                 ));
                 let killed = async {
                     let _ = (&mut kill).await;
@@ -153,6 +206,9 @@ pub(crate) async fn run<R, S>(
             Step::Read(Some(Ok(message))) => {
                 // Copied out of tungstenite's read buffer: the core keeps slices of the frame
                 // (payloads, in the history), which would otherwise pin whole read blocks.
+                if let Message::Pong(payload) = &message {
+                    pings.pong(payload);
+                }
                 let data = match &message {
                     Message::Text(text) => text.as_bytes(),
                     Message::Binary(data) => &data[..],
@@ -237,6 +293,7 @@ async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &flume::Receiver<Out>,
     first: Out,
+    pings: &mut Pings,
 ) -> Result<(usize, Option<Option<ProtocolError>>), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -249,6 +306,12 @@ where
             Out::Close(reason) => {
                 ws.flush().await?;
                 return Ok((bytes, Some(reason)));
+            }
+            Out::Ping(reply) => {
+                if let Some(payload) = pings.start(reply) {
+                    frames += 1;
+                    ws.feed(Message::Ping(payload)).await?;
+                }
             }
             // Protocols without keep-alive frames of their own (ksbus, etp) get an empty frame:
             // a WebSocket ping, whose pong counts as activity.

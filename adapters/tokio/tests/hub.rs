@@ -636,3 +636,53 @@ async fn etp_connections_close_normally_and_the_disconnect_hook_says_why() {
     assert_eq!(c, conn);
     assert_eq!(why.ws_close_code(), Some(1001));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_with_counter_payloads_wait_for_their_pong() {
+    let server = server().await;
+    let addr = server.addr();
+    let hub = server.hub().clone();
+    let (id_tx, ids) = std::sync::mpsc::channel();
+    let id_tx = std::sync::Mutex::new(id_tx);
+    hub.on_connect(move |c| {
+        let _ = id_tx.lock().unwrap().send(c.conn);
+        Vec::new()
+    });
+    let ids = Arc::new(std::sync::Mutex::new(ids));
+
+    // tungstenite answers pings (while it reads): the client records their payloads.
+    let ids2 = ids.clone();
+    let (mut ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    let client = spawn_blocking(move || {
+        let mut payloads = Vec::new();
+        loop {
+            match ws.read() {
+                Ok(Message::Ping(p)) if !p.is_empty() => {
+                    payloads.push(String::from_utf8(p.to_vec()).unwrap());
+                }
+                Ok(Message::Close(_)) | Err(_) => return payloads,
+                Ok(_) => {}
+            }
+        }
+    });
+    let rtt = hub.ping(conn, TIMEOUT).await.expect("a pong");
+    assert!(rtt < TIMEOUT);
+    hub.ping(conn, TIMEOUT).await.expect("a second pong");
+    hub.close_normal(conn).await.unwrap();
+    assert_eq!(client.await.unwrap(), ["1", "2"]);
+    let gone = hub.ping(conn, TIMEOUT).await.unwrap_err();
+    assert_eq!(gone.code, ErrorCode::NoRecipient);
+
+    // A client that does not read does not answer: the ping times out.
+    let ids2 = ids.clone();
+    let (ws, conn) = blocking(move || open_etp(addr, &ids2.lock().unwrap())).await;
+    let started = std::time::Instant::now();
+    let late = hub
+        .ping(conn, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code, ErrorCode::Timeout, "{late}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    drop(ws);
+    server.shutdown().await;
+}
