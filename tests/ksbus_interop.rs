@@ -7,12 +7,8 @@
 //! Without python and the package the test prints why it skipped; with
 //! `TIDINGS_REQUIRE_INTEROP=1` (set by CI) that is a failure.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
@@ -29,44 +25,8 @@ fn python() -> Option<PathBuf> {
     })
 }
 
-struct Server(Child, String);
-
-impl Server {
-    fn start(runtime: &str) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the tidings binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server prints its address");
-        let addr = line
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self(child, addr)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+use common::{RUNTIMES, Server};
 
 #[test]
 fn the_pypi_ksbus_client_works_against_the_server() {
@@ -80,10 +40,10 @@ fn the_pypi_ksbus_client_works_against_the_server() {
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/ksbus_client.py");
-    for runtime in ["tokio", "async-std"] {
-        let server = Server::start(runtime);
+    for &runtime in RUNTIMES {
+        let server = Server::start(runtime, &[]);
         let out = Command::new(&python)
-            .args([script, &server.1])
+            .args([script, &server.addr.to_string()])
             .stderr(Stdio::inherit())
             .output()
             .expect("python runs");
