@@ -83,6 +83,46 @@ fn pubsub_over_ws_and_sse_with_wildcards() {
     });
 }
 
+/// The server frames WebSocket data itself (not through tungstenite): frames at the edges of
+/// each length encoding (7-bit up to 125, 16-bit from 126 to 65,535, 64-bit above) arrive
+/// intact and in order.
+#[test]
+fn events_of_every_websocket_frame_length_arrive_intact() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let mut sub = server.ws();
+        let ok = sub.ask(json!({"op":"subscribe","id":1,"topics":["big"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let read_text = |sub: &mut Ws| match sub.ws.read().expect("a frame arrives") {
+            Message::Text(text) => text.to_string(),
+            other => panic!("unexpected message {other:?}"),
+        };
+        // The frame around one byte of data: the envelope's size besides data and cursor.
+        let cursor = server.publish("big", "x");
+        let probe = read_text(&mut sub);
+        let envelope = probe.len() - 1 - cursor.len();
+        for (i, frame_len) in [125, 126, 127, 65_535, 65_536, 300_000]
+            .into_iter()
+            .enumerate()
+        {
+            let data_len = frame_len - envelope - cursor.len();
+            let data: String = (0..data_len)
+                .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
+                .collect();
+            let sent = server.publish("big", &data);
+            assert_eq!(sent.len(), cursor.len(), "cursors of one width");
+            let text = read_text(&mut sub);
+            assert_eq!(text.len(), frame_len);
+            let event: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(event["cursor"], sent.as_str());
+            assert!(
+                event["data"] == data.as_str(),
+                "the data of a {frame_len}-byte frame differs"
+            );
+        }
+    });
+}
+
 #[test]
 fn sse_resumes_with_last_event_id_and_query_exactly_after_the_cursor() {
     for_each_runtime(|rt| {

@@ -21,9 +21,10 @@ impl fmt::Display for ConnId {
 }
 
 /// Hashes adapter-assigned connection ids with one multiplication: they are not chosen by peers,
-/// so the DoS-resistant default hasher is not needed on this hot path (every `Flushed`).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct ConnIdHasher(u64);
+/// so the DoS-resistant default hasher is not needed on this hot path (every `Flushed`, and in
+/// an adapter every delivery). Only for [`ConnId`] keys.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConnIdHasher(u64);
 
 impl std::hash::Hasher for ConnIdHasher {
     fn finish(&self) -> u64 {
@@ -41,8 +42,8 @@ impl std::hash::Hasher for ConnIdHasher {
     }
 }
 
-/// A map keyed by connection id.
-pub(crate) type ConnMap<V> =
+/// A map keyed by connection id, with [`ConnIdHasher`].
+pub type ConnMap<V> =
     std::collections::HashMap<ConnId, V, std::hash::BuildHasherDefault<ConnIdHasher>>;
 
 /// A request id chosen by a client (native `"id"` field). Unique among the client's pending

@@ -37,7 +37,9 @@ pub use config::{
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use grants::{ClientIds, Grants};
-pub use input::{AckId, Command, ConnId, Input, Recipient, ReqId, Subscribe, Transport};
+pub use input::{
+    AckId, Command, ConnId, ConnIdHasher, ConnMap, Input, Recipient, ReqId, Subscribe, Transport,
+};
 pub use output::{Event, Gap, GapReason, Lifecycle, Output, Visibility};
 pub use payload::Payload;
 pub use topic::{Name, NameLimits, Pattern, Topic};

@@ -14,10 +14,13 @@
 //! control first, then connections); call `handle_timeout` whenever the deadline has passed;
 //! and after every `handle_*` drain `poll_output()` completely **without awaiting**:
 //!
-//! - `Transmit` goes to the connection's bounded outbox with `try_send`; a full outbox means its
-//!   writer cannot keep up (or is gone): the connection is dropped at once and `Closed` is fed.
-//! - `Close` goes to the outbox too (the connection writes what it has, closes with that reason,
-//!   and reports `Closed`); if it has not done so within `close_grace`, the driver drops it.
+//! - `Transmit` is queued for the connection, and at the end of the step everything queued for
+//!   it goes to its bounded outbox in one batch ([`crate::mailbox`]): one hand-over per
+//!   connection and step instead of one per frame, which is what a fan-out costs. A full outbox
+//!   means its writer cannot keep up (or is gone): the connection is dropped and `Closed` is fed.
+//! - `Close` is queued the same way, after the frames before it (the connection writes what it
+//!   has, closes with that reason, and reports `Closed`); if it has not done so within
+//!   `close_grace`, the driver drops it.
 //! - `Event`s go to the application: requests to the registered handlers (spawned tasks), ack
 //!   results to the waiting [`crate::Hub::request`] callers, disconnects to the hook.
 //!
@@ -33,12 +36,13 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use tidings_core::{
-    AckId, ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name,
-    Output, Pattern, Payload, ProtocolError, Recipient, ReqId, Stats, SubscriptionChange, Topic,
-    Transport, Visibility,
+    AckId, ApiError, Broker, Command, ConnId, ConnMap, Cursor, ErrorCode, Event, Grants, Input,
+    Name, Output, Pattern, Payload, ProtocolError, Recipient, ReqId, Stats, SubscriptionChange,
+    Topic, Transport, Visibility,
 };
 
 use crate::hub::{Disconnect, Registry};
+use crate::mailbox::{Outbox, SendError};
 use crate::runtime::Runtime;
 
 /// Messages handled per channel per wakeup before timers are checked again.
@@ -93,7 +97,7 @@ pub(crate) struct Opening {
     pub conn: ConnId,
     pub kind: Kind,
     pub grants: Arc<Grants>,
-    pub outbox: flume::Sender<Out>,
+    pub outbox: Outbox,
     /// Dropped by the driver to stop the connection task at once.
     pub kill: Option<oneshot::Sender<()>>,
     /// Rooms to join (from the connect hook).
@@ -222,8 +226,11 @@ pub struct ServerStats {
 
 struct Entry {
     kind: Kind,
-    /// `None` once the broker asked to close it: nothing more is handed out.
-    outbox: Option<flume::Sender<Out>>,
+    outbox: Outbox,
+    /// What this step queued for it, handed over at the step's end ([`Driver::hand_over`]).
+    pending: VecDeque<Out>,
+    /// `false` once the broker asked to close it: nothing more is handed out.
+    open: bool,
     /// Never sent: dropping it (with the entry) stops the connection task at once.
     _kill: Option<oneshot::Sender<()>>,
     /// The client id it was identified with when it opened (from authentication).
@@ -256,7 +263,11 @@ pub(crate) struct DriverTimings {
 pub(crate) struct Driver<R: Runtime> {
     rt: R,
     broker: Broker,
-    conns: HashMap<ConnId, Entry>,
+    conns: ConnMap<Entry>,
+    /// Connections with something pending, in the order they got it.
+    dirty: Vec<ConnId>,
+    /// `dirty`'s second buffer (swapped in while handing over, so neither allocates per step).
+    handing: Vec<ConnId>,
     ctl_rx: flume::Receiver<Ctl>,
     conn_rx: flume::Receiver<ConnMsg>,
     /// For handler tasks' answers; weak so that the channel closes when every hub is gone.
@@ -291,7 +302,9 @@ impl<R: Runtime> Driver<R> {
         Self {
             rt,
             broker,
-            conns: HashMap::new(),
+            conns: ConnMap::default(),
+            dirty: Vec::new(),
+            handing: Vec::new(),
             ctl_rx: ctl.1,
             conn_rx,
             ctl_tx: ctl.0,
@@ -363,6 +376,7 @@ impl<R: Runtime> Driver<R> {
                 handled += 1;
             }
             self.tick(now);
+            self.hand_over(now);
             if handled >= BATCH {
                 // Busy: let the connection tasks run (on a single-threaded executor nothing
                 // else would, as the channels never make this task wait).
@@ -400,7 +414,7 @@ impl<R: Runtime> Driver<R> {
                 break;
             }
             self.closing.pop_front();
-            if self.conns.get(&conn).is_some_and(|e| e.outbox.is_none()) {
+            if self.conns.get(&conn).is_some_and(|e| !e.open) {
                 tracing::debug!(%conn, "did not close within the grace period: dropped");
                 self.dead(now, conn);
             }
@@ -670,7 +684,9 @@ impl<R: Runtime> Driver<R> {
             conn,
             Entry {
                 kind,
-                outbox: Some(outbox),
+                outbox,
+                pending: VecDeque::new(),
+                open: true,
                 _kill: kill,
                 auto_id,
                 ending: None,
@@ -723,7 +739,7 @@ impl<R: Runtime> Driver<R> {
     /// Hands a ping to a WebSocket connection's task, which answers `reply` when the pong comes.
     fn ping(&mut self, conn: ConnId, reply: oneshot::Sender<Result<Duration, ProtocolError>>) {
         let refuse = |code, message: String| Err(ProtocolError::new(code, message));
-        let outbox = match self.conns.get(&conn) {
+        let entry = match self.conns.get_mut(&conn) {
             None => {
                 let _ = reply.send(refuse(
                     ErrorCode::NoRecipient,
@@ -738,25 +754,51 @@ impl<R: Runtime> Driver<R> {
                 ));
                 return;
             }
-            Some(entry) => entry.outbox.as_ref(),
+            Some(entry) => entry,
         };
-        let Some(outbox) = outbox else {
+        if !entry.open {
             let _ = reply.send(refuse(
                 ErrorCode::NoRecipient,
                 format!("connection {conn} is closing"),
             ));
             return;
-        };
-        match outbox.try_send(Out::Ping(reply)) {
-            Ok(()) => {}
-            Err(flume::TrySendError::Full(Out::Ping(reply))) => {
-                let _ = reply.send(refuse(
-                    ErrorCode::LimitReached,
-                    format!("connection {conn}: its outgoing queue is full"),
-                ));
+        }
+        // If the connection is dropped instead (its outbox full, or gone), the reply is dropped,
+        // which the hub reports as gone.
+        self.queue(conn, Out::Ping(reply));
+    }
+
+    /// Queues `out` for `conn` (which must have an entry) until the end of the step.
+    fn queue(&mut self, conn: ConnId, out: Out) {
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            if entry.pending.is_empty() {
+                self.dirty.push(conn);
             }
-            // Disconnected: the reply is dropped, which the hub reports as gone.
-            Err(_) => {}
+            entry.pending.push_back(out);
+        }
+    }
+
+    /// The end of a step: every connection gets what the step queued for it, in one batch.
+    /// Connections whose outbox is full (or whose task is gone) are dropped, which may queue
+    /// more for others (their `Closed` is fed to the broker), so this runs until nothing is left.
+    fn hand_over(&mut self, now: Instant) {
+        let mut refused = Vec::new();
+        while !self.dirty.is_empty() {
+            std::mem::swap(&mut self.dirty, &mut self.handing);
+            for conn in self.handing.drain(..) {
+                let Some(entry) = self.conns.get_mut(&conn) else {
+                    continue; // dropped meanwhile
+                };
+                if let Err(e) = entry.outbox.send_batch(&mut entry.pending) {
+                    if e == SendError::Full {
+                        tracing::info!(%conn, "its outgoing queue is full: dropped");
+                    }
+                    refused.push(conn);
+                }
+            }
+            for conn in refused.drain(..) {
+                self.dead(now, conn);
+            }
         }
     }
 
@@ -767,25 +809,23 @@ impl<R: Runtime> Driver<R> {
             .conns
             .get_mut(&conn)
             .ok_or(ApiError::UnknownConn(conn))?;
-        let Some(outbox) = entry.outbox.take() else {
+        if !entry.open {
             return Ok(()); // already closing
-        };
-        tracing::debug!(%conn, "closing normally");
-        entry.ending.get_or_insert(Disconnect::Normal);
-        let internal = entry.kind == Kind::Internal;
-        if outbox.try_send(Out::Close(None)).is_err() || internal {
-            self.dead(now, conn);
-        } else {
-            self.closing
-                .push_back((now + self.timings.close_grace, conn));
         }
+        tracing::debug!(%conn, "closing normally");
+        entry.open = false;
+        entry.ending.get_or_insert(Disconnect::Normal);
+        self.closing_with(now, conn, Out::Close(None));
         Ok(())
     }
 
     /// Drops a connection without waiting for it: its task stops at once. (An in-process
     /// subscription's stream ends once it has read what it was handed.)
     fn dead(&mut self, now: Instant, conn: ConnId) {
-        if let Some(entry) = self.conns.remove(&conn) {
+        if let Some(mut entry) = self.conns.remove(&conn) {
+            // An in-process subscription still reads what it was handed (its last frames, the
+            // close); a connection task is stopped by `_kill`, so this is lost on it.
+            let _ = entry.outbox.send_batch(&mut entry.pending);
             self.forget(conn, &entry);
             if entry.kind != Kind::Internal {
                 self.dead += 1;
@@ -828,12 +868,12 @@ impl<R: Runtime> Driver<R> {
     }
 
     fn transmit(&mut self, now: Instant, conn: ConnId, payload: Bytes) {
-        let Some(entry) = self.conns.get(&conn) else {
+        let Some(entry) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(outbox) = &entry.outbox else {
+        if !entry.open {
             return; // closing: nothing more is handed out
-        };
+        }
         if entry.kind == Kind::Internal && payload.as_ref() == PING_FRAME {
             // In-process subscriptions answer keep-alives here, so that one which is not being
             // polled for a while is not closed as idle.
@@ -852,27 +892,36 @@ impl<R: Runtime> Driver<R> {
                 .handle_input(now, Input::Flushed { conn, bytes: len });
             return;
         }
-        if let Err(e) = outbox.try_send(Out::Frame(payload)) {
-            if matches!(e, flume::TrySendError::Full(_)) {
-                tracing::info!(%conn, "its outgoing queue is full: dropped");
-            }
-            self.dead(now, conn);
+        if entry.pending.is_empty() {
+            self.dirty.push(conn);
         }
+        entry.pending.push_back(Out::Frame(payload));
     }
 
     fn close(&mut self, now: Instant, conn: ConnId, reason: ProtocolError) {
         let Some(entry) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(outbox) = entry.outbox.take() else {
+        if !entry.open {
             return;
-        };
+        }
         tracing::debug!(%conn, "closing: {reason}");
+        entry.open = false;
         entry
             .ending
             .get_or_insert_with(|| Disconnect::Server(reason.clone()));
-        let internal = entry.kind == Kind::Internal;
-        if outbox.try_send(Out::Close(Some(reason))).is_err() || internal {
+        self.closing_with(now, conn, Out::Close(Some(reason)));
+    }
+
+    /// Queues the close of a connection that stopped taking frames; in-process subscriptions
+    /// are dropped at once (they end after reading it), others get `close_grace` to close.
+    fn closing_with(&mut self, now: Instant, conn: ConnId, close: Out) {
+        self.queue(conn, close);
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|e| e.kind == Kind::Internal)
+        {
             self.dead(now, conn);
         } else {
             self.closing

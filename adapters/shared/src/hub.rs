@@ -43,6 +43,7 @@ use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::driver::{ConnMsg, Ctl, Driver, DriverTimings, Kind, Opening, Out, ServerStats};
 use crate::http::Refusal;
+use crate::mailbox::{Inbox, mailbox};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 
@@ -326,9 +327,9 @@ impl Hub {
         auth: Authenticated,
         then: Option<Command>,
         kill: Option<oneshot::Sender<()>>,
-    ) -> (Opening, flume::Receiver<Out>) {
+    ) -> (Opening, Inbox) {
         let conn = self.next_conn_id();
-        let (outbox, frames) = flume::bounded(self.outbox_frames());
+        let (outbox, frames) = mailbox(self.outbox_frames());
         let rooms = self.connect_rooms(&Connecting {
             conn,
             transport: kind.transport(),
@@ -832,7 +833,7 @@ impl Hub {
         from: Option<Cursor>,
     ) -> Result<Subscription, HubError> {
         let conn = self.next_conn_id();
-        let (outbox, frames) = flume::bounded(self.outbox_frames());
+        let (outbox, frames) = mailbox(self.outbox_frames());
         let opening = Opening {
             conn,
             kind: Kind::Internal,
@@ -854,7 +855,7 @@ impl Hub {
             .map_err(|_| HubError::Stopped)?;
         Ok(Subscription {
             conn,
-            frames: frames.into_stream(),
+            frames,
             ctl: self.inner.ctl.clone(),
             limits: self.inner.limits.clone(),
             closed: None,
@@ -885,7 +886,7 @@ pub enum Received {
 /// An in-process subscription; see [`Hub::subscribe`]. Dropping it unsubscribes.
 pub struct Subscription {
     conn: ConnId,
-    frames: flume::r#async::RecvStream<'static, Out>,
+    frames: Inbox,
     ctl: flume::Sender<Ctl>,
     limits: Limits,
     closed: Option<ProtocolError>,
@@ -923,7 +924,7 @@ impl Stream for Subscription {
             if this.ended {
                 return Poll::Ready(None);
             }
-            match Pin::new(&mut this.frames).poll_next(cx) {
+            match this.frames.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.ended = true;

@@ -24,6 +24,7 @@ pub mod fuzzing;
 pub mod http;
 mod hub;
 mod io;
+mod mailbox;
 pub mod metrics;
 pub mod request;
 mod runtime;

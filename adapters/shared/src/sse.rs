@@ -18,6 +18,7 @@ use tidings_core::{Command, Cursor, Pattern, Subscribe};
 use crate::driver::{ConnMsg, Ctl, Kind, Out};
 use crate::hub::Hub;
 use crate::io::with_timeout;
+use crate::mailbox::Inbox;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 use crate::service::{ConnCtx, SseRequest};
@@ -27,7 +28,7 @@ const COALESCE_BYTES: usize = 64 << 10;
 
 enum Step {
     Killed,
-    Out(Result<Out, flume::RecvError>),
+    Out(Option<Out>),
     /// The client closed its side, or the connection failed.
     Gone,
 }
@@ -53,7 +54,8 @@ where
     if client_id.is_some() {
         auth.client_id = client_id;
     }
-    let (mut opening, outbox) = hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+    let (mut opening, mut outbox) =
+        hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
     opening.takeover = takeover;
     let conn = opening.conn;
     drop(head);
@@ -83,7 +85,7 @@ where
                 let _ = (&mut kill).await;
                 Step::Killed
             };
-            let out = async { Step::Out(outbox.recv_async().await) };
+            let out = async { Step::Out(outbox.recv().await) };
             let gone = async {
                 let mut scratch = [0u8; 64];
                 loop {
@@ -96,8 +98,8 @@ where
             killed.or(out).or(gone).await
         };
         let first = match step {
-            Step::Killed | Step::Gone | Step::Out(Err(_)) => break,
-            Step::Out(Ok(first)) => first,
+            Step::Killed | Step::Gone | Step::Out(None) => break,
+            Step::Out(Some(first)) => first,
         };
         // One write: the response head (first time), `first` and what else is queued.
         let mut frames: Vec<Bytes> = Vec::new();
@@ -110,7 +112,7 @@ where
                     size += frame.len();
                     frames.push(frame);
                     if size < COALESCE_BYTES {
-                        next = outbox.try_recv().ok();
+                        next = outbox.try_recv();
                     }
                 }
                 // Not handed to streams (the driver refuses): dropping the reply says so.
@@ -185,7 +187,7 @@ pub const SSE_HEADERS: [(&str, &str); 3] = [
 /// client went away) closes the connection.
 pub struct SseBody {
     conn: tidings_core::ConnId,
-    frames: flume::r#async::RecvStream<'static, Out>,
+    frames: Inbox,
     ctl: flume::Sender<Ctl>,
     unflushed: usize,
     ended: bool,
@@ -233,7 +235,7 @@ impl SseBody {
         let ended = ctl.send(Ctl::Open(Box::new(opening))).is_err();
         Self {
             conn,
-            frames: frames.into_stream(),
+            frames,
             ctl,
             unflushed: 0,
             ended,
@@ -257,7 +259,7 @@ impl futures_util::Stream for SseBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        match std::pin::Pin::new(&mut this.frames).poll_next(cx) {
+        match this.frames.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Out::Frame(frame))) => {
                 this.unflushed = frame.len();

@@ -3,8 +3,8 @@
 //! The task waits for whichever comes first: the driver stopping it (`kill`), frames in its
 //! outbox, or a client message. Client messages are decoded here with
 //! [`tidings_core::native::decode`] (text and binary alike), so parsing runs on every core, and
-//! sent to the driver in order. Outgoing frames are written in batches (several queued frames,
-//! one flush) and reported with `Flushed`. WebSocket pings are answered by tungstenite and count
+//! sent to the driver in order. Outgoing frames are written in batches (what is queued, several
+//! frames per socket write, framed here rather than by tungstenite) and reported with `Flushed`. WebSocket pings are answered by tungstenite and count
 //! as activity (`Command::Ping` without id). The application's pings ([`crate::Hub::ping`]) carry
 //! the connection's counter (`1`, `2`, …) and are answered by the pong with the same payload. A
 //! message over `max_frame_bytes` ends reading and becomes the core's fatal `frame_too_large`:
@@ -20,28 +20,31 @@ use std::time::{Duration, Instant};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::protocol::frame::Frame;
-use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{AsyncWriteExt as _, SinkExt as _, StreamExt as _};
 use tidings_core::{Command, ErrorCode, ProtocolError, Transport, etp, ksbus, native};
 
 use crate::auth::Authenticated;
 use crate::driver::{ConnMsg, Ctl, Kind, Out};
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
+use crate::mailbox::Inbox;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 use crate::service::ConnCtx;
 
 /// Frames written per flush at most.
-const BATCH_FRAMES: usize = 64;
+const BATCH_FRAMES: usize = 256;
 /// Bytes written per flush at most (more may follow in the next batch at once).
 const BATCH_BYTES: usize = 256 << 10;
+/// Data frames are coalesced up to this many bytes per socket write: several frames per system
+/// call, while what a connection holds during a blocked write stays small.
+const COALESCE_BYTES: usize = 16 << 10;
 /// The longest close reason RFC 6455 allows (a control frame carries at most 125 bytes).
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -118,7 +121,7 @@ impl Proto {
 
 enum Step {
     Killed,
-    Out(Result<Out, flume::RecvError>),
+    Out(Option<Out>),
     Read(Option<Result<Message, WsError>>),
 }
 
@@ -136,7 +139,7 @@ pub(crate) async fn run<R, S>(
     let rt = &ctx.rt;
     let hub = &ctx.hub;
     let (kill_tx, mut kill) = oneshot::channel::<()>();
-    let (opening, outbox) = hub.opening(proto.kind(), &head, auth, None, Some(kill_tx));
+    let (opening, mut outbox) = hub.opening(proto.kind(), &head, auth, None, Some(kill_tx));
     let conn = opening.conn;
     drop(head);
     let to_driver = hub.conn_sender();
@@ -161,7 +164,7 @@ pub(crate) async fn run<R, S>(
                 let _ = (&mut kill).await;
                 Step::Killed
             };
-            let out = async { Step::Out(outbox.recv_async().await) };
+            let out = async { Step::Out(outbox.recv().await) };
             let read = async {
                 if reading {
                     Step::Read(ws.next().await)
@@ -172,14 +175,17 @@ pub(crate) async fn run<R, S>(
             killed.or(out).or(read).await
         };
         match step {
-            Step::Killed | Step::Out(Err(_)) => break,
-            Step::Out(Ok(first)) => {
+            Step::Killed | Step::Out(None) => break,
+            // The client closed (tungstenite answers that by itself): nothing more may follow
+            // its close frame, and the read side ends the loop next.
+            Step::Out(Some(_)) if peer_close.is_some() => {}
+            Step::Out(Some(first)) => {
                 // Boxed, like the close below: these futures are large and short-lived; in
                 // place they would enlarge every idle connection's task.
                 let write = Box::pin(with_timeout(
                     rt,
                     write_timeout,
-                    write_batch(&mut ws, &outbox, first, &mut pings),
+                    write_batch(&mut ws, &mut outbox, first, &mut pings),
                 ));
                 let killed = async {
                     let _ = (&mut kill).await;
@@ -289,9 +295,16 @@ pub(crate) async fn run<R, S>(
 /// Writes `first` and whatever else is queued (up to a batch), with one flush. Returns the
 /// payload bytes written and the close reason if a `Close` came in the batch (`Some(None)`: a
 /// normal close).
+///
+/// Data frames do not go through tungstenite: their headers are written here and the frames
+/// coalesced into one buffer, which goes to the socket in one write per [`COALESCE_BYTES`].
+/// tungstenite would format a header and copy every frame into its own buffer, on every
+/// connection, with a `Sink` call per frame. It is flushed first, so that anything it queued
+/// (a pong it answers by itself) goes out before, and it writes the control frames (pings,
+/// the close) as before.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
-    outbox: &flume::Receiver<Out>,
+    outbox: &mut Inbox,
     first: Out,
     pings: &mut Pings,
 ) -> Result<(usize, Option<Option<ProtocolError>>), WsError>
@@ -300,41 +313,84 @@ where
 {
     let mut bytes = 0;
     let mut frames = 0;
+    let mut buf: Vec<u8> = Vec::new();
     let mut next = Some(first);
+    ws.flush().await?;
     while let Some(out) = next.take() {
         match out {
-            Out::Close(reason) => {
-                ws.flush().await?;
-                return Ok((bytes, Some(reason)));
-            }
-            Out::Ping(reply) => {
-                if let Some(payload) = pings.start(reply) {
-                    frames += 1;
-                    ws.feed(Message::Ping(payload)).await?;
-                }
-            }
-            // Protocols without keep-alive frames of their own (ksbus, etp) get an empty frame:
-            // a WebSocket ping, whose pong counts as activity.
-            Out::Frame(frame) if frame.is_empty() => {
-                frames += 1;
-                ws.feed(Message::Ping(Bytes::new())).await?;
-            }
-            Out::Frame(frame) => {
+            Out::Frame(frame) if !frame.is_empty() => {
                 bytes += frame.len();
                 frames += 1;
-                // A text frame made from the shared bytes as they are: the core encoded valid
-                // UTF-8 JSON once; checking it again per connection would cost a pass over
-                // every frame for every subscriber.
-                let frame = Frame::message(frame, OpCode::Data(Data::Text), true);
-                ws.feed(Message::Frame(frame)).await?;
+                // A text frame of the shared bytes as they are: the core encoded valid UTF-8
+                // JSON once; checking it again per connection would cost a pass over every
+                // frame for every subscriber.
+                push_text_frame(&mut buf, &frame);
+                if buf.len() >= COALESCE_BYTES {
+                    write_raw(ws, &mut buf).await?;
+                }
+            }
+            control => {
+                write_raw(ws, &mut buf).await?;
+                match control {
+                    Out::Close(reason) => {
+                        ws.flush().await?;
+                        return Ok((bytes, Some(reason)));
+                    }
+                    Out::Ping(reply) => {
+                        if let Some(payload) = pings.start(reply) {
+                            frames += 1;
+                            ws.feed(Message::Ping(payload)).await?;
+                        }
+                    }
+                    // Protocols without keep-alive frames of their own (ksbus, etp) get an empty
+                    // frame: a WebSocket ping, whose pong counts as activity.
+                    Out::Frame(_) => {
+                        frames += 1;
+                        ws.feed(Message::Ping(Bytes::new())).await?;
+                    }
+                }
             }
         }
         if frames < BATCH_FRAMES && bytes < BATCH_BYTES {
-            next = outbox.try_recv().ok();
+            next = outbox.try_recv();
         }
     }
+    write_raw(ws, &mut buf).await?;
     ws.flush().await?;
     Ok((bytes, None))
+}
+
+/// Appends an unmasked, final text frame with `payload` (RFC 6455 §5.2: a server does not mask).
+fn push_text_frame(buf: &mut Vec<u8>, payload: &[u8]) {
+    const FIN_TEXT: u8 = 0x81;
+    let len = payload.len();
+    buf.reserve(len + 10);
+    buf.push(FIN_TEXT);
+    match len {
+        0..=125 => buf.push(len as u8),
+        126..=0xFFFF => {
+            buf.push(126);
+            buf.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            buf.push(127);
+            buf.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    buf.extend_from_slice(payload);
+}
+
+/// Writes `buf` to the socket under the WebSocket (whose own buffer was flushed) and empties it.
+async fn write_raw<S>(ws: &mut WebSocketStream<S>, buf: &mut Vec<u8>) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if buf.is_empty() {
+        return Ok(());
+    }
+    ws.get_mut().write_all(buf).await?;
+    buf.clear();
+    Ok(())
 }
 
 /// Sends the close frame for `reason` (`None`: a normal close, 1000 without a reason), then waits (briefly) for the client's close, or, if the
@@ -393,7 +449,35 @@ fn truncate(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::truncate;
+    use std::io::Cursor;
+
+    use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use async_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    use super::{push_text_frame, truncate};
+
+    /// Every length encoding, parsed back by tungstenite: final, unmasked text frames whose
+    /// payload follows the header exactly.
+    #[test]
+    fn text_frames_parse_back_with_every_length_encoding() {
+        let sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 100_000];
+        let mut buf = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            push_text_frame(&mut buf, &vec![b'a' + i as u8; n]);
+        }
+        let mut cursor = Cursor::new(&buf[..]);
+        for (i, &n) in sizes.iter().enumerate() {
+            let (header, len) = FrameHeader::parse(&mut cursor).unwrap().expect("a header");
+            assert!(header.is_final);
+            assert_eq!(header.opcode, OpCode::Data(Data::Text));
+            assert!(header.mask.is_none(), "a server does not mask");
+            assert_eq!(len, n as u64);
+            let start = cursor.position() as usize;
+            assert!(buf[start..start + n].iter().all(|&b| b == b'a' + i as u8));
+            cursor.set_position((start + n) as u64);
+        }
+        assert_eq!(cursor.position() as usize, buf.len());
+    }
 
     #[test]
     fn truncates_at_char_boundaries() {
