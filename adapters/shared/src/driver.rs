@@ -29,6 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -116,6 +117,35 @@ pub(crate) enum ConnMsg {
     Command(ConnId, Command),
     /// The connection ended; with the client's WebSocket close code if it sent one.
     Closed(ConnId, Option<u16>),
+}
+
+/// A message on its way to the driver ([`hand`]).
+pub(crate) enum Handing<'a> {
+    /// Sent (`true`), or the driver is gone (`false`).
+    Done(bool),
+    /// The channel was full: the send waits in a box of its own.
+    Later(Pin<Box<flume::r#async::SendFut<'a, ConnMsg>>>),
+}
+
+impl Handing<'_> {
+    /// Waits until the message is sent: `false` if the driver is gone.
+    pub(crate) async fn sent(self) -> bool {
+        match self {
+            Self::Done(sent) => sent,
+            Self::Later(send) => send.await.is_ok(),
+        }
+    }
+}
+
+/// Sends a connection's message to the driver: at once if the channel has room (nearly always),
+/// else boxed. Awaiting `send_async` in place would make every connection task carry the send's
+/// state, message included, for its whole life.
+pub(crate) fn hand(to_driver: &flume::Sender<ConnMsg>, msg: ConnMsg) -> Handing<'_> {
+    match to_driver.try_send(msg) {
+        Ok(()) => Handing::Done(true),
+        Err(flume::TrySendError::Disconnected(_)) => Handing::Done(false),
+        Err(flume::TrySendError::Full(msg)) => Handing::Later(Box::pin(to_driver.send_async(msg))),
+    }
 }
 
 /// Everything else.

@@ -21,8 +21,8 @@ use std::task::{Context, Poll, Waker};
 
 use crate::driver::Out;
 
-/// Entries a drained local queue may keep allocated (more is freed: idle connections stay small).
-const KEEP_CAPACITY: usize = 64;
+/// Entries an emptied queue may keep allocated (more is freed: idle connections stay small).
+const KEEP_CAPACITY: usize = 16;
 
 /// A new outbox bounded to `cap` queued entries.
 pub(crate) fn mailbox(cap: usize) -> (Outbox, Inbox) {
@@ -100,6 +100,9 @@ impl Outbox {
             }
             state.waker.take()
         };
+        if batch.capacity() > KEEP_CAPACITY {
+            *batch = VecDeque::new();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }

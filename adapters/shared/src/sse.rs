@@ -8,6 +8,8 @@
 //! written as it comes, several queued frames per write. The stream ends when the client goes
 //! away (the task keeps reading to notice), or when the core closes it.
 
+use std::future::Future;
+
 use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
@@ -15,7 +17,7 @@ use futures_lite::FutureExt as _;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use tidings_core::{Command, Cursor, Pattern, Subscribe};
 
-use crate::driver::{ConnMsg, Ctl, Kind, Out};
+use crate::driver::{ConnMsg, Ctl, Kind, Out, hand};
 use crate::hub::Hub;
 use crate::io::with_timeout;
 use crate::mailbox::Inbox;
@@ -34,13 +36,19 @@ enum Step {
 }
 
 /// Runs the stream until it ends, then reports `Closed`.
-pub(crate) async fn run<R, S>(ctx: ConnCtx<R>, mut io: S, head: RequestHead, request: SseRequest)
+///
+/// The request is used up here, before the future is made (not an `async fn`, which would keep
+/// its arguments twice): what stays in every stream's task is what the stream needs.
+pub(crate) fn run<R, S>(
+    ctx: ConnCtx<R>,
+    mut io: S,
+    head: RequestHead,
+    request: SseRequest,
+) -> impl Future<Output = ()> + Send + 'static
 where
     R: Runtime,
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let rt = &ctx.rt;
-    let hub = &ctx.hub;
     let SseRequest {
         patterns,
         from,
@@ -55,21 +63,11 @@ where
         auth.client_id = client_id;
     }
     let (mut opening, mut outbox) =
-        hub.opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+        ctx.hub
+            .opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
     opening.takeover = takeover;
-    let conn = opening.conn;
+    let opening = Box::new(opening);
     drop(head);
-    let to_driver = hub.conn_sender();
-    if to_driver
-        .send_async(ConnMsg::Open(Box::new(opening)))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let ctl = hub.ctl_sender();
-    let write_timeout = ctx.write_timeout;
-
     // The head goes out with the opening frame (`retry:`, or a `:` comment), which the broker
     // sends at once: the client sees the stream open (`onopen`) without waiting for an event.
     let mut response = String::from("HTTP/1.1 200 OK\r\n");
@@ -78,94 +76,105 @@ where
     }
     response.push_str("Connection: close\r\n\r\n");
     let mut pending_head = Some(response.into_bytes());
+    async move {
+        let rt = &ctx.rt;
+        let hub = &ctx.hub;
+        let conn = opening.conn;
+        let to_driver = hub.conn_sender();
+        if !hand(to_driver, ConnMsg::Open(opening)).sent().await {
+            return;
+        }
+        let ctl = hub.ctl_sender();
+        let write_timeout = ctx.write_timeout;
 
-    loop {
-        let step = {
+        loop {
+            let step = {
+                let killed = async {
+                    let _ = (&mut kill).await;
+                    Step::Killed
+                };
+                let out = async { Step::Out(outbox.recv().await) };
+                let gone = async {
+                    let mut scratch = [0u8; 64];
+                    loop {
+                        match io.read(&mut scratch).await {
+                            Ok(0) | Err(_) => return Step::Gone,
+                            Ok(_) => {} // nothing is expected from an SSE client: discard
+                        }
+                    }
+                };
+                killed.or(out).or(gone).await
+            };
+            let first = match step {
+                Step::Killed | Step::Gone | Step::Out(None) => break,
+                Step::Out(Some(first)) => first,
+            };
+            // One write: the response head (first time), `first` and what else is queued.
+            let mut frames: Vec<Bytes> = Vec::new();
+            let mut close = None;
+            let mut next = Some(first);
+            let mut size = 0;
+            while let Some(out) = next.take() {
+                match out {
+                    Out::Frame(frame) => {
+                        size += frame.len();
+                        frames.push(frame);
+                        if size < COALESCE_BYTES {
+                            next = outbox.try_recv();
+                        }
+                    }
+                    // Not handed to streams (the driver refuses): dropping the reply says so.
+                    Out::Ping(_) => {}
+                    Out::Close(reason) => {
+                        if let Some(reason) = &reason {
+                            tracing::debug!(%conn, "closing the stream: {reason}");
+                        }
+                        close = Some(reason);
+                    }
+                }
+            }
+            let head_bytes = pending_head.take();
+            let write = async {
+                match (&head_bytes, frames.as_slice()) {
+                    (None, [one]) => io.write_all(one).await?,
+                    _ => {
+                        let head_len = head_bytes.as_ref().map_or(0, Vec::len);
+                        let mut buf = Vec::with_capacity(head_len + size);
+                        if let Some(h) = &head_bytes {
+                            buf.extend_from_slice(h);
+                        }
+                        for frame in &frames {
+                            buf.extend_from_slice(frame);
+                        }
+                        io.write_all(&buf).await?;
+                    }
+                }
+                io.flush().await?;
+                if close.is_some() {
+                    io.close().await?;
+                }
+                Ok::<(), std::io::Error>(())
+            };
             let killed = async {
                 let _ = (&mut kill).await;
-                Step::Killed
+                None
             };
-            let out = async { Step::Out(outbox.recv().await) };
-            let gone = async {
-                let mut scratch = [0u8; 64];
-                loop {
-                    match io.read(&mut scratch).await {
-                        Ok(0) | Err(_) => return Step::Gone,
-                        Ok(_) => {} // nothing is expected from an SSE client: discard
-                    }
-                }
-            };
-            killed.or(out).or(gone).await
-        };
-        let first = match step {
-            Step::Killed | Step::Gone | Step::Out(None) => break,
-            Step::Out(Some(first)) => first,
-        };
-        // One write: the response head (first time), `first` and what else is queued.
-        let mut frames: Vec<Bytes> = Vec::new();
-        let mut close = None;
-        let mut next = Some(first);
-        let mut size = 0;
-        while let Some(out) = next.take() {
-            match out {
-                Out::Frame(frame) => {
-                    size += frame.len();
-                    frames.push(frame);
-                    if size < COALESCE_BYTES {
-                        next = outbox.try_recv();
-                    }
-                }
-                // Not handed to streams (the driver refuses): dropping the reply says so.
-                Out::Ping(_) => {}
-                Out::Close(reason) => {
-                    if let Some(reason) = &reason {
-                        tracing::debug!(%conn, "closing the stream: {reason}");
-                    }
-                    close = Some(reason);
-                }
+            // Boxed: in place, this short-lived future would enlarge every idle stream's task.
+            let written = Box::pin(with_timeout(rt, write_timeout, write))
+                .or(killed)
+                .await;
+            if !matches!(written, Some(Ok(()))) {
+                break;
             }
-        }
-        let head_bytes = pending_head.take();
-        let write = async {
-            match (&head_bytes, frames.as_slice()) {
-                (None, [one]) => io.write_all(one).await?,
-                _ => {
-                    let head_len = head_bytes.as_ref().map_or(0, Vec::len);
-                    let mut buf = Vec::with_capacity(head_len + size);
-                    if let Some(h) = &head_bytes {
-                        buf.extend_from_slice(h);
-                    }
-                    for frame in &frames {
-                        buf.extend_from_slice(frame);
-                    }
-                    io.write_all(&buf).await?;
-                }
+            if size > 0 {
+                let _ = ctl.send(Ctl::Flushed(conn, size));
             }
-            io.flush().await?;
             if close.is_some() {
-                io.close().await?;
+                break;
             }
-            Ok::<(), std::io::Error>(())
-        };
-        let killed = async {
-            let _ = (&mut kill).await;
-            None
-        };
-        // Boxed: in place, this short-lived future would enlarge every idle stream's task.
-        let written = Box::pin(with_timeout(rt, write_timeout, write))
-            .or(killed)
-            .await;
-        if !matches!(written, Some(Ok(()))) {
-            break;
         }
-        if size > 0 {
-            let _ = ctl.send(Ctl::Flushed(conn, size));
-        }
-        if close.is_some() {
-            break;
-        }
+        hand(to_driver, ConnMsg::Closed(conn, None)).sent().await;
     }
-    let _ = to_driver.send_async(ConnMsg::Closed(conn, None)).await;
 }
 
 /// The default response headers of every SSE stream (DESIGN.md §4), for embeddings that write

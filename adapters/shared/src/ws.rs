@@ -14,7 +14,7 @@
 //! [`tidings_core::ErrorCode::ws_close_code`] and whose reason is the error message (at most 123
 //! bytes), then waits briefly for the client's close.
 
-use std::future::pending;
+use std::future::{Future, pending};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
@@ -30,7 +30,7 @@ use futures_util::{AsyncWriteExt as _, SinkExt as _, StreamExt as _};
 use tidings_core::{Command, ErrorCode, ProtocolError, Transport, etp, ksbus, native};
 
 use crate::auth::Authenticated;
-use crate::driver::{ConnMsg, Ctl, Kind, Out};
+use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out, hand};
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
 use crate::mailbox::Inbox;
@@ -126,170 +126,187 @@ enum Step {
 }
 
 /// Runs the connection until it ends, then reports `Closed`.
-pub(crate) async fn run<R, S>(
+///
+/// The request head and the authentication are used up here, before the future is made: held
+/// in it, they would enlarge every idle connection's task for the connection's whole life.
+pub(crate) fn run<R, S>(
     ctx: ConnCtx<R>,
-    mut ws: WebSocketStream<S>,
+    ws: WebSocketStream<S>,
     head: RequestHead,
     auth: Authenticated,
     proto: Proto,
-) where
+) -> impl Future<Output = ()> + Send + 'static
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (kill_tx, kill) = oneshot::channel::<()>();
+    let (opening, outbox) = ctx
+        .hub
+        .opening(proto.kind(), &head, auth, None, Some(kill_tx));
+    drop(head);
+    serve(ctx, ws, Box::new(opening), outbox, kill, proto)
+}
+
+/// The connection's task. Not an `async fn`: that would keep its arguments twice (as arguments
+/// and as the locals they are moved into), about 400 bytes more in every connection's task.
+#[allow(clippy::manual_async_fn)]
+fn serve<R, S>(
+    ctx: ConnCtx<R>,
+    mut ws: WebSocketStream<S>,
+    opening: Box<Opening>,
+    mut outbox: Inbox,
+    mut kill: oneshot::Receiver<()>,
+    proto: Proto,
+) -> impl Future<Output = ()> + Send
+where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let rt = &ctx.rt;
-    let hub = &ctx.hub;
-    let (kill_tx, mut kill) = oneshot::channel::<()>();
-    let (opening, mut outbox) = hub.opening(proto.kind(), &head, auth, None, Some(kill_tx));
-    let conn = opening.conn;
-    drop(head);
-    let to_driver = hub.conn_sender();
-    if to_driver
-        .send_async(ConnMsg::Open(Box::new(opening)))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let ctl = hub.ctl_sender();
-    let limits = hub.limits();
-    let write_timeout = ctx.write_timeout;
-    let close_wait = ctx.close_grace.min(Duration::from_secs(2));
-    let mut reading = true;
-    // The client's close code, if it closed first.
-    let mut peer_close: Option<u16> = None;
-    let mut pings = Pings::default();
-    loop {
-        let step = {
-            let killed = async {
-                let _ = (&mut kill).await;
-                Step::Killed
-            };
-            let out = async { Step::Out(outbox.recv().await) };
-            let read = async {
-                if reading {
-                    Step::Read(ws.next().await)
-                } else {
-                    pending().await
-                }
-            };
-            killed.or(out).or(read).await
-        };
-        match step {
-            Step::Killed | Step::Out(None) => break,
-            // The client closed (tungstenite answers that by itself): nothing more may follow
-            // its close frame, and the read side ends the loop next.
-            Step::Out(Some(_)) if peer_close.is_some() => {}
-            Step::Out(Some(first)) => {
-                // Boxed, like the close below: these futures are large and short-lived; in
-                // place they would enlarge every idle connection's task.
-                let write = Box::pin(with_timeout(
-                    rt,
-                    write_timeout,
-                    write_batch(&mut ws, &mut outbox, first, &mut pings),
-                ));
+    async move {
+        let rt = &ctx.rt;
+        let hub = &ctx.hub;
+        let conn = opening.conn;
+        let to_driver = hub.conn_sender();
+        if !hand(to_driver, ConnMsg::Open(opening)).sent().await {
+            return;
+        }
+        let ctl = hub.ctl_sender();
+        let limits = hub.limits();
+        let write_timeout = ctx.write_timeout;
+        let close_wait = ctx.close_grace.min(Duration::from_secs(2));
+        let mut reading = true;
+        // The client's close code, if it closed first.
+        let mut peer_close: Option<u16> = None;
+        let mut pings = Pings::default();
+        loop {
+            let step = {
                 let killed = async {
                     let _ = (&mut kill).await;
-                    None
+                    Step::Killed
                 };
-                let written = write.or(killed).await;
-                let Some(Ok((bytes, close))) = written else {
-                    break; // timed out, killed, or the socket failed
+                let out = async { Step::Out(outbox.recv().await) };
+                let read = async {
+                    if reading {
+                        Step::Read(ws.next().await)
+                    } else {
+                        pending().await
+                    }
                 };
-                if bytes > 0 {
-                    let _ = ctl.send(Ctl::Flushed(conn, bytes));
-                }
-                if let Some(reason) = close {
-                    let closing =
-                        Box::pin(close_ws(rt, &mut ws, reason.as_ref(), reading, close_wait));
+                killed.or(out).or(read).await
+            };
+            match step {
+                Step::Killed | Step::Out(None) => break,
+                // The client closed (tungstenite answers that by itself): nothing more may follow
+                // its close frame, and the read side ends the loop next.
+                Step::Out(Some(_)) if peer_close.is_some() => {}
+                Step::Out(Some(first)) => {
+                    // Boxed, like the close below: these futures are large and short-lived; in
+                    // place they would enlarge every idle connection's task.
+                    let write = Box::pin(with_timeout(
+                        rt,
+                        write_timeout,
+                        write_batch(&mut ws, &mut outbox, first, &mut pings),
+                    ));
                     let killed = async {
                         let _ = (&mut kill).await;
+                        None
                     };
-                    closing.or(killed).await;
-                    break;
-                }
-            }
-            Step::Read(None) => break,
-            Step::Read(Some(Ok(message))) => {
-                // Copied out of tungstenite's read buffer: the core keeps slices of the frame
-                // (payloads, in the history), which would otherwise pin whole read blocks.
-                if let Message::Pong(payload) = &message {
-                    pings.pong(payload);
-                }
-                let data = match &message {
-                    Message::Text(text) => text.as_bytes(),
-                    Message::Binary(data) => &data[..],
-                    Message::Ping(_) | Message::Pong(_) => &[][..],
-                    Message::Close(frame) => {
-                        peer_close = Some(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
-                        continue;
+                    let written = write.or(killed).await;
+                    let Some(Ok((bytes, close))) = written else {
+                        break; // timed out, killed, or the socket failed
+                    };
+                    if bytes > 0 {
+                        let _ = ctl.send(Ctl::Flushed(conn, bytes));
                     }
-                    Message::Frame(_) => continue,
-                };
-                let cmds = if matches!(message, Message::Ping(_) | Message::Pong(_)) {
-                    vec![Command::Ping { req: None }]
-                } else {
-                    match proto {
-                        Proto::Native => {
-                            vec![native::decode(&Bytes::copy_from_slice(data), limits)]
-                        }
-                        Proto::Ksbus => ksbus::decode(data, limits, hub.server_id()),
-                        Proto::Etp { .. } => vec![etp::decode(data, limits)],
-                    }
-                };
-                let mut gone = false;
-                for cmd in cmds {
-                    if to_driver
-                        .send_async(ConnMsg::Command(conn, cmd))
-                        .await
-                        .is_err()
-                    {
-                        gone = true;
-                        break;
-                    }
-                }
-                if gone {
-                    break;
-                }
-            }
-            Step::Read(Some(Err(error))) => {
-                reading = false;
-                let error = match error {
-                    WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                        let message = match proto {
-                            // etp's words (coder/websocket counts the limit plus one).
-                            Proto::Etp { read_limit, .. } => {
-                                format!("read limited at {} bytes", read_limit + 1)
-                            }
-                            _ => format!("frame is {size} bytes; at most {max_size} are allowed"),
+                    if let Some(reason) = close {
+                        let closing =
+                            Box::pin(close_ws(rt, &mut ws, reason.as_ref(), reading, close_wait));
+                        let killed = async {
+                            let _ = (&mut kill).await;
                         };
-                        ProtocolError::new(ErrorCode::FrameTooLarge, message)
-                    }
-                    WsError::Utf8(_) => {
-                        ProtocolError::new(ErrorCode::NotUtf8, "a text message is not valid UTF-8")
-                    }
-                    other => {
-                        tracing::debug!(%conn, "websocket ended: {other}");
+                        closing.or(killed).await;
                         break;
                     }
-                };
-                let cmd = Command::Invalid {
-                    req: None,
-                    error,
-                    fatal: true,
-                };
-                if to_driver
-                    .send_async(ConnMsg::Command(conn, cmd))
-                    .await
-                    .is_err()
-                {
-                    break;
+                }
+                Step::Read(None) => break,
+                Step::Read(Some(Ok(message))) => {
+                    // Copied out of tungstenite's read buffer: the core keeps slices of the frame
+                    // (payloads, in the history), which would otherwise pin whole read blocks.
+                    if let Message::Pong(payload) = &message {
+                        pings.pong(payload);
+                    }
+                    let data = match &message {
+                        Message::Text(text) => text.as_bytes(),
+                        Message::Binary(data) => &data[..],
+                        Message::Ping(_) | Message::Pong(_) => &[][..],
+                        Message::Close(frame) => {
+                            peer_close = Some(frame.as_ref().map_or(1005, |f| u16::from(f.code)));
+                            continue;
+                        }
+                        Message::Frame(_) => continue,
+                    };
+                    let cmds = if matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                        vec![Command::Ping { req: None }]
+                    } else {
+                        match proto {
+                            Proto::Native => {
+                                vec![native::decode(&Bytes::copy_from_slice(data), limits)]
+                            }
+                            Proto::Ksbus => ksbus::decode(data, limits, hub.server_id()),
+                            Proto::Etp { .. } => vec![etp::decode(data, limits)],
+                        }
+                    };
+                    let mut gone = false;
+                    for cmd in cmds {
+                        if !hand(to_driver, ConnMsg::Command(conn, cmd)).sent().await {
+                            gone = true;
+                            break;
+                        }
+                    }
+                    if gone {
+                        break;
+                    }
+                }
+                Step::Read(Some(Err(error))) => {
+                    reading = false;
+                    let error = match error {
+                        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+                            let message = match proto {
+                                // etp's words (coder/websocket counts the limit plus one).
+                                Proto::Etp { read_limit, .. } => {
+                                    format!("read limited at {} bytes", read_limit + 1)
+                                }
+                                _ => {
+                                    format!("frame is {size} bytes; at most {max_size} are allowed")
+                                }
+                            };
+                            ProtocolError::new(ErrorCode::FrameTooLarge, message)
+                        }
+                        WsError::Utf8(_) => ProtocolError::new(
+                            ErrorCode::NotUtf8,
+                            "a text message is not valid UTF-8",
+                        ),
+                        other => {
+                            tracing::debug!(%conn, "websocket ended: {other}");
+                            break;
+                        }
+                    };
+                    let cmd = Command::Invalid {
+                        req: None,
+                        error,
+                        fatal: true,
+                    };
+                    if !hand(to_driver, ConnMsg::Command(conn, cmd)).sent().await {
+                        break;
+                    }
                 }
             }
         }
+        hand(to_driver, ConnMsg::Closed(conn, peer_close))
+            .sent()
+            .await;
     }
-    let _ = to_driver
-        .send_async(ConnMsg::Closed(conn, peer_close))
-        .await;
 }
 
 /// Writes `first` and whatever else is queued (up to a batch), with one flush. Returns the
