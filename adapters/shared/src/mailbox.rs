@@ -146,6 +146,12 @@ impl Inbox {
         self.pop_local()
     }
 
+    /// Entries already taken from the shared queue and not yet returned (more may be waiting
+    /// there): a lower bound of what [`Inbox::try_recv`] will return.
+    pub(crate) fn queued(&self) -> usize {
+        self.local.len()
+    }
+
     /// [`Inbox::recv`] as a poll function (for `Stream` implementations).
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
         if let Some(out) = self.pop_local() {

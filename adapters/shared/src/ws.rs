@@ -330,7 +330,12 @@ where
 {
     let mut bytes = 0;
     let mut frames = 0;
-    let mut buf: Vec<u8> = Vec::new();
+    // Sized for what is queued (frames of one publish burst are alike), so that it rarely grows.
+    let guess = match &first {
+        Out::Frame(f) => (f.len() + 10) * (1 + outbox.queued()).min(BATCH_FRAMES),
+        _ => 0,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(guess.min(COALESCE_BYTES + 1024));
     let mut next = Some(first);
     ws.flush().await?;
     while let Some(out) = next.take() {
