@@ -11,8 +11,9 @@
 //! Single producer (the driver), single consumer (the connection's task). The queue is bounded in
 //! frames; a batch that does not fit is refused whole ([`SendError::Full`]), and the driver drops
 //! the connection, as its writer cannot keep up. The queues' capacity is handed back and forth
-//! by swapping, so a busy connection does not allocate per batch; a receiver that drained a
-//! large batch gives the memory back, so idle connections stay small.
+//! by swapping, so a busy connection does not allocate per batch; a queue much larger than the
+//! batches it carries is freed, so a connection that went idle gives the memory of its last
+//! burst back with its next small batch (a keep-alive at the latest).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -21,8 +22,14 @@ use std::task::{Context, Poll, Waker};
 
 use crate::driver::Out;
 
-/// Entries an emptied queue may keep allocated (more is freed: idle connections stay small).
+/// Entries an emptied queue keeps allocated in any case; more only while its batches use a
+/// quarter of it (then it is freed: idle connections stay small).
 const KEEP_CAPACITY: usize = 16;
+
+/// Whether an emptied queue of `capacity` that last carried `used` entries is worth keeping.
+fn worth_keeping(capacity: usize, used: usize) -> bool {
+    capacity <= KEEP_CAPACITY || used * 4 >= capacity
+}
 
 /// A new outbox bounded to `cap` queued entries.
 pub(crate) fn mailbox(cap: usize) -> (Outbox, Inbox) {
@@ -40,6 +47,7 @@ pub(crate) fn mailbox(cap: usize) -> (Outbox, Inbox) {
         Inbox {
             shared,
             local: VecDeque::new(),
+            taken: 0,
         },
     )
 }
@@ -81,7 +89,8 @@ impl std::fmt::Debug for Outbox {
 impl Outbox {
     /// Appends all of `batch` (leaving it empty) and wakes the receiver, or refuses all of it.
     pub(crate) fn send_batch(&self, batch: &mut VecDeque<Out>) -> Result<(), SendError> {
-        if batch.is_empty() {
+        let sent = batch.len();
+        if sent == 0 {
             return Ok(());
         }
         let waker = {
@@ -100,7 +109,7 @@ impl Outbox {
             }
             state.waker.take()
         };
-        if batch.capacity() > KEEP_CAPACITY {
+        if !worth_keeping(batch.capacity(), sent) {
             *batch = VecDeque::new();
         }
         if let Some(waker) = waker {
@@ -129,6 +138,8 @@ pub(crate) struct Inbox {
     shared: Arc<Mutex<State>>,
     /// Taken from the shared queue, not yet returned.
     local: VecDeque<Out>,
+    /// How many entries the last refill took.
+    taken: usize,
 }
 
 impl Inbox {
@@ -166,7 +177,7 @@ impl Inbox {
 
     fn pop_local(&mut self) -> Option<Out> {
         let out = self.local.pop_front();
-        if out.is_none() && self.local.capacity() > KEEP_CAPACITY {
+        if out.is_none() && !worth_keeping(self.local.capacity(), self.taken) {
             self.local = VecDeque::new();
         }
         out
@@ -178,6 +189,11 @@ impl Inbox {
         let mut state = lock(&self.shared);
         if !state.queue.is_empty() {
             std::mem::swap(&mut state.queue, &mut self.local);
+            self.taken = self.local.len();
+            // The emptied queue going back to the sender: freed if far larger than batches now.
+            if !worth_keeping(state.queue.capacity(), self.taken) {
+                state.queue = VecDeque::new();
+            }
             return Refill::Some;
         }
         if !state.sender {
@@ -287,6 +303,24 @@ mod tests {
         assert!(matches!(inbox.poll_recv(&mut cx), Poll::Ready(Some(_))));
         assert!(matches!(inbox.poll_recv(&mut cx), Poll::Ready(Some(_))));
         assert!(matches!(inbox.poll_recv(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_large_queue_is_freed_once_batches_are_small_again() {
+        let (outbox, mut inbox) = mailbox(1000);
+        let mut batch = frames(0..200);
+        outbox.send_batch(&mut batch).unwrap();
+        while inbox.try_recv().is_some() {}
+        assert!(
+            inbox.local.capacity() >= 200,
+            "kept while batches are large"
+        );
+        // A small batch (a keep-alive, say) after the burst: the large queue is given back.
+        outbox.send_batch(&mut frames(0..1)).unwrap();
+        while inbox.try_recv().is_some() {}
+        assert!(inbox.local.capacity() <= 16, "{}", inbox.local.capacity());
+        let shared = super::lock(&inbox.shared).queue.capacity();
+        assert!(shared <= 16, "{shared}");
     }
 
     #[test]
