@@ -529,9 +529,9 @@ impl<R: Runtime> Service<R> {
     }
 
     /// The WebSocket settings: messages and frames limited to `max_frame_bytes` (larger ones
-    /// close the connection with 1009), a small read buffer per connection, and writes of at
-    /// most 8 KiB gathered before they go to the socket (several frames per write, and a write
-    /// buffer that stays small: it keeps its capacity for the connection's life).
+    /// close the connection with 1009) and a small read buffer per connection. tungstenite
+    /// writes only control frames (data frames are framed and coalesced by the connection task),
+    /// so its write buffer stays small: at most 8 KiB gathered before they go to the socket.
     pub fn websocket_config(&self) -> WebSocketConfig {
         let max = self.inner.config.limits.max_frame_bytes;
         WebSocketConfig::default()
