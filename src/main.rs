@@ -7,7 +7,9 @@
 //! `listening on http://ADDR` (tests and scripts read the bound port from it); logs go to stderr
 //! (`RUST_LOG` filters them; default `info`). SIGINT or SIGTERM shut down gracefully: new
 //! connections are refused, WebSocket clients get close 1001, SSE streams end after a
-//! `tidings-error` event, requests in flight are answered, and the process exits with 0.
+//! `tidings-error` event, requests in flight are answered, and the process exits with 0. If the
+//! broker fails (a panic in its driver task, i.e. a bug), the process exits with 70 at once, so
+//! that a supervisor restarts it.
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
@@ -390,7 +392,9 @@ async fn serve_tokio(config: ServerConfig) -> ExitCode {
         }
     };
     announce(server.addr(), "tokio", server.service()).await;
-    signals.recv().await;
+    if let Some(code) = until_signal_or_failure(signals.recv(), server.hub()).await {
+        return code;
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
@@ -417,11 +421,35 @@ async fn serve_async_std(config: ServerConfig) -> ExitCode {
     };
     announce(server.addr(), "async-std", server.service()).await;
     let mut signals = signals;
-    let _ = futures_lite::StreamExt::next(&mut signals).await;
+    let signal = async {
+        let _ = futures_lite::StreamExt::next(&mut signals).await;
+    };
+    if let Some(code) = until_signal_or_failure(signal, server.hub()).await {
+        return code;
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Waits for a shutdown signal (`None`: shut down gracefully), or for the broker to fail, which
+/// is a bug: then there is nothing left to shut down gracefully, and the process exits with
+/// status 70 (`EX_SOFTWARE`) so that a supervisor restarts it (clients reconnect and resume).
+async fn until_signal_or_failure(
+    signal: impl std::future::Future<Output = ()>,
+    hub: &tidings_adapter::Hub,
+) -> Option<ExitCode> {
+    let signalled = async {
+        signal.await;
+        None
+    };
+    let failed = async {
+        hub.failed().await;
+        tracing::error!("the broker failed; exiting with status 70 so that tidings is restarted");
+        Some(ExitCode::from(70))
+    };
+    futures_lite::FutureExt::or(signalled, failed).await
 }
 
 /// The first stdout line, and the start-up log.

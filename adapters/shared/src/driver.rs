@@ -232,6 +232,9 @@ pub(crate) enum Ctl {
     },
     DeclaredTopics(oneshot::Sender<Vec<(Topic, Visibility)>>),
     ParkedSessions(oneshot::Sender<Vec<Name>>),
+    /// Makes the driver panic, as a bug would (tests of [`crate::Hub::failed`]).
+    #[cfg(test)]
+    Panic,
 }
 
 /// Counters for `/metrics`: the broker's, plus connections by kind.
@@ -629,6 +632,8 @@ impl<R: Runtime> Driver<R> {
             Ctl::ParkedSessions(reply) => {
                 let _ = reply.send(self.broker.parked_sessions().into_iter().cloned().collect());
             }
+            #[cfg(test)]
+            Ctl::Panic => panic!("the driver panics on purpose (a test)"),
             Ctl::Shutdown(reply) => match &mut self.shutdown {
                 Some(state) if state.done => {
                     let _ = reply.send(());

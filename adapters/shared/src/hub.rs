@@ -14,7 +14,8 @@
 //!   anything slow).
 //!
 //! Every call is a message to the driver and, where it returns something, an answer back; the
-//! calls fail with [`HubError::Stopped`] once the driver is gone.
+//! calls fail with [`HubError::Stopped`] once the driver is gone. [`Hub::failed`] completes if
+//! the driver failed (a panic, i.e. a bug), so that a server can exit and be restarted.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use futures_util::Stream;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Shared};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tidings_core::{
@@ -204,6 +205,8 @@ struct HubInner {
     server_id: String,
     /// The runtime's timer ([`Runtime::sleep_until`]).
     sleep: Sleep,
+    /// Resolves when the driver task ends: `true` if it panicked.
+    driver_end: Shared<oneshot::Receiver<bool>>,
 }
 
 type Sleep = Arc<dyn Fn(Instant) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -246,7 +249,17 @@ impl Hub {
             registry.clone(),
             timings,
         );
-        rt.spawn(driver.run());
+        let (end_tx, driver_end) = oneshot::channel();
+        rt.spawn(async move {
+            let panicked = AssertUnwindSafe(driver.run()).catch_unwind().await.is_err();
+            if panicked {
+                tracing::error!(
+                    "the broker's driver task panicked (a bug in tidings): every connection is \
+                     lost and the hub is stopped; Hub::failed reports it"
+                );
+            }
+            let _ = end_tx.send(panicked);
+        });
         let timer = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(timer.sleep_until(at)));
         Ok(Self {
@@ -259,8 +272,21 @@ impl Hub {
                 outbox_frames,
                 server_id: config.ksbus.server_id.clone(),
                 sleep,
+                driver_end: futures_util::FutureExt::shared(driver_end),
             }),
         })
+    }
+
+    /// Completes if the broker's driver task failed (it panicked, which is a bug): every
+    /// connection was lost and every call answers [`HubError::Stopped`] from then on. Never
+    /// completes otherwise, also not after a shutdown. A server process should exit when it does
+    /// (with a non-zero status), so that its supervisor restarts it: `tidings serve` exits with
+    /// status 70.
+    pub async fn failed(&self) {
+        match self.inner.driver_end.clone().await {
+            Ok(true) => {}
+            _ => std::future::pending().await,
+        }
     }
 
     // ---- for connection tasks ------------------------------------------------------------------
@@ -1030,6 +1056,57 @@ fn payload_of(frame: &Bytes, data: &RawValue) -> Option<Payload> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A runtime of plain threads: a thread per task and per timer.
+    #[derive(Clone)]
+    struct Threads;
+
+    impl Runtime for Threads {
+        fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
+            std::thread::spawn(move || futures_lite::future::block_on(task));
+        }
+
+        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+            let (done, wait) = oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                let _ = done.send(());
+            });
+            async move {
+                let _ = wait.await;
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_driver_is_reported_and_stops_the_hub() {
+        let hub = Hub::start(&Threads, &ServerConfig::default()).unwrap();
+        futures_lite::future::block_on(async {
+            let topic = Topic::parse("a", tidings_core::NameLimits::default()).unwrap();
+            let publish = hub
+                .publish(topic.clone(), None, Payload::text("x").unwrap())
+                .await;
+            assert!(publish.is_ok(), "{publish:?}");
+            assert!(
+                futures_lite::future::poll_once(hub.failed())
+                    .await
+                    .is_none(),
+                "a running driver has not failed"
+            );
+            hub.inner.ctl.send(Ctl::Panic).unwrap();
+            let too_late = async {
+                Threads
+                    .sleep_until(Instant::now() + Duration::from_secs(10))
+                    .await;
+                panic!("Hub::failed did not complete within 10 s of the driver's panic");
+            };
+            hub.failed().or(too_late).await;
+            let publish = hub.publish(topic, None, Payload::text("y").unwrap()).await;
+            assert!(matches!(publish, Err(HubError::Stopped)), "{publish:?}");
+            // Every clone sees it.
+            hub.clone().failed().await;
+        });
+    }
 
     #[test]
     fn decodes_events_and_gaps() {
