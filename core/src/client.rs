@@ -98,6 +98,10 @@ pub struct ClientConfig {
     pub max_subscriptions: usize,
     /// Server requests awaiting the application's reply at once (more are refused at once).
     pub max_server_requests: usize,
+    /// The credentials are fetched anew for every connection (a token source that refreshes
+    /// short-lived tokens): a `401` refusal (an expired or revoked token) is then retried with
+    /// back-off, like a transport failure, instead of stopping the client.
+    pub refreshable_token: bool,
 }
 
 impl Default for ClientConfig {
@@ -113,6 +117,7 @@ impl Default for ClientConfig {
             max_pending: 1024,
             max_subscriptions: 4096,
             max_server_requests: 256,
+            refreshable_token: false,
         }
     }
 }
@@ -629,7 +634,9 @@ impl Client {
         if matches!(self.state, State::Stopped { .. }) {
             return;
         }
-        if reason.is_fatal() {
+        let refreshable =
+            self.config.refreshable_token && matches!(reason, Reason::Refused { status: 401, .. });
+        if reason.is_fatal() && !refreshable {
             self.stop(Some(reason));
             return;
         }

@@ -20,7 +20,7 @@ use tidings_core::client::{
 use tidings_core::{Cursor, Name, Pattern, Payload, Recipient, Topic};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::Error;
+use crate::{Error, TokenSource};
 
 type Ws = WebSocketStream<ConnectStream>;
 type Connecting = Pin<Box<dyn Future<Output = Result<Ws, Reason>> + Send>>;
@@ -82,6 +82,8 @@ enum Waiter {
 pub(crate) struct Driver {
     pub(crate) machine: Machine,
     pub(crate) request: Request<()>,
+    /// Asked for the token of every connection attempt, if set.
+    pub(crate) token_source: Option<TokenSource>,
     pub(crate) connect_timeout: Duration,
     pub(crate) commands: mpsc::Receiver<Cmd>,
     /// To send replies from handler tasks without keeping the driver alive.
@@ -112,6 +114,7 @@ impl Driver {
                     Event::Connect { .. } => {
                         connecting = Some(Box::pin(connect(
                             self.request.clone(),
+                            self.token_source.clone(),
                             self.connect_timeout,
                         )));
                     }
@@ -381,8 +384,27 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Opens the WebSocket; an HTTP refusal (401, 403, …) is reported with its status and body.
-async fn connect(request: Request<()>, timeout: Duration) -> Result<Ws, Reason> {
+/// Opens the WebSocket (with a fresh token from `token_source`, if there is one); an HTTP
+/// refusal (401, 403, …) is reported with its status and body.
+async fn connect(
+    mut request: Request<()>,
+    token_source: Option<TokenSource>,
+    timeout: Duration,
+) -> Result<Ws, Reason> {
+    if let Some(source) = token_source {
+        let token = match tokio::time::timeout(timeout, source()).await {
+            Err(_) => {
+                return Err(Reason::Transport(format!(
+                    "the token source gave no token within {} ms",
+                    timeout.as_millis()
+                )));
+            }
+            Ok(Err(e)) => return Err(Reason::Transport(format!("the token source failed: {e}"))),
+            Ok(Ok(token)) => token,
+        };
+        let value = bearer(&token).map_err(|e| Reason::Transport(e.to_string()))?;
+        request.headers_mut().insert("authorization", value);
+    }
     match tokio::time::timeout(timeout, connect_async(request)).await {
         Err(_) => Err(Reason::Transport(format!(
             "no WebSocket handshake within {} ms",
@@ -433,9 +455,15 @@ pub(crate) fn handshake(url: &str, token: Option<&str>) -> Result<Request<()>, E
         }
     }
     if let Some(token) = token {
-        let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| Error::Invalid("the token has characters a header cannot carry".into()))?;
-        request.headers_mut().insert("authorization", value);
+        request
+            .headers_mut()
+            .insert("authorization", bearer(token)?);
     }
     Ok(request)
+}
+
+/// The `Authorization` header value for `token`.
+fn bearer(token: &str) -> Result<HeaderValue, Error> {
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| Error::Invalid("the token has characters a header cannot carry".into()))
 }

@@ -24,7 +24,9 @@
 //!   bounded too ([`ClientConfig::max_pending`]).
 //! - **Stops only for good reasons**: a refused handshake (HTTP 401/403 and other 4xx: a missing
 //!   or invalid token), a `forbidden` close, another protocol version, or [`Client::close`].
-//!   Then every subscription ends and [`Client::state`] says why.
+//!   Then every subscription ends and [`Client::state`] says why. With a
+//!   [`ClientBuilder::token_source`] (short-lived tokens, fetched for every connection) a `401`
+//!   is retried with back-off instead: the next attempt gets a fresh token.
 //!
 //! The protocol logic is [`tidings_core::client::Client`], a sans-IO state machine using the
 //! core's native codec; this crate is the tokio driver around it (socket, timer, channels).
@@ -70,6 +72,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::Stream;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -112,15 +115,34 @@ pub fn raw_json(text: impl Into<String>) -> Result<Payload, Error> {
     Ok(Payload::json(text.into())?)
 }
 
+/// Produces the token for a connection attempt ([`ClientBuilder::token_source`]).
+pub(crate) type TokenSource =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
 /// Configures and starts a [`Client`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     url: String,
     token: Option<String>,
+    token_source: Option<TokenSource>,
     client_id: Option<String>,
     config: ClientConfig,
     buffer: usize,
     connect_timeout: Duration,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("token_source", &self.token_source.is_some())
+            .field("client_id", &self.client_id)
+            .field("config", &self.config)
+            .field("buffer", &self.buffer)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl ClientBuilder {
@@ -129,6 +151,7 @@ impl ClientBuilder {
         Self {
             url: url.into(),
             token: None,
+            token_source: None,
             client_id: None,
             config: ClientConfig::default(),
             buffer: DEFAULT_BUFFER,
@@ -141,6 +164,29 @@ impl ClientBuilder {
     #[must_use]
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Asks `source` for the token before every connection attempt, for tokens that expire: it
+    /// returns a fresh one (from a cache, a refresh call to the identity provider, …), sent as
+    /// `Authorization: Bearer <token>` like [`ClientBuilder::token`], which it replaces. A `401`
+    /// refusal (the token expired or was revoked) is then retried with back-off rather than
+    /// stopping the client, and `source` is asked again; an `Err` from it counts as a failed
+    /// attempt (its message is the reason) and is retried too.
+    ///
+    /// ```
+    /// # use tidings_client::Client;
+    /// # async fn fetch_token() -> Result<String, String> { Ok("a.jwt.token".into()) }
+    /// let builder = Client::builder("ws://127.0.0.1:9313/ws")
+    ///     .token_source(|| async { fetch_token().await });
+    /// ```
+    #[must_use]
+    pub fn token_source<F, Fut>(mut self, source: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, String>> + Send + 'static,
+    {
+        self.token_source = Some(Arc::new(move || Box::pin(source())));
         self
     }
 
@@ -247,6 +293,7 @@ impl ClientBuilder {
     pub fn start(self) -> Result<Client, Error> {
         let request = driver::handshake(&self.url, self.token.as_deref())?;
         let mut config = self.config;
+        config.refreshable_token = self.token_source.is_some();
         if let Some(id) = &self.client_id {
             config.client_id = Some(Name::parse("client_id", id, 128)?);
         }
@@ -262,6 +309,7 @@ impl ClientBuilder {
         let driver = Driver {
             machine,
             request,
+            token_source: self.token_source,
             connect_timeout: self.connect_timeout,
             commands,
             myself: commands_tx.downgrade(),

@@ -327,6 +327,114 @@ async fn a_refused_token_stops_the_client_and_a_valid_one_gets_its_grants() {
     server.shutdown().await;
 }
 
+/// Short-lived tokens: the source is asked before every connection attempt, a `401` (here: the
+/// first token is signed with the wrong secret) is retried with a fresh token instead of
+/// stopping, and a reconnection carries the grants of the token it was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_source_is_asked_for_every_connection_and_a_401_is_retried() {
+    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+    let mut cfg = config();
+    cfg.auth.anonymous = Anonymous::Refused;
+    cfg.auth.jwt = Some(JwtConfig {
+        secret: Some(Secret::new(SECRET)),
+        ..JwtConfig::default()
+    });
+    let server = server(cfg).await;
+    let conns = track_connections(&server);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let sign = |secret: &str, subscribe: &[&str]| {
+        let claims = json!({"sub": "alice", "exp": exp,
+            "tidings": {"subscribe": subscribe, "publish": ["chat.*"]}});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let tokens = [
+        sign("another-secret-that-is-at-least-32-bytes", &["chat.>"]),
+        sign(SECRET, &["chat.>"]),
+        sign(SECRET, &["chat.>", "news.>"]),
+    ];
+    let asked = Arc::new(Mutex::new(0usize));
+    let source = {
+        let asked = asked.clone();
+        move || {
+            let n = {
+                let mut asked = asked.lock().unwrap();
+                *asked += 1;
+                *asked
+            };
+            let token = tokens[(n - 1).min(2)].clone();
+            async move { Ok(token) }
+        }
+    };
+    let client = builder(&url(&server)).token_source(source).start().unwrap();
+    let refused = wait_state(&client, "the refusal of the first token", |s| {
+        matches!(s, State::Reconnecting { .. } | State::Stopped { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            refused,
+            State::Reconnecting {
+                reason: Reason::Refused { status: 401, .. },
+                ..
+            }
+        ),
+        "a 401 is retried, not the end: {refused:?}"
+    );
+    wait_state(&client, "the second token's connection", |s| {
+        matches!(s, State::Connected { .. })
+    })
+    .await;
+    assert_eq!(*asked.lock().unwrap(), 2);
+    let err = client.subscribe(["news.>"]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some("forbidden"),
+        "the second token has no news.>"
+    );
+    let mut chat = client.subscribe(["chat.>"]).await.unwrap();
+
+    // The server drops the connection: the reconnection asks for a token again, and gets the
+    // grants of the third one.
+    let first = *conns.lock().unwrap().last().unwrap();
+    server
+        .hub()
+        .close(
+            first,
+            ProtocolError::new(ErrorCode::ShuttingDown, "test: dropped by the server"),
+        )
+        .await
+        .unwrap();
+    wait_state(&client, "the drop", |s| {
+        matches!(s, State::Reconnecting { .. })
+    })
+    .await;
+    wait_state(&client, "the third token's connection", |s| {
+        matches!(s, State::Connected { .. })
+    })
+    .await;
+    assert_eq!(*asked.lock().unwrap(), 3);
+    let mut news = client.subscribe(["news.>"]).await.unwrap();
+    hub_publish(&server, "news.eu", "n1").await;
+    hub_publish(&server, "chat.lobby", "c1").await;
+    assert_eq!(next_event(&mut news).await.1, "n1");
+    assert_eq!(
+        next_event(&mut chat).await.1,
+        "c1",
+        "restored with the new token"
+    );
+    client.close().await;
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wildcards_event_names_and_payloads() {
     let server = server(config()).await;

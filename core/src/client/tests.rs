@@ -762,6 +762,62 @@ fn refusals_stop_the_client_and_end_subscriptions() {
 }
 
 #[test]
+fn with_a_refreshable_token_a_401_is_retried_but_a_403_still_stops() {
+    let mut config = fast();
+    config.refreshable_token = true;
+    let mut p = Pair::new(config);
+    let sub = p.subscribe(&["a"], None);
+    p.client.handle_disconnected(
+        p.now,
+        Reason::Refused {
+            status: 401,
+            message: "the token has expired".into(),
+        },
+    );
+    p.conn = None;
+    p.drive();
+    assert!(
+        matches!(
+            p.client.state(),
+            State::Reconnecting {
+                reason: Reason::Refused { status: 401, .. },
+                ..
+            }
+        ),
+        "{:?}",
+        p.client.state()
+    );
+    assert!(
+        p.ended.is_empty(),
+        "the subscription lives on: {:?}",
+        p.ended
+    );
+    // The next attempt (with a fresh token) gets through, and the subscription is restored.
+    p.reconnect();
+    let cursor = p.publish("a", "after");
+    p.drive();
+    assert_eq!(p.events_of(sub), ["after"], "{cursor}");
+    // Forbidden is not a matter of a fresh token: the client stops.
+    let conn = p.conn.take().unwrap();
+    let _ = p.broker.handle_input(p.now, Input::Closed { conn });
+    p.client.handle_disconnected(
+        p.now,
+        Reason::Refused {
+            status: 403,
+            message: "forbidden".into(),
+        },
+    );
+    p.drive();
+    assert!(matches!(
+        p.client.state(),
+        State::Stopped {
+            reason: Some(Reason::Refused { status: 403, .. })
+        }
+    ));
+    assert_eq!(p.ended, [(sub, OpError::Stopped)]);
+}
+
+#[test]
 fn a_server_close_reason_is_reported_and_overloaded_backs_off_longer() {
     let mut p = Pair::new(fast());
     let conn = p.conn.unwrap();
