@@ -91,6 +91,41 @@ async fn hub_publish(server: &tidings_tokio::Server, t: &str, data: &str) -> tid
         .unwrap()
 }
 
+/// The HS256 secret of [`jwt_server`].
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+/// A server that accepts only tokens signed with [`SECRET`].
+async fn jwt_server() -> tidings_tokio::Server {
+    let mut cfg = config();
+    cfg.auth.anonymous = Anonymous::Refused;
+    cfg.auth.jwt = Some(JwtConfig {
+        secret: Some(Secret::new(SECRET)),
+        ..JwtConfig::default()
+    });
+    server(cfg).await
+}
+
+/// An `exp` claim ten minutes from now.
+fn in_ten_minutes() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600
+}
+
+/// The server closes `conn` (and keeps running).
+async fn drop_connection(server: &tidings_tokio::Server, conn: ConnId) {
+    server
+        .hub()
+        .close(
+            conn,
+            ProtocolError::new(ErrorCode::ShuttingDown, "test: dropped by the server"),
+        )
+        .await
+        .unwrap();
+}
+
 /// Records the ids of connections as they open.
 fn track_connections(server: &tidings_tokio::Server) -> Arc<Mutex<Vec<ConnId>>> {
     let conns = Arc::new(Mutex::new(Vec::new()));
@@ -116,15 +151,7 @@ async fn resumes_exactly_once_and_in_order_after_the_server_drops_the_connection
         assert_eq!(next_event(&mut sub).await.1, format!("m{i}"));
     }
     // The server closes the connection (and keeps running).
-    let first = conns.lock().unwrap()[0];
-    server
-        .hub()
-        .close(
-            first,
-            ProtocolError::new(ErrorCode::ShuttingDown, "test: dropped by the server"),
-        )
-        .await
-        .unwrap();
+    drop_connection(&server, conns.lock().unwrap()[0]).await;
     let state = wait_state(&client, "the drop", |s| {
         matches!(s, State::Reconnecting { .. })
     })
@@ -256,14 +283,7 @@ async fn requests_get_answers_errors_and_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_stops_the_client_and_a_valid_one_gets_its_grants() {
-    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-    let mut cfg = config();
-    cfg.auth.anonymous = Anonymous::Refused;
-    cfg.auth.jwt = Some(JwtConfig {
-        secret: Some(Secret::new(SECRET)),
-        ..JwtConfig::default()
-    });
-    let server = server(cfg).await;
+    let server = jwt_server().await;
     let url = url(&server);
     // No token.
     let err = builder(&url).connect().await.unwrap_err();
@@ -273,11 +293,7 @@ async fn a_refused_token_stops_the_client_and_a_valid_one_gets_its_grants() {
     assert_eq!(*status, 401);
     assert!(message.contains("requires a token"), "{message}");
     // A token signed with another secret.
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
+    let exp = in_ten_minutes();
     let claims = json!({"sub": "alice", "exp": exp,
         "tidings": {"subscribe": ["chat.>"], "publish": ["chat.*"]}});
     let sign = |secret: &str| {
@@ -332,20 +348,9 @@ async fn a_refused_token_stops_the_client_and_a_valid_one_gets_its_grants() {
 /// stopping, and a reconnection carries the grants of the token it was given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_source_is_asked_for_every_connection_and_a_401_is_retried() {
-    const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-    let mut cfg = config();
-    cfg.auth.anonymous = Anonymous::Refused;
-    cfg.auth.jwt = Some(JwtConfig {
-        secret: Some(Secret::new(SECRET)),
-        ..JwtConfig::default()
-    });
-    let server = server(cfg).await;
+    let server = jwt_server().await;
     let conns = track_connections(&server);
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
+    let exp = in_ten_minutes();
     let sign = |secret: &str, subscribe: &[&str]| {
         let claims = json!({"sub": "alice", "exp": exp,
             "tidings": {"subscribe": subscribe, "publish": ["chat.*"]}});
@@ -404,15 +409,7 @@ async fn a_token_source_is_asked_for_every_connection_and_a_401_is_retried() {
 
     // The server drops the connection: the reconnection asks for a token again, and gets the
     // grants of the third one.
-    let first = *conns.lock().unwrap().last().unwrap();
-    server
-        .hub()
-        .close(
-            first,
-            ProtocolError::new(ErrorCode::ShuttingDown, "test: dropped by the server"),
-        )
-        .await
-        .unwrap();
+    drop_connection(&server, *conns.lock().unwrap().last().unwrap()).await;
     wait_state(&client, "the drop", |s| {
         matches!(s, State::Reconnecting { .. })
     })
