@@ -151,7 +151,8 @@ async fn resumes_exactly_once_and_in_order_after_the_server_drops_the_connection
         assert_eq!(next_event(&mut sub).await.1, format!("m{i}"));
     }
     // The server closes the connection (and keeps running).
-    drop_connection(&server, conns.lock().unwrap()[0]).await;
+    let first = conns.lock().unwrap()[0];
+    drop_connection(&server, first).await;
     let state = wait_state(&client, "the drop", |s| {
         matches!(s, State::Reconnecting { .. })
     })
@@ -409,7 +410,8 @@ async fn a_token_source_is_asked_for_every_connection_and_a_401_is_retried() {
 
     // The server drops the connection: the reconnection asks for a token again, and gets the
     // grants of the third one.
-    drop_connection(&server, *conns.lock().unwrap().last().unwrap()).await;
+    let last = *conns.lock().unwrap().last().unwrap();
+    drop_connection(&server, last).await;
     wait_state(&client, "the drop", |s| {
         matches!(s, State::Reconnecting { .. })
     })
