@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tokio::{ConnectStream, connect_async};
+use async_tungstenite::tokio::ConnectStream;
 use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::http::{HeaderValue, Request};
 use async_tungstenite::tungstenite::{self, Message as WsMessage, Utf8Bytes};
@@ -84,6 +84,9 @@ pub(crate) struct Driver {
     pub(crate) request: Request<()>,
     /// Asked for the token of every connection attempt, if set.
     pub(crate) token_source: Option<TokenSource>,
+    /// TLS for `wss://` URLs.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: tokio_rustls::TlsConnector,
     pub(crate) connect_timeout: Duration,
     pub(crate) commands: mpsc::Receiver<Cmd>,
     /// To send replies from handler tasks without keeping the driver alive.
@@ -115,6 +118,8 @@ impl Driver {
                         connecting = Some(Box::pin(connect(
                             self.request.clone(),
                             self.token_source.clone(),
+                            #[cfg(feature = "tls")]
+                            self.tls.clone(),
                             self.connect_timeout,
                         )));
                     }
@@ -389,6 +394,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 async fn connect(
     mut request: Request<()>,
     token_source: Option<TokenSource>,
+    #[cfg(feature = "tls")] tls: tokio_rustls::TlsConnector,
     timeout: Duration,
 ) -> Result<Ws, Reason> {
     if let Some(source) = token_source {
@@ -405,7 +411,11 @@ async fn connect(
         let value = bearer(&token).map_err(|e| Reason::Transport(e.to_string()))?;
         request.headers_mut().insert("authorization", value);
     }
-    match tokio::time::timeout(timeout, connect_async(request)).await {
+    #[cfg(feature = "tls")]
+    let handshake = async_tungstenite::tokio::connect_async_with_tls_connector(request, Some(tls));
+    #[cfg(not(feature = "tls"))]
+    let handshake = async_tungstenite::tokio::connect_async(request);
+    match tokio::time::timeout(timeout, handshake).await {
         Err(_) => Err(Reason::Transport(format!(
             "no WebSocket handshake within {} ms",
             timeout.as_millis()
@@ -442,15 +452,18 @@ pub(crate) fn handshake(url: &str, token: Option<&str>) -> Result<Request<()>, E
         .map_err(|e| Error::InvalidUrl(format!("{url:?}: {e}")))?;
     match request.uri().scheme_str() {
         Some("ws") => {}
+        #[cfg(feature = "tls")]
+        Some("wss") => {}
+        #[cfg(not(feature = "tls"))]
         Some("wss") => {
             return Err(Error::InvalidUrl(format!(
-                "{url:?}: wss:// needs TLS, which this build does not include; terminate TLS in \
-                 front of the client or use ws://"
+                "{url:?}: wss:// needs TLS, which this build does not include (the `tls` feature \
+                 of tidings-client); terminate TLS in front of the client or use ws://"
             )));
         }
         _ => {
             return Err(Error::InvalidUrl(format!(
-                "{url:?}: expected ws://HOST:PORT/ws"
+                "{url:?}: expected ws://HOST:PORT/ws or wss://HOST/ws"
             )));
         }
     }

@@ -83,6 +83,10 @@ pub use tidings_core::client::{
 pub use tidings_core::{Cursor, Gap, GapReason, Payload};
 
 use driver::{Cmd, Driver, Handler, Handlers, Op, SubMsg};
+
+/// The TLS library of `wss://` connections, for [`ClientBuilder::tls_config`].
+#[cfg(feature = "tls")]
+pub use rustls;
 use tidings_core::client::{Answer, Client as Machine, SubId};
 use tidings_core::{Name, NameLimits, Pattern, Recipient, Topic};
 
@@ -125,10 +129,35 @@ pub struct ClientBuilder {
     url: String,
     token: Option<String>,
     token_source: Option<TokenSource>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ClientConfig>>,
     client_id: Option<String>,
     config: ClientConfig,
     buffer: usize,
     connect_timeout: Duration,
+}
+
+impl ClientBuilder {
+    fn tls_config_set(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+}
+
+/// rustls with the `ring` provider and the Mozilla roots of `webpki-roots`.
+#[cfg(feature = "tls")]
+fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Invalid(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -137,6 +166,7 @@ impl fmt::Debug for ClientBuilder {
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "…"))
             .field("token_source", &self.token_source.is_some())
+            .field("tls_config", &self.tls_config_set())
             .field("client_id", &self.client_id)
             .field("config", &self.config)
             .field("buffer", &self.buffer)
@@ -152,6 +182,8 @@ impl ClientBuilder {
             url: url.into(),
             token: None,
             token_source: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             client_id: None,
             config: ClientConfig::default(),
             buffer: DEFAULT_BUFFER,
@@ -187,6 +219,17 @@ impl ClientBuilder {
         Fut: Future<Output = Result<String, String>> + Send + 'static,
     {
         self.token_source = Some(Arc::new(move || Box::pin(source())));
+        self
+    }
+
+    /// The TLS settings of `wss://` connections (feature `tls`, on by default): your own root
+    /// certificates (a private CA), client certificates, protocol versions. Without it the
+    /// client trusts the Mozilla roots of `webpki-roots`, with rustls' defaults (TLS 1.2 and
+    /// 1.3, the `ring` provider).
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
         self
     }
 
@@ -310,6 +353,11 @@ impl ClientBuilder {
             machine,
             request,
             token_source: self.token_source,
+            #[cfg(feature = "tls")]
+            tls: tokio_rustls::TlsConnector::from(match self.tls {
+                Some(config) => config,
+                None => default_tls_config()?,
+            }),
             connect_timeout: self.connect_timeout,
             commands,
             myself: commands_tx.downgrade(),
