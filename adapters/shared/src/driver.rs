@@ -272,6 +272,16 @@ struct Entry {
     ending: Option<Disconnect>,
 }
 
+impl Entry {
+    /// Queues `out` until the end of the step, noting `conn` in `dirty` if it is its first.
+    fn queue(&mut self, conn: ConnId, out: Out, dirty: &mut Vec<ConnId>) {
+        if self.pending.is_empty() {
+            dirty.push(conn);
+        }
+        self.pending.push_back(out);
+    }
+}
+
 struct ShutdownState {
     deadline: Instant,
     waiters: Vec<oneshot::Sender<()>>,
@@ -803,13 +813,10 @@ impl<R: Runtime> Driver<R> {
         self.queue(conn, Out::Ping(reply));
     }
 
-    /// Queues `out` for `conn` (which must have an entry) until the end of the step.
+    /// Queues `out` for `conn` (if it has an entry) until the end of the step.
     fn queue(&mut self, conn: ConnId, out: Out) {
         if let Some(entry) = self.conns.get_mut(&conn) {
-            if entry.pending.is_empty() {
-                self.dirty.push(conn);
-            }
-            entry.pending.push_back(out);
+            entry.queue(conn, out, &mut self.dirty);
         }
     }
 
@@ -927,10 +934,7 @@ impl<R: Runtime> Driver<R> {
                 .handle_input(now, Input::Flushed { conn, bytes: len });
             return;
         }
-        if entry.pending.is_empty() {
-            self.dirty.push(conn);
-        }
-        entry.pending.push_back(Out::Frame(payload));
+        entry.queue(conn, Out::Frame(payload), &mut self.dirty);
     }
 
     fn close(&mut self, now: Instant, conn: ConnId, reason: ProtocolError) {

@@ -4,7 +4,7 @@
 //! outbox, or a client message. Client messages are decoded here with
 //! [`tidings_core::native::decode`] (text and binary alike), so parsing runs on every core, and
 //! sent to the driver in order. Outgoing frames are written in batches (what is queued, several
-//! frames per socket write, framed here rather than by tungstenite) and reported with `Flushed`. WebSocket pings are answered by tungstenite and count
+//! frames per socket write, not through tungstenite's `Sink`) and reported with `Flushed`. WebSocket pings are answered by tungstenite and count
 //! as activity (`Command::Ping` without id). The application's pings ([`crate::Hub::ping`]) carry
 //! the connection's counter (`1`, `2`, …) and are answered by the pong with the same payload. A
 //! message over `max_frame_bytes` ends reading and becomes the core's fatal `frame_too_large`:
@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::error::CapacityError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use async_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures_channel::oneshot;
@@ -313,12 +314,12 @@ where
 /// payload bytes written and the close reason if a `Close` came in the batch (`Some(None)`: a
 /// normal close).
 ///
-/// Data frames do not go through tungstenite: their headers are written here and the frames
-/// coalesced into one buffer, which goes to the socket in one write per [`COALESCE_BYTES`].
-/// tungstenite would format a header and copy every frame into its own buffer, on every
-/// connection, with a `Sink` call per frame. It is flushed first, so that anything it queued
-/// (a pong it answers by itself) goes out before, and it writes the control frames (pings,
-/// the close) as before.
+/// Data frames do not go through tungstenite's `Sink`: their headers (tungstenite's
+/// `FrameHeader`) and the frames are coalesced into one buffer, which goes to the socket in one
+/// write per [`COALESCE_BYTES`]; the `Sink` would copy every frame into tungstenite's own buffer,
+/// on every connection, with a call per frame. tungstenite is flushed first, so that anything
+/// it queued (a pong it answers by itself) goes out before, and it writes the control frames
+/// (pings, the close) as before.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
     outbox: &mut Inbox,
@@ -346,7 +347,7 @@ where
                 // A text frame of the shared bytes as they are: the core encoded valid UTF-8
                 // JSON once; checking it again per connection would cost a pass over every
                 // frame for every subscriber.
-                push_text_frame(&mut buf, &frame);
+                push_text_frame(&mut buf, &frame)?;
                 if buf.len() >= COALESCE_BYTES {
                     write_raw(ws, &mut buf).await?;
                 }
@@ -382,24 +383,18 @@ where
     Ok((bytes, None))
 }
 
-/// Appends an unmasked, final text frame with `payload` (RFC 6455 §5.2: a server does not mask).
-fn push_text_frame(buf: &mut Vec<u8>, payload: &[u8]) {
-    const FIN_TEXT: u8 = 0x81;
-    let len = payload.len();
-    buf.reserve(len + 10);
-    buf.push(FIN_TEXT);
-    match len {
-        0..=125 => buf.push(len as u8),
-        126..=0xFFFF => {
-            buf.push(126);
-            buf.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            buf.push(127);
-            buf.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
+/// Appends a final, unmasked text frame with `payload` (RFC 6455 §5.2: a server does not mask),
+/// its header formatted by tungstenite.
+fn push_text_frame(buf: &mut Vec<u8>, payload: &[u8]) -> Result<(), WsError> {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    let len = payload.len() as u64;
+    buf.reserve(header.len(len) + payload.len());
+    header.format(len, buf)?;
     buf.extend_from_slice(payload);
+    Ok(())
 }
 
 /// Writes `buf` to the socket under the WebSocket (whose own buffer was flushed) and empties it.
@@ -485,7 +480,7 @@ mod tests {
         let sizes = [0, 1, 125, 126, 127, 65_535, 65_536, 100_000];
         let mut buf = Vec::new();
         for (i, &n) in sizes.iter().enumerate() {
-            push_text_frame(&mut buf, &vec![b'a' + i as u8; n]);
+            push_text_frame(&mut buf, &vec![b'a' + i as u8; n]).unwrap();
         }
         let mut cursor = Cursor::new(&buf[..]);
         for (i, &n) in sizes.iter().enumerate() {
