@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tidings_adapter::ServerConfig;
-use tidings_core::{ConnId, ErrorCode, Name, Payload, ProtocolError, Topic, Transport};
+use tidings_core::{ConnId, ErrorCode, Name, Payload, ProtocolError, Topic};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -77,8 +77,8 @@ fn tools_ready() -> bool {
 struct Seen {
     /// Every `/ws` and `/sse` connection, in order: conn, transport, Last-Event-ID, Origin.
     conns: Vec<Value>,
-    /// The ones open now.
-    open: HashMap<u64, Transport>,
+    /// The ones open now, with their transport (`ws` or `sse`).
+    open: HashMap<u64, &'static str>,
 }
 
 struct App {
@@ -101,9 +101,9 @@ impl App {
         let hub = server.hub();
         let on_connect = seen.clone();
         hub.on_connect(move |c| {
-            let transport = match c.transport {
-                Transport::Native => "ws",
-                Transport::Sse => "sse",
+            let transport = match c.format {
+                "native" => "ws",
+                "sse" => "sse",
                 _ => "other",
             };
             let mut seen = on_connect.lock().unwrap();
@@ -113,7 +113,7 @@ impl App {
                 "last_event_id": c.head.header("last-event-id"),
                 "origin": c.head.header("origin"),
             }));
-            seen.open.insert(c.conn.0, c.transport);
+            seen.open.insert(c.conn.0, transport);
             Vec::new()
         });
         let on_disconnect = seen.clone();
@@ -158,8 +158,8 @@ impl App {
             Some("publish") => json!({ "cursors": self.publish(&ask["items"]).await }),
             Some("close") => {
                 let transport = match ask["transport"].as_str() {
-                    Some("ws") => Transport::Native,
-                    Some("sse") => Transport::Sse,
+                    Some("ws") => "ws",
+                    Some("sse") => "sse",
                     other => panic!("no transport {other:?}"),
                 };
                 let (targets, known) = {

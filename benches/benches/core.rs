@@ -13,8 +13,11 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use tidings_bench::{
     Driver, bench_config, json_of_len, json_payload, subscribe_cmd, text_payload, topic,
 };
+use tidings_core::codec::Codec;
 use tidings_core::codec::Frame;
-use tidings_core::{ConnId, Cursor, Input, Limits, Name, Output, Transport, native, sse};
+use tidings_core::native::NativeCodec;
+use tidings_core::sse::SseCodec;
+use tidings_core::{ConnId, Cursor, Input, Limits, Name, Output, native, sse};
 
 /// Bytes of the payload published in the fan-out, publish and resume benches.
 const PAYLOAD: usize = 128;
@@ -29,12 +32,12 @@ enum Mix {
 }
 
 impl Mix {
-    fn transport(self, i: u64) -> Transport {
+    fn codec(self, i: u64) -> Box<dyn Codec> {
         match self {
-            Self::Native => Transport::Native,
-            Self::Sse => Transport::Sse,
-            Self::Half if i % 2 == 0 => Transport::Native,
-            Self::Half => Transport::Sse,
+            Self::Native => Box::new(NativeCodec),
+            Self::Sse => Box::new(SseCodec),
+            Self::Half if i % 2 == 0 => Box::new(NativeCodec),
+            Self::Half => Box::new(SseCodec),
         }
     }
 }
@@ -43,7 +46,7 @@ impl Mix {
 fn fanout_driver(n: u64, mix: Mix) -> Driver {
     let mut d = Driver::new(bench_config(10_000));
     for i in 0..n {
-        let conn = d.open(i, mix.transport(i));
+        let conn = d.open(i, mix.codec(i));
         d.subscribe(conn, "chat.room1", None);
     }
     d
@@ -140,7 +143,7 @@ fn flushed(c: &mut Criterion) {
     const N: u64 = 10_000;
     let mut d = Driver::new(bench_config(10_000));
     for i in 0..N {
-        d.open(i, Transport::Native);
+        d.open(i, Box::new(NativeCodec));
     }
     let in_order: Vec<ConnId> = (0..N).map(ConnId).collect();
     // A fixed permutation of 0..N: 7,919 is coprime to N, so i * 7,919 mod N visits every id once.
@@ -176,7 +179,7 @@ fn publish_one(c: &mut Criterion) {
     // The same publish as a decoded client command from another connection: adds the grant
     // check and the `ok` reply with the cursor (two frames out).
     let mut d = fanout_driver(1, Mix::Native);
-    let publisher = d.open(1_000_000, Transport::Native);
+    let publisher = d.open(1_000_000, Box::new(NativeCodec));
     g.bench_function("client_command", |b| {
         b.iter(|| {
             let cmd = tidings_core::Command::Publish {
@@ -200,7 +203,7 @@ fn publish_one(c: &mut Criterion) {
 
     // From the raw client frame: native decode + the above.
     let mut d = fanout_driver(1, Mix::Native);
-    let publisher = d.open(1_000_000, Transport::Native);
+    let publisher = d.open(1_000_000, Box::new(NativeCodec));
     let frame = publish_frame(PAYLOAD);
     let limits = Limits::default();
     g.bench_function("client_frame", |b| {
@@ -308,7 +311,8 @@ fn codecs(c: &mut Criterion) {
 /// head and must get `expect` events replayed.
 struct ResumeCase {
     name: &'static str,
-    transport: Transport,
+    /// An SSE stream (else a native connection, which gets the subscribe's `ok`).
+    sse: bool,
     pattern: &'static str,
     back: u64,
     expect: usize,
@@ -344,7 +348,7 @@ fn resume(c: &mut Criterion) {
             &mut one,
             ResumeCase {
                 name: "1000",
-                transport: Transport::Native,
+                sse: false,
                 pattern: "chat.room1",
                 back: 1_000,
                 expect: 1_000,
@@ -354,7 +358,7 @@ fn resume(c: &mut Criterion) {
             &mut ten,
             ResumeCase {
                 name: "1000_of_10000_10_topics",
-                transport: Transport::Native,
+                sse: false,
                 pattern: "chat.room3",
                 back: 10_000,
                 expect: 1_000,
@@ -369,7 +373,7 @@ fn resume(c: &mut Criterion) {
             &mut one,
             ResumeCase {
                 name: "1000_sse",
-                transport: Transport::Sse,
+                sse: true,
                 pattern: "chat.room1",
                 back: 1_000,
                 expect: 1_000,
@@ -379,7 +383,7 @@ fn resume(c: &mut Criterion) {
             &mut ten,
             ResumeCase {
                 name: "1000_wildcard_of_10_topics",
-                transport: Transport::Native,
+                sse: false,
                 pattern: "chat.*",
                 back: 1_000,
                 expect: 1_000,
@@ -398,11 +402,18 @@ fn run_resume(
     case: &ResumeCase,
 ) {
     let from = Cursor::new(d.broker.config().epoch, d.broker.head().seq - case.back);
-    let extra = usize::from(case.transport == Transport::Native); // the `ok` answer
-    // Check once what a resume delivers. This also fills the history's per-transport encoding
+    let extra = usize::from(!case.sse); // the `ok` answer
+    let codec = || -> Box<dyn Codec> {
+        if case.sse {
+            Box::new(SseCodec)
+        } else {
+            Box::new(NativeCodec)
+        }
+    };
+    // Check once what a resume delivers. This also fills the per-format encoding
     // cache, as live subscribers of the topic would have at publish time.
     let mut next_id = 1u64 << 40;
-    let conn = d.open(next_id, case.transport);
+    let conn = d.open(next_id, codec());
     let got = d.subscribe(conn, case.pattern, Some(from));
     assert_eq!(
         got.frames,
@@ -417,7 +428,7 @@ fn run_resume(
             for _ in 0..iters {
                 next_id += 1;
                 let conn = ConnId(next_id);
-                let cmd = subscribe_cmd(case.transport, case.pattern, Some(from));
+                let cmd = subscribe_cmd(!case.sse, case.pattern, Some(from));
                 let grants = d.grants.clone();
                 let start = Instant::now();
                 d.broker
@@ -425,7 +436,7 @@ fn run_resume(
                         d.now,
                         Input::Open {
                             conn,
-                            transport: case.transport,
+                            codec: codec(),
                             grants,
                         },
                     )
@@ -453,9 +464,9 @@ fn wildcard_fanout(c: &mut Criterion) {
     // the publish to `chat.room0` reaches the 1,000 wildcard ones and one exact one.
     let mut d = Driver::new(bench_config(10_000));
     for i in 0..1_000u64 {
-        let conn = d.open(i, Transport::Native);
+        let conn = d.open(i, Box::new(NativeCodec));
         d.subscribe(conn, "chat.*", None);
-        let conn = d.open(10_000 + i, Transport::Native);
+        let conn = d.open(10_000 + i, Box::new(NativeCodec));
         d.subscribe(conn, &format!("chat.room{i}"), None);
     }
     assert_eq!(d.publish(&t, &payload).frames, 1_001);
@@ -468,7 +479,7 @@ fn wildcard_fanout(c: &mut Criterion) {
     // deduplicated to 1,000 deliveries.
     let mut d = Driver::new(bench_config(10_000));
     for i in 0..1_000u64 {
-        let conn = d.open(i, Transport::Native);
+        let conn = d.open(i, Box::new(NativeCodec));
         d.subscribe(conn, "chat.*", None);
         d.subscribe(conn, "chat.room0", None);
     }

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tidings_core::codec::Codec;
 use tidings_core::{
     Broker, Command, Config, ConnId, Cursor, Grants, Input, NameLimits, Output, Pattern, Payload,
-    Subscribe, Topic, Transport,
+    Subscribe, Topic,
 };
 
 /// A broker driven with a fixed `now` (no timer is ever due, so none fires during a bench) and
@@ -96,20 +97,20 @@ impl Driver {
     }
 
     /// Opens connection `id` with the shared grants and drains its opening frame.
-    pub fn open(&mut self, id: u64, transport: Transport) -> ConnId {
+    pub fn open(&mut self, id: u64, codec: Box<dyn Codec>) -> ConnId {
         let grants = Arc::clone(&self.grants);
-        self.open_with(id, transport, grants)
+        self.open_with(id, codec, grants)
     }
 
     /// Opens connection `id` with `grants` and drains its opening frame.
-    pub fn open_with(&mut self, id: u64, transport: Transport, grants: Arc<Grants>) -> ConnId {
+    pub fn open_with(&mut self, id: u64, codec: Box<dyn Codec>, grants: Arc<Grants>) -> ConnId {
         let conn = ConnId(id);
         self.broker
             .handle_input(
                 self.now,
                 Input::Open {
                     conn,
-                    transport,
+                    codec,
                     grants,
                 },
             )
@@ -121,17 +122,16 @@ impl Driver {
     /// Subscribes `conn` to `pattern` (resuming after `from` if given) and drains the answer and
     /// any replay. Native connections ask for an `ok` (request id 1); SSE ones cannot receive it.
     pub fn subscribe(&mut self, conn: ConnId, pattern: &str, from: Option<Cursor>) -> Drained {
-        let cmd = subscribe_cmd(self.broker_transport(conn), pattern, from);
+        let cmd = subscribe_cmd(self.answered(conn), pattern, from);
         self.broker
             .handle_input(self.now, Input::Command { conn, cmd })
             .expect("open connection");
         self.drain()
     }
 
-    fn broker_transport(&self, conn: ConnId) -> Transport {
-        self.broker
-            .conn(conn)
-            .map_or(Transport::Native, |c| c.transport)
+    /// Whether `conn` can receive answers (a native connection, not an SSE stream).
+    fn answered(&self, conn: ConnId) -> bool {
+        self.broker.conn(conn).is_none_or(|c| c.format == "native")
     }
 
     /// Closes `conn` (as the adapter reports a gone transport) and drains.
@@ -153,9 +153,10 @@ impl Driver {
 
 /// The `Subscribe` command a decoder would produce for one pattern (parsed here, so each command
 /// owns its pattern like a decoded one does).
-pub fn subscribe_cmd(transport: Transport, pattern: &str, from: Option<Cursor>) -> Command {
+/// `answered`: the connection can receive the `ok` (native), so it asks for one.
+pub fn subscribe_cmd(answered: bool, pattern: &str, from: Option<Cursor>) -> Command {
     Command::Subscribe(Subscribe {
-        req: (transport == Transport::Native).then_some(1),
+        req: answered.then_some(1),
         patterns: vec![pattern_of(pattern)],
         from,
         name: None,

@@ -48,7 +48,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tidings_core::{
     Broker, Command, Config, ConnId, Cursor, Grants, Input, Name, NameLimits, Output, Pattern,
-    Payload, Subscribe, Topic, Transport,
+    Payload, Subscribe, Topic,
 };
 
 /// Frames a connection's queue holds before it counts as too slow (a backstop for core credit).
@@ -180,7 +180,7 @@ impl Driver {
                 self.writers.insert(conn, Some(queue));
                 let open = Input::Open {
                     conn,
-                    transport: Transport::Sse,
+                    codec: Box::new(tidings_core::sse::SseCodec),
                     grants: Arc::new(Grants::all()),
                 };
                 self.feed(now, open);

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::codec::Frame;
+use crate::command::Recipient;
 use crate::cursor::Cursor;
 use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
-use crate::input::{AckId, ConnId, Recipient, ReqId};
+use crate::ids::{AckId, ConnId, ReqId};
 use crate::payload::Payload;
 use crate::timers::Timer;
 use crate::topic::{Name, Topic};
@@ -142,7 +143,7 @@ impl Broker {
         let max = self.config.limits.max_pending_acks;
         let timeout = timeout.unwrap_or(self.config.timers.ack_timeout);
         let state = self.conn_mut(slot);
-        if !state.transport.is_duplex() || state.closing {
+        if !state.duplex || state.closing {
             return Err(ApiError::Unsupported {
                 conn,
                 what: "requests to a connection that cannot answer (SSE, or closing)",

@@ -6,19 +6,22 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::codec::Frame;
+use crate::codec::{Codec, Frame};
+use crate::command::{Command, Recipient};
 use crate::config::Config;
 use crate::conn::ConnState;
 use crate::cursor::Cursor;
+use crate::encodings::Encodings;
 use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::history::History;
-use crate::input::{Command, ConnId, ConnMap, Input, Recipient, Transport};
+use crate::ids::{ConnId, ConnMap};
+use crate::input::Input;
 use crate::output::Visibility;
 use crate::output::{Event, Output};
+use crate::parked::Parked;
+pub use crate::parked::SubscriptionChange;
 use crate::payload::Payload;
-use crate::session::Parked;
-pub use crate::session::SubscriptionChange;
 use crate::subs::{Slot, SubIndex};
 use crate::timers::{Timer, TimerHeap};
 use crate::topic::{Name, Topic};
@@ -57,8 +60,8 @@ pub struct Stats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConnInfo {
-    /// Its wire format.
-    pub transport: Transport,
+    /// Its wire format ([`Codec::format`]).
+    pub format: &'static str,
     /// Its subscription patterns, in subscription order.
     pub subscriptions: Vec<String>,
     /// The client id it identified with.
@@ -87,6 +90,11 @@ pub struct Broker {
     pub(crate) clients: HashMap<Name, Slot>,
     pub(crate) rooms: HashMap<Name, Vec<Slot>>,
     pub(crate) history: History,
+    /// Encodings of the retained events, per format.
+    pub(crate) encodings: Encodings,
+    /// The formats of the connections seen so far ([`Codec::format`]); a connection's `format`
+    /// is an index into this list.
+    pub(crate) formats: Vec<&'static str>,
     pub(crate) timers: TimerHeap,
     pub(crate) retention_timer: Option<Instant>,
     pub(crate) out: VecDeque<Output>,
@@ -121,6 +129,8 @@ impl Broker {
             clients: HashMap::new(),
             rooms: HashMap::new(),
             history,
+            encodings: Encodings::default(),
+            formats: Vec::new(),
             timers: TimerHeap::default(),
             retention_timer: None,
             out: VecDeque::new(),
@@ -150,9 +160,9 @@ impl Broker {
         match input {
             Input::Open {
                 conn,
-                transport,
+                codec,
                 grants,
-            } => self.open(conn, transport, grants),
+            } => self.open(conn, codec, grants),
             Input::Command { conn, cmd } => {
                 let slot = self.slot(conn)?;
                 let now = self.now;
@@ -234,7 +244,7 @@ impl Broker {
     pub fn conn(&self, conn: ConnId) -> Option<ConnInfo> {
         let c = self.conns[*self.ids.get(&conn)? as usize].as_ref()?;
         Some(ConnInfo {
-            transport: c.transport,
+            format: self.formats[usize::from(c.format)],
             subscriptions: c.subs.iter().map(|s| s.pattern.to_string()).collect(),
             client_id: c.client_id().map(Name::to_string),
             rooms: c.rooms().iter().map(Name::to_string).collect(),
@@ -280,14 +290,15 @@ impl Broker {
     fn open(
         &mut self,
         conn: ConnId,
-        transport: Transport,
+        codec: Box<dyn Codec>,
         grants: Arc<Grants>,
     ) -> Result<(), ApiError> {
         if self.ids.contains_key(&conn) {
             return Err(ApiError::DuplicateConn(conn));
         }
         let full = self.ids.len() >= self.config.limits.max_connections;
-        let state = ConnState::new(conn, transport, grants, self.now);
+        let format = self.format_index(codec.format());
+        let state = ConnState::new(conn, codec, format, grants, self.now);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.conns[slot as usize] = Some(state);
@@ -315,21 +326,32 @@ impl Broker {
             cursor: self.head(),
             config: &self.config,
         };
-        if let Some(bytes) = crate::codec::encode_with(transport, &welcome, &self.ctx()) {
-            self.transmit(slot, bytes);
+        if let Some(wire) = self.conns[slot as usize]
+            .as_mut()
+            .and_then(|c| c.codec.encode(&welcome))
+        {
+            self.transmit(slot, wire);
         }
         self.conn_timer(slot);
         Ok(())
     }
 
+    /// The index of `format` in `formats`, added if new. Formats are few (one per codec kind),
+    /// so a scan is cheapest.
+    fn format_index(&mut self, format: &'static str) -> u8 {
+        let i = match self.formats.iter().position(|f| *f == format) {
+            Some(i) => i,
+            None => {
+                self.formats.push(format);
+                self.formats.len() - 1
+            }
+        };
+        u8::try_from(i).expect("fewer than 256 wire formats")
+    }
+
     /// The one dispatch of client commands.
     fn command(&mut self, slot: Slot, cmd: Command) {
-        if matches!(
-            self.conn_ref(slot).transport,
-            Transport::Etp | Transport::EtpJs
-        ) {
-            self.remember_etp_name(slot, &cmd);
-        }
+        self.conn_mut(slot).codec.observe(&cmd);
         match cmd {
             Command::Subscribe(sub) => self.subscribe(slot, sub),
             Command::Unsubscribe { req, patterns } => {
@@ -568,37 +590,6 @@ impl Broker {
         }
     }
 
-    /// etp answers carry the name of the event they answer (`__ack_<name>||id`): remember it
-    /// for commands that will be answered (bounded: answered at once, or a pending request).
-    fn remember_etp_name(&mut self, slot: Slot, cmd: &Command) {
-        let (req, name) = match cmd {
-            Command::Request { req, event, .. } => (*req, event.clone()),
-            Command::Subscribe(s) => match s.req {
-                Some(req) => (req, crate::etp::reserved(crate::etp::SUBSCRIBE)),
-                None => return,
-            },
-            Command::Unsubscribe { req: Some(req), .. } => {
-                (*req, crate::etp::reserved(crate::etp::UNSUBSCRIBE))
-            }
-            Command::Publish { req: Some(req), .. } => {
-                (*req, crate::etp::reserved(crate::etp::PUBLISH))
-            }
-            Command::Send { req: Some(req), .. } => (*req, crate::etp::reserved(crate::etp::SEND)),
-            Command::Identify { req: Some(req), .. } => {
-                (*req, crate::etp::reserved(crate::etp::IDENTIFY))
-            }
-            // Only refused reserved events carry an id (acks are matched by id only).
-            Command::Invalid { req: Some(req), .. } => (*req, crate::etp::reserved("tidings")),
-            _ => return,
-        };
-        let max = self.config.limits.max_pending_requests;
-        let names = &mut self.conn_mut(slot).extras_mut().etp_names;
-        if names.len() > max * 2 {
-            names.remove(0);
-        }
-        names.push((req, name));
-    }
-
     /// Answers a request with `ok` (only when the client gave a request id).
     pub(crate) fn ok(
         &mut self,
@@ -622,6 +613,9 @@ impl Broker {
     /// Sends an error frame and reports the violation to the application.
     pub(crate) fn fail(&mut self, slot: Slot, req: Option<u64>, error: ProtocolError) {
         self.count_error(error.code);
+        if self.conn_ref(slot).codec.ignores(&error) {
+            return;
+        }
         self.send_frame(slot, &Frame::Error { req, error: &error });
         let conn = self.conn_ref(slot).id;
         self.emit(Event::ProtocolViolation { conn, error });

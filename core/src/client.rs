@@ -62,9 +62,10 @@ pub use wire::{
     encode_pong,
 };
 
+use crate::command::{Command, Recipient, Subscribe};
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::{AckId, Command, Recipient, ReqId, Subscribe};
+use crate::ids::{AckId, ReqId};
 use crate::native::PROTOCOL_VERSION;
 use crate::output::Gap;
 use crate::payload::Payload;

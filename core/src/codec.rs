@@ -1,182 +1,113 @@
-//! The format-neutral frames the broker sends, and their encoding per [`Transport`].
+//! Codecs as values: what a wire format must do for the broker.
 //!
-//! Every wire format maps onto the same model: client frames decode into [`crate::Command`]s, and
-//! the broker's frames are [`Frame`]s that each codec encodes. A new wire format (ksbus, etp) adds a
-//! [`Transport`] variant, a decoder producing `Command`s and an arm in [`encode`]; the broker does
-//! not change.
+//! Every wire format maps onto one model: client frames decode into [`Command`]s, and the
+//! broker's frames are [`Frame`]s that each codec encodes. A connection is opened with its own
+//! codec value ([`crate::Input::Open`]), which owns whatever per-connection state its format
+//! needs (etp remembers the names of the events it will answer). The broker sees only commands
+//! and frames: adding a wire format is one module implementing [`Codec`], with no change to the
+//! broker.
+//!
+//! Decoding is a pure method (`&self`) that connection tasks call in parallel on their own copy
+//! of the codec; encoding (`&mut self`) is the broker's, on the copy it was handed at `Open`.
+//!
+//! ```
+//! use tidings_core::codec::{Codec, Frame, Wire};
+//! use tidings_core::native::NativeCodec;
+//!
+//! let mut codec = NativeCodec;
+//! assert_eq!(codec.format(), "native");
+//! let Some(Wire::Frame(bytes)) = codec.encode(&Frame::Pong { req: 7 }) else { panic!() };
+//! assert_eq!(&bytes[..], br#"{"type":"pong","id":7}"#);
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::Config;
-use crate::cursor::Cursor;
+use crate::command::Command;
+use crate::config::Limits;
 use crate::error::ProtocolError;
-use crate::input::{AckId, ConnId, ReqId, Transport};
-use crate::output::Gap;
-use crate::payload::Payload;
-use crate::topic::{Name, Topic};
-use crate::{etp, ksbus, native, sse};
+pub use crate::frame::Frame;
+use crate::output::Delivery;
 
-/// A frame from the broker to a client, before encoding.
-#[derive(Debug, Clone, Copy)]
+/// A frame encoded for one connection's wire.
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum Frame<'a> {
-    /// The first frame of a connection.
-    Welcome {
-        /// The connection's id.
-        conn: ConnId,
-        /// The hub's current cursor: subscribing now means "everything after this".
-        cursor: Cursor,
-        /// The limits and timers the client must respect, and the suggested reconnection delay.
-        config: &'a Config,
-    },
-    /// A topic event (retained, with a cursor).
-    Event {
-        /// The topic.
-        topic: &'a Topic,
-        /// The event's cursor.
-        cursor: Cursor,
-        /// The publisher's client id, if it identified itself.
-        from: Option<&'a Name>,
-        /// Optional event name.
-        event: Option<&'a Name>,
-        /// The data.
-        payload: &'a Payload,
-    },
-    /// A message that is not retained: direct, named or to a room.
-    Message {
-        /// The sender's client id, if it identified itself.
-        from: Option<&'a Name>,
-        /// The room it was emitted to.
-        room: Option<&'a Name>,
-        /// For named routing: the topic and subscription name.
-        named: Option<(&'a Topic, &'a Name)>,
-        /// Optional event name.
-        event: Option<&'a Name>,
-        /// The data.
-        payload: &'a Payload,
-    },
-    /// A gap notice.
-    Gap(&'a Gap),
-    /// A successful answer to a client request.
-    Ok {
-        /// The request id.
-        req: ReqId,
-        /// For publish: the event's cursor; for subscribe: the position after which live
-        /// delivery starts.
-        cursor: Option<Cursor>,
-        /// For requests to the application: its answer.
-        payload: Option<&'a Payload>,
-    },
-    /// An error, answering a request (`req`) or not.
-    Error {
-        /// The request id, if the failing frame had one.
-        req: Option<ReqId>,
-        /// What was wrong.
-        error: &'a ProtocolError,
-    },
-    /// A server request (emit-with-ack) the client must answer with a reply.
-    Request {
-        /// The id to answer.
-        ack: AckId,
-        /// The handler name on the client.
-        event: &'a Name,
-        /// The data.
-        payload: &'a Payload,
-    },
-    /// Answer to a client ping.
-    Pong {
-        /// The ping's request id.
-        req: ReqId,
-    },
-    /// Keep-alive.
+pub enum Wire {
+    /// One complete frame (a WebSocket text message, or SSE text), shared between every
+    /// recipient of the same message: never modify it.
+    Frame(Bytes),
+    /// The transport's own keep-alive (a WebSocket ping) for formats that have no keep-alive
+    /// frame of their own (ksbus, etp).
     Ping,
+    /// A typed delivery, for in-process subscribers that read values, not bytes.
+    Item(Arc<Delivery>),
 }
 
-/// Encodes `frame` for `transport`, or `None` when the transport cannot carry it (an SSE stream
-/// has no way to receive replies to requests it cannot send).
+impl Wire {
+    /// The bytes this counts against the connection's flow-control credit (the frame's length;
+    /// the payload and topic of a typed item; nothing for a ping).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Frame(bytes) => bytes.len(),
+            Self::Ping => 0,
+            Self::Item(item) => item.size(),
+        }
+    }
+
+    /// Whether it counts nothing against the credit.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A wire format, as a value owned by one connection.
 ///
-/// The ksbus encoding uses the default server id ([`crate::config::DEFAULT_SERVER_ID`]); the
-/// broker uses [`encode_with`] with its configured one.
-pub fn encode(transport: Transport, frame: &Frame<'_>) -> Option<Bytes> {
-    encode_with(transport, frame, &Context::default())
-}
+/// Contract:
+/// - [`Codec::encode`] of a frame that several connections receive (`Event`, `Message`, `Gap`,
+///   `Ping`) must not depend on per-connection state: the broker encodes such a frame once per
+///   [`Codec::format`] and shares the result with every connection of that format.
+/// - Nothing a peer sends may make [`Codec::decode`] panic (fuzzed).
+pub trait Codec: Send {
+    /// The name of the format (`native`, `sse`, `ksbus`, `etp`, ...): connections whose codecs
+    /// have the same name share encodings, so two codecs that encode differently need two names.
+    fn format(&self) -> &'static str;
 
-/// What some encodings need besides the frame.
-#[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
-    /// The server's own id (`from` of server-originated ksbus frames).
-    pub server_id: &'a str,
-    /// For etp replies (`__ack_<name>||id`): the name of the event being answered.
-    pub ack_name: Option<&'a str>,
-}
-
-impl Default for Context<'_> {
-    fn default() -> Self {
-        Self {
-            server_id: crate::config::DEFAULT_SERVER_ID,
-            ack_name: None,
-        }
+    /// Whether the client can send commands. Streams that cannot (SSE, in-process
+    /// subscriptions) get no idle timeout and no server requests.
+    fn duplex(&self) -> bool {
+        true
     }
-}
 
-/// [`encode`] with an explicit [`Context`].
-pub fn encode_with(transport: Transport, frame: &Frame<'_>, cx: &Context<'_>) -> Option<Bytes> {
-    match transport {
-        Transport::Native => Some(native::encode(frame)),
-        Transport::Sse => encode_sse(frame),
-        Transport::Ksbus => ksbus::encode(frame, cx.server_id),
-        Transport::Etp => etp::encode(frame, cx.ack_name, false),
-        Transport::EtpJs => etp::encode(frame, cx.ack_name, true),
+    /// Decodes one client frame into the commands it asks for, appended to `out` (a frame that
+    /// is not valid becomes a [`Command::Invalid`]).
+    fn decode(&self, frame: &Bytes, limits: &Limits, out: &mut Vec<Command>);
+
+    /// Encodes one broker frame, or `None` when the format has nothing for it.
+    fn encode(&mut self, frame: &Frame<'_>) -> Option<Wire>;
+
+    /// Sees every command of the connection before the broker handles it (etp remembers the
+    /// names of the events it will answer).
+    fn observe(&mut self, cmd: &Command) {
+        let _ = cmd;
     }
+
+    /// Whether the protocol ignores this client error silently: the client gets no answer and
+    /// the application no [`crate::Event::ProtocolViolation`] (etp ignores answers to unknown
+    /// requests).
+    fn ignores(&self, error: &ProtocolError) -> bool {
+        let _ = error;
+        false
+    }
+
+    /// A copy for another task: the codec with its configuration and none of its state (the
+    /// connection task decodes with one copy, the broker encodes with the other).
+    fn fresh(&self) -> Box<dyn Codec>;
 }
 
-/// The SSE mapping: events carry their cursor as `id:` and their event name as `event:`; gap
-/// notices are `tidings-gap` events whose `id:` is the cursor to continue from; a closing error is
-/// a `tidings-error` event; keep-alives are comments.
-fn encode_sse(frame: &Frame<'_>) -> Option<Bytes> {
-    let event = |id: Option<&str>, name: Option<&str>, data: &[u8]| {
-        // Names are validated (no control characters) and cursors are hex-digits, so encoding
-        // cannot fail; an empty frame is the harmless fallback.
-        sse::event(id, name, data).unwrap_or_default()
-    };
-    Some(match frame {
-        Frame::Welcome { config, .. } => match config.sse_retry {
-            Some(retry) => {
-                let mut buf = bytes::BytesMut::with_capacity(24);
-                sse::encode_retry(
-                    &mut buf,
-                    u64::try_from(retry.as_millis()).unwrap_or(u64::MAX),
-                );
-                buf.freeze()
-            }
-            None => sse::keepalive(),
-        },
-        Frame::Event {
-            cursor,
-            event: name,
-            payload,
-            ..
-        } => event(
-            Some(cursor.text().as_str()),
-            name.map(Name::as_str),
-            payload.bytes(),
-        ),
-        Frame::Message {
-            event: name,
-            payload,
-            ..
-        } => event(None, name.map(Name::as_str), payload.bytes()),
-        Frame::Gap(gap) => event(
-            Some(gap.to.text().as_str()),
-            Some("tidings-gap"),
-            &native::gap_json(gap),
-        ),
-        Frame::Error { error, .. } => {
-            event(None, Some("tidings-error"), &native::error_json(error))
-        }
-        Frame::Ping => sse::keepalive(),
-        Frame::Ok { .. } | Frame::Request { .. } | Frame::Pong { .. } => {
-            return None;
-        }
-    })
+impl fmt::Debug for dyn Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Codec({})", self.format())
+    }
 }

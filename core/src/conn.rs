@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::codec::Codec;
 use crate::grants::Grants;
-use crate::input::{AckId, ConnId, ReqId, Transport};
-use crate::output::GapReason;
+use crate::ids::{AckId, ConnId, ReqId};
+use crate::output::{GapReason, Visibility};
 use crate::topic::{Name, Pattern};
 
 /// One subscription of a connection.
@@ -80,13 +81,17 @@ pub(crate) struct Extras {
     /// The earliest resume cursor (sequence) the connection subscribed from: a parked session
     /// it claims resumes from there if that is earlier than where delivery stopped.
     pub(crate) resumed_from: Option<u64>,
-    /// etp only: the event names of client requests still to be answered.
-    pub(crate) etp_names: Vec<(ReqId, Name)>,
 }
 
 pub(crate) struct ConnState {
     pub(crate) id: ConnId,
-    pub(crate) transport: Transport,
+    /// Its wire format, with whatever per-connection state the format keeps.
+    pub(crate) codec: Box<dyn Codec>,
+    /// The index of its format in the broker's list (`Broker::formats`): connections of one
+    /// format share encodings.
+    pub(crate) format: u8,
+    /// `codec.duplex()`, read on every timer.
+    pub(crate) duplex: bool,
     pub(crate) grants: Arc<Grants>,
     pub(crate) subs: Vec<Sub>,
     /// Bytes handed out and not yet reported flushed.
@@ -102,10 +107,18 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(id: ConnId, transport: Transport, grants: Arc<Grants>, now: Instant) -> Self {
+    pub(crate) fn new(
+        id: ConnId,
+        codec: Box<dyn Codec>,
+        format: u8,
+        grants: Arc<Grants>,
+        now: Instant,
+    ) -> Self {
         Self {
             id,
-            transport,
+            duplex: codec.duplex(),
+            codec,
+            format,
             grants,
             subs: Vec::new(),
             queued: 0,
@@ -139,15 +152,22 @@ impl ConnState {
         self.extras.as_ref().map_or(&[], |x| &x.acks)
     }
 
-    /// Forgets and returns the etp event name of request `req` (the latest one with that id).
-    pub(crate) fn take_etp_name(&mut self, req: ReqId) -> Option<Name> {
-        let names = &mut self.extras.as_mut()?.etp_names;
-        let i = names.iter().rposition(|(r, _)| *r == req)?;
-        Some(names.remove(i).1)
-    }
-
     pub(crate) fn sub(&self, pattern: &Pattern) -> Option<&Sub> {
         self.subs.iter().find(|s| s.pattern == *pattern)
+    }
+}
+
+/// Whether a connection may see events of a topic with this visibility.
+pub(crate) fn sees(conn: &ConnState, visibility: &Visibility) -> bool {
+    sees_extras(conn.extras.as_deref(), visibility)
+}
+
+/// [`sees`] on the part of the connection state it needs.
+pub(crate) fn sees_extras(extras: Option<&Extras>, visibility: &Visibility) -> bool {
+    match visibility {
+        Visibility::Public => true,
+        Visibility::Private(owner) => extras.and_then(|x| x.client_id.as_ref()) == Some(owner),
+        Visibility::Group(room) => extras.is_some_and(|x| x.rooms.contains(room)),
     }
 }
 

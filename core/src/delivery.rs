@@ -1,15 +1,14 @@
 //! Delivery: fan-out of events and messages, catch-up from history, flow control, closing.
 
-use bytes::Bytes;
-
 use crate::broker::Broker;
-use crate::codec::{self, Frame};
+use crate::codec::{Frame, Wire};
+use crate::command::Recipient;
 use crate::config::SlowConsumerPolicy;
-use crate::conn::{CatchUp, should_deliver};
+use crate::conn::{CatchUp, ConnState, should_deliver};
 use crate::cursor::Cursor;
+use crate::encodings::{self, Encoded};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::history::StoredEvent;
-use crate::input::Recipient;
 use crate::output::{Event, Gap, GapReason, Output};
 use crate::payload::Payload;
 use crate::subs::Slot;
@@ -46,23 +45,25 @@ impl Broker {
         }
         self.stats.publishes += 1;
         self.stamp += 1;
+        let mut encoded = Encoded::new();
         let mut slots = std::mem::take(&mut self.scratch);
         self.subs
             .for_each_match(ev.topic.as_str(), |s| slots.push(s));
         for &slot in &slots {
-            self.deliver_live(slot, &mut ev);
+            self.deliver_live(slot, &ev, &mut encoded);
         }
         slots.clear();
         self.scratch = slots;
         let expires = ev.at + self.config.retention.max_age;
         self.history.push(ev);
+        self.encodings.push(seq, encoded, self.history.first_seq());
         if self.history.len() > 0 {
             self.arm_retention(expires);
         }
         Cursor::new(self.config.epoch, seq)
     }
 
-    fn deliver_live(&mut self, slot: Slot, ev: &mut StoredEvent) {
+    fn deliver_live(&mut self, slot: Slot, ev: &StoredEvent, encoded: &mut Encoded) {
         let (stamp, epoch, max) = (
             self.stamp,
             self.config.epoch,
@@ -76,7 +77,7 @@ impl Broker {
         }
         conn.stamp = stamp;
         if let Some(scope) = &ev.scope
-            && !crate::session::sees(conn, scope)
+            && !crate::conn::sees(conn, scope)
         {
             return; // a private or group topic this connection cannot see
         }
@@ -92,12 +93,12 @@ impl Broker {
             }
             return;
         }
-        let Some(bytes) = ev.encoded(conn.transport, epoch, &self.config.server_id) else {
+        let Some(wire) = encode_event(conn, ev, epoch, encoded) else {
             return;
         };
         // With nothing in flight a frame always goes, however large: otherwise no `Flushed`
         // would ever come to resume the connection.
-        if conn.queued > 0 && conn.queued + bytes.len() > max {
+        if conn.queued > 0 && conn.queued + wire.len() > max {
             let policy = self
                 .config
                 .slow_consumer
@@ -105,7 +106,7 @@ impl Broker {
             return self.fall_behind(slot, policy, ev.seq - 1, 0);
         }
         self.stats.deliveries += 1;
-        self.transmit(slot, bytes);
+        self.transmit(slot, wire);
     }
 
     /// Sends a message that is not retained; returns how many connections it reached.
@@ -155,7 +156,7 @@ impl Broker {
 
     /// Delivers one message frame to `slots`, encoding it once per wire format.
     pub(crate) fn fan_out_message(&mut self, slots: &[Slot], frame: &Frame<'_>) -> usize {
-        let mut encoded: [Option<Bytes>; crate::input::Transport::ALL.len()] = Default::default();
+        let mut encoded = Encoded::new();
         self.stamp += 1;
         let stamp = self.stamp;
         let mut reached = 0;
@@ -165,17 +166,10 @@ impl Broker {
                 continue;
             }
             conn.stamp = stamp;
-            let transport = conn.transport;
-            let i = crate::input::Transport::ALL
-                .iter()
-                .position(|t| *t == transport)
-                .unwrap_or(0);
-            let bytes = match &encoded[i] {
-                Some(b) => b.clone(),
-                None => match codec::encode_with(transport, frame, &self.ctx()) {
-                    Some(b) => encoded[i].insert(b).clone(),
-                    None => continue,
-                },
+            let codec = &mut conn.codec;
+            let Some(bytes) = encodings::shared(&mut encoded, conn.format, || codec.encode(frame))
+            else {
+                continue;
             };
             reached += 1;
             let conn = self.conn_ref(slot);
@@ -289,19 +283,22 @@ impl Broker {
             }
             cu.pos += 1;
             let seq = cu.pos;
-            let transport = conn.transport;
             let ev = self
                 .history
-                .get_mut(seq)
+                .get(seq)
                 .expect("first <= seq <= head is retained");
             let visible = ev
                 .scope
                 .as_ref()
-                .is_none_or(|scope| crate::session::sees_extras(conn.extras.as_deref(), scope));
+                .is_none_or(|scope| crate::conn::sees_extras(conn.extras.as_deref(), scope));
             if visible && should_deliver(&conn.subs, &cu.removed, ev.topic.as_str(), seq) {
-                if let Some(bytes) = ev.encoded(transport, epoch, &self.config.server_id) {
+                let encoded = self
+                    .encodings
+                    .get_mut(seq)
+                    .expect("retained events have an encodings slot");
+                if let Some(wire) = encode_event(conn, ev, epoch, encoded) {
                     self.stats.deliveries += 1;
-                    self.transmit(slot, bytes);
+                    self.transmit(slot, wire);
                 }
             }
         }
@@ -312,38 +309,17 @@ impl Broker {
         self.send_frame(slot, &Frame::Gap(gap));
     }
 
-    /// Encodes a frame for one connection and hands it out.
+    /// Encodes a frame for one connection (with its codec's state) and hands it out.
     pub(crate) fn send_frame(&mut self, slot: Slot, frame: &Frame<'_>) {
-        let transport = self.conn_ref(slot).transport;
-        // etp answers name the event they answer: look it up (and forget it) by request id.
-        let ack_name = match (transport, frame) {
-            (
-                crate::input::Transport::Etp | crate::input::Transport::EtpJs,
-                Frame::Ok { req, .. } | Frame::Error { req: Some(req), .. },
-            ) => self.conn_mut(slot).take_etp_name(*req),
-            _ => None,
-        };
-        let cx = codec::Context {
-            server_id: &self.config.server_id,
-            ack_name: ack_name.as_ref().map(Name::as_str),
-        };
-        if let Some(bytes) = codec::encode_with(transport, frame, &cx) {
-            self.transmit(slot, bytes);
+        if let Some(wire) = self.conn_mut(slot).codec.encode(frame) {
+            self.transmit(slot, wire);
         }
     }
 
-    /// The encoding context for frames shared by several connections.
-    pub(crate) fn ctx(&self) -> codec::Context<'_> {
-        codec::Context {
-            server_id: &self.config.server_id,
-            ack_name: None,
-        }
-    }
-
-    /// Hands bytes to the adapter and counts them against the connection's credit. Replies and
-    /// errors are never dropped, but a client that makes the server queue twice its limit
-    /// without reading is closed.
-    pub(crate) fn transmit(&mut self, slot: Slot, bytes: Bytes) {
+    /// Hands an encoded frame to the adapter and counts it against the connection's credit.
+    /// Replies and errors are never dropped, but a client that makes the server queue twice its
+    /// limit without reading is closed.
+    pub(crate) fn transmit(&mut self, slot: Slot, wire: Wire) {
         let now = self.now;
         let max = self.config.limits.max_queued_bytes;
         let conn = self.conn_mut(slot);
@@ -351,15 +327,13 @@ impl Broker {
             return;
         }
         // A frame always goes when nothing is in flight, however large.
-        let over = conn.queued > 0 && conn.queued + bytes.len() > max.saturating_mul(2);
-        conn.queued += bytes.len();
+        let len = wire.len();
+        let over = conn.queued > 0 && conn.queued + len > max.saturating_mul(2);
+        conn.queued += len;
         conn.last_write = now;
         let id = conn.id;
-        self.stats.bytes_out += bytes.len() as u64;
-        self.out.push_back(Output::Transmit {
-            conn: id,
-            payload: bytes,
-        });
+        self.stats.bytes_out += len as u64;
+        self.out.push_back(output(id, wire));
         if over {
             self.stats.slow_consumer_closes += 1;
             self.count_error(ErrorCode::SlowConsumer);
@@ -384,19 +358,16 @@ impl Broker {
             return;
         }
         conn.closing = true;
-        let (id, transport) = (conn.id, conn.transport);
+        let id = conn.id;
         // The last frame says why; it bypasses the queue limit (the connection is going anyway).
         let last = Frame::Error {
             req: None,
             error: &reason,
         };
-        if let Some(bytes) = codec::encode_with(transport, &last, &self.ctx()) {
-            self.conn_mut(slot).queued += bytes.len();
-            self.stats.bytes_out += bytes.len() as u64;
-            self.out.push_back(Output::Transmit {
-                conn: id,
-                payload: bytes,
-            });
+        if let Some(wire) = conn.codec.encode(&last) {
+            conn.queued += wire.len();
+            self.stats.bytes_out += wire.len() as u64;
+            self.out.push_back(output(id, wire));
         }
         self.release(slot);
         self.out.push_back(Output::Close { conn: id, reason });
@@ -454,5 +425,34 @@ impl Broker {
         if members.len() == 1 {
             self.lifecycle(|| crate::output::Lifecycle::GroupNew { room });
         }
+    }
+}
+
+/// The event's encoding for `conn`'s format: shared by every subscriber of that format, made on
+/// first use with the connection's codec.
+fn encode_event(
+    conn: &mut ConnState,
+    ev: &StoredEvent,
+    epoch: u64,
+    encoded: &mut Encoded,
+) -> Option<Wire> {
+    let codec = &mut conn.codec;
+    encodings::shared(encoded, conn.format, || {
+        codec.encode(&Frame::Event {
+            topic: &ev.topic,
+            cursor: Cursor::new(epoch, ev.seq),
+            from: ev.from.as_ref(),
+            event: ev.event.as_ref(),
+            payload: &ev.payload,
+        })
+    })
+}
+
+/// The output that hands `wire` to connection `conn`.
+fn output(conn: crate::ids::ConnId, wire: Wire) -> Output {
+    match wire {
+        Wire::Frame(payload) => Output::Transmit { conn, payload },
+        Wire::Ping => Output::KeepAlive { conn },
+        Wire::Item(item) => Output::Deliver { conn, item },
     }
 }

@@ -17,10 +17,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::codec::Frame;
+use crate::codec::{Codec, Frame, Wire};
+use crate::command::{Command, Recipient, Subscribe};
 use crate::config::Limits;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::{AckId, Command, Recipient, Subscribe};
+use crate::ids::{AckId, ReqId};
 use crate::payload::Payload;
 use crate::topic::{Name, Pattern, Topic};
 
@@ -99,6 +100,95 @@ fn payload(data: &[u8]) -> Result<Payload, ProtocolError> {
         Ok(p) => Ok(p),
         Err(e) if e.code == ErrorCode::NotUtf8 => Err(e),
         Err(_) => Payload::text(bytes),
+    }
+}
+
+/// Event names remembered per connection for answers at most (oldest forgotten first): the
+/// broker bounds pending requests far below this, and other answers go out in the same step.
+const MAX_ANSWER_NAMES: usize = 1024;
+
+/// The etp protocol as a [`Codec`] (`/etp`). Answers name the event they answer
+/// (`__ack_<name>||id`), so the codec remembers the names of the events still to be answered.
+#[derive(Debug, Clone, Default)]
+pub struct EtpCodec {
+    /// Writes empty data as `name||0||` (the etp JS client cannot parse `name||0`).
+    js: bool,
+    /// The event names of client requests still to be answered, by request id.
+    names: Vec<(ReqId, Name)>,
+}
+
+impl EtpCodec {
+    /// The codec of the Go etp server's wire (empty data written `name||0`).
+    pub fn go() -> Self {
+        Self::default()
+    }
+
+    /// The codec for the etp JS client (empty data written `name||0||`).
+    pub fn js() -> Self {
+        Self {
+            js: true,
+            names: Vec::new(),
+        }
+    }
+
+    /// Forgets and returns the event name of request `req` (the latest one with that id).
+    fn take_name(&mut self, req: ReqId) -> Option<Name> {
+        let i = self.names.iter().rposition(|(r, _)| *r == req)?;
+        Some(self.names.remove(i).1)
+    }
+}
+
+impl Codec for EtpCodec {
+    fn format(&self) -> &'static str {
+        if self.js { "etp-js" } else { "etp" }
+    }
+
+    fn decode(&self, frame: &Bytes, limits: &Limits, out: &mut Vec<Command>) {
+        out.push(decode(frame, limits));
+    }
+
+    fn encode(&mut self, frame: &Frame<'_>) -> Option<Wire> {
+        let name = match frame {
+            Frame::Ping => return Some(Wire::Ping), // etp relies on the WebSocket's pings
+            Frame::Ok { req, .. } | Frame::Error { req: Some(req), .. } => self.take_name(*req),
+            _ => None,
+        };
+        encode(frame, name.as_ref().map(Name::as_str), self.js).map(Wire::Frame)
+    }
+
+    /// Remembers the event name of every command that will be answered (at once, or a pending
+    /// request).
+    fn observe(&mut self, cmd: &Command) {
+        let (req, name) = match cmd {
+            Command::Request { req, event, .. } => (*req, event.clone()),
+            Command::Subscribe(s) => match s.req {
+                Some(req) => (req, reserved(SUBSCRIBE)),
+                None => return,
+            },
+            Command::Unsubscribe { req: Some(req), .. } => (*req, reserved(UNSUBSCRIBE)),
+            Command::Publish { req: Some(req), .. } => (*req, reserved(PUBLISH)),
+            Command::Send { req: Some(req), .. } => (*req, reserved(SEND)),
+            Command::Identify { req: Some(req), .. } => (*req, reserved(IDENTIFY)),
+            // Only refused reserved events carry an id (acks are matched by id only).
+            Command::Invalid { req: Some(req), .. } => (*req, reserved("tidings")),
+            _ => return,
+        };
+        if self.names.len() >= MAX_ANSWER_NAMES {
+            self.names.remove(0);
+        }
+        self.names.push((req, name));
+    }
+
+    /// etp ignores answers to requests it does not know.
+    fn ignores(&self, error: &ProtocolError) -> bool {
+        error.code == ErrorCode::UnknownRequest
+    }
+
+    fn fresh(&self) -> Box<dyn Codec> {
+        Box::new(Self {
+            js: self.js,
+            names: Vec::new(),
+        })
     }
 }
 
@@ -303,8 +393,7 @@ fn event(name: &str, ack: AckId, data: &[u8], js: bool) -> Bytes {
 
 /// Encodes a broker frame as one etp message, or `None` when etp has nothing for it. `ack_name`
 /// is the name of the event an `ok`/error answers; `js` writes empty data as `name||0||` (for
-/// the etp JS client) instead of `name||0`. A keep-alive is an empty frame: the adapter sends a
-/// WebSocket ping for it.
+/// the etp JS client) instead of `name||0`. Keep-alives are the WebSocket's pings (`None` here).
 pub fn encode(frame: &Frame<'_>, ack_name: Option<&str>, js: bool) -> Option<Bytes> {
     let answer = |req: AckId, data: &[u8]| {
         let name = format!("{ACK_PREFIX}{}", ack_name.unwrap_or_default());
@@ -378,8 +467,10 @@ pub fn encode(frame: &Frame<'_>, ack_name: Option<&str>, js: bool) -> Option<Byt
             }
         }
         Frame::Gap(gap) => event(GAP, 0, &crate::native::gap_json(gap), js),
-        Frame::Ping => Bytes::new(),
-        Frame::Error { req: None, .. } | Frame::Welcome { .. } | Frame::Pong { .. } => {
+        Frame::Ping
+        | Frame::Error { req: None, .. }
+        | Frame::Welcome { .. }
+        | Frame::Pong { .. } => {
             return None;
         }
     })

@@ -10,9 +10,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::codec::Codec;
+use crate::etp::EtpCodec;
+use crate::ksbus::KsbusCodec;
+use crate::native::NativeCodec;
+use crate::sse::SseCodec;
 use crate::{
     Broker, Command, Config, ConnId, Grants, Input, Limits, Name, NameLimits, Output, Payload,
-    Retention, Topic, Transport, native, sse,
+    Retention, Topic, native, sse,
 };
 
 /// Largest request id a native client can use (JSON numbers are exact up to 2^53).
@@ -208,10 +213,10 @@ impl Reader<'_> {
 struct Harness {
     broker: Broker,
     now: Instant,
-    /// Every id ever opened, with its transport (ids are never reused).
-    ever: Vec<(ConnId, Transport)>,
+    /// Every id ever opened, with its format (ids are never reused).
+    ever: Vec<(ConnId, &'static str)>,
     /// Ids opened and not yet reported closed.
-    open: BTreeMap<ConnId, Transport>,
+    open: BTreeMap<ConnId, &'static str>,
     next_id: u64,
     max_queued: usize,
 }
@@ -235,15 +240,15 @@ impl Harness {
         while let Some(out) = self.broker.poll_output() {
             match out {
                 Output::Transmit { conn, payload } => {
-                    let transport = self.ever.iter().find(|(c, _)| *c == conn).map(|(_, t)| *t);
+                    let format = self.ever.iter().find(|(c, _)| *c == conn).map(|(_, t)| *t);
                     assert!(self.open.contains_key(&conn), "transmit to closed {conn}");
-                    match transport {
-                        Some(Transport::Native) => {
+                    match format {
+                        Some("native") => {
                             if let Err(e) = serde_json::from_slice::<serde_json::Value>(&payload) {
                                 panic!("bad JSON to {conn}: {e}: {payload:?}");
                             }
                         }
-                        Some(Transport::Sse) => {
+                        Some("sse") => {
                             if let Err(e) = sse::decode_all(&payload) {
                                 panic!("bad SSE to {conn}: {e}: {payload:?}");
                             }
@@ -253,6 +258,9 @@ impl Harness {
                 }
                 Output::Close { conn, .. } => {
                     assert!(self.open.contains_key(&conn), "close of closed {conn}");
+                }
+                Output::KeepAlive { conn } | Output::Deliver { conn, .. } => {
+                    panic!("native and SSE have keep-alive frames and no typed items: {conn}");
                 }
                 Output::Event(_) => {}
             }
@@ -277,17 +285,17 @@ impl Harness {
         }
     }
 
-    fn open(&mut self, transport: Transport) {
+    fn open(&mut self, codec: Box<dyn Codec>) {
         let conn = ConnId(self.next_id);
         self.next_id += 1;
-        self.ever.push((conn, transport));
-        self.open.insert(conn, transport);
+        self.ever.push((conn, codec.format()));
+        self.open.insert(conn, codec.format());
         let grants = Arc::new(Grants::all());
         let r = self.broker.handle_input(
             self.now,
             Input::Open {
                 conn,
-                transport,
+                codec,
                 grants,
             },
         );
@@ -338,8 +346,8 @@ pub fn broker_ops(data: &[u8]) {
             break;
         }
         match op % 12 {
-            0 => h.open(Transport::Native),
-            1 => h.open(Transport::Sse),
+            0 => h.open(Box::new(NativeCodec)),
+            1 => h.open(Box::new(SseCodec)),
             2 | 3 => {
                 // A raw frame from the input.
                 let (Some(who), len) = (r.byte(), usize::from(r.byte().unwrap_or(0))) else {
@@ -400,13 +408,13 @@ pub fn broker_ops(data: &[u8]) {
                 if b & 1 == 0 {
                     let conn = ConnId(1_000_000 + u64::from(b));
                     h.input(conn, Input::Flushed { conn, bytes: 1 });
-                } else if let Some((&conn, &transport)) = h.open.iter().next() {
+                } else if let Some(&conn) = h.open.keys().next() {
                     let grants = Arc::new(Grants::all());
                     let r = h.broker.handle_input(
                         h.now,
                         Input::Open {
                             conn,
-                            transport,
+                            codec: Box::new(NativeCodec),
                             grants,
                         },
                     );
@@ -426,9 +434,10 @@ pub fn broker_ops(data: &[u8]) {
     }
 }
 
-/// Runs `cmds` from one connection of `transport` through a broker (with a second connection
-/// of the same transport subscribed to everything) and returns every frame handed out.
-fn through_broker(transport: Transport, cmds: Vec<Command>) -> Vec<Bytes> {
+/// Runs `cmds` from one connection of `codec`'s format through a broker (with a second
+/// connection of the same format subscribed to everything) and returns every frame handed out
+/// (a keep-alive as an empty frame).
+fn through_broker(codec: &dyn Codec, cmds: Vec<Command>) -> Vec<Bytes> {
     let now = Instant::now(); // clock: test-only (the fuzz harness's own base time)
     let mut broker = Broker::new(Config::default(), now);
     let grants = Arc::new(Grants::all());
@@ -438,7 +447,7 @@ fn through_broker(transport: Transport, cmds: Vec<Command>) -> Vec<Bytes> {
                 now,
                 Input::Open {
                     conn,
-                    transport,
+                    codec: codec.fresh(),
                     grants: grants.clone(),
                 },
             )
@@ -474,8 +483,10 @@ fn through_broker(transport: Transport, cmds: Vec<Command>) -> Vec<Bytes> {
     broker.handle_timeout(now + Duration::from_secs(3600));
     let mut frames = Vec::new();
     while let Some(out) = broker.poll_output() {
-        if let Output::Transmit { payload, .. } = out {
-            frames.push(payload);
+        match out {
+            Output::Transmit { payload, .. } => frames.push(payload),
+            Output::KeepAlive { .. } => frames.push(Bytes::new()),
+            _ => {}
         }
     }
     frames
@@ -496,7 +507,7 @@ pub fn ksbus_decode(data: &[u8]) {
             "{small_cmds:?}"
         );
     }
-    for frame in through_broker(Transport::Ksbus, cmds) {
+    for frame in through_broker(&KsbusCodec::new("master"), cmds) {
         if frame.is_empty() {
             continue;
         }
@@ -532,8 +543,8 @@ pub fn etp_decode(data: &[u8]) {
         }
         _ => {}
     }
-    for js in [Transport::Etp, Transport::EtpJs] {
-        for frame in through_broker(js, vec![cmd.clone()]) {
+    for codec in [EtpCodec::go(), EtpCodec::js()] {
+        for frame in through_broker(&codec, vec![cmd.clone()]) {
             if frame.is_empty() {
                 continue;
             }

@@ -8,16 +8,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use bytes::Bytes;
-
-use crate::codec::{self, Frame};
 use crate::config::Retention;
-use crate::cursor::Cursor;
-use crate::input::Transport;
 use crate::payload::Payload;
 use crate::topic::{Name, Topic};
 
-/// One published event with its encodings, made once and shared by every subscriber.
+/// One published event, as stored: no wire format (encodings are the delivery side's,
+/// `crate::encodings`).
 pub(crate) struct StoredEvent {
     pub(crate) seq: u64,
     pub(crate) topic: Topic,
@@ -28,7 +24,6 @@ pub(crate) struct StoredEvent {
     pub(crate) at: Instant,
     /// The visibility of the topic when it was published, unless public (declared topics).
     pub(crate) scope: Option<crate::output::Visibility>,
-    encoded: [Option<Bytes>; Transport::ALL.len()],
 }
 
 impl StoredEvent {
@@ -48,35 +43,7 @@ impl StoredEvent {
             from,
             at,
             scope: None,
-            encoded: Default::default(),
         }
-    }
-
-    /// The event encoded for `transport`, encoding it on first use.
-    pub(crate) fn encoded(
-        &mut self,
-        transport: Transport,
-        epoch: u64,
-        server_id: &str,
-    ) -> Option<Bytes> {
-        let i = Transport::ALL.iter().position(|t| *t == transport)?;
-        if self.encoded[i].is_none() {
-            self.encoded[i] = codec::encode_with(
-                transport,
-                &Frame::Event {
-                    topic: &self.topic,
-                    cursor: Cursor::new(epoch, self.seq),
-                    from: self.from.as_ref(),
-                    event: self.event.as_ref(),
-                    payload: &self.payload,
-                },
-                &codec::Context {
-                    server_id,
-                    ack_name: None,
-                },
-            );
-        }
-        self.encoded[i].clone()
     }
 
     fn size(&self) -> usize {
@@ -168,10 +135,10 @@ impl History {
         }
     }
 
-    pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut StoredEvent> {
+    pub(crate) fn get(&self, seq: u64) -> Option<&StoredEvent> {
         let first = self.events.front()?.seq;
         let i = usize::try_from(seq.checked_sub(first)?).ok()?;
-        self.events.get_mut(i)
+        self.events.get(i)
     }
 
     /// Whether an evicted event after `pos` may have been wanted: `wanted(topic, seq)` is asked for
@@ -223,8 +190,8 @@ mod tests {
             );
         }
         assert_eq!((h.len(), h.first_seq(), h.head()), (3, 3, 5));
-        assert!(h.get_mut(2).is_none());
-        assert_eq!(h.get_mut(4).unwrap().seq, 4);
+        assert!(h.get(2).is_none());
+        assert_eq!(h.get(4).unwrap().seq, 4);
         // seq 1 (even) and 2 (odd) were evicted.
         assert!(h.lost_after(0, |t, _| t == "odd"));
         assert!(h.lost_after(1, |t, _| t == "odd"));

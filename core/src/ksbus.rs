@@ -19,14 +19,15 @@
 //! dialling another server per call; topics follow tidings' topic rules.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::codec::Frame;
+use crate::codec::{Codec, Frame, Wire};
+use crate::command::{Command, Recipient, Subscribe};
 use crate::config::Limits;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::{Command, Recipient, Subscribe};
 use crate::payload::Payload;
 use crate::topic::{Name, Pattern, Topic};
 
@@ -34,6 +35,44 @@ use crate::topic::{Name, Pattern, Topic};
 pub const ON_ID: &str = "ksbus.id";
 /// The handler name of `pub_server` and `server_message` frames (ksbus `OnServerData`).
 pub const ON_SERVER_DATA: &str = "ksbus.server";
+
+/// The ksbus protocol as a [`Codec`] (`/ws/bus`), with the server's own ksbus id (`from` of
+/// server-originated frames, and the `pub_id` target that reaches the application).
+#[derive(Debug, Clone)]
+pub struct KsbusCodec {
+    server_id: Arc<str>,
+}
+
+impl KsbusCodec {
+    /// A codec for a server whose ksbus id is `server_id`.
+    pub fn new(server_id: &str) -> Self {
+        Self {
+            server_id: server_id.into(),
+        }
+    }
+}
+
+impl Codec for KsbusCodec {
+    fn format(&self) -> &'static str {
+        "ksbus"
+    }
+
+    fn decode(&self, frame: &Bytes, limits: &Limits, out: &mut Vec<Command>) {
+        out.extend(decode(frame, limits, &self.server_id));
+    }
+
+    fn encode(&mut self, frame: &Frame<'_>) -> Option<Wire> {
+        // ksbus has no keep-alive frame: the WebSocket's ping does it.
+        if matches!(frame, Frame::Ping) {
+            return Some(Wire::Ping);
+        }
+        encode(frame, &self.server_id).map(Wire::Frame)
+    }
+
+    fn fresh(&self) -> Box<dyn Codec> {
+        Box::new(self.clone())
+    }
+}
 
 /// Decodes one client frame into the commands to run, in order. Never fails: bad frames become
 /// [`Command::Invalid`] (fatal only for frames that are not JSON objects, or are too large, as
@@ -323,8 +362,8 @@ fn object_payload(o: &Map<String, Value>) -> Payload {
 // ---- encoding ------------------------------------------------------------------------------
 
 /// Encodes a broker frame for a ksbus client, or `None` when ksbus has nothing for it (welcome,
-/// `ok` answers, and the errors the Go server does not send). A keep-alive is an empty frame:
-/// the adapter sends a WebSocket ping for it.
+/// `ok` answers, the errors the Go server does not send, and keep-alives, which are the
+/// WebSocket's pings).
 pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
     let bytes = match frame {
         Frame::Event {
@@ -392,8 +431,7 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
             write_object(&mut out, map.iter());
             out
         }
-        Frame::Ping => return Some(Bytes::new()),
-        Frame::Welcome { .. } | Frame::Ok { .. } => return None,
+        Frame::Ping | Frame::Welcome { .. } | Frame::Ok { .. } => return None,
     };
     Some(Bytes::from(bytes))
 }

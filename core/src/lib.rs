@@ -6,21 +6,26 @@ mod app;
 mod broker;
 pub mod client;
 pub mod codec;
+mod command;
 mod config;
 mod conn;
 mod cursor;
 mod delivery;
+mod encodings;
 mod error;
 pub mod etp;
+mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod grants;
 mod history;
+mod ids;
 mod input;
 pub mod ksbus;
 pub mod native;
 mod output;
+mod parked;
 mod payload;
 mod session;
 pub mod sse;
@@ -29,17 +34,18 @@ mod subscribe;
 mod timeouts;
 mod timers;
 mod topic;
+pub mod typed;
 
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
+pub use command::{Command, Recipient, Subscribe};
 pub use config::{
     Config, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
 };
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use grants::{ClientIds, Grants};
-pub use input::{
-    AckId, Command, ConnId, ConnIdHasher, ConnMap, Input, Recipient, ReqId, Subscribe, Transport,
-};
-pub use output::{Event, Gap, GapReason, Lifecycle, Output, Visibility};
+pub use ids::{AckId, ConnId, ConnIdHasher, ConnMap, ReqId};
+pub use input::Input;
+pub use output::{Delivery, Event, Gap, GapReason, Lifecycle, Output, Visibility};
 pub use payload::Payload;
 pub use topic::{Name, NameLimits, Pattern, Topic};

@@ -11,14 +11,37 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::codec::Frame;
+use crate::codec::{Codec, Frame, Wire};
+use crate::command::{Command, Recipient, Subscribe};
 use crate::config::Limits;
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::{Command, Recipient, ReqId, Subscribe};
+use crate::ids::ReqId;
 use crate::output::Gap;
 use crate::payload::Payload;
 use crate::topic::{Name, Pattern, Topic};
+
+/// The native protocol as a [`Codec`] (`/ws`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NativeCodec;
+
+impl Codec for NativeCodec {
+    fn format(&self) -> &'static str {
+        "native"
+    }
+
+    fn decode(&self, frame: &Bytes, limits: &Limits, out: &mut Vec<Command>) {
+        out.push(decode(frame, limits));
+    }
+
+    fn encode(&mut self, frame: &Frame<'_>) -> Option<Wire> {
+        Some(Wire::Frame(encode(frame)))
+    }
+
+    fn fresh(&self) -> Box<dyn Codec> {
+        Box::new(Self)
+    }
+}
 
 /// The protocol version announced in the welcome frame.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -682,7 +705,7 @@ pub(crate) fn write_json_str(out: &mut BytesMut, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::ConnId;
+    use crate::ids::ConnId;
     use crate::output::GapReason;
 
     fn dec(s: &str) -> Command {

@@ -1,11 +1,13 @@
 //! What comes out of the broker: [`Output`]s for the adapter, [`Event`]s for the application.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use crate::config::SlowConsumerPolicy;
 use crate::cursor::Cursor;
 use crate::error::ProtocolError;
-use crate::input::{AckId, ConnId, ReqId};
+use crate::ids::{AckId, ConnId, ReqId};
 use crate::payload::Payload;
 use crate::topic::{Name, Pattern, Topic};
 
@@ -21,6 +23,20 @@ pub enum Output {
         /// One complete frame of the connection's wire format (a WebSocket message, or SSE text).
         payload: Bytes,
     },
+    /// Send the transport's own keep-alive to `conn` (a WebSocket ping), in order with its
+    /// frames: its format has no keep-alive frame of its own ([`crate::codec::Wire::Ping`]).
+    KeepAlive {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Hand a typed delivery to `conn`, an in-process subscriber ([`crate::codec::Wire::Item`]).
+    /// Report [`Delivery::size`] back with `Input::Flushed` once it is taken.
+    Deliver {
+        /// The connection.
+        conn: ConnId,
+        /// What it receives, shared between every in-process recipient.
+        item: Arc<Delivery>,
+    },
     /// Write what was already handed out for `conn`, then close it (WebSocket: close frame with a
     /// code for `reason`; SSE: end the response). Then report `Input::Closed`.
     Close {
@@ -32,6 +48,52 @@ pub enum Output {
     /// Something the application may want to act on (boxed: events are rare, and a small
     /// `Output` keeps the per-delivery queue traffic low).
     Event(Box<Event>),
+}
+
+/// What an in-process subscriber receives: the broker's frames as values, with nothing to
+/// parse ([`crate::typed::TypedCodec`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// A topic event.
+    Event {
+        /// Its topic.
+        topic: Topic,
+        /// Its cursor.
+        cursor: Cursor,
+        /// The publisher's client id, if it identified itself.
+        from: Option<Name>,
+        /// Its event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// A message that is not retained (direct, named or to a room).
+    Message {
+        /// The sender's client id, if it identified itself.
+        from: Option<Name>,
+        /// The room it was emitted to.
+        room: Option<Name>,
+        /// For named routing: the topic and subscription name.
+        named: Option<(Topic, Name)>,
+        /// Its event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// A gap notice.
+    Gap(Gap),
+}
+
+impl Delivery {
+    /// What it counts against the subscriber's flow-control credit: its payload and topic.
+    pub fn size(&self) -> usize {
+        match self {
+            Self::Event { topic, payload, .. } => topic.as_str().len() + payload.len(),
+            Self::Message { payload, .. } => payload.len(),
+            Self::Gap(_) => 0,
+        }
+    }
 }
 
 /// Notifications for the application (server code embedding the broker).

@@ -18,64 +18,21 @@
 //!   reserved `tidings-` event name (`tidings-session`, `tidings-topics`, `tidings-subscribed`,
 //!   `tidings-unsubscribed`; see `docs/PROTOCOL.md` §15.4).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
 
 use crate::broker::Broker;
 use crate::codec::Frame;
-use crate::conn::{CatchUp, ConnState, Extras, Sub};
+use crate::conn::{CatchUp, ConnState, Sub, sees};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::output::{Event, GapReason, Lifecycle, Visibility};
+use crate::parked::{Parked, SubscriptionChange};
 use crate::payload::Payload;
 use crate::subs::Slot;
 use crate::timers::Timer;
 use crate::topic::{Name, Pattern, Topic};
-
-/// A closed connection's state, kept for its client id during the reconnect window.
-pub(crate) struct Parked {
-    /// Tells this parking apart from earlier ones of the same client id (expiry entries).
-    generation: u64,
-    /// Subscriptions; `done` is at least `pos`.
-    subs: Vec<Sub>,
-    /// Subscriptions removed while catching up that delivered beyond `pos` (no duplicates).
-    removed: Vec<Sub>,
-    /// Every event up to here was handed to the connection (or considered for it).
-    pos: u64,
-    rooms: Vec<Name>,
-    /// The closed connection's grants (subscription changes while parked are checked on them).
-    grants: Arc<Grants>,
-}
-
-/// The outcome of [`Broker::update_subscriptions`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SubscriptionChange {
-    /// Patterns newly subscribed (those already held are left as they are).
-    pub added: Vec<Pattern>,
-    /// Patterns removed (those not held are ignored).
-    pub removed: Vec<Pattern>,
-    /// Every subscription the client holds now, in subscription order.
-    pub subscriptions: Vec<Pattern>,
-    /// Whether the client is connected (`false`: its session is parked).
-    pub connected: bool,
-}
-
-/// Whether a connection may see events of a topic with this visibility.
-pub(crate) fn sees(conn: &ConnState, visibility: &Visibility) -> bool {
-    sees_extras(conn.extras.as_deref(), visibility)
-}
-
-/// [`sees`] on the part of the connection state it needs.
-pub(crate) fn sees_extras(extras: Option<&Extras>, visibility: &Visibility) -> bool {
-    match visibility {
-        Visibility::Public => true,
-        Visibility::Private(owner) => extras.and_then(|x| x.client_id.as_ref()) == Some(owner),
-        Visibility::Group(room) => extras.is_some_and(|x| x.rooms.contains(room)),
-    }
-}
 
 fn notice_name(kind: &str) -> Name {
     Name::parse("event", kind, 64).expect("notice names are valid names")
@@ -278,7 +235,7 @@ impl Broker {
             resumed,
         });
         let conn = self.conn_ref(slot);
-        let stream = !conn.transport.is_duplex();
+        let stream = !conn.duplex;
         let wanted = if stream {
             self.config.reconnect_window.is_some() || !self.catalog.is_empty()
         } else {

@@ -811,3 +811,84 @@ mod tests {
         }
     }
 }
+
+/// The SSE stream as a [`crate::codec::Codec`] (`/sse`): events carry their cursor as `id:` and
+/// their event name as `event:`; gap notices are `tidings-gap` events whose `id:` is the cursor
+/// to continue from; a closing error is a `tidings-error` event; keep-alives are comments. A
+/// stream sends nothing, so it is not duplex, and answers have no place in it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SseCodec;
+
+impl crate::codec::Codec for SseCodec {
+    fn format(&self) -> &'static str {
+        "sse"
+    }
+
+    fn duplex(&self) -> bool {
+        false
+    }
+
+    fn decode(&self, _frame: &Bytes, _limits: &crate::Limits, out: &mut Vec<crate::Command>) {
+        out.push(crate::Command::Invalid {
+            req: None,
+            error: crate::ProtocolError::new(
+                crate::ErrorCode::BadFrame,
+                "an SSE stream takes its subscriptions from the request; it sends no frames",
+            ),
+            fatal: false,
+        });
+    }
+
+    fn encode(&mut self, frame: &crate::codec::Frame<'_>) -> Option<crate::codec::Wire> {
+        use crate::codec::Frame;
+        use crate::native;
+        let ev = |id: Option<&str>, name: Option<&str>, data: &[u8]| {
+            // Names are validated (no control characters) and cursors are hex digits, so
+            // encoding cannot fail; an empty frame is the harmless fallback.
+            event(id, name, data).unwrap_or_default()
+        };
+        let bytes = match frame {
+            Frame::Welcome { config, .. } => match config.sse_retry {
+                Some(retry) => {
+                    let mut buf = BytesMut::with_capacity(24);
+                    encode_retry(
+                        &mut buf,
+                        u64::try_from(retry.as_millis()).unwrap_or(u64::MAX),
+                    );
+                    buf.freeze()
+                }
+                None => keepalive(),
+            },
+            Frame::Event {
+                cursor,
+                event: name,
+                payload,
+                ..
+            } => ev(
+                Some(cursor.text().as_str()),
+                name.map(crate::Name::as_str),
+                payload.bytes(),
+            ),
+            Frame::Message {
+                event: name,
+                payload,
+                ..
+            } => ev(None, name.map(crate::Name::as_str), payload.bytes()),
+            Frame::Gap(gap) => ev(
+                Some(gap.to.text().as_str()),
+                Some("tidings-gap"),
+                &native::gap_json(gap),
+            ),
+            Frame::Error { error, .. } => {
+                ev(None, Some("tidings-error"), &native::error_json(error))
+            }
+            Frame::Ping => keepalive(),
+            Frame::Ok { .. } | Frame::Request { .. } | Frame::Pong { .. } => return None,
+        };
+        Some(crate::codec::Wire::Frame(bytes))
+    }
+
+    fn fresh(&self) -> Box<dyn crate::codec::Codec> {
+        Box::new(Self)
+    }
+}

@@ -2,10 +2,10 @@
 //! the rewind that replays history to them without duplicating what the connection already got.
 
 use crate::broker::Broker;
+use crate::command::Subscribe;
 use crate::conn::{CatchUp, Sub};
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::Subscribe;
 use crate::output::{Gap, GapReason};
 use crate::subs::Slot;
 

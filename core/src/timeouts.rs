@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::ConnId;
+use crate::ids::ConnId;
 use crate::output::Event;
 use crate::subs::Slot;
 use crate::timers::Timer;
@@ -20,7 +20,7 @@ impl Broker {
         let timers = &self.config.timers;
         let (keepalive, idle) = (timers.keepalive, timers.idle_timeout);
         let c = self.conn_ref(slot);
-        let (id, duplex, last_read) = (c.id, c.transport.is_duplex(), c.last_read);
+        let (id, duplex, last_read) = (c.id, c.duplex, c.last_read);
         let idle = idle.filter(|_| duplex);
         if let Some(idle) = idle.filter(|idle| now >= last_read + *idle) {
             self.count_error(ErrorCode::Idle);

@@ -5,11 +5,11 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Sim, publish};
+use common::{NativeCodec, Sim, SseCodec, publish};
 use serde_json::{Value, json};
 use tidings_core::{
     ApiError, ClientIds, Config, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name, Pattern,
-    Payload, Recipient, SlowConsumerPolicy, Topic, Transport,
+    Payload, Recipient, SlowConsumerPolicy, Topic,
 };
 
 fn name(s: &str) -> Name {
@@ -30,8 +30,8 @@ fn subscribe_publish_and_cursors() {
         epoch: 0xabc,
         ..Config::default()
     });
-    let a = sim.open(1, Transport::Native);
-    let b = sim.open(2, Transport::Native);
+    let a = sim.open(1, NativeCodec);
+    let b = sim.open(2, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","id":1,"topic":"news.sport"}"#);
     assert_eq!(
         sim.take(a),
@@ -67,12 +67,12 @@ fn subscribe_publish_and_cursors() {
 #[test]
 fn wildcards_and_overlapping_patterns_deliver_once() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(
         a,
         r#"{"op":"subscribe","topics":["chat.*","chat.>","chat.room1"]}"#,
     );
-    let p = sim.open(2, Transport::Native);
+    let p = sim.open(2, NativeCodec);
     publish(&mut sim, p, "chat.room1", "x");
     publish(&mut sim, p, "chat.room1.typing", "y");
     publish(&mut sim, p, "chat", "z");
@@ -86,8 +86,8 @@ fn wildcards_and_overlapping_patterns_deliver_once() {
 #[test]
 fn unsubscribe_stops_delivery_and_unknown_patterns_are_errors() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
-    let p = sim.open(2, Transport::Native);
+    let a = sim.open(1, NativeCodec);
+    let p = sim.open(2, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topics":["a","b.*"]}"#);
     sim.send(a, r#"{"op":"unsubscribe","id":3,"topics":["b.*"]}"#);
     assert_eq!(sim.take(a), vec![json!({"type":"ok","id":3})]);
@@ -109,7 +109,7 @@ fn unsubscribe_stops_delivery_and_unknown_patterns_are_errors() {
 #[test]
 fn resume_delivers_exactly_the_missing_suffix() {
     let mut sim = Sim::new(Config::default());
-    let p = sim.open(1, Transport::Native);
+    let p = sim.open(1, NativeCodec);
     for i in 1..=5 {
         publish(
             &mut sim,
@@ -118,7 +118,7 @@ fn resume_delivers_exactly_the_missing_suffix() {
             &i.to_string(),
         );
     }
-    let a = sim.open(2, Transport::Native);
+    let a = sim.open(2, NativeCodec);
     sim.send(
         a,
         r#"{"op":"subscribe","id":1,"topics":["odd","even"],"from":"1-2"}"#,
@@ -134,7 +134,7 @@ fn resume_delivers_exactly_the_missing_suffix() {
     publish(&mut sim, p, "odd", "6");
     assert_eq!(sim.event_data(a), vec!["6"]);
     // A wildcard resume gets only its topics.
-    let b = sim.open(3, Transport::Native);
+    let b = sim.open(3, NativeCodec);
     sim.send(b, r#"{"op":"subscribe","topic":"ev*","from":"1-0"}"#);
     assert_eq!(sim.take(b)[0]["code"], "invalid_topic");
     sim.send(b, r#"{"op":"subscribe","topic":"*","from":"1-3"}"#);
@@ -144,8 +144,8 @@ fn resume_delivers_exactly_the_missing_suffix() {
 #[test]
 fn adding_a_resumed_subscription_never_duplicates() {
     let mut sim = Sim::new(Config::default());
-    let p = sim.open(1, Transport::Native);
-    let a = sim.open(2, Transport::Native);
+    let p = sim.open(1, NativeCodec);
+    let a = sim.open(2, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topic":"x.*"}"#);
     publish(&mut sim, p, "x.a", "1");
     publish(&mut sim, p, "y", "2");
@@ -163,18 +163,18 @@ fn eviction_gives_a_gap_notice_only_for_lost_topics() {
     let mut config = Config::default();
     config.retention.max_events = 2;
     let mut sim = Sim::new(config);
-    let p = sim.open(1, Transport::Native);
+    let p = sim.open(1, NativeCodec);
     publish(&mut sim, p, "a", "1");
     publish(&mut sim, p, "b", "2");
     publish(&mut sim, p, "b", "3");
     // `a`@1 was evicted.
-    let x = sim.open(2, Transport::Native);
+    let x = sim.open(2, NativeCodec);
     sim.send(x, r#"{"op":"subscribe","topic":"a","from":"1-0"}"#);
     assert_eq!(
         sim.take(x),
         vec![json!({"type":"gap","from":"1-0","to":"1-1","reason":"evicted","dropped_messages":0})]
     );
-    let y = sim.open(3, Transport::Native);
+    let y = sim.open(3, NativeCodec);
     sim.send(y, r#"{"op":"subscribe","topic":"b","from":"1-0"}"#);
     assert_eq!(sim.event_data(y), vec!["2", "3"], "b lost nothing: no gap");
 }
@@ -185,9 +185,9 @@ fn another_epoch_gets_a_gap_then_the_retained_history() {
         epoch: 7,
         ..Config::default()
     });
-    let p = sim.open(1, Transport::Native);
+    let p = sim.open(1, NativeCodec);
     publish(&mut sim, p, "a", "1");
-    let x = sim.open(2, Transport::Native);
+    let x = sim.open(2, NativeCodec);
     sim.send(x, r#"{"op":"subscribe","topic":"a","from":"6-40"}"#);
     let f = sim.take(x);
     assert_eq!(
@@ -197,7 +197,7 @@ fn another_epoch_gets_a_gap_then_the_retained_history() {
     assert_eq!(f[1]["data"], "1");
     assert_eq!(f.len(), 2);
     // A cursor ahead of the hub is treated the same way.
-    let y = sim.open(3, Transport::Native);
+    let y = sim.open(3, NativeCodec);
     sim.send(y, r#"{"op":"subscribe","topic":"a","from":"7-99"}"#);
     let f = sim.take(y);
     assert_eq!(f[0]["reason"], "epoch");
@@ -218,14 +218,14 @@ fn sse_frames_carry_cursors_and_gaps() {
             sim.now,
             Input::Open {
                 conn: s,
-                transport: Transport::Sse,
+                codec: Box::new(SseCodec),
                 grants: Arc::new(Grants::all()),
             },
         )
         .unwrap();
     sim.drain();
     assert_eq!(sim.take_raw(s), vec![&b"retry: 2000\n\n"[..]]);
-    let p = sim.open(1, Transport::Native);
+    let p = sim.open(1, NativeCodec);
     publish(&mut sim, p, "a", "x");
     publish(&mut sim, p, "a", "y");
     sim.command(
@@ -252,8 +252,8 @@ fn sse_frames_carry_cursors_and_gaps() {
 #[test]
 fn one_encoding_is_shared_by_all_subscribers() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
-    let b = sim.open(2, Transport::Native);
+    let a = sim.open(1, NativeCodec);
+    let b = sim.open(2, NativeCodec);
     for c in [a, b] {
         sim.send(c, r#"{"op":"subscribe","topic":"t"}"#);
     }
@@ -268,7 +268,7 @@ fn one_encoding_is_shared_by_all_subscribers() {
         "the same buffer, not a copy"
     );
     // The history holds that same encoding: a resume replays it without encoding again.
-    let c = sim.open(3, Transport::Native);
+    let c = sim.open(3, NativeCodec);
     sim.send(c, r#"{"op":"subscribe","topic":"t","from":"1-0"}"#);
     let fc = sim.take_raw(c);
     assert_eq!(fc[0].as_ptr(), fa[0].as_ptr());
@@ -277,9 +277,9 @@ fn one_encoding_is_shared_by_all_subscribers() {
 #[test]
 fn named_routing_and_direct_messages() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
-    let b = sim.open(2, Transport::Native);
-    let s = sim.open(3, Transport::Native);
+    let a = sim.open(1, NativeCodec);
+    let b = sim.open(2, NativeCodec);
+    let s = sim.open(3, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topic":"jobs","name":"worker"}"#);
     sim.send(b, r#"{"op":"subscribe","topic":"jobs"}"#);
     sim.send(s, r#"{"op":"identify","id":1,"client_id":"sender"}"#);
@@ -340,8 +340,8 @@ fn named_routing_and_direct_messages() {
 #[test]
 fn rooms_join_emit_list_and_auto_leave() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
-    let b = sim.open(2, Transport::Native);
+    let a = sim.open(1, NativeCodec);
+    let b = sim.open(2, NativeCodec);
     let room = name("lobby");
     assert!(sim.broker.join(a, room.clone()).unwrap());
     assert!(
@@ -372,7 +372,7 @@ fn client_requests_get_exactly_one_answer() {
     config.timers.request_timeout = Duration::from_secs(2);
     config.limits.max_pending_requests = 2;
     let mut sim = Sim::new(config);
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"request","id":10,"event":"sum","data":[1,2]}"#);
     let Some(Event::Request {
         conn,
@@ -435,7 +435,7 @@ fn client_requests_get_exactly_one_answer() {
 #[test]
 fn server_requests_resolve_once_with_answer_timeout_or_close() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     let ev = name("confirm");
     let ack = sim
         .broker
@@ -486,7 +486,7 @@ fn server_requests_resolve_once_with_answer_timeout_or_close() {
     );
     assert_eq!(events[1], Event::Disconnected { conn: a });
     // SSE connections cannot answer.
-    let s = sim.open(2, Transport::Sse);
+    let s = sim.open(2, SseCodec);
     assert!(matches!(
         sim.broker.request(sim.now, s, &ev, &text("?"), None),
         Err(ApiError::Unsupported { .. })
@@ -498,8 +498,8 @@ fn slow_consumer_drop_and_gap_catches_up_from_history() {
     let mut config = Config::default();
     config.limits.max_queued_bytes = 1000;
     let mut sim = Sim::new(config);
-    let p = sim.open(1, Transport::Native);
-    let slow = sim.open(2, Transport::Native);
+    let p = sim.open(1, NativeCodec);
+    let slow = sim.open(2, NativeCodec);
     sim.send(slow, r#"{"op":"subscribe","topic":"t"}"#);
     sim.auto_flush = false;
     let payload = "x".repeat(200);
@@ -546,8 +546,8 @@ fn slow_consumer_loses_evicted_events_with_a_gap() {
     config.limits.max_queued_bytes = 1000;
     config.retention.max_events = 3;
     let mut sim = Sim::new(config);
-    let p = sim.open(1, Transport::Native);
-    let slow = sim.open(2, Transport::Native);
+    let p = sim.open(1, NativeCodec);
+    let slow = sim.open(2, NativeCodec);
     sim.send(slow, r#"{"op":"subscribe","topic":"t"}"#);
     sim.auto_flush = false;
     for i in 1..=10 {
@@ -581,8 +581,8 @@ fn slow_consumer_disconnect_policy_per_topic() {
         SlowConsumerPolicy::Disconnect,
     )];
     let mut sim = Sim::new(config);
-    let p = sim.open(1, Transport::Native);
-    let c = sim.open(2, Transport::Native);
+    let p = sim.open(1, NativeCodec);
+    let c = sim.open(2, NativeCodec);
     sim.send(c, r#"{"op":"subscribe","topics":["prices.>","news"]}"#);
     sim.auto_flush = false;
     for _ in 0..5 {
@@ -614,7 +614,7 @@ fn grants_are_enforced() {
         client_ids: ClientIds::Only(name("me")),
     };
     let mut sim = Sim::new(Config::default());
-    let c = sim.open_with(1, Transport::Native, grants);
+    let c = sim.open_with(1, NativeCodec, grants);
     for frame in [
         r#"{"op":"subscribe","id":1,"topic":">"}"#,
         r#"{"op":"subscribe","id":2,"topics":["public.a","private"]}"#,
@@ -656,8 +656,8 @@ fn bad_input_is_answered_and_isolated() {
     config.limits.max_frame_bytes = 100;
     config.limits.max_subscriptions = 2;
     let mut sim = Sim::new(config);
-    let bad = sim.open(1, Transport::Native);
-    let good = sim.open(2, Transport::Native);
+    let bad = sim.open(1, NativeCodec);
+    let good = sim.open(2, NativeCodec);
     sim.send(good, r#"{"op":"subscribe","topic":"t"}"#);
     for (frame, code) in [
         ("{", "bad_frame"),
@@ -713,8 +713,8 @@ fn keepalive_idle_and_clock_clamping() {
     config.timers.keepalive = Some(Duration::from_secs(10));
     config.timers.idle_timeout = Some(Duration::from_secs(30));
     let mut sim = Sim::new(config);
-    let ws = sim.open(1, Transport::Native);
-    let sse = sim.open(2, Transport::Sse);
+    let ws = sim.open(1, NativeCodec);
+    let sse = sim.open(2, SseCodec);
     sim.advance(Duration::from_secs(10));
     assert_eq!(sim.take(ws), vec![json!({"type":"ping"})]);
     assert_eq!(sim.take_raw(sse), vec![&b":\n\n"[..]]);
@@ -756,12 +756,12 @@ fn adapter_misuse_is_an_error_and_limits_hold() {
     let mut config = Config::default();
     config.limits.max_connections = 1;
     let mut sim = Sim::new(config);
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     let dup = sim.broker.handle_input(
         sim.now,
         Input::Open {
             conn: a,
-            transport: Transport::Native,
+            codec: Box::new(NativeCodec),
             grants: Arc::new(Grants::all()),
         },
     );
@@ -776,7 +776,7 @@ fn adapter_misuse_is_an_error_and_limits_hold() {
             sim.now,
             Input::Open {
                 conn: ConnId(2),
-                transport: Transport::Native,
+                codec: Box::new(NativeCodec),
                 grants: Arc::new(Grants::all()),
             },
         )
@@ -794,13 +794,13 @@ fn retention_by_age() {
     let mut config = Config::default();
     config.retention.max_age = Duration::from_secs(60);
     let mut sim = Sim::new(config);
-    let p = sim.open(1, Transport::Native);
+    let p = sim.open(1, NativeCodec);
     publish(&mut sim, p, "a", "old");
     sim.advance(Duration::from_secs(30));
     publish(&mut sim, p, "a", "new");
     sim.advance(Duration::from_secs(30));
     assert_eq!(sim.broker.stats().retained_events, 1);
-    let c = sim.open(2, Transport::Native);
+    let c = sim.open(2, NativeCodec);
     sim.send(c, r#"{"op":"subscribe","topic":"a","from":"1-0"}"#);
     let f = sim.take(c);
     assert_eq!(f[0]["type"], "gap");
@@ -812,7 +812,7 @@ fn retention_by_age() {
 #[test]
 fn null_data_pong_reserved_names_and_reply_errors() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
     sim.send(a, r#"{"op":"publish","id":1,"topic":"t","data":null}"#);
     let f = sim.take(a);
@@ -845,7 +845,7 @@ fn fatal_errors_send_one_frame_and_resubscribing_held_patterns_sends_no_gap() {
     let mut config = Config::default();
     config.limits.max_frame_bytes = 64;
     let mut sim = Sim::new(config);
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
     sim.send(a, r#"{"op":"subscribe","id":1,"topic":"t","from":"99-1"}"#);
     assert_eq!(
@@ -866,7 +866,7 @@ fn receive_only_websocket_clients_are_pinged_before_the_idle_timeout() {
     config.timers.keepalive = Some(Duration::from_secs(15));
     config.timers.idle_timeout = Some(Duration::from_secs(60));
     let mut sim = Sim::new(config);
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
     let mut pings = 0;
     for _ in 0..20 {
@@ -897,7 +897,7 @@ fn an_event_larger_than_the_credit_still_goes_to_an_idle_connection() {
     let mut config = Config::default();
     config.limits.max_queued_bytes = 300;
     let mut sim = Sim::new(config);
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"subscribe","topic":"t"}"#);
     let big = "x".repeat(1000);
     sim.broker.publish(sim.now, topic("t"), None, text(&big));
@@ -905,7 +905,7 @@ fn an_event_larger_than_the_credit_still_goes_to_an_idle_connection() {
     assert_eq!(sim.event_data(a), vec![big.clone()]);
     assert!(!sim.closed.contains_key(&a), "nothing else was in flight");
     // A resume through it works the same way.
-    let b = sim.open(2, Transport::Native);
+    let b = sim.open(2, NativeCodec);
     sim.send(b, r#"{"op":"subscribe","topic":"t","from":"1-0"}"#);
     assert_eq!(sim.event_data(b), vec![big]);
     assert!(!sim.closed.contains_key(&b));
@@ -914,7 +914,7 @@ fn an_event_larger_than_the_credit_still_goes_to_an_idle_connection() {
 #[test]
 fn null_fields_are_absent_and_bad_utf8_anywhere_is_refused() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"ping","id":null,"event":null}"#);
     assert!(sim.take(a).is_empty(), "a null id is no id: no answer");
     let mut frame = br#"{"op":"ping","id":1,"x":""#.to_vec();

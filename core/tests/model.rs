@@ -17,7 +17,7 @@ use serde_json::Value;
 use tidings_core::sse::{Decoder, Item};
 use tidings_core::{
     Broker, Command, Config, ConnId, Cursor, Event, Grants, Input, Name, Output, Pattern, Payload,
-    SlowConsumerPolicy, Subscribe, Topic, Transport, native,
+    SlowConsumerPolicy, Subscribe, Topic, native,
 };
 
 const TOPICS: [&str; 5] = ["a", "b", "a.x", "a.y", "b.x.y"];
@@ -374,14 +374,14 @@ impl Harness {
                     server_pending: Vec::new(),
                     client_id: format!("c{}", id.0),
                 });
-                let transport = if sse {
-                    Transport::Sse
+                let codec: Box<dyn tidings_core::codec::Codec> = if sse {
+                    Box::new(tidings_core::sse::SseCodec)
                 } else {
-                    Transport::Native
+                    Box::new(tidings_core::native::NativeCodec)
                 };
                 self.input(Input::Open {
                     conn: id,
-                    transport,
+                    codec,
                     grants: Arc::new(Grants::all()),
                 });
                 let i = self.conns.len() - 1;

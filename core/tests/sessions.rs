@@ -6,12 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Sim, publish};
+use common::{NativeCodec, Sim, SseCodec, publish};
 use serde_json::{Value, json};
 use tidings_core::sse::{Decoder, Item};
 use tidings_core::{
-    Config, ConnId, ErrorCode, Event, Lifecycle, Name, Pattern, Payload, Topic, Transport,
-    Visibility,
+    Config, ConnId, ErrorCode, Event, Lifecycle, Name, Pattern, Payload, Topic, Visibility,
 };
 
 fn name(s: &str) -> Name {
@@ -62,8 +61,8 @@ fn identify(sim: &mut Sim, conn: ConnId, id: &str) {
 #[test]
 fn a_client_reconnecting_within_the_window_keeps_its_subscriptions_and_loses_nothing() {
     let mut sim = Sim::new(windowed());
-    let publisher = sim.open(1, Transport::Native);
-    let a = sim.open(2, Transport::Native);
+    let publisher = sim.open(1, NativeCodec);
+    let a = sim.open(2, NativeCodec);
     identify(&mut sim, a, "alice");
     sim.send(a, r#"{"op":"subscribe","id":1,"topic":"news.*"}"#);
     sim.take(a);
@@ -77,7 +76,7 @@ fn a_client_reconnecting_within_the_window_keeps_its_subscriptions_and_loses_not
     publish(&mut sim, publisher, "news.us", "three");
     sim.advance(Duration::from_secs(59));
 
-    let b = sim.open(3, Transport::Native);
+    let b = sim.open(3, NativeCodec);
     identify(&mut sim, b, "alice");
     let frames = sim.take(b);
     assert_eq!(frames[0], json!({"type":"ok","id":99}));
@@ -104,7 +103,7 @@ fn a_client_reconnecting_within_the_window_keeps_its_subscriptions_and_loses_not
 #[test]
 fn after_the_window_the_session_is_gone_and_reported() {
     let mut sim = Sim::new(windowed());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     identify(&mut sim, a, "bob");
     sim.send(a, r#"{"op":"subscribe","topic":"x"}"#);
     sim.close(a);
@@ -114,7 +113,7 @@ fn after_the_window_the_session_is_gone_and_reported() {
     assert!(sim.take_events().contains(&Event::SessionExpired {
         client_id: name("bob")
     }));
-    let b = sim.open(2, Transport::Native);
+    let b = sim.open(2, NativeCodec);
     identify(&mut sim, b, "bob");
     assert_eq!(sim.take(b), vec![json!({"type":"ok","id":99})]);
     assert!(sim.broker.conn(b).unwrap().subscriptions.is_empty());
@@ -124,14 +123,14 @@ fn after_the_window_the_session_is_gone_and_reported() {
 #[test]
 fn without_a_window_or_anything_to_keep_nothing_is_parked() {
     let mut sim = Sim::new(Config::default());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     identify(&mut sim, a, "carol");
     sim.send(a, r#"{"op":"subscribe","topic":"x"}"#);
     sim.close(a);
     assert!(sim.broker.parked_sessions().is_empty());
 
     let mut sim = Sim::new(windowed());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     identify(&mut sim, a, "carol");
     sim.close(a);
     assert!(
@@ -146,7 +145,7 @@ fn parked_sessions_are_bounded_oldest_first() {
     config.limits.max_parked_sessions = 2;
     let mut sim = Sim::new(config);
     for (i, id) in ["c1", "c2", "c3"].iter().enumerate() {
-        let c = sim.open(i as u64 + 1, Transport::Native);
+        let c = sim.open(i as u64 + 1, NativeCodec);
         identify(&mut sim, c, id);
         sim.send(c, r#"{"op":"subscribe","topic":"x"}"#);
         sim.close(c);
@@ -157,7 +156,7 @@ fn parked_sessions_are_bounded_oldest_first() {
     }));
     // Reconnecting and leaving again many times within the window keeps the bookkeeping small.
     for i in 0..100 {
-        let c = sim.open(100 + i, Transport::Native);
+        let c = sim.open(100 + i, NativeCodec);
         identify(&mut sim, c, "c3");
         sim.close(c);
     }
@@ -167,7 +166,7 @@ fn parked_sessions_are_bounded_oldest_first() {
 #[test]
 fn a_restored_session_is_limited_by_the_new_connections_grants() {
     let mut sim = Sim::new(windowed());
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     identify(&mut sim, a, "dave");
     sim.send(a, r#"{"op":"subscribe","topics":["public.a","secret.b"]}"#);
     sim.close(a);
@@ -176,7 +175,7 @@ fn a_restored_session_is_limited_by_the_new_connections_grants() {
         client_ids: tidings_core::ClientIds::Only(name("dave")),
         ..Default::default()
     };
-    let b = sim.open_with(2, Transport::Native, grants);
+    let b = sim.open_with(2, NativeCodec, grants);
     identify(&mut sim, b, "dave");
     assert_eq!(
         sim.broker.conn(b).unwrap().subscriptions,
@@ -187,8 +186,8 @@ fn a_restored_session_is_limited_by_the_new_connections_grants() {
 #[test]
 fn an_sse_stream_resuming_a_session_with_an_older_cursor_gets_what_was_in_flight() {
     let mut sim = Sim::new(windowed());
-    let publisher = sim.open(1, Transport::Native);
-    let s = sim.open(2, Transport::Sse);
+    let publisher = sim.open(1, NativeCodec);
+    let s = sim.open(2, SseCodec);
     // The stream's own topic (from its URL), then its client id.
     sim.command(s, subscribe(&["a"], None));
     identify(&mut sim, s, "erin");
@@ -216,7 +215,7 @@ fn an_sse_stream_resuming_a_session_with_an_older_cursor_gets_what_was_in_flight
     // The stream dies after both were handed out, but the browser only saw a1.
     sim.close(s);
     publish(&mut sim, publisher, "b", "b2");
-    let s2 = sim.open(3, Transport::Sse);
+    let s2 = sim.open(3, SseCodec);
     sim.command(s2, subscribe(&["a"], Some(first.parse().unwrap())));
     identify(&mut sim, s2, "erin");
     let got: Vec<_> = sse_events(&mut sim, s2)
@@ -244,8 +243,8 @@ fn subscribe(patterns: &[&str], from: Option<tidings_core::Cursor>) -> tidings_c
 #[test]
 fn subscription_changes_for_a_parked_or_unknown_client() {
     let mut sim = Sim::new(windowed());
-    let publisher = sim.open(1, Transport::Native);
-    let a = sim.open(2, Transport::Native);
+    let publisher = sim.open(1, NativeCodec);
+    let a = sim.open(2, NativeCodec);
     identify(&mut sim, a, "frank");
     sim.send(a, r#"{"op":"subscribe","topic":"x"}"#);
     sim.close(a);
@@ -264,7 +263,7 @@ fn subscription_changes_for_a_parked_or_unknown_client() {
     assert_eq!(change.subscriptions, vec![pattern("y")]);
     publish(&mut sim, publisher, "y", "after the change");
     publish(&mut sim, publisher, "x", "unsubscribed");
-    let b = sim.open(3, Transport::Native);
+    let b = sim.open(3, NativeCodec);
     identify(&mut sim, b, "frank");
     let data: Vec<_> = sim
         .take(b)
@@ -282,7 +281,7 @@ fn subscription_changes_for_a_parked_or_unknown_client() {
     let mut config = windowed();
     config.limits.max_subscriptions = 1;
     let mut sim = Sim::new(config);
-    let a = sim.open(1, Transport::Native);
+    let a = sim.open(1, NativeCodec);
     identify(&mut sim, a, "gina");
     let e = sim
         .broker
@@ -303,10 +302,10 @@ fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
         lifecycle_events: true,
         ..Config::default()
     });
-    let publisher = sim.open(1, Transport::Native);
-    let alice = sim.open(2, Transport::Native);
+    let publisher = sim.open(1, NativeCodec);
+    let alice = sim.open(2, NativeCodec);
     identify(&mut sim, alice, "alice");
-    let bob = sim.open(3, Transport::Native);
+    let bob = sim.open(3, NativeCodec);
     identify(&mut sim, bob, "bob");
     sim.take(alice);
     sim.take(bob);

@@ -36,10 +36,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
+use tidings_core::codec::Codec;
 use tidings_core::{
-    AckId, ApiError, Broker, Command, ConnId, ConnMap, Cursor, ErrorCode, Event, Grants, Input,
-    Name, Output, Pattern, Payload, ProtocolError, Recipient, ReqId, Stats, SubscriptionChange,
-    Topic, Transport, Visibility,
+    AckId, ApiError, Broker, Command, ConnId, ConnMap, Cursor, Delivery, ErrorCode, Event, Grants,
+    Input, Name, Output, Pattern, Payload, ProtocolError, Recipient, ReqId, Stats,
+    SubscriptionChange, Topic, Visibility,
 };
 
 use crate::hub::{Disconnect, Registry};
@@ -54,6 +55,10 @@ const BATCH: usize = 256;
 pub(crate) enum Out {
     /// Write this frame.
     Frame(Bytes),
+    /// Send the transport's own keep-alive (a WebSocket ping with an empty payload).
+    KeepAlive,
+    /// Hand this typed delivery to an in-process subscription.
+    Item(Arc<Delivery>),
     /// Write what came before, then close with this reason (`None`: a normal close, WebSocket
     /// 1000) and report `Closed`.
     Close(Option<ProtocolError>),
@@ -72,23 +77,15 @@ pub(crate) enum Kind {
     /// An in-process subscription of the application ([`crate::Hub::subscribe`]).
     Internal,
     /// A WebSocket of a compatible protocol (`/ws/bus`: ksbus, `/etp`: etp); counted with `/ws`.
-    Compat(Transport),
+    Compat,
 }
 
 impl Kind {
     fn index(self) -> usize {
         match self {
-            Self::Ws | Self::Compat(_) => 0,
+            Self::Ws | Self::Compat => 0,
             Self::Sse => 1,
             Self::Internal => 2,
-        }
-    }
-
-    pub(crate) fn transport(self) -> Transport {
-        match self {
-            Self::Sse => Transport::Sse,
-            Self::Ws | Self::Internal => Transport::Native,
-            Self::Compat(t) => t,
         }
     }
 }
@@ -97,6 +94,8 @@ impl Kind {
 pub(crate) struct Opening {
     pub conn: ConnId,
     pub kind: Kind,
+    /// Its wire format, handed to the broker.
+    pub codec: Box<dyn Codec>,
     pub grants: Arc<Grants>,
     pub outbox: Outbox,
     /// Dropped by the driver to stop the connection task at once.
@@ -670,6 +669,7 @@ impl<R: Runtime> Driver<R> {
         let Opening {
             conn,
             kind,
+            codec,
             grants,
             outbox,
             kill,
@@ -738,12 +738,11 @@ impl<R: Runtime> Driver<R> {
             },
         );
         self.counts[kind.index()] += 1;
-        let transport = kind.transport();
         self.feed(
             now,
             Input::Open {
                 conn,
-                transport,
+                codec,
                 grants,
             },
         );
@@ -792,7 +791,7 @@ impl<R: Runtime> Driver<R> {
                 ));
                 return;
             }
-            Some(entry) if !matches!(entry.kind, Kind::Ws | Kind::Compat(_)) => {
+            Some(entry) if !matches!(entry.kind, Kind::Ws | Kind::Compat) => {
                 let _ = reply.send(refuse(
                     ErrorCode::NoRecipient,
                     format!("connection {conn} is not a WebSocket: it cannot be pinged"),
@@ -901,7 +900,9 @@ impl<R: Runtime> Driver<R> {
     fn drain(&mut self, now: Instant) {
         while let Some(out) = self.broker.poll_output() {
             match out {
-                Output::Transmit { conn, payload } => self.transmit(now, conn, payload),
+                Output::Transmit { conn, payload } => self.queue_open(conn, Out::Frame(payload)),
+                Output::KeepAlive { conn } => self.queue_open(conn, Out::KeepAlive),
+                Output::Deliver { conn, item } => self.queue_open(conn, Out::Item(item)),
                 Output::Close { conn, reason } => self.close(now, conn, reason),
                 Output::Event(event) => self.event(now, *event),
                 other => tracing::debug!("unhandled output: {other:?}"),
@@ -909,32 +910,14 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    fn transmit(&mut self, now: Instant, conn: ConnId, payload: Bytes) {
-        let Some(entry) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if !entry.open {
-            return; // closing: nothing more is handed out
+    /// Queues a frame for a connection that is not closing (once the broker asked to close it,
+    /// nothing more is handed out).
+    fn queue_open(&mut self, conn: ConnId, out: Out) {
+        if let Some(entry) = self.conns.get_mut(&conn)
+            && entry.open
+        {
+            entry.queue(conn, out, &mut self.dirty);
         }
-        if entry.kind == Kind::Internal && payload.as_ref() == PING_FRAME {
-            // In-process subscriptions answer keep-alives here, so that one which is not being
-            // polled for a while is not closed as idle.
-            let len = payload.len();
-            if let Err(e) = self.broker.handle_input(
-                now,
-                Input::Command {
-                    conn,
-                    cmd: Command::Ping { req: None },
-                },
-            ) {
-                tracing::trace!("ignored input: {e}");
-            }
-            let _ = self
-                .broker
-                .handle_input(now, Input::Flushed { conn, bytes: len });
-            return;
-        }
-        entry.queue(conn, Out::Frame(payload), &mut self.dirty);
     }
 
     fn close(&mut self, now: Instant, conn: ConnId, reason: ProtocolError) {
@@ -1102,16 +1085,8 @@ impl<R: Runtime> Driver<R> {
         });
     }
 
-    /// Reports a client's protocol violation to the application's error hook. Answers to
-    /// unknown server requests from etp clients are not reported (etp ignores them silently).
+    /// Reports a client's protocol violation to the application's error hook.
     fn on_error(&self, conn: ConnId, error: &ProtocolError) {
-        let etp = self
-            .conns
-            .get(&conn)
-            .is_some_and(|e| matches!(e.kind, Kind::Compat(Transport::Etp | Transport::EtpJs)));
-        if etp && error.code == ErrorCode::UnknownRequest {
-            return;
-        }
         let hook = self.registry.read().ok().and_then(|r| r.on_error.clone());
         if let Some(hook) = hook
             && std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn, error))).is_err()
@@ -1120,9 +1095,6 @@ impl<R: Runtime> Driver<R> {
         }
     }
 }
-
-/// The native keep-alive frame, answered for in-process subscriptions by the driver itself.
-const PING_FRAME: &[u8] = br#"{"type":"ping"}"#;
 
 /// The application-facing error for an [`ApiError`] of a server request.
 pub(crate) fn api_to_protocol(e: &ApiError) -> ProtocolError {

@@ -27,17 +27,16 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use futures_util::Stream;
 use futures_util::future::{BoxFuture, Shared};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use tidings_core::codec::Codec;
+use tidings_core::typed::TypedCodec;
 use tidings_core::{
-    ApiError, Broker, Command, ConnId, Cursor, ErrorCode, Gap, GapReason, Grants, Lifecycle,
-    Limits, Name, Pattern, Payload, ProtocolError, Recipient, Subscribe, SubscriptionChange, Topic,
-    Transport, Visibility,
+    ApiError, Broker, Command, ConnId, Cursor, Delivery, ErrorCode, Gap, Grants, Lifecycle, Limits,
+    Name, Pattern, Payload, ProtocolError, Recipient, Subscribe, SubscriptionChange, Topic,
+    Visibility,
 };
 
 use crate::auth::{AuthError, Authenticated};
@@ -133,8 +132,9 @@ pub type Authorizer =
 pub struct Connecting<'a> {
     /// Its id (never reused).
     pub conn: ConnId,
-    /// `/ws` (native) or `/sse`.
-    pub transport: Transport,
+    /// Its wire format ([`tidings_core::codec::Codec::format`]): `native` (`/ws`), `sse`,
+    /// `ksbus` (`/ws/bus`), `etp` or `etp-js` (`/etp`).
+    pub format: &'static str,
     /// The HTTP request that opened it.
     pub head: &'a RequestHead,
     /// The client id authentication gave it, if any.
@@ -349,6 +349,7 @@ impl Hub {
     pub(crate) fn opening(
         &self,
         kind: Kind,
+        codec: Box<dyn Codec>,
         head: &RequestHead,
         auth: Authenticated,
         then: Option<Command>,
@@ -358,7 +359,7 @@ impl Hub {
         let (outbox, frames) = mailbox(self.outbox_frames());
         let rooms = self.connect_rooms(&Connecting {
             conn,
-            transport: kind.transport(),
+            format: codec.format(),
             head,
             client_id: auth.client_id.as_ref(),
         });
@@ -371,6 +372,7 @@ impl Hub {
         let opening = Opening {
             conn,
             kind,
+            codec,
             grants: auth.grants.into(),
             outbox,
             kill,
@@ -845,8 +847,9 @@ impl Hub {
     /// Subscribes in-process to `patterns` (wildcards allowed), optionally resuming after
     /// `from`. The events arrive as a [`Stream`] of [`Received`] items.
     ///
-    /// This is implemented simply: an internal connection of the native protocol whose frames
-    /// the stream decodes with `serde_json`. It is subject to the same flow control as any
+    /// It is an internal connection whose codec hands over typed values
+    /// ([`tidings_core::typed::TypedCodec`]): nothing is encoded or parsed on the way. It is
+    /// subject to the same flow control as any
     /// connection: poll it, or past `max_queued_bytes` the slow-consumer policy applies (by
     /// default: it is caught up from the history later, with a gap notice for what was lost).
     /// It ends when the server shuts down or closes it; dropping it unsubscribes.
@@ -863,6 +866,7 @@ impl Hub {
         let opening = Opening {
             conn,
             kind: Kind::Internal,
+            codec: Box::new(TypedCodec),
             grants: Arc::new(Grants::all()),
             outbox,
             kill: None,
@@ -883,7 +887,6 @@ impl Hub {
             conn,
             frames,
             ctl: self.inner.ctl.clone(),
-            limits: self.inner.limits.clone(),
             closed: None,
             ended: false,
         })
@@ -914,7 +917,6 @@ pub struct Subscription {
     conn: ConnId,
     frames: Inbox,
     ctl: flume::Sender<Ctl>,
-    limits: Limits,
     closed: Option<ProtocolError>,
     /// The stream has ended (with `closed`, or normally without).
     ended: bool,
@@ -959,17 +961,18 @@ impl Stream for Subscription {
                         "the subscription was dropped by the server",
                     ));
                 }
-                Poll::Ready(Some(Out::Ping(_))) => {} // never handed to in-process subscriptions
                 Poll::Ready(Some(Out::Close(reason))) => {
                     this.ended = true;
                     this.closed = reason;
                 }
-                Poll::Ready(Some(Out::Frame(frame))) => {
-                    let _ = this.ctl.send(Ctl::Flushed(this.conn, frame.len()));
-                    if let Some(item) = decode_frame(&frame, &this.limits) {
+                Poll::Ready(Some(Out::Item(item))) => {
+                    let _ = this.ctl.send(Ctl::Flushed(this.conn, item.size()));
+                    if let Some(item) = received(&item) {
                         return Poll::Ready(Some(item));
                     }
                 }
+                // Never handed to in-process subscriptions (their codec makes typed items only).
+                Poll::Ready(Some(Out::Frame(_) | Out::Ping(_) | Out::KeepAlive)) => {}
             }
         }
     }
@@ -981,76 +984,25 @@ impl Drop for Subscription {
     }
 }
 
-#[derive(Deserialize)]
-struct WireFrame<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    topic: Option<String>,
-    cursor: Option<String>,
-    event: Option<String>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    from: Option<String>,
-    to: Option<String>,
-    reason: Option<String>,
-    dropped_messages: Option<u64>,
-}
-
-/// Turns a native server frame into what a subscription yields (`None` for frames that are not
-/// events or gaps, e.g. `welcome`).
-fn decode_frame(frame: &Bytes, limits: &Limits) -> Option<Received> {
-    let wire: WireFrame<'_> = match serde_json::from_slice(frame) {
-        Ok(wire) => wire,
-        Err(e) => {
-            tracing::error!("in-process subscription: undecodable frame: {e}");
-            return None;
-        }
-    };
-    match wire.kind.as_str() {
-        "event" => {
-            let topic = Topic::parse(wire.topic.as_deref()?, limits.names).ok()?;
-            let cursor = wire.cursor.as_deref()?.parse().ok()?;
-            let event = match wire.event {
-                Some(e) => Some(Name::parse("event", &e, limits.max_name_len).ok()?),
-                None => None,
-            };
-            let payload = payload_of(frame, wire.data?)?;
-            Some(Received::Event {
-                topic,
-                cursor,
-                event,
-                payload,
-            })
-        }
-        "gap" => {
-            let reason = match wire.reason.as_deref()? {
-                "evicted" => GapReason::Evicted,
-                "epoch" => GapReason::Epoch,
-                _ => GapReason::SlowConsumer,
-            };
-            Some(Received::Gap(Gap {
-                from: wire.from.and_then(|c| c.parse().ok()),
-                to: wire.to?.parse().ok()?,
-                reason,
-                dropped_messages: wire.dropped_messages.unwrap_or(0),
-            }))
-        }
+/// What a subscription yields for a delivery (`None` for what it does not yield: messages,
+/// which need a client id or a room, never reach it).
+fn received(item: &Delivery) -> Option<Received> {
+    match item {
+        Delivery::Event {
+            topic,
+            cursor,
+            event,
+            payload,
+            ..
+        } => Some(Received::Event {
+            topic: topic.clone(),
+            cursor: *cursor,
+            event: event.clone(),
+            payload: payload.clone(),
+        }),
+        Delivery::Gap(gap) => Some(Received::Gap(gap.clone())),
         _ => None,
     }
-}
-
-/// The payload of a `data` value: a JSON string is text (unescaped), anything else is JSON, cut
-/// out of the frame without copying.
-fn payload_of(frame: &Bytes, data: &RawValue) -> Option<Payload> {
-    let raw = data.get();
-    if raw.starts_with('"') {
-        let text: String = serde_json::from_str(raw).ok()?;
-        return Payload::text(text).ok();
-    }
-    let start = (raw.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
-    let bytes = frame.get(start..start + raw.len())?;
-    debug_assert_eq!(bytes, raw.as_bytes());
-    Payload::json(frame.slice(start..start + raw.len())).ok()
 }
 
 #[cfg(test)]
@@ -1106,48 +1058,5 @@ mod tests {
             // Every clone sees it.
             hub.clone().failed().await;
         });
-    }
-
-    #[test]
-    fn decodes_events_and_gaps() {
-        let limits = Limits::default();
-        let frame = Bytes::from_static(
-            br#"{"type":"event","topic":"a.b","cursor":"1f-2","event":"x","data":{"k":[1, 2]}}"#,
-        );
-        let Some(Received::Event {
-            topic,
-            cursor,
-            event,
-            payload,
-        }) = decode_frame(&frame, &limits)
-        else {
-            panic!("not an event");
-        };
-        assert_eq!(topic.as_str(), "a.b");
-        assert_eq!(cursor.to_string(), "1f-2");
-        assert_eq!(event.unwrap().as_str(), "x");
-        assert!(payload.is_json());
-        assert_eq!(payload.as_str(), r#"{"k":[1, 2]}"#);
-
-        let frame =
-            Bytes::from_static(br#"{"type":"event","topic":"a","cursor":"1-3","data":"l1\nl2"}"#);
-        let Some(Received::Event { payload, .. }) = decode_frame(&frame, &limits) else {
-            panic!("not an event");
-        };
-        assert!(!payload.is_json());
-        assert_eq!(payload.as_str(), "l1\nl2");
-
-        let frame = Bytes::from_static(
-            br#"{"type":"gap","from":"1-1","to":"1-4","reason":"evicted","dropped_messages":0}"#,
-        );
-        let Some(Received::Gap(gap)) = decode_frame(&frame, &limits) else {
-            panic!("not a gap");
-        };
-        assert_eq!(gap.reason, GapReason::Evicted);
-        assert_eq!(gap.to.to_string(), "1-4");
-        assert_eq!(
-            decode_frame(&Bytes::from_static(br#"{"type":"ping"}"#), &limits),
-            None
-        );
     }
 }

@@ -15,6 +15,7 @@ use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
+use tidings_core::sse::SseCodec;
 use tidings_core::{Command, Cursor, Pattern, Subscribe};
 
 use crate::driver::{ConnMsg, Ctl, Kind, Out, hand};
@@ -62,9 +63,14 @@ where
     if client_id.is_some() {
         auth.client_id = client_id;
     }
-    let (mut opening, mut outbox) =
-        ctx.hub
-            .opening(Kind::Sse, &head, auth, Some(subscribe), Some(kill_tx));
+    let (mut opening, mut outbox) = ctx.hub.opening(
+        Kind::Sse,
+        Box::new(SseCodec),
+        &head,
+        auth,
+        Some(subscribe),
+        Some(kill_tx),
+    );
     opening.takeover = takeover;
     let opening = Box::new(opening);
     drop(head);
@@ -124,7 +130,7 @@ where
                         }
                     }
                     // Not handed to streams (the driver refuses): dropping the reply says so.
-                    Out::Ping(_) => {}
+                    Out::Ping(_) | Out::KeepAlive | Out::Item(_) => {}
                     Out::Close(reason) => {
                         if let Some(reason) = &reason {
                             tracing::debug!(%conn, "closing the stream: {reason}");
@@ -234,8 +240,14 @@ impl SseBody {
         if client_id.is_some() {
             auth.client_id = client_id;
         }
-        let (mut opening, frames) =
-            hub.opening(Kind::Sse, head, auth, Some(subscribe(patterns, from)), None);
+        let (mut opening, frames) = hub.opening(
+            Kind::Sse,
+            Box::new(SseCodec),
+            head,
+            auth,
+            Some(subscribe(patterns, from)),
+            None,
+        );
         opening.takeover = takeover;
         let conn = opening.conn;
         // Everything of this stream goes through the control channel, so `Closed` (sent on
@@ -275,7 +287,7 @@ impl futures_util::Stream for SseBody {
                 Poll::Ready(Some(frame))
             }
             // Not handed to streams (the driver refuses): dropping the reply says so.
-            Poll::Ready(Some(Out::Ping(_))) => {
+            Poll::Ready(Some(Out::Ping(_) | Out::KeepAlive | Out::Item(_))) => {
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }

@@ -28,7 +28,11 @@ use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{AsyncWriteExt as _, SinkExt as _, StreamExt as _};
-use tidings_core::{Command, ErrorCode, ProtocolError, Transport, etp, ksbus, native};
+use tidings_core::codec::Codec;
+use tidings_core::etp::EtpCodec;
+use tidings_core::ksbus::KsbusCodec;
+use tidings_core::native::NativeCodec;
+use tidings_core::{Command, ErrorCode, ProtocolError};
 
 use crate::auth::Authenticated;
 use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out, hand};
@@ -113,9 +117,17 @@ impl Proto {
     fn kind(self) -> Kind {
         match self {
             Self::Native => Kind::Ws,
-            Self::Ksbus => Kind::Compat(Transport::Ksbus),
-            Self::Etp { js: false, .. } => Kind::Compat(Transport::Etp),
-            Self::Etp { js: true, .. } => Kind::Compat(Transport::EtpJs),
+            Self::Ksbus | Self::Etp { .. } => Kind::Compat,
+        }
+    }
+
+    /// The codec of a new connection (`server_id`: the server's ksbus id).
+    fn codec(self, server_id: &str) -> Box<dyn Codec> {
+        match self {
+            Self::Native => Box::new(NativeCodec),
+            Self::Ksbus => Box::new(KsbusCodec::new(server_id)),
+            Self::Etp { js: false, .. } => Box::new(EtpCodec::go()),
+            Self::Etp { js: true, .. } => Box::new(EtpCodec::js()),
         }
     }
 }
@@ -142,11 +154,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (kill_tx, kill) = oneshot::channel::<()>();
+    let codec = proto.codec(ctx.hub.server_id());
+    let decoder = codec.fresh();
     let (opening, outbox) = ctx
         .hub
-        .opening(proto.kind(), &head, auth, None, Some(kill_tx));
+        .opening(proto.kind(), codec, &head, auth, None, Some(kill_tx));
     drop(head);
-    serve(ctx, ws, Box::new(opening), outbox, kill, proto)
+    serve(ctx, ws, Box::new(opening), outbox, kill, proto, decoder)
 }
 
 /// The connection's task. Not an `async fn`: that would keep its arguments twice (as arguments
@@ -159,6 +173,7 @@ fn serve<R, S>(
     mut outbox: Inbox,
     mut kill: oneshot::Receiver<()>,
     proto: Proto,
+    decoder: Box<dyn Codec>,
 ) -> impl Future<Output = ()> + Send
 where
     R: Runtime,
@@ -247,17 +262,12 @@ where
                         }
                         Message::Frame(_) => continue,
                     };
-                    let cmds = if matches!(message, Message::Ping(_) | Message::Pong(_)) {
-                        vec![Command::Ping { req: None }]
+                    let mut cmds = Vec::with_capacity(1);
+                    if matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                        cmds.push(Command::Ping { req: None });
                     } else {
-                        match proto {
-                            Proto::Native => {
-                                vec![native::decode(&Bytes::copy_from_slice(data), limits)]
-                            }
-                            Proto::Ksbus => ksbus::decode(data, limits, hub.server_id()),
-                            Proto::Etp { .. } => vec![etp::decode(data, limits)],
-                        }
-                    };
+                        decoder.decode(&Bytes::copy_from_slice(data), limits, &mut cmds);
+                    }
                     let mut gone = false;
                     for cmd in cmds {
                         if !hand(to_driver, ConnMsg::Command(conn, cmd)).sent().await {
@@ -341,7 +351,7 @@ where
     ws.flush().await?;
     while let Some(out) = next.take() {
         match out {
-            Out::Frame(frame) if !frame.is_empty() => {
+            Out::Frame(frame) => {
                 bytes += frame.len();
                 frames += 1;
                 // A text frame of the shared bytes as they are: the core encoded valid UTF-8
@@ -365,12 +375,14 @@ where
                             ws.feed(Message::Ping(payload)).await?;
                         }
                     }
-                    // Protocols without keep-alive frames of their own (ksbus, etp) get an empty
-                    // frame: a WebSocket ping, whose pong counts as activity.
-                    Out::Frame(_) => {
+                    // Protocols without keep-alive frames of their own (ksbus, etp) get a
+                    // WebSocket ping, whose pong counts as activity.
+                    Out::KeepAlive => {
                         frames += 1;
                         ws.feed(Message::Ping(Bytes::new())).await?;
                     }
+                    // Typed items are for in-process subscriptions only.
+                    Out::Frame(_) | Out::Item(_) => {}
                 }
             }
         }

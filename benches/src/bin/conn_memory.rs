@@ -23,7 +23,10 @@ use std::sync::Arc;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tidings_bench::Driver;
-use tidings_core::{Config, Grants, Transport};
+use tidings_core::codec::Codec;
+use tidings_core::native::NativeCodec;
+use tidings_core::sse::SseCodec;
+use tidings_core::{Config, Grants};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -80,16 +83,16 @@ fn measure(scenario: Scenario, n: u64) -> Measured {
     let mut d = Driver::new(Config::default());
     // Warm the broker's fixed structures (output queue, scratch) so they are not charged to
     // the connections: open and close one connection outside the region.
-    let c = d.open(u64::MAX, Transport::Native);
+    let c = d.open(u64::MAX, Box::new(NativeCodec));
     d.subscribe(c, "warm.up", None);
     d.close(c);
 
     let region = Region::new(GLOBAL);
     for i in 0..n {
-        let transport = if scenario == Scenario::IdleSse {
-            Transport::Sse
+        let transport: Box<dyn Codec> = if scenario == Scenario::IdleSse {
+            Box::new(SseCodec)
         } else {
-            Transport::Native
+            Box::new(NativeCodec)
         };
         let conn = if scenario == Scenario::IdleOwnGrants {
             d.open_with(i, transport, Arc::new(Grants::all()))

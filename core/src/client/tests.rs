@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::Config;
 use crate::grants::Grants;
-use crate::input::{ConnId, Input, Transport};
+use crate::ids::ConnId;
+use crate::input::Input;
 use crate::output::{GapReason, Output};
 use crate::topic::NameLimits;
 use crate::{Broker, native};
@@ -109,7 +110,7 @@ impl Pair {
                                     self.now,
                                     Input::Open {
                                         conn,
-                                        transport: Transport::Native,
+                                        codec: Box::new(crate::native::NativeCodec),
                                         grants: Arc::new(Grants::all()),
                                     },
                                 )

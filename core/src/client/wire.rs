@@ -12,9 +12,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::command::{Command, Recipient};
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::input::{AckId, Command, Recipient, ReqId};
+use crate::ids::{AckId, ReqId};
 use crate::native::{parse_id, payload, string, write_json_str};
 use crate::output::{Gap, GapReason};
 use crate::payload::Payload;
@@ -577,8 +578,9 @@ pub fn encode_pong() -> Bytes {
 mod tests {
     use super::*;
     use crate::codec::Frame;
+    use crate::command::Subscribe;
     use crate::config::Limits;
-    use crate::input::{ConnId, Subscribe};
+    use crate::ids::ConnId;
     use crate::native;
 
     fn topic(s: &str) -> Topic {

@@ -8,8 +8,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use tidings_core::{
-    Broker, Command, Config, ConnId, Event, Grants, Input, Output, ProtocolError, Transport, native,
+    Broker, Command, Config, ConnId, Event, Grants, Input, Output, ProtocolError, native,
 };
+
+#[allow(unused_imports)]
+pub use tidings_core::codec::Codec;
+#[allow(unused_imports)]
+pub use tidings_core::etp::EtpCodec;
+#[allow(unused_imports)]
+pub use tidings_core::ksbus::KsbusCodec;
+pub use tidings_core::native::NativeCodec;
+pub use tidings_core::sse::SseCodec;
 
 pub struct Sim {
     pub broker: Broker,
@@ -70,24 +79,25 @@ impl Sim {
         }
     }
 
-    pub fn open(&mut self, id: u64, transport: Transport) -> ConnId {
-        self.open_with(id, transport, Grants::all())
+    pub fn open(&mut self, id: u64, codec: impl Codec + 'static) -> ConnId {
+        self.open_with(id, codec, Grants::all())
     }
 
-    pub fn open_with(&mut self, id: u64, transport: Transport, grants: Grants) -> ConnId {
+    pub fn open_with(&mut self, id: u64, codec: impl Codec + 'static, grants: Grants) -> ConnId {
         let conn = ConnId(id);
+        let native = codec.format() == "native";
         self.broker
             .handle_input(
                 self.now,
                 Input::Open {
                     conn,
-                    transport,
+                    codec: Box::new(codec),
                     grants: Arc::new(grants),
                 },
             )
             .unwrap();
         self.drain();
-        if transport == Transport::Native {
+        if native {
             let welcome = self.take(conn);
             assert_eq!(welcome.len(), 1);
             assert_eq!(welcome[0]["type"], "welcome");

@@ -1,0 +1,130 @@
+//! What clients ask for: [`Command`]s, decoded from any wire format by a codec.
+
+use crate::cursor::Cursor;
+use crate::error::ProtocolError;
+use crate::ids::{AckId, ConnId, ReqId};
+use crate::payload::Payload;
+use crate::topic::{Name, Pattern, Topic};
+
+/// Which subscriptions a client wants; the same for every wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// Request id to answer, if the client wants an answer.
+    pub req: Option<ReqId>,
+    /// Patterns to subscribe to (wildcards allowed).
+    pub patterns: Vec<Pattern>,
+    /// Resume: deliver the retained events after this cursor first (exactly the missing suffix,
+    /// or a gap notice and then what is retained).
+    pub from: Option<Cursor>,
+    /// A name for named routing: a `send` to (topic, name) reaches only subscriptions with that name.
+    pub name: Option<Name>,
+}
+
+/// Who a direct message is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Recipient {
+    /// One connection.
+    Conn(ConnId),
+    /// The connection that identified itself with this client id.
+    Client(Name),
+    /// Every subscription named `name` whose pattern matches `topic` (named routing).
+    Named {
+        /// The topic the named subscription is on.
+        topic: Topic,
+        /// The subscription name.
+        name: Name,
+    },
+}
+
+/// A client's request, decoded from any wire format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Subscribe to patterns, optionally resuming from a cursor.
+    Subscribe(Subscribe),
+    /// Remove subscriptions.
+    Unsubscribe {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// Patterns exactly as subscribed.
+        patterns: Vec<Pattern>,
+    },
+    /// Publish to a topic (retained for replay, delivered with a cursor).
+    Publish {
+        /// Request id to answer (the answer carries the event's cursor).
+        req: Option<ReqId>,
+        /// The topic.
+        topic: Topic,
+        /// Optional event name (SSE `event:`).
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// Send a message to one recipient, not retained.
+    Send {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// Who gets it.
+        to: Recipient,
+        /// Optional event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// Ask the application something; exactly one answer comes back (the application's, or an
+    /// error such as `timeout`).
+    Request {
+        /// Request id the answer carries.
+        req: ReqId,
+        /// The handler name.
+        event: Name,
+        /// The data.
+        payload: Payload,
+    },
+    /// Answer a server request (emit-with-ack).
+    Reply {
+        /// The server request's id.
+        ack: AckId,
+        /// The answer, or the client's error message.
+        result: Result<Payload, String>,
+    },
+    /// Claim a client id so others can send to it directly.
+    Identify {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// The id to claim.
+        client_id: Name,
+    },
+    /// An event for the application that wants no answer (etp events with ack id 0, ksbus
+    /// messages to the server's own id): the application gets [`crate::Event::Notify`].
+    Notify {
+        /// The handler name.
+        event: Name,
+        /// The data.
+        payload: Payload,
+    },
+    /// Removes every subscription to exactly this topic, of every connection (ksbus
+    /// `remove_topic`). Needs the publish grant for the topic.
+    RemoveTopic {
+        /// Request id to answer.
+        req: Option<ReqId>,
+        /// The topic.
+        topic: Topic,
+    },
+    /// Liveness check; answered with a pong when it has a request id.
+    Ping {
+        /// Request id to answer.
+        req: Option<ReqId>,
+    },
+    /// A frame the codec could not turn into a command. The broker answers with an error frame
+    /// (closing the connection when `fatal`) and reports a protocol violation.
+    Invalid {
+        /// The request id, when the codec could still read it.
+        req: Option<ReqId>,
+        /// What was wrong.
+        error: ProtocolError,
+        /// Whether the connection must be closed (e.g. a frame over the size limit).
+        fatal: bool,
+    },
+}
