@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codec::{Codec, Frame};
-use crate::command::{Command, Recipient};
+use crate::command::{Claim, Command, Recipient};
 use crate::config::Config;
 use crate::conn::ConnState;
 use crate::cursor::Cursor;
@@ -492,7 +492,11 @@ impl Broker {
                 });
                 self.mark_stale();
             }
-            Command::Identify { req, client_id } => {
+            Command::Identify {
+                req,
+                client_id,
+                claim,
+            } => {
                 if !self.conn_ref(slot).grants.may_identify(&client_id) {
                     let e = ProtocolError::new(
                         ErrorCode::Forbidden,
@@ -503,18 +507,32 @@ impl Broker {
                     );
                     return self.fail(slot, req, e);
                 }
-                match self.clients.get(&client_id) {
-                    Some(holder) if *holder != slot => {
-                        let e = ProtocolError::new(
-                            ErrorCode::ClientIdTaken,
-                            format!(
-                                "client id {:?} is held by another connection",
-                                client_id.as_str()
-                            ),
-                        );
-                        return self.fail(slot, req, e);
+                if let Some(&holder) = self.clients.get(&client_id)
+                    && holder != slot
+                {
+                    let principal = self.conn_ref(slot).grants.is_bound_to(&client_id);
+                    match claim {
+                        // The same user's other connection has it: go on without it.
+                        Claim::IfFree => return,
+                        Claim::TakeOver if principal => {
+                            let e = ProtocolError::new(
+                                ErrorCode::ClientIdTaken,
+                                "another connection of this client took its client id over",
+                            );
+                            // Parks the holder's session, which this connection gets back below.
+                            self.close(holder, e);
+                        }
+                        _ => {
+                            let e = ProtocolError::new(
+                                ErrorCode::ClientIdTaken,
+                                format!(
+                                    "client id {:?} is held by another connection",
+                                    client_id.as_str()
+                                ),
+                            );
+                            return self.fail(slot, req, e);
+                        }
                     }
-                    _ => {}
                 }
                 if let Some(old) = self
                     .conn_mut(slot)

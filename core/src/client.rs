@@ -62,7 +62,7 @@ pub use wire::{
     encode_pong,
 };
 
-use crate::command::{Command, Recipient, Subscribe};
+use crate::command::{Claim, Command, Recipient, Subscribe};
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::{AckId, ReqId};
@@ -927,6 +927,7 @@ impl Client {
         self.user_op(now, self.config.op_timeout, |req| Command::Identify {
             req: Some(req),
             client_id,
+            claim: Claim::Explicit,
         })
     }
 
@@ -1239,6 +1240,7 @@ impl Client {
                 encode_command(&Command::Identify {
                     req: Some(id),
                     client_id,
+                    claim: Claim::Explicit,
                 }),
             );
         }

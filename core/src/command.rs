@@ -37,6 +37,28 @@ pub enum Recipient {
     },
 }
 
+/// How a client id is claimed ([`Command::Identify`]) when another connection holds it.
+///
+/// A client id belongs to a *principal*: a connection whose grants are bound to exactly that id
+/// ([`crate::ClientIds::Only`], e.g. the subject of its token). Only the principal may take an id
+/// over, and a parked session of a principal is restored only to the same principal; an id
+/// claimed through a wildcard grant ([`crate::ClientIds::Any`]) is only ever a free one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Claim {
+    /// Asked for by the client: refused with `client_id_taken` while another connection holds it.
+    #[default]
+    Explicit,
+    /// Given by authentication: claimed if free; if another connection holds it (the same
+    /// user's first tab), this one goes on without it, with no error.
+    IfFree,
+    /// Asked for by the client, taking it over from the connection holding it (typically its
+    /// own previous stream, not yet noticed gone), which is closed with `client_id_taken` and
+    /// parks its session for this one. Honoured only for the principal; others get
+    /// `client_id_taken` as with [`Claim::Explicit`].
+    TakeOver,
+}
+
 /// A client's request, decoded from any wire format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -95,6 +117,8 @@ pub enum Command {
         req: Option<ReqId>,
         /// The id to claim.
         client_id: Name,
+        /// What happens when another connection holds it.
+        claim: Claim,
     },
     /// An event for the application that wants no answer (etp events with ack id 0, ksbus
     /// messages to the server's own id): the application gets [`crate::Event::Notify`].

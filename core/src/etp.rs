@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::codec::{Codec, Frame, Wire};
-use crate::command::{Command, Recipient, Subscribe};
+use crate::command::{Claim, Command, Recipient, Subscribe};
 use crate::config::Limits;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::{AckId, ReqId};
@@ -300,7 +300,11 @@ fn decode_inner(frame: &[u8], limits: &Limits) -> Result<Command, Failure> {
         IDENTIFY => {
             let id = std::str::from_utf8(data).unwrap_or_default();
             let client_id = Name::parse("client id", id, limits.max_name_len).map_err(fail)?;
-            Ok(Command::Identify { req, client_id })
+            Ok(Command::Identify {
+                req,
+                client_id,
+                claim: Claim::Explicit,
+            })
         }
         _ => {
             let event = Name::parse("event", name, limits.max_name_len).map_err(|e| {

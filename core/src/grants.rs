@@ -61,6 +61,12 @@ impl Grants {
         }
     }
 
+    /// Whether the connection is bound to exactly this client id ([`ClientIds::Only`]): it is
+    /// that id's principal, which alone may take the id over or get its parked session back.
+    pub fn is_bound_to(&self, client_id: &Name) -> bool {
+        matches!(&self.client_ids, ClientIds::Only(only) if only == client_id)
+    }
+
     /// Whether publishing to `topic` is allowed.
     pub fn may_publish(&self, topic: &Topic) -> bool {
         self.publish.iter().any(|g| g.matches(topic.as_str()))

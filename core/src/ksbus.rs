@@ -25,7 +25,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::codec::{Codec, Frame, Wire};
-use crate::command::{Command, Recipient, Subscribe};
+use crate::command::{Claim, Command, Recipient, Subscribe};
 use crate::config::Limits;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::payload::Payload;
@@ -163,6 +163,7 @@ fn decode_action(
                     Ok(client_id) => cmds.push(Command::Identify {
                         req: None,
                         client_id,
+                        claim: Claim::Explicit,
                     }),
                     Err(error) => cmds.push(Command::Invalid {
                         req: None,

@@ -37,7 +37,7 @@ mod topic;
 pub mod typed;
 
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
-pub use command::{Command, Recipient, Subscribe};
+pub use command::{Claim, Command, Recipient, Subscribe};
 pub use config::{
     Config, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
 };

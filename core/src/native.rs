@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::codec::{Codec, Frame, Wire};
-use crate::command::{Command, Recipient, Subscribe};
+use crate::command::{Claim, Command, Recipient, Subscribe};
 use crate::config::Limits;
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
@@ -226,6 +226,7 @@ fn decode_op(
                 )?,
                 name_len,
             )?,
+            claim: Claim::Explicit,
         },
         "ping" => Command::Ping { req },
         // The answer to a server `ping`: activity, nothing to reply.

@@ -222,9 +222,15 @@ impl Broker {
     /// A connection claimed `client_id` (after `identify` succeeded): restores a parked session,
     /// reports the new client and sends the `tidings-session` notice where it is due.
     pub(crate) fn identified(&mut self, slot: Slot, client_id: &Name) {
-        let restored = self
+        // A principal's session goes back to the principal only (see `Claim`).
+        let grants = &self.conn_ref(slot).grants;
+        let restorable = self
             .parked
-            .remove(client_id)
+            .get(client_id)
+            .is_some_and(|p| !p.grants.is_bound_to(client_id) || grants.is_bound_to(client_id));
+        let restored = restorable
+            .then(|| self.parked.remove(client_id))
+            .flatten()
             .map(|parked| self.restore(slot, parked));
         let conn = self.conn_ref(slot);
         let id = conn.id;

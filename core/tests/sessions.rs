@@ -410,3 +410,116 @@ fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
     let payload = Payload::text("x").unwrap();
     sim.broker.publish(now, topic("news"), None, payload);
 }
+
+/// A connection whose grants are bound to `id` (its principal), or that may claim any free id.
+fn grants(bound: Option<&str>) -> tidings_core::Grants {
+    let mut g = tidings_core::Grants::all();
+    if let Some(id) = bound {
+        g.client_ids = tidings_core::ClientIds::Only(name(id));
+    }
+    g
+}
+
+fn claim(sim: &mut Sim, conn: ConnId, id: &str, claim: tidings_core::Claim) {
+    sim.command(
+        conn,
+        tidings_core::Command::Identify {
+            req: None,
+            client_id: name(id),
+            claim,
+        },
+    );
+}
+
+#[test]
+fn only_the_principal_takes_a_client_id_over_and_gets_the_session() {
+    use tidings_core::Claim;
+    let mut sim = Sim::new(windowed());
+    let publisher = sim.open(1, NativeCodec);
+    let alice = sim.open_with(2, NativeCodec, grants(Some("alice")));
+    claim(&mut sim, alice, "alice", Claim::IfFree);
+    sim.send(alice, r#"{"op":"subscribe","topic":"secret.alice"}"#);
+    sim.take(alice);
+
+    // Someone allowed any free id asks for alice's, even asking to take it over: refused.
+    let mallory = sim.open_with(3, SseCodec, grants(None));
+    claim(&mut sim, mallory, "alice", Claim::TakeOver);
+    let errors = sse_events(&mut sim, mallory);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "tidings-error");
+    assert!(errors[0].1.contains("client_id_taken"), "{errors:?}");
+    assert!(
+        !sim.closed.contains_key(&alice),
+        "alice keeps her connection"
+    );
+    publish(&mut sim, publisher, "secret.alice", "for alice");
+    assert_eq!(sim.event_data(alice), ["for alice"]);
+
+    // Authentication's id for a second tab of alice: no error, no id.
+    let tab = sim.open_with(4, NativeCodec, grants(Some("alice")));
+    claim(&mut sim, tab, "alice", Claim::IfFree);
+    assert!(
+        sim.take(tab).is_empty(),
+        "no error for an id it never asked for"
+    );
+    assert_eq!(sim.broker.conn(tab).unwrap().client_id, None);
+
+    // Alice's own reconnecting stream takes it over: the old connection is closed and its
+    // session (subscription and position) moves to the new one.
+    let stream = sim.open_with(5, SseCodec, grants(Some("alice")));
+    claim(&mut sim, stream, "alice", Claim::TakeOver);
+    assert_eq!(sim.closed[&alice].code, ErrorCode::ClientIdTaken);
+    sim.close(alice);
+    assert_eq!(
+        sim.broker.conn(stream).unwrap().client_id.as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        sim.broker.conn(stream).unwrap().subscriptions,
+        vec!["secret.alice".to_owned()]
+    );
+    publish(&mut sim, publisher, "secret.alice", "again");
+    let got: Vec<_> = sse_events(&mut sim, stream)
+        .into_iter()
+        .filter(|e| e.0 == "message")
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(got, ["again"]);
+}
+
+#[test]
+fn a_principals_parked_session_goes_back_to_the_principal_only() {
+    use tidings_core::Claim;
+    let mut sim = Sim::new(windowed());
+    let publisher = sim.open(1, NativeCodec);
+    let alice = sim.open_with(2, NativeCodec, grants(Some("alice")));
+    claim(&mut sim, alice, "alice", Claim::IfFree);
+    sim.send(alice, r#"{"op":"subscribe","topic":"secret.alice"}"#);
+    sim.close(alice);
+    publish(&mut sim, publisher, "secret.alice", "while away");
+
+    // A wildcard claimer may hold the free id, but gets no session.
+    let other = sim.open_with(3, NativeCodec, grants(None));
+    claim(&mut sim, other, "alice", Claim::Explicit);
+    assert!(sim.broker.conn(other).unwrap().subscriptions.is_empty());
+    assert_eq!(sim.broker.parked_sessions(), vec![&name("alice")]);
+    assert!(
+        sim.event_data(other).is_empty(),
+        "nothing of alice's reaches it"
+    );
+    sim.close(other);
+
+    let back = sim.open_with(4, NativeCodec, grants(Some("alice")));
+    claim(&mut sim, back, "alice", Claim::Explicit);
+    assert_eq!(
+        sim.broker.conn(back).unwrap().subscriptions,
+        vec!["secret.alice".to_owned()]
+    );
+    let data: Vec<_> = sim
+        .take(back)
+        .into_iter()
+        .filter(|f| f["type"] == "event")
+        .map(|f| f["data"].clone())
+        .collect();
+    assert_eq!(data, [json!("while away")]);
+}

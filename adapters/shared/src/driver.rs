@@ -104,10 +104,6 @@ pub(crate) struct Opening {
     pub rooms: Vec<Name>,
     /// Commands handled right after `Open` (the SSE subscription, identify).
     pub commands: Vec<Command>,
-    /// The client id of the `Identify` in `commands` was asked for explicitly (an SSE stream's
-    /// `client_id`): take it over from any connection holding it, which is closed (and so parks
-    /// its session for this one to take back).
-    pub takeover: bool,
 }
 
 /// From connection tasks, in order.
@@ -265,8 +261,6 @@ struct Entry {
     open: bool,
     /// Never sent: dropping it (with the entry) stops the connection task at once.
     _kill: Option<oneshot::Sender<()>>,
-    /// The client id it was identified with when it opened (from authentication).
-    auto_id: Option<Name>,
     /// Why it is ending, once known (the server closed it, or the client sent a close).
     ending: Option<Disconnect>,
 }
@@ -325,8 +319,6 @@ pub(crate) struct Driver<R: Runtime> {
     handled: u64,
     /// The connection whose `Closed` is being fed to the broker, and why it ended.
     ending: Option<(ConnId, Disconnect)>,
-    /// Client ids claimed for connections when they opened, and by whom.
-    auto_ids: HashMap<Name, ConnId>,
     /// Handlers running for events that want no answer, per connection (bounded like pending
     /// requests).
     notifies: HashMap<ConnId, usize>,
@@ -359,7 +351,6 @@ impl<R: Runtime> Driver<R> {
             dead: 0,
             handled: 0,
             ending: None,
-            auto_ids: HashMap::new(),
             notifies: HashMap::new(),
         }
     }
@@ -675,55 +666,10 @@ impl<R: Runtime> Driver<R> {
             kill,
             rooms,
             commands,
-            takeover,
         } = opening;
         if self.conns.contains_key(&conn) {
             tracing::error!(%conn, "adapter bug: connection id opened twice");
             return;
-        }
-        if takeover {
-            // The stream asked for its client id: whoever holds it (typically the same client's
-            // previous stream, not yet noticed gone) is closed, parking its session.
-            for cmd in &commands {
-                if let Command::Identify { client_id, .. } = cmd
-                    && let Some(holder) = self.broker.client_conn(client_id)
-                {
-                    let reason = ProtocolError::new(
-                        ErrorCode::ClientIdTaken,
-                        "another connection took this client id over",
-                    );
-                    let _ = self.broker.close_conn(now, holder, reason);
-                    self.drain(now);
-                }
-            }
-        }
-        // A client id from authentication is claimed for the first of its connections only (a
-        // user's second tab must not get a `client_id_taken` error it never asked for).
-        let mut auto_id = None;
-        let commands: Vec<Command> = commands
-            .into_iter()
-            .filter(|cmd| {
-                let Command::Identify { client_id, .. } = cmd else {
-                    return true;
-                };
-                if takeover {
-                    return true;
-                }
-                let held = self.auto_ids.get(client_id).is_some_and(|holder| {
-                    self.broker
-                        .conn(*holder)
-                        .is_some_and(|c| c.client_id.as_deref() == Some(client_id.as_str()))
-                });
-                if held {
-                    tracing::debug!(%conn, client_id = client_id.as_str(), "client id already held");
-                } else {
-                    auto_id = Some(client_id.clone());
-                }
-                !held
-            })
-            .collect();
-        if let Some(id) = &auto_id {
-            self.auto_ids.insert(id.clone(), conn);
         }
         self.conns.insert(
             conn,
@@ -733,7 +679,6 @@ impl<R: Runtime> Driver<R> {
                 pending: VecDeque::new(),
                 open: true,
                 _kill: kill,
-                auto_id,
                 ending: None,
             },
         );
@@ -767,7 +712,7 @@ impl<R: Runtime> Driver<R> {
     /// The connection task ended (after a close, or the peer went away).
     fn closed(&mut self, now: Instant, conn: ConnId) {
         if let Some(entry) = self.conns.remove(&conn) {
-            self.forget(conn, &entry);
+            self.forget(&entry);
             self.ended(now, conn, entry.ending.clone());
         }
     }
@@ -867,7 +812,7 @@ impl<R: Runtime> Driver<R> {
             // An in-process subscription still reads what it was handed (its last frames, the
             // close); a connection task is stopped by `_kill`, so this is lost on it.
             let _ = entry.outbox.send_batch(&mut entry.pending);
-            self.forget(conn, &entry);
+            self.forget(&entry);
             if entry.kind != Kind::Internal {
                 self.dead += 1;
             }
@@ -878,13 +823,8 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Bookkeeping of a connection that is gone.
-    fn forget(&mut self, conn: ConnId, entry: &Entry) {
+    fn forget(&mut self, entry: &Entry) {
         self.counts[entry.kind.index()] -= 1;
-        if let Some(id) = &entry.auto_id
-            && self.auto_ids.get(id) == Some(&conn)
-        {
-            self.auto_ids.remove(id);
-        }
     }
 
     /// `handle_input`, then the drain. An `Err` means the connection is already gone (late

@@ -34,8 +34,8 @@ use futures_util::future::{BoxFuture, Shared};
 use tidings_core::codec::Codec;
 use tidings_core::typed::TypedCodec;
 use tidings_core::{
-    ApiError, Broker, Command, ConnId, Cursor, Delivery, ErrorCode, Gap, Grants, Lifecycle, Limits,
-    Name, Pattern, Payload, ProtocolError, Recipient, Subscribe, SubscriptionChange, Topic,
+    ApiError, Broker, Claim, Command, ConnId, Cursor, Delivery, ErrorCode, Gap, Grants, Lifecycle,
+    Limits, Name, Pattern, Payload, ProtocolError, Recipient, Subscribe, SubscriptionChange, Topic,
     Visibility,
 };
 
@@ -344,8 +344,8 @@ impl Hub {
     }
 
     /// Prepares a `/ws` or `/sse` connection's `Open`: a fresh id, its bounded outbox, the rooms
-    /// of the connect hook, and its first commands (claiming the authenticated client id, then
-    /// `then`). Returns the opening and the outbox's receiving end.
+    /// of the connect hook, and its first commands (`then`, then claiming the client id of
+    /// `auth` as `claim` says). Returns the opening and the outbox's receiving end.
     pub(crate) fn opening(
         &self,
         kind: Kind,
@@ -353,6 +353,7 @@ impl Hub {
         head: &RequestHead,
         auth: Authenticated,
         then: Option<Command>,
+        claim: Claim,
         kill: Option<oneshot::Sender<()>>,
     ) -> (Opening, Inbox) {
         let conn = self.next_conn_id();
@@ -366,6 +367,7 @@ impl Hub {
         let identify = auth.client_id.map(|client_id| Command::Identify {
             req: None,
             client_id,
+            claim,
         });
         // The client id is claimed after `then` (the SSE subscription): a parked session it
         // takes back then sees the stream's own resume cursor.
@@ -378,7 +380,6 @@ impl Hub {
             kill,
             rooms,
             commands: then.into_iter().chain(identify).collect(),
-            takeover: false,
         };
         (opening, frames)
     }
@@ -871,7 +872,6 @@ impl Hub {
             outbox,
             kill: None,
             rooms: Vec::new(),
-            takeover: false,
             commands: vec![Command::Subscribe(Subscribe {
                 req: None,
                 patterns,

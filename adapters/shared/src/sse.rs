@@ -16,8 +16,9 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use tidings_core::sse::SseCodec;
-use tidings_core::{Command, Cursor, Pattern, Subscribe};
+use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
+use crate::auth::Authenticated;
 use crate::driver::{ConnMsg, Ctl, Kind, Out, hand};
 use crate::hub::Hub;
 use crate::io::with_timeout;
@@ -59,19 +60,16 @@ where
     } = request;
     let (kill_tx, mut kill) = oneshot::channel::<()>();
     let subscribe = subscribe(patterns, from);
-    let takeover = client_id.is_some();
-    if client_id.is_some() {
-        auth.client_id = client_id;
-    }
-    let (mut opening, mut outbox) = ctx.hub.opening(
+    let claim = claim_of(&mut auth, client_id);
+    let (opening, mut outbox) = ctx.hub.opening(
         Kind::Sse,
         Box::new(SseCodec),
         &head,
         auth,
         Some(subscribe),
+        claim,
         Some(kill_tx),
     );
-    opening.takeover = takeover;
     let opening = Box::new(opening);
     drop(head);
     // The head goes out with the opening frame (`retry:`, or a `:` comment), which the broker
@@ -236,19 +234,16 @@ impl SseBody {
             headers: _,
             client_id,
         } = request;
-        let takeover = client_id.is_some();
-        if client_id.is_some() {
-            auth.client_id = client_id;
-        }
-        let (mut opening, frames) = hub.opening(
+        let claim = claim_of(&mut auth, client_id);
+        let (opening, frames) = hub.opening(
             Kind::Sse,
             Box::new(SseCodec),
             head,
             auth,
             Some(subscribe(patterns, from)),
+            claim,
             None,
         );
-        opening.takeover = takeover;
         let conn = opening.conn;
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.
@@ -302,5 +297,18 @@ impl futures_util::Stream for SseBody {
 impl Drop for SseBody {
     fn drop(&mut self) {
         let _ = self.ctl.send(Ctl::Closed(self.conn));
+    }
+}
+
+/// How a stream claims its client id: one asked for in the request (`client_id`) takes it over
+/// from the stream it replaces (for its principal only, see [`Claim`]); one from authentication
+/// is claimed if free.
+fn claim_of(auth: &mut Authenticated, asked: Option<Name>) -> Claim {
+    match asked {
+        Some(id) => {
+            auth.client_id = Some(id);
+            Claim::TakeOver
+        }
+        None => Claim::IfFree,
     }
 }

@@ -32,7 +32,7 @@ use tidings_core::codec::Codec;
 use tidings_core::etp::EtpCodec;
 use tidings_core::ksbus::KsbusCodec;
 use tidings_core::native::NativeCodec;
-use tidings_core::{Command, ErrorCode, ProtocolError};
+use tidings_core::{Claim, Command, ErrorCode, ProtocolError};
 
 use crate::auth::Authenticated;
 use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out, hand};
@@ -156,9 +156,15 @@ where
     let (kill_tx, kill) = oneshot::channel::<()>();
     let codec = proto.codec(ctx.hub.server_id());
     let decoder = codec.fresh();
-    let (opening, outbox) = ctx
-        .hub
-        .opening(proto.kind(), codec, &head, auth, None, Some(kill_tx));
+    let (opening, outbox) = ctx.hub.opening(
+        proto.kind(),
+        codec,
+        &head,
+        auth,
+        None,
+        Claim::IfFree,
+        Some(kill_tx),
+    );
     drop(head);
     serve(ctx, ws, Box::new(opening), outbox, kill, proto, decoder)
 }

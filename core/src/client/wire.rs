@@ -554,7 +554,7 @@ pub fn encode_command(cmd: &Command) -> Option<Bytes> {
             }
             out.finish()
         }
-        Command::Identify { req, client_id } => {
+        Command::Identify { req, client_id, .. } => {
             let mut out = Out::op("identify", 64);
             out.id("id", *req);
             out.str("client_id", Some(client_id.as_str()));
@@ -578,6 +578,7 @@ pub fn encode_pong() -> Bytes {
 mod tests {
     use super::*;
     use crate::codec::Frame;
+    use crate::command::Claim;
     use crate::command::Subscribe;
     use crate::config::Limits;
     use crate::ids::ConnId;
@@ -659,6 +660,7 @@ mod tests {
             Command::Identify {
                 req: Some(9),
                 client_id: name("alice"),
+                claim: Claim::Explicit,
             },
             Command::Ping { req: Some(10) },
             Command::Ping { req: None },
