@@ -391,6 +391,7 @@ impl Harness {
                     cmd: Command::Identify {
                         req: None,
                         client_id: name,
+                        claim: tidings_core::Claim::Explicit,
                     },
                 });
                 let _ = i;
