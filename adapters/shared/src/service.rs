@@ -31,11 +31,13 @@ use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Top
 
 use crate::auth::{AuthConfigError, AuthError, Authenticated, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
+use crate::ctx::{ConnCtx, ConnGuard};
 use crate::http::{Cors, Refusal, Response, respond};
 use crate::hub::Hub;
 use crate::io::with_deadline;
 use crate::request::{HeadError, RequestHead, parse_head};
 use crate::runtime::Runtime;
+use crate::sse::SseRequest;
 
 /// What exists, for 404 and 405 answers.
 const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), \
@@ -183,19 +185,6 @@ impl<R: Runtime> fmt::Debug for Service<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service").finish_non_exhaustive()
     }
-}
-
-/// Held by a connection task while it runs (graceful shutdown waits for all of them).
-#[derive(Debug)]
-pub struct ConnGuard(#[allow(dead_code)] flume::Sender<()>);
-
-/// What a connection task owns besides its socket.
-pub(crate) struct ConnCtx<R> {
-    pub(crate) rt: R,
-    pub(crate) hub: Hub,
-    pub(crate) write_timeout: std::time::Duration,
-    pub(crate) close_grace: std::time::Duration,
-    pub(crate) _guard: Option<ConnGuard>,
 }
 
 impl<R: Runtime> Service<R> {
@@ -963,23 +952,6 @@ impl<R: Runtime> Service<R> {
         }
         Ok(body)
     }
-}
-
-/// A checked `/sse` request, ready to run.
-#[derive(Debug)]
-pub struct SseRequest {
-    /// The topic patterns.
-    pub patterns: Vec<Pattern>,
-    /// Resume after this cursor.
-    pub from: Option<Cursor>,
-    /// Who is asking.
-    pub auth: Authenticated,
-    /// The response headers besides the status line and `Connection`: the stream headers
-    /// (`Content-Type`, `Cache-Control`, `X-Accel-Buffering` and `sse.headers`) and CORS.
-    pub headers: Vec<(String, String)>,
-    /// The client id the stream claims (`client_id` parameter): it takes the id over from any
-    /// connection holding it, and gets back its parked session (the reconnect window).
-    pub client_id: Option<Name>,
 }
 
 impl Refusal {

@@ -15,15 +15,38 @@ use futures_channel::oneshot;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
-use tidings_core::{Command, Cursor, Pattern, Subscribe};
+use tidings_core::{Command, Cursor, Name, Pattern, Subscribe};
 
-use crate::driver::{ConnMsg, Ctl, Kind, Out, hand};
+use crate::auth::Authenticated;
+use crate::conn::{ConnMsg, Kind, Out, hand};
+use crate::ctx::ConnCtx;
+use crate::driver::Ctl;
 use crate::hub::Hub;
 use crate::io::with_timeout;
 use crate::mailbox::Inbox;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::service::{ConnCtx, SseRequest};
+
+// Defined with the other HTTP basics, below the configuration (which adds `sse.headers` to
+// them); their public place stays here.
+pub use crate::http::SSE_HEADERS;
+
+/// A checked `/sse` request, ready to run.
+#[derive(Debug)]
+pub struct SseRequest {
+    /// The topic patterns.
+    pub patterns: Vec<Pattern>,
+    /// Resume after this cursor.
+    pub from: Option<Cursor>,
+    /// Who is asking.
+    pub auth: Authenticated,
+    /// The response headers besides the status line and `Connection`: the stream headers
+    /// (`Content-Type`, `Cache-Control`, `X-Accel-Buffering` and `sse.headers`) and CORS.
+    pub headers: Vec<(String, String)>,
+    /// The client id the stream claims (`client_id` parameter): it takes the id over from any
+    /// connection holding it, and gets back its parked session (the reconnect window).
+    pub client_id: Option<Name>,
+}
 
 /// Bytes coalesced into one write at most.
 const COALESCE_BYTES: usize = 64 << 10;
@@ -177,15 +200,6 @@ where
     }
 }
 
-/// The default response headers of every SSE stream (DESIGN.md §4), for embeddings that write
-/// the response themselves (see [`SseBody`]); `SseRequest::headers` holds them with the
-/// configured `sse.headers` and CORS.
-pub const SSE_HEADERS: [(&str, &str); 3] = [
-    ("Content-Type", "text/event-stream"),
-    ("Cache-Control", "no-cache"),
-    ("X-Accel-Buffering", "no"),
-];
-
 /// An SSE stream as a [`Stream`](futures_util::Stream) of body chunks, for embeddings whose own
 /// HTTP server writes the response (an axum handler returning a streaming body with
 /// [`SSE_HEADERS`]). Made by [`crate::Service::sse_body`].
@@ -196,7 +210,7 @@ pub const SSE_HEADERS: [(&str, &str); 3] = [
 /// client went away) closes the connection.
 pub struct SseBody {
     conn: tidings_core::ConnId,
-    frames: Inbox,
+    frames: Inbox<Out>,
     ctl: flume::Sender<Ctl>,
     unflushed: usize,
     ended: bool,

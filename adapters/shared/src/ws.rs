@@ -31,13 +31,14 @@ use futures_util::{AsyncWriteExt as _, SinkExt as _, StreamExt as _};
 use tidings_core::{Command, ErrorCode, ProtocolError, Transport, etp, ksbus, native};
 
 use crate::auth::Authenticated;
-use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out, hand};
+use crate::conn::{ConnMsg, Kind, Opening, Out, PingReply, hand};
+use crate::ctx::ConnCtx;
+use crate::driver::Ctl;
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
 use crate::mailbox::Inbox;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::service::ConnCtx;
 
 /// Frames written per flush at most.
 const BATCH_FRAMES: usize = 256;
@@ -52,8 +53,6 @@ const MAX_CLOSE_REASON: usize = 123;
 /// Pings of the application ([`crate::Hub::ping`]) waiting for their pong, per connection, at
 /// most.
 const MAX_WAITING_PINGS: usize = 64;
-
-type PingReply = oneshot::Sender<Result<Duration, ProtocolError>>;
 
 /// The application's pings of one connection: counter payloads `1`, `2`, … (etp's `Ping`), each
 /// answered with the round-trip time when the pong with its payload arrives.
@@ -156,7 +155,7 @@ fn serve<R, S>(
     ctx: ConnCtx<R>,
     mut ws: WebSocketStream<S>,
     opening: Box<Opening>,
-    mut outbox: Inbox,
+    mut outbox: Inbox<Out>,
     mut kill: oneshot::Receiver<()>,
     proto: Proto,
 ) -> impl Future<Output = ()> + Send
@@ -322,7 +321,7 @@ where
 /// (pings, the close) as before.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
-    outbox: &mut Inbox,
+    outbox: &mut Inbox<Out>,
     first: Out,
     pings: &mut Pings,
 ) -> Result<(usize, Option<Option<ProtocolError>>), WsError>
