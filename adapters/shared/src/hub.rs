@@ -44,11 +44,12 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{ConnMsg, Kind, Opening, Out};
 use crate::driver::{Ctl, Driver, DriverTimings};
 use crate::http::Refusal;
-use crate::mailbox::{Inbox, mailbox};
+use crate::mailbox::mailbox;
 use crate::metrics::ServerStats;
 use crate::registry::{Connecting, Disconnect, Handler, Registry, UnknownHandler};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
+use crate::writer::ConnWriter;
 
 /// Capacity of the channel from connection tasks to the driver: a connection whose commands
 /// cannot be queued waits (backpressure on clients that send faster than the broker routes).
@@ -185,10 +186,6 @@ impl Hub {
         &self.inner.conns
     }
 
-    pub(crate) fn ctl_sender(&self) -> &flume::Sender<Ctl> {
-        &self.inner.ctl
-    }
-
     /// The core limits in force (frame size, name limits, ...).
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
@@ -231,7 +228,7 @@ impl Hub {
 
     /// Prepares a `/ws` or `/sse` connection's `Open`: a fresh id, its bounded outbox, the rooms
     /// of the connect hook, and its first commands (claiming the authenticated client id, then
-    /// `then`). Returns the opening and the outbox's receiving end.
+    /// `then`). Returns the opening and the writer of its outbox.
     pub(crate) fn opening(
         &self,
         kind: Kind,
@@ -239,9 +236,9 @@ impl Hub {
         auth: Authenticated,
         then: Option<Command>,
         kill: Option<oneshot::Sender<()>>,
-    ) -> (Opening, Inbox<Out>) {
+    ) -> (Opening, ConnWriter) {
         let conn = self.next_conn_id();
-        let (outbox, frames) = mailbox(self.outbox_frames());
+        let (outbox, inbox) = mailbox(self.outbox_frames());
         let rooms = self.connect_rooms(&Connecting {
             conn,
             transport: kind.transport(),
@@ -264,7 +261,10 @@ impl Hub {
             commands: then.into_iter().chain(identify).collect(),
             takeover: false,
         };
-        (opening, frames)
+        (
+            opening,
+            ConnWriter::new(conn, inbox, self.inner.ctl.clone()),
+        )
     }
 
     /// Runs the refusal hook (if any) over a refused WebSocket upgrade.
@@ -766,9 +766,7 @@ impl Hub {
             .send(Ctl::Open(Box::new(opening)))
             .map_err(|_| HubError::Stopped)?;
         Ok(Subscription {
-            conn,
-            frames,
-            ctl: self.inner.ctl.clone(),
+            writer: ConnWriter::new(conn, frames, self.inner.ctl.clone()),
             limits: self.inner.limits.clone(),
             closed: None,
             ended: false,
@@ -797,9 +795,7 @@ pub enum Received {
 
 /// An in-process subscription; see [`Hub::subscribe`]. Dropping it unsubscribes.
 pub struct Subscription {
-    conn: ConnId,
-    frames: Inbox<Out>,
-    ctl: flume::Sender<Ctl>,
+    writer: ConnWriter,
     limits: Limits,
     closed: Option<ProtocolError>,
     /// The stream has ended (with `closed`, or normally without).
@@ -809,7 +805,7 @@ pub struct Subscription {
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("conn", &self.conn)
+            .field("conn", &self.writer.conn())
             .finish_non_exhaustive()
     }
 }
@@ -817,7 +813,7 @@ impl fmt::Debug for Subscription {
 impl Subscription {
     /// The internal connection's id.
     pub fn conn(&self) -> ConnId {
-        self.conn
+        self.writer.conn()
     }
 
     /// Why the stream ended, once it has (e.g. `shutting_down`); `None` while it runs, and after
@@ -836,7 +832,7 @@ impl Stream for Subscription {
             if this.ended {
                 return Poll::Ready(None);
             }
-            match this.frames.poll_recv(cx) {
+            match this.writer.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.ended = true;
@@ -851,7 +847,8 @@ impl Stream for Subscription {
                     this.closed = reason;
                 }
                 Poll::Ready(Some(Out::Frame(frame))) => {
-                    let _ = this.ctl.send(Ctl::Flushed(this.conn, frame.len()));
+                    // Taken is consumed here (no socket to write to): credited at once.
+                    this.writer.flushed();
                     if let Some(item) = decode_frame(&frame, &this.limits) {
                         return Poll::Ready(Some(item));
                     }
@@ -863,7 +860,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.ctl.send(Ctl::Closed(self.conn));
+        let _ = self.writer.ctl().send(Ctl::Closed(self.writer.conn()));
     }
 }
 

@@ -33,6 +33,7 @@ pub mod request;
 mod runtime;
 mod service;
 pub mod sse;
+mod writer;
 mod ws;
 
 pub use async_tungstenite;

@@ -5,8 +5,8 @@
 //! driver collects a connection's outputs for the whole of one step (up to a few hundred inputs)
 //! and hands them over with [`Outbox::send_batch`]: one lock and at most one wake-up per
 //! connection and step, however many publishes the step routed. The receiving task takes
-//! everything queued in one lock too ([`Inbox::recv`] refills a local queue by swapping), so the
-//! two sides meet once per batch, not once per frame.
+//! everything queued in one lock too ([`Inbox::poll_recv`] refills a local queue by swapping),
+//! so the two sides meet once per batch, not once per frame.
 //!
 //! Single producer (the driver), single consumer (the connection's task). The queue is bounded in
 //! frames; a batch that does not fit is refused whole ([`SendError::Full`]), and the driver drops
@@ -19,7 +19,6 @@
 //! it depends on nothing of the server.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -144,11 +143,6 @@ pub(crate) struct Inbox<T> {
 }
 
 impl<T> Inbox<T> {
-    /// The next entry; `None` once the sender is gone and nothing is left.
-    pub(crate) async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
     /// The next entry if one is queued.
     pub(crate) fn try_recv(&mut self) -> Option<T> {
         if let Some(out) = self.pop_local() {
@@ -164,7 +158,8 @@ impl<T> Inbox<T> {
         self.local.len()
     }
 
-    /// [`Inbox::recv`] as a poll function (for `Stream` implementations).
+    /// The next entry, or `None` once the sender is gone and nothing is left; registers the
+    /// task to wake if there is nothing yet.
     pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if let Some(out) = self.pop_local() {
             return Poll::Ready(Some(out));
