@@ -297,7 +297,7 @@ impl SseConfig {
     /// The response headers of a stream: the defaults (`Content-Type: text/event-stream`,
     /// `Cache-Control: no-cache`, `X-Accel-Buffering: no`) with the configured ones.
     pub fn response_headers(&self) -> Vec<(String, String)> {
-        let mut headers: Vec<(String, String)> = crate::sse::SSE_HEADERS
+        let mut headers: Vec<(String, String)> = crate::http::SSE_HEADERS
             .iter()
             .filter(|(name, _)| {
                 !self.headers.keys().any(|k| {

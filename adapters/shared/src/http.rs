@@ -14,6 +14,15 @@ use crate::io::with_deadline;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 
+/// The default response headers of every SSE stream (DESIGN.md §4): the stream task writes
+/// them, embeddings that write the response themselves send them, and `sse.headers` adds to
+/// them. Here, below the configuration and the stream, so that both can use them.
+pub const SSE_HEADERS: [(&str, &str); 3] = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    ("X-Accel-Buffering", "no"),
+];
+
 /// A refused request: status, machine-readable code, message, extra headers. Its body is the
 /// JSON `{"error":{"code":..,"message":..}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,7 +17,6 @@
 //! calls fail with [`HubError::Stopped`] once the driver is gone. [`Hub::failed`] completes if
 //! the driver failed (a panic, i.e. a bug), so that a server can exit and be restarted.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -41,132 +40,19 @@ use tidings_core::{
 
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
-use crate::driver::{ConnMsg, Ctl, Driver, DriverTimings, Kind, Opening, Out, ServerStats};
+use crate::conn::{ConnMsg, Kind, Opening, Out};
+use crate::driver::{Ctl, Driver, DriverTimings};
 use crate::http::Refusal;
-use crate::mailbox::{Inbox, mailbox};
+use crate::mailbox::mailbox;
+use crate::metrics::ServerStats;
+use crate::registry::{Connecting, Disconnect, Handler, Registry, UnknownHandler};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
+use crate::writer::ConnWriter;
 
 /// Capacity of the channel from connection tasks to the driver: a connection whose commands
 /// cannot be queued waits (backpressure on clients that send faster than the broker routes).
 const CONN_CHANNEL: usize = 4096;
-
-/// A handler for client requests: the connection asking and the request's data.
-pub type Handler = Arc<
-    dyn Fn(ConnId, Payload) -> BoxFuture<'static, Result<Payload, ProtocolError>> + Send + Sync,
->;
-
-/// The connect hook; returns the rooms to put the connection in.
-pub type ConnectHook = Arc<dyn Fn(&Connecting<'_>) -> Vec<Name> + Send + Sync>;
-
-/// The disconnect hook.
-pub type DisconnectHook = Arc<dyn Fn(ConnId) + Send + Sync>;
-
-/// The disconnect hook that also gets why the connection ended (see
-/// [`Hub::on_disconnect_reason`]).
-pub type DisconnectReasonHook = Arc<dyn Fn(ConnId, &Disconnect) + Send + Sync>;
-
-/// Why a connection ended (see [`Hub::on_disconnect_reason`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Disconnect {
-    /// The server closed it normally ([`Hub::close_normal`]): WebSocket close 1000.
-    Normal,
-    /// The server closed it with this reason ([`Hub::close`], shutdown, idle, slow consumer, a
-    /// fatal client error such as a frame over the limit); WebSocket clients got
-    /// [`tidings_core::ErrorCode::ws_close_code`].
-    Server(ProtocolError),
-    /// The client closed it first, with this WebSocket close code (`None`: a close frame
-    /// without a code).
-    Client(Option<u16>),
-    /// The connection was lost: the socket ended without a close frame, a network error, an SSE
-    /// stream or in-process subscription that ended, or it was dropped (a full outbox).
-    Lost,
-}
-
-impl Disconnect {
-    /// The WebSocket close code of the close, if there was one.
-    pub fn ws_close_code(&self) -> Option<u16> {
-        match self {
-            Self::Normal => Some(1000),
-            Self::Server(reason) => Some(reason.code.ws_close_code()),
-            Self::Client(code) => *code,
-            Self::Lost => None,
-        }
-    }
-
-    /// Whether it was a normal close (WebSocket close 1000, from either side; etp's
-    /// `IsNormalClose`).
-    pub fn is_normal(&self) -> bool {
-        self.ws_close_code() == Some(1000)
-    }
-}
-
-/// The lifecycle hook (see [`Hub::on_lifecycle`]).
-pub type LifecycleHook = Arc<dyn Fn(&Lifecycle) + Send + Sync>;
-
-/// The error hook: a client sent something invalid (etp's `OnError`).
-pub type ErrorHook = Arc<dyn Fn(ConnId, &ProtocolError) + Send + Sync>;
-
-/// The refusal hook (see [`Hub::on_refused`]): a WebSocket upgrade request that was answered
-/// with an HTTP error instead of `101`, so there is no connection (etp's `OnError(nil, err)`).
-pub type RefusedHook = Arc<dyn Fn(&RequestHead, &Refusal) + Send + Sync>;
-
-/// The handler of events no [`Hub::on`] handler is registered for (etp's `OnUnknownEvent`): the
-/// connection, the event name and the data.
-pub type UnknownHandler = Arc<
-    dyn Fn(ConnId, Name, Payload) -> BoxFuture<'static, Result<Payload, ProtocolError>>
-        + Send
-        + Sync,
->;
-
-/// The application's authorizer: sees every `/ws`, `/sse` and `/publish` request with what token
-/// authentication (or anonymous access) granted, and returns the grants to use (narrowed,
-/// widened, or a client id set) or a refusal (401/403).
-pub type Authorizer =
-    Arc<dyn Fn(&RequestHead, Authenticated) -> Result<Authenticated, AuthError> + Send + Sync>;
-
-/// What the connect hook knows about a new connection.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Connecting<'a> {
-    /// Its id (never reused).
-    pub conn: ConnId,
-    /// Its wire format ([`tidings_core::codec::Codec::format`]): `native` (`/ws`), `sse`,
-    /// `ksbus` (`/ws/bus`), `etp` or `etp-js` (`/etp`).
-    pub format: &'static str,
-    /// The HTTP request that opened it.
-    pub head: &'a RequestHead,
-    /// The client id authentication gave it, if any.
-    pub client_id: Option<&'a Name>,
-}
-
-#[derive(Default)]
-pub(crate) struct Registry {
-    pub(crate) handlers: HashMap<String, Handler>,
-    pub(crate) on_connect: Option<ConnectHook>,
-    pub(crate) on_disconnect: Option<DisconnectHook>,
-    pub(crate) on_disconnect_reason: Option<DisconnectReasonHook>,
-    pub(crate) on_lifecycle: Option<LifecycleHook>,
-    pub(crate) authorizer: Option<Authorizer>,
-    pub(crate) on_error: Option<ErrorHook>,
-    pub(crate) on_refused: Option<RefusedHook>,
-    pub(crate) on_unknown: Option<UnknownHandler>,
-}
-
-impl Registry {
-    /// The handler for `event`: the registered one, else the unknown-event handler.
-    pub(crate) fn handler(&self, event: &Name) -> Option<Handler> {
-        if let Some(h) = self.handlers.get(event.as_str()) {
-            return Some(h.clone());
-        }
-        let fallback = self.on_unknown.clone()?;
-        let event = event.clone();
-        Some(Arc::new(move |conn, payload| {
-            fallback(conn, event.clone(), payload)
-        }))
-    }
-}
 
 /// A hub call failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,10 +185,6 @@ impl Hub {
         &self.inner.conns
     }
 
-    pub(crate) fn ctl_sender(&self) -> &flume::Sender<Ctl> {
-        &self.inner.ctl
-    }
-
     /// The core limits in force (frame size, name limits, ...).
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
@@ -345,7 +227,7 @@ impl Hub {
 
     /// Prepares a `/ws` or `/sse` connection's `Open`: a fresh id, its bounded outbox, the rooms
     /// of the connect hook, and its first commands (`then`, then claiming the client id of
-    /// `auth` as `claim` says). Returns the opening and the outbox's receiving end.
+    /// `auth` as `claim` says). Returns the opening and the writer of its outbox.
     pub(crate) fn opening(
         &self,
         kind: Kind,
@@ -355,9 +237,9 @@ impl Hub {
         then: Option<Command>,
         claim: Claim,
         kill: Option<oneshot::Sender<()>>,
-    ) -> (Opening, Inbox) {
+    ) -> (Opening, ConnWriter) {
         let conn = self.next_conn_id();
-        let (outbox, frames) = mailbox(self.outbox_frames());
+        let (outbox, inbox) = mailbox(self.outbox_frames());
         let rooms = self.connect_rooms(&Connecting {
             conn,
             format: codec.format(),
@@ -381,7 +263,10 @@ impl Hub {
             rooms,
             commands: then.into_iter().chain(identify).collect(),
         };
-        (opening, frames)
+        (
+            opening,
+            ConnWriter::new(conn, inbox, self.inner.ctl.clone()),
+        )
     }
 
     /// Runs the refusal hook (if any) over a refused WebSocket upgrade.
@@ -884,9 +769,7 @@ impl Hub {
             .send(Ctl::Open(Box::new(opening)))
             .map_err(|_| HubError::Stopped)?;
         Ok(Subscription {
-            conn,
-            frames,
-            ctl: self.inner.ctl.clone(),
+            writer: ConnWriter::new(conn, frames, self.inner.ctl.clone()),
             closed: None,
             ended: false,
         })
@@ -914,9 +797,7 @@ pub enum Received {
 
 /// An in-process subscription; see [`Hub::subscribe`]. Dropping it unsubscribes.
 pub struct Subscription {
-    conn: ConnId,
-    frames: Inbox,
-    ctl: flume::Sender<Ctl>,
+    writer: ConnWriter,
     closed: Option<ProtocolError>,
     /// The stream has ended (with `closed`, or normally without).
     ended: bool,
@@ -925,7 +806,7 @@ pub struct Subscription {
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Subscription")
-            .field("conn", &self.conn)
+            .field("conn", &self.writer.conn())
             .finish_non_exhaustive()
     }
 }
@@ -933,7 +814,7 @@ impl fmt::Debug for Subscription {
 impl Subscription {
     /// The internal connection's id.
     pub fn conn(&self) -> ConnId {
-        self.conn
+        self.writer.conn()
     }
 
     /// Why the stream ended, once it has (e.g. `shutting_down`); `None` while it runs, and after
@@ -952,7 +833,7 @@ impl Stream for Subscription {
             if this.ended {
                 return Poll::Ready(None);
             }
-            match this.frames.poll_recv(cx) {
+            match this.writer.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     this.ended = true;
@@ -966,7 +847,8 @@ impl Stream for Subscription {
                     this.closed = reason;
                 }
                 Poll::Ready(Some(Out::Item(item))) => {
-                    let _ = this.ctl.send(Ctl::Flushed(this.conn, item.size()));
+                    // Taken is consumed here (no socket to write to): credited at once.
+                    this.writer.flushed();
                     if let Some(item) = received(&item) {
                         return Poll::Ready(Some(item));
                     }
@@ -980,7 +862,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.ctl.send(Ctl::Closed(self.conn));
+        let _ = self.writer.ctl().send(Ctl::Closed(self.writer.conn()));
     }
 }
 

@@ -17,6 +17,8 @@
 
 pub mod auth;
 pub mod config;
+mod conn;
+mod ctx;
 mod driver;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -26,19 +28,24 @@ mod hub;
 mod io;
 mod mailbox;
 pub mod metrics;
+mod registry;
 pub mod request;
 mod runtime;
 mod service;
 pub mod sse;
+mod writer;
 mod ws;
 
 pub use async_tungstenite;
 pub use config::{ConfigError, ServerConfig};
-pub use driver::ServerStats;
-pub use hub::{
+pub use ctx::ConnGuard;
+pub use hub::{Hub, HubError, Received, Subscription};
+pub use metrics::ServerStats;
+pub use registry::{
     Authorizer, ConnectHook, Connecting, Disconnect, DisconnectHook, DisconnectReasonHook,
-    ErrorHook, Handler, Hub, HubError, Received, RefusedHook, Subscription, UnknownHandler,
+    ErrorHook, Handler, RefusedHook, UnknownHandler,
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;
-pub use service::{ConnGuard, Service, SseRequest, StartError, Upgrade};
+pub use service::{Service, StartError, Upgrade};
+pub use sse::SseRequest;

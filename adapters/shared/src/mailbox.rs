@@ -5,8 +5,8 @@
 //! driver collects a connection's outputs for the whole of one step (up to a few hundred inputs)
 //! and hands them over with [`Outbox::send_batch`]: one lock and at most one wake-up per
 //! connection and step, however many publishes the step routed. The receiving task takes
-//! everything queued in one lock too ([`Inbox::recv`] refills a local queue by swapping), so the
-//! two sides meet once per batch, not once per frame.
+//! everything queued in one lock too ([`Inbox::poll_recv`] refills a local queue by swapping),
+//! so the two sides meet once per batch, not once per frame.
 //!
 //! Single producer (the driver), single consumer (the connection's task). The queue is bounded in
 //! frames; a batch that does not fit is refused whole ([`SendError::Full`]), and the driver drops
@@ -14,13 +14,13 @@
 //! by swapping, so a busy connection does not allocate per batch; a queue much larger than the
 //! batches it carries is freed, so a connection that went idle gives the memory of its last
 //! burst back with its next small batch (a keep-alive at the latest).
+//!
+//! Generic over what it carries (for the server: what a connection's writer receives), so that
+//! it depends on nothing of the server.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-
-use crate::driver::Out;
 
 /// Entries an emptied queue keeps allocated in any case; more only while its batches use a
 /// quarter of it (then it is freed: idle connections stay small).
@@ -32,7 +32,7 @@ fn worth_keeping(capacity: usize, used: usize) -> bool {
 }
 
 /// A new outbox bounded to `cap` queued entries.
-pub(crate) fn mailbox(cap: usize) -> (Outbox, Inbox) {
+pub(crate) fn mailbox<T>(cap: usize) -> (Outbox<T>, Inbox<T>) {
     let shared = Arc::new(Mutex::new(State {
         queue: VecDeque::new(),
         waker: None,
@@ -52,15 +52,15 @@ pub(crate) fn mailbox(cap: usize) -> (Outbox, Inbox) {
     )
 }
 
-struct State {
-    queue: VecDeque<Out>,
+struct State<T> {
+    queue: VecDeque<T>,
     /// The receiving task, when it waits for something.
     waker: Option<Waker>,
     sender: bool,
     receiver: bool,
 }
 
-fn lock(shared: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(shared: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
     // Nothing panics while holding the lock; if something did, the state is still consistent.
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -75,20 +75,20 @@ pub(crate) enum SendError {
 }
 
 /// The driver's end.
-pub(crate) struct Outbox {
-    shared: Arc<Mutex<State>>,
+pub(crate) struct Outbox<T> {
+    shared: Arc<Mutex<State<T>>>,
     cap: usize,
 }
 
-impl std::fmt::Debug for Outbox {
+impl<T> std::fmt::Debug for Outbox<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Outbox").field("cap", &self.cap).finish()
     }
 }
 
-impl Outbox {
+impl<T> Outbox<T> {
     /// Appends all of `batch` (leaving it empty) and wakes the receiver, or refuses all of it.
-    pub(crate) fn send_batch(&self, batch: &mut VecDeque<Out>) -> Result<(), SendError> {
+    pub(crate) fn send_batch(&self, batch: &mut VecDeque<T>) -> Result<(), SendError> {
         let sent = batch.len();
         if sent == 0 {
             return Ok(());
@@ -119,7 +119,7 @@ impl Outbox {
     }
 }
 
-impl Drop for Outbox {
+impl<T> Drop for Outbox<T> {
     fn drop(&mut self) {
         let waker = {
             let mut state = lock(&self.shared);
@@ -134,22 +134,17 @@ impl Drop for Outbox {
 
 /// The connection task's end: yields what was sent, in order, then `None` once the driver is
 /// gone and everything was taken.
-pub(crate) struct Inbox {
-    shared: Arc<Mutex<State>>,
+pub(crate) struct Inbox<T> {
+    shared: Arc<Mutex<State<T>>>,
     /// Taken from the shared queue, not yet returned.
-    local: VecDeque<Out>,
+    local: VecDeque<T>,
     /// How many entries the last refill took.
     taken: usize,
 }
 
-impl Inbox {
-    /// The next entry; `None` once the sender is gone and nothing is left.
-    pub(crate) async fn recv(&mut self) -> Option<Out> {
-        poll_fn(|cx| self.poll_recv(cx)).await
-    }
-
+impl<T> Inbox<T> {
     /// The next entry if one is queued.
-    pub(crate) fn try_recv(&mut self) -> Option<Out> {
+    pub(crate) fn try_recv(&mut self) -> Option<T> {
         if let Some(out) = self.pop_local() {
             return Some(out);
         }
@@ -163,8 +158,9 @@ impl Inbox {
         self.local.len()
     }
 
-    /// [`Inbox::recv`] as a poll function (for `Stream` implementations).
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+    /// The next entry, or `None` once the sender is gone and nothing is left; registers the
+    /// task to wake if there is nothing yet.
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
         if let Some(out) = self.pop_local() {
             return Poll::Ready(Some(out));
         }
@@ -175,7 +171,7 @@ impl Inbox {
         }
     }
 
-    fn pop_local(&mut self) -> Option<Out> {
+    fn pop_local(&mut self) -> Option<T> {
         let out = self.local.pop_front();
         if out.is_none() && !worth_keeping(self.local.capacity(), self.taken) {
             self.local = VecDeque::new();
@@ -215,7 +211,7 @@ enum Refill {
     Ended,
 }
 
-impl Drop for Inbox {
+impl<T> Drop for Inbox<T> {
     fn drop(&mut self) {
         let mut state = lock(&self.shared);
         state.receiver = false;
@@ -231,10 +227,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Wake, Waker};
 
-    use bytes::Bytes;
-
     use super::{SendError, mailbox};
-    use crate::driver::Out;
 
     struct CountingWaker(AtomicUsize);
 
@@ -244,15 +237,8 @@ mod tests {
         }
     }
 
-    fn frames(range: std::ops::Range<u8>) -> VecDeque<Out> {
-        range.map(|i| Out::Frame(Bytes::from(vec![i]))).collect()
-    }
-
-    fn byte(out: Option<Out>) -> Option<u8> {
-        match out {
-            Some(Out::Frame(f)) => Some(f[0]),
-            _ => None,
-        }
+    fn frames(range: std::ops::Range<u8>) -> VecDeque<u8> {
+        range.collect()
     }
 
     #[test]
@@ -271,12 +257,12 @@ mod tests {
             1,
             "one wake for two batches"
         );
-        let got: Vec<u8> = std::iter::from_fn(|| byte(inbox.try_recv())).collect();
+        let got: Vec<u8> = std::iter::from_fn(|| inbox.try_recv()).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4]);
         assert!(inbox.poll_recv(&mut cx).is_pending());
         outbox.send_batch(&mut frames(5..6)).unwrap();
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
-        assert!(matches!(inbox.poll_recv(&mut cx), Poll::Ready(Some(Out::Frame(f))) if f[0] == 5));
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Ready(Some(5)));
     }
 
     #[test]
@@ -286,10 +272,10 @@ mod tests {
         let mut batch = frames(3..5);
         assert_eq!(outbox.send_batch(&mut batch), Err(SendError::Full));
         assert_eq!(batch.len(), 2, "a refused batch stays with the sender");
-        assert_eq!(byte(inbox.try_recv()), Some(0));
+        assert_eq!(inbox.try_recv(), Some(0));
         // Taken by the receiver: room again.
         outbox.send_batch(&mut batch).unwrap();
-        let got: Vec<u8> = std::iter::from_fn(|| byte(inbox.try_recv())).collect();
+        let got: Vec<u8> = std::iter::from_fn(|| inbox.try_recv()).collect();
         assert_eq!(got, vec![1, 2, 3, 4]);
     }
 
@@ -333,7 +319,7 @@ mod tests {
 
     #[test]
     fn the_senders_drop_wakes_a_waiting_receiver() {
-        let (outbox, mut inbox) = mailbox(8);
+        let (outbox, mut inbox) = mailbox::<u8>(8);
         let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
         let waker = Waker::from(counter.clone());
         let mut cx = Context::from_waker(&waker);

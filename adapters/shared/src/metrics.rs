@@ -2,9 +2,27 @@
 
 use std::fmt::Write as _;
 
-use tidings_core::ErrorCode;
+use tidings_core::{ErrorCode, Stats};
 
-use crate::driver::ServerStats;
+/// Counters for `/metrics`: the broker's, plus connections by kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// The broker's counters.
+    pub broker: Stats,
+    /// Open `/ws` connections.
+    pub ws_connections: usize,
+    /// Open `/sse` streams.
+    pub sse_connections: usize,
+    /// Open in-process subscriptions.
+    pub internal_connections: usize,
+    /// Connections dropped because their outbox was full or their writer was gone.
+    pub dead_connections: u64,
+    /// Client requests answered by an application handler.
+    pub handled_requests: u64,
+    /// The hub epoch of this run.
+    pub epoch: u64,
+}
 
 /// Renders the counters.
 pub fn render(stats: &ServerStats) -> String {

@@ -31,11 +31,13 @@ use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Top
 
 use crate::auth::{AuthConfigError, AuthError, Authenticated, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
+use crate::ctx::{ConnCtx, ConnGuard};
 use crate::http::{Cors, Refusal, Response, respond};
 use crate::hub::Hub;
 use crate::io::with_deadline;
 use crate::request::{HeadError, RequestHead, parse_head};
 use crate::runtime::Runtime;
+use crate::sse::SseRequest;
 
 /// What exists, for 404 and 405 answers.
 const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), \
@@ -183,19 +185,6 @@ impl<R: Runtime> fmt::Debug for Service<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service").finish_non_exhaustive()
     }
-}
-
-/// Held by a connection task while it runs (graceful shutdown waits for all of them).
-#[derive(Debug)]
-pub struct ConnGuard(#[allow(dead_code)] flume::Sender<()>);
-
-/// What a connection task owns besides its socket.
-pub(crate) struct ConnCtx<R> {
-    pub(crate) rt: R,
-    pub(crate) hub: Hub,
-    pub(crate) write_timeout: std::time::Duration,
-    pub(crate) close_grace: std::time::Duration,
-    pub(crate) _guard: Option<ConnGuard>,
 }
 
 impl<R: Runtime> Service<R> {
@@ -965,23 +954,6 @@ impl<R: Runtime> Service<R> {
     }
 }
 
-/// A checked `/sse` request, ready to run.
-#[derive(Debug)]
-pub struct SseRequest {
-    /// The topic patterns.
-    pub patterns: Vec<Pattern>,
-    /// Resume after this cursor.
-    pub from: Option<Cursor>,
-    /// Who is asking.
-    pub auth: Authenticated,
-    /// The response headers besides the status line and `Connection`: the stream headers
-    /// (`Content-Type`, `Cache-Control`, `X-Accel-Buffering` and `sse.headers`) and CORS.
-    pub headers: Vec<(String, String)>,
-    /// The client id the stream claims (`client_id` parameter): it takes the id over from any
-    /// connection holding it, and gets back its parked session (the reconnect window).
-    pub client_id: Option<Name>,
-}
-
 impl Refusal {
     /// Adds headers.
     #[must_use]
@@ -1142,8 +1114,9 @@ mod task_sizes {
         let ws = size_of_val(&svc.run_websocket(ws, head, auth));
         eprintln!("task sizes: accept {accept}, sse {sse}, ws {ws} bytes");
         assert!(accept <= 1024, "{accept}");
-        // Measured 376 and 880 bytes (1,608 and 984 before the request was used up outside
-        // the futures, issue 7): these are in every idle connection's memory.
+        // Measured 392 and 904 bytes (1,608 and 984 before the request was used up outside
+        // the futures, issue 7; 384 and 888 before the connection's writer also carried its
+        // credit bookkeeping, issue 12): these are in every idle connection's memory.
         assert!(sse <= 512, "{sse}");
         assert!(ws <= 1024, "{ws}");
     }

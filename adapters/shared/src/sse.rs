@@ -19,16 +19,41 @@ use tidings_core::sse::SseCodec;
 use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
 use crate::auth::Authenticated;
-use crate::driver::{ConnMsg, Ctl, Kind, Out, hand};
+use crate::conn::{ConnMsg, Kind, Out, hand};
+use crate::ctx::ConnCtx;
+use crate::driver::Ctl;
 use crate::hub::Hub;
 use crate::io::with_timeout;
-use crate::mailbox::Inbox;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::service::{ConnCtx, SseRequest};
+use crate::writer::{Bound, ConnWriter};
 
-/// Bytes coalesced into one write at most.
-const COALESCE_BYTES: usize = 64 << 10;
+// Defined with the other HTTP basics, below the configuration (which adds `sse.headers` to
+// them); their public place stays here.
+pub use crate::http::SSE_HEADERS;
+
+/// A checked `/sse` request, ready to run.
+#[derive(Debug)]
+pub struct SseRequest {
+    /// The topic patterns.
+    pub patterns: Vec<Pattern>,
+    /// Resume after this cursor.
+    pub from: Option<Cursor>,
+    /// Who is asking.
+    pub auth: Authenticated,
+    /// The response headers besides the status line and `Connection`: the stream headers
+    /// (`Content-Type`, `Cache-Control`, `X-Accel-Buffering` and `sse.headers`) and CORS.
+    pub headers: Vec<(String, String)>,
+    /// The client id the stream claims (`client_id` parameter): it takes the id over from any
+    /// connection holding it, and gets back its parked session (the reconnect window).
+    pub client_id: Option<Name>,
+}
+
+/// Bytes coalesced into one write at most (the entry that reaches it included).
+const COALESCE: Bound = Bound {
+    entries: usize::MAX,
+    bytes: 64 << 10,
+};
 
 enum Step {
     Killed,
@@ -61,7 +86,7 @@ where
     let (kill_tx, mut kill) = oneshot::channel::<()>();
     let subscribe = subscribe(patterns, from);
     let claim = claim_of(&mut auth, client_id);
-    let (opening, mut outbox) = ctx.hub.opening(
+    let (opening, mut writer) = ctx.hub.opening(
         Kind::Sse,
         Box::new(SseCodec),
         &head,
@@ -83,12 +108,10 @@ where
     async move {
         let rt = &ctx.rt;
         let hub = &ctx.hub;
-        let conn = opening.conn;
         let to_driver = hub.conn_sender();
         if !hand(to_driver, ConnMsg::Open(opening)).sent().await {
             return;
         }
-        let ctl = hub.ctl_sender();
         let write_timeout = ctx.write_timeout;
 
         loop {
@@ -97,7 +120,7 @@ where
                     let _ = (&mut kill).await;
                     Step::Killed
                 };
-                let out = async { Step::Out(outbox.recv().await) };
+                let out = async { Step::Out(writer.recv().await) };
                 let gone = async {
                     let mut scratch = [0u8; 64];
                     loop {
@@ -117,26 +140,21 @@ where
             let mut frames: Vec<Bytes> = Vec::new();
             let mut close = None;
             let mut next = Some(first);
-            let mut size = 0;
             while let Some(out) = next.take() {
                 match out {
-                    Out::Frame(frame) => {
-                        size += frame.len();
-                        frames.push(frame);
-                        if size < COALESCE_BYTES {
-                            next = outbox.try_recv();
-                        }
-                    }
+                    Out::Frame(frame) => frames.push(frame),
                     // Not handed to streams (the driver refuses): dropping the reply says so.
                     Out::Ping(_) | Out::KeepAlive | Out::Item(_) => {}
                     Out::Close(reason) => {
                         if let Some(reason) = &reason {
-                            tracing::debug!(%conn, "closing the stream: {reason}");
+                            tracing::debug!(conn = %writer.conn(), "closing the stream: {reason}");
                         }
                         close = Some(reason);
                     }
                 }
+                next = writer.more(COALESCE);
             }
+            let size = writer.unflushed();
             let head_bytes = pending_head.take();
             let write = async {
                 match (&head_bytes, frames.as_slice()) {
@@ -170,25 +188,16 @@ where
             if !matches!(written, Some(Ok(()))) {
                 break;
             }
-            if size > 0 {
-                let _ = ctl.send(Ctl::Flushed(conn, size));
-            }
+            writer.flushed();
             if close.is_some() {
                 break;
             }
         }
-        hand(to_driver, ConnMsg::Closed(conn, None)).sent().await;
+        hand(to_driver, ConnMsg::Closed(writer.conn(), None))
+            .sent()
+            .await;
     }
 }
-
-/// The default response headers of every SSE stream (DESIGN.md §4), for embeddings that write
-/// the response themselves (see [`SseBody`]); `SseRequest::headers` holds them with the
-/// configured `sse.headers` and CORS.
-pub const SSE_HEADERS: [(&str, &str); 3] = [
-    ("Content-Type", "text/event-stream"),
-    ("Cache-Control", "no-cache"),
-    ("X-Accel-Buffering", "no"),
-];
 
 /// An SSE stream as a [`Stream`](futures_util::Stream) of body chunks, for embeddings whose own
 /// HTTP server writes the response (an axum handler returning a streaming body with
@@ -199,10 +208,8 @@ pub const SSE_HEADERS: [(&str, &str); 3] = [
 /// stream ends when the broker closes it (after the `tidings-error` event); dropping it (the
 /// client went away) closes the connection.
 pub struct SseBody {
-    conn: tidings_core::ConnId,
-    frames: Inbox,
-    ctl: flume::Sender<Ctl>,
-    unflushed: usize,
+    writer: ConnWriter,
+    /// The stream ended (a close, or the driver dropped it): no more chunks.
     ended: bool,
 }
 
@@ -219,7 +226,7 @@ fn subscribe(patterns: Vec<Pattern>, from: Option<Cursor>) -> Command {
 impl std::fmt::Debug for SseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SseBody")
-            .field("conn", &self.conn)
+            .field("conn", &self.writer.conn())
             .finish_non_exhaustive()
     }
 }
@@ -235,7 +242,7 @@ impl SseBody {
             client_id,
         } = request;
         let claim = claim_of(&mut auth, client_id);
-        let (opening, frames) = hub.opening(
+        let (opening, writer) = hub.opening(
             Kind::Sse,
             Box::new(SseCodec),
             head,
@@ -244,18 +251,10 @@ impl SseBody {
             claim,
             None,
         );
-        let conn = opening.conn;
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.
-        let ctl = hub.ctl_sender().clone();
-        let ended = ctl.send(Ctl::Open(Box::new(opening))).is_err();
-        Self {
-            conn,
-            frames,
-            ctl,
-            unflushed: 0,
-            ended,
-        }
+        let ended = writer.ctl().send(Ctl::Open(Box::new(opening))).is_err();
+        Self { writer, ended }
     }
 }
 
@@ -268,27 +267,21 @@ impl futures_util::Stream for SseBody {
     ) -> std::task::Poll<Option<Bytes>> {
         use std::task::Poll;
         let this = &mut *self;
-        if this.unflushed > 0 {
-            let _ = this.ctl.send(Ctl::Flushed(this.conn, this.unflushed));
-            this.unflushed = 0;
-        }
+        // The HTTP server asks for the next chunk once it has written the previous one.
+        this.writer.flushed();
         if this.ended {
             return Poll::Ready(None);
         }
-        match this.frames.poll_recv(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Out::Frame(frame))) => {
-                this.unflushed = frame.len();
-                Poll::Ready(Some(frame))
-            }
-            // Not handed to streams (the driver refuses): dropping the reply says so.
-            Poll::Ready(Some(Out::Ping(_) | Out::KeepAlive | Out::Item(_))) => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Poll::Ready(Some(Out::Close(_)) | None) => {
-                this.ended = true;
-                Poll::Ready(None)
+        loop {
+            match this.writer.poll_recv(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Out::Frame(frame))) => return Poll::Ready(Some(frame)),
+                // Not handed to streams (the driver refuses): dropping the reply says so.
+                Poll::Ready(Some(Out::Ping(_) | Out::KeepAlive | Out::Item(_))) => {}
+                Poll::Ready(Some(Out::Close(_)) | None) => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
             }
         }
     }
@@ -296,7 +289,7 @@ impl futures_util::Stream for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        let _ = self.ctl.send(Ctl::Closed(self.conn));
+        let _ = self.writer.ctl().send(Ctl::Closed(self.writer.conn()));
     }
 }
 

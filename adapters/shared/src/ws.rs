@@ -35,18 +35,19 @@ use tidings_core::native::NativeCodec;
 use tidings_core::{Claim, Command, ErrorCode, ProtocolError};
 
 use crate::auth::Authenticated;
-use crate::driver::{ConnMsg, Ctl, Kind, Opening, Out, hand};
+use crate::conn::{ConnMsg, Kind, Opening, Out, PingReply, hand};
+use crate::ctx::ConnCtx;
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
-use crate::mailbox::Inbox;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::service::ConnCtx;
+use crate::writer::{Bound, ConnWriter};
 
-/// Frames written per flush at most.
-const BATCH_FRAMES: usize = 256;
-/// Bytes written per flush at most (more may follow in the next batch at once).
-const BATCH_BYTES: usize = 256 << 10;
+/// Frames (and bytes) written per flush at most; more may follow in the next batch at once.
+const BATCH: Bound = Bound {
+    entries: 256,
+    bytes: 256 << 10,
+};
 /// Data frames are coalesced up to this many bytes per socket write: several frames per system
 /// call, while what a connection holds during a blocked write stays small.
 const COALESCE_BYTES: usize = 16 << 10;
@@ -56,8 +57,6 @@ const MAX_CLOSE_REASON: usize = 123;
 /// Pings of the application ([`crate::Hub::ping`]) waiting for their pong, per connection, at
 /// most.
 const MAX_WAITING_PINGS: usize = 64;
-
-type PingReply = oneshot::Sender<Result<Duration, ProtocolError>>;
 
 /// The application's pings of one connection: counter payloads `1`, `2`, … (etp's `Ping`), each
 /// answered with the round-trip time when the pong with its payload arrives.
@@ -156,7 +155,7 @@ where
     let (kill_tx, kill) = oneshot::channel::<()>();
     let codec = proto.codec(ctx.hub.server_id());
     let decoder = codec.fresh();
-    let (opening, outbox) = ctx.hub.opening(
+    let (opening, writer) = ctx.hub.opening(
         proto.kind(),
         codec,
         &head,
@@ -166,7 +165,7 @@ where
         Some(kill_tx),
     );
     drop(head);
-    serve(ctx, ws, Box::new(opening), outbox, kill, proto, decoder)
+    serve(ctx, ws, Box::new(opening), writer, kill, proto, decoder)
 }
 
 /// The connection's task. Not an `async fn`: that would keep its arguments twice (as arguments
@@ -176,7 +175,7 @@ fn serve<R, S>(
     ctx: ConnCtx<R>,
     mut ws: WebSocketStream<S>,
     opening: Box<Opening>,
-    mut outbox: Inbox,
+    mut writer: ConnWriter,
     mut kill: oneshot::Receiver<()>,
     proto: Proto,
     decoder: Box<dyn Codec>,
@@ -188,12 +187,10 @@ where
     async move {
         let rt = &ctx.rt;
         let hub = &ctx.hub;
-        let conn = opening.conn;
         let to_driver = hub.conn_sender();
         if !hand(to_driver, ConnMsg::Open(opening)).sent().await {
             return;
         }
-        let ctl = hub.ctl_sender();
         let limits = hub.limits();
         let write_timeout = ctx.write_timeout;
         let close_wait = ctx.close_grace.min(Duration::from_secs(2));
@@ -207,7 +204,7 @@ where
                     let _ = (&mut kill).await;
                     Step::Killed
                 };
-                let out = async { Step::Out(outbox.recv().await) };
+                let out = async { Step::Out(writer.recv().await) };
                 let read = async {
                     if reading {
                         Step::Read(ws.next().await)
@@ -228,19 +225,17 @@ where
                     let write = Box::pin(with_timeout(
                         rt,
                         write_timeout,
-                        write_batch(&mut ws, &mut outbox, first, &mut pings),
+                        write_batch(&mut ws, &mut writer, first, &mut pings),
                     ));
                     let killed = async {
                         let _ = (&mut kill).await;
                         None
                     };
                     let written = write.or(killed).await;
-                    let Some(Ok((bytes, close))) = written else {
+                    let Some(Ok(close)) = written else {
                         break; // timed out, killed, or the socket failed
                     };
-                    if bytes > 0 {
-                        let _ = ctl.send(Ctl::Flushed(conn, bytes));
-                    }
+                    writer.flushed();
                     if let Some(reason) = close {
                         let closing =
                             Box::pin(close_ws(rt, &mut ws, reason.as_ref(), reading, close_wait));
@@ -276,7 +271,10 @@ where
                     }
                     let mut gone = false;
                     for cmd in cmds {
-                        if !hand(to_driver, ConnMsg::Command(conn, cmd)).sent().await {
+                        if !hand(to_driver, ConnMsg::Command(writer.conn(), cmd))
+                            .sent()
+                            .await
+                        {
                             gone = true;
                             break;
                         }
@@ -305,7 +303,7 @@ where
                             "a text message is not valid UTF-8",
                         ),
                         other => {
-                            tracing::debug!(%conn, "websocket ended: {other}");
+                            tracing::debug!(conn = %writer.conn(), "websocket ended: {other}");
                             break;
                         }
                     };
@@ -314,21 +312,24 @@ where
                         error,
                         fatal: true,
                     };
-                    if !hand(to_driver, ConnMsg::Command(conn, cmd)).sent().await {
+                    if !hand(to_driver, ConnMsg::Command(writer.conn(), cmd))
+                        .sent()
+                        .await
+                    {
                         break;
                     }
                 }
             }
         }
-        hand(to_driver, ConnMsg::Closed(conn, peer_close))
+        hand(to_driver, ConnMsg::Closed(writer.conn(), peer_close))
             .sent()
             .await;
     }
 }
 
-/// Writes `first` and whatever else is queued (up to a batch), with one flush. Returns the
-/// payload bytes written and the close reason if a `Close` came in the batch (`Some(None)`: a
-/// normal close).
+/// Writes `first` and whatever else is queued (up to a [`BATCH`]), with one flush; the writer
+/// counts the payload bytes for the credit. Returns the close reason if a `Close` came in the
+/// batch (`Some(None)`: a normal close).
 ///
 /// Data frames do not go through tungstenite's `Sink`: their headers (tungstenite's
 /// `FrameHeader`) and the frames are coalesced into one buffer, which goes to the socket in one
@@ -338,18 +339,16 @@ where
 /// (pings, the close) as before.
 async fn write_batch<S>(
     ws: &mut WebSocketStream<S>,
-    outbox: &mut Inbox,
+    writer: &mut ConnWriter,
     first: Out,
     pings: &mut Pings,
-) -> Result<(usize, Option<Option<ProtocolError>>), WsError>
+) -> Result<Option<Option<ProtocolError>>, WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut bytes = 0;
-    let mut frames = 0;
     // Sized for what is queued (frames of one publish burst are alike), so that it rarely grows.
     let guess = match &first {
-        Out::Frame(f) => (f.len() + 10) * (1 + outbox.queued()).min(BATCH_FRAMES),
+        Out::Frame(f) => (f.len() + 10) * (1 + writer.queued()).min(BATCH.entries),
         _ => 0,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(guess.min(COALESCE_BYTES + 1024));
@@ -358,8 +357,6 @@ where
     while let Some(out) = next.take() {
         match out {
             Out::Frame(frame) => {
-                bytes += frame.len();
-                frames += 1;
                 // A text frame of the shared bytes as they are: the core encoded valid UTF-8
                 // JSON once; checking it again per connection would cost a pass over every
                 // frame for every subscriber.
@@ -373,32 +370,26 @@ where
                 match control {
                     Out::Close(reason) => {
                         ws.flush().await?;
-                        return Ok((bytes, Some(reason)));
+                        return Ok(Some(reason));
                     }
                     Out::Ping(reply) => {
                         if let Some(payload) = pings.start(reply) {
-                            frames += 1;
                             ws.feed(Message::Ping(payload)).await?;
                         }
                     }
                     // Protocols without keep-alive frames of their own (ksbus, etp) get a
                     // WebSocket ping, whose pong counts as activity.
-                    Out::KeepAlive => {
-                        frames += 1;
-                        ws.feed(Message::Ping(Bytes::new())).await?;
-                    }
+                    Out::KeepAlive => ws.feed(Message::Ping(Bytes::new())).await?,
                     // Typed items are for in-process subscriptions only.
                     Out::Frame(_) | Out::Item(_) => {}
                 }
             }
         }
-        if frames < BATCH_FRAMES && bytes < BATCH_BYTES {
-            next = outbox.try_recv();
-        }
+        next = writer.more(BATCH);
     }
     write_raw(ws, &mut buf).await?;
     ws.flush().await?;
-    Ok((bytes, None))
+    Ok(None)
 }
 
 /// Appends a final, unmasked text frame with `payload` (RFC 6455 §5.2: a server does not mask),
