@@ -272,7 +272,7 @@ fn load(args: &ServeArgs) -> Result<ServerConfig, String> {
     );
     put("sse.retry", args.sse_retry.as_deref().map(string));
     put(
-        "http.shutdown_grace",
+        "timers.shutdown_grace",
         args.shutdown_grace.as_deref().map(string),
     );
     put(

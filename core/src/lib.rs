@@ -32,7 +32,8 @@ mod topic;
 
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
 pub use config::{
-    Config, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
+    Config, ConfigError, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy,
+    Timers, units,
 };
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};
