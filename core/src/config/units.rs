@@ -137,8 +137,20 @@ mod tests {
         assert_eq!(parse_duration("42").unwrap(), Duration::from_millis(42));
         assert_eq!(parse_opt_duration("off").unwrap(), None);
         assert_eq!(format_opt_duration(None), "off");
-        assert!(parse_duration("5 fortnights").unwrap_err().contains("unknown unit"));
-        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
-        assert!(parse_duration("99999999999999999h").unwrap_err().contains("too long"));
+        assert!(
+            parse_duration("5 fortnights")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(
+            parse_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_duration("99999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
     }
 }
