@@ -31,7 +31,7 @@ pub struct Config {
     pub retention: Retention,
     /// What happens to a connection that does not read fast enough.
     pub slow_consumer: SlowConsumer,
-    /// Keep-alive, idle and ack timers.
+    /// Keep-alive, idle, request, ack, reconnect-window, close and shutdown timers.
     pub timers: Timers,
     /// The reconnection delay advertised to SSE clients with `retry:` when a stream opens.
     pub sse_retry: Option<Duration>,
