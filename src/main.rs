@@ -1,9 +1,9 @@
 //! The `tidings` server binary: `tidings serve [--listen ADDR] [--runtime tokio|async-std]
 //! [--config FILE] [flags]`.
 //!
-//! Settings come from the defaults, then the TOML file (`--config`), then the flags (which win).
-//! Every setting has a TOML key (see `tidings.example.toml`); the common ones also have a flag,
-//! and `--set KEY=VALUE` sets any other. The first line on stdout is
+//! Settings come from the defaults, then the TOML file (`--config`), then `--set KEY=VALUE`
+//! (any key), then the flags of single settings (which win). Every setting has a TOML key (see
+//! `tidings.example.toml`); the common ones also have a flag, each defined once in `flags.rs`. The first line on stdout is
 //! `listening on http://ADDR` (tests and scripts read the bound port from it); logs go to stderr
 //! (`RUST_LOG` filters them; default `info`). SIGINT or SIGTERM shut down gracefully: new
 //! connections are refused, WebSocket clients get close 1001, SSE streams end after a
@@ -19,8 +19,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 mod cli;
+mod flags;
 use tidings_adapter::ServerConfig;
-use tidings_adapter::config::{parse_duration, parse_opt_duration};
 
 /// A real-time event bus: topics, replay and acks over WebSocket and Server-Sent Events.
 #[derive(Debug, Parser)]
@@ -39,7 +39,8 @@ enum Command {
     /// GET /healthz, GET /metrics. See docs/HTTP.md.
     ///
     /// Settings: defaults, then --config FILE (TOML; every key is in tidings.example.toml), then
-    /// these flags. Durations are like 500ms, 15s, 5m, 1h; "off" disables a timer.
+    /// --set KEY=VALUE, then the other flags. Durations are like 500ms, 15s, 5m, 1h; "off"
+    /// disables a timer.
     Serve(Box<ServeArgs>),
     /// Subscribe and print events as JSON lines (resumes by itself after a disconnect).
     ///
@@ -52,131 +53,18 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-#[allow(clippy::struct_field_names)]
 struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:9313]
-    #[arg(long, value_name = "ADDR", help_heading = "Server")]
-    listen: Option<String>,
-    /// The async runtime [default: tokio]
-    #[arg(long, value_name = "RUNTIME", value_parser = ["tokio", "async-std"], help_heading = "Server")]
-    runtime: Option<String>,
     /// A TOML configuration file (flags override it)
     #[arg(long, value_name = "FILE", help_heading = "Server")]
     config: Option<PathBuf>,
     /// Set any configuration key, e.g. --set http.read_timeout=5s or
     /// --set 'auth.anonymous={subscribe=["public.>"]}' (the value is TOML, or else a string);
-    /// repeatable
+    /// repeatable. The other flags override it
     #[arg(long = "set", value_name = "KEY=VALUE", help_heading = "Server")]
     set: Vec<String>,
-
-    /// Connections open at once; more are closed with `overloaded` [default: 100000]
-    #[arg(long, value_name = "N", help_heading = "Limits")]
-    max_connections: Option<u64>,
-    /// Largest client frame, WebSocket message and publish body, in bytes [default: 1048576]
-    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
-    max_frame_bytes: Option<u64>,
-    /// Subscriptions (patterns) per connection [default: 256]
-    #[arg(long, value_name = "N", help_heading = "Limits")]
-    max_subscriptions: Option<u64>,
-    /// Bytes queued for a connection before the slow-consumer policy applies [default: 4194304]
-    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
-    max_queued_bytes: Option<u64>,
-    /// Longest topic or pattern, in bytes [default: 256]
-    #[arg(long, value_name = "BYTES", help_heading = "Limits")]
-    max_topic_len: Option<u64>,
-    /// Client requests awaiting the application, per connection [default: 64]
-    #[arg(long, value_name = "N", help_heading = "Limits")]
-    max_pending_requests: Option<u64>,
-
-    /// Events kept for resuming; 0 disables replay [default: 10000]
-    #[arg(long, value_name = "N", help_heading = "Retention")]
-    retention_events: Option<u64>,
-    /// Payload and topic bytes kept for resuming [default: 67108864]
-    #[arg(long, value_name = "BYTES", help_heading = "Retention")]
-    retention_bytes: Option<u64>,
-    /// Age after which events are no longer kept [default: 300s]
-    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Retention")]
-    retention_age: Option<String>,
-
-    /// Ping connections idle this long, or "off" [default: 15s]
-    #[arg(long, value_name = "DURATION", value_parser = opt_duration, help_heading = "Timers")]
-    keepalive: Option<String>,
-    /// Close WebSocket connections silent this long, or "off" [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = opt_duration, help_heading = "Timers")]
-    idle_timeout: Option<String>,
-    /// How long a client request waits for the application [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Timers")]
-    request_timeout: Option<String>,
-    /// Default deadline of a server request to a client [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Timers")]
-    ack_timeout: Option<String>,
-    /// The reconnection delay sent to SSE clients (`retry:`), or "off" [default: 2s]
-    #[arg(long, value_name = "DURATION", value_parser = opt_duration, help_heading = "Timers")]
-    sse_retry: Option<String>,
-    /// How long a graceful shutdown waits for connections to close [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Timers")]
-    shutdown_grace: Option<String>,
-
-    /// What happens to a connection that reads too slowly: drop_and_gap (stop sending, catch it
-    /// up from history later) or disconnect (close it; the client resumes) [default: drop_and_gap]
-    #[arg(long, value_name = "POLICY", value_parser = ["drop_and_gap", "disconnect"], help_heading = "Slow consumers")]
-    slow_consumer: Option<String>,
-    /// A per-topic policy, e.g. --slow-consumer-rule 'prices.>=disconnect'; the first matching
-    /// rule wins; repeatable
-    #[arg(long, value_name = "PATTERN=POLICY", help_heading = "Slow consumers")]
-    slow_consumer_rule: Vec<String>,
-
-    /// An origin allowed to use /sse and /publish from a browser (CORS); "*" allows any;
-    /// repeatable [default: *]
-    #[arg(long, value_name = "ORIGIN", help_heading = "Browsers")]
-    cors_origin: Vec<String>,
-    /// An origin allowed to open /ws; repeatable [default: any]
-    #[arg(long, value_name = "ORIGIN", help_heading = "Browsers")]
-    ws_origin: Vec<String>,
-
-    /// Whether requests without a token are allowed (with every permission) [default: true]
-    #[arg(
-        long,
-        value_name = "BOOL",
-        help_heading = "Authentication (docs/AUTH.md)"
-    )]
-    anonymous: Option<bool>,
-    /// Verify HS256 tokens with the secret in this file
-    #[arg(
-        long,
-        value_name = "FILE",
-        help_heading = "Authentication (docs/AUTH.md)"
-    )]
-    jwt_secret_file: Option<PathBuf>,
-    /// Verify RS256/ES256 tokens with the PEM public key in this file
-    #[arg(
-        long,
-        value_name = "FILE",
-        help_heading = "Authentication (docs/AUTH.md)"
-    )]
-    jwt_public_key_file: Option<PathBuf>,
-    /// Tokens must have this issuer (`iss`)
-    #[arg(
-        long,
-        value_name = "ISS",
-        help_heading = "Authentication (docs/AUTH.md)"
-    )]
-    jwt_issuer: Option<String>,
-    /// Tokens must have this audience (`aud`)
-    #[arg(
-        long,
-        value_name = "AUD",
-        help_heading = "Authentication (docs/AUTH.md)"
-    )]
-    jwt_audience: Option<String>,
-}
-
-fn duration(s: &str) -> Result<String, String> {
-    parse_duration(s).map(|_| s.to_owned())
-}
-
-fn opt_duration(s: &str) -> Result<String, String> {
-    parse_opt_duration(s).map(|_| s.to_owned())
+    /// The flags of single settings (`--listen`, `--max-frame-bytes`, ...), defined in flags.rs.
+    #[command(flatten)]
+    flags: flags::ConfigFlags,
 }
 
 /// Sets `path` (dotted) in `table`, creating tables on the way.
@@ -208,23 +96,7 @@ fn toml_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_owned()))
 }
 
-fn int(n: u64) -> toml::Value {
-    toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
-}
-
-fn string(s: impl Into<String>) -> toml::Value {
-    toml::Value::String(s.into())
-}
-
-fn strings(list: &[String]) -> toml::Value {
-    toml::Value::Array(list.iter().map(|s| string(s.as_str())).collect())
-}
-
-fn path(p: &std::path::Path) -> toml::Value {
-    string(p.to_string_lossy().into_owned())
-}
-
-/// Defaults, then the file, then the flags.
+/// Defaults, then the file, then `--set`, then the other flags.
 fn load(args: &ServeArgs) -> Result<ServerConfig, String> {
     let mut table = match &args.config {
         Some(file) => {
@@ -234,100 +106,16 @@ fn load(args: &ServeArgs) -> Result<ServerConfig, String> {
         }
         None => toml::Table::new(),
     };
-    let mut overrides: Vec<(&str, toml::Value)> = Vec::new();
-    let mut put = |key: &'static str, value: Option<toml::Value>| {
-        if let Some(value) = value {
-            overrides.push((key, value));
-        }
-    };
-    put("listen", args.listen.as_deref().map(string));
-    put("runtime", args.runtime.as_deref().map(string));
-    put("limits.max_connections", args.max_connections.map(int));
-    put("limits.max_frame_bytes", args.max_frame_bytes.map(int));
-    put("limits.max_subscriptions", args.max_subscriptions.map(int));
-    put("limits.max_queued_bytes", args.max_queued_bytes.map(int));
-    put("limits.max_topic_len", args.max_topic_len.map(int));
-    put(
-        "limits.max_pending_requests",
-        args.max_pending_requests.map(int),
-    );
-    put("retention.max_events", args.retention_events.map(int));
-    put("retention.max_bytes", args.retention_bytes.map(int));
-    put(
-        "retention.max_age",
-        args.retention_age.as_deref().map(string),
-    );
-    put("timers.keepalive", args.keepalive.as_deref().map(string));
-    put(
-        "timers.idle_timeout",
-        args.idle_timeout.as_deref().map(string),
-    );
-    put(
-        "timers.request_timeout",
-        args.request_timeout.as_deref().map(string),
-    );
-    put(
-        "timers.ack_timeout",
-        args.ack_timeout.as_deref().map(string),
-    );
-    put("sse.retry", args.sse_retry.as_deref().map(string));
-    put(
-        "http.shutdown_grace",
-        args.shutdown_grace.as_deref().map(string),
-    );
-    put(
-        "slow_consumer.default",
-        args.slow_consumer.as_deref().map(string),
-    );
-    if !args.slow_consumer_rule.is_empty() {
-        let mut rules = Vec::new();
-        for rule in &args.slow_consumer_rule {
-            let (pattern, policy) = rule.rsplit_once('=').ok_or_else(|| {
-                format!("--slow-consumer-rule {rule:?}: expected PATTERN=POLICY, e.g. 'prices.>=disconnect'")
-            })?;
-            let mut t = toml::Table::new();
-            t.insert("pattern".into(), string(pattern));
-            t.insert("policy".into(), string(policy));
-            rules.push(toml::Value::Table(t));
-        }
-        put("slow_consumer.rules", Some(toml::Value::Array(rules)));
-    }
-    put(
-        "http.cors_origins",
-        Some(&args.cors_origin)
-            .filter(|l| !l.is_empty())
-            .map(|l| strings(l)),
-    );
-    put(
-        "http.ws_origins",
-        Some(&args.ws_origin)
-            .filter(|l| !l.is_empty())
-            .map(|l| strings(l)),
-    );
-    put("auth.anonymous", args.anonymous.map(toml::Value::Boolean));
-    put(
-        "auth.jwt.secret_file",
-        args.jwt_secret_file.as_deref().map(path),
-    );
-    put(
-        "auth.jwt.public_key_file",
-        args.jwt_public_key_file.as_deref().map(path),
-    );
-    put("auth.jwt.issuer", args.jwt_issuer.as_deref().map(string));
-    put(
-        "auth.jwt.audience",
-        args.jwt_audience.as_deref().map(string),
-    );
-    for (key, value) in overrides {
-        set(&mut table, key, value)?;
-    }
     for item in &args.set {
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| format!("--set {item:?}: expected KEY=VALUE"))?;
         set(&mut table, key.trim(), toml_value(value.trim()))?;
     }
-    ServerConfig::from_table(table).map_err(|e| e.to_string())
+    let mut config = ServerConfig::from_table_unchecked(table).map_err(|e| e.to_string())?;
+    args.flags.apply(&mut config);
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
 }
 
 fn main() -> ExitCode {
@@ -515,5 +303,92 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_from(args: &[&str]) -> Result<ServerConfig, String> {
+        let cli = Cli::try_parse_from(["tidings", "serve"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(args) => load(&args),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Each flag sets exactly what `--set` of its key sets, so the flag table and the
+    /// configuration keys cannot drift apart.
+    #[test]
+    fn every_flag_sets_its_key() {
+        let samples = flags::samples();
+        assert!(samples.len() >= 25, "{}", samples.len());
+        for (flag, key, cli, toml) in samples {
+            let by_flag = load_from(&[&format!("--{flag}"), cli]).unwrap();
+            let by_key = load_from(&["--set", &format!("{key}={toml}")]).unwrap();
+            assert_eq!(by_flag, by_key, "--{flag} {cli} vs --set {key}={toml}");
+            assert_ne!(
+                by_flag,
+                ServerConfig::default(),
+                "--{flag} {cli} changed nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_set() {
+        let dir = std::env::temp_dir().join(format!("tidings-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nmax_frame_bytes = 5\nmax_subscriptions = 6\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let config = load_from(&[
+            "--config",
+            file,
+            "--set",
+            "limits.max_subscriptions=7",
+            "--set",
+            "limits.max_connections=8",
+            "--max-connections",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(config.limits.max_frame_bytes, 5);
+        assert_eq!(config.limits.max_subscriptions, 7);
+        assert_eq!(config.limits.max_connections, 9);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_flag_or_key() {
+        let e = load_from(&["--keepalive", "soon"]).unwrap_err();
+        assert!(
+            e.contains("--keepalive") && e.contains("not a duration"),
+            "{e}"
+        );
+        let e = load_from(&["--slow-consumer", "maybe"]).unwrap_err();
+        assert!(e.contains("--slow-consumer"), "{e}");
+        let e = load_from(&["--slow-consumer-rule", "a..b=disconnect"]).unwrap_err();
+        assert!(e.contains("--slow-consumer-rule"), "{e}");
+        let e = load_from(&[
+            "--max-topic-len",
+            "3",
+            "--slow-consumer-rule",
+            "abcd=disconnect",
+        ])
+        .unwrap_err();
+        assert!(e.contains("slow_consumer.rules"), "{e}");
+        let e = load_from(&["--max-frame-bytes", "0"]).unwrap_err();
+        assert_eq!(e, "limits.max_frame_bytes must be at least 1");
+        let e = load_from(&["--set", "timers.keepalives=1s"]).unwrap_err();
+        assert!(e.contains("keepalives"), "{e}");
+        let e = load_from(&["--set", "http.shutdown_grace=1s"]).unwrap_err();
+        assert!(e.contains("timers.shutdown_grace"), "{e}");
     }
 }

@@ -307,3 +307,58 @@ fn tokens_are_sent_and_refusals_reported() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
 }
+
+/// `tidings serve` refuses a bad configuration before it listens: exit code 2 and a message
+/// naming the key or flag, for the file, `--set` and the flags alike; the example file is
+/// accepted.
+#[test]
+fn serve_refuses_bad_configuration_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("tidings-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let typo = file(
+        "typo.toml",
+        "[timers]\nkeepalive = \"5s\"\nidle_timout = \"1m\"\n",
+    );
+    let moved = file("moved.toml", "[http]\nclose_grace = \"5s\"\n");
+    let check = |args: &[&str], needle: &str| {
+        let out = run(args, None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {needle:?} not in {stderr:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} listened");
+    };
+    check(&["serve", "--config", &typo], "idle_timout");
+    check(&["serve", "--config", &moved], "timers.close_grace");
+    check(
+        &["serve", "--set", "limits.max_frame_byte=1"],
+        "max_frame_byte",
+    );
+    check(&["serve", "--set", "retention.max_age=5y"], "unknown unit");
+    check(&["serve", "--retention-age", "5y"], "--retention-age");
+    check(
+        &["serve", "--max-frame-bytes", "0"],
+        "limits.max_frame_bytes",
+    );
+    check(
+        &["serve", "--slow-consumer-rule", "prices"],
+        "PATTERN=POLICY",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // The example file parses, and the server starts with it.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tidings.example.toml");
+    let mut cmd = bin();
+    cmd.args(["serve", "--config", example, "--listen", "127.0.0.1:0"]);
+    let mut server = Lines::spawn(cmd);
+    assert!(server.next().starts_with("listening on http://127.0.0.1:"));
+    server.terminate();
+    assert!(server.wait().success());
+}

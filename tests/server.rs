@@ -431,7 +431,7 @@ fn a_stalled_reader_meets_the_slow_consumer_policy_and_stalls_nobody() {
                 "--slow-consumer-rule",
                 "slow.a=disconnect",
                 "--set",
-                "http.close_grace=60s",
+                "timers.close_grace=60s",
             ],
         );
         // Enough that each stalled reader's share exceeds what the kernel buffers on the

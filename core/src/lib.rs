@@ -39,7 +39,8 @@ pub mod typed;
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
 pub use command::{Claim, Command, Recipient, Subscribe};
 pub use config::{
-    Config, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
+    Config, ConfigError, DEFAULT_SERVER_ID, Limits, Retention, SlowConsumer, SlowConsumerPolicy,
+    Timers, units,
 };
 pub use cursor::Cursor;
 pub use error::{ApiError, ErrorCode, ProtocolError};

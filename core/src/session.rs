@@ -2,7 +2,7 @@
 //!
 //! - **Reconnect window** (gochan's client TTL): when a connection that claimed a client id
 //!   closes, its subscriptions (with their delivery position) and rooms are *parked* under the
-//!   client id for `Config::reconnect_window`. The next connection to claim that id gets them
+//!   client id for `Timers::reconnect_window`. The next connection to claim that id gets them
 //!   back and is caught up from where delivery stopped, through the same history mechanism as a
 //!   resume (so nothing retained is lost, and a gap notice announces what is not). Parked
 //!   sessions are bounded by `max_parked_sessions` (the oldest goes first), each by the
@@ -121,7 +121,7 @@ impl Broker {
     /// reconnect window is on and there is something to keep.
     pub(crate) fn park_or_forget(&mut self, slot: Slot, client_id: Name, rooms: Vec<Name>) {
         let head = self.history.head();
-        let window = self.config.reconnect_window;
+        let window = self.config.timers.reconnect_window;
         let max = self.config.limits.max_parked_sessions;
         let conn = self.conn_mut(slot);
         if window.is_none() || max == 0 || (conn.subs.is_empty() && rooms.is_empty()) {
@@ -243,7 +243,7 @@ impl Broker {
         let conn = self.conn_ref(slot);
         let stream = !conn.duplex;
         let wanted = if stream {
-            self.config.reconnect_window.is_some() || !self.catalog.is_empty()
+            self.config.timers.reconnect_window.is_some() || !self.catalog.is_empty()
         } else {
             restored.as_ref().is_some_and(|r| !r.is_empty())
         };
@@ -251,6 +251,7 @@ impl Broker {
             let subscriptions: Vec<Pattern> = conn.subs.iter().map(|s| s.pattern.clone()).collect();
             let window = self
                 .config
+                .timers
                 .reconnect_window
                 .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
             let data = json!({

@@ -26,10 +26,9 @@ fn pattern(s: &str) -> Pattern {
 }
 
 fn windowed() -> Config {
-    Config {
-        reconnect_window: Some(Duration::from_secs(60)),
-        ..Config::default()
-    }
+    let mut config = Config::default();
+    config.timers.reconnect_window = Some(Duration::from_secs(60));
+    config
 }
 
 /// Events an SSE connection received: (event name, data, id).

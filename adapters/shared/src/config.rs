@@ -3,18 +3,19 @@
 //! runtime. Read from TOML (`tidings.example.toml` at the repository root lists every key with its
 //! default); every key is optional and defaults to the core's defaults.
 //!
-//! Durations are strings with a unit (`"500ms"`, `"15s"`, `"5m"`, `"1h"`) or a number of
-//! milliseconds; timers that can be disabled also accept `"off"`. Sizes are numbers of bytes.
-//! Unknown keys are refused, so a typo is an error rather than a silently ignored setting.
+//! The core's sections ([`Limits`], [`Retention`], [`Timers`], [`SlowConsumer`]) are embedded as
+//! they are: their keys, defaults and formats are defined once, in `tidings-core`. Durations are
+//! strings with a unit (`"500ms"`, `"15s"`, `"5m"`, `"1h"`) or a number of milliseconds; timers
+//! that can be disabled also accept `"off"` (see [`tidings_core::units`]). Sizes are numbers of
+//! bytes. Unknown keys are refused, so a typo is an error rather than a silently ignored setting.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Deserializer};
-use tidings_core::{
-    Config, Limits, NameLimits, Pattern, Retention, SlowConsumer, SlowConsumerPolicy, Timers,
-};
+use serde::Deserialize;
+pub use tidings_core::ConfigError;
+pub use tidings_core::units::{parse_duration, parse_opt_duration};
+use tidings_core::{Config, Limits, NameLimits, Retention, SlowConsumer, Timers, units};
 
 use crate::auth::AuthConfig;
 
@@ -30,13 +31,13 @@ pub struct ServerConfig {
     /// Which async runtime runs the server: `tokio` or `async-std`.
     pub runtime: String,
     /// Limits on what peers can make the server hold.
-    pub limits: LimitsConfig,
+    pub limits: Limits,
     /// How much history is kept for resuming.
-    pub retention: RetentionConfig,
-    /// Keep-alive, idle, request and ack timers.
-    pub timers: TimersConfig,
+    pub retention: Retention,
+    /// Keep-alive, idle, request, ack, reconnect, close and shutdown timers.
+    pub timers: Timers,
     /// What happens to connections that do not read fast enough.
-    pub slow_consumer: SlowConsumerConfig,
+    pub slow_consumer: SlowConsumer,
     /// Server-Sent Events settings.
     pub sse: SseConfig,
     /// The HTTP surface: CORS, WebSocket origins, I/O timeouts.
@@ -97,10 +98,10 @@ impl Default for ServerConfig {
         Self {
             listen: DEFAULT_LISTEN.to_owned(),
             runtime: "tokio".to_owned(),
-            limits: LimitsConfig::default(),
-            retention: RetentionConfig::default(),
-            timers: TimersConfig::default(),
-            slow_consumer: SlowConsumerConfig::default(),
+            limits: Limits::default(),
+            retention: Retention::default(),
+            timers: Timers::default(),
+            slow_consumer: SlowConsumer::default(),
             sse: SseConfig::default(),
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
@@ -110,161 +111,12 @@ impl Default for ServerConfig {
     }
 }
 
-/// [`tidings_core::Limits`] as configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-#[allow(missing_docs)] // each field is the core limit of the same name
-pub struct LimitsConfig {
-    pub max_connections: usize,
-    pub max_frame_bytes: usize,
-    pub max_subscriptions: usize,
-    pub max_topic_len: usize,
-    pub max_topic_segments: usize,
-    pub max_pending_requests: usize,
-    pub max_pending_acks: usize,
-    pub max_queued_bytes: usize,
-    pub max_name_len: usize,
-    pub max_rooms_per_conn: usize,
-    pub max_tracked_topics: usize,
-    pub max_parked_sessions: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let l = Limits::default();
-        Self {
-            max_connections: l.max_connections,
-            max_frame_bytes: l.max_frame_bytes,
-            max_subscriptions: l.max_subscriptions,
-            max_topic_len: l.names.max_len,
-            max_topic_segments: l.names.max_segments,
-            max_pending_requests: l.max_pending_requests,
-            max_pending_acks: l.max_pending_acks,
-            max_queued_bytes: l.max_queued_bytes,
-            max_name_len: l.max_name_len,
-            max_rooms_per_conn: l.max_rooms_per_conn,
-            max_tracked_topics: l.max_tracked_topics,
-            max_parked_sessions: l.max_parked_sessions,
-        }
-    }
-}
-
-/// [`tidings_core::Retention`] as configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// Events kept (0 disables replay).
-    pub max_events: usize,
-    /// Payload and topic bytes kept.
-    pub max_bytes: usize,
-    /// Age after which an event is evicted.
-    #[serde(deserialize_with = "de_duration")]
-    pub max_age: Duration,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        let r = Retention::default();
-        Self {
-            max_events: r.max_events,
-            max_bytes: r.max_bytes,
-            max_age: r.max_age,
-        }
-    }
-}
-
-/// [`tidings_core::Timers`] as configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TimersConfig {
-    /// Keep-alive interval (`"off"` disables keep-alives).
-    #[serde(deserialize_with = "de_opt_duration")]
-    pub keepalive: Option<Duration>,
-    /// Close WebSocket connections silent for this long (`"off"` disables it).
-    #[serde(deserialize_with = "de_opt_duration")]
-    pub idle_timeout: Option<Duration>,
-    /// How long a client request waits for the application.
-    #[serde(deserialize_with = "de_duration")]
-    pub request_timeout: Duration,
-    /// Default deadline of a server request to a client.
-    #[serde(deserialize_with = "de_duration")]
-    pub ack_timeout: Duration,
-    /// How long the session (subscriptions, delivery position, rooms) of a connection that
-    /// claimed a client id outlives it, for a reconnecting client to take back (`"off"`: none).
-    #[serde(deserialize_with = "de_opt_duration")]
-    pub reconnect_window: Option<Duration>,
-}
-
-impl Default for TimersConfig {
-    fn default() -> Self {
-        let t = Timers::default();
-        Self {
-            keepalive: t.keepalive,
-            idle_timeout: t.idle_timeout,
-            request_timeout: t.request_timeout,
-            ack_timeout: t.ack_timeout,
-            reconnect_window: None,
-        }
-    }
-}
-
-/// A slow-consumer policy by name: `drop_and_gap` or `disconnect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyName {
-    /// [`SlowConsumerPolicy::DropAndGap`].
-    DropAndGap,
-    /// [`SlowConsumerPolicy::Disconnect`].
-    Disconnect,
-}
-
-impl PolicyName {
-    fn policy(self) -> SlowConsumerPolicy {
-        match self {
-            Self::DropAndGap => SlowConsumerPolicy::DropAndGap,
-            Self::Disconnect => SlowConsumerPolicy::Disconnect,
-        }
-    }
-}
-
-/// One per-pattern slow-consumer rule.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlowConsumerRule {
-    /// Topics this rule applies to (wildcards allowed).
-    pub pattern: String,
-    /// The policy for them.
-    pub policy: PolicyName,
-}
-
-/// [`tidings_core::SlowConsumer`] as configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SlowConsumerConfig {
-    /// The policy when no rule matches.
-    pub default: PolicyName,
-    /// Per-pattern rules; the first matching one wins.
-    pub rules: Vec<SlowConsumerRule>,
-}
-
-impl Default for SlowConsumerConfig {
-    fn default() -> Self {
-        Self {
-            default: match SlowConsumer::default().default {
-                SlowConsumerPolicy::Disconnect => PolicyName::Disconnect,
-                _ => PolicyName::DropAndGap,
-            },
-            rules: Vec::new(),
-        }
-    }
-}
-
 /// Server-Sent Events settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SseConfig {
     /// The reconnection delay sent as `retry:` when a stream opens (`"off"`: none).
-    #[serde(deserialize_with = "de_opt_duration")]
+    #[serde(with = "units::opt_duration")]
     pub retry: Option<Duration>,
     /// Extra response headers of every stream (gosse's additional headers), e.g.
     /// `{ "Server" = "gochan" }`. `Cache-Control` and `X-Accel-Buffering` replace the defaults;
@@ -350,22 +202,16 @@ pub struct HttpConfig {
     /// clients) are always allowed.
     pub ws_origins: Vec<String>,
     /// A client must send its whole request head (and a publish body) within this time.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "units::duration")]
     pub read_timeout: Duration,
     /// A connection whose socket accepts nothing for this long is dropped.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(with = "units::duration")]
     pub write_timeout: Duration,
-    /// How long a connection the server decided to close may take to write what it has.
-    #[serde(deserialize_with = "de_duration")]
-    pub close_grace: Duration,
     /// Linux `TCP_USER_TIMEOUT`: a connection whose peer acknowledges nothing of what was sent
     /// (keep-alives included) for this long is dropped by the kernel, so half-open connections
     /// (a vanished peer) are found within it (`"off"`: the system default, many minutes).
-    #[serde(deserialize_with = "de_opt_duration")]
+    #[serde(with = "units::opt_duration")]
     pub tcp_user_timeout: Option<Duration>,
-    /// How long a graceful shutdown waits for connections to flush and close.
-    #[serde(deserialize_with = "de_duration")]
-    pub shutdown_grace: Duration,
     /// Frames a connection's outgoing queue holds before the connection counts as dead (a
     /// backstop: the core's `max_queued_bytes` credit normally applies first). 0: derived from
     /// `max_queued_bytes`.
@@ -383,9 +229,7 @@ impl Default for HttpConfig {
             ws_origins: Vec::new(),
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
-            close_grace: Duration::from_secs(5),
             tcp_user_timeout: Some(Duration::from_secs(60)),
-            shutdown_grace: Duration::from_secs(5),
             outbox_frames: 0,
             ws_read_buffer: 2048,
         }
@@ -404,17 +248,12 @@ impl HttpConfig {
     }
 }
 
-/// A configuration value is invalid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// Keys that moved, with where they are now: refused with a message saying so, rather than as
+/// merely unknown.
+const MOVED_KEYS: [(&str, &str, &str); 2] = [
+    ("http", "close_grace", "timers.close_grace"),
+    ("http", "shutdown_grace", "timers.shutdown_grace"),
+];
 
 impl ServerConfig {
     /// Parses TOML text.
@@ -422,9 +261,8 @@ impl ServerConfig {
     /// # Errors
     /// A [`ConfigError`] naming the key and what is wrong.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+        let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        Self::from_table(table)
     }
 
     /// Builds from a TOML table (e.g. a file merged with command-line overrides).
@@ -432,165 +270,73 @@ impl ServerConfig {
     /// # Errors
     /// A [`ConfigError`] naming the key and what is wrong.
     pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
-        let config: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError(e.to_string()))?;
+        let config = Self::from_table_unchecked(table)?;
         config.validate()?;
         Ok(config)
     }
 
-    /// Checks what serde cannot: patterns, non-zero limits.
+    /// Builds from a TOML table without [`ServerConfig::validate`], for callers that change the
+    /// result further (command-line flags) and validate it then.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key and what is wrong.
+    pub fn from_table_unchecked(table: toml::Table) -> Result<Self, ConfigError> {
+        for (section, key, now) in MOVED_KEYS {
+            if table
+                .get(section)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(key))
+            {
+                return Err(ConfigError(format!(
+                    "{section}.{key} has moved: set {now} instead"
+                )));
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(e.to_string()))
+    }
+
+    /// Checks what serde cannot: non-zero limits, slow-consumer patterns within the name
+    /// limits, SSE headers.
     ///
     /// # Errors
     /// A [`ConfigError`] saying what is wrong.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.slow_consumer_rules()?;
-        self.sse.validate(self.name_limits())?;
-        let l = &self.limits;
-        for (name, value) in [
-            ("limits.max_frame_bytes", l.max_frame_bytes),
-            ("limits.max_topic_len", l.max_topic_len),
-            ("limits.max_topic_segments", l.max_topic_segments),
-            ("limits.max_name_len", l.max_name_len),
-            ("limits.max_queued_bytes", l.max_queued_bytes),
-        ] {
-            if value == 0 {
-                return Err(ConfigError(format!("{name} must be at least 1")));
-            }
-        }
-        Ok(())
-    }
-
-    fn name_limits(&self) -> NameLimits {
-        NameLimits {
-            max_len: self.limits.max_topic_len,
-            max_segments: self.limits.max_topic_segments,
-        }
-    }
-
-    fn slow_consumer_rules(&self) -> Result<Vec<(Pattern, SlowConsumerPolicy)>, ConfigError> {
-        self.slow_consumer
-            .rules
-            .iter()
-            .map(|rule| {
-                Pattern::parse(&rule.pattern, self.name_limits())
-                    .map(|p| (p, rule.policy.policy()))
-                    .map_err(|e| ConfigError(format!("slow_consumer.rules: {}", e.message)))
-            })
-            .collect()
+        self.limits.validate()?;
+        self.slow_consumer.validate(self.limits.names)?;
+        self.sse.validate(self.limits.names)
     }
 
     /// The core configuration, with a new epoch: the current time in milliseconds, so cursors
     /// from an earlier run are recognised (and answered with a gap notice).
     ///
     /// # Errors
-    /// A [`ConfigError`] if a slow-consumer rule's pattern is invalid.
+    /// A [`ConfigError`] if the configuration does not pass [`ServerConfig::validate`].
     pub fn into_core(&self) -> Result<Config, ConfigError> {
+        self.validate()?;
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .max(1);
-        let l = &self.limits;
         Ok(Config {
             epoch,
-            limits: Limits {
-                max_connections: l.max_connections,
-                max_frame_bytes: l.max_frame_bytes,
-                max_subscriptions: l.max_subscriptions,
-                names: self.name_limits(),
-                max_pending_requests: l.max_pending_requests,
-                max_pending_acks: l.max_pending_acks,
-                max_queued_bytes: l.max_queued_bytes,
-                max_name_len: l.max_name_len,
-                max_rooms_per_conn: l.max_rooms_per_conn,
-                max_tracked_topics: l.max_tracked_topics,
-                max_parked_sessions: l.max_parked_sessions,
-            },
-            retention: Retention {
-                max_events: self.retention.max_events,
-                max_bytes: self.retention.max_bytes,
-                max_age: self.retention.max_age,
-            },
-            slow_consumer: SlowConsumer {
-                default: self.slow_consumer.default.policy(),
-                rules: self.slow_consumer_rules()?,
-            },
-            timers: Timers {
-                keepalive: self.timers.keepalive,
-                idle_timeout: self.timers.idle_timeout,
-                request_timeout: self.timers.request_timeout,
-                ack_timeout: self.timers.ack_timeout,
-            },
+            limits: self.limits.clone(),
+            retention: self.retention.clone(),
+            slow_consumer: self.slow_consumer.clone(),
+            timers: self.timers.clone(),
             sse_retry: self.sse.retry,
-            reconnect_window: self.timers.reconnect_window,
             lifecycle_events: false,
             server_id: self.ksbus.server_id.clone(),
         })
     }
 }
 
-/// Parses a duration: `"250ms"`, `"15s"`, `"5m"`, `"2h"`, or a bare number of milliseconds.
-///
-/// # Errors
-/// A message saying what is accepted.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("{s:?} is not a duration (e.g. \"500ms\", \"15s\", \"5m\", \"1h\")")
-    })?;
-    let ms = match unit.trim() {
-        "" | "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" | "min" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?} is too long"))
-}
-
-/// Parses a duration that may be disabled with `"off"` (or `"none"`, `"0"`).
-///
-/// # Errors
-/// A message saying what is accepted.
-pub fn parse_opt_duration(s: &str) -> Result<Option<Duration>, String> {
-    match s.trim() {
-        "off" | "none" | "0" => Ok(None),
-        other => parse_duration(other).map(Some),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationRepr {
-    Millis(u64),
-    Text(String),
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    match DurationRepr::deserialize(d)? {
-        DurationRepr::Millis(ms) => Ok(Duration::from_millis(ms)),
-        DurationRepr::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-    }
-}
-
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    match DurationRepr::deserialize(d)? {
-        DurationRepr::Millis(0) => Ok(None),
-        DurationRepr::Millis(ms) => Ok(Some(Duration::from_millis(ms))),
-        DurationRepr::Text(s) => parse_opt_duration(&s).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tidings_core::SlowConsumerPolicy;
 
     #[test]
     fn defaults_are_the_cores() {
@@ -641,19 +387,91 @@ mod tests {
         assert_eq!(core.sse_retry, Some(Duration::from_millis(500)));
     }
 
+    /// Every leaf key of a TOML table, as a dotted path with its value.
+    fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+        for (key, value) in table {
+            let path = format!("{prefix}{key}");
+            match value {
+                // `headers` and `anonymous` are values that happen to be tables.
+                toml::Value::Table(t) if !matches!(key.as_str(), "headers" | "anonymous") => {
+                    leaves(t, &format!("{path}."), out);
+                }
+                _ => out.push((path, value.clone())),
+            }
+        }
+    }
+
+    fn one_key(path: &str, value: toml::Value) -> toml::Table {
+        let mut keys: Vec<&str> = path.split('.').collect();
+        let last = keys.pop().unwrap();
+        let mut table = toml::Table::new();
+        table.insert(last.to_owned(), value);
+        for key in keys.into_iter().rev() {
+            let mut outer = toml::Table::new();
+            outer.insert(key.to_owned(), toml::Value::Table(table));
+            table = outer;
+        }
+        table
+    }
+
+    const EXAMPLE: &str = include_str!("../../../tidings.example.toml");
+
     #[test]
     fn the_example_file_lists_the_defaults() {
-        let text = include_str!("../../../tidings.example.toml");
         assert_eq!(
-            ServerConfig::from_toml(text).unwrap(),
+            ServerConfig::from_toml(EXAMPLE).unwrap(),
             ServerConfig::default()
         );
+        // Key by key, so a failure names the key whose documented value is not the default.
+        let example: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        let mut keys = Vec::new();
+        leaves(&example, "", &mut keys);
+        assert!(keys.len() >= 40, "{}", keys.len());
+        for (path, value) in keys {
+            let parsed = ServerConfig::from_table(one_key(&path, value.clone()))
+                .unwrap_or_else(|e| panic!("{path} = {value}: {e}"));
+            assert_eq!(
+                parsed,
+                ServerConfig::default(),
+                "{path} = {value} in tidings.example.toml is not the default"
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_file_lists_every_core_key() {
+        let example: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        let core = Config::default();
+        for (section, defaults) in [
+            ("limits", toml::Value::try_from(&core.limits).unwrap()),
+            ("retention", toml::Value::try_from(&core.retention).unwrap()),
+            ("timers", toml::Value::try_from(&core.timers).unwrap()),
+            (
+                "slow_consumer",
+                toml::Value::try_from(&core.slow_consumer).unwrap(),
+            ),
+        ] {
+            let listed = example[section].as_table().unwrap();
+            // The values are checked by the test above; here, that none is missing.
+            for (key, value) in defaults.as_table().unwrap() {
+                assert!(
+                    listed.contains_key(key),
+                    "tidings.example.toml should list {section}.{key} = {value}"
+                );
+            }
+        }
     }
 
     #[test]
     fn errors_name_the_problem() {
         let e = ServerConfig::from_toml("[limits]\nmax_frame_byte = 1").unwrap_err();
         assert!(e.0.contains("max_frame_byte"), "{e}");
+        let e = ServerConfig::from_toml("[timers]\nkeep_alive = \"1s\"").unwrap_err();
+        assert!(e.0.contains("keep_alive"), "{e}");
+        let e = ServerConfig::from_toml("lisen = \"x\"").unwrap_err();
+        assert!(e.0.contains("lisen"), "{e}");
+        let e = ServerConfig::from_toml("[http]\nread_timeot = \"1s\"").unwrap_err();
+        assert!(e.0.contains("read_timeot"), "{e}");
         let e = ServerConfig::from_toml("[retention]\nmax_age = \"5 fortnights\"").unwrap_err();
         assert!(e.0.contains("unknown unit"), "{e}");
         let e = ServerConfig::from_toml(
@@ -661,5 +479,28 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.0.contains("slow_consumer.rules"), "{e}");
+        let e = ServerConfig::from_toml(
+            "[limits]\nmax_topic_len = 3\n[slow_consumer]\nrules = [{ pattern = \"long.>\", policy = \"disconnect\" }]",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("slow_consumer.rules"), "{e}");
+        let e = ServerConfig::from_toml("[limits]\nmax_topic_segments = 0").unwrap_err();
+        assert_eq!(e.0, "limits.max_topic_segments must be at least 1");
+    }
+
+    #[test]
+    fn the_grace_timers_moved_to_timers() {
+        let config =
+            ServerConfig::from_toml("[timers]\nclose_grace = \"1m\"\nshutdown_grace = 250")
+                .unwrap();
+        assert_eq!(config.timers.close_grace, Duration::from_secs(60));
+        assert_eq!(config.timers.shutdown_grace, Duration::from_millis(250));
+        for key in ["close_grace", "shutdown_grace"] {
+            let e = ServerConfig::from_toml(&format!("[http]\n{key} = \"5s\"")).unwrap_err();
+            assert_eq!(
+                e.0,
+                format!("http.{key} has moved: set timers.{key} instead")
+            );
+        }
     }
 }

@@ -124,8 +124,8 @@ impl Hub {
         let (conn_tx, conn_rx) = flume::bounded(CONN_CHANNEL);
         let registry = Arc::new(RwLock::new(Registry::default()));
         let timings = DriverTimings {
-            close_grace: config.http.close_grace,
-            shutdown_grace: config.http.shutdown_grace,
+            close_grace: config.timers.close_grace,
+            shutdown_grace: config.timers.shutdown_grace,
         };
         let driver = Driver::new(
             rt.clone(),

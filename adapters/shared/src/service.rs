@@ -261,7 +261,7 @@ impl<R: Runtime> Service<R> {
     /// is still answered), and returns when every connection has ended or the shutdown grace
     /// period is over.
     pub async fn shutdown(&self) {
-        let deadline = Instant::now() + self.inner.config.http.shutdown_grace;
+        let deadline = Instant::now() + self.inner.config.timers.shutdown_grace;
         if let Ok(mut live) = self.inner.live.lock() {
             live.take();
         }
@@ -619,7 +619,7 @@ impl<R: Runtime> Service<R> {
             rt: self.inner.rt.clone(),
             hub: self.inner.hub.clone(),
             write_timeout: self.inner.config.http.write_timeout,
-            close_grace: self.inner.config.http.close_grace,
+            close_grace: self.inner.config.timers.close_grace,
             _guard: self.track(),
         }
     }

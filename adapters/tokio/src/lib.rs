@@ -108,7 +108,7 @@ impl Server {
 
     /// Graceful shutdown: stops accepting, closes every connection (WebSocket close 1001, SSE
     /// streams end after a `tidings-error` event), answers requests in flight, and returns when
-    /// all connections are done or `http.shutdown_grace` is over.
+    /// all connections are done or `timers.shutdown_grace` is over.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         self.service.shutdown().await;
