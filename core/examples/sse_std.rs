@@ -207,11 +207,15 @@ impl Driver {
                     }
                 }
                 Output::Close { conn, reason } => {
-                    eprintln!("conn {conn}: closing: {reason}");
+                    if let Some(reason) = reason {
+                        eprintln!("conn {conn}: closing: {reason}");
+                    }
                     if let Some(queue) = self.writers.get_mut(&conn) {
                         *queue = None; // the writer writes what is queued, ends, reports Closed
                     }
                 }
+                // It did not close in time: forget it (its writer ends with the queue).
+                Output::Drop { conn } => self.closed(now, conn),
                 Output::Event(event) => eprintln!("event: {event:?}"),
                 other => eprintln!("unhandled output: {other:?}"),
             }

@@ -8,7 +8,7 @@ use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::command::Recipient;
 use crate::cursor::Cursor;
-use crate::error::{ApiError, ErrorCode, ProtocolError};
+use crate::error::{ApiError, ProtocolError};
 use crate::grants::Grants;
 use crate::ids::{AckId, ConnId, ReqId};
 use crate::payload::Payload;
@@ -215,6 +215,19 @@ impl Broker {
         true
     }
 
+    /// The application finished handling an [`crate::Event::Notify`] of `conn` (its handlers
+    /// are bounded per connection by `max_pending_requests`). Returns `false` if the connection
+    /// is gone.
+    pub fn notify_done(&mut self, conn: ConnId) -> bool {
+        let Ok(slot) = self.slot(conn) else {
+            return false;
+        };
+        if let Some(x) = self.conn_mut(slot).extras.as_deref_mut() {
+            x.notifies = x.notifies.saturating_sub(1);
+        }
+        true
+    }
+
     /// Turns the [`crate::Lifecycle`] events on or off (`Config::lifecycle_events`).
     pub fn set_lifecycle_events(&mut self, on: bool) {
         self.config.lifecycle_events = on;
@@ -231,7 +244,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Closes a connection from the application side with a reason sent to the client.
+    /// Closes a connection from the application side, with a reason sent to the client, or
+    /// normally (`None`: WebSocket close 1000, no error frame).
     ///
     /// # Errors
     /// [`ApiError::UnknownConn`].
@@ -239,27 +253,31 @@ impl Broker {
         &mut self,
         now: Instant,
         conn: ConnId,
-        reason: ProtocolError,
+        reason: Option<ProtocolError>,
     ) -> Result<(), ApiError> {
         self.advance(now);
         let slot = self.slot(conn)?;
-        self.close(slot, reason);
+        self.close_with(slot, reason);
         Ok(())
     }
 
     /// Closes every connection with `shutting_down` (graceful shutdown: adapters then flush and
-    /// close each, and report `Closed`).
+    /// close each, and report `Closed`); connections opened from now on are closed at once.
+    /// Those still open after `Timers::shutdown_grace` are dropped ([`crate::Output::Drop`]);
+    /// [`crate::Event::Stopped`] follows once none is left. Calling it again does nothing.
     pub fn shutdown(&mut self, now: Instant) {
         self.advance(now);
-        let slots: Vec<_> = self.ids.values().copied().collect();
-        for slot in slots {
-            self.close(
-                slot,
-                ProtocolError::new(
-                    ErrorCode::ShuttingDown,
-                    "the server is shutting down; reconnect and resume from your cursor",
-                ),
-            );
+        if self.shutdown.is_some() {
+            return;
         }
+        self.shutdown = Some(false);
+        let deadline = self.now + self.config.timers.shutdown_grace;
+        self.timers.schedule(deadline, Timer::Shutdown);
+        let mut slots: Vec<_> = self.ids.values().copied().collect();
+        slots.sort_unstable();
+        for slot in slots {
+            self.close(slot, crate::broker::shutting_down());
+        }
+        self.stop_if_done();
     }
 }

@@ -112,6 +112,9 @@ pub struct Broker {
     pub(crate) parked_timer: Option<Instant>,
     /// Declared topics (by name) and who may see them.
     pub(crate) catalog: BTreeMap<String, (Topic, Visibility)>,
+    /// Shutting down: new connections are closed at once, and `Event::Stopped` is emitted
+    /// once the last connection is gone (`Some(true)`: emitted).
+    pub(crate) shutdown: Option<bool>,
 }
 
 impl Broker {
@@ -143,6 +146,7 @@ impl Broker {
             parked_gen: 0,
             parked_timer: None,
             catalog: BTreeMap::new(),
+            shutdown: None,
         }
     }
 
@@ -188,6 +192,7 @@ impl Broker {
                 self.ids.remove(&conn);
                 self.free.push(slot);
                 self.emit(Event::Disconnected { conn });
+                self.stop_if_done();
                 Ok(())
             }
         }
@@ -310,6 +315,10 @@ impl Broker {
             }
         };
         self.ids.insert(conn, slot);
+        if self.shutdown.is_some() {
+            self.close(slot, shutting_down());
+            return Ok(());
+        }
         if full {
             let limit = self.config.limits.max_connections;
             self.close(
@@ -334,6 +343,14 @@ impl Broker {
         }
         self.conn_timer(slot);
         Ok(())
+    }
+
+    /// After a shutdown, emits `Event::Stopped` once no connection is left.
+    pub(crate) fn stop_if_done(&mut self) {
+        if self.shutdown == Some(false) && self.ids.is_empty() {
+            self.shutdown = Some(true);
+            self.emit(Event::Stopped);
+        }
     }
 
     /// The index of `format` in `formats`, added if new. Formats are few (one per codec kind),
@@ -510,11 +527,14 @@ impl Broker {
                 if let Some(&holder) = self.clients.get(&client_id)
                     && holder != slot
                 {
-                    let principal = self.conn_ref(slot).grants.is_bound_to(&client_id);
+                    // The principal may take its id over; an id held through a wildcard grant
+                    // has no owner to protect (anonymous clients reconnecting, as in gochan).
+                    let allowed = self.conn_ref(slot).grants.is_bound_to(&client_id)
+                        || !self.conn_ref(holder).grants.is_bound_to(&client_id);
                     match claim {
                         // The same user's other connection has it: go on without it.
                         Claim::IfFree => return,
-                        Claim::TakeOver if principal => {
+                        Claim::TakeOver if allowed => {
                             let e = ProtocolError::new(
                                 ErrorCode::ClientIdTaken,
                                 "another connection of this client took its client id over",
@@ -554,9 +574,26 @@ impl Broker {
                     );
                     return self.fail(slot, None, e);
                 }
-                let conn = self.conn_ref(slot).id;
+                // Handlers run concurrently: bounded like pending requests. What is over the
+                // bound is dropped and reported, without an answer (nothing is waited for).
+                let max = self.config.limits.max_pending_requests;
+                let conn = self.conn_mut(slot);
+                let id = conn.id;
+                if conn.extras.as_ref().map_or(0, |x| x.notifies) >= max {
+                    self.count_error(ErrorCode::LimitReached);
+                    let error = ProtocolError::new(
+                        ErrorCode::LimitReached,
+                        format!(
+                            "at most {max} events may be handled at once per connection; dropped {:?}",
+                            event.as_str()
+                        ),
+                    );
+                    self.emit(Event::ProtocolViolation { conn: id, error });
+                    return;
+                }
+                conn.extras_mut().notifies += 1;
                 self.emit(Event::Notify {
-                    conn,
+                    conn: id,
                     event,
                     payload,
                 });
@@ -649,4 +686,12 @@ impl Broker {
             self.errors[i] += 1;
         }
     }
+}
+
+/// Why connections are closed by a shutdown.
+pub(crate) fn shutting_down() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::ShuttingDown,
+        "the server is shutting down; reconnect and resume from your cursor",
+    )
 }

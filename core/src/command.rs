@@ -39,10 +39,13 @@ pub enum Recipient {
 
 /// How a client id is claimed ([`Command::Identify`]) when another connection holds it.
 ///
-/// A client id belongs to a *principal*: a connection whose grants are bound to exactly that id
-/// ([`crate::ClientIds::Only`], e.g. the subject of its token). Only the principal may take an id
-/// over, and a parked session of a principal is restored only to the same principal; an id
-/// claimed through a wildcard grant ([`crate::ClientIds::Any`]) is only ever a free one.
+/// A client id may belong to a *principal*: a connection whose grants are bound to exactly that
+/// id ([`crate::ClientIds::Only`], e.g. the subject of its token). A principal's id is taken
+/// over only by the principal, and its parked session is restored only to the principal: a
+/// connection claiming ids through a wildcard grant ([`crate::ClientIds::Any`]) gets such an id
+/// only while it is free, and never its session. An id held through a wildcard grant has no
+/// owner to protect: any connection allowed to claim it may take it over (anonymous clients
+/// reconnecting, as gochan's do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Claim {
@@ -54,8 +57,8 @@ pub enum Claim {
     IfFree,
     /// Asked for by the client, taking it over from the connection holding it (typically its
     /// own previous stream, not yet noticed gone), which is closed with `client_id_taken` and
-    /// parks its session for this one. Honoured only for the principal; others get
-    /// `client_id_taken` as with [`Claim::Explicit`].
+    /// parks its session for this one. A principal's id is taken over only by the principal;
+    /// others get `client_id_taken` as with [`Claim::Explicit`].
     TakeOver,
 }
 

@@ -12,6 +12,7 @@ use crate::history::StoredEvent;
 use crate::output::{Event, Gap, GapReason, Output};
 use crate::payload::Payload;
 use crate::subs::Slot;
+use crate::timers::Timer;
 use crate::topic::{Name, Topic};
 
 impl Broker {
@@ -202,6 +203,16 @@ impl Broker {
         let newly = conn.catch_up.is_none();
         match policy {
             SlowConsumerPolicy::Disconnect => {
+                // Its session (if it parks one) resumes after the last event handed out, not
+                // at the head, which already counts the event it did not get.
+                if conn.catch_up.is_none() {
+                    conn.catch_up = Some(Box::new(CatchUp {
+                        pos,
+                        reason: GapReason::SlowConsumer,
+                        dropped_messages: 0,
+                        removed: Vec::new(),
+                    }));
+                }
                 self.stats.slow_consumer_closes += 1;
                 self.count_error(ErrorCode::SlowConsumer);
                 let max = self.config.limits.max_queued_bytes;
@@ -353,24 +364,36 @@ impl Broker {
     /// Asks the adapter to close a connection: it stops receiving anything at once, gets a last
     /// error frame, and its state is released (it stays known until `Closed`).
     pub(crate) fn close(&mut self, slot: Slot, reason: ProtocolError) {
+        self.close_with(slot, Some(reason));
+    }
+
+    /// [`Broker::close`], or a normal close (`None`: no error frame, WebSocket 1000). The
+    /// adapter has `close_grace` to report `Closed`; then the connection is dropped.
+    pub(crate) fn close_with(&mut self, slot: Slot, reason: Option<ProtocolError>) {
+        let grace = self.config.timers.close_grace;
         let conn = self.conn_mut(slot);
         if conn.closing {
             return;
         }
         conn.closing = true;
         let id = conn.id;
-        // The last frame says why; it bypasses the queue limit (the connection is going anyway).
-        let last = Frame::Error {
-            req: None,
-            error: &reason,
-        };
-        if let Some(wire) = conn.codec.encode(&last) {
-            conn.queued += wire.len();
-            self.stats.bytes_out += wire.len() as u64;
-            self.out.push_back(output(id, wire));
+        if let Some(reason) = &reason {
+            // The last frame says why; it bypasses the queue limit (the connection is going
+            // anyway).
+            let last = Frame::Error {
+                req: None,
+                error: reason,
+            };
+            if let Some(wire) = conn.codec.encode(&last) {
+                conn.queued += wire.len();
+                self.stats.bytes_out += wire.len() as u64;
+                self.out.push_back(output(id, wire));
+            }
         }
         self.release(slot);
         self.out.push_back(Output::Close { conn: id, reason });
+        self.timers
+            .schedule(self.now + grace, Timer::CloseGrace(id));
     }
 
     /// Removes a connection from every index and settles what it had pending.

@@ -3,6 +3,7 @@
 #![deny(unused_must_use)]
 
 mod app;
+mod app_op;
 mod broker;
 pub mod client;
 pub mod codec;
@@ -36,6 +37,7 @@ mod timers;
 mod topic;
 pub mod typed;
 
+pub use app_op::{AppOp, AppReply};
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
 pub use command::{Claim, Command, Recipient, Subscribe};
 pub use config::{

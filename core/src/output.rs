@@ -38,12 +38,21 @@ pub enum Output {
         item: Arc<Delivery>,
     },
     /// Write what was already handed out for `conn`, then close it (WebSocket: close frame with a
-    /// code for `reason`; SSE: end the response). Then report `Input::Closed`.
+    /// code for `reason`, or 1000 for a normal close; SSE: end the response). Then report
+    /// `Input::Closed`. If that does not come within `Timers::close_grace`, [`Output::Drop`]
+    /// follows.
     Close {
         /// The connection.
         conn: ConnId,
-        /// Why.
-        reason: ProtocolError,
+        /// Why (`None`: a normal close, asked for by the application).
+        reason: Option<ProtocolError>,
+    },
+    /// Stop `conn` at once, without writing what is left: it did not close within
+    /// `Timers::close_grace` (a peer that does not read), or the shutdown deadline passed. Then
+    /// report `Input::Closed`.
+    Drop {
+        /// The connection.
+        conn: ConnId,
     },
     /// Something the application may want to act on (boxed: events are rare, and a small
     /// `Output` keeps the per-delivery queue traffic low).
@@ -137,6 +146,9 @@ pub enum Event {
         /// The client id.
         client_id: Name,
     },
+    /// After [`crate::Broker::shutdown`]: every connection is gone (closed, or dropped at the
+    /// shutdown deadline).
+    Stopped,
     /// A lifecycle notification (only with `Config::lifecycle_events`).
     Lifecycle(Lifecycle),
     /// A client event that wants no answer ([`crate::Command::Notify`]).

@@ -222,6 +222,11 @@ impl Broker {
     /// A connection claimed `client_id` (after `identify` succeeded): restores a parked session,
     /// reports the new client and sends the `tidings-session` notice where it is due.
     pub(crate) fn identified(&mut self, slot: Slot, client_id: &Name) {
+        if self.conn_ref(slot).closing {
+            // Closed while claiming (its answer overflowed its queue): its session was just
+            // parked, for the next connection of this client.
+            return;
+        }
         // A principal's session goes back to the principal only (see `Claim`).
         let grants = &self.conn_ref(slot).grants;
         let restorable = self
@@ -309,7 +314,9 @@ impl Broker {
                 self.names.entry(name.clone()).or_default().push(slot);
             }
             restored.push(sub.pattern.clone());
-            let done = sub.done.min(p).max(sub.start);
+            // What the subscription delivered stays delivered, unless the new connection says
+            // it missed it (its own resume cursor is earlier).
+            let done = resumed_from.map_or(sub.done, |r| sub.done.min(r).max(sub.start));
             self.conn_mut(slot).subs.push(Sub { done, ..sub });
         }
         let conn = self.conn_mut(slot);
@@ -550,7 +557,14 @@ impl Broker {
             self.lifecycle(|| Lifecycle::Unsubscribed { conn: id, patterns });
         }
         for parked in self.parked.values_mut() {
-            parked.subs.retain(|s| s.pattern != pattern);
+            // What the removed subscription delivered beyond the session's position still
+            // counts, as for a live connection's removed subscription (no duplicates).
+            if let Some(i) = parked.subs.iter().position(|s| s.pattern == pattern) {
+                let sub = parked.subs.remove(i);
+                if sub.done > parked.pos {
+                    parked.removed.push(sub);
+                }
+            }
         }
         for slot in self.audience(&visibility) {
             self.notify_topics(slot);

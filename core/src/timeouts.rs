@@ -7,7 +7,7 @@ use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::ConnId;
-use crate::output::Event;
+use crate::output::{Event, Output};
 use crate::subs::Slot;
 use crate::timers::Timer;
 
@@ -126,6 +126,18 @@ impl Broker {
                 });
             }
             Timer::Parked => self.expire_parked(now),
+            Timer::CloseGrace(conn) => {
+                // Still not closed (ids are never reused, so this is the same connection).
+                if self.ids.contains_key(&conn) {
+                    self.out.push_back(Output::Drop { conn });
+                }
+            }
+            Timer::Shutdown => {
+                let mut left: Vec<ConnId> = self.ids.keys().copied().collect();
+                left.sort_unstable();
+                self.out
+                    .extend(left.into_iter().map(|conn| Output::Drop { conn }));
+            }
             Timer::Retention => {
                 self.retention_timer = None;
                 if let Some(next) = self.history.evict_expired(now) {

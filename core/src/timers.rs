@@ -20,6 +20,10 @@ pub(crate) enum Timer {
     Retention,
     /// The oldest parked session expires.
     Parked,
+    /// A connection asked to close must have reported `Closed` by now.
+    CloseGrace(ConnId),
+    /// The graceful shutdown's deadline.
+    Shutdown,
 }
 
 #[derive(Default)]

@@ -593,7 +593,10 @@ fn slow_consumer_disconnect_policy_per_topic() {
         "news falls back to drop-and-gap"
     );
     publish(&mut sim, p, "prices.eur", "1.1");
-    assert_eq!(sim.closed[&c].code, ErrorCode::SlowConsumer);
+    assert_eq!(
+        sim.closed[&c].as_ref().unwrap().code,
+        ErrorCode::SlowConsumer
+    );
     assert_eq!(sim.broker.stats().slow_consumer_closes, 1);
     let last = sim.take(c).pop().unwrap();
     assert_eq!(last["code"], "slow_consumer", "the last frame says why");
@@ -697,7 +700,10 @@ fn bad_input_is_answered_and_isolated() {
         bad,
         &format!(r#"{{"op":"ping","pad":"{}"}}"#, "x".repeat(100)),
     );
-    assert_eq!(sim.closed[&bad].code, ErrorCode::FrameTooLarge);
+    assert_eq!(
+        sim.closed[&bad].as_ref().unwrap().code,
+        ErrorCode::FrameTooLarge
+    );
     // The other connection saw nothing and still works.
     assert!(sim.take(good).is_empty());
     sim.broker.publish(sim.now, topic("t"), None, text("fine"));
@@ -734,7 +740,7 @@ fn keepalive_idle_and_clock_clamping() {
     sim.advance(Duration::from_secs(29));
     assert!(!sim.closed.contains_key(&ws));
     sim.advance(Duration::from_secs(1));
-    assert_eq!(sim.closed[&ws].code, ErrorCode::Idle);
+    assert_eq!(sim.closed[&ws].as_ref().unwrap().code, ErrorCode::Idle);
     assert!(!sim.closed.contains_key(&sse));
     // Time going backwards is clamped, not an error.
     let earlier = sim.now - Duration::from_secs(100);
@@ -782,7 +788,10 @@ fn adapter_misuse_is_an_error_and_limits_hold() {
         )
         .unwrap();
     sim.drain();
-    assert_eq!(sim.closed[&ConnId(2)].code, ErrorCode::Overloaded);
+    assert_eq!(
+        sim.closed[&ConnId(2)].as_ref().unwrap().code,
+        ErrorCode::Overloaded
+    );
     let f: Vec<Value> = sim.take(ConnId(2));
     assert_eq!(f[0]["code"], "overloaded");
     sim.close(ConnId(2));
@@ -857,7 +866,7 @@ fn fatal_errors_send_one_frame_and_resubscribing_held_patterns_sends_no_gap() {
     let f = sim.take(a);
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(f[0]["code"], "frame_too_large");
-    assert_eq!(sim.closed[&a].code.ws_close_code(), 1009);
+    assert_eq!(sim.closed[&a].as_ref().unwrap().code.ws_close_code(), 1009);
 }
 
 #[test]

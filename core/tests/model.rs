@@ -6,6 +6,17 @@
 //! get. After every step the harness drains the outputs and checks cheap invariants (queues
 //! bounded, timers not in the past, every frame decodes, replies match requests); at the end it
 //! drains all transports and checks every delivery, gap notice, message and reply.
+//!
+//! Client sessions: connections identify with one of a few shared client ids (or a unique one).
+//! A closing identified connection parks its session (subscriptions, rooms) for the reconnect
+//! window; the model tracks the parked sessions exactly (which exist, which expire or are evicted
+//! and when). A connection that claims a parked session inherits its interests together with the
+//! *chain* of connections that held them: what the chain received as a whole must be complete
+//! and free of duplicates, so the model needs no knowledge of the broker's internal position.
+//!
+//! Declared topics: every event records the visibility of its topic at publish time. A delivery
+//! must be visible to the connection's identity and rooms when it arrives; completeness is owed
+//! for events that stayed visible to every connection of the chain from publish to the end.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,20 +28,35 @@ use serde_json::Value;
 use tidings_core::sse::{Decoder, Item};
 use tidings_core::{
     Broker, Command, Config, ConnId, Cursor, Event, Grants, Input, Name, Output, Pattern, Payload,
-    SlowConsumerPolicy, Subscribe, Topic, native,
+    SlowConsumerPolicy, Subscribe, Topic, Visibility, native,
 };
 
 const TOPICS: [&str; 5] = ["a", "b", "a.x", "a.y", "b.x.y"];
 const PATTERNS: [&str; 7] = ["a", "b", "a.*", "a.>", "*.x", ">", "b.x.y"];
 const ROOMS: [&str; 2] = ["r1", "r2"];
+/// Client ids several connections compete for (and reclaim sessions of).
+const CLIENTS: [&str; 3] = ["u0", "u1", "u2"];
 const EPOCH: u64 = 5;
 
 #[derive(Debug, Clone)]
 enum Op {
     Open {
         sse: bool,
+        /// Identify with this shared client id (falling back to a unique one when taken).
+        shared: Option<usize>,
     },
     Close(usize),
+    /// Claim a shared client id (`CLIENTS.len()`: the connection's own unique id).
+    Identify {
+        conn: usize,
+        who: usize,
+    },
+    /// Declare a topic: 0 public, then private to each of `CLIENTS`, then group of each room.
+    Declare {
+        topic: usize,
+        vis: usize,
+    },
+    RemoveTopic(usize),
     Subscribe {
         conn: usize,
         patterns: Vec<usize>,
@@ -91,8 +117,13 @@ enum From {
 fn op() -> impl Strategy<Value = Op> {
     let conn = 0..8usize;
     prop_oneof![
-        3 => any::<bool>().prop_map(|sse| Op::Open { sse }),
-        1 => conn.clone().prop_map(Op::Close),
+        3 => (any::<bool>(), prop::option::weighted(0.6, 0..CLIENTS.len()))
+            .prop_map(|(sse, shared)| Op::Open { sse, shared }),
+        2 => conn.clone().prop_map(Op::Close),
+        2 => (conn.clone(), 0..=CLIENTS.len()).prop_map(|(conn, who)| Op::Identify { conn, who }),
+        2 => (0..TOPICS.len(), 0..1 + CLIENTS.len() + ROOMS.len())
+            .prop_map(|(topic, vis)| Op::Declare { topic, vis }),
+        1 => (0..TOPICS.len()).prop_map(Op::RemoveTopic),
         5 => (conn.clone(), prop::collection::vec(0..PATTERNS.len(), 1..3), prop::option::weighted(0.5, prop_oneof![
                 6 => (0..12u64).prop_map(From::Back),
                 1 => Just(From::OtherEpoch),
@@ -123,6 +154,51 @@ struct Interest {
     pattern: usize,
     after: u64,
     until: Option<u64>,
+    /// The connections that served it, this one last: more than one when it was inherited from
+    /// a parked session; what any of them received (or was told it lost) counts.
+    chain: Vec<usize>,
+    /// Inherited while the connection had resumed from this cursor: the broker replays from
+    /// there, so events after it may repeat what an earlier connection of the chain received.
+    dup_ok_after: Option<u64>,
+    /// Inherited by a connection that had unsubscribed before: it forgot what it delivered
+    /// through that subscription, so the replay may repeat it (as a resume may; see
+    /// `resubscribe_allowed`).
+    repeat_ok: bool,
+    /// The connection's delivery count when the interest began (later deliveries may be its).
+    since: usize,
+}
+
+/// The model's visibility of a declared topic (indexes into `CLIENTS` and `ROOMS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vis {
+    Public,
+    Private(usize),
+    Group(usize),
+}
+
+fn sees(client_id: Option<&str>, rooms: &[usize], scope: Option<Vis>) -> bool {
+    match scope {
+        None | Some(Vis::Public) => true,
+        Some(Vis::Private(k)) => client_id == Some(CLIENTS[k]),
+        Some(Vis::Group(r)) => rooms.contains(&r),
+    }
+}
+
+struct MEvent {
+    topic: usize,
+    data: String,
+    /// The topic's visibility when it was published, unless public.
+    scope: Option<Vis>,
+    step: u64,
+}
+
+/// A closed connection's session, as the model expects the broker to keep it.
+struct MParked {
+    client_id: String,
+    /// (pattern, named, the interest it served).
+    subs: Vec<(usize, bool, Interest)>,
+    rooms: Vec<usize>,
+    expires: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -155,21 +231,41 @@ struct MConn {
     replies: HashMap<u64, usize>,
     app_pending: Vec<u64>,
     server_pending: Vec<u64>,
-    client_id: String,
+    /// Its own unique client id, `c<conn>`.
+    own_id: String,
+    client_id: Option<String>,
+    rooms: Vec<usize>,
+    /// (step, client id, rooms) from each step that changed them: what it could see when.
+    states: Vec<(u64, Option<String>, Vec<usize>)>,
+    closed_step: Option<u64>,
+    /// The earliest cursor it subscribed from (a session it claims replays from there).
+    resumed_from: Option<u64>,
+    /// `tidings-*` notices: (kind, data).
+    notices: Vec<(String, Value)>,
+    /// Answers by request id: "ok" or the error code.
+    answers: HashMap<u64, String>,
 }
 
 struct Harness {
     broker: Broker,
     now: Instant,
     conns: Vec<MConn>,
-    /// Published events: seq -> (topic index, payload).
-    events: Vec<(usize, String)>,
+    /// Published events by seq.
+    events: Vec<MEvent>,
     max_events: u64,
     max_queued: usize,
     next_conn: u64,
     next_msg: u64,
     acks_resolved: HashMap<(ConnId, u64), usize>,
     acks_sent: Vec<(ConnId, u64)>,
+    step_no: u64,
+    window: Option<Duration>,
+    max_parked: usize,
+    catalog: HashMap<usize, Vis>,
+    /// In parking order (the broker evicts the oldest first).
+    parked: Vec<MParked>,
+    expired_want: Vec<String>,
+    expired_got: Vec<String>,
 }
 
 fn pattern(i: usize) -> Pattern {
@@ -180,8 +276,37 @@ fn topic(i: usize) -> Topic {
     Topic::parse(TOPICS[i], Default::default()).unwrap()
 }
 
+/// The topic an exact pattern names (exact subscriptions to invisible topics are refused).
+fn exact_topic(p: usize) -> Option<usize> {
+    TOPICS.iter().position(|t| *t == PATTERNS[p])
+}
+
+fn name(kind: &str, s: &str) -> Name {
+    Name::parse(kind, s, 64).unwrap()
+}
+
+/// The one place that builds `Input::Open` (its shape and `Transport` may change).
+fn open_input(conn: ConnId, sse: bool) -> Input {
+    let codec: Box<dyn tidings_core::codec::Codec> = if sse {
+        Box::new(tidings_core::sse::SseCodec)
+    } else {
+        Box::new(tidings_core::native::NativeCodec)
+    };
+    Input::Open {
+        conn,
+        codec,
+        grants: Arc::new(Grants::all()),
+    }
+}
+
 impl Harness {
-    fn new(max_events: u64, max_queued: usize, disconnect_b: bool) -> Self {
+    fn new(
+        max_events: u64,
+        max_queued: usize,
+        disconnect_b: bool,
+        window: Option<Duration>,
+        max_parked: usize,
+    ) -> Self {
         let mut config = Config {
             epoch: EPOCH,
             ..Config::default()
@@ -191,6 +316,8 @@ impl Harness {
         config.timers.idle_timeout = None;
         config.timers.keepalive = Some(Duration::from_secs(7));
         config.timers.request_timeout = Duration::from_secs(5);
+        config.timers.reconnect_window = window;
+        config.limits.max_parked_sessions = max_parked;
         if disconnect_b {
             config.slow_consumer.rules = vec![(
                 Pattern::parse("b.>", Default::default()).unwrap(),
@@ -202,13 +329,25 @@ impl Harness {
             broker: Broker::new(config, now),
             now,
             conns: Vec::new(),
-            events: vec![(0, String::new())], // seq 0 is not an event
+            events: vec![MEvent {
+                topic: 0,
+                data: String::new(),
+                scope: None,
+                step: 0,
+            }], // seq 0 is not an event
             max_events,
             max_queued,
             next_conn: 1,
             next_msg: 0,
             acks_resolved: HashMap::new(),
             acks_sent: Vec::new(),
+            step_no: 0,
+            window,
+            max_parked,
+            catalog: HashMap::new(),
+            parked: Vec::new(),
+            expired_want: Vec::new(),
+            expired_got: Vec::new(),
         }
     }
 
@@ -250,6 +389,8 @@ impl Harness {
                 Output::Close { conn, .. } => {
                     let i = self.index_of(conn);
                     self.conns[i].dropped_by_broker = true;
+                    // The broker parks the session as it decides to close, before `Closed`.
+                    self.park(i);
                     to_close.push(conn);
                 }
                 Output::Event(e) => self.event(*e),
@@ -260,6 +401,7 @@ impl Harness {
             let i = self.index_of(conn);
             if self.conns[i].open {
                 self.conns[i].open = false;
+                self.conns[i].closed_step = Some(self.step_no);
                 self.input(Input::Closed { conn });
             }
         }
@@ -277,7 +419,58 @@ impl Harness {
                     c.server_pending.retain(|a| *a != ack);
                 }
             }
+            Event::SessionExpired { client_id } => self.expired_got.push(client_id.to_string()),
             _ => {}
+        }
+    }
+
+    /// A connection is closing: the model of `park_or_forget`.
+    fn park(&mut self, i: usize) {
+        let c = &self.conns[i];
+        let Some(client_id) = c.client_id.clone() else {
+            return;
+        };
+        if self.window.is_none()
+            || self.max_parked == 0
+            || (c.held.is_empty() && c.rooms.is_empty())
+        {
+            return;
+        }
+        let subs = c
+            .held
+            .iter()
+            .map(|&(p, named)| {
+                let interest = c
+                    .interests
+                    .iter()
+                    .rev()
+                    .find(|x| x.pattern == p && x.until.is_none())
+                    .expect("a held pattern has an active interest")
+                    .clone();
+                (p, named, interest)
+            })
+            .collect();
+        let rooms = c.rooms.clone();
+        while self.parked.len() >= self.max_parked {
+            let oldest = self.parked.remove(0);
+            self.expired_want.push(oldest.client_id);
+        }
+        self.parked.push(MParked {
+            client_id,
+            subs,
+            rooms,
+            expires: self.now + self.window.unwrap(),
+        });
+    }
+
+    /// Records the connection's identity and rooms as of this step.
+    fn record_state(&mut self, i: usize) {
+        let step = self.step_no;
+        let c = &mut self.conns[i];
+        let state = (step, c.client_id.clone(), c.rooms.clone());
+        match c.states.last_mut() {
+            Some(last) if last.0 == step => *last = state,
+            _ => c.states.push(state),
         }
     }
 
@@ -293,14 +486,17 @@ impl Harness {
                         c.gaps.push(gap(&v));
                     }
                     "tidings-error" => {}
+                    t if t.starts_with("tidings-") => {
+                        let v: Value = serde_json::from_str(&ev.data).unwrap();
+                        c.notices.push((t.to_owned(), v));
+                    }
                     _ if ev.data.starts_with('p') => {
                         let cursor: Cursor = ev.last_event_id.parse().unwrap();
                         assert_eq!(cursor.epoch, EPOCH);
+                        let e = &self.events[cursor.seq as usize];
+                        assert_eq!(e.data, ev.data, "SSE data is the payload");
+                        assert_visible(c, cursor.seq, e);
                         c.delivered.push(cursor.seq);
-                        assert_eq!(
-                            self.events[cursor.seq as usize].1, ev.data,
-                            "SSE data is the payload"
-                        );
                     }
                     _ => c.messages_got.push(ev.data),
                 }
@@ -311,12 +507,18 @@ impl Harness {
         match v["type"].as_str().unwrap() {
             "event" => {
                 let cursor: Cursor = v["cursor"].as_str().unwrap().parse().unwrap();
-                let (t, data) = &self.events[cursor.seq as usize];
-                assert_eq!(v["topic"], TOPICS[*t]);
-                assert_eq!(v["data"], data.as_str());
+                let e = &self.events[cursor.seq as usize];
+                assert_eq!(v["topic"], TOPICS[e.topic]);
+                assert_eq!(v["data"], e.data.as_str());
+                assert_visible(c, cursor.seq, e);
                 c.delivered.push(cursor.seq);
             }
-            "message" => c.messages_got.push(v["data"].as_str().unwrap().to_owned()),
+            "message" => match v["event"].as_str() {
+                Some(kind) if kind.starts_with("tidings-") => {
+                    c.notices.push((kind.to_owned(), v["data"].clone()));
+                }
+                _ => c.messages_got.push(v["data"].as_str().unwrap().to_owned()),
+            },
             "gap" => c.gaps.push(gap(&v)),
             "ok" | "error" | "pong" => {
                 if let Some(id) = v["id"].as_u64() {
@@ -325,6 +527,8 @@ impl Harness {
                         "reply {v} answers a request that was made"
                     );
                     *c.replies.entry(id).or_default() += 1;
+                    let answer = v["code"].as_str().unwrap_or("ok").to_owned();
+                    c.answers.insert(id, answer);
                 }
             }
             "request" => c.server_pending.push(v["id"].as_u64().unwrap()),
@@ -347,9 +551,152 @@ impl Harness {
         self.conns[i].next_req
     }
 
+    /// Claims `client_id` for connection `i`: predicts `client_id_taken`, models the restore
+    /// of a parked session, and checks the answer and the `tidings-session` notice.
+    fn identify(&mut self, i: usize, client_id: &str) -> bool {
+        let taken = self
+            .conns
+            .iter()
+            .enumerate()
+            .any(|(j, c)| j != i && c.open && c.client_id.as_deref() == Some(client_id));
+        let req = (!self.conns[i].sse).then(|| self.req_id(i));
+        if let Some(id) = req {
+            self.conns[i].replies_due.insert(id);
+        }
+        let mut restored = None;
+        if !taken {
+            self.conns[i].client_id = Some(client_id.to_owned());
+            if let Some(k) = self.parked.iter().position(|p| p.client_id == client_id) {
+                let parked = self.parked.remove(k);
+                restored = Some(self.restore(i, parked));
+            }
+            self.record_state(i);
+        }
+        let seen = self.conns[i].notices.len();
+        let conn = self.conns[i].id;
+        self.input(Input::Command {
+            conn,
+            cmd: Command::Identify {
+                req,
+                client_id: name("client_id", client_id),
+                claim: tidings_core::Claim::Explicit,
+            },
+        });
+        let c = &self.conns[i];
+        // A connection the broker closed meanwhile may have lost its answer.
+        if let Some(id) = req.filter(|_| !c.dropped_by_broker) {
+            let want = if taken { "client_id_taken" } else { "ok" };
+            assert_eq!(
+                c.answers.get(&id).map(String::as_str),
+                Some(want),
+                "conn {conn} identifies as {client_id}"
+            );
+        }
+        let sessions: Vec<&Value> = c.notices[seen..]
+            .iter()
+            .filter(|(kind, _)| kind == "tidings-session")
+            .map(|(_, v)| v)
+            .collect();
+        // Streams are always told their session; WebSockets when subscriptions came back.
+        let due = !taken
+            && if c.sse {
+                self.window.is_some() || !self.catalog.is_empty()
+            } else {
+                restored
+                    .as_ref()
+                    .is_some_and(|r: &Vec<usize>| !r.is_empty())
+            };
+        // (When answering closed it, the notice may or may not have gone first.)
+        assert!(
+            c.dropped_by_broker || sessions.len() == usize::from(due),
+            "conn {conn} identifying as {client_id}: tidings-session notices {sessions:?}, due: {due}"
+        );
+        if let Some(v) = sessions.first() {
+            assert_eq!(v["resumed"], restored.is_some(), "conn {conn}: {v}");
+            let mut got: Vec<&str> = v["subscriptions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap())
+                .collect();
+            let mut want: Vec<&str> = c.held.iter().map(|(p, _)| PATTERNS[*p]).collect();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "conn {conn}: the session's subscriptions");
+        }
+        !taken
+    }
+
+    /// The model of `Broker::restore`: patterns not held yet come back as interests inherited
+    /// with their chain; rooms come back.
+    fn restore(&mut self, i: usize, parked: MParked) -> Vec<usize> {
+        let c = &mut self.conns[i];
+        let mut restored = Vec::new();
+        for (p, named, interest) in parked.subs {
+            if c.held.iter().any(|(h, _)| *h == p) {
+                continue; // held patterns keep their own position
+            }
+            c.held.push((p, named));
+            let mut chain = interest.chain;
+            chain.push(i);
+            let dup_ok_after = match (interest.dup_ok_after, c.resumed_from) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            c.interests.push(Interest {
+                pattern: p,
+                after: interest.after,
+                until: None,
+                chain,
+                dup_ok_after,
+                repeat_ok: !c.resubscribe_allowed,
+                since: c.delivered.len(),
+            });
+            restored.push(p);
+        }
+        if !restored.is_empty() {
+            c.rewinds.push(c.delivered.len());
+        }
+        for r in parked.rooms {
+            if !c.rooms.contains(&r) {
+                c.rooms.push(r);
+            }
+        }
+        restored
+    }
+
+    fn close(&mut self, i: usize) {
+        self.park(i);
+        self.conns[i].open = false;
+        self.conns[i].closed_step = Some(self.step_no);
+        let conn = self.conns[i].id;
+        self.input(Input::Closed { conn });
+    }
+
+    /// Advances the clock: parked sessions whose window is over expire.
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        let now = self.now;
+        // One window for all: parking order is expiry order, as the broker reports them.
+        let (gone, kept): (Vec<MParked>, _) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.expires <= now);
+        self.parked = kept;
+        self.expired_want
+            .extend(gone.into_iter().map(|p| p.client_id));
+        self.broker.handle_timeout(self.now);
+        self.drain();
+    }
+
     fn step(&mut self, op: &Op) {
+        self.step_no += 1;
+        // MODEL_TRACE=1 prints each op: shrunk cases index connections modulo the open ones,
+        // so a trace is the quickest way to read one.
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("step {}: {op:?}", self.step_no);
+        }
         match op.clone() {
-            Op::Open { sse } => {
+            Op::Open { sse, shared } => {
                 let id = ConnId(self.next_conn);
                 self.next_conn += 1;
                 self.conns.push(MConn {
@@ -372,35 +719,69 @@ impl Harness {
                     replies: HashMap::new(),
                     app_pending: Vec::new(),
                     server_pending: Vec::new(),
-                    client_id: format!("c{}", id.0),
-                });
-                let codec: Box<dyn tidings_core::codec::Codec> = if sse {
-                    Box::new(tidings_core::sse::SseCodec)
-                } else {
-                    Box::new(tidings_core::native::NativeCodec)
-                };
-                self.input(Input::Open {
-                    conn: id,
-                    codec,
-                    grants: Arc::new(Grants::all()),
+                    own_id: format!("c{}", id.0),
+                    client_id: None,
+                    rooms: Vec::new(),
+                    states: Vec::new(),
+                    closed_step: None,
+                    resumed_from: None,
+                    notices: Vec::new(),
+                    answers: HashMap::new(),
                 });
                 let i = self.conns.len() - 1;
-                let name = Name::parse("client_id", &format!("c{}", id.0), 64).unwrap();
-                self.input(Input::Command {
-                    conn: id,
-                    cmd: Command::Identify {
-                        req: None,
-                        client_id: name,
-                        claim: tidings_core::Claim::Explicit,
-                    },
-                });
-                let _ = i;
+                self.record_state(i);
+                self.input(open_input(id, sse));
+                // Every connection holds some client id, so direct messages can reach it.
+                let claimed = shared.is_some_and(|k| self.identify(i, CLIENTS[k]));
+                if !claimed {
+                    let own = self.conns[i].own_id.clone();
+                    self.identify(i, &own);
+                }
             }
             Op::Close(k) => {
                 let Some(i) = self.pick(k) else { return };
-                self.conns[i].open = false;
-                let conn = self.conns[i].id;
-                self.input(Input::Closed { conn });
+                self.close(i);
+            }
+            Op::Identify { conn, who } => {
+                let Some(i) = self.pick(conn) else { return };
+                let client_id = CLIENTS
+                    .get(who)
+                    .map_or_else(|| self.conns[i].own_id.clone(), |s| (*s).to_owned());
+                self.identify(i, &client_id);
+            }
+            Op::Declare { topic: t, vis } => {
+                let (v, visibility) = match vis {
+                    0 => (Vis::Public, Visibility::Public),
+                    k if k <= CLIENTS.len() => (
+                        Vis::Private(k - 1),
+                        Visibility::Private(name("client_id", CLIENTS[k - 1])),
+                    ),
+                    k => {
+                        let r = k - 1 - CLIENTS.len();
+                        (Vis::Group(r), Visibility::Group(name("room", ROOMS[r])))
+                    }
+                };
+                let changed = self.catalog.insert(t, v) != Some(v);
+                assert_eq!(
+                    self.broker.declare_topic(self.now, topic(t), visibility),
+                    changed
+                );
+                self.drain();
+            }
+            Op::RemoveTopic(t) => {
+                let declared = self.catalog.remove(&t).is_some();
+                if declared && let Some(p) = PATTERNS.iter().position(|p| *p == TOPICS[t]) {
+                    // Every exact subscription to it ends, connected or parked.
+                    let head = self.head();
+                    for c in self.conns.iter_mut().filter(|c| c.open) {
+                        end_interest(c, p, head);
+                    }
+                    for parked in &mut self.parked {
+                        parked.subs.retain(|(q, _, _)| *q != p);
+                    }
+                }
+                assert_eq!(self.broker.remove_topic(self.now, &topic(t)), declared);
+                self.drain();
             }
             Op::Subscribe {
                 conn,
@@ -422,11 +803,18 @@ impl Harness {
                 } else {
                     (head + 1).saturating_sub(self.max_events).max(1)
                 };
+                let valid = cursor.is_some_and(|c| c.seq <= head && c.epoch == EPOCH);
                 let after = match cursor {
                     None => head,
-                    Some(c) if c.seq <= head && c.epoch == EPOCH => c.seq,
+                    Some(c) if valid => c.seq,
                     Some(_) => first_retained - 1,
                 };
+                // An exact subscription to a declared topic it cannot see is refused as a whole.
+                let refused = patterns.iter().any(|p| {
+                    exact_topic(*p)
+                        .and_then(|t| self.catalog.get(&t))
+                        .is_some_and(|v| !sees(c.client_id.as_deref(), &c.rooms, Some(*v)))
+                });
                 let mut new: Vec<usize> = patterns
                     .iter()
                     .copied()
@@ -435,23 +823,15 @@ impl Harness {
                 new.sort_unstable();
                 new.dedup();
                 let c = &mut self.conns[i];
-                if cursor.is_some() && !new.is_empty() {
+                if !refused && cursor.is_some() && !new.is_empty() {
                     c.rewinds.push(c.delivered.len());
-                }
-                for p in &new {
-                    c.held.push((*p, named));
-                    c.interests.push(Interest {
-                        pattern: *p,
-                        after,
-                        until: None,
-                    });
                 }
                 let req = (!c.sse).then(|| self.req_id(i));
                 let sub = Subscribe {
                     req,
                     patterns: patterns.iter().map(|p| pattern(*p)).collect(),
                     from: cursor,
-                    name: named.then(|| Name::parse("name", "worker", 64).unwrap()),
+                    name: named.then(|| name("name", "worker")),
                 };
                 if let Some(id) = req {
                     self.conns[i].replies_due.insert(id);
@@ -461,22 +841,46 @@ impl Harness {
                     conn,
                     cmd: Command::Subscribe(sub),
                 });
+                // Recorded after the input: if answering closes the connection (its queue is
+                // over twice the limit), the broker parks its session before the new patterns.
+                let c = &mut self.conns[i];
+                if !refused {
+                    // Where the broker starts; a session claimed later replays from there.
+                    let start = if !valid && new.is_empty() {
+                        head
+                    } else {
+                        after
+                    };
+                    if cursor.is_some() && start < head {
+                        c.resumed_from = Some(c.resumed_from.map_or(start, |r| r.min(start)));
+                    }
+                    for p in &new {
+                        c.held.push((*p, named));
+                        c.interests.push(Interest {
+                            pattern: *p,
+                            after,
+                            until: None,
+                            chain: vec![i],
+                            dup_ok_after: None,
+                            repeat_ok: false,
+                            since: c.delivered.len(),
+                        });
+                    }
+                }
+                if let Some(id) = req.filter(|_| !self.conns[i].dropped_by_broker) {
+                    let want = if refused { "forbidden" } else { "ok" };
+                    assert_eq!(
+                        self.conns[i].answers.get(&id).map(String::as_str),
+                        Some(want),
+                        "conn {conn} subscribes to {patterns:?}"
+                    );
+                }
             }
             Op::Unsubscribe { conn, pattern: p } => {
                 let Some(i) = self.pick(conn) else { return };
                 let head = self.head();
                 let c = &mut self.conns[i];
-                if let Some(j) = c.held.iter().position(|(h, _)| *h == p) {
-                    c.held.remove(j);
-                    c.resubscribe_allowed = false;
-                    for interest in c
-                        .interests
-                        .iter_mut()
-                        .filter(|x| x.pattern == p && x.until.is_none())
-                    {
-                        interest.until = Some(head);
-                    }
-                }
+                end_interest(c, p, head);
                 let conn = c.id;
                 self.input(Input::Command {
                     conn,
@@ -496,7 +900,13 @@ impl Harness {
                     "p{seq}{}",
                     if big { "x".repeat(300) } else { String::new() }
                 );
-                self.events.push((t, data.clone()));
+                let scope = self.catalog.get(&t).copied().filter(|v| *v != Vis::Public);
+                self.events.push(MEvent {
+                    topic: t,
+                    data: data.clone(),
+                    scope,
+                    step: self.step_no,
+                });
                 let payload = Payload::text(data.clone()).unwrap();
                 match conn
                     .and_then(|k| self.pick(k))
@@ -526,10 +936,11 @@ impl Harness {
                 }
                 let data = self.message(&[j]);
                 let id = self.req_id(i);
-                let frame = format!(
-                    r#"{{"op":"send","id":{id},"to":"{}","data":"{data}"}}"#,
-                    self.conns[j].client_id
-                );
+                let to = self.conns[j]
+                    .client_id
+                    .clone()
+                    .expect("open connections hold an id");
+                let frame = format!(r#"{{"op":"send","id":{id},"to":"{to}","data":"{data}"}}"#);
                 self.send_native(i, frame, Some(id));
             }
             Op::SendNamed { conn, topic: t } => {
@@ -556,26 +967,31 @@ impl Harness {
             }
             Op::Join { conn, room } => {
                 let Some(i) = self.pick(conn) else { return };
+                let fresh = !self.conns[i].rooms.contains(&room);
+                if fresh {
+                    self.conns[i].rooms.push(room);
+                    self.record_state(i);
+                }
                 let id = self.conns[i].id;
-                self.broker
-                    .join(id, Name::parse("room", ROOMS[room], 64).unwrap())
-                    .unwrap();
+                assert_eq!(self.broker.join(id, name("room", ROOMS[room])), Ok(fresh));
+                self.drain();
             }
             Op::Leave { conn, room } => {
                 let Some(i) = self.pick(conn) else { return };
+                let was = self.conns[i].rooms.contains(&room);
+                self.conns[i].rooms.retain(|r| *r != room);
+                self.record_state(i);
                 let id = self.conns[i].id;
-                self.broker
-                    .leave(id, &Name::parse("room", ROOMS[room], 64).unwrap())
-                    .unwrap();
+                assert_eq!(self.broker.leave(id, &name("room", ROOMS[room])), Ok(was));
+                self.drain();
             }
             Op::EmitRoom { room } => {
                 let name = Name::parse("room", ROOMS[room], 64).unwrap();
-                let members: Vec<usize> = self
-                    .broker
-                    .room_members(&name)
-                    .iter()
-                    .map(|id| self.index_of(*id))
+                let members: Vec<usize> = (0..self.conns.len())
+                    .filter(|i| self.conns[*i].open && self.conns[*i].rooms.contains(&room))
                     .collect();
+                let ids: Vec<ConnId> = members.iter().map(|i| self.conns[*i].id).collect();
+                assert_eq!(self.broker.room_members(&name), ids, "members of {name}");
                 let data = self.message(&members);
                 let n = self
                     .broker
@@ -641,11 +1057,7 @@ impl Harness {
                     self.flush(i);
                 }
             }
-            Op::Tick(ms) => {
-                self.now += Duration::from_millis(ms);
-                self.broker.handle_timeout(self.now);
-                self.drain();
-            }
+            Op::Tick(ms) => self.advance(Duration::from_millis(ms)),
             Op::Garbage { conn, bytes } => {
                 let Some(i) = self.pick(conn).filter(|i| !self.conns[*i].sse) else {
                     return;
@@ -683,6 +1095,19 @@ impl Harness {
     }
 
     fn check_step(&self) {
+        assert_eq!(
+            self.expired_got, self.expired_want,
+            "sessions expire at the end of the window, or oldest first past max_parked_sessions"
+        );
+        let mut parked: Vec<&str> = self.parked.iter().map(|p| p.client_id.as_str()).collect();
+        parked.sort_unstable();
+        let got: Vec<&str> = self
+            .broker
+            .parked_sessions()
+            .into_iter()
+            .map(Name::as_str)
+            .collect();
+        assert_eq!(got, parked, "parked sessions");
         if let Some(t) = self.broker.poll_timeout() {
             assert!(t >= self.now, "poll_timeout is never in the past");
         }
@@ -711,16 +1136,15 @@ impl Harness {
             }
         }
         for _ in 0..3 {
-            self.now += Duration::from_secs(6);
-            self.broker.handle_timeout(self.now);
-            self.drain();
+            self.advance(Duration::from_secs(6));
             for i in 0..self.conns.len() {
                 self.flush(i);
             }
         }
+        self.check_step();
         let head = self.head();
         for c in &self.conns {
-            check_conn(c, &self.events, head, self.max_events);
+            check_conn(c, &self.conns, &self.events, head, self.max_events);
         }
         for ack in &self.acks_sent {
             assert_eq!(
@@ -732,6 +1156,51 @@ impl Harness {
     }
 }
 
+/// Ends the connection's subscription to pattern `p` (unsubscribed, or its topic removed).
+fn end_interest(c: &mut MConn, p: usize, head: u64) {
+    if let Some(j) = c.held.iter().position(|(h, _)| *h == p) {
+        c.held.remove(j);
+        c.resubscribe_allowed = false;
+        for interest in c
+            .interests
+            .iter_mut()
+            .filter(|x| x.pattern == p && x.until.is_none())
+        {
+            interest.until = Some(head);
+        }
+    }
+}
+
+/// Whether the event stayed visible to every connection of the chain from its publication on
+/// (completeness is owed only then: visibility is checked when the event is handed out).
+fn visible_throughout(conns: &[MConn], chain: &[usize], e: &MEvent) -> bool {
+    if e.scope.is_none() {
+        return true;
+    }
+    chain.iter().all(|&x| {
+        let c = &conns[x];
+        if c.closed_step.is_some_and(|s| s < e.step) {
+            return true;
+        }
+        c.states.iter().enumerate().all(|(k, (_, id, rooms))| {
+            let relevant = c.states.get(k + 1).is_none_or(|next| next.0 > e.step);
+            !relevant || sees(id.as_deref(), rooms, e.scope)
+        })
+    })
+}
+
+/// A delivery must be visible to the connection's identity and rooms when it arrives.
+fn assert_visible(c: &MConn, seq: u64, e: &MEvent) {
+    assert!(
+        sees(c.client_id.as_deref(), &c.rooms, e.scope),
+        "conn {} (client id {:?}, rooms {:?}) got event {seq} of a topic it cannot see ({:?})",
+        c.id,
+        c.client_id,
+        c.rooms,
+        e.scope
+    );
+}
+
 fn gap(v: &Value) -> GapSeen {
     GapSeen {
         from: v["from"].as_str().map(|s| s.parse().unwrap()),
@@ -741,15 +1210,16 @@ fn gap(v: &Value) -> GapSeen {
     }
 }
 
-fn check_conn(c: &MConn, events: &[(usize, String)], head: u64, max_events: u64) {
+fn check_conn(c: &MConn, conns: &[MConn], events: &[MEvent], head: u64, max_events: u64) {
+    let wants = |x: &Interest, seq: u64| {
+        pattern(x.pattern).matches(TOPICS[events[seq as usize].topic])
+            && seq > x.after
+            && x.until.is_none_or(|u| seq <= u)
+    };
     let wanted = |seq: u64, active_only: bool| {
-        let topic = TOPICS[events[seq as usize].0];
-        c.interests.iter().any(|x| {
-            (!active_only || x.until.is_none())
-                && pattern(x.pattern).matches(topic)
-                && seq > x.after
-                && x.until.is_none_or(|u| seq <= u)
-        })
+        c.interests
+            .iter()
+            .any(|x| (!active_only || x.until.is_none()) && wants(x, seq))
     };
     // Sound: only wanted events, each once, in order between resume points.
     let mut seen = HashSet::new();
@@ -760,8 +1230,9 @@ fn check_conn(c: &MConn, events: &[(usize, String)], head: u64, max_events: u64)
             c.id,
             c.interests
         );
+        let repeat_ok = c.interests.iter().any(|x| x.repeat_ok && wants(x, seq));
         assert!(
-            seen.insert(seq),
+            seen.insert(seq) || repeat_ok,
             "conn {} got event {seq} twice: {:?}",
             c.id,
             c.delivered
@@ -773,6 +1244,29 @@ fn check_conn(c: &MConn, events: &[(usize, String)], head: u64, max_events: u64)
                 c.id,
                 c.delivered,
                 c.rewinds
+            );
+        }
+        // A claimed session does not repeat what an earlier connection of it received (unless
+        // this connection asked for a replay from before).
+        for x in c
+            .interests
+            .iter()
+            .filter(|x| x.chain.len() > 1 && x.since <= k && wants(x, seq))
+        {
+            let before = x.chain[..x.chain.len() - 1]
+                .iter()
+                .find(|&&j| conns[j].delivered.contains(&seq));
+            // Another subscription of this connection that never saw that connection may want it.
+            let other = before.is_some_and(|j| {
+                c.interests
+                    .iter()
+                    .any(|y| wants(y, seq) && !y.chain.contains(j))
+            });
+            assert!(
+                before.is_none() || other || x.dup_ok_after.is_some_and(|r| seq > r),
+                "conn {} got event {seq} that conn {} of its session already got; interest {x:?}",
+                c.id,
+                conns[*before.unwrap()].id
             );
         }
     }
@@ -791,19 +1285,43 @@ fn check_conn(c: &MConn, events: &[(usize, String)], head: u64, max_events: u64)
     if !c.open || c.dropped_by_broker {
         return;
     }
-    // Complete: every event of an active interest arrived, or a gap notice covers it.
+    // Complete: every event of an active interest arrived at some connection of the chains
+    // that want it, or a gap notice there covers it. All chains count: subscriptions remember
+    // what they delivered (or considered, when it was invisible then) on every connection of
+    // their session, and a connection may have claimed more than one session.
     for seq in 1..=head {
-        if wanted(seq, true) && !seen.contains(&seq) {
-            let covered = c
-                .gaps
-                .iter()
-                .any(|g| seq <= g.to.seq && g.from.is_none_or(|f| f.epoch != EPOCH || f.seq < seq));
-            assert!(
-                covered,
-                "conn {} silently lost event {seq}: delivered {:?}, gaps {:?}",
-                c.id, c.delivered, c.gaps
-            );
+        let e = &events[seq as usize];
+        let Some(x) = c
+            .interests
+            .iter()
+            .find(|x| x.until.is_none() && wants(x, seq))
+        else {
+            continue;
+        };
+        let mut chain: Vec<usize> = c
+            .interests
+            .iter()
+            .filter(|y| wants(y, seq))
+            .flat_map(|y| y.chain.iter().copied())
+            .collect();
+        chain.sort_unstable();
+        chain.dedup();
+        if !visible_throughout(conns, &chain, e) {
+            continue;
         }
+        let got = chain.iter().any(|&j| conns[j].delivered.contains(&seq));
+        let covered = chain
+            .iter()
+            .flat_map(|&j| &conns[j].gaps)
+            .any(|g| seq <= g.to.seq && g.from.is_none_or(|f| f.epoch != EPOCH || f.seq < seq));
+        assert!(
+            got || covered,
+            "conn {} silently lost event {seq} ({:?}): delivered {:?}, gaps {:?}, interest {x:?}",
+            c.id,
+            e.scope,
+            c.delivered,
+            c.gaps
+        );
     }
     // Messages: what arrived was sent to it; what did not is counted in gap notices.
     let mut expected = c.messages_expected.clone();
@@ -841,8 +1359,11 @@ proptest! {
         max_events in 1..12u64,
         max_queued in 250..2500usize,
         disconnect_b in any::<bool>(),
+        window_ms in prop::option::weighted(0.8, 1000..8000u64),
+        max_parked in 1..4usize,
     ) {
-        let mut h = Harness::new(max_events, max_queued, disconnect_b);
+        let window = window_ms.map(Duration::from_millis);
+        let mut h = Harness::new(max_events, max_queued, disconnect_b, window, max_parked);
         for op in &ops {
             h.step(op);
         }

@@ -467,7 +467,10 @@ fn only_the_principal_takes_a_client_id_over_and_gets_the_session() {
     // session (subscription and position) moves to the new one.
     let stream = sim.open_with(5, SseCodec, grants(Some("alice")));
     claim(&mut sim, stream, "alice", Claim::TakeOver);
-    assert_eq!(sim.closed[&alice].code, ErrorCode::ClientIdTaken);
+    assert_eq!(
+        sim.closed[&alice].as_ref().unwrap().code,
+        ErrorCode::ClientIdTaken
+    );
     sim.close(alice);
     assert_eq!(
         sim.broker.conn(stream).unwrap().client_id.as_deref(),
@@ -521,4 +524,38 @@ fn a_principals_parked_session_goes_back_to_the_principal_only() {
         .map(|f| f["data"].clone())
         .collect();
     assert_eq!(data, [json!("while away")]);
+}
+
+#[test]
+fn an_id_held_through_a_wildcard_grant_is_taken_over_by_a_reconnecting_stream() {
+    use tidings_core::Claim;
+    let mut sim = Sim::new(windowed());
+    let publisher = sim.open(1, NativeCodec);
+    let first = sim.open_with(2, SseCodec, grants(None));
+    claim(&mut sim, first, "u1", Claim::TakeOver);
+    sim.command(
+        first,
+        tidings_core::Command::Subscribe(tidings_core::Subscribe {
+            req: None,
+            patterns: vec![pattern("a")],
+            from: None,
+            name: None,
+        }),
+    );
+    sim.take_raw(first);
+    // Its reconnection, before the server noticed the first stream gone.
+    let second = sim.open_with(3, SseCodec, grants(None));
+    claim(&mut sim, second, "u1", Claim::TakeOver);
+    assert_eq!(
+        sim.closed[&first].as_ref().unwrap().code,
+        ErrorCode::ClientIdTaken
+    );
+    sim.close(first);
+    publish(&mut sim, publisher, "a", "x");
+    let got: Vec<_> = sse_events(&mut sim, second)
+        .into_iter()
+        .filter(|e| e.0 == "message")
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(got, ["x"], "the session moved to the new stream");
 }

@@ -45,6 +45,10 @@ impl Runtime for AsyncIoRuntime {
         async_global_executor::spawn(task).detach();
     }
 
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
     // Not an `async fn`: the future must be `'static`, not borrow `self`.
     #[allow(clippy::manual_async_fn)]
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {

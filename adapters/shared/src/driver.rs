@@ -1,140 +1,80 @@
-//! The driver: the one task that owns the [`Broker`].
+//! The driver: the one task that owns the [`Broker`], a router between it and everything else.
 //!
-//! Everything else talks to it over two channels:
+//! It holds no policy (the core decides: client ids, close grace, the shutdown deadline, the
+//! limits of handlers), only the loop of `core/README.md` and the plumbing around it. Everything
+//! talks to it over two channels:
 //!
 //! - **connections** (bounded): each connection task's `Open` (with the commands to run in the
 //!   same step, e.g. the SSE subscription), its decoded client `Command`s and its `Closed`, in
 //!   order. The bound is the backpressure on clients that send faster than the broker routes.
 //! - **control** (unbounded, but every sender waits for an answer or is bounded by what the
-//!   driver handed out): writers' `Flushed` credit, the application's operations from
-//!   [`crate::Hub`], handler answers, in-process subscriptions.
+//!   driver handed out): writers' `Flushed` credit, in-process subscriptions, and the
+//!   application's operations ([`AppOp`], from [`crate::Hub`] and from handlers' answers).
 //!
-//! The loop (the contract of `core/README.md`): sleep until a message arrives or the broker's
-//! `poll_timeout()` passes; read the clock once; handle a bounded batch of messages (fairness:
-//! control first, then connections); call `handle_timeout` whenever the deadline has passed;
-//! and after every `handle_*` drain `poll_output()` completely **without awaiting**:
+//! The loop: sleep until a message arrives or the broker's `poll_timeout()` passes; read the
+//! clock once ([`Runtime::now`]); handle a bounded batch of messages (control first, then
+//! connections); call `handle_timeout` when the deadline has passed; and after every `handle_*`
+//! drain `poll_output()` completely **without awaiting**:
 //!
-//! - `Transmit` is queued for the connection, and at the end of the step everything queued for
-//!   it goes to its bounded outbox in one batch ([`crate::mailbox`]): one hand-over per
-//!   connection and step instead of one per frame, which is what a fan-out costs. A full outbox
-//!   means its writer cannot keep up (or is gone): the connection is dropped and `Closed` is fed.
-//! - `Close` is queued the same way, after the frames before it (the connection writes what it
-//!   has, closes with that reason, and reports `Closed`); if it has not done so within
-//!   `close_grace`, the driver drops it.
-//! - `Event`s go to the application: requests to the registered handlers (spawned tasks), ack
-//!   results to the waiting [`crate::Hub::request`] callers, disconnects to the hook.
+//! - frames (`Transmit`, `KeepAlive`, `Deliver`) and `Close` are queued for the connection, and
+//!   at the end of the step everything queued for it goes to its bounded outbox in one batch
+//!   ([`crate::mailbox`]): one hand-over per connection and step instead of one per frame. A full
+//!   outbox means its writer cannot keep up (or is gone): the connection is dropped.
+//! - `Drop` (a connection that did not close in time) stops the connection's task at once.
+//! - `Event`s go to the application ([`crate::events`]).
 //!
 //! `handle_input` errors for connections that are already gone (a late `Flushed` or `Closed`)
 //! are expected and ignored.
 
-use std::collections::{HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::time::Instant;
 
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use tidings_core::{
-    AckId, ApiError, Broker, ConnId, ConnMap, Cursor, ErrorCode, Event, Input, Name, Output,
-    Pattern, Payload, ProtocolError, Recipient, ReqId, SubscriptionChange, Topic, Visibility,
+    AppOp, AppReply, Broker, ConnId, ConnMap, ErrorCode, Input, Output, Payload, ProtocolError,
 };
 
-use crate::conn::{ConnMsg, Kind, Opening, Out};
+use crate::conn::{ConnMsg, Kind, Opening, Out, PingReply};
+use crate::events::AppEvents;
 use crate::mailbox::{Outbox, SendError};
 use crate::metrics::ServerStats;
-use crate::registry::{Disconnect, Registry};
+use crate::registry::Disconnect;
 use crate::runtime::Runtime;
 
 /// Messages handled per channel per wakeup before timers are checked again.
 const BATCH: usize = 256;
 
-/// Everything else.
+/// What the control channel carries.
 pub(crate) enum Ctl {
+    /// A writer wrote this many bytes of the connection's frames (flow-control credit).
     Flushed(ConnId, usize),
-    /// In-process subscriptions use this channel for all their messages.
+    /// An in-process subscription or an embedded SSE body opens (all their messages use this
+    /// channel, so that `Closed` never overtakes `Open`).
     Open(Box<Opening>),
+    /// An in-process subscription or embedded SSE body ended.
     Closed(ConnId),
-    Publish {
-        topic: Topic,
-        event: Option<Name>,
-        payload: Payload,
-        reply: oneshot::Sender<Cursor>,
-    },
-    Send {
-        to: Recipient,
-        event: Option<Name>,
-        payload: Payload,
-        reply: oneshot::Sender<usize>,
-    },
-    Join {
-        conn: ConnId,
-        room: Name,
-        reply: oneshot::Sender<Result<bool, ApiError>>,
-    },
-    Leave {
-        conn: ConnId,
-        room: Name,
-        reply: oneshot::Sender<Result<bool, ApiError>>,
-    },
-    EmitRoom {
-        room: Name,
-        event: Option<Name>,
-        payload: Payload,
-        reply: oneshot::Sender<usize>,
-    },
-    Rooms(oneshot::Sender<Vec<Name>>),
-    RoomMembers(Name, oneshot::Sender<Vec<ConnId>>),
-    Request {
-        conn: ConnId,
-        event: Name,
-        payload: Payload,
-        timeout: Option<Duration>,
-        reply: oneshot::Sender<Result<Payload, ProtocolError>>,
-    },
-    /// A handler's answer to a client request.
-    Reply {
-        conn: ConnId,
-        req: ReqId,
-        result: Result<Payload, ProtocolError>,
-    },
-    /// A handler of an event that wants no answer finished.
-    NotifyDone(ConnId),
-    CloseConn {
-        conn: ConnId,
-        reason: ProtocolError,
-        reply: oneshot::Sender<Result<(), ApiError>>,
-    },
-    CloseNormal {
-        conn: ConnId,
-        reply: oneshot::Sender<Result<(), ApiError>>,
-    },
-    Ping {
-        conn: ConnId,
-        reply: oneshot::Sender<Result<Duration, ProtocolError>>,
-    },
+    /// An operation of the application, answered as `Answer` says.
+    App(AppOp, Answer),
+    /// A WebSocket ping of the application ([`crate::Hub::ping`]), answered with the round trip.
+    Ping(ConnId, PingReply),
+    /// The counters for `/metrics`.
     Stats(oneshot::Sender<ServerStats>),
-    Shutdown(oneshot::Sender<()>),
-    LifecycleEvents(bool),
-    UpdateSubscriptions {
-        client_id: Name,
-        add: Vec<Pattern>,
-        remove: Vec<Pattern>,
-        reply: oneshot::Sender<Result<SubscriptionChange, ProtocolError>>,
-    },
-    DeclareTopic {
-        topic: Topic,
-        visibility: Visibility,
-        reply: oneshot::Sender<bool>,
-    },
-    RemoveTopic {
-        topic: Topic,
-        reply: oneshot::Sender<bool>,
-    },
-    DeclaredTopics(oneshot::Sender<Vec<(Topic, Visibility)>>),
-    ParkedSessions(oneshot::Sender<Vec<Name>>),
     /// Makes the driver panic, as a bug would (tests of [`crate::Hub::failed`]).
     #[cfg(test)]
     Panic,
+}
+
+/// Who waits for what an [`AppOp`] brings.
+pub(crate) enum Answer {
+    /// Its reply.
+    Reply(oneshot::Sender<AppReply>),
+    /// The client's answer to the server request it makes ([`AppOp::Request`]), when it comes.
+    Ack(oneshot::Sender<Result<Payload, ProtocolError>>),
+    /// The end of the shutdown it starts ([`AppOp::Shutdown`]).
+    Stopped(oneshot::Sender<()>),
+    /// Nobody: a setting, or a handler's result (counted for `/metrics`).
+    Nobody,
 }
 
 struct Entry {
@@ -150,34 +90,11 @@ struct Entry {
     ending: Option<Disconnect>,
 }
 
-impl Entry {
-    /// Queues `out` until the end of the step, noting `conn` in `dirty` if it is its first.
-    fn queue(&mut self, conn: ConnId, out: Out, dirty: &mut Vec<ConnId>) {
-        if self.pending.is_empty() {
-            dirty.push(conn);
-        }
-        self.pending.push_back(out);
-    }
-}
-
-struct ShutdownState {
-    deadline: Instant,
-    waiters: Vec<oneshot::Sender<()>>,
-    done: bool,
-}
-
 /// How the driver ends up woken.
 enum Wake {
     Ctl(Result<Ctl, flume::RecvError>),
     Conn(Result<ConnMsg, flume::RecvError>),
     Timer,
-}
-
-/// Timings the driver needs from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DriverTimings {
-    pub close_grace: Duration,
-    pub shutdown_grace: Duration,
 }
 
 /// The task owning the broker.
@@ -191,32 +108,21 @@ pub(crate) struct Driver<R: Runtime> {
     handing: Vec<ConnId>,
     ctl_rx: flume::Receiver<Ctl>,
     conn_rx: flume::Receiver<ConnMsg>,
-    /// For handler tasks' answers; weak so that the channel closes when every hub is gone.
-    ctl_tx: flume::WeakSender<Ctl>,
-    registry: Arc<RwLock<Registry>>,
-    acks: HashMap<(ConnId, AckId), oneshot::Sender<Result<Payload, ProtocolError>>>,
-    /// Connections asked to close, with the instant they get dropped if still open.
-    closing: VecDeque<(Instant, ConnId)>,
-    timings: DriverTimings,
-    shutdown: Option<ShutdownState>,
+    app: AppEvents,
     counts: [usize; 3],
     dead: u64,
     handled: u64,
     /// The connection whose `Closed` is being fed to the broker, and why it ended.
     ending: Option<(ConnId, Disconnect)>,
-    /// Handlers running for events that want no answer, per connection (bounded like pending
-    /// requests).
-    notifies: HashMap<ConnId, usize>,
 }
 
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(
         rt: R,
         broker: Broker,
-        ctl: (flume::WeakSender<Ctl>, flume::Receiver<Ctl>),
+        ctl_rx: flume::Receiver<Ctl>,
         conn_rx: flume::Receiver<ConnMsg>,
-        registry: Arc<RwLock<Registry>>,
-        timings: DriverTimings,
+        app: AppEvents,
     ) -> Self {
         Self {
             rt,
@@ -224,19 +130,13 @@ impl<R: Runtime> Driver<R> {
             conns: ConnMap::default(),
             dirty: Vec::new(),
             handing: Vec::new(),
-            ctl_rx: ctl.1,
+            ctl_rx,
             conn_rx,
-            ctl_tx: ctl.0,
-            registry,
-            acks: HashMap::new(),
-            closing: VecDeque::new(),
-            timings,
-            shutdown: None,
+            app,
             counts: [0; 3],
             dead: 0,
             handled: 0,
             ending: None,
-            notifies: HashMap::new(),
         }
     }
 
@@ -244,7 +144,7 @@ impl<R: Runtime> Driver<R> {
     pub(crate) async fn run(mut self) {
         let (mut ctl_open, mut conn_open) = (true, true);
         while ctl_open || conn_open {
-            let deadline = self.deadline();
+            let sleep = self.broker.poll_timeout().map(|at| self.rt.sleep_until(at));
             let wake = {
                 let ctl = async {
                     if ctl_open {
@@ -260,7 +160,6 @@ impl<R: Runtime> Driver<R> {
                         std::future::pending().await
                     }
                 };
-                let sleep = deadline.map(|at| self.rt.sleep_until(at));
                 let timer = async {
                     match sleep {
                         Some(sleep) => sleep.await,
@@ -270,7 +169,7 @@ impl<R: Runtime> Driver<R> {
                 };
                 ctl.or(conn).or(timer).await
             };
-            let now = Instant::now();
+            let now = self.rt.now();
             match wake {
                 Wake::Ctl(Ok(msg)) => self.ctl(now, msg),
                 Wake::Conn(Ok(msg)) => self.conn_msg(now, msg),
@@ -278,23 +177,7 @@ impl<R: Runtime> Driver<R> {
                 Wake::Conn(Err(_)) => conn_open = false,
                 Wake::Timer => {}
             }
-            let mut handled = 0;
-            while handled < BATCH {
-                let Ok(msg) = self.ctl_rx.try_recv() else {
-                    break;
-                };
-                self.ctl(now, msg);
-                handled += 1;
-            }
-            while handled < 2 * BATCH {
-                let Ok(msg) = self.conn_rx.try_recv() else {
-                    break;
-                };
-                self.conn_msg(now, msg);
-                handled += 1;
-            }
-            self.tick(now);
-            self.hand_over(now);
+            let handled = self.step(now);
             if handled >= BATCH {
                 // Busy: let the connection tasks run (on a single-threaded executor nothing
                 // else would, as the channels never make this task wait).
@@ -304,64 +187,28 @@ impl<R: Runtime> Driver<R> {
         tracing::debug!("driver: every sender is gone; stopping");
     }
 
-    /// The earliest instant something is due.
-    fn deadline(&self) -> Option<Instant> {
-        let shutdown = self
-            .shutdown
-            .as_ref()
-            .filter(|s| !s.done)
-            .map(|s| s.deadline);
-        [
-            self.broker.poll_timeout(),
-            self.closing.front().map(|(at, _)| *at),
-            shutdown,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-    }
-
-    /// Timers: the broker's, close deadlines, the shutdown deadline.
-    fn tick(&mut self, now: Instant) {
+    /// The rest of a step: a bounded batch of what is waiting, the timers, the hand-over.
+    /// Returns how many messages it handled.
+    fn step(&mut self, now: Instant) -> usize {
+        let mut handled = 0;
+        while handled < BATCH
+            && let Ok(msg) = self.ctl_rx.try_recv()
+        {
+            self.ctl(now, msg);
+            handled += 1;
+        }
+        while handled < 2 * BATCH
+            && let Ok(msg) = self.conn_rx.try_recv()
+        {
+            self.conn_msg(now, msg);
+            handled += 1;
+        }
         if self.broker.poll_timeout().is_some_and(|at| at <= now) {
             self.broker.handle_timeout(now);
             self.drain(now);
         }
-        while let Some(&(at, conn)) = self.closing.front() {
-            if at > now {
-                break;
-            }
-            self.closing.pop_front();
-            if self.conns.get(&conn).is_some_and(|e| !e.open) {
-                tracing::debug!(%conn, "did not close within the grace period: dropped");
-                self.dead(now, conn);
-            }
-        }
-        let Some(shutdown) = &mut self.shutdown else {
-            return;
-        };
-        if shutdown.done {
-            return;
-        }
-        let remaining = self.conns.values().filter(|e| e.kind != Kind::Internal);
-        let remaining = remaining.count();
-        if remaining > 0 && now < shutdown.deadline {
-            return;
-        }
-        if remaining > 0 {
-            tracing::warn!(
-                remaining,
-                "shutdown: dropping connections that did not close in time"
-            );
-        }
-        shutdown.done = true;
-        for waiter in shutdown.waiters.drain(..) {
-            let _ = waiter.send(());
-        }
-        let left: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in left {
-            self.dead(now, conn);
-        }
+        self.hand_over(now);
+        handled
     }
 
     fn conn_msg(&mut self, now: Instant, msg: ConnMsg) {
@@ -369,11 +216,10 @@ impl<R: Runtime> Driver<R> {
             ConnMsg::Open(opening) => self.open(now, *opening),
             ConnMsg::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
             ConnMsg::Closed(conn, code) => {
-                if let Some(entry) = self.conns.get_mut(&conn)
-                    && entry.ending.is_none()
-                {
-                    entry.ending =
-                        Some(code.map_or(Disconnect::Lost, |c| Disconnect::Client(Some(c))));
+                if let Some(entry) = self.conns.get_mut(&conn) {
+                    entry.ending.get_or_insert(
+                        code.map_or(Disconnect::Lost, |c| Disconnect::Client(Some(c))),
+                    );
                 }
                 self.closed(now, conn);
             }
@@ -389,92 +235,8 @@ impl<R: Runtime> Driver<R> {
             }
             Ctl::Open(opening) => self.open(now, *opening),
             Ctl::Closed(conn) => self.closed(now, conn),
-            Ctl::Publish {
-                topic,
-                event,
-                payload,
-                reply,
-            } => {
-                let cursor = self.broker.publish(now, topic, event, payload);
-                let _ = reply.send(cursor);
-                self.drain(now);
-            }
-            Ctl::Send {
-                to,
-                event,
-                payload,
-                reply,
-            } => {
-                let n = self.broker.send(now, &to, event.as_ref(), &payload);
-                let _ = reply.send(n);
-                self.drain(now);
-            }
-            Ctl::Join { conn, room, reply } => {
-                let _ = reply.send(self.broker.join(conn, room));
-                self.drain(now);
-            }
-            Ctl::Leave { conn, room, reply } => {
-                let _ = reply.send(self.broker.leave(conn, &room));
-                self.drain(now);
-            }
-            Ctl::EmitRoom {
-                room,
-                event,
-                payload,
-                reply,
-            } => {
-                let n = self.broker.emit_room(now, &room, event.as_ref(), &payload);
-                let _ = reply.send(n);
-                self.drain(now);
-            }
-            Ctl::Rooms(reply) => {
-                let _ = reply.send(self.broker.rooms().into_iter().cloned().collect());
-            }
-            Ctl::RoomMembers(room, reply) => {
-                let _ = reply.send(self.broker.room_members(&room));
-            }
-            Ctl::Request {
-                conn,
-                event,
-                payload,
-                timeout,
-                reply,
-            } => {
-                match self.broker.request(now, conn, &event, &payload, timeout) {
-                    Ok(ack) => {
-                        self.acks.insert((conn, ack), reply);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(api_to_protocol(&e)));
-                    }
-                }
-                self.drain(now);
-            }
-            Ctl::Reply { conn, req, result } => {
-                self.handled += 1;
-                self.broker.reply(now, conn, req, result);
-                self.drain(now);
-            }
-            Ctl::NotifyDone(conn) => {
-                if let Some(n) = self.notifies.get_mut(&conn) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.notifies.remove(&conn);
-                    }
-                }
-            }
-            Ctl::CloseConn {
-                conn,
-                reason,
-                reply,
-            } => {
-                let _ = reply.send(self.broker.close_conn(now, conn, reason));
-                self.drain(now);
-            }
-            Ctl::CloseNormal { conn, reply } => {
-                let _ = reply.send(self.close_normal(now, conn));
-            }
-            Ctl::Ping { conn, reply } => self.ping(conn, reply),
+            Ctl::App(op, answer) => self.app_op(now, op, answer),
+            Ctl::Ping(conn, reply) => self.ping(conn, reply),
             Ctl::Stats(reply) => {
                 let _ = reply.send(ServerStats {
                     broker: self.broker.stats(),
@@ -486,59 +248,37 @@ impl<R: Runtime> Driver<R> {
                     epoch: self.broker.config().epoch,
                 });
             }
-            Ctl::LifecycleEvents(on) => self.broker.set_lifecycle_events(on),
-            Ctl::UpdateSubscriptions {
-                client_id,
-                add,
-                remove,
-                reply,
-            } => {
-                let result = self
-                    .broker
-                    .update_subscriptions(now, &client_id, add, remove);
-                let _ = reply.send(result);
-                self.drain(now);
-            }
-            Ctl::DeclareTopic {
-                topic,
-                visibility,
-                reply,
-            } => {
-                let _ = reply.send(self.broker.declare_topic(now, topic, visibility));
-                self.drain(now);
-            }
-            Ctl::RemoveTopic { topic, reply } => {
-                let _ = reply.send(self.broker.remove_topic(now, &topic));
-                self.drain(now);
-            }
-            Ctl::DeclaredTopics(reply) => {
-                let _ = reply.send(self.broker.declared_topics());
-            }
-            Ctl::ParkedSessions(reply) => {
-                let _ = reply.send(self.broker.parked_sessions().into_iter().cloned().collect());
-            }
             #[cfg(test)]
             Ctl::Panic => panic!("the driver panics on purpose (a test)"),
-            Ctl::Shutdown(reply) => match &mut self.shutdown {
-                Some(state) if state.done => {
-                    let _ = reply.send(());
-                }
-                Some(state) => state.waiters.push(reply),
-                None => {
-                    tracing::info!(
-                        connections = self.conns.len(),
-                        "shutting down: closing every connection"
-                    );
-                    self.shutdown = Some(ShutdownState {
-                        deadline: now + self.timings.shutdown_grace,
-                        waiters: vec![reply],
-                        done: false,
-                    });
-                    self.broker.shutdown(now);
-                    self.drain(now);
-                }
-            },
         }
+    }
+
+    /// Applies an operation of the application and answers who waits for it.
+    fn app_op(&mut self, now: Instant, op: AppOp, answer: Answer) {
+        let asked = match (&op, &answer) {
+            (AppOp::Reply { .. }, Answer::Nobody) => {
+                self.handled += 1;
+                None
+            }
+            (AppOp::Request { conn, .. }, _) => Some(*conn),
+            _ => None,
+        };
+        let reply = self.broker.handle_app(now, op);
+        match (answer, reply, asked) {
+            (Answer::Reply(waiter), reply, _) => {
+                let _ = waiter.send(reply);
+            }
+            (Answer::Ack(waiter), AppReply::Ack(ack), Some(conn)) => {
+                // Before the drain: the answer may come in it (the connection closing at once).
+                self.app.await_ack(conn, ack, waiter);
+            }
+            (Answer::Ack(waiter), AppReply::Refused(e), _) => {
+                let _ = waiter.send(Err(refusal(&e)));
+            }
+            (Answer::Stopped(waiter), _, _) => self.app.await_stopped(waiter),
+            _ => {}
+        }
+        self.drain(now);
     }
 
     fn open(&mut self, now: Instant, opening: Opening) {
@@ -577,28 +317,36 @@ impl<R: Runtime> Driver<R> {
             },
         );
         for room in rooms {
-            if let Err(e) = self.broker.join(conn, room) {
+            if let AppReply::Refused(e) = self.broker.handle_app(now, AppOp::Join { conn, room }) {
                 tracing::debug!(%conn, "connect hook: {e}");
             }
         }
+        self.drain(now);
         for cmd in commands {
             self.feed(now, Input::Command { conn, cmd });
-        }
-        if self.shutdown.is_some() && self.conns.contains_key(&conn) {
-            let reason = ProtocolError::new(
-                ErrorCode::ShuttingDown,
-                "the server is shutting down; reconnect and resume from your cursor",
-            );
-            let _ = self.broker.close_conn(now, conn, reason);
-            self.drain(now);
         }
     }
 
     /// The connection task ended (after a close, or the peer went away).
     fn closed(&mut self, now: Instant, conn: ConnId) {
         if let Some(entry) = self.conns.remove(&conn) {
-            self.forget(&entry);
-            self.ended(now, conn, entry.ending.clone());
+            self.counts[entry.kind.index()] -= 1;
+            self.ended(now, conn, entry.ending);
+        }
+    }
+
+    /// Drops a connection without waiting for it: its task stops at once. (An in-process
+    /// subscription still reads what it was handed, its close included.)
+    fn dead(&mut self, now: Instant, conn: ConnId) {
+        if let Some(mut entry) = self.conns.remove(&conn) {
+            let _ = entry.outbox.send_batch(&mut entry.pending);
+            self.counts[entry.kind.index()] -= 1;
+            if entry.kind != Kind::Internal {
+                self.dead += 1;
+            }
+            let ending = entry.ending.take();
+            drop(entry);
+            self.ended(now, conn, ending);
         }
     }
 
@@ -611,41 +359,29 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Hands a ping to a WebSocket connection's task, which answers `reply` when the pong comes.
-    fn ping(&mut self, conn: ConnId, reply: oneshot::Sender<Result<Duration, ProtocolError>>) {
-        let refuse = |code, message: String| Err(ProtocolError::new(code, message));
-        let entry = match self.conns.get_mut(&conn) {
-            None => {
-                let _ = reply.send(refuse(
-                    ErrorCode::NoRecipient,
-                    format!("there is no connection {conn}"),
-                ));
-                return;
+    fn ping(&mut self, conn: ConnId, reply: PingReply) {
+        let why = match self.conns.get(&conn) {
+            None => format!("there is no connection {conn}"),
+            Some(e) if !matches!(e.kind, Kind::Ws | Kind::Compat) => {
+                format!("connection {conn} is not a WebSocket: it cannot be pinged")
             }
-            Some(entry) if !matches!(entry.kind, Kind::Ws | Kind::Compat) => {
-                let _ = reply.send(refuse(
-                    ErrorCode::NoRecipient,
-                    format!("connection {conn} is not a WebSocket: it cannot be pinged"),
-                ));
-                return;
-            }
-            Some(entry) => entry,
+            Some(e) if !e.open => format!("connection {conn} is closing"),
+            // If the connection is dropped instead (its outbox full, or gone), the reply is
+            // dropped, which the hub reports as gone.
+            Some(_) => return self.queue(conn, Out::Ping(reply)),
         };
-        if !entry.open {
-            let _ = reply.send(refuse(
-                ErrorCode::NoRecipient,
-                format!("connection {conn} is closing"),
-            ));
-            return;
-        }
-        // If the connection is dropped instead (its outbox full, or gone), the reply is dropped,
-        // which the hub reports as gone.
-        self.queue(conn, Out::Ping(reply));
+        let _ = reply.send(Err(ProtocolError::new(ErrorCode::NoRecipient, why)));
     }
 
-    /// Queues `out` for `conn` (if it has an entry) until the end of the step.
+    /// Queues `out` for `conn` (if it is not closing) until the end of the step.
     fn queue(&mut self, conn: ConnId, out: Out) {
-        if let Some(entry) = self.conns.get_mut(&conn) {
-            entry.queue(conn, out, &mut self.dirty);
+        if let Some(entry) = self.conns.get_mut(&conn)
+            && entry.open
+        {
+            if entry.pending.is_empty() {
+                self.dirty.push(conn);
+            }
+            entry.pending.push_back(out);
         }
     }
 
@@ -673,45 +409,6 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Closes a connection normally (WebSocket 1000): nothing more is handed out, what is queued
-    /// is written, then the close. The broker learns of it when the connection reports `Closed`.
-    fn close_normal(&mut self, now: Instant, conn: ConnId) -> Result<(), ApiError> {
-        let entry = self
-            .conns
-            .get_mut(&conn)
-            .ok_or(ApiError::UnknownConn(conn))?;
-        if !entry.open {
-            return Ok(()); // already closing
-        }
-        tracing::debug!(%conn, "closing normally");
-        entry.open = false;
-        entry.ending.get_or_insert(Disconnect::Normal);
-        self.closing_with(now, conn, Out::Close(None));
-        Ok(())
-    }
-
-    /// Drops a connection without waiting for it: its task stops at once. (An in-process
-    /// subscription's stream ends once it has read what it was handed.)
-    fn dead(&mut self, now: Instant, conn: ConnId) {
-        if let Some(mut entry) = self.conns.remove(&conn) {
-            // An in-process subscription still reads what it was handed (its last frames, the
-            // close); a connection task is stopped by `_kill`, so this is lost on it.
-            let _ = entry.outbox.send_batch(&mut entry.pending);
-            self.forget(&entry);
-            if entry.kind != Kind::Internal {
-                self.dead += 1;
-            }
-            let ending = entry.ending.clone();
-            drop(entry);
-            self.ended(now, conn, ending);
-        }
-    }
-
-    /// Bookkeeping of a connection that is gone.
-    fn forget(&mut self, entry: &Entry) {
-        self.counts[entry.kind.index()] -= 1;
-    }
-
     /// `handle_input`, then the drain. An `Err` means the connection is already gone (late
     /// `Flushed` or `Closed`), which is expected.
     fn feed(&mut self, now: Instant, input: Input) {
@@ -725,207 +422,57 @@ impl<R: Runtime> Driver<R> {
     fn drain(&mut self, now: Instant) {
         while let Some(out) = self.broker.poll_output() {
             match out {
-                Output::Transmit { conn, payload } => self.queue_open(conn, Out::Frame(payload)),
-                Output::KeepAlive { conn } => self.queue_open(conn, Out::KeepAlive),
-                Output::Deliver { conn, item } => self.queue_open(conn, Out::Item(item)),
+                Output::Transmit { conn, payload } => self.queue(conn, Out::Frame(payload)),
+                Output::KeepAlive { conn } => self.queue(conn, Out::KeepAlive),
+                Output::Deliver { conn, item } => self.queue(conn, Out::Item(item)),
                 Output::Close { conn, reason } => self.close(now, conn, reason),
-                Output::Event(event) => self.event(now, *event),
+                Output::Drop { conn } => {
+                    tracing::debug!(%conn, "did not close in time: dropped");
+                    self.dead(now, conn);
+                }
+                Output::Event(event) => {
+                    let ending = &self.ending;
+                    let op = self.app.handle(&self.rt, *event, |conn| match ending {
+                        Some((c, reason)) if *c == conn => reason.clone(),
+                        _ => Disconnect::Lost,
+                    });
+                    if let Some(op) = op {
+                        // Answered at once; its outputs join this drain.
+                        let _ = self.broker.handle_app(now, op);
+                    }
+                }
                 other => tracing::debug!("unhandled output: {other:?}"),
             }
         }
     }
 
-    /// Queues a frame for a connection that is not closing (once the broker asked to close it,
-    /// nothing more is handed out).
-    fn queue_open(&mut self, conn: ConnId, out: Out) {
-        if let Some(entry) = self.conns.get_mut(&conn)
-            && entry.open
-        {
-            entry.queue(conn, out, &mut self.dirty);
-        }
-    }
-
-    fn close(&mut self, now: Instant, conn: ConnId, reason: ProtocolError) {
+    /// The broker closes a connection: it writes what it has, then closes. An in-process
+    /// subscription has nothing to wait for: it is done at once (it ends after reading it).
+    fn close(&mut self, now: Instant, conn: ConnId, reason: Option<ProtocolError>) {
         let Some(entry) = self.conns.get_mut(&conn) else {
             return;
         };
-        if !entry.open {
-            return;
-        }
-        tracing::debug!(%conn, "closing: {reason}");
-        entry.open = false;
-        entry
-            .ending
-            .get_or_insert_with(|| Disconnect::Server(reason.clone()));
-        self.closing_with(now, conn, Out::Close(Some(reason)));
-    }
-
-    /// Queues the close of a connection that stopped taking frames; in-process subscriptions
-    /// are dropped at once (they end after reading it), others get `close_grace` to close.
-    fn closing_with(&mut self, now: Instant, conn: ConnId, close: Out) {
-        self.queue(conn, close);
-        if self
-            .conns
-            .get(&conn)
-            .is_some_and(|e| e.kind == Kind::Internal)
-        {
-            self.dead(now, conn);
-        } else {
-            self.closing
-                .push_back((now + self.timings.close_grace, conn));
-        }
-    }
-
-    fn event(&mut self, now: Instant, event: Event) {
-        match event {
-            Event::Disconnected { conn } => {
-                let (hook, reason_hook) = self
-                    .registry
-                    .read()
-                    .map(|r| (r.on_disconnect.clone(), r.on_disconnect_reason.clone()))
-                    .unwrap_or_default();
-                if let Some(hook) = hook
-                    && std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn))).is_err()
-                {
-                    tracing::error!(%conn, "the disconnect hook panicked");
-                }
-                if let Some(hook) = reason_hook {
-                    let reason = match &self.ending {
-                        Some((c, reason)) if *c == conn => reason.clone(),
-                        _ => Disconnect::Lost,
-                    };
-                    if std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn, &reason))).is_err() {
-                        tracing::error!(%conn, "the disconnect hook panicked");
-                    }
-                }
-            }
-            Event::Request {
-                conn,
-                req,
-                event,
-                payload,
-            } => {
-                let handler = self.registry.read().ok().and_then(|r| r.handler(&event));
-                let Some(handler) = handler else {
-                    let error = ProtocolError::new(
-                        ErrorCode::NoHandler,
-                        format!("the server has no handler for {:?}", event.as_str()),
-                    );
-                    self.broker.reply(now, conn, req, Err(error));
-                    return; // the drain in progress picks up the answer
-                };
-                let Some(ctl) = self.ctl_tx.upgrade() else {
-                    return;
-                };
-                let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler(conn, payload)));
-                self.rt.spawn(async move {
-                    let result = match call {
-                        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
-                        Err(panic) => Err(panic),
-                    };
-                    let result = result.unwrap_or_else(|_| {
-                        tracing::error!(%conn, event = event.as_str(), "a request handler panicked");
-                        Err(ProtocolError::new(
-                            ErrorCode::Rejected,
-                            "the handler failed",
-                        ))
-                    });
-                    let _ = ctl.send_async(Ctl::Reply { conn, req, result }).await;
-                });
-            }
-            Event::Notify {
-                conn,
-                event,
-                payload,
-            } => self.notify(conn, event, payload),
-            Event::AckResult { conn, ack, result } => {
-                if let Some(waiter) = self.acks.remove(&(conn, ack)) {
-                    let _ = waiter.send(result);
-                }
-            }
-            Event::Lifecycle(event) => {
-                let hook = self
-                    .registry
-                    .read()
-                    .ok()
-                    .and_then(|r| r.on_lifecycle.clone());
-                if let Some(hook) = hook
-                    && std::panic::catch_unwind(AssertUnwindSafe(|| hook(&event))).is_err()
-                {
-                    tracing::error!("the lifecycle hook panicked");
-                }
-            }
-            Event::SessionExpired { client_id } => {
-                tracing::debug!(client_id = client_id.as_str(), "session expired");
-            }
-            Event::SlowConsumer { conn, policy } => {
-                tracing::debug!(%conn, ?policy, "slow consumer");
-            }
-            Event::ProtocolViolation { conn, error } => {
-                tracing::debug!(%conn, "protocol violation: {error}");
-                self.on_error(conn, &error);
-            }
-            other => tracing::debug!("unhandled event: {other:?}"),
-        }
-    }
-}
-
-impl<R: Runtime> Driver<R> {
-    /// Runs the handler of an event that wants no answer (etp ack id 0, ksbus `pub_id` to the
-    /// server): its result is dropped. At most `max_pending_requests` run per connection; more
-    /// are dropped and reported to the error hook.
-    fn notify(&mut self, conn: ConnId, event: Name, payload: Payload) {
-        let handler = self.registry.read().ok().and_then(|r| r.handler(&event));
-        let Some(handler) = handler else {
-            tracing::debug!(%conn, event = event.as_str(), "no handler for the event");
-            return;
-        };
-        let max = self.broker.config().limits.max_pending_requests;
-        let running = self.notifies.entry(conn).or_default();
-        if *running >= max {
-            let error = ProtocolError::new(
-                ErrorCode::LimitReached,
-                format!(
-                    "at most {max} events may be handled at once per connection; dropped {:?}",
-                    event.as_str()
-                ),
-            );
-            self.on_error(conn, &error);
-            return;
-        }
-        *running += 1;
-        let Some(ctl) = self.ctl_tx.upgrade() else {
-            return;
-        };
-        let call = std::panic::catch_unwind(AssertUnwindSafe(|| handler(conn, payload)));
-        self.rt.spawn(async move {
-            let result = match call {
-                Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await.is_ok(),
-                Err(_) => false,
-            };
-            if !result {
-                tracing::error!(%conn, event = event.as_str(), "an event handler panicked");
-            }
-            let _ = ctl.send_async(Ctl::NotifyDone(conn)).await;
+        let internal = entry.kind == Kind::Internal;
+        entry.ending.get_or_insert_with(|| {
+            reason
+                .clone()
+                .map_or(Disconnect::Normal, Disconnect::Server)
         });
-    }
-
-    /// Reports a client's protocol violation to the application's error hook.
-    fn on_error(&self, conn: ConnId, error: &ProtocolError) {
-        let hook = self.registry.read().ok().and_then(|r| r.on_error.clone());
-        if let Some(hook) = hook
-            && std::panic::catch_unwind(AssertUnwindSafe(|| hook(conn, error))).is_err()
-        {
-            tracing::error!(%conn, "the error hook panicked");
+        self.queue(conn, Out::Close(reason));
+        if let Some(entry) = self.conns.get_mut(&conn) {
+            entry.open = false;
+        }
+        if internal {
+            self.dead(now, conn);
         }
     }
 }
 
-/// The application-facing error for an [`ApiError`] of a server request.
-pub(crate) fn api_to_protocol(e: &ApiError) -> ProtocolError {
+/// The application-facing error for a refused server request.
+fn refusal(e: &tidings_core::ApiError) -> ProtocolError {
     let code = match e {
-        ApiError::UnknownConn(_) => ErrorCode::NoRecipient,
-        ApiError::LimitReached { .. } => ErrorCode::LimitReached,
+        tidings_core::ApiError::UnknownConn(_) => ErrorCode::NoRecipient,
+        tidings_core::ApiError::LimitReached { .. } => ErrorCode::LimitReached,
         _ => ErrorCode::Rejected,
     };
     ProtocolError::new(code, e.to_string())

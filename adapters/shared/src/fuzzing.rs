@@ -18,6 +18,10 @@ struct Inert;
 impl Runtime for Inert {
     fn spawn<F: Future<Output = ()> + Send + 'static>(&self, _: F) {}
 
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
     fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + 'static {
         pending()
     }

@@ -33,15 +33,16 @@ use futures_util::future::{BoxFuture, Shared};
 use tidings_core::codec::Codec;
 use tidings_core::typed::TypedCodec;
 use tidings_core::{
-    ApiError, Broker, Claim, Command, ConnId, Cursor, Delivery, ErrorCode, Gap, Grants, Lifecycle,
-    Limits, Name, Pattern, Payload, ProtocolError, Recipient, Subscribe, SubscriptionChange, Topic,
-    Visibility,
+    ApiError, AppOp, AppReply, Broker, Claim, Command, ConnId, Cursor, Delivery, ErrorCode, Gap,
+    Grants, Lifecycle, Limits, Name, Pattern, Payload, ProtocolError, Recipient, Subscribe,
+    SubscriptionChange, Topic, Visibility,
 };
 
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{ConnMsg, Kind, Opening, Out};
-use crate::driver::{Ctl, Driver, DriverTimings};
+use crate::driver::{Answer, Ctl, Driver};
+use crate::events::AppEvents;
 use crate::http::Refusal;
 use crate::mailbox::mailbox;
 use crate::metrics::ServerStats;
@@ -92,10 +93,12 @@ struct HubInner {
     /// The runtime's timer ([`Runtime::sleep_until`]).
     sleep: Sleep,
     /// Resolves when the driver task ends: `true` if it panicked.
+    now: Now,
     driver_end: Shared<oneshot::Receiver<bool>>,
 }
 
 type Sleep = Arc<dyn Fn(Instant) -> BoxFuture<'static, ()> + Send + Sync>;
+type Now = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// A handle to a running broker. Cheap to clone; use it from any task or thread.
 #[derive(Clone)]
@@ -119,22 +122,12 @@ impl Hub {
         let core = config.into_core()?;
         let limits = core.limits.clone();
         let outbox_frames = config.http.outbox_frames(limits.max_queued_bytes);
-        let broker = Broker::new(core, Instant::now());
+        let broker = Broker::new(core, rt.now());
         let (ctl_tx, ctl_rx) = flume::unbounded();
         let (conn_tx, conn_rx) = flume::bounded(CONN_CHANNEL);
         let registry = Arc::new(RwLock::new(Registry::default()));
-        let timings = DriverTimings {
-            close_grace: config.timers.close_grace,
-            shutdown_grace: config.timers.shutdown_grace,
-        };
-        let driver = Driver::new(
-            rt.clone(),
-            broker,
-            (ctl_tx.downgrade(), ctl_rx),
-            conn_rx,
-            registry.clone(),
-            timings,
-        );
+        let app = AppEvents::new(registry.clone(), ctl_tx.downgrade());
+        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app);
         let (end_tx, driver_end) = oneshot::channel();
         rt.spawn(async move {
             let panicked = AssertUnwindSafe(driver.run()).catch_unwind().await.is_err();
@@ -148,6 +141,8 @@ impl Hub {
         });
         let timer = rt.clone();
         let sleep: Sleep = Arc::new(move |at| Box::pin(timer.sleep_until(at)));
+        let clock = rt.clone();
+        let now: Now = Arc::new(move || clock.now());
         Ok(Self {
             inner: Arc::new(HubInner {
                 ctl: ctl_tx,
@@ -158,6 +153,7 @@ impl Hub {
                 outbox_frames,
                 server_id: config.ksbus.server_id.clone(),
                 sleep,
+                now,
                 driver_end: futures_util::FutureExt::shared(driver_end),
             }),
         })
@@ -310,6 +306,22 @@ impl Hub {
         rx.await.map_err(|_| HubError::Stopped)
     }
 
+    /// Applies an application operation on the broker ([`Broker::handle_app`]) and returns its
+    /// reply: what every typed method below is a wrapper of. A refusal of the broker is
+    /// [`HubError::Api`].
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`], [`HubError::Api`].
+    pub async fn app(&self, op: AppOp) -> Result<AppReply, HubError> {
+        match self
+            .call(|reply| Ctl::App(op, Answer::Reply(reply)))
+            .await?
+        {
+            AppReply::Refused(e) => Err(HubError::Api(e)),
+            reply => Ok(reply),
+        }
+    }
+
     // ---- the application API -------------------------------------------------------------------
 
     /// Publishes an event (retained for replay, delivered with a cursor); returns its cursor.
@@ -322,13 +334,17 @@ impl Hub {
         event: Option<Name>,
         payload: Payload,
     ) -> Result<Cursor, HubError> {
-        self.call(|reply| Ctl::Publish {
-            topic,
-            event,
-            payload,
-            reply,
-        })
-        .await
+        match self
+            .app(AppOp::Publish {
+                topic,
+                event,
+                payload,
+            })
+            .await?
+        {
+            AppReply::Cursor(cursor) => Ok(cursor),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Sends a message that is not retained to a connection, a client id or a named
@@ -342,13 +358,7 @@ impl Hub {
         event: Option<Name>,
         payload: Payload,
     ) -> Result<usize, HubError> {
-        self.call(|reply| Ctl::Send {
-            to,
-            event,
-            payload,
-            reply,
-        })
-        .await
+        count(self.app(AppOp::Send { to, event, payload }).await?)
     }
 
     /// Puts a connection in a room; returns whether it was not in it yet.
@@ -356,7 +366,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Api`] for an unknown connection or past `max_rooms_per_conn`.
     pub async fn join(&self, conn: ConnId, room: Name) -> Result<bool, HubError> {
-        Ok(self.call(|reply| Ctl::Join { conn, room, reply }).await??)
+        boolean(self.app(AppOp::Join { conn, room }).await?)
     }
 
     /// Takes a connection out of a room; returns whether it was in it.
@@ -364,9 +374,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Api`] for an unknown connection.
     pub async fn leave(&self, conn: ConnId, room: Name) -> Result<bool, HubError> {
-        Ok(self
-            .call(|reply| Ctl::Leave { conn, room, reply })
-            .await??)
+        boolean(self.app(AppOp::Leave { conn, room }).await?)
     }
 
     /// Sends a message to every member of a room; returns how many it reached.
@@ -379,13 +387,14 @@ impl Hub {
         event: Option<Name>,
         payload: Payload,
     ) -> Result<usize, HubError> {
-        self.call(|reply| Ctl::EmitRoom {
-            room,
-            event,
-            payload,
-            reply,
-        })
-        .await
+        count(
+            self.app(AppOp::EmitRoom {
+                room,
+                event,
+                payload,
+            })
+            .await?,
+        )
     }
 
     /// The rooms that have members, sorted.
@@ -393,7 +402,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn rooms(&self) -> Result<Vec<Name>, HubError> {
-        self.call(Ctl::Rooms).await
+        names(self.app(AppOp::Rooms).await?)
     }
 
     /// The members of a room, sorted.
@@ -401,7 +410,10 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn room_members(&self, room: Name) -> Result<Vec<ConnId>, HubError> {
-        self.call(|reply| Ctl::RoomMembers(room, reply)).await
+        match self.app(AppOp::RoomMembers { room }).await? {
+            AppReply::Conns(conns) => Ok(conns),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Asks a client something (emit-with-ack) and waits for its answer: the client's `reply`,
@@ -418,15 +430,13 @@ impl Hub {
         payload: Payload,
         timeout: Option<Duration>,
     ) -> Result<Payload, ProtocolError> {
-        let answer = self
-            .call(|reply| Ctl::Request {
-                conn,
-                event,
-                payload,
-                timeout,
-                reply,
-            })
-            .await;
+        let op = AppOp::Request {
+            conn,
+            event,
+            payload,
+            timeout,
+        };
+        let answer = self.call(|reply| Ctl::App(op, Answer::Ack(reply))).await;
         answer.unwrap_or_else(|_| {
             Err(ProtocolError::new(
                 ErrorCode::ShuttingDown,
@@ -440,13 +450,8 @@ impl Hub {
     /// # Errors
     /// [`HubError::Api`] for an unknown connection.
     pub async fn close(&self, conn: ConnId, reason: ProtocolError) -> Result<(), HubError> {
-        Ok(self
-            .call(|reply| Ctl::CloseConn {
-                conn,
-                reason,
-                reply,
-            })
-            .await??)
+        let reason = Some(reason);
+        self.app(AppOp::Close { conn, reason }).await.map(drop)
     }
 
     /// Closes a connection normally (etp's `Conn.Close`): what is queued for it is written,
@@ -458,9 +463,8 @@ impl Hub {
     /// # Errors
     /// [`HubError::Api`] for an unknown connection.
     pub async fn close_normal(&self, conn: ConnId) -> Result<(), HubError> {
-        Ok(self
-            .call(|reply| Ctl::CloseNormal { conn, reply })
-            .await??)
+        let reason = None;
+        self.app(AppOp::Close { conn, reason }).await.map(drop)
     }
 
     /// Pings a WebSocket connection (`/ws`, `/ws/bus`, `/etp`; etp's `Conn.Ping`) and waits for
@@ -475,13 +479,13 @@ impl Hub {
     /// `shutting_down` when the server stopped.
     pub async fn ping(&self, conn: ConnId, timeout: Duration) -> Result<Duration, ProtocolError> {
         let (reply, answer) = oneshot::channel();
-        if self.inner.ctl.send(Ctl::Ping { conn, reply }).is_err() {
+        if self.inner.ctl.send(Ctl::Ping(conn, reply)).is_err() {
             return Err(ProtocolError::new(
                 ErrorCode::ShuttingDown,
                 "the server has stopped",
             ));
         }
-        let sleep = (self.inner.sleep)(Instant::now() + timeout);
+        let sleep = (self.inner.sleep)((self.inner.now)() + timeout);
         let answer = async { Some(answer.await) }.or(async {
             sleep.await;
             None
@@ -514,7 +518,8 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn shutdown(&self) -> Result<(), HubError> {
-        self.call(Ctl::Shutdown).await
+        self.call(|reply| Ctl::App(AppOp::Shutdown, Answer::Stopped(reply)))
+            .await
     }
 
     /// Registers the handler answering client requests named `name` (replacing any earlier one).
@@ -573,7 +578,8 @@ impl Hub {
         if let Ok(mut registry) = self.inner.registry.write() {
             registry.on_lifecycle = Some(Arc::new(hook));
         }
-        let _ = self.inner.ctl.send(Ctl::LifecycleEvents(true));
+        let op = AppOp::LifecycleEvents(true);
+        let _ = self.inner.ctl.send(Ctl::App(op, Answer::Nobody));
     }
 
     /// Changes the subscriptions of a client, connected (it gets `tidings-unsubscribed` and
@@ -589,13 +595,18 @@ impl Hub {
         add: Vec<Pattern>,
         remove: Vec<Pattern>,
     ) -> Result<Result<SubscriptionChange, ProtocolError>, HubError> {
-        self.call(|reply| Ctl::UpdateSubscriptions {
-            client_id,
-            add,
-            remove,
-            reply,
-        })
-        .await
+        match self
+            .app(AppOp::UpdateSubscriptions {
+                client_id,
+                add,
+                remove,
+            })
+            .await?
+        {
+            AppReply::Subscriptions(change) => Ok(Ok(change)),
+            AppReply::Failed(e) => Ok(Err(e)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Declares a topic as public, private to a client id, or a group topic of a room
@@ -608,12 +619,7 @@ impl Hub {
         topic: Topic,
         visibility: Visibility,
     ) -> Result<bool, HubError> {
-        self.call(|reply| Ctl::DeclareTopic {
-            topic,
-            visibility,
-            reply,
-        })
-        .await
+        boolean(self.app(AppOp::DeclareTopic { topic, visibility }).await?)
     }
 
     /// Removes a declared topic (its exact subscriptions end, with notices); see
@@ -622,7 +628,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn remove_topic(&self, topic: Topic) -> Result<bool, HubError> {
-        self.call(|reply| Ctl::RemoveTopic { topic, reply }).await
+        boolean(self.app(AppOp::RemoveTopic { topic }).await?)
     }
 
     /// Every declared topic with its visibility, sorted by name.
@@ -630,7 +636,10 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn declared_topics(&self) -> Result<Vec<(Topic, Visibility)>, HubError> {
-        self.call(Ctl::DeclaredTopics).await
+        match self.app(AppOp::DeclaredTopics).await? {
+            AppReply::Topics(topics) => Ok(topics),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// The client ids whose sessions are parked within their reconnect window, sorted.
@@ -638,7 +647,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn parked_sessions(&self) -> Result<Vec<Name>, HubError> {
-        self.call(Ctl::ParkedSessions).await
+        names(self.app(AppOp::ParkedSessions).await?)
     }
 
     /// Sets the error hook (etp's `OnError`): it sees every invalid frame a client sends (the
@@ -887,6 +896,37 @@ fn received(item: &Delivery) -> Option<Received> {
     }
 }
 
+/// The reply of an operation that counts connections.
+fn count(reply: AppReply) -> Result<usize, HubError> {
+    match reply {
+        AppReply::Count(n) => Ok(n),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The reply of an operation that answers yes or no.
+fn boolean(reply: AppReply) -> Result<bool, HubError> {
+    match reply {
+        AppReply::Bool(b) => Ok(b),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// The reply of an operation that lists names.
+fn names(reply: AppReply) -> Result<Vec<Name>, HubError> {
+    match reply {
+        AppReply::Names(names) => Ok(names),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// A reply of another kind than the operation's: a bug between the hub and the core, reported
+/// as a stopped hub rather than a panic.
+fn unexpected(reply: &AppReply) -> HubError {
+    tracing::error!("bug: unexpected reply {reply:?}");
+    HubError::Stopped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,6 +938,10 @@ mod tests {
     impl Runtime for Threads {
         fn spawn<F: Future<Output = ()> + Send + 'static>(&self, task: F) {
             std::thread::spawn(move || futures_lite::future::block_on(task));
+        }
+
+        fn now(&self) -> Instant {
+            Instant::now()
         }
 
         fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {

@@ -20,6 +20,7 @@ pub mod config;
 mod conn;
 mod ctx;
 mod driver;
+mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

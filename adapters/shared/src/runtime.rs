@@ -10,13 +10,13 @@
 //!    [`crate::handle_connection`];
 //! 3. a `serve` function starting both (see `tidings-tokio` for a complete one, about 150 lines).
 //!
-//! Channels are runtime-agnostic (`flume`, `futures-channel`), and the clock is read with
-//! [`std::time::Instant::now`], so nothing else is needed.
+//! Channels are runtime-agnostic (`flume`, `futures-channel`). The clock is the runtime's too
+//! ([`Runtime::now`]), so that a test runtime can run the server on a virtual clock.
 
 use std::future::Future;
 use std::time::Instant;
 
-/// What the server needs from an async runtime: spawn a detached task, and a timer.
+/// What the server needs from an async runtime: spawn a detached task, a clock and a timer.
 ///
 /// Implementations are cheap handles (`Clone`), usable from any thread.
 ///
@@ -35,6 +35,10 @@ use std::time::Instant;
 ///         // e.g. async_std::task::spawn(task); (detached: the handle is dropped)
 ///     }
 ///
+///     fn now(&self) -> Instant {
+///         Instant::now()
+///     }
+///
 ///     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
 ///         # let _ = deadline;
 ///         // e.g. async_io::Timer::at(deadline) mapped to ()
@@ -47,6 +51,10 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static;
+
+    /// The current instant: every time the server reads goes through this (the core never
+    /// reads the clock; the driver passes this in).
+    fn now(&self) -> Instant;
 
     /// Completes at `deadline` (at once if it has passed).
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static;

@@ -1056,6 +1056,10 @@ mod task_sizes {
     impl Runtime for Rt {
         fn spawn<F: Future<Output = ()> + Send + 'static>(&self, _: F) {}
 
+        fn now(&self) -> Instant {
+            Instant::now()
+        }
+
         fn sleep_until(&self, _: Instant) -> impl Future<Output = ()> + Send + 'static {
             std::future::pending()
         }

@@ -76,6 +76,11 @@ impl Runtime for TokioRuntime {
         drop(self.handle.spawn(task));
     }
 
+    /// tokio's clock, so that a test with paused time moves the server's time too.
+    fn now(&self) -> Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
         tokio::time::sleep_until(deadline.into())
     }

@@ -826,7 +826,7 @@ fn a_server_close_reason_is_reported_and_overloaded_backs_off_longer() {
         .close_conn(
             p.now,
             conn,
-            ProtocolError::new(ErrorCode::Overloaded, "full"),
+            Some(ProtocolError::new(ErrorCode::Overloaded, "full")),
         )
         .unwrap();
     p.drive();

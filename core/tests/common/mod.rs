@@ -25,8 +25,10 @@ pub struct Sim {
     pub now: Instant,
     /// Frames handed to each connection, not yet taken by the test.
     pub frames: HashMap<ConnId, Vec<Bytes>>,
-    /// Close requests per connection.
-    pub closed: HashMap<ConnId, ProtocolError>,
+    /// Close requests per connection (`None`: a normal close).
+    pub closed: HashMap<ConnId, Option<ProtocolError>>,
+    /// Connections the broker dropped (they did not close in time).
+    pub dropped: Vec<ConnId>,
     pub events: Vec<Event>,
     /// Report every transmit as flushed right away (a fast reader).
     pub auto_flush: bool,
@@ -40,6 +42,7 @@ impl Sim {
             now,
             frames: HashMap::new(),
             closed: HashMap::new(),
+            dropped: Vec::new(),
             events: Vec::new(),
             auto_flush: true,
         }
@@ -58,6 +61,7 @@ impl Sim {
                 Output::Close { conn, reason } => {
                     self.closed.insert(conn, reason);
                 }
+                Output::Drop { conn } => self.dropped.push(conn),
                 Output::Event(e) => self.events.push(*e),
                 other => panic!("unexpected output {other:?}"),
             }

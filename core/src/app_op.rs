@@ -1,0 +1,260 @@
+//! The application's operations as data: one [`AppOp`] enum, one entry point
+//! ([`Broker::handle_app`]) and one [`AppReply`], so that an adapter forwards them without a
+//! case per operation (the typed methods of `app.rs` and `session.rs` do the work).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::broker::{Broker, ConnInfo, Stats};
+use crate::command::Recipient;
+use crate::cursor::Cursor;
+use crate::error::{ApiError, ProtocolError};
+use crate::grants::Grants;
+use crate::ids::{AckId, ConnId, ReqId};
+use crate::output::Visibility;
+use crate::parked::SubscriptionChange;
+use crate::payload::Payload;
+use crate::topic::{Name, Pattern, Topic};
+
+/// An operation of the application (server code embedding the broker).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AppOp {
+    /// [`Broker::publish`]: answers [`AppReply::Cursor`].
+    Publish {
+        /// The topic.
+        topic: Topic,
+        /// Optional event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// [`Broker::send`]: answers [`AppReply::Count`] (connections reached).
+    Send {
+        /// Who gets it.
+        to: Recipient,
+        /// Optional event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// [`Broker::join`]: answers [`AppReply::Bool`] (newly joined).
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// The room.
+        room: Name,
+    },
+    /// [`Broker::leave`]: answers [`AppReply::Bool`] (was in it).
+    Leave {
+        /// The connection.
+        conn: ConnId,
+        /// The room.
+        room: Name,
+    },
+    /// [`Broker::emit_room`]: answers [`AppReply::Count`].
+    EmitRoom {
+        /// The room.
+        room: Name,
+        /// Optional event name.
+        event: Option<Name>,
+        /// The data.
+        payload: Payload,
+    },
+    /// [`Broker::rooms`]: answers [`AppReply::Names`].
+    Rooms,
+    /// [`Broker::room_members`]: answers [`AppReply::Conns`].
+    RoomMembers {
+        /// The room.
+        room: Name,
+    },
+    /// [`Broker::request`]: answers [`AppReply::Ack`]; the client's answer comes later as
+    /// [`crate::Event::AckResult`].
+    Request {
+        /// The connection asked.
+        conn: ConnId,
+        /// The handler name on the client.
+        event: Name,
+        /// The data.
+        payload: Payload,
+        /// How long to wait (default `Timers::ack_timeout`).
+        timeout: Option<Duration>,
+    },
+    /// [`Broker::reply`]: answers [`AppReply::Bool`] (sent).
+    Reply {
+        /// The asking connection.
+        conn: ConnId,
+        /// Its request id.
+        req: ReqId,
+        /// The answer.
+        result: Result<Payload, ProtocolError>,
+    },
+    /// [`Broker::notify_done`]: answers [`AppReply::Bool`].
+    NotifyDone {
+        /// The connection whose event was handled.
+        conn: ConnId,
+    },
+    /// [`Broker::close_conn`]: answers [`AppReply::Done`].
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why (`None`: a normal close).
+        reason: Option<ProtocolError>,
+    },
+    /// [`Broker::shutdown`]: answers [`AppReply::Done`] (at once; [`crate::Event::Stopped`]
+    /// says when it is complete).
+    Shutdown,
+    /// [`Broker::set_lifecycle_events`]: answers [`AppReply::Done`].
+    LifecycleEvents(bool),
+    /// [`Broker::set_grants`]: answers [`AppReply::Done`].
+    SetGrants {
+        /// The connection.
+        conn: ConnId,
+        /// Its new grants.
+        grants: Arc<Grants>,
+    },
+    /// [`Broker::update_subscriptions`]: answers [`AppReply::Subscriptions`].
+    UpdateSubscriptions {
+        /// The client.
+        client_id: Name,
+        /// Patterns to add.
+        add: Vec<Pattern>,
+        /// Patterns to remove.
+        remove: Vec<Pattern>,
+    },
+    /// [`Broker::declare_topic`]: answers [`AppReply::Bool`] (changed).
+    DeclareTopic {
+        /// The topic.
+        topic: Topic,
+        /// Who may see it.
+        visibility: Visibility,
+    },
+    /// [`Broker::remove_topic`]: answers [`AppReply::Bool`] (was declared).
+    RemoveTopic {
+        /// The topic.
+        topic: Topic,
+    },
+    /// [`Broker::declared_topics`]: answers [`AppReply::Topics`].
+    DeclaredTopics,
+    /// [`Broker::parked_sessions`]: answers [`AppReply::Names`].
+    ParkedSessions,
+    /// [`Broker::stats`]: answers [`AppReply::Stats`].
+    Stats,
+    /// [`Broker::conn`]: answers [`AppReply::Conn`].
+    Conn {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// The answer to an [`AppOp`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum AppReply {
+    /// Done (nothing to report).
+    Done,
+    /// Yes or no, as the operation says.
+    Bool(bool),
+    /// How many connections were reached.
+    Count(usize),
+    /// The cursor of the event published.
+    Cursor(Cursor),
+    /// Client ids or rooms, sorted.
+    Names(Vec<Name>),
+    /// Connections, sorted.
+    Conns(Vec<ConnId>),
+    /// Declared topics and who may see them.
+    Topics(Vec<(Topic, Visibility)>),
+    /// The id of a server request.
+    Ack(AckId),
+    /// The outcome of a change of a client's subscriptions.
+    Subscriptions(SubscriptionChange),
+    /// The broker's counters.
+    Stats(Box<Stats>),
+    /// What the broker knows about a connection (`None`: not open).
+    Conn(Option<Box<ConnInfo>>),
+    /// The broker refused: an unknown connection, a limit, an operation the connection does
+    /// not support.
+    Refused(ApiError),
+    /// The operation failed as a client's would (a change of subscriptions checked against
+    /// the client's grants).
+    Failed(ProtocolError),
+}
+
+impl From<Result<(), ApiError>> for AppReply {
+    fn from(r: Result<(), ApiError>) -> Self {
+        r.map_or_else(Self::Refused, |()| Self::Done)
+    }
+}
+
+impl From<Result<bool, ApiError>> for AppReply {
+    fn from(r: Result<bool, ApiError>) -> Self {
+        r.map_or_else(Self::Refused, Self::Bool)
+    }
+}
+
+impl Broker {
+    /// The one entry point of the application's operations; drain `poll_output` afterwards, as
+    /// after every `handle_*` call.
+    pub fn handle_app(&mut self, now: Instant, op: AppOp) -> AppReply {
+        self.handle_timeout(now);
+        match op {
+            AppOp::Publish {
+                topic,
+                event,
+                payload,
+            } => AppReply::Cursor(self.publish(now, topic, event, payload)),
+            AppOp::Send { to, event, payload } => {
+                AppReply::Count(self.send(now, &to, event.as_ref(), &payload))
+            }
+            AppOp::Join { conn, room } => self.join(conn, room).into(),
+            AppOp::Leave { conn, room } => self.leave(conn, &room).into(),
+            AppOp::EmitRoom {
+                room,
+                event,
+                payload,
+            } => AppReply::Count(self.emit_room(now, &room, event.as_ref(), &payload)),
+            AppOp::Rooms => AppReply::Names(self.rooms().into_iter().cloned().collect()),
+            AppOp::RoomMembers { room } => AppReply::Conns(self.room_members(&room)),
+            AppOp::Request {
+                conn,
+                event,
+                payload,
+                timeout,
+            } => self
+                .request(now, conn, &event, &payload, timeout)
+                .map_or_else(AppReply::Refused, AppReply::Ack),
+            AppOp::Reply { conn, req, result } => {
+                AppReply::Bool(self.reply(now, conn, req, result))
+            }
+            AppOp::NotifyDone { conn } => AppReply::Bool(self.notify_done(conn)),
+            AppOp::Close { conn, reason } => self.close_conn(now, conn, reason).into(),
+            AppOp::Shutdown => {
+                self.shutdown(now);
+                AppReply::Done
+            }
+            AppOp::LifecycleEvents(on) => {
+                self.set_lifecycle_events(on);
+                AppReply::Done
+            }
+            AppOp::SetGrants { conn, grants } => self.set_grants(conn, grants).into(),
+            AppOp::UpdateSubscriptions {
+                client_id,
+                add,
+                remove,
+            } => self
+                .update_subscriptions(now, &client_id, add, remove)
+                .map_or_else(AppReply::Failed, AppReply::Subscriptions),
+            AppOp::DeclareTopic { topic, visibility } => {
+                AppReply::Bool(self.declare_topic(now, topic, visibility))
+            }
+            AppOp::RemoveTopic { topic } => AppReply::Bool(self.remove_topic(now, &topic)),
+            AppOp::DeclaredTopics => AppReply::Topics(self.declared_topics()),
+            AppOp::ParkedSessions => {
+                AppReply::Names(self.parked_sessions().into_iter().cloned().collect())
+            }
+            AppOp::Stats => AppReply::Stats(Box::new(self.stats())),
+            AppOp::Conn { conn } => AppReply::Conn(self.conn(conn).map(Box::new)),
+        }
+    }
+}
