@@ -26,18 +26,17 @@
 //! `handle_input` errors for connections that are already gone (a late `Flushed` or `Closed`)
 //! are expected and ignored.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use tidings_core::{
-    AppOp, AppReply, Broker, ConnId, ConnMap, ErrorCode, Input, Output, Payload, ProtocolError,
+    AppOp, AppReply, Broker, ConnId, ErrorCode, Input, Output, Payload, ProtocolError,
 };
 
 use crate::conn::{ConnMsg, Kind, Opening, Out, PingReply};
+use crate::conn_table::ConnTable;
 use crate::events::AppEvents;
-use crate::mailbox::{Outbox, SendError};
 use crate::metrics::ServerStats;
 use crate::registry::Disconnect;
 use crate::runtime::Runtime;
@@ -77,19 +76,6 @@ pub(crate) enum Answer {
     Nobody,
 }
 
-struct Entry {
-    kind: Kind,
-    outbox: Outbox<Out>,
-    /// What this step queued for it, handed over at the step's end ([`Driver::hand_over`]).
-    pending: VecDeque<Out>,
-    /// `false` once the broker asked to close it: nothing more is handed out.
-    open: bool,
-    /// Never sent: dropping it (with the entry) stops the connection task at once.
-    _kill: Option<oneshot::Sender<()>>,
-    /// Why it is ending, once known (the server closed it, or the client sent a close).
-    ending: Option<Disconnect>,
-}
-
 /// How the driver ends up woken.
 enum Wake {
     Ctl(Result<Ctl, flume::RecvError>),
@@ -101,16 +87,11 @@ enum Wake {
 pub(crate) struct Driver<R: Runtime> {
     rt: R,
     broker: Broker,
-    conns: ConnMap<Entry>,
-    /// Connections with something pending, in the order they got it.
-    dirty: Vec<ConnId>,
-    /// `dirty`'s second buffer (swapped in while handing over, so neither allocates per step).
-    handing: Vec<ConnId>,
+    conns: ConnTable,
     ctl_rx: flume::Receiver<Ctl>,
     conn_rx: flume::Receiver<ConnMsg>,
     app: AppEvents,
-    counts: [usize; 3],
-    dead: u64,
+    /// Client requests answered by an application handler.
     handled: u64,
     /// The connection whose `Closed` is being fed to the broker, and why it ended.
     ending: Option<(ConnId, Disconnect)>,
@@ -127,14 +108,10 @@ impl<R: Runtime> Driver<R> {
         Self {
             rt,
             broker,
-            conns: ConnMap::default(),
-            dirty: Vec::new(),
-            handing: Vec::new(),
+            conns: ConnTable::default(),
             ctl_rx,
             conn_rx,
             app,
-            counts: [0; 3],
-            dead: 0,
             handled: 0,
             ending: None,
         }
@@ -216,7 +193,7 @@ impl<R: Runtime> Driver<R> {
             ConnMsg::Open(opening) => self.open(now, *opening),
             ConnMsg::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
             ConnMsg::Closed(conn, code) => {
-                if let Some(entry) = self.conns.get_mut(&conn) {
+                if let Some(entry) = self.conns.get_mut(conn) {
                     entry.ending.get_or_insert(
                         code.map_or(Disconnect::Lost, |c| Disconnect::Client(Some(c))),
                     );
@@ -229,7 +206,7 @@ impl<R: Runtime> Driver<R> {
     fn ctl(&mut self, now: Instant, msg: Ctl) {
         match msg {
             Ctl::Flushed(conn, bytes) => {
-                if self.conns.contains_key(&conn) {
+                if self.conns.get(conn).is_some() {
                     self.feed(now, Input::Flushed { conn, bytes });
                 }
             }
@@ -238,15 +215,8 @@ impl<R: Runtime> Driver<R> {
             Ctl::App(op, answer) => self.app_op(now, op, answer),
             Ctl::Ping(conn, reply) => self.ping(conn, reply),
             Ctl::Stats(reply) => {
-                let _ = reply.send(ServerStats {
-                    broker: self.broker.stats(),
-                    ws_connections: self.counts[Kind::Ws.index()],
-                    sse_connections: self.counts[Kind::Sse.index()],
-                    internal_connections: self.counts[Kind::Internal.index()],
-                    dead_connections: self.dead,
-                    handled_requests: self.handled,
-                    epoch: self.broker.config().epoch,
-                });
+                let (broker, epoch) = (self.broker.stats(), self.broker.config().epoch);
+                let _ = reply.send(self.conns.stats(broker, self.handled, epoch));
             }
             #[cfg(test)]
             Ctl::Panic => panic!("the driver panics on purpose (a test)"),
@@ -273,7 +243,7 @@ impl<R: Runtime> Driver<R> {
                 self.app.await_ack(conn, ack, waiter);
             }
             (Answer::Ack(waiter), AppReply::Refused(e), _) => {
-                let _ = waiter.send(Err(refusal(&e)));
+                let _ = waiter.send(Err(crate::events::refusal(&e)));
             }
             (Answer::Stopped(waiter), _, _) => self.app.await_stopped(waiter),
             _ => {}
@@ -292,22 +262,10 @@ impl<R: Runtime> Driver<R> {
             rooms,
             commands,
         } = opening;
-        if self.conns.contains_key(&conn) {
+        if !self.conns.insert(conn, kind, outbox, kill) {
             tracing::error!(%conn, "adapter bug: connection id opened twice");
             return;
         }
-        self.conns.insert(
-            conn,
-            Entry {
-                kind,
-                outbox,
-                pending: VecDeque::new(),
-                open: true,
-                _kill: kill,
-                ending: None,
-            },
-        );
-        self.counts[kind.index()] += 1;
         self.feed(
             now,
             Input::Open {
@@ -329,23 +287,14 @@ impl<R: Runtime> Driver<R> {
 
     /// The connection task ended (after a close, or the peer went away).
     fn closed(&mut self, now: Instant, conn: ConnId) {
-        if let Some(entry) = self.conns.remove(&conn) {
-            self.counts[entry.kind.index()] -= 1;
-            self.ended(now, conn, entry.ending);
+        if let Some(ending) = self.conns.remove(conn) {
+            self.ended(now, conn, ending);
         }
     }
 
-    /// Drops a connection without waiting for it: its task stops at once. (An in-process
-    /// subscription still reads what it was handed, its close included.)
+    /// Drops a connection without waiting for it: its task stops at once.
     fn dead(&mut self, now: Instant, conn: ConnId) {
-        if let Some(mut entry) = self.conns.remove(&conn) {
-            let _ = entry.outbox.send_batch(&mut entry.pending);
-            self.counts[entry.kind.index()] -= 1;
-            if entry.kind != Kind::Internal {
-                self.dead += 1;
-            }
-            let ending = entry.ending.take();
-            drop(entry);
+        if let Some(ending) = self.conns.drop_conn(conn) {
             self.ended(now, conn, ending);
         }
     }
@@ -360,7 +309,7 @@ impl<R: Runtime> Driver<R> {
 
     /// Hands a ping to a WebSocket connection's task, which answers `reply` when the pong comes.
     fn ping(&mut self, conn: ConnId, reply: PingReply) {
-        let why = match self.conns.get(&conn) {
+        let why = match self.conns.get(conn) {
             None => format!("there is no connection {conn}"),
             Some(e) if !matches!(e.kind, Kind::Ws | Kind::Compat) => {
                 format!("connection {conn} is not a WebSocket: it cannot be pinged")
@@ -368,21 +317,9 @@ impl<R: Runtime> Driver<R> {
             Some(e) if !e.open => format!("connection {conn} is closing"),
             // If the connection is dropped instead (its outbox full, or gone), the reply is
             // dropped, which the hub reports as gone.
-            Some(_) => return self.queue(conn, Out::Ping(reply)),
+            Some(_) => return self.conns.queue(conn, Out::Ping(reply)),
         };
         let _ = reply.send(Err(ProtocolError::new(ErrorCode::NoRecipient, why)));
-    }
-
-    /// Queues `out` for `conn` (if it is not closing) until the end of the step.
-    fn queue(&mut self, conn: ConnId, out: Out) {
-        if let Some(entry) = self.conns.get_mut(&conn)
-            && entry.open
-        {
-            if entry.pending.is_empty() {
-                self.dirty.push(conn);
-            }
-            entry.pending.push_back(out);
-        }
     }
 
     /// The end of a step: every connection gets what the step queued for it, in one batch.
@@ -390,19 +327,8 @@ impl<R: Runtime> Driver<R> {
     /// more for others (their `Closed` is fed to the broker), so this runs until nothing is left.
     fn hand_over(&mut self, now: Instant) {
         let mut refused = Vec::new();
-        while !self.dirty.is_empty() {
-            std::mem::swap(&mut self.dirty, &mut self.handing);
-            for conn in self.handing.drain(..) {
-                let Some(entry) = self.conns.get_mut(&conn) else {
-                    continue; // dropped meanwhile
-                };
-                if let Err(e) = entry.outbox.send_batch(&mut entry.pending) {
-                    if e == SendError::Full {
-                        tracing::info!(%conn, "its outgoing queue is full: dropped");
-                    }
-                    refused.push(conn);
-                }
-            }
+        while self.conns.has_pending() {
+            self.conns.hand_over(&mut refused);
             for conn in refused.drain(..) {
                 self.dead(now, conn);
             }
@@ -422,9 +348,9 @@ impl<R: Runtime> Driver<R> {
     fn drain(&mut self, now: Instant) {
         while let Some(out) = self.broker.poll_output() {
             match out {
-                Output::Transmit { conn, payload } => self.queue(conn, Out::Frame(payload)),
-                Output::KeepAlive { conn } => self.queue(conn, Out::KeepAlive),
-                Output::Deliver { conn, item } => self.queue(conn, Out::Item(item)),
+                Output::Transmit { conn, payload } => self.conns.queue(conn, Out::Frame(payload)),
+                Output::KeepAlive { conn } => self.conns.queue(conn, Out::KeepAlive),
+                Output::Deliver { conn, item } => self.conns.queue(conn, Out::Item(item)),
                 Output::Close { conn, reason } => self.close(now, conn, reason),
                 Output::Drop { conn } => {
                     tracing::debug!(%conn, "did not close in time: dropped");
@@ -449,7 +375,7 @@ impl<R: Runtime> Driver<R> {
     /// The broker closes a connection: it writes what it has, then closes. An in-process
     /// subscription has nothing to wait for: it is done at once (it ends after reading it).
     fn close(&mut self, now: Instant, conn: ConnId, reason: Option<ProtocolError>) {
-        let Some(entry) = self.conns.get_mut(&conn) else {
+        let Some(entry) = self.conns.get_mut(conn) else {
             return;
         };
         let internal = entry.kind == Kind::Internal;
@@ -458,8 +384,8 @@ impl<R: Runtime> Driver<R> {
                 .clone()
                 .map_or(Disconnect::Normal, Disconnect::Server)
         });
-        self.queue(conn, Out::Close(reason));
-        if let Some(entry) = self.conns.get_mut(&conn) {
+        self.conns.queue(conn, Out::Close(reason));
+        if let Some(entry) = self.conns.get_mut(conn) {
             entry.open = false;
         }
         if internal {
@@ -468,12 +394,5 @@ impl<R: Runtime> Driver<R> {
     }
 }
 
-/// The application-facing error for a refused server request.
-fn refusal(e: &tidings_core::ApiError) -> ProtocolError {
-    let code = match e {
-        tidings_core::ApiError::UnknownConn(_) => ErrorCode::NoRecipient,
-        tidings_core::ApiError::LimitReached { .. } => ErrorCode::LimitReached,
-        _ => ErrorCode::Rejected,
-    };
-    ProtocolError::new(code, e.to_string())
-}
+#[cfg(test)]
+mod tests;

@@ -203,3 +203,13 @@ fn guarded(what: &str, hook: impl FnOnce()) {
         tracing::error!("{what} panicked");
     }
 }
+
+/// The application-facing error for a refused server request.
+pub(crate) fn refusal(e: &tidings_core::ApiError) -> ProtocolError {
+    let code = match e {
+        tidings_core::ApiError::UnknownConn(_) => ErrorCode::NoRecipient,
+        tidings_core::ApiError::LimitReached { .. } => ErrorCode::LimitReached,
+        _ => ErrorCode::Rejected,
+    };
+    ProtocolError::new(code, e.to_string())
+}

@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 mod conn;
+mod conn_table;
 mod ctx;
 mod driver;
 mod events;
