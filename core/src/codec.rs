@@ -87,6 +87,12 @@ pub trait Codec: Send {
     /// Encodes one broker frame, or `None` when the format has nothing for it.
     fn encode(&mut self, frame: &Frame<'_>) -> Option<Wire>;
 
+    /// What a client is told when it sent a frame of `size` bytes, over the `limit` (in its
+    /// protocol's words).
+    fn frame_too_large(&self, size: usize, limit: usize) -> String {
+        format!("frame is {size} bytes; at most {limit} are allowed")
+    }
+
     /// Sees every command of the connection before the broker handles it (etp remembers the
     /// names of the events it will answer).
     fn observe(&mut self, cmd: &Command) {

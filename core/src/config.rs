@@ -38,9 +38,6 @@ pub struct Config {
     /// Emit [`crate::Lifecycle`] events (clients, topics, groups, subscriptions, publishes) for
     /// the application's hooks. Off by default: they cost an allocation each.
     pub lifecycle_events: bool,
-    /// The server's own id in the ksbus protocol: the `from` of server-originated ksbus frames
-    /// (wait-recv acks, string publishes) and the `pub_id` target that reaches the application.
-    pub server_id: String,
 }
 
 impl Default for Config {
@@ -53,7 +50,6 @@ impl Default for Config {
             timers: Timers::default(),
             sse_retry: Some(Duration::from_millis(2000)),
             lifecycle_events: false,
-            server_id: DEFAULT_SERVER_ID.to_owned(),
         }
     }
 }
@@ -70,7 +66,8 @@ impl Config {
     }
 }
 
-/// The default [`Config::server_id`].
+/// The default ksbus server id ([`crate::ksbus::KsbusCodec::new`]): the `from` of
+/// server-originated ksbus frames and the `pub_id` target that reaches the application.
 pub const DEFAULT_SERVER_ID: &str = "tidings";
 
 /// Limits on what peers can make the broker hold. Exceeding one gets a clear error.

@@ -179,6 +179,11 @@ impl Codec for EtpCodec {
         self.names.push((req, name));
     }
 
+    /// etp's words (coder/websocket counts the limit plus one).
+    fn frame_too_large(&self, _size: usize, limit: usize) -> String {
+        format!("read limited at {} bytes", limit + 1)
+    }
+
     /// etp ignores answers to requests it does not know.
     fn ignores(&self, error: &ProtocolError) -> bool {
         error.code == ErrorCode::UnknownRequest

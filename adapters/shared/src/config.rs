@@ -327,7 +327,6 @@ impl ServerConfig {
             timers: self.timers.clone(),
             sse_retry: self.sse.retry,
             lifecycle_events: false,
-            server_id: self.ksbus.server_id.clone(),
         })
     }
 }

@@ -38,21 +38,29 @@ pub(crate) enum Out {
 /// What kind of connection an entry is (for metrics and for in-process subscriptions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
-    /// `/ws`, the native protocol.
-    Ws,
+    /// A WebSocket, of any of the WebSocket endpoints (`/ws`, `/ws/bus`, `/etp`).
+    WebSocket,
     /// `/sse`.
     Sse,
     /// An in-process subscription of the application ([`crate::Hub::subscribe`]).
     Internal,
-    /// A WebSocket of a compatible protocol (`/ws/bus`: ksbus, `/etp`: etp); counted with `/ws`.
-    Compat,
 }
 
 impl Kind {
-    /// Its slot in the driver's per-kind connection counts (compatible protocols count as `/ws`).
+    /// The kind of a connection with this codec: an SSE stream, an in-process subscription
+    /// (typed values), or a WebSocket (every other format).
+    pub(crate) fn of(codec: &dyn Codec) -> Self {
+        match codec.format() {
+            "sse" => Self::Sse,
+            "typed" => Self::Internal,
+            _ => Self::WebSocket,
+        }
+    }
+
+    /// Its slot in the driver's per-kind connection counts.
     pub(crate) fn index(self) -> usize {
         match self {
-            Self::Ws | Self::Compat => 0,
+            Self::WebSocket => 0,
             Self::Sse => 1,
             Self::Internal => 2,
         }

@@ -125,7 +125,7 @@ impl ConnTable {
     pub(crate) fn stats(&self, broker: Stats, handled: u64, epoch: u64) -> ServerStats {
         ServerStats {
             broker,
-            ws_connections: self.counts[Kind::Ws.index()],
+            ws_connections: self.counts[Kind::WebSocket.index()],
             sse_connections: self.counts[Kind::Sse.index()],
             internal_connections: self.counts[Kind::Internal.index()],
             dead_connections: self.dead,

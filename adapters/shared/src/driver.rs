@@ -311,7 +311,7 @@ impl<R: Runtime> Driver<R> {
     fn ping(&mut self, conn: ConnId, reply: PingReply) {
         let why = match self.conns.get(conn) {
             None => format!("there is no connection {conn}"),
-            Some(e) if !matches!(e.kind, Kind::Ws | Kind::Compat) => {
+            Some(e) if !matches!(e.kind, Kind::WebSocket) => {
                 format!("connection {conn} is not a WebSocket: it cannot be pinged")
             }
             Some(e) if !e.open => format!("connection {conn} is closing"),

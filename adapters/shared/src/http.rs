@@ -4,7 +4,7 @@
 //! upgrades (`/ws`) take the connection over instead.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -180,7 +180,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let bytes = response.to_bytes();
-    let deadline = Instant::now() + timeout;
+    let deadline = rt.now() + timeout;
     let written = with_deadline(rt, deadline, async {
         io.write_all(&bytes).await?;
         io.flush().await?;
@@ -198,7 +198,7 @@ where
     R: Runtime,
     S: AsyncRead + Unpin,
 {
-    let deadline = Instant::now() + max_time;
+    let deadline = rt.now() + max_time;
     // On the heap: a buffer in the future would enlarge every connection's task.
     let mut scratch = vec![0u8; 4096];
     let mut total = 0;

@@ -89,7 +89,6 @@ struct HubInner {
     registry: Arc<RwLock<Registry>>,
     limits: Limits,
     outbox_frames: usize,
-    server_id: String,
     /// The runtime's timer ([`Runtime::sleep_until`]).
     sleep: Sleep,
     /// Resolves when the driver task ends: `true` if it panicked.
@@ -151,7 +150,6 @@ impl Hub {
                 registry,
                 limits,
                 outbox_frames,
-                server_id: config.ksbus.server_id.clone(),
                 sleep,
                 now,
                 driver_end: futures_util::FutureExt::shared(driver_end),
@@ -184,11 +182,6 @@ impl Hub {
     /// The core limits in force (frame size, name limits, ...).
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
-    }
-
-    /// The server's own ksbus id.
-    pub(crate) fn server_id(&self) -> &str {
-        &self.inner.server_id
     }
 
     pub(crate) fn outbox_frames(&self) -> usize {
@@ -226,7 +219,6 @@ impl Hub {
     /// `auth` as `claim` says). Returns the opening and the writer of its outbox.
     pub(crate) fn opening(
         &self,
-        kind: Kind,
         codec: Box<dyn Codec>,
         head: &RequestHead,
         auth: Authenticated,
@@ -251,7 +243,7 @@ impl Hub {
         // takes back then sees the stream's own resume cursor.
         let opening = Opening {
             conn,
-            kind,
+            kind: Kind::of(codec.as_ref()),
             codec,
             grants: auth.grants.into(),
             outbox,

@@ -34,5 +34,5 @@ pub(crate) async fn with_timeout<R: Runtime, F: Future>(
     if let Some(done) = futures_lite::future::poll_once(fut.as_mut()).await {
         return Some(done);
     }
-    with_deadline(rt, Instant::now() + timeout, fut).await
+    with_deadline(rt, rt.now() + timeout, fut).await
 }

@@ -21,6 +21,7 @@ mod conn;
 mod conn_table;
 mod ctx;
 mod driver;
+pub mod endpoints;
 mod events;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

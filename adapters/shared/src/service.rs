@@ -32,6 +32,7 @@ use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Top
 use crate::auth::{AuthConfigError, AuthError, Authenticated, Authenticator};
 use crate::config::{ConfigError, ServerConfig};
 use crate::ctx::{ConnCtx, ConnGuard};
+use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
 use crate::http::{Cors, Refusal, Response, respond};
 use crate::hub::Hub;
 use crate::io::with_deadline;
@@ -49,7 +50,8 @@ const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), 
 #[derive(Debug)]
 pub struct Upgrade {
     auth: Authenticated,
-    proto: crate::ws::Proto,
+    /// The codec of its endpoint.
+    codec: Box<dyn tidings_core::codec::Codec>,
     max_message: usize,
 }
 
@@ -261,7 +263,7 @@ impl<R: Runtime> Service<R> {
     /// is still answered), and returns when every connection has ended or the shutdown grace
     /// period is over.
     pub async fn shutdown(&self) {
-        let deadline = Instant::now() + self.inner.config.timers.shutdown_grace;
+        let deadline = self.inner.rt.now() + self.inner.config.timers.shutdown_grace;
         if let Ok(mut live) = self.inner.live.lock() {
             live.take();
         }
@@ -287,7 +289,7 @@ impl<R: Runtime> Service<R> {
             Box::pin(self.respond(&mut io, refusal.into_response())).await;
             return;
         };
-        let deadline = Instant::now() + self.inner.config.http.read_timeout;
+        let deadline = self.inner.rt.now() + self.inner.config.http.read_timeout;
         match read_head(&self.inner.rt, &mut io, deadline).await {
             Ok(Some((head, rest))) => {
                 tracing::debug!(%peer, method = head.method, path = head.path, "request");
@@ -309,8 +311,9 @@ impl<R: Runtime> Service<R> {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let method = head.method.as_str();
-        let response = match (head.path.as_str(), method) {
-            ("/ws" | "/ws/bus" | "/etp", "GET") => match self.check_upgrade(&head) {
+        let serve = endpoint(&head.path).map(|e| e.serve);
+        let response = match (serve, method) {
+            (Some(Serve::WebSocket(_)), "GET") => match self.check_upgrade(&head) {
                 Ok(upgrade) => {
                     // The short-lived steps are boxed, so that the task (whose size is that of
                     // its largest state) is not larger than the connection it mostly runs.
@@ -324,7 +327,7 @@ impl<R: Runtime> Service<R> {
                 }
                 Err(refusal) => refusal.into_response(),
             },
-            ("/sse", "GET") => match self.check_sse(&head) {
+            (Some(Serve::Sse), "GET") => match self.check_sse(&head) {
                 Ok(request) => {
                     // A task of its own, of exactly the stream's size.
                     self.inner.rt.spawn(self.run_sse(io, head, request));
@@ -336,35 +339,37 @@ impl<R: Runtime> Service<R> {
                     refusal.with_headers(cors).into_response()
                 }
             },
-            ("/sse", "OPTIONS") => self.inner.cors.preflight(&head, "GET, OPTIONS"),
-            ("/publish", "POST") => match Box::pin(self.publish(&mut io, &head, rest)).await {
-                Ok(response) | Err(response) => response,
-            },
-            ("/publish", "OPTIONS") => self.inner.cors.preflight(&head, "POST, OPTIONS"),
-            ("/subscriptions" | "/update_subscriptions", "POST") => {
+            (Some(Serve::Sse | Serve::Publish | Serve::Subscriptions), "OPTIONS") => {
+                let methods = endpoint(&head.path).map_or("", |e| e.methods);
+                self.inner.cors.preflight(&head, methods)
+            }
+            (Some(Serve::Publish), "POST") => {
+                match Box::pin(self.publish(&mut io, &head, rest)).await {
+                    Ok(response) | Err(response) => response,
+                }
+            }
+            (Some(Serve::Subscriptions), "POST") => {
                 match Box::pin(self.update_subscriptions(&mut io, &head, rest)).await {
                     Ok(response) | Err(response) => response,
                 }
             }
-            ("/subscriptions" | "/update_subscriptions", "OPTIONS") => {
-                self.inner.cors.preflight(&head, "POST, OPTIONS")
-            }
-            ("/healthz", "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
-            ("/metrics", "GET") => match Box::pin(self.inner.hub.stats()).await {
+            (Some(Serve::Health), "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
+            (Some(Serve::Metrics), "GET") => match Box::pin(self.inner.hub.stats()).await {
                 Ok(stats) => Response::ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     crate::metrics::render(&stats),
                 ),
                 Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
             },
-            (path, _) => match (static_file(path), method) {
+            _ => match (static_file(&head.path), method) {
                 (Some(file), "GET") => file.response(&head),
-                _ => match allowed(path) {
+                _ => match allowed(&head.path) {
                     Some(allow) => Refusal::new(
                         405,
                         "method_not_allowed",
                         format!(
-                            "{method} is not allowed on {path}; use {allow}. This server has: {ROUTES}"
+                            "{method} is not allowed on {}; use {allow}. This server has: {ROUTES}",
+                            head.path
                         ),
                     )
                     .with_header("Allow", allow)
@@ -372,7 +377,10 @@ impl<R: Runtime> Service<R> {
                     None => Refusal::new(
                         404,
                         "not_found",
-                        format!("there is nothing at {path}. This server has: {ROUTES}"),
+                        format!(
+                            "there is nothing at {}. This server has: {ROUTES}",
+                            head.path
+                        ),
                     )
                     .into_response(),
                 },
@@ -496,7 +504,7 @@ impl<R: Runtime> Service<R> {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Accept: {accept}\r\n\r\n"
         );
-        let deadline = Instant::now() + self.inner.config.http.write_timeout;
+        let deadline = self.inner.rt.now() + self.inner.config.http.write_timeout;
         let written = with_deadline(&self.inner.rt, deadline, async {
             io.write_all(response.as_bytes()).await?;
             io.flush().await
@@ -548,30 +556,31 @@ impl<R: Runtime> Service<R> {
 
     fn check_upgrade_request(&self, head: &RequestHead) -> Result<Upgrade, Refusal> {
         let c = &self.inner.config;
-        let (proto, max_message) = match head.path.as_str() {
-            "/ws" => (crate::ws::Proto::Native, c.limits.max_frame_bytes),
-            "/ws/bus" => (crate::ws::Proto::Ksbus, c.limits.max_frame_bytes),
-            "/etp" => {
-                self.check_etp_origin(head)?;
-                let read_limit = c.etp.read_limit;
-                let js = c.etp.empty_data_separator;
-                (crate::ws::Proto::Etp { read_limit, js }, read_limit)
-            }
-            other => {
+        let ws = match endpoint(&head.path) {
+            Some(Endpoint {
+                serve: Serve::WebSocket(ws),
+                ..
+            }) => ws,
+            _ => {
                 return Err(Refusal::new(
                     404,
                     "not_found",
                     format!(
-                        "{other} is not a WebSocket endpoint (those are /ws, /ws/bus and /etp)"
+                        "{} is not a WebSocket endpoint (those are {})",
+                        head.path,
+                        websocket_paths()
                     ),
                 ));
             }
         };
+        if ws.origins == Origins::Etp {
+            self.check_etp_origin(head)?;
+        }
         let auth = self.check_websocket(head)?;
         Ok(Upgrade {
             auth,
-            proto,
-            max_message,
+            codec: (ws.codec)(c),
+            max_message: (ws.max_message)(c),
         })
     }
 
@@ -595,7 +604,7 @@ impl<R: Runtime> Service<R> {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        crate::ws::run(self.conn_ctx(), ws, head, upgrade.auth, upgrade.proto)
+        crate::ws::run(self.conn_ctx(), ws, head, upgrade.auth, upgrade.codec)
     }
 
     /// Runs an upgraded WebSocket connection (after [`Service::check_websocket`]) until it ends.
@@ -611,7 +620,8 @@ impl<R: Runtime> Service<R> {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Not an `async` wrapper: it would store the connection twice.
-        crate::ws::run(self.conn_ctx(), ws, head, auth, crate::ws::Proto::Native)
+        let codec = Box::new(tidings_core::native::NativeCodec);
+        crate::ws::run(self.conn_ctx(), ws, head, auth, codec)
     }
 
     fn conn_ctx(&self) -> ConnCtx<R> {
@@ -929,7 +939,7 @@ impl<R: Runtime> Service<R> {
         {
             let _ = io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
         }
-        let deadline = Instant::now() + self.inner.config.http.read_timeout;
+        let deadline = self.inner.rt.now() + self.inner.config.http.read_timeout;
         body.truncate(length);
         let start = body.len();
         body.resize(length, 0);
@@ -989,15 +999,9 @@ fn is_json(content_type: &str) -> bool {
 
 /// The methods a known path allows.
 fn allowed(path: &str) -> Option<&'static str> {
-    match path {
-        "/ws" | "/ws/bus" | "/etp" => Some("GET"),
-        "/sse" => Some("GET, OPTIONS"),
-        "/publish" | "/subscriptions" | "/update_subscriptions" => Some("POST, OPTIONS"),
-        "/healthz" => Some("GET"),
-        "/metrics" => Some("GET"),
-        _ if static_file(path).is_some() => Some("GET"),
-        _ => None,
-    }
+    endpoint(path)
+        .map(|e| e.methods)
+        .or_else(|| static_file(path).map(|_| "GET"))
 }
 
 /// Reads a request head: `Ok(None)` if the client closed without sending anything.

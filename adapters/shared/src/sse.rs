@@ -19,7 +19,7 @@ use tidings_core::sse::SseCodec;
 use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
 use crate::auth::Authenticated;
-use crate::conn::{ConnMsg, Kind, Out, hand};
+use crate::conn::{ConnMsg, Out, hand};
 use crate::ctx::ConnCtx;
 use crate::driver::Ctl;
 use crate::hub::Hub;
@@ -87,7 +87,6 @@ where
     let subscribe = subscribe(patterns, from);
     let claim = claim_of(&mut auth, client_id);
     let (opening, mut writer) = ctx.hub.opening(
-        Kind::Sse,
         Box::new(SseCodec),
         &head,
         auth,
@@ -243,7 +242,6 @@ impl SseBody {
         } = request;
         let claim = claim_of(&mut auth, client_id);
         let (opening, writer) = hub.opening(
-            Kind::Sse,
             Box::new(SseCodec),
             head,
             auth,

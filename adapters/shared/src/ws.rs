@@ -29,13 +29,10 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use futures_util::{AsyncWriteExt as _, SinkExt as _, StreamExt as _};
 use tidings_core::codec::Codec;
-use tidings_core::etp::EtpCodec;
-use tidings_core::ksbus::KsbusCodec;
-use tidings_core::native::NativeCodec;
 use tidings_core::{Claim, Command, ErrorCode, ProtocolError};
 
 use crate::auth::Authenticated;
-use crate::conn::{ConnMsg, Kind, Opening, Out, PingReply, hand};
+use crate::conn::{ConnMsg, Opening, Out, PingReply, hand};
 use crate::ctx::ConnCtx;
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
@@ -68,7 +65,7 @@ struct Pings {
 
 impl Pings {
     /// The payload of the next ping, or `None` (the reply answered) if too many are waiting.
-    fn start(&mut self, reply: PingReply) -> Option<Bytes> {
+    fn start(&mut self, now: Instant, reply: PingReply) -> Option<Bytes> {
         // Pings whose caller gave up (timed out) wait no longer.
         self.waiting.retain(|(_, _, r)| !r.is_canceled());
         if self.waiting.len() >= MAX_WAITING_PINGS {
@@ -79,12 +76,12 @@ impl Pings {
             return None;
         }
         self.last += 1;
-        self.waiting.push((self.last, Instant::now(), reply));
+        self.waiting.push((self.last, now, reply));
         Some(Bytes::from(self.last.to_string()))
     }
 
     /// A pong arrived: answers the ping with the same payload, if one is waiting.
-    fn pong(&mut self, payload: &[u8]) {
+    fn pong(&mut self, now: Instant, payload: &[u8]) {
         if self.waiting.is_empty() {
             return;
         }
@@ -96,37 +93,7 @@ impl Pings {
         };
         if let Some(i) = self.waiting.iter().position(|(id, _, _)| *id == n) {
             let (_, sent, reply) = self.waiting.swap_remove(i);
-            let _ = reply.send(Ok(sent.elapsed()));
-        }
-    }
-}
-
-/// The wire protocol of a WebSocket connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proto {
-    /// `/ws`.
-    Native,
-    /// `/ws/bus`.
-    Ksbus,
-    /// `/etp`, with its read limit; `js`: empty data written `name||0||`.
-    Etp { read_limit: usize, js: bool },
-}
-
-impl Proto {
-    fn kind(self) -> Kind {
-        match self {
-            Self::Native => Kind::Ws,
-            Self::Ksbus | Self::Etp { .. } => Kind::Compat,
-        }
-    }
-
-    /// The codec of a new connection (`server_id`: the server's ksbus id).
-    fn codec(self, server_id: &str) -> Box<dyn Codec> {
-        match self {
-            Self::Native => Box::new(NativeCodec),
-            Self::Ksbus => Box::new(KsbusCodec::new(server_id)),
-            Self::Etp { js: false, .. } => Box::new(EtpCodec::go()),
-            Self::Etp { js: true, .. } => Box::new(EtpCodec::js()),
+            let _ = reply.send(Ok(now.saturating_duration_since(sent)));
         }
     }
 }
@@ -146,26 +113,19 @@ pub(crate) fn run<R, S>(
     ws: WebSocketStream<S>,
     head: RequestHead,
     auth: Authenticated,
-    proto: Proto,
+    codec: Box<dyn Codec>,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (kill_tx, kill) = oneshot::channel::<()>();
-    let codec = proto.codec(ctx.hub.server_id());
     let decoder = codec.fresh();
-    let (opening, writer) = ctx.hub.opening(
-        proto.kind(),
-        codec,
-        &head,
-        auth,
-        None,
-        Claim::IfFree,
-        Some(kill_tx),
-    );
+    let (opening, writer) = ctx
+        .hub
+        .opening(codec, &head, auth, None, Claim::IfFree, Some(kill_tx));
     drop(head);
-    serve(ctx, ws, Box::new(opening), writer, kill, proto, decoder)
+    serve(ctx, ws, Box::new(opening), writer, kill, decoder)
 }
 
 /// The connection's task. Not an `async fn`: that would keep its arguments twice (as arguments
@@ -177,7 +137,6 @@ fn serve<R, S>(
     opening: Box<Opening>,
     mut writer: ConnWriter,
     mut kill: oneshot::Receiver<()>,
-    proto: Proto,
     decoder: Box<dyn Codec>,
 ) -> impl Future<Output = ()> + Send
 where
@@ -225,7 +184,7 @@ where
                     let write = Box::pin(with_timeout(
                         rt,
                         write_timeout,
-                        write_batch(&mut ws, &mut writer, first, &mut pings),
+                        write_batch(rt, &mut ws, &mut writer, first, &mut pings),
                     ));
                     let killed = async {
                         let _ = (&mut kill).await;
@@ -251,7 +210,7 @@ where
                     // Copied out of tungstenite's read buffer: the core keeps slices of the frame
                     // (payloads, in the history), which would otherwise pin whole read blocks.
                     if let Message::Pong(payload) = &message {
-                        pings.pong(payload);
+                        pings.pong(rt.now(), payload);
                     }
                     let data = match &message {
                         Message::Text(text) => text.as_bytes(),
@@ -287,15 +246,7 @@ where
                     reading = false;
                     let error = match error {
                         WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
-                            let message = match proto {
-                                // etp's words (coder/websocket counts the limit plus one).
-                                Proto::Etp { read_limit, .. } => {
-                                    format!("read limited at {} bytes", read_limit + 1)
-                                }
-                                _ => {
-                                    format!("frame is {size} bytes; at most {max_size} are allowed")
-                                }
-                            };
+                            let message = decoder.frame_too_large(size, max_size);
                             ProtocolError::new(ErrorCode::FrameTooLarge, message)
                         }
                         WsError::Utf8(_) => ProtocolError::new(
@@ -337,13 +288,15 @@ where
 /// on every connection, with a call per frame. tungstenite is flushed first, so that anything
 /// it queued (a pong it answers by itself) goes out before, and it writes the control frames
 /// (pings, the close) as before.
-async fn write_batch<S>(
+async fn write_batch<R, S>(
+    rt: &R,
     ws: &mut WebSocketStream<S>,
     writer: &mut ConnWriter,
     first: Out,
     pings: &mut Pings,
 ) -> Result<Option<Option<ProtocolError>>, WsError>
 where
+    R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Sized for what is queued (frames of one publish burst are alike), so that it rarely grows.
@@ -373,7 +326,7 @@ where
                         return Ok(Some(reason));
                     }
                     Out::Ping(reply) => {
-                        if let Some(payload) = pings.start(reply) {
+                        if let Some(payload) = pings.start(rt.now(), reply) {
                             ws.feed(Message::Ping(payload)).await?;
                         }
                     }
@@ -432,7 +385,7 @@ async fn close_ws<R, S>(
     R: Runtime,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let deadline = Instant::now() + wait;
+    let deadline = rt.now() + wait;
     let frame = match reason {
         Some(reason) => CloseFrame {
             code: CloseCode::from(reason.code.ws_close_code()),
@@ -455,7 +408,7 @@ async fn close_ws<R, S>(
         })
         .await;
     } else {
-        let mut rest = deadline.saturating_duration_since(Instant::now());
+        let mut rest = deadline.saturating_duration_since(rt.now());
         rest = rest.max(Duration::from_millis(200));
         linger(rt, ws.get_mut(), 4 << 20, rest).await;
     }

@@ -67,6 +67,7 @@ use hyper_util::rt::TokioIo;
 use tidings_adapter::async_tungstenite::WebSocketStream;
 use tidings_adapter::async_tungstenite::tungstenite::handshake::derive_accept_key;
 use tidings_adapter::async_tungstenite::tungstenite::protocol::Role;
+use tidings_adapter::endpoints::{ENDPOINTS, Serve, endpoint};
 use tidings_adapter::http::Refusal;
 use tidings_adapter::request::{HeadError, parse_head};
 use tidings_adapter::{RequestHead, Service};
@@ -74,19 +75,14 @@ use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
 use crate::TokioRuntime;
 
-/// The paths the server answers (relative to the mount), besides the demo page at `/`.
-const PATHS: [&str; 10] = [
-    "/ws",
-    "/ws/bus",
-    "/etp",
-    "/sse",
-    "/publish",
-    "/subscriptions",
-    "/update_subscriptions",
-    "/healthz",
-    "/metrics",
-    "/tidings.js",
-];
+/// The paths the server answers (relative to the mount), besides the demo page at `/`: its
+/// endpoints and the browser client.
+fn paths() -> impl Iterator<Item = &'static str> {
+    ENDPOINTS
+        .iter()
+        .map(|e| e.path)
+        .chain(std::iter::once("/tidings.js"))
+}
 
 /// The tidings HTTP surface as an axum [`Router`], with a fallback answering the server's JSON
 /// `404` for unknown paths: nest it (`Router::nest("/realtime", router(service))`) or merge it
@@ -104,9 +100,7 @@ pub fn router(service: Service<TokioRuntime>) -> Router {
 /// the demo page at `/` (the application's root is its own), to merge at the root of an
 /// application that has a fallback of its own: `app.merge(routes().with_state(service))`.
 pub fn routes() -> Router<Service<TokioRuntime>> {
-    PATHS
-        .iter()
-        .fold(Router::new(), |r, path| r.route(path, any(dispatch)))
+    paths().fold(Router::new(), |r, path| r.route(path, any(dispatch)))
 }
 
 /// Answers one request as the standalone server would.
@@ -122,12 +116,13 @@ async fn dispatch(State(service): State<Service<TokioRuntime>>, req: Request) ->
         Ok(head) => head,
         Err(r) => return refusal(r),
     };
-    match (head.path.as_str(), head.method.as_str()) {
-        ("/ws" | "/ws/bus" | "/etp", "GET") => match service.check_upgrade(&head) {
+    let serve = endpoint(&head.path).map(|e| e.serve);
+    match (serve, head.method.as_str()) {
+        (Some(Serve::WebSocket(_)), "GET") => match service.check_upgrade(&head) {
             Ok(upgrade) => upgrade_websocket(service, req, head, upgrade),
             Err(r) => refusal(r),
         },
-        ("/sse", "GET") => match service.check_sse(&head) {
+        (Some(Serve::Sse), "GET") => match service.check_sse(&head) {
             Ok(request) => {
                 let mut response = Response::new(Body::empty());
                 let headers = response.headers_mut();

@@ -219,8 +219,8 @@ fn a_connection_that_does_not_close_within_the_grace_is_dropped() {
 #[test]
 fn a_shutdown_completes_when_every_connection_is_gone_or_at_the_deadline() {
     let mut b = Bench::new();
-    let mut polite = b.open(1, Kind::Ws, "a", 64);
-    let mut stuck = b.open(2, Kind::Ws, "a", 64);
+    let mut polite = b.open(1, Kind::WebSocket, "a", 64);
+    let mut stuck = b.open(2, Kind::WebSocket, "a", 64);
     let (tx, mut stopped) = oneshot::channel();
     let now = b.now();
     b.driver
@@ -257,8 +257,8 @@ fn a_shutdown_completes_when_every_connection_is_gone_or_at_the_deadline() {
 fn a_connection_whose_outbox_is_full_is_dropped_and_the_others_are_served() {
     let mut b = Bench::new();
     // An outbox of one entry that is never read, beside one that is.
-    let mut slow = b.open(1, Kind::Ws, "a", 1);
-    let mut fast = b.open(2, Kind::Ws, "a", 64);
+    let mut slow = b.open(1, Kind::WebSocket, "a", 1);
+    let mut fast = b.open(2, Kind::WebSocket, "a", 64);
     let now = b.now();
     for i in 0..3 {
         let op = AppOp::Publish {
@@ -300,7 +300,7 @@ fn in_process_subscriptions_get_typed_items_in_one_batch() {
 #[test]
 fn a_request_nobody_handles_is_answered_at_once_and_handled_ones_through_their_task() {
     let mut b = Bench::new();
-    let mut client = b.open(1, Kind::Ws, "a", 64);
+    let mut client = b.open(1, Kind::WebSocket, "a", 64);
     let now = b.now();
     let ask = |req, event: &str| Command::Request {
         req,
