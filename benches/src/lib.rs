@@ -34,7 +34,7 @@ pub struct Drained {
     pub frames: usize,
     /// Their payload bytes.
     pub bytes: usize,
-    /// Every other output (`Close`, `Event`).
+    /// Every other output (`Close`, `AppEvent`).
     pub other: usize,
 }
 

@@ -25,7 +25,7 @@
 //!    until `None`. A `Transmit` goes into that connection's *bounded* queue with `try_send`; a full
 //!    queue means its writer cannot keep up, so the connection is dropped (its client resumes from
 //!    its cursor), never waited for: one slow socket must not stall everyone else. `Close` is
-//!    step 6; `Event`s are for the application (this example logs them to stderr).
+//!    step 6; `AppEvent`s are for the application (this example logs them to stderr).
 //! 5. **Credit.** Writers report written bytes with `Input::Flushed`; the core counts what is queued
 //!    per connection and applies its slow-consumer policy, so the queue bound is only a backstop.
 //! 6. **Closing.** On `Output::Close`, stop handing out bytes, let the writer finish what was queued,
@@ -216,7 +216,7 @@ impl Driver {
                 }
                 // It did not close in time: forget it (its writer ends with the queue).
                 Output::Drop { conn } => self.closed(now, conn),
-                Output::Event(event) => eprintln!("event: {event:?}"),
+                Output::App(event) => eprintln!("event: {event:?}"),
                 other => eprintln!("unhandled output: {other:?}"),
             }
         }

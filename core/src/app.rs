@@ -123,7 +123,7 @@ impl Broker {
         ids
     }
 
-    /// Sends a request (emit-with-ack) to a client. Exactly one [`crate::Event::AckResult`]
+    /// Sends a request (emit-with-ack) to a client. Exactly one [`crate::AppEvent::AckResult`]
     /// follows: the client's answer, a timeout after `timeout` (default `ack_timeout`), or
     /// `no_recipient` if it closes first.
     ///
@@ -173,7 +173,7 @@ impl Broker {
         Ok(ack)
     }
 
-    /// Answers a client request ([`crate::Event::Request`]). Returns `false` if it was already
+    /// Answers a client request ([`crate::AppEvent::Request`]). Returns `false` if it was already
     /// answered (e.g. by the broker's timeout) or the connection is gone: nothing is sent then.
     pub fn reply(
         &mut self,
@@ -215,7 +215,7 @@ impl Broker {
         true
     }
 
-    /// The application finished handling an [`crate::Event::Notify`] of `conn` (its handlers
+    /// The application finished handling an [`crate::AppEvent::Notify`] of `conn` (its handlers
     /// are bounded per connection by `max_pending_requests`). Returns `false` if the connection
     /// is gone.
     pub fn notify_done(&mut self, conn: ConnId) -> bool {
@@ -264,7 +264,7 @@ impl Broker {
     /// Closes every connection with `shutting_down` (graceful shutdown: adapters then flush and
     /// close each, and report `Closed`); connections opened from now on are closed at once.
     /// Those still open after `Timers::shutdown_grace` are dropped ([`crate::Output::Drop`]);
-    /// [`crate::Event::Stopped`] follows once none is left. Calling it again does nothing.
+    /// [`crate::AppEvent::Stopped`] follows once none is left. Calling it again does nothing.
     pub fn shutdown(&mut self, now: Instant) {
         self.advance(now);
         if self.shutdown.is_some() {

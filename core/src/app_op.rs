@@ -69,7 +69,7 @@ pub enum AppOp {
         room: Name,
     },
     /// [`Broker::request`]: answers [`AppReply::Ack`]; the client's answer comes later as
-    /// [`crate::Event::AckResult`].
+    /// [`crate::AppEvent::AckResult`].
     Request {
         /// The connection asked.
         conn: ConnId,
@@ -101,7 +101,7 @@ pub enum AppOp {
         /// Why (`None`: a normal close).
         reason: Option<ProtocolError>,
     },
-    /// [`Broker::shutdown`]: answers [`AppReply::Done`] (at once; [`crate::Event::Stopped`]
+    /// [`Broker::shutdown`]: answers [`AppReply::Done`] (at once; [`crate::AppEvent::Stopped`]
     /// says when it is complete).
     Shutdown,
     /// [`Broker::set_lifecycle_events`]: answers [`AppReply::Done`].

@@ -18,7 +18,7 @@ use crate::history::History;
 use crate::ids::{ConnId, ConnMap};
 use crate::input::Input;
 use crate::output::Visibility;
-use crate::output::{Event, Output};
+use crate::output::{AppEvent, Output};
 use crate::parked::Parked;
 pub use crate::parked::SubscriptionChange;
 use crate::payload::Payload;
@@ -112,7 +112,7 @@ pub struct Broker {
     pub(crate) parked_timer: Option<Instant>,
     /// Declared topics (by name) and who may see them.
     pub(crate) catalog: BTreeMap<String, (Topic, Visibility)>,
-    /// Shutting down: new connections are closed at once, and `Event::Stopped` is emitted
+    /// Shutting down: new connections are closed at once, and `AppEvent::Stopped` is emitted
     /// once the last connection is gone (`Some(true)`: emitted).
     pub(crate) shutdown: Option<bool>,
 }
@@ -157,7 +157,7 @@ impl Broker {
     /// # Errors
     /// Only for adapter misuse: [`ApiError::UnknownConn`] for an id that is not open,
     /// [`ApiError::DuplicateConn`] for an `Open` of an id that is. Nothing a client sends is an
-    /// error here: it is answered on the wire and reported as an [`Event`].
+    /// error here: it is answered on the wire and reported as an [`AppEvent`].
     pub fn handle_input(&mut self, now: Instant, input: Input) -> Result<(), ApiError> {
         // Timers due by `now` fire first, so `poll_timeout` is never in the past afterwards.
         self.handle_timeout(now);
@@ -191,7 +191,7 @@ impl Broker {
                 self.conns[slot as usize] = None;
                 self.ids.remove(&conn);
                 self.free.push(slot);
-                self.emit(Event::Disconnected { conn });
+                self.emit(AppEvent::Disconnected { conn });
                 self.stop_if_done();
                 Ok(())
             }
@@ -345,11 +345,11 @@ impl Broker {
         Ok(())
     }
 
-    /// After a shutdown, emits `Event::Stopped` once no connection is left.
+    /// After a shutdown, emits `AppEvent::Stopped` once no connection is left.
     pub(crate) fn stop_if_done(&mut self) {
         if self.shutdown == Some(false) && self.ids.is_empty() {
             self.shutdown = Some(true);
-            self.emit(Event::Stopped);
+            self.emit(AppEvent::Stopped);
         }
     }
 
@@ -481,7 +481,7 @@ impl Broker {
                     self.now + self.config.timers.request_timeout,
                     Timer::Request(id, req),
                 );
-                self.emit(Event::Request {
+                self.emit(AppEvent::Request {
                     conn: id,
                     req,
                     event,
@@ -502,7 +502,7 @@ impl Broker {
                 conn.extras_mut().acks.swap_remove(i);
                 let id = conn.id;
                 let result = result.map_err(|msg| ProtocolError::new(ErrorCode::Rejected, msg));
-                self.emit(Event::AckResult {
+                self.emit(AppEvent::AckResult {
                     conn: id,
                     ack,
                     result,
@@ -588,11 +588,11 @@ impl Broker {
                             event.as_str()
                         ),
                     );
-                    self.emit(Event::ProtocolViolation { conn: id, error });
+                    self.emit(AppEvent::ProtocolViolation { conn: id, error });
                     return;
                 }
                 conn.extras_mut().notifies += 1;
-                self.emit(Event::Notify {
+                self.emit(AppEvent::Notify {
                     conn: id,
                     event,
                     payload,
@@ -632,7 +632,7 @@ impl Broker {
                     // One error frame: the closing one.
                     self.count_error(error.code);
                     let conn = self.conn_ref(slot).id;
-                    let event = Event::ProtocolViolation {
+                    let event = AppEvent::ProtocolViolation {
                         conn,
                         error: error.clone(),
                     };
@@ -673,12 +673,12 @@ impl Broker {
         }
         self.send_frame(slot, &Frame::Error { req, error: &error });
         let conn = self.conn_ref(slot).id;
-        self.emit(Event::ProtocolViolation { conn, error });
+        self.emit(AppEvent::ProtocolViolation { conn, error });
     }
 
     /// Queues an event for the application.
-    pub(crate) fn emit(&mut self, event: Event) {
-        self.out.push_back(Output::Event(Box::new(event)));
+    pub(crate) fn emit(&mut self, event: AppEvent) {
+        self.out.push_back(Output::App(Box::new(event)));
     }
 
     pub(crate) fn count_error(&mut self, code: ErrorCode) {

@@ -100,7 +100,7 @@ pub trait Codec: Send {
     }
 
     /// Whether the protocol ignores this client error silently: the client gets no answer and
-    /// the application no [`crate::Event::ProtocolViolation`] (etp ignores answers to unknown
+    /// the application no [`crate::AppEvent::ProtocolViolation`] (etp ignores answers to unknown
     /// requests).
     fn ignores(&self, error: &ProtocolError) -> bool {
         let _ = error;

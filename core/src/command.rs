@@ -124,7 +124,7 @@ pub enum Command {
         claim: Claim,
     },
     /// An event for the application that wants no answer (etp events with ack id 0, ksbus
-    /// messages to the server's own id): the application gets [`crate::Event::Notify`].
+    /// messages to the server's own id): the application gets [`crate::AppEvent::Notify`].
     Notify {
         /// The handler name.
         event: Name,

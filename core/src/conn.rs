@@ -76,7 +76,7 @@ pub(crate) struct Extras {
     pub(crate) requests: Vec<ReqId>,
     /// Server requests waiting for the client.
     pub(crate) acks: Vec<AckId>,
-    /// Events for the application that want no answer ([`crate::Event::Notify`]) whose
+    /// Events for the application that want no answer ([`crate::AppEvent::Notify`]) whose
     /// handlers have not finished ([`crate::Broker::notify_done`]).
     pub(crate) notifies: usize,
     /// The last server request id handed out (ids start at 1).

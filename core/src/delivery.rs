@@ -9,7 +9,7 @@ use crate::cursor::Cursor;
 use crate::encodings::{self, Encoded};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::history::StoredEvent;
-use crate::output::{Event, Gap, GapReason, Output};
+use crate::output::{AppEvent, Gap, GapReason, Output};
 use crate::payload::Payload;
 use crate::subs::Slot;
 use crate::timers::Timer;
@@ -29,7 +29,7 @@ impl Broker {
         if self.config.lifecycle_events {
             let (topic, from) = (topic.clone(), from.clone());
             let cursor = Cursor::new(self.config.epoch, seq);
-            self.emit(Event::Lifecycle(crate::output::Lifecycle::Published {
+            self.emit(AppEvent::Lifecycle(crate::output::Lifecycle::Published {
                 topic,
                 cursor,
                 from,
@@ -234,7 +234,7 @@ impl Broker {
             },
         }
         if newly {
-            self.emit(Event::SlowConsumer { conn: id, policy });
+            self.emit(AppEvent::SlowConsumer { conn: id, policy });
         }
     }
 
@@ -420,7 +420,7 @@ impl Broker {
                 ErrorCode::NoRecipient,
                 "the connection closed before answering",
             );
-            self.emit(Event::AckResult {
+            self.emit(AppEvent::AckResult {
                 conn: id,
                 ack,
                 result: Err(e),

@@ -1,7 +1,7 @@
 //! Errors: [`ApiError`] for adapter misuse, [`ProtocolError`] for what a peer did wrong.
 //!
 //! A misbehaving client is never an `Err` from [`crate::Broker::handle_input`]: it gets an error
-//! frame (and a close when fatal) and the application gets an [`crate::Event`].
+//! frame (and a close when fatal) and the application gets an [`crate::AppEvent`].
 
 use std::fmt;
 

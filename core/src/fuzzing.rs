@@ -256,13 +256,13 @@ impl Harness {
                         _ => panic!("transmit to unknown {conn}"),
                     }
                 }
-                Output::Close { conn, .. } => {
+                Output::Close { conn, .. } | Output::Drop { conn } => {
                     assert!(self.open.contains_key(&conn), "close of closed {conn}");
                 }
                 Output::KeepAlive { conn } | Output::Deliver { conn, .. } => {
                     panic!("native and SSE have keep-alive frames and no typed items: {conn}");
                 }
-                Output::Event(_) => {}
+                Output::App(_) => {}
             }
         }
         if let Some(t) = self.broker.poll_timeout() {

@@ -49,6 +49,6 @@ pub use error::{ApiError, ErrorCode, ProtocolError};
 pub use grants::{ClientIds, Grants};
 pub use ids::{AckId, ConnId, ConnIdHasher, ConnMap, ReqId};
 pub use input::Input;
-pub use output::{Delivery, Event, Gap, GapReason, Lifecycle, Output, Visibility};
+pub use output::{AppEvent, Delivery, Gap, GapReason, Lifecycle, Output, Visibility};
 pub use payload::Payload;
 pub use topic::{Name, NameLimits, Pattern, Topic};

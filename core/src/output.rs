@@ -1,4 +1,4 @@
-//! What comes out of the broker: [`Output`]s for the adapter, [`Event`]s for the application.
+//! What comes out of the broker: [`Output`]s for the adapter, [`AppEvent`]s for the application.
 
 use std::sync::Arc;
 
@@ -56,7 +56,7 @@ pub enum Output {
     },
     /// Something the application may want to act on (boxed: events are rare, and a small
     /// `Output` keeps the per-delivery queue traffic low).
-    Event(Box<Event>),
+    App(Box<AppEvent>),
 }
 
 /// What an in-process subscriber receives: the broker's frames as values, with nothing to
@@ -108,7 +108,7 @@ impl Delivery {
 /// Notifications for the application (server code embedding the broker).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
-pub enum Event {
+pub enum AppEvent {
     /// A connection's `Closed` was handled: it left its rooms, subscriptions and client id.
     Disconnected {
         /// The connection.

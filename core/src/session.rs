@@ -27,7 +27,7 @@ use crate::codec::Frame;
 use crate::conn::{CatchUp, ConnState, Sub, sees};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::grants::Grants;
-use crate::output::{Event, GapReason, Lifecycle, Visibility};
+use crate::output::{AppEvent, GapReason, Lifecycle, Visibility};
 use crate::parked::{Parked, SubscriptionChange};
 use crate::payload::Payload;
 use crate::subs::Slot;
@@ -65,7 +65,7 @@ impl Broker {
     /// Emits a lifecycle event when they are enabled (`make` runs only then).
     pub(crate) fn lifecycle(&mut self, make: impl FnOnce() -> Lifecycle) {
         if self.config.lifecycle_events {
-            self.emit(Event::Lifecycle(make()));
+            self.emit(AppEvent::Lifecycle(make()));
         }
     }
 
@@ -216,7 +216,7 @@ impl Broker {
         self.lifecycle(|| Lifecycle::ClientRemoved {
             client_id: client_id.clone(),
         });
-        self.emit(Event::SessionExpired { client_id });
+        self.emit(AppEvent::SessionExpired { client_id });
     }
 
     /// A connection claimed `client_id` (after `identify` succeeded): restores a parked session,

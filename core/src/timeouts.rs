@@ -7,7 +7,7 @@ use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::ConnId;
-use crate::output::{Event, Output};
+use crate::output::{AppEvent, Output};
 use crate::subs::Slot;
 use crate::timers::Timer;
 
@@ -119,7 +119,7 @@ impl Broker {
                 };
                 state.extras_mut().acks.swap_remove(i);
                 let e = ProtocolError::new(ErrorCode::Timeout, "the client did not answer in time");
-                self.emit(Event::AckResult {
+                self.emit(AppEvent::AckResult {
                     conn,
                     ack,
                     result: Err(e),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{NativeCodec, Sim, SseCodec, publish};
 use serde_json::{Value, json};
 use tidings_core::{
-    ApiError, ClientIds, Config, ConnId, Cursor, ErrorCode, Event, Grants, Input, Name, Pattern,
+    ApiError, AppEvent, ClientIds, Config, ConnId, Cursor, ErrorCode, Grants, Input, Name, Pattern,
     Payload, Recipient, SlowConsumerPolicy, Topic,
 };
 
@@ -374,7 +374,7 @@ fn client_requests_get_exactly_one_answer() {
     let mut sim = Sim::new(config);
     let a = sim.open(1, NativeCodec);
     sim.send(a, r#"{"op":"request","id":10,"event":"sum","data":[1,2]}"#);
-    let Some(Event::Request {
+    let Some(AppEvent::Request {
         conn,
         req,
         event,
@@ -449,7 +449,7 @@ fn server_requests_resolve_once_with_answer_timeout_or_close() {
     sim.send(a, &format!(r#"{{"op":"reply","id":{ack},"data":"yes"}}"#));
     assert_eq!(
         sim.take_events(),
-        vec![Event::AckResult {
+        vec![AppEvent::AckResult {
             conn: a,
             ack,
             result: Ok(text("yes"))
@@ -466,7 +466,7 @@ fn server_requests_resolve_once_with_answer_timeout_or_close() {
     sim.advance(Duration::from_millis(999));
     assert!(sim.take_events().is_empty());
     sim.advance(Duration::from_millis(1));
-    let Some(Event::AckResult {
+    let Some(AppEvent::AckResult {
         ack: got,
         result: Err(e),
         ..
@@ -482,9 +482,9 @@ fn server_requests_resolve_once_with_answer_timeout_or_close() {
     sim.close(a);
     let events = sim.take_events();
     assert!(
-        matches!(&events[0], Event::AckResult { ack, result: Err(e), .. } if *ack == ack3 && e.code == ErrorCode::NoRecipient)
+        matches!(&events[0], AppEvent::AckResult { ack, result: Err(e), .. } if *ack == ack3 && e.code == ErrorCode::NoRecipient)
     );
-    assert_eq!(events[1], Event::Disconnected { conn: a });
+    assert_eq!(events[1], AppEvent::Disconnected { conn: a });
     // SSE connections cannot answer.
     let s = sim.open(2, SseCodec);
     assert!(matches!(
@@ -516,7 +516,7 @@ fn slow_consumer_drop_and_gap_catches_up_from_history() {
     assert_eq!(n, 3, "three 252-byte frames fit in 1000 bytes");
     assert!(matches!(
         sim.take_events().as_slice(),
-        [Event::SlowConsumer {
+        [AppEvent::SlowConsumer {
             policy: SlowConsumerPolicy::DropAndGap,
             ..
         }]
@@ -693,7 +693,7 @@ fn bad_input_is_answered_and_isolated() {
     let violations = sim
         .take_events()
         .iter()
-        .filter(|e| matches!(e, Event::ProtocolViolation { conn, .. } if *conn == bad))
+        .filter(|e| matches!(e, AppEvent::ProtocolViolation { conn, .. } if *conn == bad))
         .count();
     assert_eq!(violations, 8);
     sim.send(

@@ -27,8 +27,8 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tidings_core::sse::{Decoder, Item};
 use tidings_core::{
-    Broker, Command, Config, ConnId, Cursor, Event, Grants, Input, Name, Output, Pattern, Payload,
-    SlowConsumerPolicy, Subscribe, Topic, Visibility, native,
+    AppEvent, Broker, Command, Config, ConnId, Cursor, Grants, Input, Name, Output, Pattern,
+    Payload, SlowConsumerPolicy, Subscribe, Topic, Visibility, native,
 };
 
 const TOPICS: [&str; 5] = ["a", "b", "a.x", "a.y", "b.x.y"];
@@ -393,7 +393,7 @@ impl Harness {
                     self.park(i);
                     to_close.push(conn);
                 }
-                Output::Event(e) => self.event(*e),
+                Output::App(e) => self.event(*e),
                 other => panic!("unknown output {other:?}"),
             }
         }
@@ -407,19 +407,19 @@ impl Harness {
         }
     }
 
-    fn event(&mut self, e: Event) {
+    fn event(&mut self, e: AppEvent) {
         match e {
-            Event::Request { conn, req, .. } => {
+            AppEvent::Request { conn, req, .. } => {
                 let i = self.index_of(conn);
                 self.conns[i].app_pending.push(req);
             }
-            Event::AckResult { conn, ack, .. } => {
+            AppEvent::AckResult { conn, ack, .. } => {
                 *self.acks_resolved.entry((conn, ack)).or_default() += 1;
                 if let Some(c) = self.conns.iter_mut().find(|c| c.id == conn) {
                     c.server_pending.retain(|a| *a != ack);
                 }
             }
-            Event::SessionExpired { client_id } => self.expired_got.push(client_id.to_string()),
+            AppEvent::SessionExpired { client_id } => self.expired_got.push(client_id.to_string()),
             _ => {}
         }
     }

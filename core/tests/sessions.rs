@@ -10,7 +10,7 @@ use common::{NativeCodec, Sim, SseCodec, publish};
 use serde_json::{Value, json};
 use tidings_core::sse::{Decoder, Item};
 use tidings_core::{
-    Config, ConnId, ErrorCode, Event, Lifecycle, Name, Pattern, Payload, Topic, Visibility,
+    AppEvent, Config, ConnId, ErrorCode, Lifecycle, Name, Pattern, Payload, Topic, Visibility,
 };
 
 fn name(s: &str) -> Name {
@@ -109,7 +109,7 @@ fn after_the_window_the_session_is_gone_and_reported() {
     sim.take_events();
     sim.advance(Duration::from_secs(61));
     assert!(sim.broker.parked_sessions().is_empty());
-    assert!(sim.take_events().contains(&Event::SessionExpired {
+    assert!(sim.take_events().contains(&AppEvent::SessionExpired {
         client_id: name("bob")
     }));
     let b = sim.open(2, NativeCodec);
@@ -150,7 +150,7 @@ fn parked_sessions_are_bounded_oldest_first() {
         sim.close(c);
     }
     assert_eq!(sim.broker.parked_sessions(), vec![&name("c2"), &name("c3")]);
-    assert!(sim.take_events().contains(&Event::SessionExpired {
+    assert!(sim.take_events().contains(&AppEvent::SessionExpired {
         client_id: name("c1")
     }));
     // Reconnecting and leaving again many times within the window keeps the bookkeeping small.
@@ -373,7 +373,7 @@ fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
     let has = |f: &dyn Fn(&Lifecycle) -> bool| {
         events
             .iter()
-            .any(|e| matches!(e, Event::Lifecycle(l) if f(l)))
+            .any(|e| matches!(e, AppEvent::Lifecycle(l) if f(l)))
     };
     assert!(has(
         &|l| matches!(l, Lifecycle::ClientNew { client_id, .. } if client_id.as_str() == "bob")
@@ -398,12 +398,16 @@ fn private_and_group_topics_are_seen_only_by_their_owner_and_members() {
     ));
     sim.close(bob);
     let events = sim.take_events();
-    assert!(events.contains(&Event::Lifecycle(Lifecycle::GroupRemoved {
-        room: name("team")
-    })));
-    assert!(events.contains(&Event::Lifecycle(Lifecycle::ClientRemoved {
-        client_id: name("bob")
-    })));
+    assert!(
+        events.contains(&AppEvent::Lifecycle(Lifecycle::GroupRemoved {
+            room: name("team")
+        }))
+    );
+    assert!(
+        events.contains(&AppEvent::Lifecycle(Lifecycle::ClientRemoved {
+            client_id: name("bob")
+        }))
+    );
     // Publishing to a declared topic is the ordinary publish.
     let now = sim.now;
     let payload = Payload::text("x").unwrap();

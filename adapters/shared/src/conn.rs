@@ -1,5 +1,5 @@
 //! What connection tasks and the driver exchange: a connection's [`Opening`], its messages to
-//! the driver ([`ConnMsg`], handed over with [`hand`]), and what its writer receives ([`Out`]).
+//! the driver ([`FromConn`], handed over with [`hand`]), and what its writer receives ([`ToConn`]).
 //!
 //! Its own module so that both sides import it from below: the driver does not know the
 //! connection tasks, and they do not reach into the driver for these types.
@@ -20,7 +20,7 @@ pub(crate) type PingReply = oneshot::Sender<Result<Duration, ProtocolError>>;
 
 /// What a connection's writer receives.
 #[derive(Debug)]
-pub(crate) enum Out {
+pub(crate) enum ToConn {
     /// Write this frame.
     Frame(Bytes),
     /// Send the transport's own keep-alive (a WebSocket ping with an empty payload).
@@ -74,7 +74,7 @@ pub(crate) struct Opening {
     /// Its wire format, handed to the broker.
     pub codec: Box<dyn Codec>,
     pub grants: Arc<Grants>,
-    pub outbox: Outbox<Out>,
+    pub outbox: Outbox<ToConn>,
     /// Dropped by the driver to stop the connection task at once.
     pub kill: Option<oneshot::Sender<()>>,
     /// Rooms to join (from the connect hook).
@@ -84,7 +84,7 @@ pub(crate) struct Opening {
 }
 
 /// From connection tasks, in order.
-pub(crate) enum ConnMsg {
+pub(crate) enum FromConn {
     Open(Box<Opening>),
     Command(ConnId, Command),
     /// The connection ended; with the client's WebSocket close code if it sent one.
@@ -96,7 +96,7 @@ pub(crate) enum Handing<'a> {
     /// Sent (`true`), or the driver is gone (`false`).
     Done(bool),
     /// The channel was full: the send waits in a box of its own.
-    Later(Pin<Box<flume::r#async::SendFut<'a, ConnMsg>>>),
+    Later(Pin<Box<flume::r#async::SendFut<'a, FromConn>>>),
 }
 
 impl Handing<'_> {
@@ -112,7 +112,7 @@ impl Handing<'_> {
 /// Sends a connection's message to the driver: at once if the channel has room (nearly always),
 /// else boxed. Awaiting `send_async` in place would make every connection task carry the send's
 /// state, message included, for its whole life.
-pub(crate) fn hand(to_driver: &flume::Sender<ConnMsg>, msg: ConnMsg) -> Handing<'_> {
+pub(crate) fn hand(to_driver: &flume::Sender<FromConn>, msg: FromConn) -> Handing<'_> {
     match to_driver.try_send(msg) {
         Ok(()) => Handing::Done(true),
         Err(flume::TrySendError::Disconnected(_)) => Handing::Done(false),

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use futures_channel::oneshot;
 use tidings_core::{ConnId, ConnMap, Stats};
 
-use crate::conn::{Kind, Out};
+use crate::conn::{Kind, ToConn};
 use crate::mailbox::{Outbox, SendError};
 use crate::metrics::ServerStats;
 use crate::registry::Disconnect;
@@ -14,9 +14,9 @@ use crate::registry::Disconnect;
 /// One open connection.
 pub(crate) struct Entry {
     pub(crate) kind: Kind,
-    outbox: Outbox<Out>,
+    outbox: Outbox<ToConn>,
     /// What this step queued for it, handed over at the step's end.
-    pending: VecDeque<Out>,
+    pending: VecDeque<ToConn>,
     /// `false` once the broker asked to close it: nothing more is handed out.
     pub(crate) open: bool,
     /// Never sent: dropping it (with the entry) stops the connection task at once.
@@ -46,7 +46,7 @@ impl ConnTable {
         &mut self,
         conn: ConnId,
         kind: Kind,
-        outbox: Outbox<Out>,
+        outbox: Outbox<ToConn>,
         kill: Option<oneshot::Sender<()>>,
     ) -> bool {
         if self.entries.contains_key(&conn) {
@@ -93,7 +93,7 @@ impl ConnTable {
     }
 
     /// Queues `out` for `conn` (if it is open and not closing) until the end of the step.
-    pub(crate) fn queue(&mut self, conn: ConnId, out: Out) {
+    pub(crate) fn queue(&mut self, conn: ConnId, out: ToConn) {
         if let Some(entry) = self.entries.get_mut(&conn)
             && entry.open
         {

@@ -21,7 +21,7 @@
 //!   ([`crate::mailbox`]): one hand-over per connection and step instead of one per frame. A full
 //!   outbox means its writer cannot keep up (or is gone): the connection is dropped.
 //! - `Drop` (a connection that did not close in time) stops the connection's task at once.
-//! - `Event`s go to the application ([`crate::events`]).
+//! - `AppEvent`s go to the application ([`crate::events`]).
 //!
 //! `handle_input` errors for connections that are already gone (a late `Flushed` or `Closed`)
 //! are expected and ignored.
@@ -34,7 +34,7 @@ use tidings_core::{
     AppOp, AppReply, Broker, ConnId, ErrorCode, Input, Output, Payload, ProtocolError,
 };
 
-use crate::conn::{ConnMsg, Kind, Opening, Out, PingReply};
+use crate::conn::{FromConn, Kind, Opening, PingReply, ToConn};
 use crate::conn_table::ConnTable;
 use crate::events::AppEvents;
 use crate::metrics::ServerStats;
@@ -45,7 +45,7 @@ use crate::runtime::Runtime;
 const BATCH: usize = 256;
 
 /// What the control channel carries.
-pub(crate) enum Ctl {
+pub(crate) enum Control {
     /// A writer wrote this many bytes of the connection's frames (flow-control credit).
     Flushed(ConnId, usize),
     /// An in-process subscription or an embedded SSE body opens (all their messages use this
@@ -78,8 +78,8 @@ pub(crate) enum Answer {
 
 /// How the driver ends up woken.
 enum Wake {
-    Ctl(Result<Ctl, flume::RecvError>),
-    Conn(Result<ConnMsg, flume::RecvError>),
+    Control(Result<Control, flume::RecvError>),
+    Conn(Result<FromConn, flume::RecvError>),
     Timer,
 }
 
@@ -88,8 +88,8 @@ pub(crate) struct Driver<R: Runtime> {
     rt: R,
     broker: Broker,
     conns: ConnTable,
-    ctl_rx: flume::Receiver<Ctl>,
-    conn_rx: flume::Receiver<ConnMsg>,
+    ctl_rx: flume::Receiver<Control>,
+    conn_rx: flume::Receiver<FromConn>,
     app: AppEvents,
     /// Client requests answered by an application handler.
     handled: u64,
@@ -101,8 +101,8 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(
         rt: R,
         broker: Broker,
-        ctl_rx: flume::Receiver<Ctl>,
-        conn_rx: flume::Receiver<ConnMsg>,
+        ctl_rx: flume::Receiver<Control>,
+        conn_rx: flume::Receiver<FromConn>,
         app: AppEvents,
     ) -> Self {
         Self {
@@ -125,7 +125,7 @@ impl<R: Runtime> Driver<R> {
             let wake = {
                 let ctl = async {
                     if ctl_open {
-                        Wake::Ctl(self.ctl_rx.recv_async().await)
+                        Wake::Control(self.ctl_rx.recv_async().await)
                     } else {
                         std::future::pending().await
                     }
@@ -148,9 +148,9 @@ impl<R: Runtime> Driver<R> {
             };
             let now = self.rt.now();
             match wake {
-                Wake::Ctl(Ok(msg)) => self.ctl(now, msg),
+                Wake::Control(Ok(msg)) => self.ctl(now, msg),
                 Wake::Conn(Ok(msg)) => self.conn_msg(now, msg),
-                Wake::Ctl(Err(_)) => ctl_open = false,
+                Wake::Control(Err(_)) => ctl_open = false,
                 Wake::Conn(Err(_)) => conn_open = false,
                 Wake::Timer => {}
             }
@@ -188,11 +188,11 @@ impl<R: Runtime> Driver<R> {
         handled
     }
 
-    fn conn_msg(&mut self, now: Instant, msg: ConnMsg) {
+    fn conn_msg(&mut self, now: Instant, msg: FromConn) {
         match msg {
-            ConnMsg::Open(opening) => self.open(now, *opening),
-            ConnMsg::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
-            ConnMsg::Closed(conn, code) => {
+            FromConn::Open(opening) => self.open(now, *opening),
+            FromConn::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
+            FromConn::Closed(conn, code) => {
                 if let Some(entry) = self.conns.get_mut(conn) {
                     entry.ending.get_or_insert(
                         code.map_or(Disconnect::Lost, |c| Disconnect::Client(Some(c))),
@@ -203,23 +203,23 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    fn ctl(&mut self, now: Instant, msg: Ctl) {
+    fn ctl(&mut self, now: Instant, msg: Control) {
         match msg {
-            Ctl::Flushed(conn, bytes) => {
+            Control::Flushed(conn, bytes) => {
                 if self.conns.get(conn).is_some() {
                     self.feed(now, Input::Flushed { conn, bytes });
                 }
             }
-            Ctl::Open(opening) => self.open(now, *opening),
-            Ctl::Closed(conn) => self.closed(now, conn),
-            Ctl::App(op, answer) => self.app_op(now, op, answer),
-            Ctl::Ping(conn, reply) => self.ping(conn, reply),
-            Ctl::Stats(reply) => {
+            Control::Open(opening) => self.open(now, *opening),
+            Control::Closed(conn) => self.closed(now, conn),
+            Control::App(op, answer) => self.app_op(now, op, answer),
+            Control::Ping(conn, reply) => self.ping(conn, reply),
+            Control::Stats(reply) => {
                 let (broker, epoch) = (self.broker.stats(), self.broker.config().epoch);
                 let _ = reply.send(self.conns.stats(broker, self.handled, epoch));
             }
             #[cfg(test)]
-            Ctl::Panic => panic!("the driver panics on purpose (a test)"),
+            Control::Panic => panic!("the driver panics on purpose (a test)"),
         }
     }
 
@@ -317,7 +317,7 @@ impl<R: Runtime> Driver<R> {
             Some(e) if !e.open => format!("connection {conn} is closing"),
             // If the connection is dropped instead (its outbox full, or gone), the reply is
             // dropped, which the hub reports as gone.
-            Some(_) => return self.conns.queue(conn, Out::Ping(reply)),
+            Some(_) => return self.conns.queue(conn, ToConn::Ping(reply)),
         };
         let _ = reply.send(Err(ProtocolError::new(ErrorCode::NoRecipient, why)));
     }
@@ -348,15 +348,17 @@ impl<R: Runtime> Driver<R> {
     fn drain(&mut self, now: Instant) {
         while let Some(out) = self.broker.poll_output() {
             match out {
-                Output::Transmit { conn, payload } => self.conns.queue(conn, Out::Frame(payload)),
-                Output::KeepAlive { conn } => self.conns.queue(conn, Out::KeepAlive),
-                Output::Deliver { conn, item } => self.conns.queue(conn, Out::Item(item)),
+                Output::Transmit { conn, payload } => {
+                    self.conns.queue(conn, ToConn::Frame(payload))
+                }
+                Output::KeepAlive { conn } => self.conns.queue(conn, ToConn::KeepAlive),
+                Output::Deliver { conn, item } => self.conns.queue(conn, ToConn::Item(item)),
                 Output::Close { conn, reason } => self.close(now, conn, reason),
                 Output::Drop { conn } => {
                     tracing::debug!(%conn, "did not close in time: dropped");
                     self.dead(now, conn);
                 }
-                Output::Event(event) => {
+                Output::App(event) => {
                     let ending = &self.ending;
                     let op = self.app.handle(&self.rt, *event, |conn| match ending {
                         Some((c, reason)) if *c == conn => reason.clone(),
@@ -384,7 +386,7 @@ impl<R: Runtime> Driver<R> {
                 .clone()
                 .map_or(Disconnect::Normal, Disconnect::Server)
         });
-        self.conns.queue(conn, Out::Close(reason));
+        self.conns.queue(conn, ToConn::Close(reason));
         if let Some(entry) = self.conns.get_mut(conn) {
             entry.open = false;
         }

@@ -1,5 +1,5 @@
 //! The application's side of the broker's events: hooks, request handlers and the callers
-//! waiting for an answer. The driver hands every [`Event`] here; nothing here decides policy
+//! waiting for an answer. The driver hands every [`AppEvent`] here; nothing here decides policy
 //! (the core did), it only delivers: a request goes to its handler (a task of its own, whose
 //! answer comes back as an [`AppOp::Reply`]), an ack result to the [`crate::Hub::request`] caller
 //! waiting for it, a disconnect to the hooks.
@@ -10,13 +10,13 @@ use std::sync::{Arc, RwLock};
 
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
-use tidings_core::{AckId, AppOp, ConnId, ErrorCode, Event, Name, Payload, ProtocolError};
+use tidings_core::{AckId, AppEvent, AppOp, ConnId, ErrorCode, Name, Payload, ProtocolError};
 
 use crate::registry::{Disconnect, Handler, Registry};
 use crate::runtime::Runtime;
 
 /// Where a handler's answer goes: back to the driver, as an application operation.
-pub(crate) type Answers = flume::WeakSender<crate::driver::Ctl>;
+pub(crate) type Answers = flume::WeakSender<crate::driver::Control>;
 
 /// The waiting callers and the registry of hooks and handlers.
 pub(crate) struct AppEvents {
@@ -66,11 +66,11 @@ impl AppEvents {
     pub(crate) fn handle(
         &mut self,
         rt: &impl Runtime,
-        event: Event,
+        event: AppEvent,
         ending: impl FnOnce(ConnId) -> Disconnect,
     ) -> Option<AppOp> {
         match event {
-            Event::Disconnected { conn } => {
+            AppEvent::Disconnected { conn } => {
                 let (hook, reason_hook) = self
                     .registry
                     .read()
@@ -84,7 +84,7 @@ impl AppEvents {
                     guarded("the disconnect hook", || hook(conn, &reason));
                 }
             }
-            Event::Request {
+            AppEvent::Request {
                 conn,
                 req,
                 event,
@@ -105,7 +105,7 @@ impl AppEvents {
                     AppOp::Reply { conn, req, result }
                 });
             }
-            Event::Notify {
+            AppEvent::Notify {
                 conn,
                 event,
                 payload,
@@ -118,12 +118,12 @@ impl AppEvents {
                     return Some(AppOp::NotifyDone { conn });
                 }
             },
-            Event::AckResult { conn, ack, result } => {
+            AppEvent::AckResult { conn, ack, result } => {
                 if let Some(waiter) = self.acks.remove(&(conn, ack)) {
                     let _ = waiter.send(result);
                 }
             }
-            Event::Lifecycle(event) => {
+            AppEvent::Lifecycle(event) => {
                 let hook = self
                     .registry
                     .read()
@@ -133,23 +133,23 @@ impl AppEvents {
                     guarded("the lifecycle hook", || hook(&event));
                 }
             }
-            Event::ProtocolViolation { conn, error } => {
+            AppEvent::ProtocolViolation { conn, error } => {
                 tracing::debug!(%conn, "protocol violation: {error}");
                 let hook = self.registry.read().ok().and_then(|r| r.on_error.clone());
                 if let Some(hook) = hook {
                     guarded("the error hook", || hook(conn, &error));
                 }
             }
-            Event::Stopped => {
+            AppEvent::Stopped => {
                 self.is_stopped = true;
                 for waiter in self.stopped.drain(..) {
                     let _ = waiter.send(());
                 }
             }
-            Event::SessionExpired { client_id } => {
+            AppEvent::SessionExpired { client_id } => {
                 tracing::debug!(client_id = client_id.as_str(), "session expired");
             }
-            Event::SlowConsumer { conn, policy } => {
+            AppEvent::SlowConsumer { conn, policy } => {
                 tracing::debug!(%conn, ?policy, "slow consumer");
             }
             other => tracing::debug!("unhandled event: {other:?}"),
@@ -191,7 +191,10 @@ impl AppEvents {
             });
             let op = then(result);
             let _ = answers
-                .send_async(crate::driver::Ctl::App(op, crate::driver::Answer::Nobody))
+                .send_async(crate::driver::Control::App(
+                    op,
+                    crate::driver::Answer::Nobody,
+                ))
                 .await;
         });
     }

@@ -40,8 +40,8 @@ use tidings_core::{
 
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
-use crate::conn::{ConnMsg, Kind, Opening, Out};
-use crate::driver::{Answer, Ctl, Driver};
+use crate::conn::{FromConn, Kind, Opening, ToConn};
+use crate::driver::{Answer, Control, Driver};
 use crate::events::AppEvents;
 use crate::http::Refusal;
 use crate::mailbox::mailbox;
@@ -83,8 +83,8 @@ impl From<ApiError> for HubError {
 }
 
 struct HubInner {
-    ctl: flume::Sender<Ctl>,
-    conns: flume::Sender<ConnMsg>,
+    ctl: flume::Sender<Control>,
+    conns: flume::Sender<FromConn>,
     next_conn: AtomicU64,
     registry: Arc<RwLock<Registry>>,
     limits: Limits,
@@ -175,7 +175,7 @@ impl Hub {
         ConnId(self.inner.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    pub(crate) fn conn_sender(&self) -> &flume::Sender<ConnMsg> {
+    pub(crate) fn conn_sender(&self) -> &flume::Sender<FromConn> {
         &self.inner.conns
     }
 
@@ -289,7 +289,10 @@ impl Hub {
         })
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Ctl) -> Result<T, HubError> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Result<T, HubError> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .ctl
@@ -306,7 +309,7 @@ impl Hub {
     /// [`HubError::Stopped`], [`HubError::Api`].
     pub async fn app(&self, op: AppOp) -> Result<AppReply, HubError> {
         match self
-            .call(|reply| Ctl::App(op, Answer::Reply(reply)))
+            .call(|reply| Control::App(op, Answer::Reply(reply)))
             .await?
         {
             AppReply::Refused(e) => Err(HubError::Api(e)),
@@ -428,7 +431,9 @@ impl Hub {
             payload,
             timeout,
         };
-        let answer = self.call(|reply| Ctl::App(op, Answer::Ack(reply))).await;
+        let answer = self
+            .call(|reply| Control::App(op, Answer::Ack(reply)))
+            .await;
         answer.unwrap_or_else(|_| {
             Err(ProtocolError::new(
                 ErrorCode::ShuttingDown,
@@ -471,7 +476,7 @@ impl Hub {
     /// `shutting_down` when the server stopped.
     pub async fn ping(&self, conn: ConnId, timeout: Duration) -> Result<Duration, ProtocolError> {
         let (reply, answer) = oneshot::channel();
-        if self.inner.ctl.send(Ctl::Ping(conn, reply)).is_err() {
+        if self.inner.ctl.send(Control::Ping(conn, reply)).is_err() {
             return Err(ProtocolError::new(
                 ErrorCode::ShuttingDown,
                 "the server has stopped",
@@ -500,7 +505,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn stats(&self) -> Result<ServerStats, HubError> {
-        self.call(Ctl::Stats).await
+        self.call(Control::Stats).await
     }
 
     /// Closes every connection with `shutting_down` (WebSocket close 1001, SSE streams end with
@@ -510,7 +515,7 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn shutdown(&self) -> Result<(), HubError> {
-        self.call(|reply| Ctl::App(AppOp::Shutdown, Answer::Stopped(reply)))
+        self.call(|reply| Control::App(AppOp::Shutdown, Answer::Stopped(reply)))
             .await
     }
 
@@ -571,7 +576,7 @@ impl Hub {
             registry.on_lifecycle = Some(Arc::new(hook));
         }
         let op = AppOp::LifecycleEvents(true);
-        let _ = self.inner.ctl.send(Ctl::App(op, Answer::Nobody));
+        let _ = self.inner.ctl.send(Control::App(op, Answer::Nobody));
     }
 
     /// Changes the subscriptions of a client, connected (it gets `tidings-unsubscribed` and
@@ -767,7 +772,7 @@ impl Hub {
         };
         self.inner
             .ctl
-            .send(Ctl::Open(Box::new(opening)))
+            .send(Control::Open(Box::new(opening)))
             .map_err(|_| HubError::Stopped)?;
         Ok(Subscription {
             writer: ConnWriter::new(conn, frames, self.inner.ctl.clone()),
@@ -843,11 +848,11 @@ impl Stream for Subscription {
                         "the subscription was dropped by the server",
                     ));
                 }
-                Poll::Ready(Some(Out::Close(reason))) => {
+                Poll::Ready(Some(ToConn::Close(reason))) => {
                     this.ended = true;
                     this.closed = reason;
                 }
-                Poll::Ready(Some(Out::Item(item))) => {
+                Poll::Ready(Some(ToConn::Item(item))) => {
                     // Taken is consumed here (no socket to write to): credited at once.
                     this.writer.flushed();
                     if let Some(item) = received(&item) {
@@ -855,7 +860,7 @@ impl Stream for Subscription {
                     }
                 }
                 // Never handed to in-process subscriptions (their codec makes typed items only).
-                Poll::Ready(Some(Out::Frame(_) | Out::Ping(_) | Out::KeepAlive)) => {}
+                Poll::Ready(Some(ToConn::Frame(_) | ToConn::Ping(_) | ToConn::KeepAlive)) => {}
             }
         }
     }
@@ -863,7 +868,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.writer.ctl().send(Ctl::Closed(self.writer.conn()));
+        let _ = self.writer.ctl().send(Control::Closed(self.writer.conn()));
     }
 }
 
@@ -963,7 +968,7 @@ mod tests {
                     .is_none(),
                 "a running driver has not failed"
             );
-            hub.inner.ctl.send(Ctl::Panic).unwrap();
+            hub.inner.ctl.send(Control::Panic).unwrap();
             let too_late = async {
                 Threads
                     .sleep_until(Instant::now() + Duration::from_secs(10))

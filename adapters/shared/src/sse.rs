@@ -19,9 +19,9 @@ use tidings_core::sse::SseCodec;
 use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
 use crate::auth::Authenticated;
-use crate::conn::{ConnMsg, Out, hand};
+use crate::conn::{FromConn, ToConn, hand};
 use crate::ctx::ConnCtx;
-use crate::driver::Ctl;
+use crate::driver::Control;
 use crate::hub::Hub;
 use crate::io::with_timeout;
 use crate::request::RequestHead;
@@ -57,7 +57,7 @@ const COALESCE: Bound = Bound {
 
 enum Step {
     Killed,
-    Out(Option<Out>),
+    ToConn(Option<ToConn>),
     /// The client closed its side, or the connection failed.
     Gone,
 }
@@ -108,7 +108,7 @@ where
         let rt = &ctx.rt;
         let hub = &ctx.hub;
         let to_driver = hub.conn_sender();
-        if !hand(to_driver, ConnMsg::Open(opening)).sent().await {
+        if !hand(to_driver, FromConn::Open(opening)).sent().await {
             return;
         }
         let write_timeout = ctx.write_timeout;
@@ -119,7 +119,7 @@ where
                     let _ = (&mut kill).await;
                     Step::Killed
                 };
-                let out = async { Step::Out(writer.recv().await) };
+                let out = async { Step::ToConn(writer.recv().await) };
                 let gone = async {
                     let mut scratch = [0u8; 64];
                     loop {
@@ -132,8 +132,8 @@ where
                 killed.or(out).or(gone).await
             };
             let first = match step {
-                Step::Killed | Step::Gone | Step::Out(None) => break,
-                Step::Out(Some(first)) => first,
+                Step::Killed | Step::Gone | Step::ToConn(None) => break,
+                Step::ToConn(Some(first)) => first,
             };
             // One write: the response head (first time), `first` and what else is queued.
             let mut frames: Vec<Bytes> = Vec::new();
@@ -141,10 +141,10 @@ where
             let mut next = Some(first);
             while let Some(out) = next.take() {
                 match out {
-                    Out::Frame(frame) => frames.push(frame),
+                    ToConn::Frame(frame) => frames.push(frame),
                     // Not handed to streams (the driver refuses): dropping the reply says so.
-                    Out::Ping(_) | Out::KeepAlive | Out::Item(_) => {}
-                    Out::Close(reason) => {
+                    ToConn::Ping(_) | ToConn::KeepAlive | ToConn::Item(_) => {}
+                    ToConn::Close(reason) => {
                         if let Some(reason) = &reason {
                             tracing::debug!(conn = %writer.conn(), "closing the stream: {reason}");
                         }
@@ -192,7 +192,7 @@ where
                 break;
             }
         }
-        hand(to_driver, ConnMsg::Closed(writer.conn(), None))
+        hand(to_driver, FromConn::Closed(writer.conn(), None))
             .sent()
             .await;
     }
@@ -251,7 +251,7 @@ impl SseBody {
         );
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.
-        let ended = writer.ctl().send(Ctl::Open(Box::new(opening))).is_err();
+        let ended = writer.ctl().send(Control::Open(Box::new(opening))).is_err();
         Self { writer, ended }
     }
 }
@@ -273,10 +273,10 @@ impl futures_util::Stream for SseBody {
         loop {
             match this.writer.poll_recv(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Out::Frame(frame))) => return Poll::Ready(Some(frame)),
+                Poll::Ready(Some(ToConn::Frame(frame))) => return Poll::Ready(Some(frame)),
                 // Not handed to streams (the driver refuses): dropping the reply says so.
-                Poll::Ready(Some(Out::Ping(_) | Out::KeepAlive | Out::Item(_))) => {}
-                Poll::Ready(Some(Out::Close(_)) | None) => {
+                Poll::Ready(Some(ToConn::Ping(_) | ToConn::KeepAlive | ToConn::Item(_))) => {}
+                Poll::Ready(Some(ToConn::Close(_)) | None) => {
                     this.ended = true;
                     return Poll::Ready(None);
                 }
@@ -287,7 +287,7 @@ impl futures_util::Stream for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        let _ = self.writer.ctl().send(Ctl::Closed(self.writer.conn()));
+        let _ = self.writer.ctl().send(Control::Closed(self.writer.conn()));
     }
 }
 

@@ -8,7 +8,7 @@
 //!   and frame bytes, so one write carries many frames while a blocked write holds little;
 //! - **credit**: the frame bytes taken are reported to the driver as written
 //!   ([`ConnWriter::flushed`], the core's `Flushed`) once the transport has written them;
-//! - **the end**: a batch ends at `Out::Close`, which the transport maps to its own close, and
+//! - **the end**: a batch ends at `ToConn::Close`, which the transport maps to its own close, and
 //!   nothing after it is taken; `None` means the driver dropped the connection.
 //!
 //! Each transport keeps only its framing (WebSocket frame headers, SSE text as the core encoded
@@ -19,8 +19,8 @@ use std::task::{Context, Poll};
 
 use tidings_core::ConnId;
 
-use crate::conn::Out;
-use crate::driver::Ctl;
+use crate::conn::ToConn;
+use crate::driver::Control;
 use crate::mailbox::Inbox;
 
 /// How much one batch takes at most: it ends once either is reached (the entry that reaches
@@ -36,9 +36,9 @@ pub(crate) struct Bound {
 /// A connection's outbox with the batch and credit bookkeeping of its writer.
 pub(crate) struct ConnWriter {
     conn: ConnId,
-    inbox: Inbox<Out>,
+    inbox: Inbox<ToConn>,
     /// Where the credit goes.
-    ctl: flume::Sender<Ctl>,
+    ctl: flume::Sender<Control>,
     /// Frame bytes taken and not yet reported as written.
     unflushed: usize,
     /// Entries taken in the current batch. (With `closed`, one word: the writer lives in every
@@ -50,7 +50,7 @@ pub(crate) struct ConnWriter {
 
 impl ConnWriter {
     /// The writer of `conn`'s outbox `inbox`, reporting credit on `ctl`.
-    pub(crate) fn new(conn: ConnId, inbox: Inbox<Out>, ctl: flume::Sender<Ctl>) -> Self {
+    pub(crate) fn new(conn: ConnId, inbox: Inbox<ToConn>, ctl: flume::Sender<Control>) -> Self {
         Self {
             conn,
             inbox,
@@ -67,18 +67,18 @@ impl ConnWriter {
     }
 
     /// The driver's control channel (for connections that report everything there).
-    pub(crate) fn ctl(&self) -> &flume::Sender<Ctl> {
+    pub(crate) fn ctl(&self) -> &flume::Sender<Control> {
         &self.ctl
     }
 
     /// Waits for the next entry, which starts a batch; `None` once the driver dropped the
     /// connection (or is gone) and everything was taken.
-    pub(crate) async fn recv(&mut self) -> Option<Out> {
+    pub(crate) async fn recv(&mut self) -> Option<ToConn> {
         poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// [`ConnWriter::recv`] as a poll function (for `Stream` implementations).
-    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Out>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<ToConn>> {
         let out = std::task::ready!(self.inbox.poll_recv(cx));
         self.taken = 0;
         self.closed = false;
@@ -87,7 +87,7 @@ impl ConnWriter {
 
     /// The next entry of the batch, if one is queued, the batch is within `bound` and it took
     /// no close.
-    pub(crate) fn more(&mut self, bound: Bound) -> Option<Out> {
+    pub(crate) fn more(&mut self, bound: Bound) -> Option<ToConn> {
         if self.closed || self.taken as usize >= bound.entries || self.unflushed >= bound.bytes {
             return None;
         }
@@ -96,13 +96,13 @@ impl ConnWriter {
     }
 
     /// Books an entry taken.
-    fn took(&mut self, out: Option<Out>) -> Option<Out> {
+    fn took(&mut self, out: Option<ToConn>) -> Option<ToConn> {
         match &out {
-            Some(Out::Frame(frame)) => self.unflushed += frame.len(),
+            Some(ToConn::Frame(frame)) => self.unflushed += frame.len(),
             // Counted against the credit like a frame, by the core's measure.
-            Some(Out::Item(item)) => self.unflushed += item.size(),
-            Some(Out::Close(_)) => self.closed = true,
-            Some(Out::Ping(_) | Out::KeepAlive) | None => {}
+            Some(ToConn::Item(item)) => self.unflushed += item.size(),
+            Some(ToConn::Close(_)) => self.closed = true,
+            Some(ToConn::Ping(_) | ToConn::KeepAlive) | None => {}
         }
         if out.is_some() {
             self.taken = self.taken.saturating_add(1);
@@ -127,7 +127,7 @@ impl ConnWriter {
     pub(crate) fn flushed(&mut self) {
         if self.unflushed > 0 {
             // A send fails only once the driver is gone, when credit no longer matters.
-            let _ = self.ctl.send(Ctl::Flushed(self.conn, self.unflushed));
+            let _ = self.ctl.send(Control::Flushed(self.conn, self.unflushed));
             self.unflushed = 0;
         }
     }
@@ -142,8 +142,8 @@ mod tests {
     use tidings_core::{ConnId, ErrorCode, ProtocolError};
 
     use super::{Bound, ConnWriter};
-    use crate::conn::Out;
-    use crate::driver::Ctl;
+    use crate::conn::ToConn;
+    use crate::driver::Control;
     use crate::mailbox::{Outbox, mailbox};
 
     const ANY: Bound = Bound {
@@ -151,26 +151,26 @@ mod tests {
         bytes: usize::MAX,
     };
 
-    fn writer() -> (Outbox<Out>, ConnWriter, flume::Receiver<Ctl>) {
+    fn writer() -> (Outbox<ToConn>, ConnWriter, flume::Receiver<Control>) {
         let (outbox, inbox) = mailbox(64);
         let (ctl, credit) = flume::unbounded();
         (outbox, ConnWriter::new(ConnId(7), inbox, ctl), credit)
     }
 
-    fn frame(len: usize) -> Out {
-        Out::Frame(Bytes::from(vec![b'x'; len]))
+    fn frame(len: usize) -> ToConn {
+        ToConn::Frame(Bytes::from(vec![b'x'; len]))
     }
 
-    fn send(outbox: &Outbox<Out>, outs: impl IntoIterator<Item = Out>) {
-        let mut batch: VecDeque<Out> = outs.into_iter().collect();
+    fn send(outbox: &Outbox<ToConn>, outs: impl IntoIterator<Item = ToConn>) {
+        let mut batch: VecDeque<ToConn> = outs.into_iter().collect();
         outbox.send_batch(&mut batch).unwrap();
     }
 
     /// The credits reported so far.
-    fn credits(ctl: &flume::Receiver<Ctl>) -> Vec<usize> {
+    fn credits(ctl: &flume::Receiver<Control>) -> Vec<usize> {
         ctl.try_iter()
             .map(|msg| match msg {
-                Ctl::Flushed(conn, bytes) => {
+                Control::Flushed(conn, bytes) => {
                     assert_eq!(conn, ConnId(7));
                     bytes
                 }
@@ -179,9 +179,9 @@ mod tests {
             .collect()
     }
 
-    fn len(out: Option<Out>) -> Option<usize> {
+    fn len(out: Option<ToConn>) -> Option<usize> {
         match out {
-            Some(Out::Frame(f)) => Some(f.len()),
+            Some(ToConn::Frame(f)) => Some(f.len()),
             _ => None,
         }
     }
@@ -235,10 +235,10 @@ mod tests {
         let reason = ProtocolError::new(ErrorCode::ShuttingDown, "bye");
         send(
             &outbox,
-            [frame(3), Out::Close(Some(reason.clone())), frame(4)],
+            [frame(3), ToConn::Close(Some(reason.clone())), frame(4)],
         );
         assert_eq!(len(block_on(w.recv())), Some(3));
-        assert!(matches!(w.more(ANY), Some(Out::Close(Some(r))) if r == reason));
+        assert!(matches!(w.more(ANY), Some(ToConn::Close(Some(r))) if r == reason));
         assert!(w.more(ANY).is_none(), "the batch ended with the close");
         w.flushed();
         assert_eq!(credits(&ctl), vec![3], "the close is no frame");
@@ -252,10 +252,13 @@ mod tests {
         // One frame per poll (an SSE body): credited when the next one is asked for.
         send(
             &outbox,
-            [frame(5), Out::Ping(futures_channel::oneshot::channel().0)],
+            [
+                frame(5),
+                ToConn::Ping(futures_channel::oneshot::channel().0),
+            ],
         );
         assert_eq!(len(block_on(w.recv())), Some(5));
-        assert!(matches!(block_on(w.recv()), Some(Out::Ping(_))));
+        assert!(matches!(block_on(w.recv()), Some(ToConn::Ping(_))));
         assert_eq!(w.unflushed(), 5, "a ping is no frame");
         w.flushed();
         w.flushed();

@@ -32,7 +32,7 @@ use tidings_core::codec::Codec;
 use tidings_core::{Claim, Command, ErrorCode, ProtocolError};
 
 use crate::auth::Authenticated;
-use crate::conn::{ConnMsg, Opening, Out, PingReply, hand};
+use crate::conn::{FromConn, Opening, PingReply, ToConn, hand};
 use crate::ctx::ConnCtx;
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
@@ -100,7 +100,7 @@ impl Pings {
 
 enum Step {
     Killed,
-    Out(Option<Out>),
+    ToConn(Option<ToConn>),
     Read(Option<Result<Message, WsError>>),
 }
 
@@ -147,7 +147,7 @@ where
         let rt = &ctx.rt;
         let hub = &ctx.hub;
         let to_driver = hub.conn_sender();
-        if !hand(to_driver, ConnMsg::Open(opening)).sent().await {
+        if !hand(to_driver, FromConn::Open(opening)).sent().await {
             return;
         }
         let limits = hub.limits();
@@ -163,7 +163,7 @@ where
                     let _ = (&mut kill).await;
                     Step::Killed
                 };
-                let out = async { Step::Out(writer.recv().await) };
+                let out = async { Step::ToConn(writer.recv().await) };
                 let read = async {
                     if reading {
                         Step::Read(ws.next().await)
@@ -174,11 +174,11 @@ where
                 killed.or(out).or(read).await
             };
             match step {
-                Step::Killed | Step::Out(None) => break,
+                Step::Killed | Step::ToConn(None) => break,
                 // The client closed (tungstenite answers that by itself): nothing more may follow
                 // its close frame, and the read side ends the loop next.
-                Step::Out(Some(_)) if peer_close.is_some() => {}
-                Step::Out(Some(first)) => {
+                Step::ToConn(Some(_)) if peer_close.is_some() => {}
+                Step::ToConn(Some(first)) => {
                     // Boxed, like the close below: these futures are large and short-lived; in
                     // place they would enlarge every idle connection's task.
                     let write = Box::pin(with_timeout(
@@ -230,7 +230,7 @@ where
                     }
                     let mut gone = false;
                     for cmd in cmds {
-                        if !hand(to_driver, ConnMsg::Command(writer.conn(), cmd))
+                        if !hand(to_driver, FromConn::Command(writer.conn(), cmd))
                             .sent()
                             .await
                         {
@@ -263,7 +263,7 @@ where
                         error,
                         fatal: true,
                     };
-                    if !hand(to_driver, ConnMsg::Command(writer.conn(), cmd))
+                    if !hand(to_driver, FromConn::Command(writer.conn(), cmd))
                         .sent()
                         .await
                     {
@@ -272,7 +272,7 @@ where
                 }
             }
         }
-        hand(to_driver, ConnMsg::Closed(writer.conn(), peer_close))
+        hand(to_driver, FromConn::Closed(writer.conn(), peer_close))
             .sent()
             .await;
     }
@@ -292,7 +292,7 @@ async fn write_batch<R, S>(
     rt: &R,
     ws: &mut WebSocketStream<S>,
     writer: &mut ConnWriter,
-    first: Out,
+    first: ToConn,
     pings: &mut Pings,
 ) -> Result<Option<Option<ProtocolError>>, WsError>
 where
@@ -301,7 +301,7 @@ where
 {
     // Sized for what is queued (frames of one publish burst are alike), so that it rarely grows.
     let guess = match &first {
-        Out::Frame(f) => (f.len() + 10) * (1 + writer.queued()).min(BATCH.entries),
+        ToConn::Frame(f) => (f.len() + 10) * (1 + writer.queued()).min(BATCH.entries),
         _ => 0,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(guess.min(COALESCE_BYTES + 1024));
@@ -309,7 +309,7 @@ where
     ws.flush().await?;
     while let Some(out) = next.take() {
         match out {
-            Out::Frame(frame) => {
+            ToConn::Frame(frame) => {
                 // A text frame of the shared bytes as they are: the core encoded valid UTF-8
                 // JSON once; checking it again per connection would cost a pass over every
                 // frame for every subscriber.
@@ -321,20 +321,20 @@ where
             control => {
                 write_raw(ws, &mut buf).await?;
                 match control {
-                    Out::Close(reason) => {
+                    ToConn::Close(reason) => {
                         ws.flush().await?;
                         return Ok(Some(reason));
                     }
-                    Out::Ping(reply) => {
+                    ToConn::Ping(reply) => {
                         if let Some(payload) = pings.start(rt.now(), reply) {
                             ws.feed(Message::Ping(payload)).await?;
                         }
                     }
                     // Protocols without keep-alive frames of their own (ksbus, etp) get a
                     // WebSocket ping, whose pong counts as activity.
-                    Out::KeepAlive => ws.feed(Message::Ping(Bytes::new())).await?,
+                    ToConn::KeepAlive => ws.feed(Message::Ping(Bytes::new())).await?,
                     // Typed items are for in-process subscriptions only.
-                    Out::Frame(_) | Out::Item(_) => {}
+                    ToConn::Frame(_) | ToConn::Item(_) => {}
                 }
             }
         }

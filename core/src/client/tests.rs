@@ -53,7 +53,7 @@ struct Pair {
     states: Vec<State>,
     requests: Vec<(ServerRequestId, Name, Payload)>,
     /// Application events of the broker.
-    app: Vec<crate::Event>,
+    app: Vec<crate::AppEvent>,
     /// Every frame the client wrote.
     sent: Vec<String>,
     /// Server frames delivered to the client since the connection opened.
@@ -175,7 +175,7 @@ impl Pair {
                         let _ = self.broker.handle_input(self.now, Input::Closed { conn });
                         self.client.handle_disconnected(self.now, Reason::Closed);
                     }
-                    Output::Event(e) => self.app.push(*e),
+                    Output::App(e) => self.app.push(*e),
                     _ => {}
                 }
             }
@@ -456,7 +456,7 @@ fn requests_time_out_and_late_answers_are_dropped() {
         .app
         .iter()
         .find_map(|e| match e {
-            crate::Event::Request { conn, req, .. } => Some((*conn, *req)),
+            crate::AppEvent::Request { conn, req, .. } => Some((*conn, *req)),
             _ => None,
         })
         .expect("the application was asked");
@@ -479,7 +479,7 @@ fn requests_time_out_and_late_answers_are_dropped() {
         .iter()
         .rev()
         .find_map(|e| match e {
-            crate::Event::Request { req, .. } => Some(*req),
+            crate::AppEvent::Request { req, .. } => Some(*req),
             _ => None,
         })
         .unwrap();
@@ -703,7 +703,7 @@ fn server_requests_are_answered_once_per_connection() {
     p.drive();
     assert!(p.app.iter().any(|e| matches!(
         e,
-        crate::Event::AckResult { ack: a, result: Ok(pl), .. } if *a == ack && pl.as_str() == "yes"
+        crate::AppEvent::AckResult { ack: a, result: Ok(pl), .. } if *a == ack && pl.as_str() == "yes"
     )));
     // A request from a connection that is gone cannot be answered on the next one.
     p.broker

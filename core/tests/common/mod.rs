@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use tidings_core::{
-    Broker, Command, Config, ConnId, Event, Grants, Input, Output, ProtocolError, native,
+    AppEvent, Broker, Command, Config, ConnId, Grants, Input, Output, ProtocolError, native,
 };
 
 #[allow(unused_imports)]
@@ -29,7 +29,7 @@ pub struct Sim {
     pub closed: HashMap<ConnId, Option<ProtocolError>>,
     /// Connections the broker dropped (they did not close in time).
     pub dropped: Vec<ConnId>,
-    pub events: Vec<Event>,
+    pub events: Vec<AppEvent>,
     /// Report every transmit as flushed right away (a fast reader).
     pub auto_flush: bool,
 }
@@ -62,7 +62,7 @@ impl Sim {
                     self.closed.insert(conn, reason);
                 }
                 Output::Drop { conn } => self.dropped.push(conn),
-                Output::Event(e) => self.events.push(*e),
+                Output::App(e) => self.events.push(*e),
                 other => panic!("unexpected output {other:?}"),
             }
         }
@@ -168,7 +168,7 @@ impl Sim {
             .collect()
     }
 
-    pub fn take_events(&mut self) -> Vec<Event> {
+    pub fn take_events(&mut self) -> Vec<AppEvent> {
         std::mem::take(&mut self.events)
     }
 }

@@ -16,8 +16,8 @@ use tidings_core::{
     Payload, ProtocolError, Subscribe, Topic,
 };
 
-use super::{Answer, Ctl, Driver};
-use crate::conn::{ConnMsg, Kind, Opening, Out};
+use super::{Answer, Control, Driver};
+use crate::conn::{FromConn, Kind, Opening, ToConn};
 use crate::events::AppEvents;
 use crate::mailbox::{Inbox, mailbox};
 use crate::registry::{Disconnect, Registry};
@@ -52,18 +52,18 @@ struct Bench {
     disconnects: Arc<Mutex<Vec<(ConnId, Disconnect)>>>,
     config: Config,
     /// Keeps the control channel open (the driver's handlers answer through it).
-    _ctl: flume::Sender<Ctl>,
+    _ctl: flume::Sender<Control>,
 }
 
 /// A connection as its task sees it: its outbox and whether the driver stopped it.
 struct Peer {
     conn: ConnId,
-    inbox: Inbox<Out>,
+    inbox: Inbox<ToConn>,
     killed: oneshot::Receiver<()>,
 }
 
 impl Peer {
-    fn take(&mut self) -> Vec<Out> {
+    fn take(&mut self) -> Vec<ToConn> {
         std::iter::from_fn(|| self.inbox.try_recv()).collect()
     }
 
@@ -142,7 +142,7 @@ impl Bench {
             commands: vec![subscribe],
         };
         let now = self.now();
-        self.driver.conn_msg(now, ConnMsg::Open(Box::new(opening)));
+        self.driver.conn_msg(now, FromConn::Open(Box::new(opening)));
         self.driver.step(now);
         let mut peer = Peer {
             conn,
@@ -157,7 +157,7 @@ impl Bench {
     fn app(&mut self, op: AppOp) -> AppReply {
         let (tx, mut rx) = oneshot::channel();
         let now = self.now();
-        self.driver.ctl(now, Ctl::App(op, Answer::Reply(tx)));
+        self.driver.ctl(now, Control::App(op, Answer::Reply(tx)));
         self.driver.step(now);
         rx.try_recv().unwrap().expect("answered in the same step")
     }
@@ -178,7 +178,7 @@ impl Bench {
     fn dead(&mut self) -> u64 {
         let (tx, mut rx) = oneshot::channel();
         let now = self.now();
-        self.driver.ctl(now, Ctl::Stats(tx));
+        self.driver.ctl(now, Control::Stats(tx));
         rx.try_recv().unwrap().unwrap().dead_connections
     }
 }
@@ -195,7 +195,7 @@ fn a_connection_that_does_not_close_within_the_grace_is_dropped() {
     assert_eq!(b.app(op), AppReply::Done);
     let outs = peer.take();
     assert!(
-        matches!(outs.as_slice(), [Out::Frame(_), Out::Close(Some(r))] if *r == reason),
+        matches!(outs.as_slice(), [ToConn::Frame(_), ToConn::Close(Some(r))] if *r == reason),
         "the error frame, then the close: {outs:?}"
     );
     // Nothing more is handed out once it is closing.
@@ -224,18 +224,18 @@ fn a_shutdown_completes_when_every_connection_is_gone_or_at_the_deadline() {
     let (tx, mut stopped) = oneshot::channel();
     let now = b.now();
     b.driver
-        .ctl(now, Ctl::App(AppOp::Shutdown, Answer::Stopped(tx)));
+        .ctl(now, Control::App(AppOp::Shutdown, Answer::Stopped(tx)));
     b.driver.step(now);
     for peer in [&mut polite, &mut stuck] {
         let outs = peer.take();
         assert!(
-            matches!(outs.last(), Some(Out::Close(Some(r))) if r.code == ErrorCode::ShuttingDown),
+            matches!(outs.last(), Some(ToConn::Close(Some(r))) if r.code == ErrorCode::ShuttingDown),
             "{outs:?}"
         );
     }
     // One closes as asked; the other never does.
     b.driver
-        .conn_msg(now, ConnMsg::Closed(polite.conn, Some(1001)));
+        .conn_msg(now, FromConn::Closed(polite.conn, Some(1001)));
     b.driver.step(now);
     assert_eq!(stopped.try_recv(), Ok(None), "one connection is left");
 
@@ -249,7 +249,7 @@ fn a_shutdown_completes_when_every_connection_is_gone_or_at_the_deadline() {
     // A later shutdown call is answered at once.
     let (tx, mut again) = oneshot::channel();
     b.driver
-        .ctl(now, Ctl::App(AppOp::Shutdown, Answer::Stopped(tx)));
+        .ctl(now, Control::App(AppOp::Shutdown, Answer::Stopped(tx)));
     assert_eq!(again.try_recv(), Ok(Some(())));
 }
 
@@ -266,7 +266,7 @@ fn a_connection_whose_outbox_is_full_is_dropped_and_the_others_are_served() {
             event: None,
             payload: Payload::text(format!("e{i}")).unwrap(),
         };
-        b.driver.ctl(now, Ctl::App(op, Answer::Nobody));
+        b.driver.ctl(now, Control::App(op, Answer::Nobody));
     }
     b.driver.step(now);
     assert!(slow.stopped(), "its batch did not fit its outbox");
@@ -285,7 +285,7 @@ fn in_process_subscriptions_get_typed_items_in_one_batch() {
         .take()
         .into_iter()
         .map(|out| match out {
-            Out::Item(item) => match &*item {
+            ToConn::Item(item) => match &*item {
                 Delivery::Event { topic, payload, .. } => {
                     format!("{}={}", topic.as_str(), payload.as_str())
                 }
@@ -308,13 +308,13 @@ fn a_request_nobody_handles_is_answered_at_once_and_handled_ones_through_their_t
         payload: Payload::text("?").unwrap(),
     };
     b.driver
-        .conn_msg(now, ConnMsg::Command(client.conn, ask(7, "nobody")));
+        .conn_msg(now, FromConn::Command(client.conn, ask(7, "nobody")));
     b.driver.step(now);
     let frames: Vec<String> = client
         .take()
         .into_iter()
         .filter_map(|o| match o {
-            Out::Frame(f) => Some(String::from_utf8(f.to_vec()).unwrap()),
+            ToConn::Frame(f) => Some(String::from_utf8(f.to_vec()).unwrap()),
             _ => None,
         })
         .collect();
@@ -330,7 +330,7 @@ fn a_request_nobody_handles_is_answered_at_once_and_handled_ones_through_their_t
     let (ctl_tx, ctl_rx) = flume::unbounded();
     b.driver.app = AppEvents::new(registry, ctl_tx.downgrade());
     b.driver
-        .conn_msg(now, ConnMsg::Command(client.conn, ask(8, "echo")));
+        .conn_msg(now, FromConn::Command(client.conn, ask(8, "echo")));
     assert!(
         client.take().is_empty(),
         "nothing until the handler answers"
@@ -345,10 +345,10 @@ fn a_request_nobody_handles_is_answered_at_once_and_handled_ones_through_their_t
     b.driver.step(now);
     let frames = client.take();
     assert!(
-        matches!(&frames[..], [Out::Frame(f)] if f.starts_with(br#"{"type":"ok","id":8"#)),
+        matches!(&frames[..], [ToConn::Frame(f)] if f.starts_with(br#"{"type":"ok","id":8"#)),
         "{frames:?}"
     );
     let (tx, mut rx) = oneshot::channel();
-    b.driver.ctl(now, Ctl::Stats(tx));
+    b.driver.ctl(now, Control::Stats(tx));
     assert_eq!(rx.try_recv().unwrap().unwrap().handled_requests, 1);
 }
