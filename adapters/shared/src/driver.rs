@@ -28,53 +28,18 @@
 
 use std::time::Instant;
 
-use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
-use tidings_core::{
-    AppOp, AppReply, Broker, ConnId, ErrorCode, Input, Output, Payload, ProtocolError,
-};
+use tidings_core::{AppOp, AppReply, Broker, ConnId, ErrorCode, Input, Output, ProtocolError};
 
 use crate::conn::{FromConn, Kind, Opening, PingReply, ToConn};
 use crate::conn_table::ConnTable;
+use crate::control::{Answer, Control};
 use crate::events::AppEvents;
-use crate::metrics::ServerStats;
 use crate::registry::Disconnect;
 use crate::runtime::Runtime;
 
 /// Messages handled per channel per wakeup before timers are checked again.
 const BATCH: usize = 256;
-
-/// What the control channel carries.
-pub(crate) enum Control {
-    /// A writer wrote this many bytes of the connection's frames (flow-control credit).
-    Flushed(ConnId, usize),
-    /// An in-process subscription or an embedded SSE body opens (all their messages use this
-    /// channel, so that `Closed` never overtakes `Open`).
-    Open(Box<Opening>),
-    /// An in-process subscription or embedded SSE body ended.
-    Closed(ConnId),
-    /// An operation of the application, answered as `Answer` says.
-    App(AppOp, Answer),
-    /// A WebSocket ping of the application ([`crate::Hub::ping`]), answered with the round trip.
-    Ping(ConnId, PingReply),
-    /// The counters for `/metrics`.
-    Stats(oneshot::Sender<ServerStats>),
-    /// Makes the driver panic, as a bug would (tests of [`crate::Hub::failed`]).
-    #[cfg(test)]
-    Panic,
-}
-
-/// Who waits for what an [`AppOp`] brings.
-pub(crate) enum Answer {
-    /// Its reply.
-    Reply(oneshot::Sender<AppReply>),
-    /// The client's answer to the server request it makes ([`AppOp::Request`]), when it comes.
-    Ack(oneshot::Sender<Result<Payload, ProtocolError>>),
-    /// The end of the shutdown it starts ([`AppOp::Shutdown`]).
-    Stopped(oneshot::Sender<()>),
-    /// Nobody: a setting, or a handler's result (counted for `/metrics`).
-    Nobody,
-}
 
 /// How the driver ends up woken.
 enum Wake {

@@ -16,7 +16,7 @@ use crate::registry::{Disconnect, Handler, Registry};
 use crate::runtime::Runtime;
 
 /// Where a handler's answer goes: back to the driver, as an application operation.
-pub(crate) type Answers = flume::WeakSender<crate::driver::Control>;
+pub(crate) type Answers = flume::WeakSender<crate::control::Control>;
 
 /// The waiting callers and the registry of hooks and handlers.
 pub(crate) struct AppEvents {
@@ -191,9 +191,9 @@ impl AppEvents {
             });
             let op = then(result);
             let _ = answers
-                .send_async(crate::driver::Control::App(
+                .send_async(crate::control::Control::App(
                     op,
-                    crate::driver::Answer::Nobody,
+                    crate::control::Answer::Nobody,
                 ))
                 .await;
         });

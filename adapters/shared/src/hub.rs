@@ -41,7 +41,8 @@ use tidings_core::{
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{FromConn, Kind, Opening, ToConn};
-use crate::driver::{Answer, Control, Driver};
+use crate::control::{Answer, Control};
+use crate::driver::Driver;
 use crate::events::AppEvents;
 use crate::http::Refusal;
 use crate::mailbox::mailbox;

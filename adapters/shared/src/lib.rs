@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 mod conn;
 mod conn_table;
+mod control;
 mod ctx;
 mod driver;
 pub mod endpoints;

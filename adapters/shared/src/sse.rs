@@ -20,8 +20,8 @@ use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
 use crate::auth::Authenticated;
 use crate::conn::{FromConn, ToConn, hand};
+use crate::control::Control;
 use crate::ctx::ConnCtx;
-use crate::driver::Control;
 use crate::hub::Hub;
 use crate::io::with_timeout;
 use crate::request::RequestHead;

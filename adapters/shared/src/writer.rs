@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use tidings_core::ConnId;
 
 use crate::conn::ToConn;
-use crate::driver::Control;
+use crate::control::Control;
 use crate::mailbox::Inbox;
 
 /// How much one batch takes at most: it ends once either is reached (the entry that reaches
@@ -143,7 +143,7 @@ mod tests {
 
     use super::{Bound, ConnWriter};
     use crate::conn::ToConn;
-    use crate::driver::Control;
+    use crate::control::Control;
     use crate::mailbox::{Outbox, mailbox};
 
     const ANY: Bound = Bound {

@@ -16,8 +16,9 @@ use tidings_core::{
     Payload, ProtocolError, Subscribe, Topic,
 };
 
-use super::{Answer, Control, Driver};
+use super::Driver;
 use crate::conn::{FromConn, Kind, Opening, ToConn};
+use crate::control::{Answer, Control};
 use crate::events::AppEvents;
 use crate::mailbox::{Inbox, mailbox};
 use crate::registry::{Disconnect, Registry};
