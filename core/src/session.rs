@@ -123,7 +123,16 @@ impl Broker {
         let head = self.history.head();
         let window = self.config.timers.reconnect_window;
         let max = self.config.limits.max_parked_sessions;
+        // A connection that got a principal's id while the principal's session stayed parked
+        // (see `Claim`) does not replace that session: its own is forgotten.
+        let principal_parked = self
+            .parked
+            .get(&client_id)
+            .is_some_and(|p| p.grants.is_bound_to(&client_id));
         let conn = self.conn_mut(slot);
+        if principal_parked && !conn.grants.is_bound_to(&client_id) {
+            return;
+        }
         if window.is_none() || max == 0 || (conn.subs.is_empty() && rooms.is_empty()) {
             self.lifecycle(|| Lifecycle::ClientRemoved { client_id });
             return;

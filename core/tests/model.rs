@@ -17,6 +17,18 @@
 //! Declared topics: every event records the visibility of its topic at publish time. A delivery
 //! must be visible to the connection's identity and rooms when it arrives; completeness is owed
 //! for events that stayed visible to every connection of the chain from publish to the end.
+//!
+//! Claims: a connection's grants allow any client id, or are bound to one shared id (it is that
+//! id's principal). Identify uses each `Claim`; the model predicts who holds every id (checked
+//! with `client_conn` after every step), who is closed by a take-over, and who gets which parked
+//! session (a principal's only goes back to a principal, and is not replaced by another's).
+//!
+//! Policy timers: some peers do not close when told (`stuck`): the broker must drop them exactly
+//! at the end of `close_grace` (the clock steps to just before and to each deadline). A shutdown
+//! (near the end of some runs) closes everyone with `shutting_down`, closes new connections at
+//! once, drops the stuck ones at `shutdown_grace`, and emits `Stopped` once, when the last one is
+//! reported closed. Client events (`Command::Notify`) are bounded per connection by
+//! `max_pending_requests` until the application says they are done.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,8 +39,9 @@ use proptest::prelude::*;
 use serde_json::Value;
 use tidings_core::sse::{Decoder, Item};
 use tidings_core::{
-    AppEvent, Broker, Command, Config, ConnId, Cursor, Grants, Input, Name, Output, Pattern,
-    Payload, SlowConsumerPolicy, Subscribe, Topic, Visibility, native,
+    AppEvent, AppOp, AppReply, Broker, Claim, ClientIds, Command, Config, ConnId, Cursor,
+    ErrorCode, Grants, Input, Name, Output, Pattern, Payload, SlowConsumerPolicy, Subscribe, Topic,
+    Visibility, native,
 };
 
 const TOPICS: [&str; 5] = ["a", "b", "a.x", "a.y", "b.x.y"];
@@ -37,6 +50,7 @@ const ROOMS: [&str; 2] = ["r1", "r2"];
 /// Client ids several connections compete for (and reclaim sessions of).
 const CLIENTS: [&str; 3] = ["u0", "u1", "u2"];
 const EPOCH: u64 = 5;
+const CLAIMS: [Claim; 3] = [Claim::Explicit, Claim::IfFree, Claim::TakeOver];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -44,13 +58,26 @@ enum Op {
         sse: bool,
         /// Identify with this shared client id (falling back to a unique one when taken).
         shared: Option<usize>,
+        /// Grants bound to the shared id (its principal) rather than any id.
+        bound: bool,
+        /// Index into `CLAIMS`.
+        claim: usize,
+        /// The peer does not close when told to (the broker must drop it).
+        stuck: bool,
     },
     Close(usize),
+    /// The application closes a connection normally.
+    AppClose(usize),
     /// Claim a shared client id (`CLIENTS.len()`: the connection's own unique id).
     Identify {
         conn: usize,
         who: usize,
+        claim: usize,
     },
+    /// A client event for the application (`Command::Notify`).
+    Notify(usize),
+    /// The application finished handling one (any connection, even closed ones).
+    NotifyDone(usize),
     /// Declare a topic: 0 public, then private to each of `CLIENTS`, then group of each room.
     Declare {
         topic: usize,
@@ -117,10 +144,14 @@ enum From {
 fn op() -> impl Strategy<Value = Op> {
     let conn = 0..8usize;
     prop_oneof![
-        3 => (any::<bool>(), prop::option::weighted(0.6, 0..CLIENTS.len()))
-            .prop_map(|(sse, shared)| Op::Open { sse, shared }),
+        3 => (any::<bool>(), prop::option::weighted(0.6, 0..CLIENTS.len()), prop::bool::weighted(0.4), 0..CLAIMS.len(), prop::bool::weighted(0.2))
+            .prop_map(|(sse, shared, bound, claim, stuck)| Op::Open { sse, shared, bound, claim, stuck }),
         2 => conn.clone().prop_map(Op::Close),
-        2 => (conn.clone(), 0..=CLIENTS.len()).prop_map(|(conn, who)| Op::Identify { conn, who }),
+        1 => conn.clone().prop_map(Op::AppClose),
+        3 => (conn.clone(), 0..=CLIENTS.len(), 0..CLAIMS.len())
+            .prop_map(|(conn, who, claim)| Op::Identify { conn, who, claim }),
+        2 => conn.clone().prop_map(Op::Notify),
+        1 => (0..16usize).prop_map(Op::NotifyDone),
         2 => (0..TOPICS.len(), 0..1 + CLIENTS.len() + ROOMS.len())
             .prop_map(|(topic, vis)| Op::Declare { topic, vis }),
         1 => (0..TOPICS.len()).prop_map(Op::RemoveTopic),
@@ -199,6 +230,8 @@ struct MParked {
     subs: Vec<(usize, bool, Interest)>,
     rooms: Vec<usize>,
     expires: Instant,
+    /// Parked by the id's principal: restored only to a principal.
+    bound: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -212,7 +245,22 @@ struct GapSeen {
 struct MConn {
     id: ConnId,
     sse: bool,
+    /// Neither closed by the peer nor told to close by the broker.
     open: bool,
+    /// The shared id its grants are bound to (`None`: any id).
+    bound: Option<usize>,
+    /// Does not close when the broker says so: reported closed only after `Output::Drop`.
+    stuck: bool,
+    /// When the broker said `Close` to this stuck peer (still not reported closed).
+    awaiting: Option<Instant>,
+    /// `Input::Closed` was given.
+    reported_closed: bool,
+    /// `Output::Close` count and the last reason's code (`Some(None)`: a normal close).
+    closes: usize,
+    close_reason: Option<Option<ErrorCode>>,
+    disconnected: usize,
+    /// Client events the application is handling (`Command::Notify` minus `NotifyDone`).
+    notifies: usize,
     /// Closed by the broker (slow consumer, garbage over the limit): completeness is not owed.
     dropped_by_broker: bool,
     held: Vec<(usize, bool)>,
@@ -266,6 +314,26 @@ struct Harness {
     parked: Vec<MParked>,
     expired_want: Vec<String>,
     expired_got: Vec<String>,
+    close_grace: Duration,
+    shutdown_grace: Duration,
+    /// `limits.max_pending_requests`: also the bound of running client events.
+    max_notifies: usize,
+    shutdown_at: Option<Instant>,
+    stopped: usize,
+    /// The `Notify` and `ProtocolViolation` events of the current step.
+    step_events: Vec<AppEvent>,
+}
+
+/// The harness's knobs for one run.
+struct Params {
+    max_events: u64,
+    max_queued: usize,
+    disconnect_b: bool,
+    window: Option<Duration>,
+    max_parked: usize,
+    close_grace: Duration,
+    shutdown_grace: Duration,
+    max_notifies: usize,
 }
 
 fn pattern(i: usize) -> Pattern {
@@ -285,28 +353,37 @@ fn name(kind: &str, s: &str) -> Name {
     Name::parse(kind, s, 64).unwrap()
 }
 
-/// The one place that builds `Input::Open` (its shape and `Transport` may change).
-fn open_input(conn: ConnId, sse: bool) -> Input {
+/// The one place that builds `Input::Open` (its shape and `Transport` may change). `bound`:
+/// grants bound to that shared id, else any id.
+fn open_input(conn: ConnId, sse: bool, bound: Option<usize>) -> Input {
     let codec: Box<dyn tidings_core::codec::Codec> = if sse {
         Box::new(tidings_core::sse::SseCodec)
     } else {
         Box::new(tidings_core::native::NativeCodec)
     };
+    let mut grants = Grants::all();
+    if let Some(k) = bound {
+        grants.client_ids = ClientIds::Only(name("client_id", CLIENTS[k]));
+    }
     Input::Open {
         conn,
         codec,
-        grants: Arc::new(Grants::all()),
+        grants: Arc::new(grants),
     }
 }
 
 impl Harness {
-    fn new(
-        max_events: u64,
-        max_queued: usize,
-        disconnect_b: bool,
-        window: Option<Duration>,
-        max_parked: usize,
-    ) -> Self {
+    fn new(params: &Params) -> Self {
+        let &Params {
+            max_events,
+            max_queued,
+            disconnect_b,
+            window,
+            max_parked,
+            close_grace,
+            shutdown_grace,
+            max_notifies,
+        } = params;
         let mut config = Config {
             epoch: EPOCH,
             ..Config::default()
@@ -318,6 +395,9 @@ impl Harness {
         config.timers.request_timeout = Duration::from_secs(5);
         config.timers.reconnect_window = window;
         config.limits.max_parked_sessions = max_parked;
+        config.limits.max_pending_requests = max_notifies;
+        config.timers.close_grace = close_grace;
+        config.timers.shutdown_grace = shutdown_grace;
         if disconnect_b {
             config.slow_consumer.rules = vec![(
                 Pattern::parse("b.>", Default::default()).unwrap(),
@@ -348,7 +428,24 @@ impl Harness {
             parked: Vec::new(),
             expired_want: Vec::new(),
             expired_got: Vec::new(),
+            close_grace,
+            shutdown_grace,
+            max_notifies,
+            shutdown_at: None,
+            stopped: 0,
+            step_events: Vec::new(),
         }
+    }
+
+    /// When the broker must drop a stuck connection it said `Close` to: at the end of its close
+    /// grace, or at the shutdown deadline if that comes first (and after the close).
+    fn drop_due(&self, i: usize) -> Option<Instant> {
+        let at = self.conns[i].awaiting?;
+        let shutdown = self
+            .shutdown_at
+            .map(|s| s + self.shutdown_grace)
+            .filter(|d| *d > at);
+        Some(shutdown.map_or(at + self.close_grace, |d| d.min(at + self.close_grace)))
     }
 
     fn head(&self) -> u64 {
@@ -382,15 +479,48 @@ impl Harness {
             match out {
                 Output::Transmit { conn, payload } => {
                     let i = self.index_of(conn);
-                    assert!(self.conns[i].open, "nothing is sent to a closed connection");
+                    let c = &self.conns[i];
+                    assert!(
+                        c.closes == 0 && !c.reported_closed,
+                        "nothing is sent to {conn} after Close or Closed"
+                    );
                     self.conns[i].unflushed += payload.len();
                     self.frame(i, &payload);
                 }
-                Output::Close { conn, .. } => {
+                Output::Close { conn, reason } => {
                     let i = self.index_of(conn);
-                    self.conns[i].dropped_by_broker = true;
-                    // The broker parks the session as it decides to close, before `Closed`.
-                    self.park(i);
+                    let c = &mut self.conns[i];
+                    assert!(
+                        !c.reported_closed && c.closes == 0,
+                        "Close once, and only for connections not closed: {conn}"
+                    );
+                    c.closes += 1;
+                    c.close_reason = Some(reason.map(|r| r.code));
+                    c.dropped_by_broker = true;
+                    if c.open {
+                        // (A take-over's close is modeled before the input.)
+                        c.open = false;
+                        c.closed_step = Some(self.step_no);
+                        // The broker parks the session as it decides to close, before `Closed`.
+                        self.park(i);
+                    }
+                    if self.conns[i].stuck {
+                        self.conns[i].awaiting = Some(self.now);
+                    } else {
+                        to_close.push(conn);
+                    }
+                }
+                Output::Drop { conn } => {
+                    let i = self.index_of(conn);
+                    let due = self.drop_due(i).unwrap_or_else(|| {
+                        panic!("Drop only for a stuck connection told to close: {conn}")
+                    });
+                    assert!(
+                        self.now >= due,
+                        "{conn} dropped before its deadline ({:?} early)",
+                        due - self.now
+                    );
+                    self.conns[i].awaiting = None;
                     to_close.push(conn);
                 }
                 Output::App(e) => self.event(*e),
@@ -399,9 +529,8 @@ impl Harness {
         }
         for conn in to_close {
             let i = self.index_of(conn);
-            if self.conns[i].open {
-                self.conns[i].open = false;
-                self.conns[i].closed_step = Some(self.step_no);
+            if !self.conns[i].reported_closed {
+                self.conns[i].reported_closed = true;
                 self.input(Input::Closed { conn });
             }
         }
@@ -420,6 +549,23 @@ impl Harness {
                 }
             }
             AppEvent::SessionExpired { client_id } => self.expired_got.push(client_id.to_string()),
+            AppEvent::Disconnected { conn } => {
+                let i = self.index_of(conn);
+                assert!(self.conns[i].reported_closed, "Disconnected after Closed");
+                self.conns[i].disconnected += 1;
+            }
+            AppEvent::Stopped => {
+                assert!(self.shutdown_at.is_some(), "Stopped only after a shutdown");
+                assert!(
+                    self.conns.iter().all(|c| c.reported_closed),
+                    "Stopped only once every connection is reported closed"
+                );
+                self.stopped += 1;
+                assert_eq!(self.stopped, 1, "Stopped exactly once");
+            }
+            e @ (AppEvent::Notify { .. } | AppEvent::ProtocolViolation { .. }) => {
+                self.step_events.push(e);
+            }
             _ => {}
         }
     }
@@ -451,15 +597,28 @@ impl Harness {
             })
             .collect();
         let rooms = c.rooms.clone();
+        let bound = c.bound.is_some_and(|k| CLIENTS[k] == client_id);
+        // A connection that got a principal's id while its session stayed parked: the
+        // principal's session is kept, this one's forgotten.
+        if self
+            .parked
+            .iter()
+            .any(|p| p.client_id == client_id && p.bound && !bound)
+        {
+            return;
+        }
         while self.parked.len() >= self.max_parked {
             let oldest = self.parked.remove(0);
             self.expired_want.push(oldest.client_id);
         }
+        // (Otherwise a session of the same id is replaced: only when claiming closed it.)
+        self.parked.retain(|p| p.client_id != client_id);
         self.parked.push(MParked {
             client_id,
             subs,
             rooms,
             expires: self.now + self.window.unwrap(),
+            bound,
         });
     }
 
@@ -551,22 +710,52 @@ impl Harness {
         self.conns[i].next_req
     }
 
-    /// Claims `client_id` for connection `i`: predicts `client_id_taken`, models the restore
-    /// of a parked session, and checks the answer and the `tidings-session` notice.
-    fn identify(&mut self, i: usize, client_id: &str) -> bool {
-        let taken = self
-            .conns
-            .iter()
-            .enumerate()
-            .any(|(j, c)| j != i && c.open && c.client_id.as_deref() == Some(client_id));
-        let req = (!self.conns[i].sse).then(|| self.req_id(i));
+    /// Claims `client_id` for connection `i`: predicts the outcome of the claim (refused,
+    /// silently not claimed, claimed, taken over from a holder it closes), models the restore
+    /// of a parked session, and checks the answer and the `tidings-session` notice. Returns
+    /// whether it holds the id.
+    fn identify(&mut self, i: usize, client_id: &str, claim: Claim) -> bool {
+        if !self.conns[i].open {
+            return false;
+        }
+        let bound_to = |c: &MConn| c.bound.is_some_and(|k| CLIENTS[k] == client_id);
+        let granted = self.conns[i].bound.is_none() || bound_to(&self.conns[i]);
+        let holder = (0..self.conns.len()).find(|&j| {
+            j != i && self.conns[j].open && self.conns[j].client_id.as_deref() == Some(client_id)
+        });
+        // A principal's id goes only to a principal; other ids to anyone asking to take over.
+        let may_take = |j: usize| bound_to(&self.conns[i]) || !bound_to(&self.conns[j]);
+        let answer = match (granted, holder, claim) {
+            (false, _, _) => Some("forbidden"),
+            (true, None, _) => Some("ok"),
+            (true, Some(_), Claim::IfFree) => None,
+            (true, Some(j), Claim::TakeOver) if may_take(j) => Some("ok"),
+            _ => Some("client_id_taken"),
+        };
+        let got = answer == Some("ok");
+        // Authentication's claims carry no request id.
+        let req = (!self.conns[i].sse && claim != Claim::IfFree).then(|| self.req_id(i));
         if let Some(id) = req {
             self.conns[i].replies_due.insert(id);
         }
         let mut restored = None;
-        if !taken {
+        let mut taken_from = None;
+        if got {
+            if let Some(j) = holder {
+                // Closed with `client_id_taken`: its session is parked for this connection.
+                let c = &mut self.conns[j];
+                c.open = false;
+                c.closed_step = Some(self.step_no);
+                self.park(j);
+                taken_from = Some(j);
+            }
             self.conns[i].client_id = Some(client_id.to_owned());
-            if let Some(k) = self.parked.iter().position(|p| p.client_id == client_id) {
+            let me_bound = bound_to(&self.conns[i]);
+            if let Some(k) = self
+                .parked
+                .iter()
+                .position(|p| p.client_id == client_id && (!p.bound || me_bound))
+            {
                 let parked = self.parked.remove(k);
                 restored = Some(self.restore(i, parked));
             }
@@ -574,22 +763,37 @@ impl Harness {
         }
         let seen = self.conns[i].notices.len();
         let conn = self.conns[i].id;
+        self.step_events.clear();
         self.input(Input::Command {
             conn,
             cmd: Command::Identify {
                 req,
                 client_id: name("client_id", client_id),
-                claim: tidings_core::Claim::Explicit,
+                claim,
             },
         });
+        if let Some(j) = taken_from {
+            assert_eq!(
+                self.conns[j].close_reason,
+                Some(Some(ErrorCode::ClientIdTaken)),
+                "conn {conn} took {client_id} over from conn {}",
+                self.conns[j].id
+            );
+        }
+        if answer.is_none() {
+            assert!(
+                self.step_events.is_empty(),
+                "a claim of a held id if free is silent: {:?}",
+                self.step_events
+            );
+        }
         let c = &self.conns[i];
         // A connection the broker closed meanwhile may have lost its answer.
         if let Some(id) = req.filter(|_| !c.dropped_by_broker) {
-            let want = if taken { "client_id_taken" } else { "ok" };
             assert_eq!(
                 c.answers.get(&id).map(String::as_str),
-                Some(want),
-                "conn {conn} identifies as {client_id}"
+                answer,
+                "conn {conn} identifies as {client_id} ({claim:?})"
             );
         }
         let sessions: Vec<&Value> = c.notices[seen..]
@@ -598,7 +802,7 @@ impl Harness {
             .map(|(_, v)| v)
             .collect();
         // Streams are always told their session; WebSockets when subscriptions came back.
-        let due = !taken
+        let due = got
             && if c.sse {
                 self.window.is_some() || !self.catalog.is_empty()
             } else {
@@ -624,7 +828,7 @@ impl Harness {
             want.sort_unstable();
             assert_eq!(got, want, "conn {conn}: the session's subscriptions");
         }
-        !taken
+        got
     }
 
     /// The model of `Broker::restore`: patterns not held yet come back as interests inherited
@@ -668,15 +872,34 @@ impl Harness {
     fn close(&mut self, i: usize) {
         self.park(i);
         self.conns[i].open = false;
+        self.conns[i].reported_closed = true;
         self.conns[i].closed_step = Some(self.step_no);
         let conn = self.conns[i].id;
         self.input(Input::Closed { conn });
     }
 
-    /// Advances the clock: parked sessions whose window is over expire.
+    /// Advances the clock, stopping just before and at each deadline of a stuck connection, so
+    /// a `Drop` must come exactly at its deadline.
     fn advance(&mut self, by: Duration) {
-        self.now += by;
-        let now = self.now;
+        let end = self.now + by;
+        loop {
+            let next = (0..self.conns.len())
+                .filter_map(|i| self.drop_due(i))
+                .filter(|d| *d > self.now && *d <= end)
+                .min();
+            let Some(due) = next else { break };
+            let before = due - Duration::from_millis(1);
+            if before > self.now {
+                self.tick_to(before);
+            }
+            self.tick_to(due);
+        }
+        self.tick_to(end);
+    }
+
+    /// Sets the clock: parked sessions whose window is over expire.
+    fn tick_to(&mut self, now: Instant) {
+        self.now = now;
         // One window for all: parking order is expiry order, as the broker reports them.
         let (gone, kept): (Vec<MParked>, _) = std::mem::take(&mut self.parked)
             .into_iter()
@@ -686,23 +909,50 @@ impl Harness {
             .extend(gone.into_iter().map(|p| p.client_id));
         self.broker.handle_timeout(self.now);
         self.drain();
+        self.check_drops();
+    }
+
+    /// Every stuck connection whose deadline passed was dropped (and is reported closed).
+    fn check_drops(&self) {
+        for (i, c) in self.conns.iter().enumerate() {
+            if let Some(due) = self.drop_due(i) {
+                assert!(due > self.now, "{} not dropped at its deadline", c.id);
+                let info = self.broker.conn(c.id).expect("known until reported closed");
+                assert!(info.closing);
+            }
+        }
     }
 
     fn step(&mut self, op: &Op) {
         self.step_no += 1;
+        self.step_events.clear();
         // MODEL_TRACE=1 prints each op: shrunk cases index connections modulo the open ones,
         // so a trace is the quickest way to read one.
         if std::env::var_os("MODEL_TRACE").is_some() {
             eprintln!("step {}: {op:?}", self.step_no);
         }
         match op.clone() {
-            Op::Open { sse, shared } => {
+            Op::Open {
+                sse,
+                shared,
+                bound,
+                claim,
+                stuck,
+            } => {
                 let id = ConnId(self.next_conn);
                 self.next_conn += 1;
                 self.conns.push(MConn {
                     id,
                     sse,
                     open: true,
+                    bound: shared.filter(|_| bound),
+                    stuck,
+                    awaiting: None,
+                    reported_closed: false,
+                    closes: 0,
+                    close_reason: None,
+                    disconnected: 0,
+                    notifies: 0,
                     dropped_by_broker: false,
                     held: Vec::new(),
                     interests: Vec::new(),
@@ -730,24 +980,97 @@ impl Harness {
                 });
                 let i = self.conns.len() - 1;
                 self.record_state(i);
-                self.input(open_input(id, sse));
-                // Every connection holds some client id, so direct messages can reach it.
-                let claimed = shared.is_some_and(|k| self.identify(i, CLIENTS[k]));
-                if !claimed {
+                let bound = self.conns[i].bound;
+                self.input(open_input(id, sse, bound));
+                if self.shutdown_at.is_some() {
+                    assert_eq!(
+                        self.conns[i].close_reason,
+                        Some(Some(ErrorCode::ShuttingDown)),
+                        "connections opened after a shutdown are closed at once"
+                    );
+                }
+                // Every connection not bound to an id holds some client id, so direct messages
+                // can reach it.
+                let claimed = shared.is_some_and(|k| self.identify(i, CLIENTS[k], CLAIMS[claim]));
+                if !claimed && bound.is_none() {
                     let own = self.conns[i].own_id.clone();
-                    self.identify(i, &own);
+                    self.identify(i, &own, Claim::Explicit);
                 }
             }
             Op::Close(k) => {
                 let Some(i) = self.pick(k) else { return };
                 self.close(i);
             }
-            Op::Identify { conn, who } => {
+            Op::AppClose(k) => {
+                let Some(i) = self.pick(k) else { return };
+                let conn = self.conns[i].id;
+                let reply = self
+                    .broker
+                    .handle_app(self.now, AppOp::Close { conn, reason: None });
+                assert_eq!(reply, AppReply::Done);
+                self.drain();
+                assert_eq!(
+                    self.conns[i].close_reason,
+                    Some(None),
+                    "the application closes {conn} normally"
+                );
+            }
+            Op::Identify { conn, who, claim } => {
                 let Some(i) = self.pick(conn) else { return };
                 let client_id = CLIENTS
                     .get(who)
                     .map_or_else(|| self.conns[i].own_id.clone(), |s| (*s).to_owned());
-                self.identify(i, &client_id);
+                self.identify(i, &client_id, CLAIMS[claim]);
+            }
+            Op::Notify(k) => {
+                let Some(i) = self.pick(k) else { return };
+                let conn = self.conns[i].id;
+                let queued = self.conns[i].unflushed;
+                self.step_events.clear();
+                self.input(Input::Command {
+                    conn,
+                    cmd: Command::Notify {
+                        event: name("event", "n"),
+                        payload: Payload::empty(),
+                    },
+                });
+                let c = &mut self.conns[i];
+                let runs = c.notifies < self.max_notifies;
+                if runs {
+                    c.notifies += 1;
+                }
+                let ok = match self.step_events.as_slice() {
+                    [AppEvent::Notify { conn: c, .. }] => runs && *c == conn,
+                    [AppEvent::ProtocolViolation { conn: c, error }] => {
+                        !runs && *c == conn && error.code == ErrorCode::LimitReached
+                    }
+                    _ => false,
+                };
+                assert!(
+                    ok,
+                    "conn {conn}: {} of {} client events running; got {:?}",
+                    self.conns[i].notifies, self.max_notifies, self.step_events
+                );
+                assert_eq!(
+                    self.conns[i].unflushed, queued,
+                    "client events are never answered"
+                );
+            }
+            Op::NotifyDone(k) => {
+                if self.conns.is_empty() {
+                    return;
+                }
+                let i = k % self.conns.len();
+                let conn = self.conns[i].id;
+                let reply = self.broker.handle_app(self.now, AppOp::NotifyDone { conn });
+                self.drain();
+                assert_eq!(
+                    reply,
+                    AppReply::Bool(!self.conns[i].reported_closed),
+                    "notify_done({conn}) is known until the connection is reported closed"
+                );
+                let c = &mut self.conns[i];
+                c.notifies = c.notifies.saturating_sub(1);
             }
             Op::Declare { topic: t, vis } => {
                 let (v, visibility) = match vis {
@@ -934,12 +1257,12 @@ impl Harness {
                 if self.conns[i].sse {
                     return;
                 }
+                // (A connection bound to an id held by another holds none.)
+                let Some(to) = self.conns[j].client_id.clone() else {
+                    return;
+                };
                 let data = self.message(&[j]);
                 let id = self.req_id(i);
-                let to = self.conns[j]
-                    .client_id
-                    .clone()
-                    .expect("open connections hold an id");
                 let frame = format!(r#"{{"op":"send","id":{id},"to":"{to}","data":"{data}"}}"#);
                 self.send_native(i, frame, Some(id));
             }
@@ -1075,6 +1398,30 @@ impl Harness {
         self.check_step();
     }
 
+    /// The application shuts the broker down: everyone is told to close with `shutting_down`.
+    fn shutdown(&mut self) {
+        self.step_no += 1;
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("step {}: Shutdown", self.step_no);
+        }
+        self.shutdown_at = Some(self.now);
+        let open: Vec<usize> = (0..self.conns.len())
+            .filter(|i| self.conns[*i].open)
+            .collect();
+        let reply = self.broker.handle_app(self.now, AppOp::Shutdown);
+        assert_eq!(reply, AppReply::Done);
+        self.drain();
+        for i in open {
+            assert_eq!(
+                self.conns[i].close_reason,
+                Some(Some(ErrorCode::ShuttingDown)),
+                "shutdown closes {}",
+                self.conns[i].id
+            );
+        }
+        self.check_step();
+    }
+
     fn message(&mut self, targets: &[usize]) -> String {
         self.next_msg += 1;
         let data = format!("m{}", self.next_msg);
@@ -1108,6 +1455,30 @@ impl Harness {
             .map(Name::as_str)
             .collect();
         assert_eq!(got, parked, "parked sessions");
+        // Who holds each id: the shared ones, and every open connection's.
+        let ids = CLIENTS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(self.conns.iter().filter_map(|c| c.client_id.clone()));
+        for client_id in ids {
+            let holder = self
+                .conns
+                .iter()
+                .find(|c| c.open && c.client_id.as_deref() == Some(&client_id))
+                .map(|c| c.id);
+            assert_eq!(
+                self.broker.client_conn(&name("client_id", &client_id)),
+                holder,
+                "the holder of {client_id}"
+            );
+        }
+        self.check_drops();
+        if self.shutdown_at.is_some() && self.conns.iter().all(|c| c.reported_closed) {
+            assert_eq!(
+                self.stopped, 1,
+                "Stopped once the last connection is closed"
+            );
+        }
         if let Some(t) = self.broker.poll_timeout() {
             assert!(t >= self.now, "poll_timeout is never in the past");
         }
@@ -1142,6 +1513,11 @@ impl Harness {
             }
         }
         self.check_step();
+        for c in &self.conns {
+            assert!(c.awaiting.is_none(), "{} never dropped", c.id);
+            let closed = usize::from(c.reported_closed);
+            assert_eq!(c.disconnected, closed, "{}: Disconnected once closed", c.id);
+        }
         let head = self.head();
         for c in &self.conns {
             check_conn(c, &self.conns, &self.events, head, self.max_events);
@@ -1361,9 +1737,75 @@ proptest! {
         disconnect_b in any::<bool>(),
         window_ms in prop::option::weighted(0.8, 1000..8000u64),
         max_parked in 1..4usize,
+        close_grace_ms in 1..4000u64,
+        shutdown_grace_ms in 1..6000u64,
+        max_notifies in 1..4usize,
+        // How many ops before the end the application shuts down.
+        shutdown in prop::option::weighted(0.25, 0..25usize),
     ) {
-        let window = window_ms.map(Duration::from_millis);
-        let mut h = Harness::new(max_events, max_queued, disconnect_b, window, max_parked);
+        let params = Params {
+            max_events,
+            max_queued,
+            disconnect_b,
+            window: window_ms.map(Duration::from_millis),
+            max_parked,
+            close_grace: Duration::from_millis(close_grace_ms),
+            shutdown_grace: Duration::from_millis(shutdown_grace_ms),
+            max_notifies,
+        };
+        let mut h = Harness::new(&params);
+        let shutdown_at = shutdown.map(|k| ops.len().saturating_sub(k));
+        for (n, op) in ops.iter().enumerate() {
+            if shutdown_at == Some(n) {
+                h.shutdown();
+            }
+            h.step(op);
+        }
+        if shutdown_at == Some(ops.len()) {
+            h.shutdown();
+        }
+        h.finish();
+    }
+}
+
+/// A connection that got a principal's id while the principal's session stayed parked closes:
+/// the principal's session must stay (not evicted, not replaced by the stranger's), and come
+/// back to the principal.
+#[test]
+fn principal_session_outlives_a_stranger_holding_its_id() {
+    let open = |bound| Op::Open {
+        sse: false,
+        shared: Some(2),
+        bound,
+        claim: 0,
+        stuck: false,
+    };
+    let subscribe = |pattern| Op::Subscribe {
+        conn: 0,
+        patterns: vec![pattern],
+        from: None,
+        named: false,
+    };
+    for max_parked in [2, 1] {
+        let mut h = Harness::new(&Params {
+            max_events: 8,
+            max_queued: 2500,
+            disconnect_b: false,
+            window: Some(Duration::from_secs(5)),
+            max_parked,
+            close_grace: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(1),
+            max_notifies: 1,
+        });
+        let ops = [
+            open(true),
+            subscribe(0),
+            Op::Close(0),
+            open(false),
+            subscribe(1),
+            Op::Close(0),
+            open(true),
+        ];
         for op in &ops {
             h.step(op);
         }
