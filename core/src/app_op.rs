@@ -113,8 +113,10 @@ pub enum AppOp {
         /// Its new grants.
         grants: Arc<Grants>,
     },
-    /// [`Broker::update_subscriptions`]: answers [`AppReply::Subscriptions`].
+    /// [`Broker::update_subscriptions_as`]: answers [`AppReply::Subscriptions`].
     UpdateSubscriptions {
+        /// Who asks: `None` for the application itself, else the requester's grants.
+        by: Option<Arc<Grants>>,
         /// The client.
         client_id: Name,
         /// Patterns to add.
@@ -239,11 +241,12 @@ impl Broker {
             }
             AppOp::SetGrants { conn, grants } => self.set_grants(conn, grants).into(),
             AppOp::UpdateSubscriptions {
+                by,
                 client_id,
                 add,
                 remove,
             } => self
-                .update_subscriptions(now, &client_id, add, remove)
+                .update_subscriptions_as(now, by.as_deref(), &client_id, add, remove)
                 .map_or_else(AppReply::Failed, AppReply::Subscriptions),
             AppOp::DeclareTopic { topic, visibility } => {
                 AppReply::Bool(self.declare_topic(now, topic, visibility))

@@ -15,6 +15,9 @@ pub struct Grants {
     /// Which client ids the connection may claim with `identify` (others can then send to it
     /// directly, and its publishes carry it as `from`).
     pub client_ids: ClientIds,
+    /// The client id the connection's credentials are bound to (a token's subject), whatever
+    /// else it may claim: it is that id's principal ([`crate::Claim`]).
+    pub principal: Option<Name>,
 }
 
 /// The client ids a connection may claim.
@@ -39,6 +42,7 @@ impl Grants {
             publish: vec![any],
             direct: true,
             client_ids: ClientIds::Any,
+            principal: None,
         }
     }
 
@@ -61,10 +65,12 @@ impl Grants {
         }
     }
 
-    /// Whether the connection is bound to exactly this client id ([`ClientIds::Only`]): it is
-    /// that id's principal, which alone may take the id over or get its parked session back.
+    /// Whether the connection is bound to exactly this client id ([`Grants::principal`], or
+    /// [`ClientIds::Only`]): it is that id's principal, which alone may take the id over or get
+    /// its parked session back.
     pub fn is_bound_to(&self, client_id: &Name) -> bool {
-        matches!(&self.client_ids, ClientIds::Only(only) if only == client_id)
+        self.principal.as_ref() == Some(client_id)
+            || matches!(&self.client_ids, ClientIds::Only(only) if only == client_id)
     }
 
     /// Whether publishing to `topic` is allowed.

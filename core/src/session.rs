@@ -370,7 +370,39 @@ impl Broker {
         add: Vec<Pattern>,
         remove: Vec<Pattern>,
     ) -> Result<SubscriptionChange, ProtocolError> {
+        self.update_subscriptions_as(now, None, client_id, add, remove)
+    }
+
+    /// [`Broker::update_subscriptions`] asked by a requester with grants `by` (an HTTP request,
+    /// not the application itself): the subscriptions of a client id's principal (see
+    /// [`crate::Claim`]) are changed only at the request of the same principal.
+    ///
+    /// # Errors
+    /// As [`Broker::update_subscriptions`]; `forbidden` for a principal's id asked by another.
+    pub fn update_subscriptions_as(
+        &mut self,
+        now: Instant,
+        by: Option<&Grants>,
+        client_id: &Name,
+        add: Vec<Pattern>,
+        remove: Vec<Pattern>,
+    ) -> Result<SubscriptionChange, ProtocolError> {
         self.advance(now);
+        if let Some(by) = by {
+            let owner = match self.clients.get(client_id) {
+                Some(&slot) => Some(&self.conn_ref(slot).grants),
+                None => self.parked.get(client_id).map(|p| &p.grants),
+            };
+            if owner.is_some_and(|g| g.is_bound_to(client_id)) && !by.is_bound_to(client_id) {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "client id {:?} belongs to another principal: only it may change its subscriptions",
+                        client_id.as_str()
+                    ),
+                ));
+            }
+        }
         let max = self.config.limits.max_subscriptions;
         let head = self.history.head();
         let mut add = add;

@@ -615,6 +615,7 @@ fn grants_are_enforced() {
         publish: vec![Pattern::parse("public.chat", Default::default()).unwrap()],
         direct: false,
         client_ids: ClientIds::Only(name("me")),
+        principal: None,
     };
     let mut sim = Sim::new(Config::default());
     let c = sim.open_with(1, NativeCodec, grants);

@@ -712,6 +712,7 @@ impl Authenticator {
             publish,
             direct,
             client_ids: client_id.clone().map_or(ClientIds::None, ClientIds::Only),
+            principal: client_id.clone(),
         };
         if let Some(anonymous) = &self.anonymous {
             add_grants(&mut grants, anonymous);
@@ -1040,6 +1041,7 @@ fn config_grants(g: &GrantsConfig, names: NameLimits) -> Result<Grants, AuthConf
         } else {
             ClientIds::None
         },
+        principal: None,
     })
 }
 
@@ -1172,6 +1174,7 @@ mod tests {
             publish: pats(&["chat.*"]),
             direct: true,
             client_ids: ClientIds::Only(name("alice")),
+            principal: Some(name("alice")),
         }
     }
 
@@ -1688,6 +1691,7 @@ mod tests {
                     publish: pats(&["chat.*"]),
                     direct: false,
                     client_ids: ClientIds::Only(name("alice")),
+                    principal: Some(name("alice")),
                 },
                 client_id: Some(name("alice")),
             }
@@ -1761,6 +1765,7 @@ mod tests {
                 publish: pats(&["chat.*"]),
                 direct: true,
                 client_ids: ClientIds::Only(name("alice")),
+                principal: Some(name("alice")),
             }
         );
         assert!(auth.describe().contains("plus the anonymous grants"));

@@ -593,14 +593,27 @@ impl Hub {
         add: Vec<Pattern>,
         remove: Vec<Pattern>,
     ) -> Result<Result<SubscriptionChange, ProtocolError>, HubError> {
-        match self
-            .app(AppOp::UpdateSubscriptions {
-                client_id,
-                add,
-                remove,
-            })
-            .await?
-        {
+        self.update_subscriptions_as(None, client_id, add, remove)
+            .await
+    }
+
+    /// [`Hub::update_subscriptions`] at the request of someone with grants `by` (a client, not
+    /// the application): a client id's principal's subscriptions change only at its own request
+    /// ([`Broker::update_subscriptions_as`]).
+    pub(crate) async fn update_subscriptions_as(
+        &self,
+        by: Option<Arc<Grants>>,
+        client_id: Name,
+        add: Vec<Pattern>,
+        remove: Vec<Pattern>,
+    ) -> Result<Result<SubscriptionChange, ProtocolError>, HubError> {
+        let op = AppOp::UpdateSubscriptions {
+            by,
+            client_id,
+            add,
+            remove,
+        };
+        match self.app(op).await? {
             AppReply::Subscriptions(change) => Ok(Ok(change)),
             AppReply::Failed(e) => Ok(Err(e)),
             other => Err(unexpected(&other)),

@@ -816,6 +816,12 @@ impl<R: Runtime> Service<R> {
         let refuse = |r: Refusal| r.with_headers(cors.clone()).into_response();
         let limits = self.inner.hub.limits();
         let auth = self.authenticate(head).map_err(refuse)?;
+        // Before the body is read: a requester who may use no client id has nothing to change.
+        if auth.grants.client_ids == tidings_core::ClientIds::None {
+            return Err(refuse(auth_refusal(&AuthError::forbidden(
+                "changing a client's subscriptions needs the right to use its client id",
+            ))));
+        }
         let body = self.read_body(io, head, body).await.map_err(refuse)?;
         let bad = |message: String| refuse(Refusal::new(400, "bad_field", message));
         let change = if body.iter().all(u8::is_ascii_whitespace) {
@@ -867,10 +873,11 @@ impl<R: Runtime> Service<R> {
         }
         auth.check_subscribe(&add)
             .map_err(|e| refuse(auth_refusal(&e)))?;
+        let by = Some(Arc::new(auth.grants.clone()));
         match self
             .inner
             .hub
-            .update_subscriptions(client_id.clone(), add, remove)
+            .update_subscriptions_as(by, client_id.clone(), add, remove)
             .await
         {
             Ok(Ok(change)) => {
