@@ -303,10 +303,9 @@ impl Broker {
                 .as_ref()
                 .is_none_or(|scope| crate::conn::sees_extras(conn.extras.as_deref(), scope));
             if visible && should_deliver(&conn.subs, &cu.removed, ev.topic.as_str(), seq) {
-                let encoded = self
-                    .encodings
-                    .get_mut(seq)
-                    .expect("retained events have an encodings slot");
+                // Every retained event has its slot; without one it is encoded uncached.
+                let mut uncached = Encoded::new();
+                let encoded = self.encodings.get_mut(seq).unwrap_or(&mut uncached);
                 if let Some(wire) = encode_event(conn, ev, epoch, encoded) {
                     self.stats.deliveries += 1;
                     self.transmit(slot, wire);

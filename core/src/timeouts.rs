@@ -143,6 +143,8 @@ impl Broker {
                 if let Some(next) = self.history.evict_expired(now) {
                     self.arm_retention(next);
                 }
+                // The encodings of what expired go with it (not at the next publish).
+                self.encodings.trim(self.history.first_seq());
             }
         }
     }
