@@ -22,7 +22,7 @@ pub(crate) struct Parked {
     pub(crate) grants: Arc<Grants>,
 }
 
-/// The outcome of [`Broker::update_subscriptions`].
+/// The outcome of [`crate::Broker::update_subscriptions`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscriptionChange {
