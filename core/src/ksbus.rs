@@ -69,6 +69,15 @@ impl Codec for KsbusCodec {
         encode(frame, &self.server_id).map(Wire::Frame)
     }
 
+    /// Shutdown closes with 1012 (service restart), not 1001: the PyPI client's `websockets`
+    /// library treats 1001 as a normal end, and its `AutoRestart` would never reconnect.
+    fn ws_close_code(&self, reason: &ProtocolError) -> u16 {
+        match reason.code {
+            ErrorCode::ShuttingDown => 1012,
+            code => code.ws_close_code(),
+        }
+    }
+
     fn fresh(&self) -> Box<dyn Codec> {
         Box::new(self.clone())
     }
@@ -624,6 +633,16 @@ mod tests {
             payload.as_str(),
             r#"{"event_id":"E1","from":"b","msg":"\u003chi\u003e","topic":"news"}"#
         );
+    }
+
+    #[test]
+    fn shutdown_closes_with_service_restart() {
+        let codec = KsbusCodec::new("m");
+        let close = |code| codec.ws_close_code(&ProtocolError::new(code, "x"));
+        // 1012, not 1001: the PyPI client's AutoRestart reconnects only after an abnormal close.
+        assert_eq!(close(ErrorCode::ShuttingDown), 1012);
+        assert_eq!(close(ErrorCode::FrameTooLarge), 1009);
+        assert_eq!(close(ErrorCode::BadFrame), 1008);
     }
 
     #[test]
