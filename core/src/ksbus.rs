@@ -9,10 +9,10 @@
 //! Payload mapping (see `docs/COMPAT.md`): a published object is retained as the object ksbus
 //! delivers (`from` and `topic` set, as the Go server does), so native and SSE subscribers get it
 //! as JSON; published string data is a text payload. Deliveries to ksbus clients get `from` (the
-//! publisher's, or the server id) and `topic` (events) or `name` (named sends) added. Payloads
-//! are re-written the way Go writes them, except JSON that `serde_json` cannot hold (nested
-//! deeper than 128, numbers beyond `f64`), which is spliced as its text: never delivered as
-//! `null`.
+//! publisher's, or the server id) and `topic` (events) added; named sends get `name` and no
+//! `from`, as gen A writes them. Payloads are re-written the way Go writes them, except JSON that
+//! `serde_json` cannot hold (nested deeper than 128, numbers beyond `f64`), which is spliced as
+//! its text: never delivered as `null`.
 //!
 //! Deviations from the Go server, on purpose: wrong field types get an error frame instead of
 //! a panic that kills the connection; `unsub` of a topic not subscribed, and `pub_id` to an
@@ -320,13 +320,9 @@ fn decode_action(
                 .ok_or_else(|| bad("name must be \"topic:name\" (or give topic and name)"))?;
             let topic = Topic::parse(topic, limits.names)?;
             let name = Name::parse("name", name, name_limit)?;
+            // Gen A delivers `data` as it is (plus `name`): no `from` is added.
             let payload = match m.remove("data") {
-                Some(Value::Object(mut data)) => {
-                    if let Some(from) = from {
-                        data.insert("from".into(), Value::String(from));
-                    }
-                    object_payload(&data)
-                }
+                Some(Value::Object(data)) => object_payload(&data),
                 Some(Value::String(s)) => Payload::text(s)?,
                 _ => return Err(bad("type not handled, only json or object stringified")),
             };
@@ -407,7 +403,13 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
             if let Some(event) = event {
                 extra.push(("event", event.as_str().to_owned()));
             }
-            let from = Some(from.map_or(server_id, Name::as_str));
+            // Named sends are gen A's, which delivers them without `from` (only gen A clients
+            // make named subscriptions).
+            let from = if named.is_some() {
+                None
+            } else {
+                Some(from.map_or(server_id, Name::as_str))
+            };
             let mut map = base(payload, from, server_id);
             for (k, v) in extra {
                 map.insert(k.to_owned(), Part::Value(Value::String(v)));
@@ -809,6 +811,47 @@ mod tests {
         assert_eq!(
             encode(&Frame::Pong { req: 0 }, "m").unwrap(),
             r#"{"data":"pong"}"#
+        );
+    }
+
+    #[test]
+    fn named_sends_are_written_as_gen_a_writes_them() {
+        let cmds = decode(
+            br#"{"action":"send","name":"jobs:worker","data":{"job":1},"id":"s"}"#,
+            &Limits::default(),
+            "master",
+        );
+        let [Command::Send { payload, .. }] = &cmds[..] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(payload.as_str(), r#"{"job":1}"#);
+        let topic = Topic::parse("jobs", Default::default()).unwrap();
+        let (name, from) = (
+            Name::parse("n", "worker", 64).unwrap(),
+            Name::parse("f", "s", 64).unwrap(),
+        );
+        let named = |payload| Frame::Message {
+            from: Some(&from),
+            named: Some((&topic, &name)),
+            room: None,
+            event: None,
+            payload,
+        };
+        let p = payload.clone();
+        assert_eq!(
+            encode(&named(&p), "m").unwrap(),
+            r#"{"job":1,"name":"jobs:worker"}"#
+        );
+        let p = Payload::text("two").unwrap();
+        assert_eq!(
+            encode(&named(&p), "m").unwrap(),
+            r#"{"data":"two","name":"jobs:worker"}"#
+        );
+        // A `from` in the data stays.
+        let p = Payload::json(r#"{"from":"me"}"#).unwrap();
+        assert_eq!(
+            encode(&named(&p), "m").unwrap(),
+            r#"{"from":"me","name":"jobs:worker"}"#
         );
     }
 
