@@ -3,12 +3,18 @@
 //! scenario is `tests/interop/ksbus_client.py`: connect, subscribe, publish object and string
 //! data, publish-wait-recv, direct `pub_id`, remove topic (the `remove` action that client
 //! sends), reconnect with the same id. It prints one JSON line per observation, checked here.
+//! A second scenario (`tests/interop/ksbus_restart.py`) restarts the server gracefully under a
+//! client with `AutoRestart`, which reconnects only because the shutdown closes `/ws/bus` with
+//! 1012 (service restart): `websockets` ends a 1001 connection normally, without an error.
 //!
 //! Without python and the package the test prints why it skipped; with
 //! `TIDINGS_REQUIRE_INTEROP=1` (set by CI) that is a failure.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -28,15 +34,24 @@ fn python() -> Option<PathBuf> {
 mod common;
 use common::{RUNTIMES, Server};
 
-#[test]
-fn the_pypi_ksbus_client_works_against_the_server() {
-    let Some(python) = python() else {
+/// The python with the ksbus package, or `None` after saying why the test is skipped (a failure
+/// under `TIDINGS_REQUIRE_INTEROP`).
+fn python_or_skip() -> Option<PathBuf> {
+    let python = python();
+    if python.is_none() {
         let why = "python3 with the PyPI ksbus package is missing (run scripts/setup-python.sh)";
         assert!(
             std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
             "TIDINGS_REQUIRE_INTEROP is set but {why}"
         );
         eprintln!("skipped: {why}");
+    }
+    python
+}
+
+#[test]
+fn the_pypi_ksbus_client_works_against_the_server() {
+    let Some(python) = python_or_skip() else {
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/ksbus_client.py");
@@ -97,6 +112,55 @@ fn the_pypi_ksbus_client_works_against_the_server() {
         assert_eq!(
             step("direct_after_reconnect")["got"],
             json!({"data": "dm again", "from": b, "to_id": a})
+        );
+    }
+}
+
+#[test]
+fn the_pypi_ksbus_client_reconnects_after_a_graceful_restart() {
+    let Some(python) = python_or_skip() else {
+        return;
+    };
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/ksbus_restart.py"
+    );
+    for &runtime in RUNTIMES {
+        let mut server = Server::start(runtime, &[]);
+        let addr = server.addr.to_string();
+        let mut client = Command::new(&python)
+            .args([script, &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python runs");
+        // The client's steps; the library also prints lines of its own, which are not JSON.
+        let (tx, steps) = mpsc::channel();
+        let stdout = client.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(step) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(step["step"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let next = |what: &str| {
+            let got = steps.recv_timeout(Duration::from_secs(15));
+            got.unwrap_or_else(|_| panic!("[{runtime}] no {what:?} from the ksbus client"))
+        };
+        assert_eq!(next("opened"), "opened", "[{runtime}]");
+        let status = server.terminate();
+        assert!(status.success(), "[{runtime}] exit status {status:?}");
+        // The shutdown's close (1012) is an error for the client: OnClose, then AutoRestart.
+        assert_eq!(next("closed"), "closed", "[{runtime}]");
+        let mut again = Server::start_on(runtime, &addr, &[]);
+        let reopened = next("opened");
+        let _ = client.kill();
+        let _ = client.wait();
+        again.terminate();
+        assert_eq!(
+            reopened, "opened",
+            "[{runtime}] the client did not reconnect"
         );
     }
 }

@@ -107,6 +107,13 @@ pub trait Codec: Send {
         false
     }
 
+    /// The WebSocket close code a server close for `reason` carries on this protocol (by
+    /// default [`crate::ErrorCode::ws_close_code`]; ksbus closes with 1012 "service restart" at
+    /// shutdown, so that its clients' auto-restart reconnects).
+    fn ws_close_code(&self, reason: &ProtocolError) -> u16 {
+        reason.code.ws_close_code()
+    }
+
     /// A copy for another task: the codec with its configuration and none of its state (the
     /// connection task decodes with one copy, the broker encodes with the other).
     fn fresh(&self) -> Box<dyn Codec>;

@@ -2,7 +2,9 @@
 //!
 //! [`decode`] follows etp's `UnmarshalEvent` exactly: the frame is split at the first two `||`
 //! (the data may itself contain `||`), the ack id is parsed like Go's `strconv.Atoi` (a sign is
-//! accepted, `-1` becomes 18446744073709551615), ack id 0 means no answer is wanted. Text and
+//! accepted; etp keeps it as `uint64(n)`, so `-1` is an ack id like any other but is written
+//! back as the signed number: `x||-1` is answered `__ack_x||-1`, as etp v3.0.0–v4.0.1 does), ack
+//! id 0 means no answer is wanted. Text and
 //! binary messages are the same. An event whose name starts with `__ack_` is an answer to a
 //! server request, matched by its id only; it never reaches a handler.
 //!
@@ -392,7 +394,9 @@ fn event(name: &str, ack: AckId, data: &[u8], js: bool) -> Bytes {
     let mut b = BytesMut::with_capacity(name.len() + data.len() + 24);
     b.extend_from_slice(name.as_bytes());
     b.extend_from_slice(b"||");
-    b.extend_from_slice(ack.to_string().as_bytes());
+    // etp keeps ack ids as `uint64` but writes them as the signed number they were parsed
+    // from (`-1` comes back as `-1`): ids at or above 2^63 are written as `i64`.
+    b.extend_from_slice(i64::from_ne_bytes(ack.to_ne_bytes()).to_string().as_bytes());
     if !data.is_empty() || js {
         b.extend_from_slice(b"||");
         b.put_slice(data);
@@ -577,5 +581,18 @@ mod tests {
             payload: Some(&empty),
         };
         assert_eq!(encode(&ok, Some("hello"), true).unwrap(), "__ack_hello||8");
+        // etp writes ack ids back as signed numbers (`x||-1` is answered `__ack_x||-1`).
+        for (req, want) in [
+            (u64::MAX, "__ack_x||-1"),
+            (1 << 63, "__ack_x||-9223372036854775808"),
+            ((1 << 63) - 1, "__ack_x||9223372036854775807"),
+        ] {
+            let ok = Frame::Ok {
+                req,
+                cursor: None,
+                payload: None,
+            };
+            assert_eq!(encode(&ok, Some("x"), false).unwrap(), want);
+        }
     }
 }

@@ -9,7 +9,10 @@
 //! Payload mapping (see `docs/COMPAT.md`): a published object is retained as the object ksbus
 //! delivers (`from` and `topic` set, as the Go server does), so native and SSE subscribers get it
 //! as JSON; published string data is a text payload. Deliveries to ksbus clients get `from` (the
-//! publisher's, or the server id) and `topic` (events) or `name` (named sends) added.
+//! publisher's, or the server id) and `topic` (events) added; named sends get `name` and no
+//! `from`, as gen A writes them. Payloads are re-written the way Go writes them, except JSON that
+//! `serde_json` cannot hold (nested deeper than 128, numbers beyond `f64`), which is spliced as
+//! its text: never delivered as `null`.
 //!
 //! Deviations from the Go server, on purpose: wrong field types get an error frame instead of
 //! a panic that kills the connection; `unsub` of a topic not subscribed, and `pub_id` to an
@@ -67,6 +70,15 @@ impl Codec for KsbusCodec {
             return Some(Wire::Ping);
         }
         encode(frame, &self.server_id).map(Wire::Frame)
+    }
+
+    /// Shutdown closes with 1012 (service restart), not 1001: the PyPI client's `websockets`
+    /// library treats 1001 as a normal end, and its `AutoRestart` would never reconnect.
+    fn ws_close_code(&self, reason: &ProtocolError) -> u16 {
+        match reason.code {
+            ErrorCode::ShuttingDown => 1012,
+            code => code.ws_close_code(),
+        }
     }
 
     fn fresh(&self) -> Box<dyn Codec> {
@@ -308,13 +320,9 @@ fn decode_action(
                 .ok_or_else(|| bad("name must be \"topic:name\" (or give topic and name)"))?;
             let topic = Topic::parse(topic, limits.names)?;
             let name = Name::parse("name", name, name_limit)?;
+            // Gen A delivers `data` as it is (plus `name`): no `from` is added.
             let payload = match m.remove("data") {
-                Some(Value::Object(mut data)) => {
-                    if let Some(from) = from {
-                        data.insert("from".into(), Value::String(from));
-                    }
-                    object_payload(&data)
-                }
+                Some(Value::Object(data)) => object_payload(&data),
                 Some(Value::String(s)) => Payload::text(s)?,
                 _ => return Err(bad("type not handled, only json or object stringified")),
             };
@@ -374,7 +382,7 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
             ..
         } => delivery(
             payload,
-            from.map(Name::as_str),
+            Some(from.map_or(server_id, Name::as_str)),
             server_id,
             ("topic", topic.as_str()),
         ),
@@ -395,12 +403,19 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
             if let Some(event) = event {
                 extra.push(("event", event.as_str().to_owned()));
             }
-            let mut map = base(payload, from.map(Name::as_str), server_id);
+            // Named sends are gen A's, which delivers them without `from` (only gen A clients
+            // make named subscriptions).
+            let from = if named.is_some() {
+                None
+            } else {
+                Some(from.map_or(server_id, Name::as_str))
+            };
+            let mut map = base(payload, from, server_id);
             for (k, v) in extra {
-                map.insert(k.to_owned(), Value::String(v));
+                map.insert(k.to_owned(), Part::Value(Value::String(v)));
             }
             let mut out = Vec::with_capacity(payload.len() + 48);
-            write_object(&mut out, map.iter());
+            write_parts(&mut out, &map);
             out
         }
         Frame::Pong { .. } => br#"{"data":"pong"}"#.to_vec(),
@@ -426,10 +441,11 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
         } => {
             let mut map = BTreeMap::new();
             map.insert("data".to_owned(), value_of(payload));
-            map.insert("event".to_owned(), Value::String(event.as_str().to_owned()));
-            map.insert("request".to_owned(), Value::from(*ack));
-            let mut out = Vec::new();
-            write_object(&mut out, map.iter());
+            let event = Value::String(event.as_str().to_owned());
+            map.insert("event".to_owned(), Part::Value(event));
+            map.insert("request".to_owned(), Part::Value(Value::from(*ack)));
+            let mut out = Vec::with_capacity(payload.len() + 48);
+            write_parts(&mut out, &map);
             out
         }
         Frame::Ping | Frame::Welcome { .. } | Frame::Ok { .. } => return None,
@@ -445,43 +461,171 @@ fn error_frame(message: &str) -> Vec<u8> {
     out
 }
 
+/// One value of a delivered object: parsed, and written the way Go writes it; or, when
+/// `serde_json` cannot hold it although the payload is valid JSON (nested deeper than its limit
+/// of 128, or a number beyond `f64` such as `1e400`), the payload's own text, spliced as it is.
+/// So a payload the server accepted never arrives as `null`.
+#[derive(Debug)]
+enum Part<'a> {
+    Value(Value),
+    Raw(&'a str),
+}
+
+impl<'a> Part<'a> {
+    /// The JSON `text` parsed, or as it is when it cannot be parsed.
+    fn of(text: &'a str) -> Self {
+        serde_json::from_str(text).map_or_else(|_| Self::Raw(trim_ws(text)), Self::Value)
+    }
+}
+
+fn trim_ws(s: &str) -> &str {
+    s.trim_matches([' ', '\t', '\n', '\r'])
+}
+
 /// A payload as a JSON value: JSON as it is, text as a string.
-fn value_of(payload: &Payload) -> Value {
+fn value_of(payload: &Payload) -> Part<'_> {
     if payload.is_json() {
-        serde_json::from_slice(payload.bytes()).unwrap_or(Value::Null)
+        Part::of(payload.as_str())
     } else {
-        Value::String(payload.as_str().to_owned())
+        Part::Value(Value::String(payload.as_str().to_owned()))
     }
 }
 
 /// The delivered object before the routing key: an object payload as it is (with `from` set if
-/// missing), anything else wrapped as `data` (string data is from the server, as in Go).
-fn base(payload: &Payload, from: Option<&str>, server_id: &str) -> BTreeMap<String, Value> {
-    let value = value_of(payload);
-    let (mut map, from) = match value {
-        Value::Object(o) => (o.into_iter().collect::<BTreeMap<_, _>>(), from),
-        Value::String(s) if !payload.is_json() => {
-            let mut map = BTreeMap::new();
-            map.insert("data".to_owned(), Value::String(s));
-            (map, None)
+/// missing and `from` is given), anything else wrapped as `data` (string data is from the
+/// server, as in Go). An
+/// object `serde_json` cannot parse is split into its members without parsing it (each member
+/// then parsed if it can be, else spliced as it is), so that `from` and the routing key can
+/// still be added; should even that fail, the whole payload is wrapped as `data`.
+fn base<'a>(
+    payload: &'a Payload,
+    from: Option<&str>,
+    server_id: &str,
+) -> BTreeMap<String, Part<'a>> {
+    let wrap = |part| BTreeMap::from([("data".to_owned(), part)]);
+    let (mut map, from) = match value_of(payload) {
+        Part::Value(Value::Object(o)) => (
+            o.into_iter().map(|(k, v)| (k, Part::Value(v))).collect(),
+            from,
+        ),
+        Part::Value(Value::String(s)) if !payload.is_json() => {
+            (wrap(Part::Value(Value::String(s))), from.map(|_| server_id))
         }
-        other => {
-            let mut map = BTreeMap::new();
-            map.insert("data".to_owned(), other);
-            (map, from)
-        }
+        Part::Raw(text) => match raw_members(text) {
+            Some(members) => (
+                members.into_iter().map(|(k, v)| (k, Part::of(v))).collect(),
+                from,
+            ),
+            None => (wrap(Part::Raw(text)), from),
+        },
+        other => (wrap(other), from),
     };
-    map.entry("from".to_owned())
-        .or_insert_with(|| Value::String(from.unwrap_or(server_id).to_owned()));
+    if let Some(from) = from {
+        map.entry("from".to_owned())
+            .or_insert_with(|| Part::Value(Value::String(from.to_owned())));
+    }
     map
+}
+
+/// The members of the JSON object `text` (valid JSON, as payloads are), keys unescaped, values
+/// as their text: one pass over the bytes counting open brackets, so no depth limit and no
+/// number parsing. `None` when `text` is not an object (or not valid JSON after all). A key
+/// given twice keeps its last value, as `serde_json` does.
+fn raw_members(text: &str) -> Option<Vec<(String, &str)>> {
+    fn skip_ws(b: &[u8], i: &mut usize) {
+        while b
+            .get(*i)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            *i += 1;
+        }
+    }
+    /// The index after the string that starts at `i`.
+    fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+        i += 1;
+        loop {
+            match b.get(i)? {
+                b'\\' => i += 2,
+                b'"' => return Some(i + 1),
+                _ => i += 1,
+            }
+        }
+    }
+    let b = text.as_bytes();
+    let mut i = 0;
+    skip_ws(b, &mut i);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    skip_ws(b, &mut i);
+    let mut members = Vec::new();
+    if b.get(i) == Some(&b'}') {
+        return Some(members);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let start = i;
+        i = string_end(b, i)?;
+        let key: String = serde_json::from_str(text.get(start..i)?).ok()?;
+        skip_ws(b, &mut i);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i += 1;
+        skip_ws(b, &mut i);
+        let value = i;
+        let mut depth = 0usize;
+        loop {
+            match *b.get(i)? {
+                b'"' => {
+                    i = string_end(b, i)?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' if depth > 0 => depth -= 1,
+                b',' | b'}' if depth == 0 => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        members.push((key, trim_ws(text.get(value..i)?)));
+        if b[i] == b'}' {
+            return Some(members);
+        }
+        i += 1;
+        skip_ws(b, &mut i);
+    }
 }
 
 fn delivery(payload: &Payload, from: Option<&str>, server_id: &str, key: (&str, &str)) -> Vec<u8> {
     let mut map = base(payload, from, server_id);
-    map.insert(key.0.to_owned(), Value::String(key.1.to_owned()));
+    map.insert(
+        key.0.to_owned(),
+        Part::Value(Value::String(key.1.to_owned())),
+    );
     let mut out = Vec::with_capacity(payload.len() + 32);
-    write_object(&mut out, map.iter());
+    write_parts(&mut out, &map);
     out
+}
+
+/// Writes an object of parts (sorted by key, as a `BTreeMap` of strings is).
+fn write_parts(out: &mut Vec<u8>, map: &BTreeMap<String, Part<'_>>) {
+    out.push(b'{');
+    for (i, (k, v)) in map.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(out, k);
+        out.push(b':');
+        match v {
+            Part::Value(v) => write_value(out, v),
+            Part::Raw(text) => out.extend_from_slice(text.as_bytes()),
+        }
+    }
+    out.push(b'}');
 }
 
 /// Writes an object with sorted keys, the way Go's `json.Marshal` writes a `map[string]any`.
@@ -627,6 +771,16 @@ mod tests {
     }
 
     #[test]
+    fn shutdown_closes_with_service_restart() {
+        let codec = KsbusCodec::new("m");
+        let close = |code| codec.ws_close_code(&ProtocolError::new(code, "x"));
+        // 1012, not 1001: the PyPI client's AutoRestart reconnects only after an abnormal close.
+        assert_eq!(close(ErrorCode::ShuttingDown), 1012);
+        assert_eq!(close(ErrorCode::FrameTooLarge), 1009);
+        assert_eq!(close(ErrorCode::BadFrame), 1008);
+    }
+
+    #[test]
     fn encodes_deliveries() {
         let topic = Topic::parse("news", Default::default()).unwrap();
         let p = Payload::text("hello").unwrap();
@@ -658,5 +812,102 @@ mod tests {
             encode(&Frame::Pong { req: 0 }, "m").unwrap(),
             r#"{"data":"pong"}"#
         );
+    }
+
+    #[test]
+    fn named_sends_are_written_as_gen_a_writes_them() {
+        let cmds = decode(
+            br#"{"action":"send","name":"jobs:worker","data":{"job":1},"id":"s"}"#,
+            &Limits::default(),
+            "master",
+        );
+        let [Command::Send { payload, .. }] = &cmds[..] else {
+            panic!("{cmds:?}")
+        };
+        assert_eq!(payload.as_str(), r#"{"job":1}"#);
+        let topic = Topic::parse("jobs", Default::default()).unwrap();
+        let (name, from) = (
+            Name::parse("n", "worker", 64).unwrap(),
+            Name::parse("f", "s", 64).unwrap(),
+        );
+        let named = |payload| Frame::Message {
+            from: Some(&from),
+            named: Some((&topic, &name)),
+            room: None,
+            event: None,
+            payload,
+        };
+        let p = payload.clone();
+        assert_eq!(
+            encode(&named(&p), "m").unwrap(),
+            r#"{"job":1,"name":"jobs:worker"}"#
+        );
+        let p = Payload::text("two").unwrap();
+        assert_eq!(
+            encode(&named(&p), "m").unwrap(),
+            r#"{"data":"two","name":"jobs:worker"}"#
+        );
+        // A `from` in the data stays.
+        let p = Payload::json(r#"{"from":"me"}"#).unwrap();
+        assert_eq!(
+            encode(&named(&p), "m").unwrap(),
+            r#"{"from":"me","name":"jobs:worker"}"#
+        );
+    }
+
+    /// Payloads the server accepts but `serde_json::Value` cannot hold (nested deeper than 128,
+    /// numbers beyond `f64`) are spliced as their text: never `"data":null`.
+    #[test]
+    fn encodes_payloads_serde_cannot_parse_from_their_text() {
+        let topic = Topic::parse("news", Default::default()).unwrap();
+        let from = Name::parse("from", "b", 64).unwrap();
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let event = |json: &str| {
+            let p = Payload::json(json.to_owned()).unwrap();
+            let frame = Frame::Event {
+                topic: &topic,
+                cursor: Cursor::new(1, 1),
+                from: Some(&from),
+                event: None,
+                payload: &p,
+            };
+            String::from_utf8(encode(&frame, "master").unwrap().to_vec()).unwrap()
+        };
+        assert_eq!(
+            event(&deep),
+            format!(r#"{{"data":{deep},"from":"b","topic":"news"}}"#)
+        );
+        assert_eq!(
+            event(" 1e400 "),
+            r#"{"data":1e400,"from":"b","topic":"news"}"#
+        );
+        // An object: its members sorted, those that parse written as Go does, the others as
+        // they are; `from` kept when given, `topic` replaced.
+        let object = format!(
+            r#" {{ "z" : {deep} , "big":-1E400,"topic":"x","a":{{"y":1.0,"x":"<"}},"s":"}}\"{{,"}} "#
+        );
+        assert_eq!(
+            event(&object),
+            format!(
+                r#"{{"a":{{"x":"\u003c","y":1}},"big":-1E400,"from":"b","s":"}}\"{{,","topic":"news","z":{deep}}}"#
+            )
+        );
+        let object = format!(r#"{{"from":"me","n":[{deep}]}}"#);
+        assert_eq!(
+            event(&object),
+            format!(r#"{{"from":"me","n":[{deep}],"topic":"news"}}"#)
+        );
+        assert_eq!(raw_members("{}"), Some(Vec::new()));
+        assert_eq!(raw_members("[1]"), None);
+        assert_eq!(raw_members(r#"{"a":1,"#), None);
+        // A server request carries such payloads too.
+        let p = Payload::json(deep.clone()).unwrap();
+        let request = Frame::Request {
+            ack: 3,
+            event: &from,
+            payload: &p,
+        };
+        let want = format!(r#"{{"data":{deep},"event":"b","request":3}}"#);
+        assert_eq!(encode(&request, "m").unwrap(), want.as_str());
     }
 }

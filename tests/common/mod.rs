@@ -34,8 +34,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(runtime: &'static str, args: &[&str]) -> Self {
+        Self::start_on(runtime, "127.0.0.1:0", args)
+    }
+
+    /// A server listening on `listen` (a restart on the address of a server that has exited).
+    pub fn start_on(runtime: &'static str, listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
+            .args(["serve", "--listen", listen, "--runtime", runtime])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -11,8 +11,9 @@
 //! the client gets the error frame and close 1009. A normal close ([`crate::Hub::close_normal`])
 //! is a close frame 1000 without reason.
 //! A server close sends the error frame the core queued, then a close frame whose code comes from
-//! [`tidings_core::ErrorCode::ws_close_code`] and whose reason is the error message (at most 123
-//! bytes), then waits briefly for the client's close.
+//! the connection's codec ([`tidings_core::codec::Codec::ws_close_code`], by default
+//! [`tidings_core::ErrorCode::ws_close_code`]; ksbus shuts down with 1012) and whose reason is
+//! the error message (at most 123 bytes), then waits briefly for the client's close.
 
 use std::future::{Future, pending};
 use std::time::{Duration, Instant};
@@ -196,8 +197,9 @@ where
                     };
                     writer.flushed();
                     if let Some(reason) = close {
-                        let closing =
-                            Box::pin(close_ws(rt, &mut ws, reason.as_ref(), reading, close_wait));
+                        // The close code is the protocol's (ksbus shuts down with 1012).
+                        let reason = reason.as_ref().map(|r| (decoder.ws_close_code(r), r));
+                        let closing = Box::pin(close_ws(rt, &mut ws, reason, reading, close_wait));
                         let killed = async {
                             let _ = (&mut kill).await;
                         };
@@ -372,13 +374,14 @@ where
     Ok(())
 }
 
-/// Sends the close frame for `reason` (`None`: a normal close, 1000 without a reason), then waits (briefly) for the client's close, or, if the
+/// Sends the close frame for `reason` (its close code, from the connection's codec, and the
+/// error; `None`: a normal close, 1000 without a reason), then waits (briefly) for the client's close, or, if the
 /// connection can no longer be read as WebSocket, drains what the client still sends so that
 /// closing does not reset the connection before it has read the close.
 async fn close_ws<R, S>(
     rt: &R,
     ws: &mut WebSocketStream<S>,
-    reason: Option<&ProtocolError>,
+    reason: Option<(u16, &ProtocolError)>,
     reading: bool,
     wait: Duration,
 ) where
@@ -387,8 +390,8 @@ async fn close_ws<R, S>(
 {
     let deadline = rt.now() + wait;
     let frame = match reason {
-        Some(reason) => CloseFrame {
-            code: CloseCode::from(reason.code.ws_close_code()),
+        Some((code, reason)) => CloseFrame {
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from(truncate(&reason.message, MAX_CLOSE_REASON)),
         },
         None => CloseFrame {
