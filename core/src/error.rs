@@ -170,7 +170,6 @@ impl ErrorCode {
         match self {
             Self::Forbidden => 403,
             Self::FrameTooLarge => 413,
-            Self::LimitReached => 429,
             Self::Overloaded | Self::ShuttingDown => 503,
             Self::Timeout => 504,
             Self::NoRecipient | Self::NoHandler => 404,
