@@ -852,3 +852,165 @@ fn sigterm_right_after_start_is_a_clean_exit() {
         }
     });
 }
+
+/// Query values are percent-decoded strictly: one that is not UTF-8 (`%FF`, `%FE`) is refused
+/// with `400 not_utf8` naming the parameter, wherever it is read, instead of becoming U+FFFD (which
+/// would make `%FE` and `%FF` one topic). Percent-encoded UTF-8 works as before.
+#[test]
+fn query_values_that_are_not_utf8_are_refused() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let cases: &[(&str, &str, &str)] = &[
+            ("GET", "/sse?topic=%FF", "topic"),
+            ("GET", "/sse?channel=a%FE", "channel"),
+            ("GET", "/sse?topic=a&client_id=u%C3", "client_id"),
+            ("GET", "/sse?topic=a&last_event_id=%FF-1", "last_event_id"),
+            ("GET", "/sse?topic=a&token=%FF", "token"),
+            ("POST", "/publish?topic=%FE", "topic"),
+            ("POST", "/publish?topic=a&event=%FF", "event"),
+            ("POST", "/subscriptions?client_id=%FF&add=a", "client_id"),
+            ("POST", "/subscriptions?client_id=u&add=%FF", "add"),
+            ("GET", "/ws?x=%FF", "x"),
+        ];
+        for (method, target, param) in cases {
+            if target.starts_with("/sse") {
+                // The head first: a stream would not end, and the test would wait for it.
+                let sse = server.sse(target, &[]);
+                assert_eq!(sse.head.status, 400, "{target}: a stream started");
+            }
+            let resp = server.request(method, target, &[], b"x");
+            assert_eq!(
+                (resp.status, resp.error_code().as_str()),
+                (400, "not_utf8"),
+                "{method} {target}: {}",
+                resp.body
+            );
+            assert!(
+                resp.body.contains(&format!("\\\"{param}\\\"")),
+                "{target}: the message names {param}: {}",
+                resp.body
+            );
+        }
+        // Nothing was published or subscribed by the refused requests.
+        let metrics = server.metrics();
+        assert_eq!(metric(&metrics, "tidings_publishes_total"), 0);
+        // Percent-encoded UTF-8 names still work, both ways.
+        let mut sse = server.sse("/sse?topic=caf%C3%A9.%E2%9C%93", &[]);
+        assert_eq!(sse.head.status, 200);
+        let id = server.publish("caf%C3%A9.%E2%9C%93", "ok");
+        let ev = sse.next_event();
+        assert_eq!(
+            (ev.data.as_str(), ev.last_event_id.as_str()),
+            ("ok", id.as_str())
+        );
+    });
+}
+
+/// A client frame with a masking key of 1, 2, 3, 4 (RFC 6455 §5.3).
+fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [1u8, 2, 3, 4];
+    let mut frame = vec![first];
+    match payload.len() {
+        n @ 0..=125 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// Opens a WebSocket on `path` with the tungstenite client, whose own frames are then bypassed.
+fn raw_websocket(server: &Server, path: &str) -> tungstenite::WebSocket<TcpStream> {
+    let url = format!("ws://{}{path}", server.addr);
+    let (ws, _) = tungstenite::client(url, server.connect()).expect("the handshake succeeds");
+    ws
+}
+
+/// Writes `bytes` to the socket under `ws`, then reads until the server closes: the text frames
+/// before the close, and the close code.
+fn violate(ws: &mut tungstenite::WebSocket<TcpStream>, bytes: &[u8]) -> (Vec<String>, Option<u16>) {
+    ws.get_mut().write_all(bytes).unwrap();
+    let mut texts = Vec::new();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => texts.push(text.to_string()),
+            Ok(Message::Close(frame)) => return (texts, frame.map(|f| u16::from(f.code))),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame (a bare TCP close?): {e}; got {texts:?}"),
+        }
+    }
+}
+
+/// RFC 6455 §7.1.7: a client that breaks the framing rules gets the `protocol_error` error frame
+/// and close code 1002, not a bare TCP close; on every WebSocket endpoint.
+#[test]
+fn websocket_protocol_violations_close_with_1002() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let violations: &[(&str, Vec<u8>)] = &[
+            ("an unmasked frame", vec![0x81, 2, b'{', b'}']),
+            ("RSV1 set", masked_frame(0x80 | 0x40 | 0x1, b"{}")),
+            ("reserved opcode 3", masked_frame(0x80 | 0x3, b"{}")),
+            ("reserved control opcode 0xB", masked_frame(0x80 | 0xB, b"")),
+            ("a 126-byte ping", masked_frame(0x80 | 0x9, &[b'p'; 126])),
+            ("a fragmented ping", masked_frame(0x9, b"p")),
+            ("a stray continuation", masked_frame(0x80, b"x")),
+            (
+                "a text frame inside a fragmented message",
+                [masked_frame(0x1, b"{"), masked_frame(0x81, b"}")].concat(),
+            ),
+            ("a close frame of one byte", masked_frame(0x80 | 0x8, b"x")),
+            (
+                "HTTP after the upgrade",
+                b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            ),
+        ];
+        for (what, bytes) in violations {
+            let mut ws = Ws::open(server.connect(), server.addr, &[]);
+            let (texts, code) = violate(&mut ws.ws, bytes);
+            assert_eq!(code, Some(1002), "{what}: {texts:?}");
+            assert_eq!(texts.len(), 1, "{what}: one error frame: {texts:?}");
+            let error: Value = serde_json::from_str(&texts[0]).unwrap();
+            assert_eq!(
+                (error["type"].as_str(), error["code"].as_str()),
+                (Some("error"), Some("protocol_error")),
+                "{what}: {error}"
+            );
+            assert!(error.get("id").is_none(), "{what}: {error}");
+        }
+        let metrics = server.wait_for_metrics("the connections are gone", |m| {
+            m.contains("tidings_connections{transport=\"ws\"} 0")
+        });
+        assert_eq!(
+            metric(&metrics, "tidings_errors_total{code=\"protocol_error\"}"),
+            violations.len() as u64
+        );
+        // The other WebSocket endpoints close the same way.
+        for path in ["/ws/bus", "/etp"] {
+            let mut ws = raw_websocket(&server, path);
+            let (_, code) = violate(&mut ws, &masked_frame(0x80 | 0x3, b"x"));
+            assert_eq!(code, Some(1002), "{path}");
+        }
+        // The edges that are allowed: a 125-byte ping is answered, and the connection lives.
+        let mut ws = Ws::open(server.connect(), server.addr, &[]);
+        ws.ws
+            .get_mut()
+            .write_all(&masked_frame(0x80 | 0x9, &[b'p'; 125]))
+            .unwrap();
+        loop {
+            match ws.ws.read().expect("a frame arrives") {
+                Message::Pong(payload) => {
+                    assert_eq!(&payload[..], &[b'p'; 125][..]);
+                    break;
+                }
+                Message::Ping(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let pong = ws.ask(json!({"op":"ping","id":1}));
+        assert_eq!(pong["type"], "pong", "{pong}");
+    });
+}

@@ -233,6 +233,10 @@ pub fn glob_matches(glob: &str, id: &str) -> bool {
 
 /// Runs the selected `cases` one after the other (they share the server's history, so they
 /// never overlap), calling `each` as every result comes in.
+///
+/// # Errors
+/// When the suite cannot run: a bad base URL, an unknown suite, or a server that cannot be
+/// reached (the binary exits with status 2 then, and 1 when a case failed).
 pub fn run(
     cases: &[Case],
     options: &Options,
@@ -248,6 +252,14 @@ pub fn run(
         return Err(format!(
             "unknown suite {unknown:?}; the suites are {}",
             GROUPS.join(", ")
+        ));
+    }
+    // A server that cannot be reached is not one that fails every case: the suite cannot run
+    // (exit status 2, like a bad option), and says why once.
+    if let Err(e) = std::net::TcpStream::connect_timeout(&target.addr, options.timeout) {
+        return Err(format!(
+            "cannot reach {} ({}): {e}",
+            options.base, target.addr
         ));
     }
     // A run-unique namespace per case keeps runs against the same server apart.

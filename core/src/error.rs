@@ -86,11 +86,15 @@ pub enum ErrorCode {
     Overloaded,
     /// The server is shutting down.
     ShuttingDown,
+    /// The peer broke the transport's framing rules (for WebSocket, RFC 6455: an unmasked client
+    /// frame, reserved bits or opcodes, a control frame over 125 bytes or fragmented, a stray
+    /// continuation frame); the connection is failed with close code 1002.
+    ProtocolError,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::BadFrame,
         Self::UnknownOp,
         Self::BadField,
@@ -112,6 +116,7 @@ impl ErrorCode {
         Self::Idle,
         Self::Overloaded,
         Self::ShuttingDown,
+        Self::ProtocolError,
     ];
 
     /// The wire name, e.g. `"forbidden"`.
@@ -138,6 +143,7 @@ impl ErrorCode {
             Self::Idle => "idle",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
+            Self::ProtocolError => "protocol_error",
         }
     }
 
@@ -154,6 +160,7 @@ impl ErrorCode {
             Self::Overloaded => 1013,
             Self::Idle => 1000,
             Self::NotUtf8 => 1007,
+            Self::ProtocolError => 1002,
             _ => 1008,
         }
     }
@@ -163,7 +170,6 @@ impl ErrorCode {
         match self {
             Self::Forbidden => 403,
             Self::FrameTooLarge => 413,
-            Self::LimitReached => 429,
             Self::Overloaded | Self::ShuttingDown => 503,
             Self::Timeout => 504,
             Self::NoRecipient | Self::NoHandler => 404,

@@ -11,7 +11,7 @@ use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use tidings_core::ProtocolError;
 
 use crate::io::with_deadline;
-use crate::request::RequestHead;
+use crate::request::{HeadError, RequestHead};
 use crate::runtime::Runtime;
 
 /// The default response headers of every SSE stream (DESIGN.md §4): the stream task writes
@@ -57,6 +57,16 @@ impl Refusal {
             error.code.as_str(),
             error.message.clone(),
         )
+    }
+
+    /// The answer to a request head that could not be read: `431 head_too_large`,
+    /// `400 not_utf8` (a query parameter is not UTF-8), or `400 bad_request`.
+    pub fn head(error: &HeadError) -> Self {
+        match error {
+            HeadError::TooLarge => Self::new(431, "head_too_large", error.to_string()),
+            HeadError::NotUtf8(_) => Self::new(400, "not_utf8", error.to_string()),
+            HeadError::Malformed(_) => Self::new(400, "bad_request", error.to_string()),
+        }
     }
 
     /// Adds a header.

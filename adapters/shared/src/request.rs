@@ -17,7 +17,8 @@ pub struct RequestHead {
     pub method: String,
     /// The path without the query, percent-decoded.
     pub path: String,
-    /// Query parameters in order, percent-decoded (`+` is a space); a key may repeat.
+    /// Query parameters in order, percent-decoded (`+` is a space); a key may repeat. Never
+    /// lossy: a query that is not UTF-8 once decoded is refused ([`HeadError::NotUtf8`]).
     pub query: Vec<(String, String)>,
     /// Headers in order; names lowercased.
     pub headers: Vec<(String, String)>,
@@ -68,6 +69,10 @@ pub enum HeadError {
     Malformed(String),
     /// Larger than [`MAX_HEAD_BYTES`] or more than [`MAX_HEADERS`] headers.
     TooLarge,
+    /// A query parameter (its name or its value) is not UTF-8 once percent-decoded (`%FF`):
+    /// refused rather than mangled, so that distinct names never alias. Holds the parameter's
+    /// name (lossily decoded, for the message).
+    NotUtf8(String),
 }
 
 impl fmt::Display for HeadError {
@@ -77,6 +82,10 @@ impl fmt::Display for HeadError {
             Self::TooLarge => write!(
                 f,
                 "request head larger than {MAX_HEAD_BYTES} bytes or with more than {MAX_HEADERS} headers"
+            ),
+            Self::NotUtf8(param) => write!(
+                f,
+                "query parameter {param:?} is not valid UTF-8 once percent-decoded; percent-encode the UTF-8 bytes of the text (é is %C3%A9)"
             ),
         }
     }
@@ -108,15 +117,18 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut head = RequestHead {
         method: req.method.unwrap_or("GET").to_owned(),
-        path: decode(path, false),
+        path: decode_lossy(path, false),
         query: query
             .split('&')
             .filter(|pair| !pair.is_empty())
             .map(|pair| {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (decode(k, true), decode(v, true))
+                let not_utf8 = || HeadError::NotUtf8(decode_lossy(k, true));
+                let key = decode(k, true).ok_or_else(not_utf8)?;
+                let value = decode(v, true).ok_or_else(not_utf8)?;
+                Ok((key, value))
             })
-            .collect(),
+            .collect::<Result<_, HeadError>>()?,
         headers: Vec::with_capacity(req.headers.len()),
     };
     for h in req.headers.iter() {
@@ -128,17 +140,32 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
     Ok(Some((head, len)))
 }
 
-/// Percent-decodes (and, in queries, turns `+` into a space). Invalid UTF-8 is replaced rather
-/// than refused here; values are validated by whoever uses them (topics, cursors, tokens).
-fn decode(s: &str, plus_is_space: bool) -> String {
-    let s = if plus_is_space && s.contains('+') {
-        std::borrow::Cow::Owned(s.replace('+', " "))
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    };
+/// Percent-decodes (and, in queries, turns `+` into a space); `None` if the result is not UTF-8.
+/// Query parameters are decoded strictly: a lossy decoding would turn `%FE` and `%FF` into the
+/// same U+FFFD, making distinct topic names (or client ids, cursors, tokens) one.
+fn decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let s = plus_to_space(s, plus_is_space);
+    percent_encoding::percent_decode_str(&s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
+}
+
+/// Percent-decodes, replacing invalid UTF-8: for the path (a path that is not UTF-8 names no
+/// endpoint, and gets `404`) and for naming a refused parameter.
+fn decode_lossy(s: &str, plus_is_space: bool) -> String {
+    let s = plus_to_space(s, plus_is_space);
     percent_encoding::percent_decode_str(&s)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+fn plus_to_space(s: &str, plus_is_space: bool) -> std::borrow::Cow<'_, str> {
+    if plus_is_space && s.contains('+') {
+        std::borrow::Cow::Owned(s.replace('+', " "))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 #[cfg(test)]
@@ -161,6 +188,33 @@ mod tests {
         assert_eq!(head.header("LAST-EVENT-ID"), Some("3-4"));
         assert_eq!(head.cookie("tidings_token"), Some("t0k"));
         assert_eq!(head.cookie("nope"), None);
+    }
+
+    #[test]
+    fn query_parameters_that_are_not_utf8_are_refused() {
+        for (raw, param) in [
+            ("GET /sse?topic=%FF HTTP/1.1\r\n\r\n", "topic"),
+            (
+                "POST /publish?topic=a&event=%FE%FF HTTP/1.1\r\n\r\n",
+                "event",
+            ),
+            (
+                "GET /sse?topic=a&client_id=u%C3 HTTP/1.1\r\n\r\n",
+                "client_id",
+            ),
+            ("GET /sse?%FF=1 HTTP/1.1\r\n\r\n", "\u{fffd}"),
+        ] {
+            assert_eq!(
+                parse_head(raw.as_bytes()),
+                Err(HeadError::NotUtf8(param.to_owned())),
+                "{raw}"
+            );
+        }
+        // Percent-encoded UTF-8 is fine, and the path is still decoded leniently.
+        let raw = b"GET /x%FF?topic=caf%C3%A9.%E2%9C%93 HTTP/1.1\r\n\r\n";
+        let (head, _) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(head.query_param("topic"), Some("caf\u{e9}.\u{2713}"));
+        assert_eq!(head.path, "/x\u{fffd}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
 use crate::http::{Cors, Refusal, Response, respond};
 use crate::hub::Hub;
 use crate::io::with_deadline;
-use crate::request::{HeadError, RequestHead, parse_head};
+use crate::request::{RequestHead, parse_head};
 use crate::runtime::Runtime;
 use crate::sse::SseRequest;
 
@@ -1039,14 +1039,7 @@ async fn read_head<R: Runtime, S: AsyncRead + Unpin>(
         match parse_head(&buf) {
             Ok(Some((head, len))) => return Ok(Some((head, buf.split_off(len)))),
             Ok(None) => {}
-            Err(HeadError::TooLarge) => {
-                return Err(Refusal::new(
-                    431,
-                    "head_too_large",
-                    HeadError::TooLarge.to_string(),
-                ));
-            }
-            Err(e) => return Err(Refusal::new(400, "bad_request", e.to_string())),
+            Err(e) => return Err(Refusal::head(&e)),
         }
     }
 }

@@ -8,7 +8,10 @@
 //! as activity (`Command::Ping` without id). The application's pings ([`crate::Hub::ping`]) carry
 //! the connection's counter (`1`, `2`, …) and are answered by the pong with the same payload. A
 //! message over `max_frame_bytes` ends reading and becomes the core's fatal `frame_too_large`:
-//! the client gets the error frame and close 1009. A normal close ([`crate::Hub::close_normal`])
+//! the client gets the error frame and close 1009. A break of RFC 6455's framing rules (an
+//! unmasked frame, reserved bits or opcodes, a control frame over 125 bytes or fragmented, a
+//! stray continuation frame, anything that is not a frame) ends reading the same way as the
+//! core's fatal `protocol_error`: the error frame and close 1002 (§7.1.7). A normal close ([`crate::Hub::close_normal`])
 //! is a close frame 1000 without reason.
 //! A server close sends the error frame the core queued, then a close frame whose code comes from
 //! the connection's codec ([`tidings_core::codec::Codec::ws_close_code`], by default
@@ -19,7 +22,7 @@ use std::future::{Future, pending};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::WebSocketStream;
-use async_tungstenite::tungstenite::error::CapacityError;
+use async_tungstenite::tungstenite::error::{CapacityError, ProtocolError as WsProtocolError};
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -255,6 +258,14 @@ where
                             ErrorCode::NotUtf8,
                             "a text message is not valid UTF-8",
                         ),
+                        // RFC 6455 §7.1.7: a broken framing rule fails the connection with
+                        // 1002, after the error frame (the core closes with `protocol_error`).
+                        WsError::Protocol(violation) if is_violation(&violation) => {
+                            ProtocolError::new(
+                                ErrorCode::ProtocolError,
+                                format!("WebSocket protocol violation: {violation}"),
+                            )
+                        }
                         other => {
                             tracing::debug!(conn = %writer.conn(), "websocket ended: {other}");
                             break;
@@ -278,6 +289,18 @@ where
             .sent()
             .await;
     }
+}
+
+/// Whether a read error is the client breaking RFC 6455's framing rules (answered with the
+/// error frame and close 1002), rather than the connection ending (a reset without a close, data
+/// after the client's own close) or an error of our own side.
+fn is_violation(error: &WsProtocolError) -> bool {
+    !matches!(
+        error,
+        WsProtocolError::ResetWithoutClosingHandshake
+            | WsProtocolError::ReceivedAfterClosing
+            | WsProtocolError::SendAfterClosing
+    )
 }
 
 /// Writes `first` and whatever else is queued (up to a [`BATCH`]), with one flush; the writer

@@ -69,7 +69,7 @@ use tidings_adapter::async_tungstenite::tungstenite::handshake::derive_accept_ke
 use tidings_adapter::async_tungstenite::tungstenite::protocol::Role;
 use tidings_adapter::endpoints::{ENDPOINTS, Serve, endpoint};
 use tidings_adapter::http::Refusal;
-use tidings_adapter::request::{HeadError, parse_head};
+use tidings_adapter::request::parse_head;
 use tidings_adapter::{RequestHead, Service};
 use tokio_util::compat::TokioAsyncReadCompatExt as _;
 
@@ -204,12 +204,7 @@ fn request_head(req: &Request) -> Result<RequestHead, Refusal> {
     match parse_head(&raw) {
         Ok(Some((head, _))) => Ok(head),
         Ok(None) => Err(Refusal::new(400, "bad_request", "incomplete request head")),
-        Err(HeadError::TooLarge) => Err(Refusal::new(
-            431,
-            "head_too_large",
-            HeadError::TooLarge.to_string(),
-        )),
-        Err(e) => Err(Refusal::new(400, "bad_request", e.to_string())),
+        Err(e) => Err(Refusal::head(&e)),
     }
 }
 

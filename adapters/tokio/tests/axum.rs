@@ -254,6 +254,21 @@ async fn the_app_route_and_the_server_answers_under_the_mount() {
             (bad.status, error_code(&bad).as_str()),
             (400, "invalid_topic")
         );
+        // Query values that are not UTF-8 are refused the same way (hyper lets `%FF` through).
+        for target in ["/realtime/publish?topic=%FE", "/realtime/sse?topic=%FF"] {
+            let method = if target.contains("publish") {
+                "POST"
+            } else {
+                "GET"
+            };
+            let resp = request(addr, method, target, "", "x");
+            assert_eq!(
+                (resp.status, error_code(&resp).as_str()),
+                (400, "not_utf8"),
+                "{target}: {}",
+                resp.body
+            );
+        }
         let big = "x".repeat((1 << 20) + 1);
         let too_large = request(addr, "POST", "/realtime/publish?topic=a", "", &big);
         assert_eq!(too_large.status, 413, "{}", too_large.body);
