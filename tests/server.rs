@@ -1014,3 +1014,47 @@ fn websocket_protocol_violations_close_with_1002() {
         assert_eq!(pong["type"], "pong", "{pong}");
     });
 }
+
+/// A client that never reads (a WebSocket, then an SSE stream): once the kernel's buffers are
+/// full, the server's write to it blocks; after `http.write_timeout` it is dropped, logged and
+/// counted in `/metrics` (`tidings_write_timeouts_total`), on both runtimes. The broker's credit is raised so that it
+/// keeps handing frames out (the slow-consumer policy would otherwise stop them first).
+#[test]
+fn a_client_that_does_not_read_is_dropped_at_the_write_timeout_and_counted() {
+    for_each_runtime(|rt| {
+        let server = Server::start(
+            rt,
+            &[
+                "--set",
+                "http.write_timeout=\"1s\"",
+                "--set",
+                "limits.max_queued_bytes=67108864",
+            ],
+        );
+        let before = metric(&server.metrics(), "tidings_write_timeouts_total");
+        let mut stuck = Ws::open(server.connect_small_buffer(), server.addr, &[]);
+        let ok = stuck.ask(json!({"op":"subscribe","id":1,"topic":"big"}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        // ~12 MB: more than the kernel's socket buffers on both sides take.
+        let body = "x".repeat(60_000);
+        for _ in 0..200 {
+            server.publish("big", &body);
+        }
+        let metrics = server.wait_for_metrics("the stuck client is dropped and counted", |m| {
+            metric(m, "tidings_write_timeouts_total") > before
+        });
+        assert_eq!(metric(&metrics, "tidings_write_timeouts_total"), before + 1);
+        drop(stuck);
+
+        // The same for an SSE stream that is never read.
+        let stream = Sse::open(server.connect_small_buffer(), "/sse?topic=big2", &[]);
+        for _ in 0..200 {
+            server.publish("big2", &body);
+        }
+        let metrics = server.wait_for_metrics("the stuck stream is dropped and counted", |m| {
+            metric(m, "tidings_write_timeouts_total") > before + 1
+        });
+        assert_eq!(metric(&metrics, "tidings_write_timeouts_total"), before + 2);
+        drop(stream);
+    });
+}

@@ -154,7 +154,7 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                service.accept_failed(&e);
                 async_io::Timer::after(Duration::from_millis(50)).await;
             }
         }

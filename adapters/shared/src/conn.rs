@@ -87,8 +87,20 @@ pub(crate) struct Opening {
 pub(crate) enum FromConn {
     Open(Box<Opening>),
     Command(ConnId, Command),
-    /// The connection ended; with the client's WebSocket close code if it sent one.
-    Closed(ConnId, Option<u16>),
+    /// The connection ended, and how.
+    Closed(ConnId, Ended),
+}
+
+/// How a connection task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The client closed the WebSocket, with this close code (1005: a close frame without one).
+    Peer(u16),
+    /// The socket ended or failed without a close, or the task was stopped.
+    Lost,
+    /// Writing what was handed to it took longer than `http.write_timeout` (a client that does
+    /// not read): dropped.
+    WriteTimeout,
 }
 
 /// A message on its way to the driver ([`hand`]).

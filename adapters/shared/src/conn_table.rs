@@ -38,6 +38,8 @@ pub(crate) struct ConnTable {
     /// Connections dropped (a full outbox, a task gone, no close in time), in-process ones
     /// not counted.
     pub(crate) dead: u64,
+    /// Connections dropped because a write to them took longer than `http.write_timeout`.
+    pub(crate) write_timeouts: u64,
 }
 
 impl ConnTable {
@@ -129,6 +131,8 @@ impl ConnTable {
             sse_connections: self.counts[Kind::Sse.index()],
             internal_connections: self.counts[Kind::Internal.index()],
             dead_connections: self.dead,
+            write_timeouts: self.write_timeouts,
+            accept_failures: 0, // the listener's, filled in by the service
             handled_requests: handled,
             epoch,
         }

@@ -31,7 +31,7 @@ use std::time::Instant;
 use futures_lite::FutureExt as _;
 use tidings_core::{AppOp, AppReply, Broker, ConnId, ErrorCode, Input, Output, ProtocolError};
 
-use crate::conn::{FromConn, Kind, Opening, PingReply, ToConn};
+use crate::conn::{Ended, FromConn, Kind, Opening, PingReply, ToConn};
 use crate::conn_table::ConnTable;
 use crate::control::{Answer, Control};
 use crate::events::AppEvents;
@@ -157,11 +157,18 @@ impl<R: Runtime> Driver<R> {
         match msg {
             FromConn::Open(opening) => self.open(now, *opening),
             FromConn::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
-            FromConn::Closed(conn, code) => {
+            FromConn::Closed(conn, ended) => {
+                if ended == Ended::WriteTimeout {
+                    // Not a protocol event the core sees: counted and told here.
+                    tracing::info!(%conn, "dropped: it did not take what was written to it in time");
+                    self.conns.write_timeouts += 1;
+                }
                 if let Some(entry) = self.conns.get_mut(conn) {
-                    entry.ending.get_or_insert(
-                        code.map_or(Disconnect::Lost, |c| Disconnect::Client(Some(c))),
-                    );
+                    entry.ending.get_or_insert(match ended {
+                        Ended::Peer(code) => Disconnect::Client(Some(code)),
+                        Ended::Lost => Disconnect::Lost,
+                        Ended::WriteTimeout => Disconnect::WriteTimeout,
+                    });
                 }
                 self.closed(now, conn);
             }

@@ -18,6 +18,11 @@ pub struct ServerStats {
     pub internal_connections: usize,
     /// Connections dropped because their outbox was full or their writer was gone.
     pub dead_connections: u64,
+    /// Connections dropped because writing to them took longer than `http.write_timeout` (a
+    /// client that does not read).
+    pub write_timeouts: u64,
+    /// Failed `accept`s of the listener (out of file descriptors, ...).
+    pub accept_failures: u64,
     /// Client requests answered by an application handler.
     pub handled_requests: u64,
     /// The hub epoch of this run.
@@ -91,6 +96,18 @@ pub fn render(stats: &ServerStats) -> String {
         "counter",
         "Connections dropped because their outgoing queue was full or they did not close in time.",
         &[("", stats.dead_connections)],
+    );
+    family(
+        "tidings_write_timeouts_total",
+        "counter",
+        "Connections dropped because writing to them took longer than http.write_timeout (clients that do not read).",
+        &[("", stats.write_timeouts)],
+    );
+    family(
+        "tidings_accept_failures_total",
+        "counter",
+        "Failed accepts of the listener (out of file descriptors and the like).",
+        &[("", stats.accept_failures)],
     );
     family(
         "tidings_gaps_total",

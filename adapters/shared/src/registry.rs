@@ -43,6 +43,9 @@ pub enum Disconnect {
     /// The client closed it first, with this WebSocket close code (`None`: a close frame
     /// without a code).
     Client(Option<u16>),
+    /// Writing to it took longer than `http.write_timeout` (a client that does not read): it
+    /// was dropped without a close frame.
+    WriteTimeout,
     /// The connection was lost: the socket ended without a close frame, a network error, an SSE
     /// stream or in-process subscription that ended, or it was dropped (a full outbox).
     Lost,
@@ -55,7 +58,7 @@ impl Disconnect {
             Self::Normal => Some(1000),
             Self::Server(reason) => Some(reason.code.ws_close_code()),
             Self::Client(code) => *code,
-            Self::Lost => None,
+            Self::Lost | Self::WriteTimeout => None,
         }
     }
 

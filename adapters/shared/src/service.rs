@@ -168,7 +168,40 @@ struct Inner<R> {
     live: Mutex<Option<flume::Sender<()>>>,
     /// Disconnects when every connection task has ended after shutdown started.
     idle: flume::Receiver<()>,
+    /// Failed `accept`s (out of file descriptors, ...), and when the last was logged.
+    accept_failures: Mutex<AcceptFailures>,
 }
+
+/// Failed `accept`s: counted for `/metrics`, logged at most every [`ACCEPT_LOG_EVERY`].
+#[derive(Default)]
+struct AcceptFailures {
+    total: u64,
+    /// When the last line was logged, and the failures since.
+    logged: Option<(std::time::Instant, u64)>,
+}
+
+impl AcceptFailures {
+    /// Counts a failure at `now`; returns the failures not logged since the last line when this
+    /// one is to be logged.
+    fn record(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.total += 1;
+        match &mut self.logged {
+            Some((at, since)) if now < *at + ACCEPT_LOG_EVERY => {
+                *since += 1;
+                None
+            }
+            logged => {
+                let since = logged.map_or(0, |(_, n)| n);
+                *logged = Some((now, 0));
+                Some(since)
+            }
+        }
+    }
+}
+
+/// How often failed `accept`s are logged at most (they repeat every few milliseconds at the
+/// file-descriptor limit).
+const ACCEPT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The tidings server, independent of the runtime: cheap to clone.
 pub struct Service<R: Runtime> {
@@ -211,6 +244,7 @@ impl<R: Runtime> Service<R> {
                 cors,
                 live: Mutex::new(Some(live)),
                 idle,
+                accept_failures: Mutex::default(),
             }),
         })
     }
@@ -231,6 +265,22 @@ impl<R: Runtime> Service<R> {
     }
 
     /// Socket options for an accepted TCP connection: no Nagle delay, and on Linux
+    /// Runtime adapters report a failed `accept` here: it is counted
+    /// (`tidings_accept_failures_total`) and logged at most every 10 s, with the number of
+    /// failures since the last line.
+    pub fn accept_failed(&self, error: &std::io::Error) {
+        let now = self.inner.rt.now();
+        let Ok(mut failures) = self.inner.accept_failures.lock() else {
+            return;
+        };
+        if let Some(since) = failures.record(now) {
+            tracing::warn!(
+                "accept failed: {error} ({since} more failures since the last line; logged at most every {} s)",
+                ACCEPT_LOG_EVERY.as_secs()
+            );
+        }
+    }
+
     /// `http.tcp_user_timeout`, so that the keep-alives the server sends find half-open
     /// connections. Runtime adapters call it on every accepted socket (errors are ignored: the
     /// options are an optimisation).
@@ -355,10 +405,14 @@ impl<R: Runtime> Service<R> {
             }
             (Some(Serve::Health), "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
             (Some(Serve::Metrics), "GET") => match Box::pin(self.inner.hub.stats()).await {
-                Ok(stats) => Response::ok(
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    crate::metrics::render(&stats),
-                ),
+                Ok(mut stats) => {
+                    stats.accept_failures =
+                        self.inner.accept_failures.lock().map_or(0, |f| f.total);
+                    Response::ok(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        crate::metrics::render(&stats),
+                    )
+                }
                 Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
             },
             _ => match (static_file(&head.path), method) {
@@ -1127,5 +1181,33 @@ mod task_sizes {
         // credit bookkeeping, issue 12): these are in every idle connection's memory.
         assert!(sse <= 512, "{sse}");
         assert!(ws <= 1024, "{ws}");
+    }
+}
+
+#[cfg(test)]
+mod accept_failures {
+    use std::time::{Duration, Instant};
+
+    use super::AcceptFailures;
+
+    #[test]
+    fn are_all_counted_and_logged_at_most_every_ten_seconds() {
+        let t0 = Instant::now();
+        let mut f = AcceptFailures::default();
+        assert_eq!(f.record(t0), Some(0), "the first one is logged");
+        for i in 1..=200 {
+            // Every 50 ms, as the accept loops retry, for 10 s.
+            let logged = f.record(t0 + Duration::from_millis(50 * i));
+            if i == 200 {
+                assert_eq!(
+                    logged,
+                    Some(199),
+                    "after 10 s, with the count of the others"
+                );
+            } else {
+                assert_eq!(logged, None, "failure {i} within 10 s of the last line");
+            }
+        }
+        assert_eq!(f.total, 201);
     }
 }

@@ -19,7 +19,7 @@ use tidings_core::sse::SseCodec;
 use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
 use crate::auth::Authenticated;
-use crate::conn::{FromConn, ToConn, hand};
+use crate::conn::{Ended, FromConn, ToConn, hand};
 use crate::control::Control;
 use crate::ctx::ConnCtx;
 use crate::hub::Hub;
@@ -112,6 +112,7 @@ where
             return;
         }
         let write_timeout = ctx.write_timeout;
+        let mut ended = Ended::Lost;
 
         loop {
             let step = {
@@ -178,21 +179,26 @@ where
             };
             let killed = async {
                 let _ = (&mut kill).await;
-                None
+                Some(Err(std::io::ErrorKind::ConnectionAborted.into()))
             };
             // Boxed: in place, this short-lived future would enlarge every idle stream's task.
             let written = Box::pin(with_timeout(rt, write_timeout, write))
                 .or(killed)
                 .await;
-            if !matches!(written, Some(Ok(()))) {
-                break;
+            match written {
+                Some(Ok(())) => {}
+                None => {
+                    ended = Ended::WriteTimeout;
+                    break;
+                }
+                Some(Err(_)) => break, // killed, or the socket failed
             }
             writer.flushed();
             if close.is_some() {
                 break;
             }
         }
-        hand(to_driver, FromConn::Closed(writer.conn(), None))
+        hand(to_driver, FromConn::Closed(writer.conn(), ended))
             .sent()
             .await;
     }

@@ -36,7 +36,7 @@ use tidings_core::codec::Codec;
 use tidings_core::{Claim, Command, ErrorCode, ProtocolError};
 
 use crate::auth::Authenticated;
-use crate::conn::{FromConn, Opening, PingReply, ToConn, hand};
+use crate::conn::{Ended, FromConn, Opening, PingReply, ToConn, hand};
 use crate::ctx::ConnCtx;
 use crate::http::linger;
 use crate::io::{with_deadline, with_timeout};
@@ -160,6 +160,8 @@ where
         let mut reading = true;
         // The client's close code, if it closed first.
         let mut peer_close: Option<u16> = None;
+        // How it ended, unless the client closed.
+        let mut ended = Ended::Lost;
         let mut pings = Pings::default();
         loop {
             let step = {
@@ -192,11 +194,15 @@ where
                     ));
                     let killed = async {
                         let _ = (&mut kill).await;
-                        None
+                        Some(Err(WsError::ConnectionClosed))
                     };
-                    let written = write.or(killed).await;
-                    let Some(Ok(close)) = written else {
-                        break; // timed out, killed, or the socket failed
+                    let close = match write.or(killed).await {
+                        Some(Ok(close)) => close,
+                        None => {
+                            ended = Ended::WriteTimeout;
+                            break;
+                        }
+                        Some(Err(_)) => break, // killed, or the socket failed
                     };
                     writer.flushed();
                     if let Some(reason) = close {
@@ -285,7 +291,8 @@ where
                 }
             }
         }
-        hand(to_driver, FromConn::Closed(writer.conn(), peer_close))
+        let ended = peer_close.map_or(ended, Ended::Peer);
+        hand(to_driver, FromConn::Closed(writer.conn(), ended))
             .sent()
             .await;
     }

@@ -187,7 +187,7 @@ async fn accept_loop(
             }
             Err(e) => {
                 // Out of file descriptors and the like: wait a little instead of spinning.
-                tracing::warn!("accept failed: {e}");
+                service.accept_failed(&e);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

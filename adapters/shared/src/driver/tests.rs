@@ -235,8 +235,10 @@ fn a_shutdown_completes_when_every_connection_is_gone_or_at_the_deadline() {
         );
     }
     // One closes as asked; the other never does.
-    b.driver
-        .conn_msg(now, FromConn::Closed(polite.conn, Some(1001)));
+    b.driver.conn_msg(
+        now,
+        FromConn::Closed(polite.conn, crate::conn::Ended::Peer(1001)),
+    );
     b.driver.step(now);
     assert_eq!(stopped.try_recv(), Ok(None), "one connection is left");
 
