@@ -531,7 +531,7 @@ pub fn ksbus_decode(data: &[u8]) {
 }
 
 /// `etp::decode` never panics and follows etp's split rules; what the broker then sends an etp
-/// client is `name||id[||data]` with a decimal id.
+/// client is `name||id[||data]` with a decimal id (signed, as etp writes ids of 2^63 and more).
 pub fn etp_decode(data: &[u8]) {
     let cmd = crate::etp::decode(data, &Limits::default());
     let first = data.windows(2).position(|w| w == b"||");
@@ -557,8 +557,10 @@ pub fn etp_decode(data: &[u8]) {
                 .windows(2)
                 .position(|w| w == b"||")
                 .unwrap_or(rest.len());
+            // A decimal id, signed as etp writes ids of 2^63 and more (`-1`).
+            let id = rest[..id_end].strip_prefix(b"-").unwrap_or(&rest[..id_end]);
             assert!(
-                !rest[..id_end].is_empty() && rest[..id_end].iter().all(u8::is_ascii_digit),
+                !id.is_empty() && id.iter().all(u8::is_ascii_digit),
                 "{frame:?}"
             );
         }
