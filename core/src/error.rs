@@ -90,11 +90,14 @@ pub enum ErrorCode {
     /// frame, reserved bits or opcodes, a control frame over 125 bytes or fragmented, a stray
     /// continuation frame); the connection is failed with close code 1002.
     ProtocolError,
+    /// The event could not be stored (the log's disk is full or failing, or the log is too far
+    /// behind): nothing was stored or delivered; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::BadFrame,
         Self::UnknownOp,
         Self::BadField,
@@ -117,6 +120,7 @@ impl ErrorCode {
         Self::Overloaded,
         Self::ShuttingDown,
         Self::ProtocolError,
+        Self::Unavailable,
     ];
 
     /// The wire name, e.g. `"forbidden"`.
@@ -144,6 +148,7 @@ impl ErrorCode {
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::ProtocolError => "protocol_error",
+            Self::Unavailable => "unavailable",
         }
     }
 
@@ -170,7 +175,7 @@ impl ErrorCode {
         match self {
             Self::Forbidden => 403,
             Self::FrameTooLarge => 413,
-            Self::Overloaded | Self::ShuttingDown => 503,
+            Self::Overloaded | Self::ShuttingDown | Self::Unavailable => 503,
             Self::Timeout => 504,
             Self::NoRecipient | Self::NoHandler => 404,
             Self::ClientIdTaken | Self::DuplicateRequest => 409,

@@ -23,6 +23,7 @@ mod grants;
 mod history;
 mod ids;
 mod input;
+pub mod log;
 pub mod ksbus;
 pub mod native;
 mod output;
