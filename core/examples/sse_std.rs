@@ -188,7 +188,10 @@ impl Driver {
                 self.feed(now, Input::Command { conn, cmd });
             }
             Msg::Publish(topic, event, payload, reply) => {
-                let _ = reply.send(self.broker.publish(now, topic, event, payload));
+                // The in-memory log (this example's) stores at once.
+                if let Some(cursor) = self.broker.publish(now, topic, event, payload).cursor() {
+                    let _ = reply.send(cursor);
+                }
             }
         }
     }

@@ -7,25 +7,27 @@ use std::time::{Duration, Instant};
 use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::command::Recipient;
-use crate::cursor::Cursor;
 use crate::error::{ApiError, ProtocolError};
 use crate::grants::Grants;
 use crate::ids::{AckId, ConnId, ReqId};
 use crate::payload::Payload;
+use crate::publish::{Published, Publisher};
 use crate::timers::Timer;
 use crate::topic::{Name, Topic};
 
 impl Broker {
-    /// Publishes from server code, exactly like a client publish; returns the event's cursor.
+    /// Publishes from server code, exactly like a client publish: stored at once with the
+    /// in-memory log ([`Published::Stored`] with the cursor), or handed to the external log
+    /// ([`Published::Storing`]; [`crate::AppEvent::Stored`] tells the cursor).
     pub fn publish(
         &mut self,
         now: Instant,
         topic: Topic,
         event: Option<Name>,
         payload: Payload,
-    ) -> Cursor {
+    ) -> Published {
         self.advance(now);
-        self.publish_event(topic, event, payload, None)
+        self.publish_event(topic, event, payload, None, Publisher::App)
     }
 
     /// Sends a message that is not retained to a connection, a client id, or a named

@@ -178,6 +178,9 @@ pub enum AppReply {
     /// The broker refused: an unknown connection, a limit, an operation the connection does
     /// not support.
     Refused(ApiError),
+    /// The publish was handed to the external log: its cursor (or why it was not stored) comes
+    /// as [`crate::AppEvent::Stored`] with this id.
+    Storing(crate::log::AppendId),
     /// The operation failed as a client's would (a change of subscriptions checked against
     /// the client's grants).
     Failed(ProtocolError),
@@ -205,7 +208,11 @@ impl Broker {
                 topic,
                 event,
                 payload,
-            } => AppReply::Cursor(self.publish(now, topic, event, payload)),
+            } => match self.publish(now, topic, event, payload) {
+                crate::Published::Stored(cursor) => AppReply::Cursor(cursor),
+                crate::Published::Storing(id) => AppReply::Storing(id),
+                crate::Published::Refused(e) => AppReply::Failed(e),
+            },
             AppOp::Send { to, event, payload } => {
                 AppReply::Count(self.send(now, &to, event.as_ref(), &payload))
             }

@@ -112,6 +112,17 @@ pub struct Broker {
     pub(crate) parked_timer: Option<Instant>,
     /// Declared topics (by name) and who may see them.
     pub(crate) catalog: BTreeMap<String, (Topic, Visibility)>,
+    /// Publishes waiting for the external log, in the order asked.
+    pub(crate) appends: VecDeque<crate::publish::Pending>,
+    pub(crate) next_append: u64,
+    /// Log reads in flight, and the connection each is for.
+    pub(crate) reads: HashMap<crate::log::ReadId, ConnId>,
+    pub(crate) next_read: u64,
+    /// The external log's first retained position (see `Broker::log_first`).
+    pub(crate) log_first: u64,
+    /// Positions given out before a restart whose events were not recovered (after the last
+    /// recovered one, up to the reservation): cursors in there get a gap notice.
+    pub(crate) lost: Option<(u64, u64)>,
     /// Shutting down: new connections are closed at once, and `AppEvent::Stopped` is emitted
     /// once the last connection is gone (`Some(true)`: emitted).
     pub(crate) shutdown: Option<bool>,
@@ -120,7 +131,20 @@ pub struct Broker {
 impl Broker {
     /// Creates a broker at time `now`.
     pub fn new(config: Config, now: Instant) -> Self {
-        let history = History::new(config.retention.clone(), config.limits.max_tracked_topics);
+        // The hot window: the whole log in memory, or its newest part as a cache.
+        let hot = match config.log {
+            crate::log::LogMode::Memory => config.retention.clone(),
+            crate::log::LogMode::External {
+                hot_events,
+                hot_bytes,
+                ..
+            } => crate::config::Retention {
+                max_events: hot_events.min(config.retention.max_events),
+                max_bytes: hot_bytes.min(config.retention.max_bytes),
+                max_age: config.retention.max_age,
+            },
+        };
+        let history = History::new(hot, config.limits.max_tracked_topics);
         Self {
             config,
             now,
@@ -146,6 +170,12 @@ impl Broker {
             parked_gen: 0,
             parked_timer: None,
             catalog: BTreeMap::new(),
+            appends: VecDeque::new(),
+            next_append: 0,
+            reads: HashMap::new(),
+            next_read: 0,
+            log_first: 1,
+            lost: None,
             shutdown: None,
         }
     }
@@ -193,6 +223,10 @@ impl Broker {
                 self.free.push(slot);
                 self.emit(AppEvent::Disconnected { conn });
                 self.stop_if_done();
+                Ok(())
+            }
+            Input::Log(reply) => {
+                self.handle_log(reply);
                 Ok(())
             }
         }
@@ -411,9 +445,16 @@ impl Broker {
                     );
                     return self.fail(slot, req, e);
                 }
-                let from = self.conn_ref(slot).client_id().cloned();
-                let cursor = self.publish_event(topic, event, payload, from);
-                self.ok(slot, req, Some(cursor), None);
+                let state = self.conn_ref(slot);
+                let (from, conn) = (state.client_id().cloned(), state.id);
+                let publisher = crate::publish::Publisher::Conn { conn, req };
+                match self.publish_event(topic, event, payload, from, publisher) {
+                    crate::publish::Published::Stored(cursor) => {
+                        self.ok(slot, req, Some(cursor), None);
+                    }
+                    crate::publish::Published::Storing(_) => {}
+                    crate::publish::Published::Refused(e) => self.fail(slot, req, e),
+                }
             }
             Command::Send {
                 req,

@@ -35,6 +35,9 @@ pub struct Config {
     pub timers: Timers,
     /// The reconnection delay advertised to SSE clients with `retry:` when a stream opens.
     pub sse_retry: Option<Duration>,
+    /// Where events are stored: only in memory (a restart starts a new epoch), or in an
+    /// external log reached through outputs and inputs (see [`crate::log`]).
+    pub log: crate::log::LogMode,
     /// Emit [`crate::Lifecycle`] events (clients, topics, groups, subscriptions, publishes) for
     /// the application's hooks. Off by default: they cost an allocation each.
     pub lifecycle_events: bool,
@@ -49,6 +52,7 @@ impl Default for Config {
             slow_consumer: SlowConsumer::default(),
             timers: Timers::default(),
             sse_retry: Some(Duration::from_millis(2000)),
+            log: crate::log::LogMode::Memory,
             lifecycle_events: false,
         }
     }

@@ -65,6 +65,34 @@ pub(crate) struct CatchUp {
     /// Subscriptions removed while catching up that had delivered events beyond `pos`: they
     /// keep those events from being delivered twice through another subscription.
     pub(crate) removed: Vec<Sub>,
+    /// Events read from the external log and not yet served (older than the hot window).
+    pub(crate) page: std::collections::VecDeque<crate::log::Logged>,
+    /// The log read in flight for this connection, if any, and the position it starts at (a
+    /// page that no longer starts right after `pos` is dropped and read again).
+    pub(crate) reading: Option<(crate::log::ReadId, u64)>,
+}
+
+impl CatchUp {
+    /// Catching up from `pos`, for `reason`.
+    pub(crate) fn new(pos: u64, reason: GapReason, dropped_messages: u64) -> Self {
+        Self {
+            pos,
+            reason,
+            dropped_messages,
+            removed: Vec::new(),
+            page: std::collections::VecDeque::new(),
+            reading: None,
+        }
+    }
+
+    /// Moves back to `to` if that is earlier (new subscriptions replay from there); a page read
+    /// for a later position no longer applies.
+    pub(crate) fn rewind(&mut self, to: u64) {
+        if to < self.pos {
+            self.pos = to;
+            self.page.clear();
+        }
+    }
 }
 
 /// What only some connections use, kept out of line so an idle connection stays small.

@@ -13,58 +13,14 @@ use crate::output::{AppEvent, Gap, GapReason, Output};
 use crate::payload::Payload;
 use crate::subs::Slot;
 use crate::timers::Timer;
-use crate::topic::{Name, Topic};
+use crate::topic::Name;
+
+/// Events asked of the log per read: what one catching-up connection holds in memory at most
+/// (the log also bounds a page by bytes).
+const PAGE_EVENTS: usize = 256;
 
 impl Broker {
-    /// Publishes an event: assigns its cursor, delivers it to live subscribers (encoded once per
-    /// wire format, shared by all), and retains it.
-    pub(crate) fn publish_event(
-        &mut self,
-        topic: Topic,
-        event: Option<Name>,
-        payload: Payload,
-        from: Option<Name>,
-    ) -> Cursor {
-        let seq = self.history.next_seq();
-        if self.config.lifecycle_events {
-            let (topic, from) = (topic.clone(), from.clone());
-            let cursor = Cursor::new(self.config.epoch, seq);
-            self.emit(AppEvent::Lifecycle(crate::output::Lifecycle::Published {
-                topic,
-                cursor,
-                from,
-            }));
-        }
-        let mut ev = StoredEvent::new(seq, topic, event, payload, from, self.now);
-        if !self.catalog.is_empty() {
-            ev.scope = self
-                .catalog
-                .get(ev.topic.as_str())
-                .map(|(_, v)| v)
-                .filter(|v| **v != crate::output::Visibility::Public)
-                .cloned();
-        }
-        self.stats.publishes += 1;
-        self.stamp += 1;
-        let mut encoded = Encoded::new();
-        let mut slots = std::mem::take(&mut self.scratch);
-        self.subs
-            .for_each_match(ev.topic.as_str(), |s| slots.push(s));
-        for &slot in &slots {
-            self.deliver_live(slot, &ev, &mut encoded);
-        }
-        slots.clear();
-        self.scratch = slots;
-        let expires = ev.at + self.config.retention.max_age;
-        self.history.push(ev);
-        self.encodings.push(seq, encoded, self.history.first_seq());
-        if self.history.len() > 0 {
-            self.arm_retention(expires);
-        }
-        Cursor::new(self.config.epoch, seq)
-    }
-
-    fn deliver_live(&mut self, slot: Slot, ev: &StoredEvent, encoded: &mut Encoded) {
+    pub(crate) fn deliver_live(&mut self, slot: Slot, ev: &StoredEvent, encoded: &mut Encoded) {
         let (stamp, epoch, max) = (
             self.stamp,
             self.config.epoch,
@@ -206,12 +162,7 @@ impl Broker {
                 // Its session (if it parks one) resumes after the last event handed out, not
                 // at the head, which already counts the event it did not get.
                 if conn.catch_up.is_none() {
-                    conn.catch_up = Some(Box::new(CatchUp {
-                        pos,
-                        reason: GapReason::SlowConsumer,
-                        dropped_messages: 0,
-                        removed: Vec::new(),
-                    }));
+                    conn.catch_up = Some(Box::new(CatchUp::new(pos, GapReason::SlowConsumer, 0)));
                 }
                 self.stats.slow_consumer_closes += 1;
                 self.count_error(ErrorCode::SlowConsumer);
@@ -224,12 +175,7 @@ impl Broker {
                     for sub in &mut conn.subs {
                         sub.done = sub.done.max(pos);
                     }
-                    conn.catch_up = Some(Box::new(CatchUp {
-                        pos,
-                        reason: GapReason::SlowConsumer,
-                        dropped_messages,
-                        removed: Vec::new(),
-                    }));
+                    conn.catch_up = Some(Box::new(CatchUp::new(pos, GapReason::SlowConsumer, dropped_messages)));
                 }
             },
         }
@@ -244,7 +190,7 @@ impl Broker {
         let (epoch, low_water) = (self.config.epoch, self.config.limits.max_queued_bytes / 2);
         loop {
             let head = self.history.head();
-            let first = self.history.first_seq();
+            let (first, log_first) = (self.history.first_seq(), self.log_first());
             let conn = self.conns[slot as usize]
                 .as_mut()
                 .expect("pumped slots hold a connection");
@@ -267,12 +213,12 @@ impl Broker {
                 }
                 return;
             }
-            if cu.pos + 1 < first {
-                // Events in (pos, first) were evicted: a gap if any of them was wanted.
+            if cu.pos + 1 < log_first {
+                // Events in (pos, log_first) were evicted: a gap if any of them was wanted.
                 let pos = cu.pos;
-                cu.pos = first - 1;
+                cu.pos = log_first - 1;
                 let subs = &conn.subs;
-                let lost = self.history.lost_after(pos, |topic, seq| {
+                let lost = self.history.lost_between(pos, log_first, |topic, seq| {
                     subs.iter()
                         .any(|s| s.wants(seq) && s.pattern.matches(topic))
                 });
@@ -284,7 +230,7 @@ impl Broker {
                     };
                     let gap = Gap {
                         from: Some(Cursor::new(epoch, pos)),
-                        to: Cursor::new(epoch, first - 1),
+                        to: Cursor::new(epoch, log_first - 1),
                         reason,
                         dropped_messages: std::mem::take(&mut cu.dropped_messages),
                     };
@@ -292,12 +238,59 @@ impl Broker {
                 }
                 continue;
             }
-            cu.pos += 1;
-            let seq = cu.pos;
-            let ev = self
-                .history
-                .get(seq)
-                .expect("first <= seq <= head is retained");
+            if cu.pos + 1 < first {
+                // Retained by the log, no longer in memory: served from a page of the log.
+                let Some(ev) = cu.page.pop_front() else {
+                    if cu.reading.is_none() {
+                        let from = cu.pos + 1;
+                        let read = crate::log::ReadId(self.next_read);
+                        self.next_read += 1;
+                        self.reads.insert(read, conn.id);
+                        cu.reading = Some((read, from));
+                        let max_events = usize::try_from(first - from)
+                            .unwrap_or(usize::MAX)
+                            .min(PAGE_EVENTS);
+                        let req = crate::log::LogRequest::Read {
+                            read,
+                            from,
+                            max_events,
+                        };
+                        self.out.push_back(Output::Log(req));
+                    }
+                    return;
+                };
+                if ev.seq > cu.pos {
+                    cu.pos = ev.seq;
+                    let topic = ev.event.topic.as_str();
+                    let visible = self
+                        .catalog
+                        .get(topic)
+                        .is_none_or(|(_, scope)| {
+                            *scope == crate::output::Visibility::Public
+                                || crate::conn::sees_extras(conn.extras.as_deref(), scope)
+                        });
+                    if visible && should_deliver(&conn.subs, &cu.removed, topic, ev.seq) {
+                        let frame = Frame::Event {
+                            topic: &ev.event.topic,
+                            cursor: Cursor::new(epoch, ev.seq),
+                            from: ev.event.from.as_ref(),
+                            event: ev.event.event.as_ref(),
+                            payload: &ev.event.payload,
+                        };
+                        if let Some(wire) = conn.codec.encode(&frame) {
+                            self.stats.deliveries += 1;
+                            self.transmit(slot, wire);
+                        }
+                    }
+                }
+                continue;
+            }
+            let Some(ev) = self.history.next_after(cu.pos) else {
+                cu.pos = head;
+                continue;
+            };
+            cu.pos = ev.seq;
+            let seq = ev.seq;
             let visible = ev
                 .scope
                 .as_ref()

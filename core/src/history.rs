@@ -54,10 +54,12 @@ impl StoredEvent {
 pub(crate) struct History {
     events: VecDeque<StoredEvent>,
     bytes: usize,
-    /// The last sequence assigned (0 before the first publish).
+    /// The last position given out (0 before the first publish); may be past the newest event
+    /// when the log skipped positions (a reservation not used before a crash).
     head: u64,
     evicted: HashMap<Topic, u64>,
-    /// Evictions not tracked per topic (the map was full): any cursor before it may have a gap.
+    /// Evictions not tracked per topic (the map was full, or they happened before a restart):
+    /// any cursor before it may have a gap.
     evicted_untracked: u64,
     retention: Retention,
     max_tracked_topics: usize,
@@ -80,7 +82,7 @@ impl History {
         self.head
     }
 
-    /// The sequence of the oldest retained event (`head + 1` when nothing is retained).
+    /// The sequence of the oldest event held (`head + 1` when none is).
     pub(crate) fn first_seq(&self) -> u64 {
         self.events.front().map_or(self.head + 1, |e| e.seq)
     }
@@ -93,20 +95,33 @@ impl History {
         self.bytes
     }
 
-    pub(crate) fn next_seq(&mut self) -> u64 {
-        self.head += 1;
-        self.head
-    }
-
-    /// Appends the event for `head` and evicts past the count and byte bounds.
+    /// Appends an event positioned after `head` and evicts past the count and byte bounds.
     pub(crate) fn push(&mut self, event: StoredEvent) {
-        debug_assert_eq!(event.seq, self.head);
+        debug_assert!(event.seq > self.head, "positions only grow");
+        self.head = self.head.max(event.seq);
         self.bytes += event.size();
         self.events.push_back(event);
         while self.events.len() > self.retention.max_events || self.bytes > self.retention.max_bytes
         {
             self.evict_front();
         }
+    }
+
+    /// Starts from a recovered log: positions up to `head` are given out, `recent` (oldest
+    /// first, positions increasing) are the newest events, and evictions before them are not
+    /// known by topic.
+    pub(crate) fn restore(&mut self, head: u64, recent: Vec<StoredEvent>) {
+        self.events.clear();
+        self.evicted.clear();
+        self.bytes = 0;
+        self.head = 0;
+        for event in recent {
+            if event.seq > self.head && event.seq <= head {
+                self.push(event);
+            }
+        }
+        self.head = head;
+        self.evicted_untracked = self.first_seq().saturating_sub(1);
     }
 
     /// Evicts events older than `max_age`; returns when the next one expires.
@@ -119,6 +134,13 @@ impl History {
             self.evict_front();
         }
         None
+    }
+
+    /// Evicts events before `first` (the log's retention moved past them).
+    pub(crate) fn evict_before(&mut self, first: u64) {
+        while self.events.front().is_some_and(|e| e.seq < first) {
+            self.evict_front();
+        }
     }
 
     fn evict_front(&mut self) {
@@ -135,16 +157,39 @@ impl History {
         }
     }
 
+    /// The event at `seq`, if held.
     pub(crate) fn get(&self, seq: u64) -> Option<&StoredEvent> {
         let first = self.events.front()?.seq;
         let i = usize::try_from(seq.checked_sub(first)?).ok()?;
-        self.events.get(i)
+        match self.events.get(i) {
+            // Positions are contiguous but across a skipped reservation.
+            Some(e) if e.seq == seq => Some(e),
+            _ => {
+                let i = self.events.partition_point(|e| e.seq < seq);
+                self.events.get(i).filter(|e| e.seq == seq)
+            }
+        }
     }
 
-    /// Whether an evicted event after `pos` may have been wanted: `wanted(topic, seq)` is asked for
-    /// each topic's last evicted event after `pos`.
-    pub(crate) fn lost_after(&self, pos: u64, mut wanted: impl FnMut(&str, u64) -> bool) -> bool {
-        if self.first_seq() <= pos + 1 {
+    /// The first event held after `pos`.
+    pub(crate) fn next_after(&self, pos: u64) -> Option<&StoredEvent> {
+        self.get(pos + 1).or_else(|| {
+            let i = self.events.partition_point(|e| e.seq <= pos);
+            self.events.get(i)
+        })
+    }
+
+    /// Whether an event after `pos` and before `first` (the first position still retained) may
+    /// have been wanted: `wanted(topic, seq)` is asked for each topic's last eviction after `pos`.
+    /// Exact for topics whose evictions were seen since start (up to `max_tracked_topics` of
+    /// them); conservative otherwise.
+    pub(crate) fn lost_between(
+        &self,
+        pos: u64,
+        first: u64,
+        mut wanted: impl FnMut(&str, u64) -> bool,
+    ) -> bool {
+        if first <= pos + 1 {
             return false;
         }
         self.evicted_untracked > pos
@@ -161,7 +206,7 @@ mod tests {
     use std::time::Duration;
 
     fn ev(h: &mut History, topic: &str, at: Instant) {
-        let seq = h.next_seq();
+        let seq = h.head() + 1;
         let topic = Topic::parse(topic, Default::default()).unwrap();
         h.push(StoredEvent::new(
             seq,
@@ -193,10 +238,10 @@ mod tests {
         assert!(h.get(2).is_none());
         assert_eq!(h.get(4).unwrap().seq, 4);
         // seq 1 (even) and 2 (odd) were evicted.
-        assert!(h.lost_after(0, |t, _| t == "odd"));
-        assert!(h.lost_after(1, |t, _| t == "odd"));
-        assert!(!h.lost_after(1, |t, _| t == "even"));
-        assert!(!h.lost_after(2, |_, _| true));
+        assert!(h.lost_between(0, h.first_seq(), |t, _| t == "odd"));
+        assert!(h.lost_between(1, h.first_seq(), |t, _| t == "odd"));
+        assert!(!h.lost_between(1, h.first_seq(), |t, _| t == "even"));
+        assert!(!h.lost_between(2, h.first_seq(), |_, _| true));
         assert_eq!(
             h.evict_expired(t0 + Duration::from_secs(13)),
             Some(t0 + Duration::from_secs(14))
@@ -232,9 +277,9 @@ mod tests {
         ev(&mut h, "a", t0);
         ev(&mut h, "b", t0);
         assert!(
-            h.lost_after(0, |t, _| t == "zzz"),
+            h.lost_between(0, h.first_seq(), |t, _| t == "zzz"),
             "b is untracked, so any topic may have lost it"
         );
-        assert!(!h.lost_after(2, |_, _| true));
+        assert!(!h.lost_between(2, h.first_seq(), |_, _| true));
     }
 }

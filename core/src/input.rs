@@ -6,6 +6,7 @@ use crate::codec::Codec;
 use crate::command::Command;
 use crate::grants::Grants;
 use crate::ids::ConnId;
+use crate::log::LogReply;
 
 /// Something the adapter tells the broker.
 #[derive(Debug)]
@@ -40,4 +41,7 @@ pub enum Input {
         /// The connection.
         conn: ConnId,
     },
+    /// What the external log answered ([`crate::log::LogMode::External`]): an append's
+    /// position, a page of a range read, or its retention moving its first position.
+    Log(LogReply),
 }

@@ -57,6 +57,9 @@ pub enum Output {
     /// Something the application may want to act on (boxed: events are rare, and a small
     /// `Output` keeps the per-delivery queue traffic low).
     App(Box<AppEvent>),
+    /// Ask the external log to store an event or read a range
+    /// ([`crate::log::LogMode::External`]); its answer comes back as `Input::Log`.
+    Log(crate::log::LogRequest),
 }
 
 /// What an in-process subscriber receives: the broker's frames as values, with nothing to
@@ -149,6 +152,14 @@ pub enum AppEvent {
     /// After [`crate::Broker::shutdown`]: every connection is gone (closed, or dropped at the
     /// shutdown deadline).
     Stopped,
+    /// An application publish ([`crate::AppOp::Publish`] answered
+    /// [`crate::AppReply::Storing`]) was stored by the external log, or could not be.
+    Stored {
+        /// The publish, as its reply named it.
+        id: crate::log::AppendId,
+        /// Its cursor, or why nothing was stored (`unavailable`).
+        result: Result<crate::Cursor, ProtocolError>,
+    },
     /// A lifecycle notification (only with `Config::lifecycle_events`).
     Lifecycle(Lifecycle),
     /// A client event that wants no answer ([`crate::Command::Notify`]).

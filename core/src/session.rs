@@ -298,14 +298,9 @@ impl Broker {
                 sub.done = sub.done.max(pos);
             }
             match &mut conn.catch_up {
-                Some(cu) => cu.pos = cu.pos.min(p),
+                Some(cu) => cu.rewind(p),
                 None => {
-                    conn.catch_up = Some(Box::new(CatchUp {
-                        pos: p,
-                        reason: GapReason::Evicted,
-                        dropped_messages: 0,
-                        removed: Vec::new(),
-                    }));
+                    conn.catch_up = Some(Box::new(CatchUp::new(p, GapReason::Evicted, 0)));
                 }
             }
         }

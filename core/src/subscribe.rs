@@ -71,12 +71,29 @@ impl Broker {
         // Where the new subscriptions start: now, or the client's cursor.
         let start = match from {
             None => head,
-            Some(c) if c.epoch == self.config.epoch && c.seq <= head => c.seq,
+            Some(c) if c.epoch == self.config.epoch && c.seq <= head => {
+                if let Some((recovered, reserved)) = self.lost
+                    && c.seq > recovered
+                    && c.seq <= reserved
+                    && !new.is_empty()
+                {
+                    // It saw events that were not recovered after a crash (a power loss under
+                    // `durability = "os"`): say so; nothing else ever gets those positions.
+                    let gap = Gap {
+                        from: Some(c),
+                        to: Cursor::new(self.config.epoch, reserved),
+                        reason: GapReason::Evicted,
+                        dropped_messages: 0,
+                    };
+                    self.send_gap(slot, &gap);
+                }
+                c.seq
+            }
             Some(_) if new.is_empty() => head,
             Some(c) => {
                 // Another epoch (or a cursor from the future): nothing it saw can be matched up,
                 // so say so and replay whatever this epoch still holds.
-                let to = self.history.first_seq() - 1;
+                let to = self.log_first() - 1;
                 let gap = Gap {
                     from: Some(c),
                     to: Cursor::new(self.config.epoch, to),
@@ -122,14 +139,9 @@ impl Broker {
             sub.done = sub.done.max(pos);
         }
         match &mut conn.catch_up {
-            Some(cu) => cu.pos = cu.pos.min(to),
+            Some(cu) => cu.rewind(to),
             None => {
-                conn.catch_up = Some(Box::new(CatchUp {
-                    pos: to,
-                    reason: GapReason::Evicted,
-                    dropped_messages: 0,
-                    removed: Vec::new(),
-                }));
+                conn.catch_up = Some(Box::new(CatchUp::new(to, GapReason::Evicted, 0)));
             }
         }
     }

@@ -1244,8 +1244,8 @@ impl Harness {
                         self.send_native(i, frame, Some(id));
                     }
                     None => {
-                        let cursor = self.broker.publish(self.now, topic(t), None, payload);
-                        assert_eq!(cursor, Cursor::new(EPOCH, seq));
+                        let cursor = self.broker.publish(self.now, topic(t), None, payload).cursor();
+                        assert_eq!(cursor, Some(Cursor::new(EPOCH, seq)));
                         self.drain();
                     }
                 }

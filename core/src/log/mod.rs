@@ -15,7 +15,7 @@
 //! - the log's own retention moves its first position ([`LogReply::Trimmed`]).
 //!
 //! At start the adapter recovers the log and hands the broker its state ([`LogState`], with
-//! `Broker::restore`) before any client connects: the epoch belongs to the log and survives a
+//! `Broker::restore_log`) before any client connects: the epoch belongs to the log and survives a
 //! restart.
 //!
 //! `record` is the on-disk record format and `scan` the recovery scan: pure functions, fuzzed
@@ -156,7 +156,7 @@ pub enum LogReply {
 }
 
 /// The state of a recovered log, handed to the broker before clients connect
-/// (`Broker::restore`).
+/// (`Broker::restore_log`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogState {
     /// The log's epoch (written in every cursor); it survives restarts.

@@ -1,0 +1,311 @@
+//! Publishing: an event gets its position from the log that stores it, then goes to live
+//! subscribers and into the hot window, and its publisher gets the cursor.
+//!
+//! With the in-memory log the position is the next one and all of this happens in the step of the
+//! publish. With an external log the publish waits in `appends` for `LogReply::Appended`; so
+//! nothing is delivered or acknowledged before the log holds it, and an append that fails is
+//! answered with its error and delivered to nobody. Also here: the broker's side of range reads
+//! (`LogReply::Page`), the log's retention (`LogReply::Trimmed`) and the start from a recovered
+//! log (`Broker::restore_log`).
+
+use std::time::Duration;
+
+use crate::broker::Broker;
+use crate::cursor::Cursor;
+use crate::encodings::Encoded;
+use crate::error::{ErrorCode, ProtocolError};
+use crate::history::StoredEvent;
+use crate::ids::ConnId;
+use crate::log::{AppendId, LogEvent, LogMode, LogReply, LogRequest, LogState, Page};
+use crate::output::{AppEvent, Output, Visibility};
+use crate::payload::Payload;
+use crate::topic::{Name, Topic};
+
+/// Who waits for a publish's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Publisher {
+    /// A client: answered with `ok` and the cursor (when it gave a request id) or an error.
+    Conn {
+        /// The connection (ids are never reused: a closed one is simply not answered).
+        conn: ConnId,
+        /// Its request id.
+        req: Option<u64>,
+    },
+    /// The application: answered with [`AppEvent::Stored`].
+    App,
+}
+
+/// What became of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Published {
+    /// Stored and delivered: its cursor.
+    Stored(Cursor),
+    /// Handed to the external log; [`AppEvent::Stored`] with this id tells the outcome.
+    Storing(AppendId),
+    /// Not stored (the log is too far behind: `unavailable`).
+    Refused(ProtocolError),
+}
+
+impl Published {
+    /// The cursor, if the event is already stored.
+    pub fn cursor(&self) -> Option<Cursor> {
+        match self {
+            Self::Stored(c) => Some(*c),
+            _ => None,
+        }
+    }
+}
+
+/// A publish waiting for the external log.
+pub(crate) struct Pending {
+    pub(crate) id: AppendId,
+    pub(crate) publisher: Publisher,
+    pub(crate) event: LogEvent,
+}
+
+impl Broker {
+    /// Publishes an event for `publisher`: at once with the in-memory log, through an append
+    /// otherwise.
+    pub(crate) fn publish_event(
+        &mut self,
+        topic: Topic,
+        event: Option<Name>,
+        payload: Payload,
+        from: Option<Name>,
+        publisher: Publisher,
+    ) -> Published {
+        let event = LogEvent {
+            topic,
+            event,
+            from,
+            payload,
+        };
+        let LogMode::External {
+            max_pending_appends,
+            ..
+        } = self.config.log
+        else {
+            let seq = self.history.head() + 1;
+            return Published::Stored(self.stored(seq, event));
+        };
+        if self.appends.len() >= max_pending_appends {
+            self.count_error(ErrorCode::Unavailable);
+            return Published::Refused(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the log has {max_pending_appends} appends waiting to be stored (its disk is slow or failing); nothing was stored, retry later"
+                ),
+            ));
+        }
+        let id = AppendId(self.next_append);
+        self.next_append += 1;
+        self.appends.push_back(Pending {
+            id,
+            publisher,
+            event: event.clone(),
+        });
+        self.out
+            .push_back(Output::Log(LogRequest::Append { id, event }));
+        Published::Storing(id)
+    }
+
+    /// The event is stored at `seq`: deliver it to live subscribers (encoded once per wire
+    /// format, shared by all) and keep it in the hot window.
+    fn stored(&mut self, seq: u64, event: LogEvent) -> Cursor {
+        let cursor = Cursor::new(self.config.epoch, seq);
+        let LogEvent {
+            topic,
+            event,
+            from,
+            payload,
+        } = event;
+        if self.config.lifecycle_events {
+            let (topic, from) = (topic.clone(), from.clone());
+            self.emit(AppEvent::Lifecycle(crate::output::Lifecycle::Published {
+                topic,
+                cursor,
+                from,
+            }));
+        }
+        let mut ev = StoredEvent::new(seq, topic, event, payload, from, self.now);
+        if !self.catalog.is_empty() {
+            ev.scope = self
+                .catalog
+                .get(ev.topic.as_str())
+                .map(|(_, v)| v)
+                .filter(|v| **v != Visibility::Public)
+                .cloned();
+        }
+        self.stats.publishes += 1;
+        self.stamp += 1;
+        let mut encoded = Encoded::new();
+        let mut slots = std::mem::take(&mut self.scratch);
+        self.subs
+            .for_each_match(ev.topic.as_str(), |s| slots.push(s));
+        for &slot in &slots {
+            self.deliver_live(slot, &ev, &mut encoded);
+        }
+        slots.clear();
+        self.scratch = slots;
+        let expires = ev.at + self.config.retention.max_age;
+        self.history.push(ev);
+        self.encodings.push(seq, encoded, self.history.first_seq());
+        if self.history.len() > 0 {
+            self.arm_retention(expires);
+        }
+        cursor
+    }
+
+    /// The external log answered.
+    pub(crate) fn handle_log(&mut self, reply: LogReply) {
+        match reply {
+            LogReply::Appended { id, result } => {
+                // Answers come in the order asked; one for an append not waited for (a log
+                // bug, or a duplicate) changes nothing.
+                let Some(i) = self.appends.iter().position(|p| p.id == id) else {
+                    return;
+                };
+                let Some(pending) = self.appends.remove(i) else {
+                    return;
+                };
+                let result = match result {
+                    Ok(appended) if appended.seq > self.history.head() => {
+                        self.trimmed(appended.first);
+                        Ok(self.stored(appended.seq, pending.event))
+                    }
+                    Ok(appended) => Err(ProtocolError::new(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "the log gave position {} again (the last was {}); nothing was delivered",
+                            appended.seq,
+                            self.history.head()
+                        ),
+                    )),
+                    Err(e) => Err(e),
+                };
+                if result.is_err() {
+                    self.count_error(ErrorCode::Unavailable);
+                }
+                self.answer_publisher(pending.publisher, pending.id, result);
+            }
+            LogReply::Page { read, result } => self.page(read, result),
+            LogReply::Trimmed { first } => self.trimmed(first),
+        }
+    }
+
+    fn answer_publisher(
+        &mut self,
+        publisher: Publisher,
+        id: AppendId,
+        result: Result<Cursor, ProtocolError>,
+    ) {
+        match publisher {
+            Publisher::App => self.emit(AppEvent::Stored { id, result }),
+            Publisher::Conn { conn, req } => {
+                let Some(&slot) = self.ids.get(&conn) else {
+                    return;
+                };
+                if self.conn_ref(slot).closing {
+                    return;
+                }
+                match result {
+                    Ok(cursor) => self.ok(slot, req, Some(cursor), None),
+                    Err(e) => self.fail(slot, req, e),
+                }
+            }
+        }
+    }
+
+    /// The log's retention moved its first position to `first`.
+    fn trimmed(&mut self, first: u64) {
+        if first > self.log_first {
+            self.log_first = first;
+            self.history.evict_before(first);
+            self.encodings.trim(self.history.first_seq());
+        }
+    }
+
+    /// A page for a connection catching up from the log.
+    fn page(&mut self, read: crate::log::ReadId, result: Result<Page, ProtocolError>) {
+        let Some(conn) = self.reads.remove(&read) else {
+            return;
+        };
+        let Some(&slot) = self.ids.get(&conn) else {
+            return;
+        };
+        let page = match result {
+            Ok(page) => page,
+            Err(e) => {
+                // Nothing to serve it from: it reconnects and resumes later.
+                return self.close(slot, e);
+            }
+        };
+        self.trimmed(page.first);
+        let state = self.conn_mut(slot);
+        let Some(cu) = state.catch_up.as_deref_mut() else {
+            return;
+        };
+        match cu.reading {
+            Some((r, from)) if r == read && from == cu.pos + 1 => {
+                cu.page = page
+                    .events
+                    .into_iter()
+                    .filter(|e| e.seq >= from)
+                    .collect();
+            }
+            // A rewind since it was asked: read again from the new position.
+            _ => cu.page.clear(),
+        }
+        cu.reading = None;
+        self.pump(slot);
+    }
+
+    /// The log's first retained position: the hot window's with the in-memory log.
+    pub(crate) fn log_first(&self) -> u64 {
+        match self.config.log {
+            LogMode::Memory => self.history.first_seq(),
+            LogMode::External { .. } => self.log_first.min(self.history.first_seq()),
+        }
+    }
+
+    /// Starts from a recovered log: its epoch, its positions and its newest events. Call it
+    /// before any connection opens (it is ignored afterwards, and with the in-memory log).
+    pub fn restore_log(&mut self, state: LogState) {
+        if !matches!(self.config.log, LogMode::External { .. }) || !self.ids.is_empty() {
+            return;
+        }
+        let LogState {
+            epoch,
+            first,
+            head,
+            recovered,
+            recent,
+            now_ms,
+        } = state;
+        self.config.epoch = epoch;
+        self.log_first = first;
+        self.lost = (recovered < head).then_some((recovered, head));
+        let now = self.now;
+        let events = recent
+            .into_iter()
+            .map(|l| {
+                let age = Duration::from_millis(now_ms.saturating_sub(l.time_ms));
+                let at = now.checked_sub(age).unwrap_or(now);
+                StoredEvent::new(
+                    l.seq,
+                    l.event.topic,
+                    l.event.event,
+                    l.event.payload,
+                    l.event.from,
+                    at,
+                )
+            })
+            .collect();
+        self.history.restore(head, events);
+        self.encodings.trim(self.history.first_seq());
+        if let Some(next) = self.history.evict_expired(now) {
+            self.arm_retention(next);
+        }
+    }
+}
