@@ -242,6 +242,7 @@ impl Broker {
             }
         };
         self.trimmed(page.first);
+        let hot_first = self.history.first_seq();
         let state = self.conn_mut(slot);
         let Some(cu) = state.catch_up.as_deref_mut() else {
             return;
@@ -253,6 +254,11 @@ impl Broker {
                     .into_iter()
                     .filter(|e| e.seq >= from)
                     .collect();
+                if cu.page.is_empty() && page.first <= from {
+                    // The log holds nothing from there to the hot window: positions that name
+                    // no event (skipped by a restart).
+                    cu.pos = cu.pos.max(hot_first - 1);
+                }
             }
             // A rewind since it was asked: read again from the new position.
             _ => cu.page.clear(),
