@@ -175,7 +175,11 @@ impl Broker {
                     for sub in &mut conn.subs {
                         sub.done = sub.done.max(pos);
                     }
-                    conn.catch_up = Some(Box::new(CatchUp::new(pos, GapReason::SlowConsumer, dropped_messages)));
+                    conn.catch_up = Some(Box::new(CatchUp::new(
+                        pos,
+                        GapReason::SlowConsumer,
+                        dropped_messages,
+                    )));
                 }
             },
         }
@@ -262,13 +266,10 @@ impl Broker {
                 if ev.seq > cu.pos {
                     cu.pos = ev.seq;
                     let topic = ev.event.topic.as_str();
-                    let visible = self
-                        .catalog
-                        .get(topic)
-                        .is_none_or(|(_, scope)| {
-                            *scope == crate::output::Visibility::Public
-                                || crate::conn::sees_extras(conn.extras.as_deref(), scope)
-                        });
+                    let visible = self.catalog.get(topic).is_none_or(|(_, scope)| {
+                        *scope == crate::output::Visibility::Public
+                            || crate::conn::sees_extras(conn.extras.as_deref(), scope)
+                    });
                     if visible && should_deliver(&conn.subs, &cu.removed, topic, ev.seq) {
                         let frame = Frame::Event {
                             topic: &ev.event.topic,

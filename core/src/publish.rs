@@ -249,11 +249,7 @@ impl Broker {
         };
         match cu.reading {
             Some((r, from)) if r == read && from == cu.pos + 1 => {
-                cu.page = page
-                    .events
-                    .into_iter()
-                    .filter(|e| e.seq >= from)
-                    .collect();
+                cu.page = page.events.into_iter().filter(|e| e.seq >= from).collect();
                 if cu.page.is_empty() && page.first <= from {
                     // The log holds nothing from there to the hot window: positions that name
                     // no event (skipped by a restart).

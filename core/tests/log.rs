@@ -171,7 +171,12 @@ impl Sim {
                     let Some((id, event)) = self.appends.pop_front() else {
                         return;
                     };
-                    let seq = self.stored.last().map_or(self.head(), |l| l.seq).max(self.head()) + 1;
+                    let seq = self
+                        .stored
+                        .last()
+                        .map_or(self.head(), |l| l.seq)
+                        .max(self.head())
+                        + 1;
                     self.stored.push(Logged {
                         seq,
                         time_ms: 0,
@@ -200,7 +205,9 @@ impl Sim {
                     .take(max)
                     .cloned()
                     .collect();
-                let done = events.last().is_none_or(|l| Some(l.seq) == self.stored.last().map(|s| s.seq));
+                let done = events
+                    .last()
+                    .is_none_or(|l| Some(l.seq) == self.stored.last().map(|s| s.seq));
                 let page = Page {
                     first: self.first,
                     events,
@@ -275,8 +282,15 @@ impl Sim {
 
     fn check(&self) {
         // Every publish answered once: stored ones with the position the log gave them.
-        assert_eq!(self.answers.len(), self.asked.len(), "every publish is answered");
-        let mut stored = self.stored.iter().skip_while(|l| l.seq <= self.restored_head);
+        assert_eq!(
+            self.answers.len(),
+            self.asked.len(),
+            "every publish is answered"
+        );
+        let mut stored = self
+            .stored
+            .iter()
+            .skip_while(|l| l.seq <= self.restored_head);
         for (id, result) in &self.answers {
             assert!(self.asked.contains(id));
             if let Ok(cursor) = result {
@@ -294,7 +308,9 @@ impl Sim {
             let mut gaps: Vec<(u64, u64, usize)> = Vec::new();
             for d in &sub.received {
                 match d {
-                    Delivery::Event { cursor, payload, .. } => {
+                    Delivery::Event {
+                        cursor, payload, ..
+                    } => {
                         assert_eq!(cursor.epoch, EPOCH);
                         let logged = owed
                             .iter()
@@ -309,7 +325,10 @@ impl Sim {
                     other => panic!("only events and gaps here, not {other:?}"),
                 }
             }
-            assert!(got.windows(2).all(|w| w[0] < w[1]), "in order, once: {got:?}");
+            assert!(
+                got.windows(2).all(|w| w[0] < w[1]),
+                "in order, once: {got:?}"
+            );
             for l in owed {
                 if got.contains(&l.seq) {
                     continue;
@@ -398,7 +417,11 @@ fn a_cursor_naming_a_lost_event_gets_a_gap_and_never_another_event() {
     let mut sim = Sim::new(4, Some(state));
     sim.apply(&Op::Publish(0));
     sim.apply(&Op::Store(1));
-    assert_eq!(sim.answers[0].1, Ok(Cursor::new(EPOCH, 11)), "numbering resumes after the reservation");
+    assert_eq!(
+        sim.answers[0].1,
+        Ok(Cursor::new(EPOCH, 11)),
+        "numbering resumes after the reservation"
+    );
     // Cursor 7 names an event lost in the crash.
     sim.apply(&Op::Subscribe(0, Some(4)));
     sim.settle();
@@ -419,7 +442,11 @@ fn a_refused_append_is_answered_and_delivered_to_nobody() {
     sim.apply(&Op::Refuse);
     sim.apply(&Op::Store(1));
     assert!(matches!(&sim.answers[0].1, Err(e) if e.code == ErrorCode::Unavailable));
-    assert_eq!(sim.answers[1].1, Ok(Cursor::new(EPOCH, 1)), "the failed append took no position");
+    assert_eq!(
+        sim.answers[1].1,
+        Ok(Cursor::new(EPOCH, 1)),
+        "the failed append took no position"
+    );
     assert_eq!(sim.subs[0].received.len(), 1);
     // Past `max_pending_appends`, publishes are refused at once.
     for _ in 0..7 {

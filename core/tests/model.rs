@@ -1244,7 +1244,10 @@ impl Harness {
                         self.send_native(i, frame, Some(id));
                     }
                     None => {
-                        let cursor = self.broker.publish(self.now, topic(t), None, payload).cursor();
+                        let cursor = self
+                            .broker
+                            .publish(self.now, topic(t), None, payload)
+                            .cursor();
                         assert_eq!(cursor, Some(Cursor::new(EPOCH, seq)));
                         self.drain();
                     }

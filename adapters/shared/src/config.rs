@@ -326,6 +326,7 @@ impl ServerConfig {
             slow_consumer: self.slow_consumer.clone(),
             timers: self.timers.clone(),
             sse_retry: self.sse.retry,
+            log: tidings_core::log::LogMode::Memory,
             lifecycle_events: false,
         })
     }

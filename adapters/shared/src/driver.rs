@@ -29,6 +29,7 @@
 use std::time::Instant;
 
 use futures_lite::FutureExt as _;
+use tidings_core::log::{LogReply, LogRequest};
 use tidings_core::{AppOp, AppReply, Broker, ConnId, ErrorCode, Input, Output, ProtocolError};
 
 use crate::conn::{Ended, FromConn, Kind, Opening, PingReply, ToConn};
@@ -45,6 +46,7 @@ const BATCH: usize = 256;
 enum Wake {
     Control(Result<Control, flume::RecvError>),
     Conn(Result<FromConn, flume::RecvError>),
+    Log(Result<LogReply, flume::RecvError>),
     Timer,
 }
 
@@ -60,6 +62,23 @@ pub(crate) struct Driver<R: Runtime> {
     handled: u64,
     /// The connection whose `Closed` is being fed to the broker, and why it ended.
     ending: Option<(ConnId, Disconnect)>,
+    /// The external log, if the broker uses one.
+    log: Option<LogLink>,
+}
+
+/// The driver's link to an external log (`LogMode::External`): where the broker's requests go
+/// (never blocking) and where the log's replies come from.
+pub struct LogLink {
+    /// Takes a request; must not block (the log does its I/O on threads of its own).
+    pub requests: Box<dyn FnMut(LogRequest) + Send>,
+    /// The log's replies, in the order it made them.
+    pub replies: flume::Receiver<LogReply>,
+}
+
+impl LogLink {
+    fn request(&mut self, req: LogRequest) {
+        (self.requests)(req);
+    }
 }
 
 impl<R: Runtime> Driver<R> {
@@ -69,8 +88,10 @@ impl<R: Runtime> Driver<R> {
         ctl_rx: flume::Receiver<Control>,
         conn_rx: flume::Receiver<FromConn>,
         app: AppEvents,
+        log: Option<LogLink>,
     ) -> Self {
         Self {
+            log,
             rt,
             broker,
             conns: ConnTable::default(),
@@ -85,6 +106,7 @@ impl<R: Runtime> Driver<R> {
     /// Runs until every sender of both channels is gone.
     pub(crate) async fn run(mut self) {
         let (mut ctl_open, mut conn_open) = (true, true);
+        let mut log_replies = self.log.as_ref().map(|l| l.replies.clone());
         while ctl_open || conn_open {
             let sleep = self.broker.poll_timeout().map(|at| self.rt.sleep_until(at));
             let wake = {
@@ -109,12 +131,25 @@ impl<R: Runtime> Driver<R> {
                     }
                     Wake::Timer
                 };
-                ctl.or(conn).or(timer).await
+                let log = async {
+                    match &log_replies {
+                        Some(rx) => Wake::Log(rx.recv_async().await),
+                        None => std::future::pending().await,
+                    }
+                };
+                // The log first: its answers release publishes waiting to be delivered.
+                log.or(ctl).or(conn).or(timer).await
             };
             let now = self.rt.now();
             match wake {
                 Wake::Control(Ok(msg)) => self.ctl(now, msg),
                 Wake::Conn(Ok(msg)) => self.conn_msg(now, msg),
+                Wake::Log(Ok(reply)) => self.feed(now, Input::Log(reply)),
+                Wake::Log(Err(_)) => {
+                    tracing::error!("the log stopped answering: publishes wait until a restart");
+                    self.log = None;
+                    log_replies = None;
+                }
                 Wake::Control(Err(_)) => ctl_open = false,
                 Wake::Conn(Err(_)) => conn_open = false,
                 Wake::Timer => {}
@@ -133,6 +168,12 @@ impl<R: Runtime> Driver<R> {
     /// Returns how many messages it handled.
     fn step(&mut self, now: Instant) -> usize {
         let mut handled = 0;
+        while handled < BATCH
+            && let Some(Ok(reply)) = self.log.as_ref().map(|l| l.replies.try_recv())
+        {
+            self.feed(now, Input::Log(reply));
+            handled += 1;
+        }
         while handled < BATCH
             && let Ok(msg) = self.ctl_rx.try_recv()
         {
@@ -207,6 +248,10 @@ impl<R: Runtime> Driver<R> {
         };
         let reply = self.broker.handle_app(now, op);
         match (answer, reply, asked) {
+            (Answer::Reply(waiter), AppReply::Storing(id), _) => {
+                // Answered when the log has it (its `Stored` comes in a later step).
+                self.app.await_stored(id, waiter);
+            }
             (Answer::Reply(waiter), reply, _) => {
                 let _ = waiter.send(reply);
             }
@@ -341,6 +386,10 @@ impl<R: Runtime> Driver<R> {
                         let _ = self.broker.handle_app(now, op);
                     }
                 }
+                Output::Log(req) => match &mut self.log {
+                    Some(log) => log.request(req),
+                    None => tracing::error!("adapter bug: a log request without a log: {req:?}"),
+                },
                 other => tracing::debug!("unhandled output: {other:?}"),
             }
         }

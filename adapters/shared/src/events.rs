@@ -10,7 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
-use tidings_core::{AckId, AppEvent, AppOp, ConnId, ErrorCode, Name, Payload, ProtocolError};
+use tidings_core::log::AppendId;
+use tidings_core::{
+    AckId, AppEvent, AppOp, AppReply, ConnId, ErrorCode, Name, Payload, ProtocolError,
+};
 
 use crate::registry::{Disconnect, Handler, Registry};
 use crate::runtime::Runtime;
@@ -29,6 +32,8 @@ pub(crate) struct AppEvents {
     stopped: Vec<oneshot::Sender<()>>,
     /// Whether the shutdown completed (later callers are answered at once).
     is_stopped: bool,
+    /// Callers of `Hub::publish` waiting for the external log to store their event.
+    stored: HashMap<AppendId, oneshot::Sender<AppReply>>,
 }
 
 impl AppEvents {
@@ -39,7 +44,14 @@ impl AppEvents {
             acks: HashMap::new(),
             stopped: Vec::new(),
             is_stopped: false,
+            stored: HashMap::new(),
         }
+    }
+
+    /// Waits for the external log to store application publish `id`; the waiter gets
+    /// [`AppReply::Cursor`] or [`AppReply::Failed`], as with the in-memory log.
+    pub(crate) fn await_stored(&mut self, id: AppendId, waiter: oneshot::Sender<AppReply>) {
+        self.stored.insert(id, waiter);
     }
 
     /// Waits for the client's answer to server request `ack` of `conn`.
@@ -138,6 +150,11 @@ impl AppEvents {
                 let hook = self.registry.read().ok().and_then(|r| r.on_error.clone());
                 if let Some(hook) = hook {
                     guarded("the error hook", || hook(conn, &error));
+                }
+            }
+            AppEvent::Stored { id, result } => {
+                if let Some(waiter) = self.stored.remove(&id) {
+                    let _ = waiter.send(result.map_or_else(AppReply::Failed, AppReply::Cursor));
                 }
             }
             AppEvent::Stopped => {

@@ -31,6 +31,7 @@ use futures_lite::FutureExt as _;
 use futures_util::Stream;
 use futures_util::future::{BoxFuture, Shared};
 use tidings_core::codec::Codec;
+use tidings_core::log::LogState;
 use tidings_core::typed::TypedCodec;
 use tidings_core::{
     ApiError, AppOp, AppReply, Broker, Claim, Command, ConnId, Cursor, Delivery, ErrorCode, Gap,
@@ -42,7 +43,7 @@ use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{FromConn, Kind, Opening, ToConn};
 use crate::control::{Answer, Control};
-use crate::driver::Driver;
+use crate::driver::{Driver, LogLink};
 use crate::events::AppEvents;
 use crate::http::Refusal;
 use crate::mailbox::mailbox;
@@ -119,15 +120,28 @@ impl Hub {
     /// # Errors
     /// A [`ConfigError`] if the configuration is invalid.
     pub fn start<R: Runtime>(rt: &R, config: &ServerConfig) -> Result<Self, ConfigError> {
+        Self::start_with_log(rt, config, None)
+    }
+
+    /// [`Hub::start`] over an external log, recovered (`LogState`) and linked to the driver.
+    pub(crate) fn start_with_log<R: Runtime>(
+        rt: &R,
+        config: &ServerConfig,
+        log: Option<(LogLink, LogState)>,
+    ) -> Result<Self, ConfigError> {
         let core = config.into_core()?;
         let limits = core.limits.clone();
         let outbox_frames = config.http.outbox_frames(limits.max_queued_bytes);
-        let broker = Broker::new(core, rt.now());
+        let mut broker = Broker::new(core, rt.now());
+        let log = log.map(|(link, state)| {
+            broker.restore_log(state);
+            link
+        });
         let (ctl_tx, ctl_rx) = flume::unbounded();
         let (conn_tx, conn_rx) = flume::bounded(CONN_CHANNEL);
         let registry = Arc::new(RwLock::new(Registry::default()));
         let app = AppEvents::new(registry.clone(), ctl_tx.downgrade());
-        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app);
+        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app, log);
         let (end_tx, driver_end) = oneshot::channel();
         rt.spawn(async move {
             let panicked = AssertUnwindSafe(driver.run()).catch_unwind().await.is_err();

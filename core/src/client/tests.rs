@@ -228,7 +228,11 @@ impl Pair {
     }
 
     fn publish(&mut self, t: &str, data: &str) -> Cursor {
-        let c = self.broker.publish(self.now, topic(t), None, text(data)).cursor().expect("the in-memory log stores at once");
+        let c = self
+            .broker
+            .publish(self.now, topic(t), None, text(data))
+            .cursor()
+            .expect("the in-memory log stores at once");
         self.drive();
         c
     }

@@ -95,7 +95,7 @@ impl Bench {
         let (_, conn_rx) = flume::bounded(16);
         let app = AppEvents::new(registry, ctl_tx.downgrade());
         let broker = Broker::new(config.clone(), rt.now());
-        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app);
+        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app, None);
         Self {
             rt,
             driver,
