@@ -24,8 +24,11 @@ failed=0
 reports=()
 for runtime in tokio async-std; do
     log="$out/$runtime.server.log"
+    # The durable log, the server's default, in a fresh directory per run.
+    data="$out/$runtime.data"
+    rm -rf "$data"
     "$bin/tidings" serve --runtime "$runtime" --config conformance/server.toml --listen 127.0.0.1:0 \
-        >"$out/$runtime.stdout" 2>"$log" &
+        --data-dir "$data" >"$out/$runtime.stdout" 2>"$log" &
     pid=$!
     base=""
     for _ in $(seq 1 100); do

@@ -97,7 +97,7 @@ struct Server {
 impl Server {
     fn start(listen: &str) -> Self {
         let mut cmd = bin();
-        cmd.args(["serve", "--listen", listen]);
+        cmd.args(["serve", "--listen", listen, "--memory"]);
         let proc = Lines::spawn(cmd);
         let line = proc.next();
         let addr = line
@@ -268,6 +268,7 @@ fn tokens_are_sent_and_refusals_reported() {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--memory",
         "--anonymous",
         "false",
         "--set",
@@ -356,9 +357,12 @@ fn serve_refuses_bad_configuration_naming_the_key() {
     // The example file parses, and the server starts with it.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/tidings.example.toml");
     let mut cmd = bin();
+    let data = std::env::temp_dir().join(format!("tidings-example-{}", std::process::id()));
     cmd.args(["serve", "--config", example, "--listen", "127.0.0.1:0"]);
+    cmd.arg("--data-dir").arg(&data);
     let mut server = Lines::spawn(cmd);
     assert!(server.next().starts_with("listening on http://127.0.0.1:"));
     server.terminate();
     assert!(server.wait().success());
+    let _ = std::fs::remove_dir_all(&data);
 }

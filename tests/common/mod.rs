@@ -8,7 +8,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,6 +32,33 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub runtime: &'static str,
+    /// The data directory the harness made for it (removed when it stops), unless the test
+    /// chose one (`--data-dir`) or `--memory`.
+    pub own_data_dir: Option<TempDir>,
+}
+
+/// A directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tidings-test-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Server {
@@ -39,9 +68,18 @@ impl Server {
 
     /// A server listening on `listen` (a restart on the address of a server that has exited).
     pub fn start_on(runtime: &'static str, listen: &str, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        // Each server its own data directory: servers run in parallel, and one directory is
+        // one server's (a lock file).
+        let own_data_dir = (!args.iter().any(|a| *a == "--data-dir" || *a == "--memory"))
+            .then(|| TempDir::new("data"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidings"));
+        command
             .args(["serve", "--listen", listen, "--runtime", runtime])
-            .args(args)
+            .args(args);
+        if let Some(dir) = &own_data_dir {
+            command.args(["--data-dir", dir.path()]);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -73,7 +111,14 @@ impl Server {
             child,
             addr,
             runtime,
+            own_data_dir,
         }
+    }
+
+    /// SIGKILL: the process ends at once, as in a crash.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("the server can be killed");
+        self.child.wait().expect("wait works");
     }
 
     /// SIGTERM, then the exit status (within 15 s).
