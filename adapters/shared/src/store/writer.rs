@@ -24,6 +24,9 @@ pub(crate) const RESERVE_AHEAD: u64 = 1_000_000;
 /// Appends taken from the queue into one batch, at most (bounds the batch buffer).
 const MAX_BATCH: usize = 4096;
 
+/// Empty polls of the queue before a batch is written (a few microseconds).
+const COALESCE_SPINS: u32 = 64;
+
 /// How often retention by age runs.
 const AGE_TICK: Duration = Duration::from_secs(1);
 
@@ -126,12 +129,23 @@ impl Writer {
             match msg {
                 Ok(ToWriter::Append(id, event)) => {
                     batch.push((id, event));
+                    // Take what is queued; when the queue runs dry, wait a moment for more
+                    // (a driver step queues its publishes back to back): fewer, larger writes
+                    // and fewer thread wake-ups.
+                    let mut idle = 0;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(ToWriter::Append(id, event)) => batch.push((id, event)),
+                            Ok(ToWriter::Append(id, event)) => {
+                                batch.push((id, event));
+                                idle = 0;
+                            }
                             Ok(other) => {
                                 stop = Some(other);
                                 break;
+                            }
+                            Err(_) if idle < COALESCE_SPINS => {
+                                idle += 1;
+                                std::hint::spin_loop();
                             }
                             Err(_) => break,
                         }
