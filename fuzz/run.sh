@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 target="${1:-all}"
 seconds="${2:-60}"
-targets=(native_decode sse_decode sse_roundtrip broker_ops http_head ksbus_decode etp_decode)
+targets=(native_decode sse_decode sse_roundtrip broker_ops http_head ksbus_decode etp_decode log_decode)
 if [[ "$target" != all ]]; then
     targets=("$target")
 fi

@@ -53,3 +53,8 @@ fn ksbus_decode_corpus() {
 fn etp_decode_corpus() {
     replay("etp_decode", fuzzing::etp_decode);
 }
+
+#[test]
+fn log_decode_corpus() {
+    replay("log_decode", fuzzing::log_decode);
+}

@@ -37,6 +37,7 @@ pub mod request;
 mod runtime;
 mod service;
 pub mod sse;
+pub mod store;
 mod writer;
 mod ws;
 
