@@ -11,6 +11,7 @@ use clap::builder::{TypedValueParser as _, ValueParser};
 use clap::{Arg, ArgAction, ArgMatches};
 use tidings_adapter::ServerConfig;
 use tidings_adapter::auth::Anonymous;
+use tidings_adapter::store::{Durability, StoreKind};
 use tidings_core::units::{
     format_duration, format_opt_duration, parse_duration, parse_opt_duration,
 };
@@ -108,6 +109,24 @@ impl FlagValue for Option<Duration> {
     }
     #[cfg(test)]
     const SAMPLE: (&'static str, &'static str) = ("7s", "\"7s\"");
+}
+
+impl FlagValue for Durability {
+    fn parse(s: &str) -> Result<Self, String> {
+        toml::Value::String(s.to_owned())
+            .try_into()
+            .map_err(|_| format!("{s:?} is not a durability level: use os, strict or none"))
+    }
+    fn show(&self) -> String {
+        match self {
+            Self::Os => "os",
+            Self::Strict => "strict",
+            Self::None => "none",
+        }
+        .to_owned()
+    }
+    #[cfg(test)]
+    const SAMPLE: (&'static str, &'static str) = ("strict", "\"strict\"");
 }
 
 /// The policy's configuration name, as the core's serde definition spells it.
@@ -236,6 +255,33 @@ impl Flag {
         }
     }
 
+    /// A flag without a value that sets its key to `toml` (the value the test compares with).
+    fn switch(
+        name: &'static str,
+        help: &str,
+        key: &'static str,
+        toml: &'static str,
+        set: fn(&mut ServerConfig),
+    ) -> Self {
+        #[cfg(not(test))]
+        let _ = toml;
+        Self {
+            arg: Arg::new(name)
+                .long(name)
+                .action(ArgAction::SetTrue)
+                .help(format!("{help} [key: {key}]")),
+            #[cfg(test)]
+            key,
+            apply: Box::new(move |m, config| {
+                if m.get_flag(name) {
+                    set(config);
+                }
+            }),
+            #[cfg(test)]
+            sample: ("", toml.to_owned()),
+        }
+    }
+
     /// A flag that sets its key with `set` (for keys that are not a plain field).
     fn set<T: FlagValue>(
         name: &'static str,
@@ -295,6 +341,36 @@ pub(crate) fn flags() -> Vec<Flag> {
                 &mut c.runtime
             })
             .values::<String>(&["tokio", "async-std"]),
+        ],
+    ));
+    all.extend(group(
+        "Storage (docs/STORAGE.md)",
+        vec![
+            Flag::field(
+                "data-dir",
+                "DIR",
+                "Where events are stored (created if missing; one server per directory)",
+                "store.dir",
+                |c| &mut c.store.dir,
+            ),
+            Flag::field(
+                "durability",
+                "LEVEL",
+                "When events are forced to the disk: os (written to the OS before delivery; \
+                 synced every store.fsync_interval), strict (synced before delivery and \
+                 acknowledgement), none",
+                "store.durability",
+                |c| &mut c.store.durability,
+            )
+            .values::<Durability>(&["os", "strict", "none"]),
+            Flag::switch(
+                "memory",
+                "Keep events only in memory: nothing is written, and a restart starts a new \
+                 epoch (clients resuming get a gap notice) [default: in files under --data-dir]",
+                "store.kind",
+                "\"memory\"",
+                |c| c.store.kind = StoreKind::Memory,
+            ),
         ],
     ));
     all.extend(group(

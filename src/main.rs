@@ -96,7 +96,9 @@ fn toml_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_owned()))
 }
 
-/// Defaults, then the file, then `--set`, then the other flags.
+/// Defaults, then the file, then `--set`, then the other flags. The one default of `serve` that
+/// is not the library's: events are stored in files (`store.kind = "file"`), where an embedding
+/// application's `ServerConfig` writes nothing it did not ask for.
 fn load(args: &ServeArgs) -> Result<ServerConfig, String> {
     let mut table = match &args.config {
         Some(file) => {
@@ -106,6 +108,13 @@ fn load(args: &ServeArgs) -> Result<ServerConfig, String> {
         }
         None => toml::Table::new(),
     };
+    if !table
+        .get("store")
+        .and_then(toml::Value::as_table)
+        .is_some_and(|t| t.contains_key("kind"))
+    {
+        set(&mut table, "store.kind", toml::Value::String("file".into()))?;
+    }
     for item in &args.set {
         let (key, value) = item
             .split_once('=')
@@ -325,16 +334,33 @@ mod tests {
     fn every_flag_sets_its_key() {
         let samples = flags::samples();
         assert!(samples.len() >= 25, "{}", samples.len());
+        let defaults = load_from(&[]).unwrap();
         for (flag, key, cli, toml) in samples {
-            let by_flag = load_from(&[&format!("--{flag}"), cli]).unwrap();
+            let flag = format!("--{flag}");
+            // A switch has no value.
+            let args: Vec<&str> = [flag.as_str(), cli]
+                .into_iter()
+                .filter(|a| !a.is_empty())
+                .collect();
+            let by_flag = load_from(&args).unwrap();
             let by_key = load_from(&["--set", &format!("{key}={toml}")]).unwrap();
-            assert_eq!(by_flag, by_key, "--{flag} {cli} vs --set {key}={toml}");
-            assert_ne!(
-                by_flag,
-                ServerConfig::default(),
-                "--{flag} {cli} changed nothing"
-            );
+            assert_eq!(by_flag, by_key, "{flag} {cli} vs --set {key}={toml}");
+            assert_ne!(by_flag, defaults, "{flag} {cli} changed nothing");
         }
+    }
+
+    #[test]
+    fn serve_stores_in_files_unless_told_otherwise() {
+        use tidings_adapter::store::StoreKind;
+        assert_eq!(load_from(&[]).unwrap().store.kind, StoreKind::File);
+        assert_eq!(
+            load_from(&["--memory"]).unwrap().store.kind,
+            StoreKind::Memory
+        );
+        let memory = load_from(&["--set", "store.kind=\"memory\""]).unwrap();
+        assert_eq!(memory.store.kind, StoreKind::Memory);
+        // The library's default is memory: nothing written where an application did not ask.
+        assert_eq!(ServerConfig::default().store.kind, StoreKind::Memory);
     }
 
     #[test]

@@ -19,7 +19,12 @@ use serde_json::{Value, json};
 
 /// The cursor's position (`<epoch hex>-<seq>`).
 fn seq(cursor: &str) -> u64 {
-    cursor.rsplit_once('-').expect("a cursor").1.parse().expect("a sequence")
+    cursor
+        .rsplit_once('-')
+        .expect("a cursor")
+        .1
+        .parse()
+        .expect("a sequence")
 }
 
 fn epoch(cursor: &str) -> &str {
@@ -34,7 +39,11 @@ fn publisher(server: &Server) -> mpsc::Receiver<(u64, String)> {
     thread::spawn(move || {
         for i in 1.. {
             let frame = json!({"op": "publish", "id": i, "topic": "crash", "data": i});
-            if ws.ws.send(tungstenite::Message::text(frame.to_string())).is_err() {
+            if ws
+                .ws
+                .send(tungstenite::Message::text(frame.to_string()))
+                .is_err()
+            {
                 return;
             }
             let answer = loop {
@@ -50,7 +59,10 @@ fn publisher(server: &Server) -> mpsc::Receiver<(u64, String)> {
                 }
             };
             assert_eq!(answer["type"], "ok", "{answer}");
-            if tx.send((i, answer["cursor"].as_str().unwrap().to_owned())).is_err() {
+            if tx
+                .send((i, answer["cursor"].as_str().unwrap().to_owned()))
+                .is_err()
+            {
                 return;
             }
         }
@@ -67,7 +79,10 @@ fn resume_ws(server: &Server, from: &str, last: u64) -> Vec<String> {
     let mut got = Vec::new();
     loop {
         let frame = ws.recv();
-        assert_ne!(frame["type"], "gap", "no gap notice after a restart: {frame}");
+        assert_ne!(
+            frame["type"], "gap",
+            "no gap notice after a restart: {frame}"
+        );
         if frame["type"] != "event" {
             continue;
         }
@@ -90,7 +105,11 @@ fn resume_sse(server: &Server, from: &str, last: u64) -> Vec<String> {
     let mut got = Vec::new();
     loop {
         let event = sse.next_event();
-        assert_ne!(event.event_type, "gap", "no gap notice after a restart: {}", event.data);
+        assert_ne!(
+            event.event_type, "gap",
+            "no gap notice after a restart: {}",
+            event.data
+        );
         if event.event_type != "message" {
             continue;
         }
@@ -114,7 +133,10 @@ fn a_killed_server_loses_nothing_it_acknowledged() {
             let acks = publisher(&server);
             let mut acked = Vec::new();
             while acked.len() < kill_after as usize {
-                acked.push(acks.recv_timeout(Duration::from_secs(15)).expect("acks come"));
+                acked.push(
+                    acks.recv_timeout(Duration::from_secs(15))
+                        .expect("acks come"),
+                );
             }
             server.kill9();
             // Whatever was acknowledged while it died is acknowledged too.
@@ -126,7 +148,10 @@ fn a_killed_server_loses_nothing_it_acknowledged() {
             let (last_i, last) = acked.last().cloned().unwrap();
             let want: Vec<String> = (first_i + 1..=last_i).map(|i| i.to_string()).collect();
             let ws = resume_ws(&server, &first, seq(&last));
-            assert_eq!(ws, want, "[{rt}] WebSocket resume after kill -9 at {kill_after}");
+            assert_eq!(
+                ws, want,
+                "[{rt}] WebSocket resume after kill -9 at {kill_after}"
+            );
             let sse = resume_sse(&server, &first, seq(&last));
             assert_eq!(sse, want, "[{rt}] SSE resume after kill -9 at {kill_after}");
 
@@ -175,7 +200,12 @@ fn refused(args: &[&str]) -> (i32, String) {
         .spawn()
         .unwrap();
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let status = child.wait().unwrap();
     (status.code().unwrap_or(-1), stderr)
 }
@@ -186,24 +216,36 @@ fn a_torn_last_record_is_dropped_and_its_position_never_reused() {
         let dir = TempDir::new("torn");
         let args = ["--data-dir", dir.path()];
         let mut server = Server::start(rt, &args);
-        let cursors: Vec<String> = (1..=5).map(|i| server.publish("crash", &i.to_string())).collect();
+        let cursors: Vec<String> = (1..=5)
+            .map(|i| server.publish("crash", &i.to_string()))
+            .collect();
         server.kill9();
         // The last record loses its last bytes, as if the machine stopped mid-write.
         let active = segments(&dir.0).pop().expect("a segment");
         let len = std::fs::metadata(&active).unwrap().len();
-        let file = std::fs::OpenOptions::new().write(true).open(&active).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&active)
+            .unwrap();
         file.set_len(len - 3).unwrap();
 
         let server = Server::start_on(rt, &server.addr.to_string(), &args);
         let got = resume_ws(&server, &cursors[0], seq(&cursors[3]));
         assert_eq!(got, ["2", "3", "4"], "[{rt}] the intact records are there");
-        // Resuming from the torn event's cursor: a gap, never another event under it.
+        // Resuming from the torn event's cursor (as a client that received it before a power
+        // loss would): a gap, never another event under that cursor.
         let next = server.publish("crash", "after");
-        assert!(seq(&next) > seq(&cursors[4]), "[{rt}] {next} reuses a position");
+        assert!(
+            seq(&next) > seq(&cursors[4]),
+            "[{rt}] {next} reuses a position"
+        );
         let mut ws = server.ws();
-        ws.ask(json!({"op": "subscribe", "id": 1, "topic": "crash", "from": cursors[3]}));
+        ws.ask(json!({"op": "subscribe", "id": 1, "topic": "crash", "from": cursors[4]}));
         let first = ws.recv();
-        assert_eq!(first["type"], "gap", "[{rt}] the torn event is announced as lost: {first}");
+        assert_eq!(
+            first["type"], "gap",
+            "[{rt}] the torn event is announced as lost: {first}"
+        );
         let event = ws.recv();
         assert_eq!(event["cursor"], next.as_str(), "[{rt}] {event}");
     });
@@ -213,7 +255,12 @@ fn a_torn_last_record_is_dropped_and_its_position_never_reused() {
 fn a_corrupt_sealed_segment_is_refused_or_skipped_on_request() {
     for_each_runtime(|rt| {
         let dir = TempDir::new("corrupt");
-        let args = ["--data-dir", dir.path(), "--set", "store.segment_bytes=4096"];
+        let args = [
+            "--data-dir",
+            dir.path(),
+            "--set",
+            "store.segment_bytes=4096",
+        ];
         let mut server = Server::start(rt, &args);
         let first = server.publish("crash", "0");
         let body = "x".repeat(200);
@@ -232,8 +279,14 @@ fn a_corrupt_sealed_segment_is_refused_or_skipped_on_request() {
         let (code, stderr) = refused(&args);
         let name = sealed[0].file_name().unwrap().to_str().unwrap();
         assert_ne!(code, 0, "[{rt}] it refuses to start");
-        assert!(stderr.contains(name), "[{rt}] the message names the file: {stderr}");
-        assert!(stderr.contains("skip-corrupt") || stderr.contains("skip_corrupt"), "{stderr}");
+        assert!(
+            stderr.contains(name),
+            "[{rt}] the message names the file: {stderr}"
+        );
+        assert!(
+            stderr.contains("skip-corrupt") || stderr.contains("skip_corrupt"),
+            "{stderr}"
+        );
 
         let mut skip = args.to_vec();
         skip.extend(["--set", "store.skip_corrupt=true"]);
@@ -241,7 +294,10 @@ fn a_corrupt_sealed_segment_is_refused_or_skipped_on_request() {
         let mut ws = server.ws();
         ws.ask(json!({"op": "subscribe", "id": 1, "topic": "crash", "from": first}));
         let gap = ws.recv();
-        assert_eq!(gap["type"], "gap", "[{rt}] resuming into the skipped segment: {gap}");
+        assert_eq!(
+            gap["type"], "gap",
+            "[{rt}] resuming into the skipped segment: {gap}"
+        );
         let event = ws.recv();
         assert_eq!(event["type"], "event", "[{rt}] then the rest: {event}");
         assert!(seq(event["cursor"].as_str().unwrap()) <= seq(&last));
@@ -256,7 +312,10 @@ fn one_data_directory_serves_one_server() {
         let (code, stderr) = refused(&["--runtime", rt, "--data-dir", dir.path()]);
         assert_ne!(code, 0);
         assert!(stderr.contains("lock"), "[{rt}] names the lock: {stderr}");
-        assert!(stderr.contains(dir.path()), "[{rt}] and the directory: {stderr}");
+        assert!(
+            stderr.contains(dir.path()),
+            "[{rt}] and the directory: {stderr}"
+        );
     });
 }
 
@@ -288,10 +347,18 @@ fn a_disk_that_refuses_writes_fails_publishes_and_loses_nothing_acknowledged() {
         let mut stdout = child.stdout.take().unwrap();
         let mut byte = [0u8; 1];
         while !line.ends_with('\n') {
-            assert_eq!(stdout.read(&mut byte).unwrap(), 1, "the server announces itself");
+            assert_eq!(
+                stdout.read(&mut byte).unwrap(),
+                1,
+                "the server announces itself"
+            );
             line.push(byte[0] as char);
         }
-        let addr = line.trim().strip_prefix("listening on http://").unwrap().to_owned();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap()
+            .to_owned();
         let server = Server {
             child,
             addr: addr.parse().unwrap(),
@@ -312,7 +379,11 @@ fn a_disk_that_refuses_writes_fails_publishes_and_loses_nothing_acknowledged() {
             }
         }
         let (status, code, body) = refused_with.expect("the limit is reached");
-        assert_eq!((status, code.as_str()), (503, "unavailable"), "[{rt}] {body}");
+        assert_eq!(
+            (status, code.as_str()),
+            (503, "unavailable"),
+            "[{rt}] {body}"
+        );
         assert!(!acked.is_empty());
         drop(server);
 
@@ -320,6 +391,10 @@ fn a_disk_that_refuses_writes_fails_publishes_and_loses_nothing_acknowledged() {
         let server = Server::start(rt, &["--data-dir", dir.path()]);
         let last = acked.last().unwrap();
         let got = resume_ws(&server, &format!("{}-0", epoch(last)), seq(last));
-        assert_eq!(got.len(), acked.len(), "[{rt}] nothing acknowledged was lost");
+        assert_eq!(
+            got.len(),
+            acked.len(),
+            "[{rt}] nothing acknowledged was lost"
+        );
     });
 }

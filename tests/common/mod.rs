@@ -44,7 +44,8 @@ impl TempDir {
     pub fn new(what: &str) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tidings-test-{what}-{}-{n}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tidings-test-{what}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         Self(dir)

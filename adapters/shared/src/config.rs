@@ -18,6 +18,11 @@ pub use tidings_core::units::{parse_duration, parse_opt_duration};
 use tidings_core::{Config, Limits, NameLimits, Retention, SlowConsumer, Timers, units};
 
 use crate::auth::AuthConfig;
+use crate::store::{StoreConfig, StoreKind};
+
+/// Publishes waiting for the file log at most (`LogMode::External`): past it the disk is too
+/// slow or failing, and publishes are refused with `unavailable` instead of piling up in memory.
+const MAX_PENDING_APPENDS: usize = 65_536;
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9313";
@@ -34,6 +39,9 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How much history is kept for resuming.
     pub retention: Retention,
+    /// Where events are stored: in memory, or in segment files that survive restarts (see
+    /// `docs/STORAGE.md`).
+    pub store: StoreConfig,
     /// Keep-alive, idle, request, ack, reconnect, close and shutdown timers.
     pub timers: Timers,
     /// What happens to connections that do not read fast enough.
@@ -100,6 +108,7 @@ impl Default for ServerConfig {
             runtime: "tokio".to_owned(),
             limits: Limits::default(),
             retention: Retention::default(),
+            store: StoreConfig::default(),
             timers: Timers::default(),
             slow_consumer: SlowConsumer::default(),
             sse: SseConfig::default(),
@@ -305,6 +314,7 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.limits.validate()?;
         self.slow_consumer.validate(self.limits.names)?;
+        self.store.validate().map_err(ConfigError)?;
         self.sse.validate(self.limits.names)
     }
 
@@ -326,7 +336,14 @@ impl ServerConfig {
             slow_consumer: self.slow_consumer.clone(),
             timers: self.timers.clone(),
             sse_retry: self.sse.retry,
-            log: tidings_core::log::LogMode::Memory,
+            log: match self.store.kind {
+                StoreKind::Memory => tidings_core::log::LogMode::Memory,
+                StoreKind::File => tidings_core::log::LogMode::External {
+                    hot_events: self.store.hot_events,
+                    hot_bytes: self.store.hot_bytes,
+                    max_pending_appends: MAX_PENDING_APPENDS,
+                },
+            },
             lifecycle_events: false,
         })
     }

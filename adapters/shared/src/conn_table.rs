@@ -135,6 +135,7 @@ impl ConnTable {
             accept_failures: 0, // the listener's, filled in by the service
             handled_requests: handled,
             epoch,
+            log: None, // the file log's, filled in by the hub
         }
     }
 

@@ -31,7 +31,6 @@ use futures_lite::FutureExt as _;
 use futures_util::Stream;
 use futures_util::future::{BoxFuture, Shared};
 use tidings_core::codec::Codec;
-use tidings_core::log::LogState;
 use tidings_core::typed::TypedCodec;
 use tidings_core::{
     ApiError, AppOp, AppReply, Broker, Claim, Command, ConnId, Cursor, Delivery, ErrorCode, Gap,
@@ -39,6 +38,7 @@ use tidings_core::{
     SubscriptionChange, Topic, Visibility,
 };
 
+use crate::auth::AuthConfigError;
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
 use crate::conn::{FromConn, Kind, Opening, ToConn};
@@ -51,6 +51,7 @@ use crate::metrics::ServerStats;
 use crate::registry::{Connecting, Disconnect, Handler, Registry, UnknownHandler};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
+use crate::store::{FileLog, Recovery, StoreError, StoreKind};
 use crate::writer::ConnWriter;
 
 /// Capacity of the channel from connection tasks to the driver: a connection whose commands
@@ -65,6 +66,9 @@ pub enum HubError {
     Stopped,
     /// The broker refused (unknown connection, a limit).
     Api(ApiError),
+    /// The operation failed as a client's would: a publish the log could not store
+    /// (`unavailable`: the disk is full or failing; nothing was delivered, retry later).
+    Failed(ProtocolError),
 }
 
 impl fmt::Display for HubError {
@@ -72,6 +76,7 @@ impl fmt::Display for HubError {
         match self {
             Self::Stopped => f.write_str("the tidings server has stopped"),
             Self::Api(e) => e.fmt(f),
+            Self::Failed(e) => e.fmt(f),
         }
     }
 }
@@ -96,6 +101,8 @@ struct HubInner {
     /// Resolves when the driver task ends: `true` if it panicked.
     now: Now,
     driver_end: Shared<oneshot::Receiver<bool>>,
+    /// The file log, if events are stored in files (for `/metrics` and the shutdown).
+    file_log: Option<Arc<FileLog>>,
 }
 
 type Sleep = Arc<dyn Fn(Instant) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -107,6 +114,31 @@ pub struct Hub {
     inner: Arc<HubInner>,
 }
 
+/// The server could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// The authentication settings are invalid.
+    Auth(AuthConfigError),
+    /// The data directory cannot be used (locked by another server, unreadable, a corrupt
+    /// segment): the message names the file and what to do.
+    Store(StoreError),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Auth(e) => write!(f, "invalid authentication settings: {e}"),
+            Self::Store(e) => write!(f, "cannot use the data directory: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hub").finish_non_exhaustive()
@@ -117,31 +149,37 @@ impl Hub {
     /// Starts a broker configured by `config` on its own driver task (spawned on `rt`) and
     /// returns a handle to it. [`crate::Service::start`] does this for a server.
     ///
+    /// With `[store] kind = "file"` it opens the data directory and recovers the log first
+    /// (blocking: before the hub serves anything), and logs what it found.
+    ///
     /// # Errors
-    /// A [`ConfigError`] if the configuration is invalid.
-    pub fn start<R: Runtime>(rt: &R, config: &ServerConfig) -> Result<Self, ConfigError> {
-        Self::start_with_log(rt, config, None)
-    }
-
-    /// [`Hub::start`] over an external log, recovered (`LogState`) and linked to the driver.
-    pub(crate) fn start_with_log<R: Runtime>(
-        rt: &R,
-        config: &ServerConfig,
-        log: Option<(LogLink, LogState)>,
-    ) -> Result<Self, ConfigError> {
-        let core = config.into_core()?;
+    /// [`StartError::Config`] if the configuration is invalid, [`StartError::Store`] if the data
+    /// directory cannot be used.
+    pub fn start<R: Runtime>(rt: &R, config: &ServerConfig) -> Result<Self, StartError> {
+        let core = config.into_core().map_err(StartError::Config)?;
         let limits = core.limits.clone();
         let outbox_frames = config.http.outbox_frames(limits.max_queued_bytes);
         let mut broker = Broker::new(core, rt.now());
-        let log = log.map(|(link, state)| {
-            broker.restore_log(state);
-            link
-        });
+        let (file_log, link) = match config.store.kind {
+            StoreKind::Memory => (None, None),
+            StoreKind::File => {
+                let (log, recovery, replies) =
+                    FileLog::open(&config.store, &config.retention).map_err(StartError::Store)?;
+                announce_recovery(&recovery);
+                broker.restore_log(recovery.state);
+                let log = Arc::new(log);
+                let requests = {
+                    let log = log.clone();
+                    Box::new(move |req| log.request(req))
+                };
+                (Some(log), Some(LogLink { requests, replies }))
+            }
+        };
         let (ctl_tx, ctl_rx) = flume::unbounded();
         let (conn_tx, conn_rx) = flume::bounded(CONN_CHANNEL);
         let registry = Arc::new(RwLock::new(Registry::default()));
         let app = AppEvents::new(registry.clone(), ctl_tx.downgrade());
-        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app, log);
+        let driver = Driver::new(rt.clone(), broker, ctl_rx, conn_rx, app, link);
         let (end_tx, driver_end) = oneshot::channel();
         rt.spawn(async move {
             let panicked = AssertUnwindSafe(driver.run()).catch_unwind().await.is_err();
@@ -168,6 +206,7 @@ impl Hub {
                 sleep,
                 now,
                 driver_end: futures_util::FutureExt::shared(driver_end),
+                file_log,
             }),
         })
     }
@@ -334,10 +373,12 @@ impl Hub {
 
     // ---- the application API -------------------------------------------------------------------
 
-    /// Publishes an event (retained for replay, delivered with a cursor); returns its cursor.
+    /// Publishes an event (retained for replay, delivered with a cursor); returns its cursor once
+    /// the event is stored (with the file log: written as `[store] durability` says).
     ///
     /// # Errors
-    /// [`HubError::Stopped`].
+    /// [`HubError::Stopped`]; [`HubError::Failed`] with `unavailable` when the log could not
+    /// store it (nothing was delivered).
     pub async fn publish(
         &self,
         topic: Topic,
@@ -353,6 +394,7 @@ impl Hub {
             .await?
         {
             AppReply::Cursor(cursor) => Ok(cursor),
+            AppReply::Failed(e) => Err(HubError::Failed(e)),
             other => Err(unexpected(&other)),
         }
     }
@@ -520,7 +562,17 @@ impl Hub {
     /// # Errors
     /// [`HubError::Stopped`].
     pub async fn stats(&self) -> Result<ServerStats, HubError> {
-        self.call(Control::Stats).await
+        let mut stats: ServerStats = self.call(Control::Stats).await?;
+        stats.log = self.inner.file_log.as_ref().map(|l| l.stats());
+        Ok(stats)
+    }
+
+    /// Writes and syncs what the file log holds and stops it, at the end of a server's shutdown
+    /// (publishes asked afterwards are never answered). Nothing to do with the in-memory log.
+    pub(crate) async fn close_log(&self) {
+        if let Some(log) = &self.inner.file_log {
+            log.flush_and_stop().await;
+        }
     }
 
     /// Closes every connection with `shutting_down` (WebSocket close 1001, SSE streams end with
@@ -950,6 +1002,28 @@ fn names(reply: AppReply) -> Result<Vec<Name>, HubError> {
 fn unexpected(reply: &AppReply) -> HubError {
     tracing::error!("bug: unexpected reply {reply:?}");
     HubError::Stopped
+}
+
+/// The start-up log line of a recovered file log: where, which epoch, what range, how long, and
+/// anything that was cut or skipped.
+fn announce_recovery(recovery: &Recovery) {
+    let state = &recovery.state;
+    let last = state.recovered;
+    tracing::info!(
+        dir = %recovery.dir.display(),
+        epoch = format_args!("{:x}", state.epoch),
+        first = state.first,
+        last,
+        segments = recovery.segments,
+        took_ms = recovery.took.as_secs_f64() * 1000.0,
+        "history recovered"
+    );
+    if let Some(truncated) = &recovery.truncated {
+        tracing::warn!("a torn write at the end of the log was cut: {truncated}");
+    }
+    for skipped in &recovery.skipped {
+        tracing::error!("a corrupt segment was skipped (skip_corrupt): {skipped}");
+    }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ mod ws;
 pub use async_tungstenite;
 pub use config::{ConfigError, ServerConfig};
 pub use ctx::ConnGuard;
-pub use hub::{Hub, HubError, Received, Subscription};
+pub use hub::{Hub, HubError, Received, StartError, Subscription};
 pub use metrics::ServerStats;
 pub use registry::{
     Authorizer, ConnectHook, Connecting, Disconnect, DisconnectHook, DisconnectReasonHook,
@@ -52,5 +52,5 @@ pub use registry::{
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;
-pub use service::{Service, StartError, Upgrade};
+pub use service::{Service, Upgrade};
 pub use sse::SseRequest;

@@ -25,8 +25,10 @@ pub struct ServerStats {
     pub accept_failures: u64,
     /// Client requests answered by an application handler.
     pub handled_requests: u64,
-    /// The hub epoch of this run.
+    /// The hub epoch (the log's: with the file log it survives restarts).
     pub epoch: u64,
+    /// The file log's counters, if events are stored in files.
+    pub log: Option<crate::store::LogStats>,
 }
 
 /// Renders the counters.
@@ -155,6 +157,81 @@ pub fn render(stats: &ServerStats) -> String {
         "Errors sent to clients, by code.",
         &errors,
     );
+    if let Some(log) = &stats.log {
+        family(
+            "tidings_log_bytes",
+            "gauge",
+            "Bytes of the file log's segment files.",
+            &[("", log.bytes)],
+        );
+        family(
+            "tidings_log_segments",
+            "gauge",
+            "Segment files of the file log.",
+            &[("", n(log.segments))],
+        );
+        family(
+            "tidings_log_events",
+            "gauge",
+            "Events retained by the file log.",
+            &[("", n(log.events))],
+        );
+        family(
+            "tidings_log_first_seq",
+            "gauge",
+            "The first position the file log retains.",
+            &[("", log.first)],
+        );
+        family(
+            "tidings_log_last_seq",
+            "gauge",
+            "The last position the file log stored.",
+            &[("", log.last)],
+        );
+        family(
+            "tidings_log_appends_total",
+            "counter",
+            "Events the file log stored.",
+            &[("", log.appends)],
+        );
+        family(
+            "tidings_log_append_errors_total",
+            "counter",
+            "Appends the file log refused (the disk full or failing: publishers got unavailable).",
+            &[("", log.append_errors)],
+        );
+        family(
+            "tidings_log_reads_total",
+            "counter",
+            "Range reads of the file log (resumes older than the events kept in memory).",
+            &[("", log.reads)],
+        );
+        family(
+            "tidings_log_io_errors_total",
+            "counter",
+            "I/O errors of the file log (writes, syncs, reads, deletions).",
+            &[("", log.io_errors)],
+        );
+        family(
+            "tidings_log_fsyncs_total",
+            "counter",
+            "Syncs of the file log to the disk.",
+            &[("", log.fsyncs)],
+        );
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        family(
+            "tidings_log_fsync_microseconds_total",
+            "counter",
+            "Time spent in syncs of the file log, in microseconds (divide by tidings_log_fsyncs_total for the mean).",
+            &[("", micros(log.fsync_total))],
+        );
+        family(
+            "tidings_log_fsync_max_microseconds",
+            "gauge",
+            "The longest sync of the file log since start, in microseconds.",
+            &[("", micros(log.fsync_max))],
+        );
+    }
     let epoch = format!(
         "epoch=\"{:x}\",version=\"{}\"",
         stats.epoch,
@@ -179,5 +256,17 @@ mod tests {
         assert!(text.contains("tidings_connections{transport=\"ws\"} 0\n"));
         assert!(text.contains("tidings_errors_total{code=\"forbidden\"} 0\n"));
         assert!(text.contains("# TYPE tidings_publishes_total counter\n"));
+        assert!(
+            !text.contains("tidings_log_"),
+            "no file log, no log families"
+        );
+        let with_log = ServerStats {
+            log: Some(crate::store::LogStats {
+                appends: 7,
+                ..Default::default()
+            }),
+            ..ServerStats::default()
+        };
+        assert!(render(&with_log).contains("tidings_log_appends_total 7\n"));
     }
 }

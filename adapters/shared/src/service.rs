@@ -29,12 +29,12 @@ use futures_io::{AsyncRead, AsyncWrite};
 use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
 use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Topic, native};
 
-use crate::auth::{AuthConfigError, AuthError, Authenticated, Authenticator};
-use crate::config::{ConfigError, ServerConfig};
+use crate::auth::{AuthError, Authenticated, Authenticator};
+use crate::config::ServerConfig;
 use crate::ctx::{ConnCtx, ConnGuard};
 use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
 use crate::http::{Cors, Refusal, Response, respond};
-use crate::hub::Hub;
+use crate::hub::{Hub, HubError, StartError};
 use crate::io::with_deadline;
 use crate::request::{RequestHead, parse_head};
 use crate::runtime::Runtime;
@@ -137,27 +137,6 @@ pub(crate) fn static_file(path: &str) -> Option<&'static StaticFile> {
     STATIC_FILES.iter().find(|f| f.path == path)
 }
 
-/// The server could not start.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum StartError {
-    /// The configuration is invalid.
-    Config(ConfigError),
-    /// The authentication settings are invalid.
-    Auth(AuthConfigError),
-}
-
-impl fmt::Display for StartError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Config(e) => write!(f, "invalid configuration: {e}"),
-            Self::Auth(e) => write!(f, "invalid authentication settings: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
-
 struct Inner<R> {
     rt: R,
     hub: Hub,
@@ -232,7 +211,7 @@ impl<R: Runtime> Service<R> {
         let core = config.into_core().map_err(StartError::Config)?;
         let auth =
             Authenticator::with_limits(&config.auth, &core.limits).map_err(StartError::Auth)?;
-        let hub = Hub::start(&rt, &config).map_err(StartError::Config)?;
+        let hub = Hub::start(&rt, &config)?;
         let (live, idle) = flume::bounded(1);
         let cors = Cors::new(&config.http.cors_origins);
         Ok(Self {
@@ -325,6 +304,8 @@ impl<R: Runtime> Service<R> {
         {
             tracing::warn!("shutdown: some connections were still open after the grace period");
         }
+        // Publishes answered during the shutdown are stored; then the log is synced and closed.
+        self.inner.hub.close_log().await;
     }
 
     /// Serves one accepted connection: reads its request head (within the read timeout, at most
@@ -838,6 +819,7 @@ impl<R: Runtime> Service<R> {
                 let body = format!("{{\"id\":\"{cursor}\"}}");
                 Ok(Response::ok("application/json", body).with_headers(cors))
             }
+            Err(HubError::Failed(e)) => Err(refuse(Refusal::protocol(&e))),
             Err(e) => Err(refuse(Refusal::new(503, "shutting_down", e.to_string()))),
         }
     }

@@ -6,15 +6,17 @@ use std::time::Duration;
 use serde::Deserialize;
 use tidings_core::units;
 
-/// Where events are kept.
+/// Where events are kept. The default of an embedding application's [`crate::ServerConfig`] is
+/// `Memory` (nothing written where it did not ask); `tidings serve` stores in files unless told
+/// `--memory` (see `docs/STORAGE.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StoreKind {
     /// In segment files under [`StoreConfig::dir`] ([`crate::store::FileLog`]): events and the
     /// epoch survive restarts.
-    #[default]
     File,
     /// Only in memory: a restart starts a new epoch and forgets every event.
+    #[default]
     Memory,
 }
 
@@ -67,7 +69,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            kind: StoreKind::File,
+            kind: StoreKind::Memory,
             dir: PathBuf::from("./tidings-data"),
             durability: Durability::Os,
             fsync_interval: Duration::from_secs(1),

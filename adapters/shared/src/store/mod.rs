@@ -118,6 +118,17 @@ struct Shared {
     counters: Counters,
     /// Test hook: the next this many segment writes fail as if the disk were full.
     write_faults: AtomicU32,
+    /// The writer thread has ended (its queue is read no more).
+    writer_stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Marks the writer stopped when dropped, at the end of its thread.
+struct WriterStopped<'a>(&'a Shared);
+
+impl Drop for WriterStopped<'_> {
+    fn drop(&mut self) {
+        self.0.writer_stopped.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -234,6 +245,20 @@ impl FileLog {
         }
     }
 
+    /// Writes and syncs what is pending, records the positions actually used, and stops the
+    /// writer, for a log still shared (a server shutting down): appends asked afterwards are
+    /// never answered. The threads end and the lock is released when the log is dropped (or the
+    /// process exits).
+    pub async fn flush_and_stop(&self) {
+        if self.shared.writer_stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let (done, wait) = flume::bounded(1);
+        if self.writer.send(ToWriter::Close(done)).is_ok() {
+            let _ = wait.recv_async().await;
+        }
+    }
+
     /// Writes and syncs what is pending, stops the threads and releases the directory's lock.
     pub fn close(mut self) {
         self.shutdown();
@@ -245,7 +270,15 @@ impl FileLog {
         }
         let (done, wait) = flume::bounded(1);
         if self.writer.send(ToWriter::Close(done)).is_ok() {
-            let _ = wait.recv();
+            // A close queued after the writer ended (`flush_and_stop` before, or a panic) is
+            // never answered: its queue outlives it while this sender does.
+            while let Err(flume::RecvTimeoutError::Timeout) =
+                wait.recv_timeout(Duration::from_millis(20))
+            {
+                if self.shared.writer_stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+            }
         }
         self.join();
     }

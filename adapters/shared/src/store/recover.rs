@@ -211,6 +211,7 @@ pub(crate) fn open(
         index: RwLock::new(index),
         counters: Counters::default(),
         write_faults: AtomicU32::new(0),
+        writer_stopped: std::sync::atomic::AtomicBool::new(false),
     });
     let (replies_tx, replies) = flume::unbounded();
     let (writer_tx, writer_rx) = flume::unbounded();
@@ -247,10 +248,16 @@ pub(crate) fn open(
         sync,
         syncer_stop,
     );
+    let writer_shared = Arc::clone(&shared);
     threads.push(
         std::thread::Builder::new()
             .name("tidings-log-write".into())
-            .spawn(move || writer.run(&writer_rx))
+            .spawn(move || {
+                // Set however the writer ends (a panic too): a close asked afterwards waits for
+                // nobody.
+                let _stopped = super::WriterStopped(&writer_shared);
+                writer.run(&writer_rx);
+            })
             .map_err(spawn_error)?,
     );
     let reader_shared = Arc::clone(&shared);

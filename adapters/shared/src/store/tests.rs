@@ -180,6 +180,32 @@ fn reopen_after_close_keeps_epoch_events_and_positions() {
 }
 
 #[test]
+fn a_log_stopped_by_a_server_shutdown_keeps_its_events_and_drops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for _ in 0..20 {
+        let (mut log, _) = Log::open(&config(dir.path()), &keep_all());
+        log.append(1..3, 10);
+        futures_lite::future::block_on(log.log.flush_and_stop());
+        // Dropping it afterwards (what a server process does last) must not wait for the
+        // writer that is gone: it once did, forever, when its close was queued behind the end.
+        let (done, dropped) = flume::bounded(1);
+        std::thread::spawn(move || {
+            drop(log);
+            let _ = done.send(());
+        });
+        dropped.recv_timeout(WAIT).expect("the log drops at once");
+    }
+    let (log, recovery) = Log::open(&config(dir.path()), &keep_all());
+    let state = &recovery.state;
+    assert_eq!(
+        (state.head, state.recovered),
+        (40, 40),
+        "a clean stop leaves no hole"
+    );
+    log.log.close();
+}
+
+#[test]
 fn recent_is_bounded_by_hot_events_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(&config(dir.path()), &keep_all());
