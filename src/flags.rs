@@ -371,6 +371,14 @@ pub(crate) fn flags() -> Vec<Flag> {
                 "\"memory\"",
                 |c| c.store.kind = StoreKind::Memory,
             ),
+            Flag::switch(
+                "skip-corrupt",
+                "Start even if a sealed segment is corrupt: skip it (renamed *.log.corrupt; \
+                 clients resuming into it get a gap notice) instead of refusing to start",
+                "store.skip_corrupt",
+                "true",
+                |c| c.store.skip_corrupt = true,
+            ),
         ],
     ));
     all.extend(group(
