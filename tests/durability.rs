@@ -283,7 +283,10 @@ fn a_corrupt_sealed_segment_is_refused_or_skipped_on_request() {
             stderr.contains(name),
             "[{rt}] the message names the file: {stderr}"
         );
-        assert!(stderr.contains("--skip-corrupt"), "[{rt}] and what to do: {stderr}");
+        assert!(
+            stderr.contains("--skip-corrupt"),
+            "[{rt}] and what to do: {stderr}"
+        );
 
         let mut skip = args.to_vec();
         skip.push("--skip-corrupt");

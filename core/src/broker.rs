@@ -205,7 +205,12 @@ impl Broker {
                     return Ok(());
                 }
                 state.last_read = now;
-                self.command(slot, cmd);
+                let held = state.extras.as_ref().is_some_and(|x| !x.held.is_empty());
+                if held || (state.appending > 0 && !matches!(cmd, Command::Publish { .. })) {
+                    self.hold(slot, cmd);
+                } else {
+                    self.command(slot, cmd);
+                }
                 Ok(())
             }
             Input::Flushed { conn, bytes } => {
@@ -401,7 +406,7 @@ impl Broker {
     }
 
     /// The one dispatch of client commands.
-    fn command(&mut self, slot: Slot, cmd: Command) {
+    pub(crate) fn command(&mut self, slot: Slot, cmd: Command) {
         self.conn_mut(slot).codec.observe(&cmd);
         match cmd {
             Command::Subscribe(sub) => self.subscribe(slot, sub),

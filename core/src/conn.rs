@@ -107,6 +107,8 @@ pub(crate) struct Extras {
     /// Events for the application that want no answer ([`crate::AppEvent::Notify`]) whose
     /// handlers have not finished ([`crate::Broker::notify_done`]).
     pub(crate) notifies: usize,
+    /// Commands received while a publish of this connection was being stored, in order.
+    pub(crate) held: std::collections::VecDeque<crate::command::Command>,
     /// The last server request id handed out (ids start at 1).
     pub(crate) next_ack: AckId,
     /// The earliest resume cursor (sequence) the connection subscribed from: a parked session
@@ -135,6 +137,9 @@ pub(crate) struct ConnState {
     pub(crate) stamp: u64,
     /// The broker asked the adapter to close it; waiting for `Closed`.
     pub(crate) closing: bool,
+    /// Its publishes handed to the external log and not answered yet: its later commands (but
+    /// publishes) wait in `Extras::held`, so that answers keep the order of the commands.
+    pub(crate) appending: u32,
 }
 
 impl ConnState {
@@ -159,6 +164,7 @@ impl ConnState {
             last_write: now,
             stamp: 0,
             closing: false,
+            appending: 0,
         }
     }
 

@@ -57,6 +57,10 @@ impl Published {
     }
 }
 
+/// Commands a connection may send while its publish is being stored before it is closed (the
+/// disk is slow: answers keep their order, so later commands wait).
+const MAX_HELD: usize = 1024;
+
 /// A publish waiting for the external log.
 pub(crate) struct Pending {
     pub(crate) id: AppendId,
@@ -100,6 +104,11 @@ impl Broker {
         }
         let id = AppendId(self.next_append);
         self.next_append += 1;
+        if let Publisher::Conn { conn, .. } = publisher
+            && let Some(&slot) = self.ids.get(&conn)
+        {
+            self.conn_mut(slot).appending += 1;
+        }
         self.appends.push_back(Pending {
             id,
             publisher,
@@ -206,14 +215,60 @@ impl Broker {
                 let Some(&slot) = self.ids.get(&conn) else {
                     return;
                 };
-                if self.conn_ref(slot).closing {
+                let state = self.conn_mut(slot);
+                state.appending = state.appending.saturating_sub(1);
+                if state.closing {
                     return;
                 }
                 match result {
                     Ok(cursor) => self.ok(slot, req, Some(cursor), None),
                     Err(e) => self.fail(slot, req, e),
                 }
+                self.release_held(slot);
             }
+        }
+    }
+
+    /// Keeps a command that came while a publish of the same connection is being stored: it is
+    /// handled after that publish is answered, so answers keep the order of the commands.
+    pub(crate) fn hold(&mut self, slot: crate::subs::Slot, cmd: crate::command::Command) {
+        let state = self.conn_mut(slot);
+        let held = &mut state.extras_mut().held;
+        if held.len() < MAX_HELD {
+            held.push_back(cmd);
+            return;
+        }
+        self.count_error(ErrorCode::Unavailable);
+        let e = ProtocolError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "more than {MAX_HELD} frames waited behind a publish being stored (the server's disk is slow); reconnect and resume"
+            ),
+        );
+        self.close(slot, e);
+    }
+
+    /// Handles the commands held behind the connection's publishes, in order, as far as no
+    /// publish is being stored (publishes themselves may follow each other).
+    fn release_held(&mut self, slot: crate::subs::Slot) {
+        loop {
+            let state = self.conn_mut(slot);
+            if state.closing {
+                return;
+            }
+            let appending = state.appending > 0;
+            let Some(held) = state.extras.as_mut().map(|x| &mut x.held) else {
+                return;
+            };
+            match held.front() {
+                Some(crate::command::Command::Publish { .. }) => {}
+                Some(_) if !appending => {}
+                _ => return,
+            }
+            let Some(cmd) = held.pop_front() else {
+                return;
+            };
+            self.command(slot, cmd);
         }
     }
 

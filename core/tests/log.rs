@@ -454,3 +454,103 @@ fn a_refused_append_is_answered_and_delivered_to_nobody() {
     }
     assert_eq!(sim.appends.len(), 6);
 }
+
+#[test]
+fn answers_keep_the_order_of_commands_while_a_publish_is_stored() {
+    use tidings_core::codec::Codec as _;
+    use tidings_core::native::NativeCodec;
+
+    let config = Config {
+        epoch: EPOCH,
+        log: LogMode::External {
+            hot_events: 8,
+            hot_bytes: 1 << 20,
+            max_pending_appends: 8,
+        },
+        ..Config::default()
+    };
+    let now = Instant::now(); // clock: test-only
+    let mut broker = Broker::new(config, now);
+    let conn = ConnId(1);
+    let codec = NativeCodec::default();
+    broker
+        .handle_input(
+            now,
+            Input::Open {
+                conn,
+                codec: Box::new(codec.clone()),
+                grants: Arc::new(Grants::all()),
+            },
+        )
+        .unwrap();
+    let mut answers = Vec::new();
+    let mut appends = Vec::new();
+    let mut drain =
+        |broker: &mut Broker, answers: &mut Vec<String>, appends: &mut Vec<AppendId>| {
+            while let Some(out) = broker.poll_output() {
+                match out {
+                    Output::Transmit { payload, .. } => {
+                        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                        if v["type"] != "welcome" {
+                            answers.push(format!("{} {}", v["type"].as_str().unwrap(), v["id"]));
+                        }
+                    }
+                    Output::Log(LogRequest::Append { id, .. }) => appends.push(id),
+                    _ => {}
+                }
+            }
+        };
+    drain(&mut broker, &mut answers, &mut appends);
+    let frames = [
+        r#"{"op":"publish","id":1,"topic":"a.x","data":1}"#,
+        r#"{"op":"publish","id":2,"topic":"a.x","data":2}"#,
+        r#"{"op":"ping","id":3}"#,
+        r#"{"op":"subscribe","id":4,"topic":"a.y"}"#,
+        r#"{"op":"publish","id":5,"topic":"a.x","data":5}"#,
+        r#"{"op":"ping","id":6}"#,
+    ];
+    for frame in frames {
+        let mut cmds = Vec::new();
+        codec.decode(&bytes::Bytes::from(frame), &Default::default(), &mut cmds);
+        for cmd in cmds {
+            broker
+                .handle_input(now, Input::Command { conn, cmd })
+                .unwrap();
+        }
+    }
+    drain(&mut broker, &mut answers, &mut appends);
+    assert!(
+        answers.is_empty(),
+        "nothing is answered before the log stores: {answers:?}"
+    );
+    assert_eq!(
+        appends.len(),
+        2,
+        "publishes 1 and 2 go to the log at once; 5 waits behind 3 and 4"
+    );
+    let mut seq = 0;
+    let mut store = |broker: &mut Broker, id: AppendId| {
+        seq += 1;
+        let result = Ok(Appended { seq, first: 1 });
+        broker
+            .handle_input(now, Input::Log(LogReply::Appended { id, result }))
+            .unwrap();
+    };
+    store(&mut broker, appends[0]);
+    drain(&mut broker, &mut answers, &mut appends);
+    assert_eq!(answers, ["ok 1"]);
+    store(&mut broker, appends[1]);
+    drain(&mut broker, &mut answers, &mut appends);
+    assert_eq!(answers, ["ok 1", "ok 2", "pong 3", "ok 4"]);
+    assert_eq!(
+        appends.len(),
+        3,
+        "publish 5 went to the log after the answers before it"
+    );
+    store(&mut broker, appends[2]);
+    drain(&mut broker, &mut answers, &mut appends);
+    assert_eq!(
+        answers,
+        ["ok 1", "ok 2", "pong 3", "ok 4", "ok 5", "pong 6"]
+    );
+}
