@@ -472,7 +472,7 @@ fn answers_keep_the_order_of_commands_while_a_publish_is_stored() {
     let now = Instant::now(); // clock: test-only
     let mut broker = Broker::new(config, now);
     let conn = ConnId(1);
-    let codec = NativeCodec::default();
+    let codec = NativeCodec;
     broker
         .handle_input(
             now,
@@ -485,21 +485,20 @@ fn answers_keep_the_order_of_commands_while_a_publish_is_stored() {
         .unwrap();
     let mut answers = Vec::new();
     let mut appends = Vec::new();
-    let mut drain =
-        |broker: &mut Broker, answers: &mut Vec<String>, appends: &mut Vec<AppendId>| {
-            while let Some(out) = broker.poll_output() {
-                match out {
-                    Output::Transmit { payload, .. } => {
-                        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
-                        if v["type"] != "welcome" {
-                            answers.push(format!("{} {}", v["type"].as_str().unwrap(), v["id"]));
-                        }
+    let drain = |broker: &mut Broker, answers: &mut Vec<String>, appends: &mut Vec<AppendId>| {
+        while let Some(out) = broker.poll_output() {
+            match out {
+                Output::Transmit { payload, .. } => {
+                    let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                    if v["type"] != "welcome" {
+                        answers.push(format!("{} {}", v["type"].as_str().unwrap(), v["id"]));
                     }
-                    Output::Log(LogRequest::Append { id, .. }) => appends.push(id),
-                    _ => {}
                 }
+                Output::Log(LogRequest::Append { id, .. }) => appends.push(id),
+                _ => {}
             }
-        };
+        }
+    };
     drain(&mut broker, &mut answers, &mut appends);
     let frames = [
         r#"{"op":"publish","id":1,"topic":"a.x","data":1}"#,
