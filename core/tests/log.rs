@@ -478,7 +478,7 @@ fn answers_keep_the_order_of_commands_while_a_publish_is_stored() {
             now,
             Input::Open {
                 conn,
-                codec: Box::new(codec.clone()),
+                codec: Box::new(codec),
                 grants: Arc::new(Grants::all()),
             },
         )
