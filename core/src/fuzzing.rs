@@ -263,6 +263,7 @@ impl Harness {
                     panic!("native and SSE have keep-alive frames and no typed items: {conn}");
                 }
                 Output::App(_) => {}
+                Output::Log(req) => panic!("the in-memory log asks nothing of a log: {req:?}"),
             }
         }
         if let Some(t) = self.broker.poll_timeout() {
