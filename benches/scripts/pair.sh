@@ -29,6 +29,8 @@
 #   QUIET [30]          before each run wait up to this many s for a second >= 70 % idle (0: no wait)
 #   OUT [/tmp/bench-pair-<time>.jsonl]   every run's JSON line (+ label, repeat, idle, load)
 #   BEFORE_LABEL [before], AFTER_LABEL [after]
+#   BEFORE_ARGS, AFTER_ARGS [none]   extra `tidings serve` flags for one side, space-separated
+#                       (e.g. one binary twice: BEFORE_ARGS=--memory AFTER_ARGS='--durability strict')
 # Re-print the table of an earlier OUT without measuring: benches/scripts/pair.sh --table FILE.jsonl
 set -euo pipefail
 
@@ -135,8 +137,8 @@ cp "$BENCH" "$DIR/tidings-bench"
 : >"$OUT"
 
 echo "== bench-pair: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-echo "   $BEFORE_LABEL = $1 (sha256 $(sha256sum "$1" | cut -c1-12))" >&2
-echo "   $AFTER_LABEL = $2 (sha256 $(sha256sum "$2" | cut -c1-12))" >&2
+echo "   $BEFORE_LABEL = $1 (sha256 $(sha256sum "$1" | cut -c1-12)) ${BEFORE_ARGS:-}" >&2
+echo "   $AFTER_LABEL = $2 (sha256 $(sha256sum "$2" | cut -c1-12)) ${AFTER_ARGS:-}" >&2
 echo "   load generator $BENCH; runs $RUNS; N = $NS; nats $NATS; JSON lines -> $OUT" >&2
 
 # Percent of CPU time idle over one second.
@@ -199,6 +201,11 @@ msgs() {
     esac
 }
 
+read -r -a BEFORE_SERVER <<<"${BEFORE_ARGS:-}"
+read -r -a AFTER_SERVER <<<"${AFTER_ARGS:-}"
+server_args() { for a in "$@"; do printf -- '--server-arg=%s\n' "$a"; done; }
+mapfile -t BEFORE_SERVER < <(server_args "${BEFORE_SERVER[@]}")
+mapfile -t AFTER_SERVER < <(server_args "${AFTER_SERVER[@]}")
 SYSTEMS=(before after)
 [ "$NATS" = 1 ] && SYSTEMS+=(nats)
 NATS_ARGS=()
@@ -211,8 +218,8 @@ for rep in $(seq "$RUNS"); do
         for j in $(seq 0 $((k - 1))); do
             sys=${SYSTEMS[$(((j + rep - 1) % k))]}
             case $sys in
-                before) run "$BEFORE_LABEL" "$rep" "$n" --target tidings --server-bin "$DIR/tidings.before" ;;
-                after) run "$AFTER_LABEL" "$rep" "$n" --target tidings --server-bin "$DIR/tidings.after" ;;
+                before) run "$BEFORE_LABEL" "$rep" "$n" --target tidings --server-bin "$DIR/tidings.before" "${BEFORE_SERVER[@]}" ;;
+                after) run "$AFTER_LABEL" "$rep" "$n" --target tidings --server-bin "$DIR/tidings.after" "${AFTER_SERVER[@]}" ;;
                 nats) run nats "$rep" "$n" --target nats "${NATS_ARGS[@]}" ;;
             esac
         done

@@ -102,6 +102,8 @@ pub(crate) struct Server {
     sampler: Option<Sampler>,
     /// A file to remove when the server stops (the generated nats-server config).
     temp_file: Option<PathBuf>,
+    /// A directory to remove once the server has stopped (tidings' data directory).
+    temp_dir: Option<PathBuf>,
 }
 
 /// The message of a run that could not start because a peer is missing.
@@ -170,6 +172,7 @@ impl Server {
                 child: None,
                 sampler: None,
                 temp_file: None,
+                temp_dir: None,
             });
         }
         match target {
@@ -220,7 +223,24 @@ impl Server {
             "RUST_LOG",
             std::env::var("TIDINGS_LOG").unwrap_or("warn".into()),
         );
-        Self::spawn_announced(cmd, &bin.display().to_string())
+        // The server's default is the durable log: a fresh data directory per run, unless the
+        // run chose one (or `--memory`).
+        let chose = args
+            .server_args
+            .iter()
+            .any(|a| a.starts_with("--data-dir") || a == "--memory");
+        let temp_dir = (!chose).then(|| {
+            static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            std::env::temp_dir().join(format!("tidings-bench-{}-{n}", std::process::id()))
+        });
+        if let Some(dir) = &temp_dir {
+            let _ = std::fs::remove_dir_all(dir);
+            cmd.arg("--data-dir").arg(dir);
+        }
+        let mut server = Self::spawn_announced(cmd, &bin.display().to_string())?;
+        server.temp_dir = temp_dir;
+        Ok(server)
     }
 
     /// Starts `cmd` and waits for its first stdout line, `listening on http://ADDR`.
@@ -248,6 +268,7 @@ impl Server {
             child: Some(child),
             sampler: None,
             temp_file: None,
+                temp_dir: None,
         };
         let line = rx
             .recv_timeout(Duration::from_secs(30))
@@ -305,6 +326,7 @@ impl Server {
             child: Some(child),
             sampler: None,
             temp_file: Some(config),
+            temp_dir: None,
         };
         for _ in 0..200 {
             if std::net::TcpStream::connect(addr).is_ok() {
@@ -351,14 +373,20 @@ impl Drop for Server {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
-            for _ in 0..200 {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    return;
+            let stopped = (0..200).any(|_| {
+                let done = matches!(child.try_wait(), Ok(Some(_)));
+                if !done {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                done
+            });
+            if !stopped {
+                let _ = child.kill();
+                let _ = child.wait();
             }
-            let _ = child.kill();
-            let _ = child.wait();
+        }
+        if let Some(dir) = self.temp_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
