@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::appends::{Published, Publisher};
 use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::command::Recipient;
@@ -11,7 +12,6 @@ use crate::error::{ApiError, ProtocolError};
 use crate::grants::Grants;
 use crate::ids::{AckId, ConnId, ReqId};
 use crate::payload::Payload;
-use crate::publish::{Published, Publisher};
 use crate::timers::Timer;
 use crate::topic::{Name, Topic};
 

@@ -113,7 +113,7 @@ pub struct Broker {
     /// Declared topics (by name) and who may see them.
     pub(crate) catalog: BTreeMap<String, (Topic, Visibility)>,
     /// Publishes waiting for the external log, in the order asked.
-    pub(crate) appends: VecDeque<crate::publish::Pending>,
+    pub(crate) appends: VecDeque<crate::appends::Pending>,
     pub(crate) next_append: u64,
     /// Log reads in flight, and the connection each is for.
     pub(crate) reads: HashMap<crate::log::ReadId, ConnId>,
@@ -439,28 +439,7 @@ impl Broker {
                 topic,
                 event,
                 payload,
-            } => {
-                if !self.conn_ref(slot).grants.may_publish(&topic) {
-                    let e = ProtocolError::new(
-                        ErrorCode::Forbidden,
-                        format!(
-                            "publishing to {:?} is not granted to this connection",
-                            topic.as_str()
-                        ),
-                    );
-                    return self.fail(slot, req, e);
-                }
-                let state = self.conn_ref(slot);
-                let (from, conn) = (state.client_id().cloned(), state.id);
-                let publisher = crate::publish::Publisher::Conn { conn, req };
-                match self.publish_event(topic, event, payload, from, publisher) {
-                    crate::publish::Published::Stored(cursor) => {
-                        self.ok(slot, req, Some(cursor), None);
-                    }
-                    crate::publish::Published::Storing(_) => {}
-                    crate::publish::Published::Refused(e) => self.fail(slot, req, e),
-                }
-            }
+            } => self.publish_command(slot, req, topic, event, payload),
             Command::Send {
                 req,
                 to,

@@ -4,6 +4,7 @@
 
 mod app;
 mod app_op;
+mod appends;
 mod broker;
 pub mod client;
 pub mod codec;
@@ -40,6 +41,7 @@ mod topic;
 pub mod typed;
 
 pub use app_op::{AppOp, AppReply};
+pub use appends::Published;
 pub use broker::{Broker, ConnInfo, Stats, SubscriptionChange};
 pub use command::{Claim, Command, Recipient, Subscribe};
 pub use config::{
@@ -53,5 +55,4 @@ pub use ids::{AckId, ConnId, ConnIdHasher, ConnMap, ReqId};
 pub use input::Input;
 pub use output::{AppEvent, Delivery, Gap, GapReason, Lifecycle, Output, Visibility};
 pub use payload::Payload;
-pub use publish::Published;
 pub use topic::{Name, NameLimits, Pattern, Topic};

@@ -10,65 +10,52 @@
 
 use std::time::Duration;
 
+use crate::appends::{Pending, Published, Publisher};
 use crate::broker::Broker;
 use crate::cursor::Cursor;
 use crate::encodings::Encoded;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::history::StoredEvent;
-use crate::ids::ConnId;
 use crate::log::{AppendId, LogEvent, LogMode, LogReply, LogRequest, LogState, Page};
 use crate::output::{AppEvent, Output, Visibility};
 use crate::payload::Payload;
 use crate::topic::{Name, Topic};
 
-/// Who waits for a publish's outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Publisher {
-    /// A client: answered with `ok` and the cursor (when it gave a request id) or an error.
-    Conn {
-        /// The connection (ids are never reused: a closed one is simply not answered).
-        conn: ConnId,
-        /// Its request id.
-        req: Option<u64>,
-    },
-    /// The application: answered with [`AppEvent::Stored`].
-    App,
-}
-
-/// What became of a publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Published {
-    /// Stored and delivered: its cursor.
-    Stored(Cursor),
-    /// Handed to the external log; [`AppEvent::Stored`] with this id tells the outcome.
-    Storing(AppendId),
-    /// Not stored (the log is too far behind: `unavailable`).
-    Refused(ProtocolError),
-}
-
-impl Published {
-    /// The cursor, if the event is already stored.
-    pub fn cursor(&self) -> Option<Cursor> {
-        match self {
-            Self::Stored(c) => Some(*c),
-            _ => None,
-        }
-    }
-}
-
 /// Commands a connection may send while its publish is being stored before it is closed (the
 /// disk is slow: answers keep their order, so later commands wait).
 const MAX_HELD: usize = 1024;
 
-/// A publish waiting for the external log.
-pub(crate) struct Pending {
-    pub(crate) id: AppendId,
-    pub(crate) publisher: Publisher,
-    pub(crate) event: LogEvent,
-}
-
 impl Broker {
+    /// A client's `publish`: grants checked, then stored and answered (at once, or when the log
+    /// has it).
+    pub(crate) fn publish_command(
+        &mut self,
+        slot: crate::subs::Slot,
+        req: Option<u64>,
+        topic: Topic,
+        event: Option<Name>,
+        payload: Payload,
+    ) {
+        if !self.conn_ref(slot).grants.may_publish(&topic) {
+            let e = ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "publishing to {:?} is not granted to this connection",
+                    topic.as_str()
+                ),
+            );
+            return self.fail(slot, req, e);
+        }
+        let state = self.conn_ref(slot);
+        let (from, conn) = (state.client_id().cloned(), state.id);
+        let publisher = Publisher::Conn { conn, req };
+        match self.publish_event(topic, event, payload, from, publisher) {
+            Published::Stored(cursor) => self.ok(slot, req, Some(cursor), None),
+            Published::Storing(_) => {}
+            Published::Refused(e) => self.fail(slot, req, e),
+        }
+    }
+
     /// Publishes an event for `publisher`: at once with the in-memory log, through an append
     /// otherwise.
     pub(crate) fn publish_event(

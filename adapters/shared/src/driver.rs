@@ -64,21 +64,18 @@ pub(crate) struct Driver<R: Runtime> {
     ending: Option<(ConnId, Disconnect)>,
     /// The external log, if the broker uses one.
     log: Option<LogLink>,
+    /// Its requests of this step, handed over together at the step's end.
+    log_out: Vec<LogRequest>,
 }
 
 /// The driver's link to an external log (`LogMode::External`): where the broker's requests go
 /// (never blocking) and where the log's replies come from.
 pub struct LogLink {
-    /// Takes a request; must not block (the log does its I/O on threads of its own).
-    pub requests: Box<dyn FnMut(LogRequest) + Send>,
+    /// Takes a step's requests, in order; must not block (the log does its I/O on threads of
+    /// its own).
+    pub requests: Box<dyn FnMut(Vec<LogRequest>) + Send>,
     /// The log's replies, in the order it made them.
     pub replies: flume::Receiver<LogReply>,
-}
-
-impl LogLink {
-    fn request(&mut self, req: LogRequest) {
-        (self.requests)(req);
-    }
 }
 
 impl<R: Runtime> Driver<R> {
@@ -92,6 +89,7 @@ impl<R: Runtime> Driver<R> {
     ) -> Self {
         Self {
             log,
+            log_out: Vec::new(),
             rt,
             broker,
             conns: ConnTable::default(),
@@ -189,6 +187,15 @@ impl<R: Runtime> Driver<R> {
         if self.broker.poll_timeout().is_some_and(|at| at <= now) {
             self.broker.handle_timeout(now);
             self.drain(now);
+        }
+        // The step's publishes go to the log together: written at once, answered at once, and
+        // delivered in one later step, with one hand-over per connection as without a log.
+        if !self.log_out.is_empty() {
+            let reqs = std::mem::take(&mut self.log_out);
+            match &mut self.log {
+                Some(log) => (log.requests)(reqs),
+                None => tracing::error!("adapter bug: {} log requests without a log", reqs.len()),
+            }
         }
         self.hand_over(now);
         handled
@@ -386,10 +393,7 @@ impl<R: Runtime> Driver<R> {
                         let _ = self.broker.handle_app(now, op);
                     }
                 }
-                Output::Log(req) => match &mut self.log {
-                    Some(log) => log.request(req),
-                    None => tracing::error!("adapter bug: a log request without a log: {req:?}"),
-                },
+                Output::Log(req) => self.log_out.push(req),
                 other => tracing::debug!("unhandled output: {other:?}"),
             }
         }

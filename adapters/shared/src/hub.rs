@@ -170,7 +170,7 @@ impl Hub {
                 let log = Arc::new(log);
                 let requests = {
                     let log = log.clone();
-                    Box::new(move |req| log.request(req))
+                    Box::new(move |reqs| log.requests(reqs))
                 };
                 (Some(log), Some(LogLink { requests, replies }))
             }

@@ -268,7 +268,7 @@ impl Server {
             child: Some(child),
             sampler: None,
             temp_file: None,
-                temp_dir: None,
+            temp_dir: None,
         };
         let line = rx
             .recv_timeout(Duration::from_secs(30))

@@ -148,7 +148,8 @@ impl Shared {
 
 /// What the writer thread is asked.
 enum ToWriter {
-    Append(AppendId, LogEvent),
+    /// Appends, in order (a driver step's at once: one write, answers that come together).
+    Appends(Vec<(AppendId, LogEvent)>),
     /// Write and sync what is pending, record the reservation actually used, stop; then answer.
     Close(flume::Sender<()>),
     /// Stop at once, like a killed process (tests).
@@ -203,11 +204,28 @@ impl FileLog {
 
     /// Hands the log a request; never blocks. Appends are answered in the order they were asked.
     pub fn request(&self, req: LogRequest) {
-        match req {
-            LogRequest::Append { id, event } => {
-                // The writer only stops at close, which takes `self`.
-                let _ = self.writer.send(ToWriter::Append(id, event));
+        self.requests(std::iter::once(req));
+    }
+
+    /// Hands the log requests in order; never blocks. The appends among them reach the writer
+    /// as one message, so they are written together and answered together: a driver hands over
+    /// a step's requests at once, and the deliveries they release then come in one step too.
+    pub fn requests(&self, reqs: impl IntoIterator<Item = LogRequest>) {
+        let mut appends = Vec::new();
+        for req in reqs {
+            match req {
+                LogRequest::Append { id, event } => appends.push((id, event)),
+                other => self.read(other),
             }
+        }
+        if !appends.is_empty() {
+            // The writer only stops at close, which takes `self`.
+            let _ = self.writer.send(ToWriter::Appends(appends));
+        }
+    }
+
+    fn read(&self, req: LogRequest) {
+        match req {
             LogRequest::Read {
                 read,
                 from,

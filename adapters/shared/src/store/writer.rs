@@ -127,16 +127,16 @@ impl Writer {
             let msg = rx.recv_deadline(next_tick);
             let mut stop = None;
             match msg {
-                Ok(ToWriter::Append(id, event)) => {
-                    batch.push((id, event));
+                Ok(ToWriter::Appends(appends)) => {
+                    batch.extend(appends);
                     // Take what is queued; when the queue runs dry, wait a moment for more
                     // (a driver step queues its publishes back to back): fewer, larger writes
                     // and fewer thread wake-ups.
                     let mut idle = 0;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(ToWriter::Append(id, event)) => {
-                                batch.push((id, event));
+                            Ok(ToWriter::Appends(appends)) => {
+                                batch.extend(appends);
                                 idle = 0;
                             }
                             Ok(other) => {
