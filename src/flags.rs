@@ -341,6 +341,14 @@ pub(crate) fn flags() -> Vec<Flag> {
                 &mut c.runtime
             })
             .values::<String>(&["tokio", "async-std"]),
+            Flag::set(
+                "metrics-token-file",
+                "FILE",
+                "Require `Authorization: Bearer <token>` on GET /metrics, with the token in \
+                 this file",
+                "http.metrics_token_file",
+                |c, file: PathBuf| c.http.metrics_token_file = Some(file),
+            ),
         ],
     ));
     all.extend(group(
@@ -507,8 +515,8 @@ pub(crate) fn flags() -> Vec<Flag> {
         Flag::list("slow-consumer-rule", "PATTERN=POLICY", "A per-topic policy, e.g. --slow-consumer-rule 'prices.>=disconnect'; the first matching rule wins", "slow_consumer.rules", |c| &mut c.slow_consumer.rules),
     ]));
     all.extend(group("Browsers", vec![
-        Flag::list("cors-origin", "ORIGIN", "An origin allowed to use /sse and /publish from a browser (CORS); \"*\" allows any", "http.cors_origins", |c| &mut c.http.cors_origins),
-        Flag::list("ws-origin", "ORIGIN", "An origin allowed to open /ws (none listed: any)", "http.ws_origins", |c| &mut c.http.ws_origins),
+        Flag::list("cors-origin", "ORIGIN", "An origin allowed to use /sse and /publish from a browser page (CORS) besides the server's own; \"*\" allows any (none listed: the server's own origin only)", "http.cors_origins", |c| &mut c.http.cors_origins),
+        Flag::list("ws-origin", "ORIGIN", "An origin allowed to open /ws and /ws/bus from a browser page besides the server's own; \"*\" allows any (none listed: the server's own origin only)", "http.ws_origins", |c| &mut c.http.ws_origins),
     ]));
     all.extend(group(AUTH, vec![
         Flag::set("anonymous", "BOOL", "Whether requests without a token are allowed (with every permission) [default: true]", "auth.anonymous", |c, allowed: bool| {

@@ -267,6 +267,9 @@ async fn announce<R: tidings_adapter::Runtime>(
         .unwrap_or_default();
     tracing::info!(%addr, runtime, epoch, "tidings is serving");
     tracing::info!("auth: {}", service.describe_auth());
+    if let Some(warning) = service.cookie_origin_warning() {
+        tracing::warn!("{warning}");
+    }
     if service.auth_is_open() && !addr.ip().is_loopback() {
         tracing::warn!(
             "anonymous clients may do everything and the server listens beyond loopback; \

@@ -218,6 +218,9 @@ fn publish_answers_and_refusals() {
                 "1024",
                 "--set",
                 r#"auth.anonymous={subscribe=[">"],publish=["public.>"]}"#,
+                // Any origin, explicitly (the default is the server's own only).
+                "--cors-origin",
+                "*",
             ],
         );
         let ok = server.request(
@@ -821,6 +824,11 @@ fn origin_allow_lists_for_websocket_and_cors() {
             b"x",
         );
         assert_eq!(resp.status, 403);
+        // The server's own origin is allowed besides the listed ones.
+        let own = server.own_origin();
+        Ws::open(server.connect(), server.addr, &[("Origin", &own)]);
+        let sse = server.sse("/sse?topic=x", &[("Origin", &own)]);
+        assert_eq!(sse.head.header("access-control-allow-origin"), Some(&*own));
         let pre = server.request(
             "OPTIONS",
             "/sse",
@@ -839,6 +847,193 @@ fn origin_allow_lists_for_websocket_and_cors() {
             pre.header("access-control-allow-methods"),
             Some("GET, OPTIONS")
         );
+    });
+}
+
+/// Opens a WebSocket on `path` from a page of `origin` (any of the server's protocols; nothing
+/// is read after the upgrade).
+fn upgrades(server: &Server, path: &str, origin: &str) -> bool {
+    let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}{path}",
+        server.addr
+    ))
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("Origin", origin.parse().unwrap());
+    match tungstenite::client(request, server.connect()) {
+        Ok(_) => true,
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+            assert_eq!(r.status(), 403, "{path} from {origin}");
+            false
+        }
+        Err(e) => panic!("{path} from {origin}: {e:?}"),
+    }
+}
+
+/// Issue 16: by default a page of another site cannot use a server on the developer's machine
+/// (read topics through CORS, publish, open a WebSocket); the server's own pages (the demo
+/// page) and clients that are not browser pages (no `Origin`) can.
+#[test]
+fn browser_origins_default_to_the_servers_own() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let own = server.own_origin();
+        let evil = "https://evil.example";
+        // Another port of the same host is another origin.
+        let other_port = "http://127.0.0.1:1";
+
+        // WebSocket: refused before the upgrade, with the usual JSON refusal, on every endpoint.
+        for path in ["/ws", "/ws/bus", "/etp"] {
+            for origin in [evil, other_port] {
+                let resp = server.refused_upgrade(path, &[("Origin", origin)]);
+                assert_eq!(
+                    (resp.status, resp.error_code().as_str()),
+                    (403, "origin_not_allowed"),
+                    "{path} from {origin}: {}",
+                    resp.body
+                );
+            }
+            assert!(upgrades(&server, path, &own), "{path} from {own}");
+        }
+        let same = Ws::open(server.connect(), server.addr, &[("Origin", &own)]);
+        assert_eq!(same.welcome["type"], "welcome");
+        Ws::open(server.connect(), server.addr, &[]);
+
+        // CORS: a page of another site gets 403 and no Access-Control-Allow-Origin; the same
+        // origin gets its origin back; a client without Origin gets no CORS headers.
+        let resp = server.request("GET", "/sse?topic=x", &[("Origin", evil)], b"");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "origin_not_allowed")
+        );
+        assert_eq!(resp.header("access-control-allow-origin"), None);
+        let sse = server.sse("/sse?topic=x", &[("Origin", &own)]);
+        assert_eq!(sse.head.status, 200);
+        assert_eq!(sse.head.header("access-control-allow-origin"), Some(&*own));
+        let sse = server.sse("/sse?topic=x", &[]);
+        assert_eq!(sse.head.status, 200);
+        assert_eq!(sse.head.header("access-control-allow-origin"), None);
+
+        // A cross-site form post needs no preflight: the server itself must refuse it.
+        for path in ["/publish?topic=x", "/subscriptions?client_id=c"] {
+            let resp = server.request("POST", path, &[("Origin", evil)], b"x");
+            assert_eq!(
+                (resp.status, resp.header("access-control-allow-origin")),
+                (403, None),
+                "{path}"
+            );
+        }
+        let pre = server.request(
+            "OPTIONS",
+            "/publish",
+            &[("Origin", evil), ("Access-Control-Request-Method", "POST")],
+            b"",
+        );
+        assert_eq!(pre.status, 403);
+        assert_eq!(pre.header("access-control-allow-origin"), None);
+        let pre = server.request(
+            "OPTIONS",
+            "/publish",
+            &[("Origin", &own), ("Access-Control-Request-Method", "POST")],
+            b"",
+        );
+        assert_eq!(pre.status, 204);
+        assert_eq!(pre.header("access-control-allow-origin"), Some(&*own));
+        let resp = server.request("POST", "/publish?topic=x", &[("Origin", &own)], b"x");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(resp.header("access-control-allow-origin"), Some(&*own));
+        server.publish("x", "no origin");
+
+        // Only the two publishes that were allowed happened; /metrics needs no token by default.
+        let metrics = server.get("/metrics");
+        assert_eq!(metrics.status, 200);
+        assert_eq!(metric(&metrics.body, "tidings_publishes_total"), 2);
+    });
+}
+
+/// `"*"` allows any origin, explicitly; each WebSocket endpoint follows its own list (`/etp`:
+/// `etp.origins`, not `http.ws_origins`).
+#[test]
+fn a_star_allows_any_origin() {
+    for_each_runtime(|rt| {
+        let evil = "https://evil.example";
+        let server = Server::start(rt, &["--ws-origin", "*", "--cors-origin", "*"]);
+        assert!(upgrades(&server, "/ws", evil));
+        assert!(upgrades(&server, "/ws/bus", evil));
+        assert!(!upgrades(&server, "/etp", evil), "etp.origins is still []");
+        let sse = server.sse("/sse?topic=x", &[("Origin", evil)]);
+        assert_eq!(sse.head.status, 200);
+        assert_eq!(sse.head.header("access-control-allow-origin"), Some("*"));
+        assert_eq!(sse.head.header("access-control-allow-credentials"), None);
+        let resp = server.request("POST", "/publish?topic=x", &[("Origin", evil)], b"x");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+
+        let server = Server::start(rt, &["--set", r#"etp.origins=["*"]"#]);
+        assert!(upgrades(&server, "/etp", evil));
+        assert!(
+            !upgrades(&server, "/ws", evil),
+            "http.ws_origins is still []"
+        );
+    });
+}
+
+#[test]
+fn metrics_can_require_a_token() {
+    for_each_runtime(|rt| {
+        let dir = TempDir::new("metrics-token");
+        let file = dir.0.join("token");
+        std::fs::write(&file, "s3cret-metrics-token\n").unwrap();
+        let server = Server::start(rt, &["--metrics-token-file", file.to_str().unwrap()]);
+        let none = server.get("/metrics");
+        assert_eq!(
+            (none.status, none.error_code().as_str()),
+            (401, "unauthorized"),
+            "{}",
+            none.body
+        );
+        assert!(
+            none.header("www-authenticate")
+                .is_some_and(|h| h.starts_with("Bearer")),
+            "{:?}",
+            none.headers
+        );
+        for wrong in [
+            "Bearer s3cret-metrics-toke",
+            "Bearer s3cret-metrics-token2",
+            "Bearer ",
+            "Basic czNjcmV0LW1ldHJpY3MtdG9rZW4=",
+            "s3cret-metrics-token",
+        ] {
+            let resp = server.request("GET", "/metrics", &[("Authorization", wrong)], b"");
+            assert_eq!(
+                (resp.status, resp.error_code().as_str()),
+                (401, "unauthorized"),
+                "{wrong}"
+            );
+            assert!(resp.header("www-authenticate").is_some(), "{wrong}");
+        }
+        let right = server.request(
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer s3cret-metrics-token")],
+            b"",
+        );
+        assert_eq!(right.status, 200, "{}", right.body);
+        assert!(
+            right.body.contains("tidings_publishes_total"),
+            "{}",
+            right.body
+        );
+        // Only /metrics.
+        assert_eq!(server.get("/healthz").status, 200);
+        server.publish("x", "y");
+
+        // Inline, in the configuration.
+        let server = Server::start(rt, &["--set", r#"http.metrics_token="abc""#]);
+        assert_eq!(server.get("/metrics").status, 401);
+        let right = server.request("GET", "/metrics", &[("Authorization", "bearer abc")], b"");
+        assert_eq!(right.status, 200, "{}", right.body);
     });
 }
 

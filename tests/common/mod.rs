@@ -171,7 +171,9 @@ impl Server {
         body: &[u8],
     ) -> Resp {
         let mut stream = self.connect();
-        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: test\r\n");
+        // The Host a client of this address sends (a browser page of the server's own origin
+        // sends `Origin: http://<the same>`).
+        let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", self.addr);
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
@@ -235,6 +237,44 @@ impl Server {
 
     pub fn ws(&self) -> Ws {
         Ws::open(self.connect(), self.addr, &[])
+    }
+
+    /// `http://<its address>`: the `Origin` of a page the server itself serves.
+    pub fn own_origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A WebSocket upgrade request to `path` with these extra headers, answered without
+    /// upgrading (a refusal: its status, headers and JSON body).
+    pub fn refused_upgrade(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut stream = self.connect();
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            self.addr
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        // The head first: an upgraded connection would not end.
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).expect("the response head arrives");
+            assert_eq!(n, 1, "the connection ended in the response head: {raw:?}");
+            raw.push(byte[0]);
+        }
+        assert_ne!(
+            Resp::parse(&raw).status,
+            101,
+            "{path} {headers:?} was upgraded"
+        );
+        stream
+            .read_to_end(&mut raw)
+            .expect("the server answers and closes");
+        Resp::parse(&raw)
     }
 }
 
@@ -311,8 +351,9 @@ pub struct Sse {
 
 impl Sse {
     pub fn open(mut stream: TcpStream, target: &str, headers: &[(&str, &str)]) -> Self {
+        let host = stream.peer_addr().expect("a connected stream");
         let mut head =
-            format!("GET {target} HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n");
+            format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }

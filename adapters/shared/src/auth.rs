@@ -377,7 +377,8 @@ impl AuthError {
         }
     }
 
-    fn no_token(message: impl Into<String>) -> Self {
+    /// A `401` for a request without a token where one is required.
+    pub(crate) fn no_token(message: impl Into<String>) -> Self {
         Self {
             kind: Refusal::NoToken,
             message: message.into(),
@@ -567,6 +568,12 @@ impl Authenticator {
     /// Whether anonymous clients may do everything (worth a warning outside loopback).
     pub fn is_open(&self) -> bool {
         self.anonymous.as_ref() == Some(&Grants::all())
+    }
+
+    /// The cookie tokens are read from, when tokens are accepted (`[auth.jwt]`) and the cookie
+    /// is not turned off.
+    pub fn token_cookie(&self) -> Option<&str> {
+        self.jwt.as_ref().and(self.cookie.as_deref())
     }
 
     /// The grants of requests without a token; `None` when they are refused.

@@ -10,6 +10,7 @@
 //! bytes. Unknown keys are refused, so a typo is an error rather than a silently ignored setting.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -17,7 +18,7 @@ pub use tidings_core::ConfigError;
 pub use tidings_core::units::{parse_duration, parse_opt_duration};
 use tidings_core::{Config, Limits, NameLimits, Retention, SlowConsumer, Timers, units};
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, Secret};
 use crate::store::{StoreConfig, StoreKind};
 
 /// Publishes waiting for the file log at most (`LogMode::External`): past it the disk is too
@@ -82,9 +83,10 @@ pub struct EtpConfig {
     /// The largest message read, in bytes (etp's default: 1 MiB); a larger one closes the
     /// connection with 1009 and the reason `read limited at <limit + 1> bytes`.
     pub read_limit: usize,
-    /// Origins allowed to open `/etp` from a browser. Empty: only the same origin (the `Origin`
-    /// host equals the `Host` header), as etp's WebSocket library does; `"*"` allows any.
-    /// Requests without `Origin` are always allowed.
+    /// Origins allowed to open `/etp` from a browser, as `http.ws_origins` for `/ws` (which
+    /// does not apply to `/etp`). Empty: only the same origin (the `Origin` host equals the
+    /// `Host` header), as etp's WebSocket library does; listed origins are allowed besides it;
+    /// `"*"` allows any. Requests without `Origin` are always allowed.
     pub origins: Vec<String>,
     /// Write events with empty data as `name||0||` (what the etp JS client can parse) instead
     /// of etp v3/v4's `name||0`.
@@ -205,10 +207,13 @@ impl SseConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
-    /// Origins allowed to use `/sse` and `/publish` from a browser (CORS). `"*"` allows any.
+    /// Origins allowed to use `/sse`, `/publish` and `/subscriptions` from a browser page
+    /// (CORS). Empty (the default): only the server's own origin (the `Origin` host equals the
+    /// `Host` header, as for `/etp`); listed origins are allowed besides it; `"*"` allows any.
+    /// Requests without `Origin` (non-browser clients) are always allowed.
     pub cors_origins: Vec<String>,
-    /// Origins allowed to open `/ws`. Empty allows any; requests without `Origin` (non-browser
-    /// clients) are always allowed.
+    /// Origins allowed to open `/ws` and `/ws/bus` from a browser page, with the same meaning:
+    /// empty (the default) is the server's own origin only, `"*"` any.
     pub ws_origins: Vec<String>,
     /// A client must send its whole request head (and a publish body) within this time.
     #[serde(with = "units::duration")]
@@ -229,23 +234,54 @@ pub struct HttpConfig {
     /// the most read from its socket at once (larger messages take several reads). 2 KiB keeps
     /// an idle WebSocket connection under 6 KiB of server memory.
     pub ws_read_buffer: usize,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <metrics_token>` (else `401`).
+    pub metrics_token: Option<Secret>,
+    /// A file holding the metrics token (its content, less one trailing newline), instead of
+    /// `metrics_token`.
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
-            cors_origins: vec!["*".to_owned()],
+            cors_origins: Vec::new(),
             ws_origins: Vec::new(),
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             tcp_user_timeout: Some(Duration::from_secs(60)),
             outbox_frames: 0,
             ws_read_buffer: 2048,
+            metrics_token: None,
+            metrics_token_file: None,
         }
     }
 }
 
+const BOTH_METRICS_TOKENS: &str = "http has both metrics_token and metrics_token_file: set one";
+
 impl HttpConfig {
+    /// The token `GET /metrics` requires, if any: `metrics_token`, or the content of
+    /// `metrics_token_file` (less one trailing newline), read now.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] when both are set, the token is empty, or the file cannot be read.
+    pub fn metrics_token(&self) -> Result<Option<Secret>, ConfigError> {
+        let token = match (&self.metrics_token, &self.metrics_token_file) {
+            (Some(_), Some(_)) => return Err(ConfigError(BOTH_METRICS_TOKENS.to_owned())),
+            (Some(token), None) => token.clone(),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("http.metrics_token_file {}: {e}", path.display()))
+                })?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                Secret::new(text.strip_suffix('\r').unwrap_or(text))
+            }
+            (None, None) => return Ok(None),
+        };
+        ServerConfig::check_metrics_token(&token)?;
+        Ok(Some(token))
+    }
+
     /// The bound of a connection's outgoing queue, in frames.
     pub fn outbox_frames(&self, max_queued_bytes: usize) -> usize {
         if self.outbox_frames > 0 {
@@ -265,6 +301,17 @@ const MOVED_KEYS: [(&str, &str, &str); 2] = [
 ];
 
 impl ServerConfig {
+    fn check_metrics_token(token: &Secret) -> Result<(), ConfigError> {
+        if token.expose().is_empty() {
+            return Err(ConfigError(
+                "http.metrics_token is empty: set a token, or leave the key out to serve \
+                 /metrics without one"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses TOML text.
     ///
     /// # Errors
@@ -315,6 +362,12 @@ impl ServerConfig {
         self.limits.validate()?;
         self.slow_consumer.validate(self.limits.names)?;
         self.store.validate().map_err(ConfigError)?;
+        if self.http.metrics_token.is_some() && self.http.metrics_token_file.is_some() {
+            return Err(ConfigError(BOTH_METRICS_TOKENS.to_owned()));
+        }
+        if let Some(token) = &self.http.metrics_token {
+            Self::check_metrics_token(token)?;
+        }
         self.sse.validate(self.limits.names)
     }
 
@@ -503,6 +556,39 @@ mod tests {
         assert!(e.0.contains("slow_consumer.rules"), "{e}");
         let e = ServerConfig::from_toml("[limits]\nmax_topic_segments = 0").unwrap_err();
         assert_eq!(e.0, "limits.max_topic_segments must be at least 1");
+    }
+
+    #[test]
+    fn the_metrics_token_inline_or_from_a_file() {
+        assert_eq!(ServerConfig::default().http.metrics_token().unwrap(), None);
+        let inline = ServerConfig::from_toml("[http]\nmetrics_token = \"abc\"").unwrap();
+        assert_eq!(
+            inline.http.metrics_token().unwrap(),
+            Some(Secret::new("abc"))
+        );
+        assert!(
+            !format!("{inline:?}").contains("abc"),
+            "not in Debug output"
+        );
+        let file = std::env::temp_dir().join(format!("tidings-metrics-{}", std::process::id()));
+        std::fs::write(&file, "from-file\r\n").unwrap();
+        let path = file.display().to_string();
+        let from_file =
+            ServerConfig::from_toml(&format!("[http]\nmetrics_token_file = {path:?}")).unwrap();
+        assert_eq!(
+            from_file.http.metrics_token().unwrap(),
+            Some(Secret::new("from-file"))
+        );
+        std::fs::remove_file(&file).unwrap();
+        let e = from_file.http.metrics_token().unwrap_err();
+        assert!(e.0.contains("metrics_token_file"), "{e}");
+        let e = ServerConfig::from_toml(&format!(
+            "[http]\nmetrics_token = \"abc\"\nmetrics_token_file = {path:?}"
+        ))
+        .unwrap_err();
+        assert!(e.0.contains("both"), "{e}");
+        let e = ServerConfig::from_toml("[http]\nmetrics_token = \"\"").unwrap_err();
+        assert!(e.0.contains("empty"), "{e}");
     }
 
     #[test]

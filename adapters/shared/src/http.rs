@@ -220,18 +220,47 @@ where
     }
 }
 
-/// CORS: the configured allowed origins (`"*"` allows any).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Cors {
-    any: bool,
-    origins: Vec<String>,
+/// Whether a browser's `Origin` is the request's own: its host and port (after the scheme)
+/// equal the `Host` header, whatever the scheme (a TLS proxy in front changes the scheme, not
+/// the host). The one same-origin rule of every endpoint (CORS, `/ws`, `/ws/bus`, `/etp`): etp's
+/// WebSocket library (coder/websocket) checks origins this way.
+pub(crate) fn same_origin(head: &RequestHead, origin: &str) -> bool {
+    let host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    head.header("host")
+        .is_some_and(|h| h.eq_ignore_ascii_case(host.trim_end_matches('/')))
 }
 
-impl Cors {
+/// Whom an `Origin` allow-list lets in (`http.cors_origins`, `http.ws_origins`,
+/// `etp.origins`); one meaning per value:
+///
+/// - `[]`: the same origin only (the demo page and pages the server itself serves);
+/// - `["https://a.example", ...]`: those and the same origin;
+/// - `["*"]` (anywhere in the list): any origin.
+///
+/// Requests without `Origin` (not from a browser page: curl, servers, the CLI) are not subject
+/// to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OriginPolicy {
+    any: bool,
+    listed: Vec<String>,
+}
+
+/// What an [`OriginPolicy`] says of a browser request's `Origin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginCheck {
+    /// The same origin, or a listed one.
+    Listed,
+    /// Neither, but the policy allows any origin (`"*"`).
+    Any,
+    /// Refused.
+    Refused,
+}
+
+impl OriginPolicy {
     pub(crate) fn new(origins: &[String]) -> Self {
         Self {
             any: origins.iter().any(|o| o == "*"),
-            origins: origins
+            listed: origins
                 .iter()
                 .filter(|o| *o != "*")
                 .map(|o| o.trim_end_matches('/').to_owned())
@@ -239,27 +268,83 @@ impl Cors {
         }
     }
 
+    /// Whether any origin is allowed (`"*"`).
+    pub(crate) fn allows_any(&self) -> bool {
+        self.any
+    }
+
+    /// What the policy says of `origin`, the `Origin` header of `head`.
+    pub(crate) fn check(&self, head: &RequestHead, origin: &str) -> OriginCheck {
+        let origin = origin.trim_end_matches('/');
+        if same_origin(head, origin) || self.listed.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            OriginCheck::Listed
+        } else if self.any {
+            OriginCheck::Any
+        } else {
+            OriginCheck::Refused
+        }
+    }
+
+    /// `Ok` for a request without `Origin` or from an allowed one; else `403`
+    /// `origin_not_allowed`, saying `what` is refused and which key (`setting`) allows it.
+    pub(crate) fn require(
+        &self,
+        head: &RequestHead,
+        what: &str,
+        setting: &str,
+    ) -> Result<(), Refusal> {
+        match head.header("origin") {
+            Some(origin) if self.check(head, origin) == OriginCheck::Refused => Err(Refusal::new(
+                403,
+                "origin_not_allowed",
+                format!(
+                    "{what} from origin {origin} are not allowed: only the server's own origin \
+                     and those listed in {setting} are"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// CORS: the `Origin` policy of `/sse`, `/publish` and `/subscriptions` (`http.cors_origins`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cors(OriginPolicy);
+
+impl Cors {
+    pub(crate) fn new(origins: &[String]) -> Self {
+        Self(OriginPolicy::new(origins))
+    }
+
+    /// Whether any origin is allowed (`"*"`).
+    pub(crate) fn allows_any(&self) -> bool {
+        self.0.allows_any()
+    }
+
     /// The CORS headers for a request, or a 403 for a browser request from an origin that is
-    /// not allowed. Requests without `Origin` (not from a browser page) get none.
+    /// not allowed. The same origin and listed ones get their origin back with credentials;
+    /// others, with `"*"` configured, get `*` (no credentials). Requests without `Origin` (not
+    /// from a browser page) get none.
     pub(crate) fn headers(&self, head: &RequestHead) -> Result<Vec<(String, String)>, Refusal> {
         let Some(origin) = head.header("origin") else {
             return Ok(Vec::new());
         };
-        if self.origins.iter().any(|o| o == origin) {
-            return Ok(vec![
+        match self.0.check(head, origin) {
+            OriginCheck::Listed => Ok(vec![
                 ("Access-Control-Allow-Origin".into(), origin.to_owned()),
                 ("Access-Control-Allow-Credentials".into(), "true".into()),
                 ("Vary".into(), "Origin".into()),
-            ]);
+            ]),
+            OriginCheck::Any => Ok(vec![("Access-Control-Allow-Origin".into(), "*".into())]),
+            OriginCheck::Refused => Err(Refusal::new(
+                403,
+                "origin_not_allowed",
+                format!(
+                    "requests from origin {origin} are not allowed by this server's CORS \
+                     settings: only its own origin and those listed in http.cors_origins are"
+                ),
+            )),
         }
-        if self.any {
-            return Ok(vec![("Access-Control-Allow-Origin".into(), "*".into())]);
-        }
-        Err(Refusal::new(
-            403,
-            "origin_not_allowed",
-            format!("requests from origin {origin} are not allowed by this server's CORS settings"),
-        ))
     }
 
     /// The answer to a preflight `OPTIONS` request for a path allowing `methods`.
@@ -313,6 +398,61 @@ mod tests {
             .headers(&head_with_origin(Some("https://b.example")))
             .unwrap_err();
         assert_eq!(e.status, 403);
+    }
+
+    fn head_from(host: &str, origin: &str) -> RequestHead {
+        let mut head = head_with_origin(Some(origin));
+        head.headers.push(("host".into(), host.into()));
+        head
+    }
+
+    #[test]
+    fn origin_policies_one_meaning_per_value() {
+        let same = head_from("127.0.0.1:9313", "http://127.0.0.1:9313");
+        // The scheme does not matter (a TLS proxy in front), the host and port do.
+        let same_tls = head_from("rt.example", "https://RT.example");
+        let other_port = head_from("127.0.0.1:9313", "http://127.0.0.1:8080");
+        let other = head_from("127.0.0.1:9313", "https://evil.example");
+        let listed = head_from("127.0.0.1:9313", "https://a.example");
+        let check = |list: &[&str], head: &RequestHead| {
+            let list: Vec<String> = list.iter().map(|o| (*o).to_owned()).collect();
+            OriginPolicy::new(&list).check(head, head.header("origin").unwrap())
+        };
+        use OriginCheck::{Any, Listed, Refused};
+        // Empty: the same origin only.
+        assert_eq!(check(&[], &same), Listed);
+        assert_eq!(check(&[], &same_tls), Listed);
+        assert_eq!(check(&[], &other_port), Refused);
+        assert_eq!(check(&[], &other), Refused);
+        // Listed: those and the same origin.
+        assert_eq!(check(&["https://a.example/"], &listed), Listed);
+        assert_eq!(check(&["https://a.example"], &same), Listed);
+        assert_eq!(check(&["https://a.example"], &other), Refused);
+        // "*": any.
+        assert_eq!(check(&["*"], &other), Any);
+        assert_eq!(check(&["*"], &same), Listed);
+        // No Origin: not a browser page, never refused.
+        let none = head_with_origin(None);
+        assert!(OriginPolicy::new(&[]).require(&none, "x", "y").is_ok());
+        let e = OriginPolicy::new(&[])
+            .require(&other, "WebSocket connections", "http.ws_origins")
+            .unwrap_err();
+        assert_eq!((e.status, e.code.as_str()), (403, "origin_not_allowed"));
+        assert!(e.message.contains("http.ws_origins"), "{}", e.message);
+    }
+
+    #[test]
+    fn cors_headers_by_default_only_for_the_same_origin() {
+        let cors = Cors::new(&[]);
+        let h = cors
+            .headers(&head_from("127.0.0.1:9313", "http://127.0.0.1:9313"))
+            .unwrap();
+        assert_eq!(h[0].1, "http://127.0.0.1:9313");
+        let e = cors
+            .headers(&head_from("127.0.0.1:9313", "https://evil.example"))
+            .unwrap_err();
+        assert_eq!(e.status, 403);
+        assert_eq!(cors.headers(&head_with_origin(None)), Ok(vec![]));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::auth::{AuthError, Authenticated, Authenticator};
 use crate::config::ServerConfig;
 use crate::ctx::{ConnCtx, ConnGuard};
 use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
-use crate::http::{Cors, Refusal, Response, respond};
+use crate::http::{Cors, OriginPolicy, Refusal, Response, respond};
 use crate::hub::{Hub, HubError, StartError};
 use crate::io::with_deadline;
 use crate::request::{RequestHead, parse_head};
@@ -143,6 +143,12 @@ struct Inner<R> {
     config: ServerConfig,
     auth: Authenticator,
     cors: Cors,
+    /// `http.ws_origins`: `/ws` and `/ws/bus`.
+    ws_origins: OriginPolicy,
+    /// `etp.origins`: `/etp`.
+    etp_origins: OriginPolicy,
+    /// The token `GET /metrics` requires (`http.metrics_token`), if any.
+    metrics_token: Option<crate::auth::Secret>,
     /// Held (cloned) by every connection task; `None` once shutting down.
     live: Mutex<Option<flume::Sender<()>>>,
     /// Disconnects when every connection task has ended after shutdown started.
@@ -214,6 +220,9 @@ impl<R: Runtime> Service<R> {
         let hub = Hub::start(&rt, &config)?;
         let (live, idle) = flume::bounded(1);
         let cors = Cors::new(&config.http.cors_origins);
+        let ws_origins = OriginPolicy::new(&config.http.ws_origins);
+        let etp_origins = OriginPolicy::new(&config.etp.origins);
+        let metrics_token = config.http.metrics_token().map_err(StartError::Config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 rt,
@@ -221,6 +230,9 @@ impl<R: Runtime> Service<R> {
                 config,
                 auth,
                 cors,
+                ws_origins,
+                etp_origins,
+                metrics_token,
                 live: Mutex::new(Some(live)),
                 idle,
                 accept_failures: Mutex::default(),
@@ -273,6 +285,32 @@ impl<R: Runtime> Service<R> {
         if let Some(timeout) = self.inner.config.http.tcp_user_timeout {
             let _ = socket.set_tcp_user_timeout(Some(timeout));
         }
+    }
+
+    /// A warning for the start-up log when the browser sends credentials the server accepts
+    /// to pages of any site: cookie tokens are accepted and an `Origin` policy is `"*"`.
+    pub fn cookie_origin_warning(&self) -> Option<String> {
+        let cookie = self.inner.auth.token_cookie()?;
+        let open: Vec<&str> = [
+            (self.inner.ws_origins.allows_any(), "http.ws_origins"),
+            (self.inner.etp_origins.allows_any(), "etp.origins"),
+            (self.inner.cors.allows_any(), "http.cors_origins"),
+        ]
+        .into_iter()
+        .filter_map(|(any, key)| any.then_some(key))
+        .collect();
+        if open.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "tokens are accepted from the `{cookie}` cookie and {} allow{} any origin (\"*\"): a \
+             page of any other site the user visits can open a WebSocket to this server (and \
+             publish) carrying the user's cookie, as the user. List the sites that should use \
+             tidings there instead (an empty list allows the server's own origin only), or set \
+             auth.cookie = \"\" to read no cookie (docs/AUTH.md)",
+            open.join(", "),
+            if open.len() == 1 { "s" } else { "" }
+        ))
     }
 
     /// Whether anonymous clients may do everything (worth a warning beyond loopback).
@@ -385,16 +423,9 @@ impl<R: Runtime> Service<R> {
                 }
             }
             (Some(Serve::Health), "GET") => Response::ok("text/plain; charset=utf-8", "ok\n"),
-            (Some(Serve::Metrics), "GET") => match Box::pin(self.inner.hub.stats()).await {
-                Ok(mut stats) => {
-                    stats.accept_failures =
-                        self.inner.accept_failures.lock().map_or(0, |f| f.total);
-                    Response::ok(
-                        "text/plain; version=0.0.4; charset=utf-8",
-                        crate::metrics::render(&stats),
-                    )
-                }
-                Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
+            (Some(Serve::Metrics), "GET") => match self.check_metrics_token(&head) {
+                Err(refusal) => refusal.into_response(),
+                Ok(()) => Box::pin(self.metrics()).await,
             },
             _ => match (static_file(&head.path), method) {
                 (Some(file), "GET") => file.response(&head),
@@ -424,6 +455,50 @@ impl<R: Runtime> Service<R> {
         Box::pin(self.respond(&mut io, response)).await;
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    async fn metrics(&self) -> Response {
+        match self.inner.hub.stats().await {
+            Ok(mut stats) => {
+                stats.accept_failures = self.inner.accept_failures.lock().map_or(0, |f| f.total);
+                Response::ok(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::render(&stats),
+                )
+            }
+            Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
+        }
+    }
+
+    /// With `http.metrics_token` set, `GET /metrics` needs `Authorization: Bearer <token>`:
+    /// `401 unauthorized` (with `WWW-Authenticate: Bearer`) without it or with another token.
+    fn check_metrics_token(&self, head: &RequestHead) -> Result<(), Refusal> {
+        let Some(expected) = &self.inner.metrics_token else {
+            return Ok(());
+        };
+        let given = head.header("authorization").and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        // In constant time (for equal lengths), so that timing does not reveal how much of a
+        // guess was right.
+        let right = given.is_some_and(|given| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                given.as_bytes(),
+                expected.expose().as_bytes(),
+            ))
+        });
+        if right {
+            return Ok(());
+        }
+        Err(auth_refusal(&if given.is_some() {
+            AuthError::unauthorized("the metrics token is not the configured one")
+        } else {
+            AuthError::no_token(
+                "/metrics requires a token: send `Authorization: Bearer <http.metrics_token>`",
+            )
+        }))
+    }
+
     async fn respond<S>(&self, io: &mut S, response: Response)
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -450,75 +525,19 @@ impl<R: Runtime> Service<R> {
     /// # Errors
     /// The [`Refusal`] to answer with (400, 401, 403, 426).
     pub fn check_websocket(&self, head: &RequestHead) -> Result<Authenticated, Refusal> {
-        let has_token = |name: &str, token: &str| {
-            head.headers
-                .iter()
-                .filter(|(n, _)| n == name)
-                .flat_map(|(_, v)| v.split(','))
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        };
-        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-            return Err(Refusal::new(
-                426,
-                "upgrade_required",
-                "/ws is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
-            )
-            .with_header("Upgrade", "websocket"));
-        }
-        if head.header("sec-websocket-version") != Some("13") {
-            return Err(Refusal::new(
-                426,
-                "upgrade_required",
-                "only WebSocket version 13 is supported",
-            )
-            .with_header("Sec-WebSocket-Version", "13"));
-        }
-        if head.header("sec-websocket-key").is_none_or(str::is_empty) {
-            return Err(Refusal::new(
-                400,
-                "bad_request",
-                "the Sec-WebSocket-Key header is missing",
-            ));
-        }
-        let allowed = &self.inner.config.http.ws_origins;
-        if let Some(origin) = head.header("origin")
-            && !allowed.is_empty()
-            && !allowed
-                .iter()
-                .any(|a| a == "*" || a.trim_end_matches('/') == origin)
-        {
-            return Err(Refusal::new(
-                403,
-                "origin_not_allowed",
-                format!("WebSocket connections from origin {origin} are not allowed"),
-            ));
-        }
+        check_upgrade_headers(head)?;
+        self.inner
+            .ws_origins
+            .require(head, "WebSocket connections", "http.ws_origins")?;
         self.authenticate(head)
     }
 
     /// etp's origin rule (coder/websocket): a browser `Origin` must be the request's own host,
     /// or in `etp.origins` (`"*"`: any).
     fn check_etp_origin(&self, head: &RequestHead) -> Result<(), Refusal> {
-        let Some(origin) = head.header("origin") else {
-            return Ok(());
-        };
-        let allowed = &self.inner.config.etp.origins;
-        let host = origin.split_once("://").map_or(origin, |(_, h)| h);
-        let same = head
-            .header("host")
-            .is_some_and(|h| h.eq_ignore_ascii_case(host.trim_end_matches('/')));
-        if same
-            || allowed
-                .iter()
-                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
-        {
-            return Ok(());
-        }
-        Err(Refusal::new(
-            403,
-            "origin_not_allowed",
-            format!("etp connections from origin {origin} are not allowed (see etp.origins)"),
-        ))
+        self.inner
+            .etp_origins
+            .require(head, "etp connections", "etp.origins")
     }
 
     /// Writes the `101` answer and wraps the connection; `None` if the client is gone.
@@ -608,10 +627,15 @@ impl<R: Runtime> Service<R> {
                 ));
             }
         };
-        if ws.origins == Origins::Etp {
-            self.check_etp_origin(head)?;
-        }
-        let auth = self.check_websocket(head)?;
+        // Each endpoint its own `Origin` policy: `/etp` etp's, the others `http.ws_origins`.
+        let auth = match ws.origins {
+            Origins::Etp => {
+                self.check_etp_origin(head)?;
+                check_upgrade_headers(head)?;
+                self.authenticate(head)?
+            }
+            Origins::Server => self.check_websocket(head)?,
+        };
         Ok(Upgrade {
             auth,
             codec: (ws.codec)(c),
@@ -1040,6 +1064,41 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The WebSocket upgrade headers of a request (RFC 6455 §4.2.1): `426` or `400` when missing.
+fn check_upgrade_headers(head: &RequestHead) -> Result<(), Refusal> {
+    let has_token = |name: &str, token: &str| {
+        head.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Refusal::new(
+            426,
+            "upgrade_required",
+            "/ws is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
+        )
+        .with_header("Upgrade", "websocket"));
+    }
+    if head.header("sec-websocket-version") != Some("13") {
+        return Err(Refusal::new(
+            426,
+            "upgrade_required",
+            "only WebSocket version 13 is supported",
+        )
+        .with_header("Sec-WebSocket-Version", "13"));
+    }
+    if head.header("sec-websocket-key").is_none_or(str::is_empty) {
+        return Err(Refusal::new(
+            400,
+            "bad_request",
+            "the Sec-WebSocket-Key header is missing",
+        ));
+    }
+    Ok(())
+}
+
 /// The methods a known path allows.
 fn allowed(path: &str) -> Option<&'static str> {
     endpoint(path)
@@ -1091,7 +1150,7 @@ mod task_sizes {
     use std::task::{Context, Poll};
 
     #[derive(Clone)]
-    struct Rt;
+    pub(super) struct Rt;
 
     impl Runtime for Rt {
         fn spawn<F: Future<Output = ()> + Send + 'static>(&self, _: F) {}
@@ -1163,6 +1222,53 @@ mod task_sizes {
         // credit bookkeeping, issue 12): these are in every idle connection's memory.
         assert!(sse <= 512, "{sse}");
         assert!(ws <= 1024, "{ws}");
+    }
+}
+
+#[cfg(test)]
+mod cookie_warning {
+    use super::task_sizes::Rt;
+    use super::*;
+
+    fn warning(toml: &str) -> Option<String> {
+        let config = ServerConfig::from_toml(toml).unwrap();
+        Service::start(Rt, config).unwrap().cookie_origin_warning()
+    }
+
+    const JWT: &str = "[auth.jwt]\nsecret = \"0123456789abcdef0123456789abcdef\"\n";
+
+    #[test]
+    fn when_cookie_tokens_meet_an_origin_policy_of_star() {
+        // The defaults: no tokens accepted at all; then tokens, with same-origin policies.
+        assert_eq!(warning(""), None);
+        assert_eq!(warning(JWT), None);
+        let w = warning(&format!("[http]\nws_origins = [\"*\"]\n{JWT}")).unwrap();
+        assert!(w.contains("`tidings_token` cookie"), "{w}");
+        assert!(w.contains("http.ws_origins allows any origin"), "{w}");
+        assert!(w.contains("WebSocket"), "{w}");
+        let w = warning(&format!(
+            "[http]\ncors_origins = [\"*\"]\n[etp]\norigins = [\"*\"]\n{JWT}"
+        ))
+        .unwrap();
+        assert!(
+            w.contains("etp.origins, http.cors_origins allow any"),
+            "{w}"
+        );
+        // Listed origins, or no cookie read: nothing to warn about.
+        assert_eq!(
+            warning(&format!(
+                "[http]\nws_origins = [\"https://a.example\"]\n{JWT}"
+            )),
+            None
+        );
+        assert_eq!(
+            warning(&format!(
+                "[http]\nws_origins = [\"*\"]\n[auth]\ncookie = \"\"\n{JWT}"
+            )),
+            None
+        );
+        // "*" without tokens: nothing carries a user's identity.
+        assert_eq!(warning("[http]\nws_origins = [\"*\"]"), None);
     }
 }
 

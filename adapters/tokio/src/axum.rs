@@ -200,6 +200,13 @@ fn request_head(req: &Request) -> Result<RequestHead, Refusal> {
         raw.extend_from_slice(value.as_bytes());
         raw.extend_from_slice(b"\r\n");
     }
+    // HTTP/2 carries the host in `:authority` (hyper puts it in the URI): the same-origin
+    // check of the `Origin` policies compares the `Origin` with `Host`.
+    if let (None, Some(authority)) = (req.headers().get("host"), req.uri().authority()) {
+        raw.extend_from_slice(b"host: ");
+        raw.extend_from_slice(authority.as_str().as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
     raw.extend_from_slice(b"\r\n");
     match parse_head(&raw) {
         Ok(Some((head, _))) => Ok(head),

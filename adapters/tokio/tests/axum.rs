@@ -272,17 +272,30 @@ async fn the_app_route_and_the_server_answers_under_the_mount() {
         let big = "x".repeat((1 << 20) + 1);
         let too_large = request(addr, "POST", "/realtime/publish?topic=a", "", &big);
         assert_eq!(too_large.status, 413, "{}", too_large.body);
+        // CORS by default: the server's own origin (the Host is `x`) only.
         let cors = request(
+            addr,
+            "OPTIONS",
+            "/realtime/publish",
+            "Origin: http://x\r\nAccess-Control-Request-Method: POST\r\n",
+            "",
+        );
+        assert_eq!(cors.status, 204);
+        assert_eq!(
+            header(&cors.headers, "access-control-allow-origin"),
+            Some("http://x")
+        );
+        let foreign = request(
             addr,
             "OPTIONS",
             "/realtime/publish",
             "Origin: https://app.example\r\nAccess-Control-Request-Method: POST\r\n",
             "",
         );
-        assert_eq!(cors.status, 204);
+        assert_eq!(foreign.status, 403, "{}", foreign.body);
         assert_eq!(
-            header(&cors.headers, "access-control-allow-origin"),
-            Some("*")
+            header(&foreign.headers, "access-control-allow-origin"),
+            None
         );
 
         let metrics = request(addr, "GET", "/realtime/metrics", "", "");
