@@ -259,13 +259,7 @@ impl Server {
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
         // The head first: an upgraded connection would not end.
-        let mut raw = Vec::new();
-        let mut byte = [0u8; 1];
-        while !raw.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut byte).expect("the response head arrives");
-            assert_eq!(n, 1, "the connection ended in the response head: {raw:?}");
-            raw.push(byte[0]);
-        }
+        let mut raw = read_response_head(&mut stream);
         assert_ne!(
             Resp::parse(&raw).status,
             101,
@@ -283,6 +277,19 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Reads an HTTP response head byte by byte (nothing of the body: an upgraded connection or a
+/// stream would not end).
+pub fn read_response_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("the response head arrives");
+        assert_eq!(n, 1, "the connection ended in the response head: {raw:?}");
+        raw.push(byte[0]);
+    }
+    raw
 }
 
 /// The value of a metric sample line `name value`.
@@ -359,13 +366,7 @@ impl Sse {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let mut byte = [0u8; 1];
-        while !raw.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut byte).expect("the response head arrives");
-            assert_eq!(n, 1, "the connection ended in the response head: {raw:?}");
-            raw.push(byte[0]);
-        }
+        let raw = read_response_head(&mut stream);
         Self {
             stream,
             decoder: Decoder::new(),

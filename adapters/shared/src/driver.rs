@@ -2,7 +2,7 @@
 //!
 //! It holds no policy (the core decides: client ids, close grace, the shutdown deadline, the
 //! limits of handlers), only the loop of `core/README.md` and the plumbing around it. Everything
-//! talks to it over two channels:
+//! talks to it over two channels, and the external log (if any) over a third:
 //!
 //! - **connections** (bounded): each connection task's `Open` (with the commands to run in the
 //!   same step, e.g. the SSE subscription), its decoded client `Command`s and its `Closed`, in
@@ -10,6 +10,8 @@
 //! - **control** (unbounded, but every sender waits for an answer or is bounded by what the
 //!   driver handed out): writers' `Flushed` credit, in-process subscriptions, and the
 //!   application's operations ([`AppOp`], from [`crate::Hub`] and from handlers' answers).
+//! - **log replies** ([`LogLink`]): positions of appends, pages of reads, retention moves; taken
+//!   first in a step, since they release publishes waiting to be delivered.
 //!
 //! The loop: sleep until a message arrives or the broker's `poll_timeout()` passes; read the
 //! clock once ([`Runtime::now`]); handle a bounded batch of messages (control first, then
@@ -22,6 +24,7 @@
 //!   outbox means its writer cannot keep up (or is gone): the connection is dropped.
 //! - `Drop` (a connection that did not close in time) stops the connection's task at once.
 //! - `AppEvent`s go to the application ([`crate::events`]).
+//! - `Log` requests are collected and handed to the log together at the end of the step.
 //!
 //! `handle_input` errors for connections that are already gone (a late `Flushed` or `Closed`)
 //! are expected and ignored.

@@ -43,7 +43,7 @@ use index::Index;
 /// What [`FileLog::open`] recovered, for the broker (`state`) and the start-up log line.
 #[derive(Debug, Clone)]
 pub struct Recovery {
-    /// The log's state, for `Broker::restore`.
+    /// The log's state, for `Broker::restore_log`.
     pub state: LogState,
     /// The data directory.
     pub dir: PathBuf,
@@ -219,7 +219,8 @@ impl FileLog {
             }
         }
         if !appends.is_empty() {
-            // The writer only stops at close, which takes `self`.
+            // Refused only once the writer has stopped (`flush_and_stop` at a server's shutdown):
+            // those appends are never answered, as that method says.
             let _ = self.writer.send(ToWriter::Appends(appends));
         }
     }
