@@ -3,7 +3,8 @@
 //! async-std is discontinued upstream, so this adapter is built on the crates it was made of:
 //! [`AsyncIoRuntime`] spawns on `async-global-executor` (async-std's executor, one worker per core)
 //! and sleeps on `async-io` timers; [`serve`] accepts `async-net` TCP streams, which already are
-//! `futures-io` streams, and hands each to the runtime-agnostic [`Service`]. Nothing here depends
+//! `futures-io` streams, and runs the shared HTTP server ([`tidings_adapter::server::serve`],
+//! hyper) on them. Nothing here depends
 //! on a particular executor, so it also runs inside an async-std or a smol program.
 //!
 //! ```no_run
@@ -26,10 +27,10 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use async_net::TcpListener;
-use futures_lite::future;
+use async_net::{TcpListener, TcpStream};
+use tidings_adapter::server::Listener;
 
 pub use tidings_adapter::{Hub, Runtime, ServerConfig, Service};
 
@@ -63,7 +64,6 @@ impl Runtime for AsyncIoRuntime {
 pub struct Server {
     addr: SocketAddr,
     service: Service<AsyncIoRuntime>,
-    stop: async_channel::Sender<()>,
     stopped: async_channel::Receiver<()>,
 }
 
@@ -87,13 +87,12 @@ impl Server {
     /// streams end after a `tidings-error` event), answers requests in flight, and returns when
     /// all connections are done or the shutdown grace period is over.
     pub async fn shutdown(&self) {
-        self.stop.close();
         self.service.shutdown().await;
     }
 
     /// Waits until the accept loop ends (after [`Server::shutdown`]).
     pub async fn wait(self) {
-        // The accept loop holds the only other receiver clone and drops it when it ends.
+        // The accept loop holds the sender and drops it when it ends.
         let _ = self.stopped.recv().await;
     }
 }
@@ -115,49 +114,35 @@ pub fn serve_on(listener: TcpListener, config: ServerConfig) -> io::Result<Serve
     let addr = listener.local_addr()?;
     let service = Service::start(AsyncIoRuntime, config)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let (stop, stop_rx) = async_channel::bounded::<()>(1);
     let (done, stopped) = async_channel::bounded::<()>(1);
-    let accepting = service.clone();
+    let accepting = Accept {
+        listener,
+        service: service.clone(),
+    };
+    let serving = service.clone();
     AsyncIoRuntime.spawn(async move {
-        accept_loop(listener, accepting, stop_rx).await;
+        tidings_adapter::server::serve(serving, accepting).await;
         drop(done);
     });
     Ok(Server {
         addr,
         service,
-        stop,
         stopped,
     })
 }
 
-async fn accept_loop(
+/// The TCP listener, as the shared server takes it: tuned sockets (already `futures-io`).
+struct Accept {
     listener: TcpListener,
     service: Service<AsyncIoRuntime>,
-    stop: async_channel::Receiver<()>,
-) {
-    loop {
-        let stopped = async {
-            let _ = stop.recv().await;
-            None
-        };
-        let Some(accepted) = future::or(stopped, async { Some(listener.accept().await) }).await
-        else {
-            break;
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                service.tune_tcp(&stream);
-                let service = service.clone();
-                AsyncIoRuntime.spawn(async move {
-                    service.handle_connection(stream, peer).await;
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little instead of spinning.
-                service.accept_failed(&e);
-                async_io::Timer::after(Duration::from_millis(50)).await;
-            }
-        }
+}
+
+impl Listener for Accept {
+    type Stream = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = self.listener.accept().await?;
+        self.service.tune_tcp(&stream);
+        Ok((stream, peer))
     }
-    tracing::debug!("no longer accepting connections");
 }

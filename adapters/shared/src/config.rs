@@ -215,7 +215,13 @@ pub struct HttpConfig {
     /// Origins allowed to open `/ws` and `/ws/bus` from a browser page, with the same meaning:
     /// empty (the default) is the server's own origin only, `"*"` any.
     pub ws_origins: Vec<String>,
-    /// A client must send its whole request head (and a publish body) within this time.
+    /// Connections open at once from one peer address (0: no limit besides
+    /// `limits.max_connections`), counted from `accept`: requests in progress, idle keep-alive
+    /// connections, streams and WebSockets alike. Behind a proxy every client has the proxy's
+    /// address: leave it at 0 there.
+    pub max_connections_per_ip: usize,
+    /// A client must send its whole request head (and a publish body) within this time; an
+    /// idle keep-alive connection is closed after it.
     #[serde(with = "units::duration")]
     pub read_timeout: Duration,
     /// A connection whose socket accepts nothing for this long is dropped.
@@ -246,6 +252,7 @@ impl Default for HttpConfig {
         Self {
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
+            max_connections_per_ip: 0,
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             tcp_user_timeout: Some(Duration::from_secs(60)),

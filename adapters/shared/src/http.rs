@@ -1,13 +1,10 @@
-//! Plain HTTP answers: status lines, JSON error bodies, CORS, and writing them with deadlines.
-//!
-//! The server answers one request per connection (`Connection: close`); streams (`/sse`) and
-//! upgrades (`/ws`) take the connection over instead.
+//! Plain HTTP answers as data: refusals with their JSON error bodies, complete responses, CORS
+//! and the `Origin` policies. The HTTP server ([`crate::server`]) puts them on the wire.
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
-use futures_io::{AsyncRead, AsyncWrite};
-use futures_util::{AsyncReadExt as _, AsyncWriteExt as _};
+use futures_io::AsyncRead;
+use futures_util::AsyncReadExt as _;
 use tidings_core::ProtocolError;
 
 use crate::io::with_deadline;
@@ -103,7 +100,7 @@ pub fn error_body(code: &str, message: &str) -> String {
 pub struct Response {
     /// The status.
     pub status: u16,
-    /// Headers besides `Content-Type`, `Content-Length` and `Connection`.
+    /// Headers besides `Content-Type` and `Content-Length`.
     pub headers: Vec<(String, String)>,
     /// The `Content-Type`.
     pub content_type: &'static str,
@@ -127,78 +124,6 @@ impl Response {
     pub fn with_headers(mut self, headers: impl IntoIterator<Item = (String, String)>) -> Self {
         self.headers.extend(headers);
         self
-    }
-
-    /// The bytes on the wire (`Connection: close`).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
-        // 204 and 304 have no body (and a 304 no Content-Length: it would describe the body
-        // it stands for).
-        let bodiless = matches!(self.status, 204 | 304);
-        if !bodiless {
-            let _ = write!(
-                head,
-                "Content-Type: {}\r\nContent-Length: {}\r\n",
-                self.content_type,
-                self.body.len()
-            );
-        }
-        for (name, value) in &self.headers {
-            let _ = write!(head, "{name}: {value}\r\n");
-        }
-        head.push_str("Connection: close\r\n\r\n");
-        let mut bytes = head.into_bytes();
-        if !bodiless {
-            bytes.extend_from_slice(&self.body);
-        }
-        bytes
-    }
-}
-
-/// The reason phrase of a status.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        101 => "Switching Protocols",
-        200 => "OK",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Unknown",
-    }
-}
-
-/// Writes a response and closes the connection. If the client may still be sending (a body we
-/// did not read), reads and discards for a moment so that closing does not reset the
-/// connection before the client has read the answer.
-pub(crate) async fn respond<R, S>(rt: &R, io: &mut S, response: &Response, timeout: Duration)
-where
-    R: Runtime,
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let bytes = response.to_bytes();
-    let deadline = rt.now() + timeout;
-    let written = with_deadline(rt, deadline, async {
-        io.write_all(&bytes).await?;
-        io.flush().await?;
-        io.close().await
-    })
-    .await;
-    if matches!(written, Some(Ok(()))) && response.status >= 400 {
-        linger(rt, io, 4 << 20, Duration::from_secs(1)).await;
     }
 }
 
@@ -456,10 +381,13 @@ mod tests {
     }
 
     #[test]
-    fn responses() {
+    fn refusals_carry_a_json_body() {
         let r = Refusal::new(404, "not_found", "no \"x\"").into_response();
-        let text = String::from_utf8(r.to_bytes()).unwrap();
-        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
-        assert!(text.ends_with(r#"{"error":{"code":"not_found","message":"no \"x\""}}"#));
+        assert_eq!(r.status, 404);
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(
+            r.body,
+            br#"{"error":{"code":"not_found","message":"no \"x\""}}"#
+        );
     }
 }

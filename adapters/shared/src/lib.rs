@@ -3,7 +3,9 @@
 //!
 //! - [`Runtime`]: the small trait a runtime adapter implements (spawn, sleep until).
 //! - [`Service`]: the HTTP surface of DESIGN.md §4 (`/ws`, `/sse`, `/publish`, `/healthz`,
-//!   `/metrics`) over any `futures-io` `AsyncRead + AsyncWrite` connection.
+//!   `/metrics`): what answers each request ([`Service::route`]).
+//! - [`server`]: the HTTP server (hyper: HTTP/1.1 with keep-alive, HTTP/2) over any
+//!   `futures-io` connections a runtime adapter accepts ([`server::Listener`]).
 //! - [`Hub`]: the application API (publish, send, rooms, emit-with-ack, request handlers,
 //!   connect/disconnect hooks, in-process subscriptions), talking to the one driver task that
 //!   owns the broker (`driver.rs`).
@@ -11,8 +13,8 @@
 //! - [`auth`]: who may do what.
 //! - [`request`]: HTTP request heads (`httparse`).
 //!
-//! A runtime adapter binds a listener, calls [`Service::start`], and for every accepted
-//! connection spawns [`Service::handle_connection`]; see `tidings-tokio`.
+//! A runtime adapter binds a listener, calls [`Service::start`], and runs [`server::serve`]
+//! with its accepted streams; see `tidings-tokio`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -35,6 +37,7 @@ pub mod metrics;
 mod registry;
 pub mod request;
 mod runtime;
+pub mod server;
 mod service;
 pub mod sse;
 pub mod store;
@@ -52,5 +55,5 @@ pub use registry::{
 };
 pub use request::RequestHead;
 pub use runtime::Runtime;
-pub use service::{Service, Upgrade};
+pub use service::{BodyRequest, Route, Service, Upgrade};
 pub use sse::SseRequest;

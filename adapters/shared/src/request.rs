@@ -113,11 +113,50 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
     if len > MAX_HEAD_BYTES {
         return Err(HeadError::TooLarge);
     }
-    let target = req.path.unwrap_or("/");
+    let mut head = from_target(req.method.unwrap_or("GET"), req.path.unwrap_or("/"))?;
+    head.headers.reserve(req.headers.len());
+    for h in req.headers.iter() {
+        push_header(&mut head, h.name, h.value)?;
+    }
+    Ok(Some((head, len)))
+}
+
+impl RequestHead {
+    /// The head of a request hyper (or an embedding's HTTP server) has read: the same decoding
+    /// and the same representation as [`parse_head`]. An HTTP/2 request carries its host in the
+    /// `:authority` pseudo-header (in the URI): it is added as `host`, which the same-origin
+    /// rule compares with `Origin`.
+    ///
+    /// # Errors
+    /// [`HeadError`] for a query that is not UTF-8 once decoded, or a header value that is not
+    /// UTF-8.
+    pub fn from_http<B>(req: &http::Request<B>) -> Result<Self, HeadError> {
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let mut head = from_target(req.method().as_str(), target)?;
+        head.headers.reserve(req.headers().len() + 1);
+        for (name, value) in req.headers() {
+            push_header(&mut head, name.as_str(), value.as_bytes())?;
+        }
+        if let (None, Some(authority)) = (head.header("host"), req.uri().authority()) {
+            head.headers
+                .push(("host".to_owned(), authority.as_str().to_owned()));
+        }
+        Ok(head)
+    }
+}
+
+/// A head with the method and the decoded target (`path?query`; a target that does not start
+/// with `/`, as axum's `nest` leaves them, is taken from the root).
+fn from_target(method: &str, target: &str) -> Result<RequestHead, HeadError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut head = RequestHead {
-        method: req.method.unwrap_or("GET").to_owned(),
-        path: decode_lossy(path, false),
+    let path = decode_lossy(path, false);
+    Ok(RequestHead {
+        method: method.to_owned(),
+        path: if path.starts_with('/') {
+            path
+        } else {
+            format!("/{path}")
+        },
         query: query
             .split('&')
             .filter(|pair| !pair.is_empty())
@@ -129,15 +168,17 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError>
                 Ok((key, value))
             })
             .collect::<Result<_, HeadError>>()?,
-        headers: Vec::with_capacity(req.headers.len()),
-    };
-    for h in req.headers.iter() {
-        let value = std::str::from_utf8(h.value)
-            .map_err(|_| HeadError::Malformed(format!("header {} is not UTF-8", h.name)))?;
-        head.headers
-            .push((h.name.to_ascii_lowercase(), value.trim().to_owned()));
-    }
-    Ok(Some((head, len)))
+        headers: Vec::new(),
+    })
+}
+
+/// Adds a header, its name lowercased and its value trimmed.
+fn push_header(head: &mut RequestHead, name: &str, value: &[u8]) -> Result<(), HeadError> {
+    let value = std::str::from_utf8(value)
+        .map_err(|_| HeadError::Malformed(format!("header {name} is not UTF-8")))?;
+    head.headers
+        .push((name.to_ascii_lowercase(), value.trim().to_owned()));
+    Ok(())
 }
 
 /// Percent-decodes (and, in queries, turns `+` into a space); `None` if the result is not UTF-8.

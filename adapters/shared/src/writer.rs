@@ -117,6 +117,7 @@ impl ConnWriter {
     }
 
     /// Frame bytes taken and not yet reported as written (in a batch: its size so far).
+    #[cfg(test)]
     pub(crate) fn unflushed(&self) -> usize {
         self.unflushed
     }

@@ -2,8 +2,9 @@
 //!
 //! This crate is thin: [`TokioRuntime`] implements [`tidings_adapter::Runtime`] (spawn and
 //! sleep), and [`serve`] binds a TCP listener, starts the runtime-agnostic
-//! [`Service`] (whose driver task owns the broker) and accepts connections, handing each, wrapped
-//! with `tokio_util::compat`, to [`Service::handle_connection`] on a task of its own.
+//! [`Service`] (whose driver task owns the broker) and runs the shared HTTP server
+//! ([`tidings_adapter::server::serve`], hyper) on the accepted streams, wrapped with
+//! `tokio_util::compat`.
 //!
 //! To embed the server in an application that accepts connections itself, [`start`] makes the
 //! [`Service`] without a listener; with the `axum` feature, `tidings_tokio::axum::router`
@@ -33,12 +34,12 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use tidings_adapter::server::Listener;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_util::compat::TokioAsyncReadCompatExt as _;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt as _};
 
 pub use tidings_adapter::{Hub, Runtime, ServerConfig, Service, StartError};
 
@@ -91,7 +92,6 @@ impl Runtime for TokioRuntime {
 pub struct Server {
     addr: SocketAddr,
     service: Service<TokioRuntime>,
-    stop: watch::Sender<bool>,
     accept: JoinHandle<()>,
 }
 
@@ -115,7 +115,6 @@ impl Server {
     /// streams end after a `tidings-error` event), answers requests in flight, and returns when
     /// all connections are done or `timers.shutdown_grace` is over.
     pub async fn shutdown(&self) {
-        let _ = self.stop.send(true);
         self.service.shutdown().await;
     }
 
@@ -157,40 +156,30 @@ pub fn serve_on(listener: TcpListener, config: ServerConfig) -> io::Result<Serve
     let addr = listener.local_addr()?;
     let service = Service::start(TokioRuntime::current(), config)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let (stop, stopped) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(listener, service.clone(), stopped));
+    let accepting = Accept {
+        listener,
+        service: service.clone(),
+    };
+    let accept = tokio::spawn(tidings_adapter::server::serve(service.clone(), accepting));
     Ok(Server {
         addr,
         service,
-        stop,
         accept,
     })
 }
 
-async fn accept_loop(
+/// The TCP listener, as the shared server takes it: tuned sockets as `futures-io` streams.
+struct Accept {
     listener: TcpListener,
     service: Service<TokioRuntime>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                service.tune_tcp(&stream);
-                let service = service.clone();
-                tokio::spawn(async move {
-                    service.handle_connection(stream.compat(), peer).await;
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little instead of spinning.
-                service.accept_failed(&e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+}
+
+impl Listener for Accept {
+    type Stream = Compat<tokio::net::TcpStream>;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, peer) = self.listener.accept().await?;
+        self.service.tune_tcp(&stream);
+        Ok((stream.compat(), peer))
     }
-    tracing::debug!("no longer accepting connections");
 }

@@ -1,0 +1,229 @@
+//! The accept loop and one hyper connection per accepted socket.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::FutureExt as _;
+use hyper_util::server::conn::auto;
+use smol_hyper::rt::FuturesIo;
+
+use super::rt::{Clock, Exec};
+use super::timed::TimedIo;
+use super::{Answer, Upgrading, answer, body};
+use crate::ctx::{Full, Slot};
+use crate::http::Refusal;
+use crate::io::with_timeout;
+use crate::request::{MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::runtime::Runtime;
+use crate::service::Service;
+
+/// Where connections come from: a runtime adapter's TCP listener (or a TLS acceptor over
+/// one), yielding `futures-io` streams.
+pub trait Listener: Send + 'static {
+    /// An accepted connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The next connection and its peer's address. Errors (out of file descriptors, ...) are
+    /// counted and logged, and accepting goes on after a short pause.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+/// How long a refused connection (over a connection limit) may take to send its request
+/// and read the `503`.
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
+
+/// HTTP/2 streams one connection may have open at once (20 `EventSource`s of one page and
+/// more fit).
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// Accepts connections until [`Service::shutdown`] starts, and serves each on a task of the
+/// runtime: HTTP/1.1 with keep-alive, or HTTP/2 when the client starts with its preface.
+pub async fn serve<R: Runtime, L: Listener>(service: Service<R>, mut listener: L) {
+    let rt = service.runtime().clone();
+    loop {
+        let closing = async {
+            service.closing().await;
+            None
+        };
+        let accepted = async { Some(listener.accept().await) };
+        let Some(accepted) = closing.or(accepted).await else {
+            break;
+        };
+        match accepted {
+            Ok((stream, peer)) => rt.spawn(connection(service.clone(), stream, peer)),
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                service.accept_failed(&e);
+                rt.sleep_until(rt.now() + Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::debug!("no longer accepting connections");
+}
+
+/// The hyper settings of every connection.
+fn builder<R: Runtime>(service: &Service<R>) -> auto::Builder<Exec<R>> {
+    let rt = service.runtime();
+    let mut builder = auto::Builder::new(Exec(rt.clone()));
+    builder
+        .http1()
+        .timer(Clock(rt.clone()))
+        // Also the idle time allowed between two requests of a keep-alive connection.
+        .header_read_timeout(service.http_config().read_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192) * 2)
+        .title_case_headers(true)
+        .pipeline_flush(true);
+    builder
+        .http2()
+        .timer(Clock(rt.clone()))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    builder
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn connection<R, S>(service: Service<R>, stream: S, peer: SocketAddr)
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(_guard) = service.track() else {
+        return; // shutting down
+    };
+    let rt = service.runtime().clone();
+    let io = FuturesIo::new(TimedIo::new(
+        stream,
+        rt.clone(),
+        service.http_config().write_timeout,
+    ));
+    let builder = builder(&service);
+    let slot = match service.slots().take(peer.ip()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            refuse(&builder, &service, io, peer, full).await;
+            return;
+        }
+    };
+    let answering = service.clone();
+    let handler = hyper::service::service_fn(move |req| {
+        let service = answering.clone();
+        let slot = slot.clone();
+        async move {
+            let Answer { response, upgrade } = answer(&service, req).await;
+            if let Some(upgrading) = upgrade {
+                let rt = service.runtime().clone();
+                rt.spawn(run_upgrade::<R, S>(service, upgrading, slot));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut conn = pin!(builder.serve_connection_with_upgrades(io, handler));
+    let closing = service.closing();
+    let served = async { Some(conn.as_mut().await) }
+        .or(async {
+            closing.await;
+            None
+        })
+        .await;
+    let served = match served {
+        Some(served) => served,
+        None => {
+            // Requests in flight are answered; idle keep-alive connections close now.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+/// Answers every request of a connection over a limit with `503 limit_reached`, then closes
+/// it, all within [`REFUSAL_TIME`].
+async fn refuse<R, S>(
+    builder: &auto::Builder<Exec<R>>,
+    service: &Service<R>,
+    io: FuturesIo<TimedIo<S, R>>,
+    peer: SocketAddr,
+    full: Full,
+) where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let message = match full {
+        Full::Server(max) => format!(
+            "the server has {max} connections open, its limit (limits.max_connections); try again later"
+        ),
+        Full::Peer(max) => format!(
+            "{max} connections from {} are open, the limit per address (http.max_connections_per_ip); close some first",
+            peer.ip()
+        ),
+    };
+    tracing::debug!(%peer, "connection refused: {message}");
+    let refusal = Refusal::new(503, "limit_reached", message).with_header("Connection", "close");
+    let handler = hyper::service::service_fn(move |_req| {
+        let response = body::plain(refusal.clone().into_response());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let mut builder = builder.clone();
+    builder.http1().keep_alive(false);
+    let conn = builder.serve_connection(io, handler);
+    let _ = with_timeout(service.runtime(), REFUSAL_TIME, conn).await;
+}
+
+/// Finishes a WebSocket upgrade: takes the connection back from hyper and runs it on a task of
+/// its own.
+async fn run_upgrade<R, S>(service: Service<R>, upgrading: Upgrading, slot: Slot)
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Upgrading {
+        on,
+        head,
+        mut upgrade,
+    } = upgrading;
+    let upgraded = match on.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!("WebSocket upgrade failed: {e}");
+            return;
+        }
+    };
+    // The socket itself, not hyper's wrapper: the WebSocket task reads and writes it directly.
+    let parts = match auto::upgrade::downcast::<FuturesIo<TimedIo<S, R>>>(upgraded) {
+        Ok(parts) => parts,
+        Err(_) => {
+            tracing::error!("an upgraded connection is not the one accepted");
+            return;
+        }
+    };
+    let io = parts.io.into_inner().into_inner();
+    upgrade.hold(slot);
+    let config = Some(service.upgrade_config(&upgrade));
+    let ws = if parts.read_buf.is_empty() {
+        async_tungstenite::WebSocketStream::from_raw_socket(
+            io,
+            async_tungstenite::tungstenite::protocol::Role::Server,
+            config,
+        )
+        .await
+    } else {
+        async_tungstenite::WebSocketStream::from_partially_read(
+            io,
+            parts.read_buf.to_vec(),
+            async_tungstenite::tungstenite::protocol::Role::Server,
+            config,
+        )
+        .await
+    };
+    // A task of exactly the connection's size.
+    let rt = service.runtime().clone();
+    rt.spawn(service.run_upgraded(ws, head, upgrade));
+}

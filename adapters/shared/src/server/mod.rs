@@ -1,0 +1,173 @@
+//! The HTTP server: hyper for HTTP/1.1 (keep-alive, pipelining, chunked streams) and HTTP/2
+//! (by prior knowledge, `h2c`), one listener for every runtime.
+//!
+//! - [`answer`] turns a request into its response, following [`Service::route`]: the one
+//!   mapping from routes to HTTP responses, used by the listener and by embeddings (the axum
+//!   router); an upgrade comes back as an [`Upgrading`] for the caller to finish.
+//! - [`serve`] accepts connections from a [`Listener`] (the runtime adapter supplies accepted
+//!   `futures-io` streams) and serves each with hyper on a task of the runtime, within the
+//!   connection limits.
+//!
+//! Request bodies are read as they arrive into a buffer that grows with them, up to the
+//! route's limit, within `http.read_timeout`; nothing is allocated for what a client only
+//! announced.
+
+mod body;
+mod listener;
+#[cfg(test)]
+pub(crate) use listener::connection;
+mod rt;
+mod timed;
+
+use std::error::Error as StdError;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
+use tidings_core::{ErrorCode, ProtocolError};
+
+pub use body::Body;
+pub use listener::{Listener, serve};
+
+use crate::http::{Refusal, Response};
+use crate::io::with_deadline;
+use crate::request::RequestHead;
+use crate::runtime::Runtime;
+use crate::service::{Route, Service, Upgrade};
+
+/// The response to a request, and what to do after it for a WebSocket upgrade.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response.
+    pub response: http::Response<Body>,
+    /// For a `101 Switching Protocols`: the upgrade to finish once hyper hands the connection
+    /// over.
+    pub upgrade: Option<Upgrading>,
+}
+
+/// A WebSocket upgrade answered `101`: await [`Upgrading::on`] (hyper's handover of the
+/// connection), then run the connection with [`Service::run_upgraded`].
+#[derive(Debug)]
+pub struct Upgrading {
+    /// Completes with the connection once the `101` is sent.
+    pub on: hyper::upgrade::OnUpgrade,
+    /// The request's head, for the connect hook.
+    pub head: RequestHead,
+    /// The checked upgrade.
+    pub upgrade: Upgrade,
+}
+
+/// Answers a request as the server does: [`Service::route`], then the body read, the broker
+/// asked, the stream opened or the upgrade accepted.
+pub async fn answer<R, B>(service: &Service<R>, mut req: http::Request<B>) -> Answer
+where
+    R: Runtime,
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let plain = |response: Response| Answer {
+        response: body::plain(response),
+        upgrade: None,
+    };
+    let Some(guard) = service.track() else {
+        let refusal = Refusal::new(503, "shutting_down", "the server is shutting down");
+        return plain(refusal.into_response());
+    };
+    let head = match RequestHead::from_http(&req) {
+        Ok(head) => head,
+        Err(e) => return plain(Refusal::head(&e).into_response()),
+    };
+    match service.route(&head) {
+        Route::Respond(response) => plain(response),
+        Route::Metrics => plain(service.metrics().await),
+        Route::ReadBody(request) => {
+            let read = read_body(service, req.into_body(), request.limit()).await;
+            match read {
+                Ok(bytes) => plain(service.answer_body(&head, request, bytes).await),
+                Err(refusal) => plain(request.refuse(refusal)),
+            }
+        }
+        Route::Sse(request) => {
+            let mut response = http::Response::builder().status(200);
+            for (name, value) in &request.headers {
+                response = response.header(name.as_str(), value.as_str());
+            }
+            let stream = service.sse_body(&head, request);
+            // The guard lives as long as the stream: a graceful shutdown waits for it.
+            match response.body(Body::sse(stream, guard)) {
+                Ok(response) => Answer {
+                    response,
+                    upgrade: None,
+                },
+                Err(e) => plain(
+                    Refusal::new(
+                        500,
+                        "internal",
+                        format!("a configured header is not valid: {e}"),
+                    )
+                    .into_response(),
+                ),
+            }
+        }
+        Route::Upgrade(upgrade) => {
+            let accept = tungstenite::handshake::derive_accept_key(
+                head.header("sec-websocket-key")
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+            let on = hyper::upgrade::on(&mut req);
+            let response = http::Response::builder()
+                .status(101)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("sec-websocket-accept", accept)
+                .body(Body::empty());
+            match response {
+                Ok(response) => Answer {
+                    response,
+                    upgrade: Some(Upgrading { on, head, upgrade }),
+                },
+                Err(e) => plain(Refusal::new(500, "internal", e.to_string()).into_response()),
+            }
+        }
+    }
+}
+
+/// Reads a request body as it arrives, at most `limit` bytes, within `http.read_timeout`: a
+/// `Content-Length` over the limit is refused before anything is read.
+async fn read_body<R, B>(service: &Service<R>, body: B, limit: usize) -> Result<Vec<u8>, Refusal>
+where
+    R: Runtime,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let too_large = |what: String| {
+        Refusal::protocol(&ProtocolError::new(
+            ErrorCode::FrameTooLarge,
+            format!("{what}; at most {limit} bytes are allowed"),
+        ))
+    };
+    if let Some(length) = body.size_hint().exact()
+        && length > limit as u64
+    {
+        return Err(too_large(format!("the body is {length} bytes")));
+    }
+    let rt = service.runtime();
+    let deadline = rt.now() + service.http_config().read_timeout;
+    let collected = with_deadline(rt, deadline, Limited::new(body, limit).collect()).await;
+    match collected {
+        Some(Ok(collected)) => Ok(collected.to_bytes().into()),
+        Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large("the body is larger".to_owned()))
+        }
+        Some(Err(e)) => Err(Refusal::new(
+            400,
+            "bad_request",
+            format!("the body could not be read: {e}"),
+        )),
+        None => Err(Refusal::new(
+            408,
+            "timeout",
+            "the body did not arrive in time",
+        )),
+    }
+}
