@@ -21,6 +21,30 @@ use common::*;
 
 // ---- tests -------------------------------------------------------------------------------------
 
+/// The harness's chunked-body decoder (its SSE streams and answers behind hyper are chunked):
+/// data split anywhere across reads, chunk extensions, and the last chunk ending the body.
+#[test]
+fn the_harness_decodes_chunked_bodies_split_anywhere() {
+    let data_chunks = b"5;name=value\r\nhello\r\n1A\r\n, a chunk of 26 bytes.....\r\n";
+    let last_chunk = b"0\r\n";
+    let body = [&data_chunks[..], last_chunk, b"Trailer: x\r\n\r\n"].concat();
+    for split in 1..body.len() {
+        let mut chunked = ChunkedDecoder::default();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        for piece in body.chunks(split) {
+            data.extend(chunked.feed(piece));
+            fed += piece.len();
+            assert_eq!(
+                chunked.is_done(),
+                fed >= data_chunks.len() + last_chunk.len(),
+                "split {split}, {fed} bytes fed: the last chunk, and only it, ends the body"
+            );
+        }
+        assert_eq!(data, b"hello, a chunk of 26 bytes.....", "split {split}");
+    }
+}
+
 #[test]
 fn pubsub_over_ws_and_sse_with_wildcards() {
     for_each_runtime(|rt| {
@@ -275,7 +299,7 @@ fn publish_answers_and_refusals() {
         // A declared length over the limit is refused before the body is read.
         let mut stream = server.connect();
         stream
-            .write_all(b"POST /publish?topic=public.a HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\nabc")
+            .write_all(b"POST /publish?topic=public.a HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\nConnection: close\r\n\r\nabc")
             .unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).unwrap();

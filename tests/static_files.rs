@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use serde_json::Value;
 use tidings_adapter::ServerConfig;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
@@ -23,30 +22,10 @@ const CLIENT: &str = include_str!("../clients/js/tidings.js");
 // ---- harness -----------------------------------------------------------------------------------
 
 mod common;
-use common::{RUNTIMES, Server};
+use common::{RUNTIMES, Resp, Server};
 
-struct Resp {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn error_code(&self) -> String {
-        let json: Value = serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", self.body));
-        json["error"]["code"].as_str().expect("a code").to_owned()
-    }
-}
-
-/// One request (`Connection: close`, so that hyper closes too); reads the answer to the end.
+/// One request (`Connection: close`, so that hyper closes too); reads the answer to the end
+/// (de-chunked by `Resp::parse`).
 fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Resp {
     let mut stream = TcpStream::connect(addr).expect("connects");
     stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
@@ -63,29 +42,7 @@ fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)
     stream
         .read_to_end(&mut raw)
         .expect("the server answers and closes");
-    let mut parsed_headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut parsed_headers);
-    let len = match resp.parse(&raw) {
-        Ok(httparse::Status::Complete(len)) => len,
-        other => panic!(
-            "not an HTTP response ({other:?}): {:?}",
-            String::from_utf8_lossy(&raw)
-        ),
-    };
-    Resp {
-        status: resp.code.unwrap(),
-        headers: resp
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect(),
-        body: String::from_utf8_lossy(&raw[len..]).into_owned(),
-    }
+    Resp::parse(&raw)
 }
 
 fn for_each_runtime(test: impl Fn(SocketAddr)) {

@@ -4,7 +4,14 @@
 //! `TcpStream`s (HTTP, SSE read with the core's `sse::Decoder`) and the synchronous `tungstenite`
 //! client, and stops it by pid. Reads have timeouts so that a failure fails fast instead of
 //! hanging.
+//!
+//! The raw clients work with a server that closes after each answer and with one that keeps
+//! connections alive and sends chunked bodies (hyper): requests read to the end send
+//! `Connection: close`, and chunked bodies are de-chunked.
 #![allow(dead_code)] // each test file uses a part of the harness
+
+mod chunked;
+pub use chunked::ChunkedDecoder;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -162,7 +169,8 @@ impl Server {
         stream
     }
 
-    /// One HTTP request; the server answers and closes.
+    /// One HTTP request, with `Connection: close` unless `headers` has a Connection header: the
+    /// server answers and closes.
     pub fn request(
         &self,
         method: &str,
@@ -174,9 +182,7 @@ impl Server {
         // The Host a client of this address sends (a browser page of the server's own origin
         // sends `Origin: http://<the same>`).
         let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", self.addr);
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
+        push_headers(&mut head, headers);
         if !body.is_empty() || method == "POST" {
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
@@ -253,9 +259,8 @@ impl Server {
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
             self.addr
         );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
+        // A second Connection field (`Upgrade, close`), so that the server closes after refusing.
+        push_headers(&mut head, headers);
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
         // The head first: an upgraded connection would not end.
@@ -276,6 +281,20 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Adds `headers` to a request head, and `Connection: close` unless one of them is a Connection
+/// header (a keep-alive server would not end a connection read to its end otherwise).
+fn push_headers(head: &mut String, headers: &[(&str, &str)]) {
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("connection"))
+    {
+        head.push_str("Connection: close\r\n");
     }
 }
 
@@ -309,6 +328,8 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// A response head and what followed it, de-chunked if the head says
+    /// `Transfer-Encoding: chunked`.
     pub fn parse(raw: &[u8]) -> Self {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
@@ -319,7 +340,7 @@ impl Resp {
                 String::from_utf8_lossy(raw)
             ),
         };
-        Self {
+        let mut parsed = Self {
             status: resp.code.unwrap(),
             headers: resp
                 .headers
@@ -331,8 +352,20 @@ impl Resp {
                     )
                 })
                 .collect(),
-            body: String::from_utf8_lossy(&raw[len..]).into_owned(),
-        }
+            body: String::new(),
+        };
+        let body = if parsed.is_chunked() {
+            ChunkedDecoder::default().feed(&raw[len..])
+        } else {
+            raw[len..].to_vec()
+        };
+        parsed.body = String::from_utf8_lossy(&body).into_owned();
+        parsed
+    }
+
+    pub fn is_chunked(&self) -> bool {
+        self.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -354,6 +387,8 @@ pub struct Sse {
     pub stream: TcpStream,
     pub decoder: Decoder,
     pub head: Resp,
+    /// For a chunked body: the stream's bytes go through it to the decoder.
+    pub chunked: Option<ChunkedDecoder>,
 }
 
 impl Sse {
@@ -366,21 +401,30 @@ impl Sse {
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
-        let raw = read_response_head(&mut stream);
+        let head = Resp::parse(&read_response_head(&mut stream));
         Self {
             stream,
             decoder: Decoder::new(),
-            head: Resp::parse(&raw),
+            chunked: head.is_chunked().then(ChunkedDecoder::default),
+            head,
         }
     }
 
-    /// Reads more of the stream; `false` at its end.
+    /// Reads more of the stream; `false` at its end (the connection's, or the last chunk's).
     pub fn fill(&mut self) -> bool {
+        // The last chunk ends the stream only on the next call: the data read with it was fed.
+        if self.chunked.as_ref().is_some_and(ChunkedDecoder::is_done) {
+            return false;
+        }
         let mut buf = [0u8; 16 << 10];
         match self.stream.read(&mut buf) {
             Ok(0) => false,
             Ok(n) => {
-                self.decoder.feed(&buf[..n]).expect("a valid event stream");
+                let fed = match &mut self.chunked {
+                    Some(chunked) => self.decoder.feed(&chunked.feed(&buf[..n])),
+                    None => self.decoder.feed(&buf[..n]),
+                };
+                fed.expect("a valid event stream");
                 true
             }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,

@@ -23,6 +23,11 @@ use tungstenite::Message;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
+// The root package's test harness's decoder (a test of this package cannot use that harness).
+#[path = "../../../tests/common/chunked.rs"]
+mod chunked;
+use chunked::ChunkedDecoder;
+
 /// An axum app with a route of its own and tidings under `/realtime`.
 async fn app() -> (
     SocketAddr,
@@ -97,8 +102,13 @@ fn request(addr: SocketAddr, method: &str, target: &str, extra: &str, body: &str
     let (status, headers, mut rest) = read_head(&mut stream);
     stream.read_to_end(&mut rest).unwrap();
     let body = if header(&headers, "transfer-encoding") == Some("chunked") {
-        let mut chunks = Chunked::default();
-        chunks.feed(&rest)
+        let mut chunked = ChunkedDecoder::default();
+        let body = chunked.feed(&rest);
+        assert!(
+            chunked.is_done(),
+            "the chunked body ended with its last chunk"
+        );
+        body
     } else {
         rest
     };
@@ -114,39 +124,10 @@ fn error_code(resp: &Resp) -> String {
     v["error"]["code"].as_str().unwrap().to_owned()
 }
 
-/// An incremental decoder of HTTP/1.1 chunked bodies.
-#[derive(Default)]
-struct Chunked {
-    buf: Vec<u8>,
-}
-
-impl Chunked {
-    /// Adds bytes; returns the body bytes now complete.
-    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        self.buf.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        loop {
-            let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                return out;
-            };
-            let size = std::str::from_utf8(&self.buf[..eol]).unwrap();
-            let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
-            if self.buf.len() < eol + 2 + size + 2 {
-                return out;
-            }
-            out.extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
-            self.buf.drain(..eol + 2 + size + 2);
-            if size == 0 {
-                return out;
-            }
-        }
-    }
-}
-
 /// An SSE stream read with the core's decoder.
 struct Sse {
     stream: TcpStream,
-    chunks: Chunked,
+    chunks: ChunkedDecoder,
     decoder: Decoder,
 }
 
@@ -166,7 +147,7 @@ impl Sse {
         assert_eq!(header(&headers, "transfer-encoding"), Some("chunked"));
         let mut sse = Self {
             stream,
-            chunks: Chunked::default(),
+            chunks: ChunkedDecoder::default(),
             decoder: Decoder::new(),
         };
         sse.push(&rest);

@@ -270,7 +270,7 @@ async fn in_process_subscriptions_receive_and_resume() {
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream
-            .write_all(b"POST /publish?topic=chat.room HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nline\n")
+            .write_all(b"POST /publish?topic=chat.room HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nline\n")
             .unwrap();
         let mut raw = String::new();
         stream.read_to_string(&mut raw).unwrap();
@@ -406,7 +406,8 @@ async fn accepted_sockets_are_tuned() {
     server.shutdown().await;
 }
 
-/// Sends a raw HTTP request and returns the status line's code and the whole answer.
+/// Sends a raw HTTP request and returns the status line's code and the whole answer, read to
+/// the end of the connection (so `request` says `Connection: close`).
 fn http(addr: SocketAddr, request: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -437,9 +438,17 @@ async fn a_plugged_in_authorizer_decides_after_token_authentication() {
         Ok(authenticated)
     });
     let (refused, no_key, allowed, forbidden) = blocking(move || {
-        let get = |path: &str| http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).0;
+        let get = |path: &str| {
+            http(
+                addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            )
+            .0
+        };
         let post = |path: &str| {
-            let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            );
             http(addr, &request)
         };
         (
@@ -488,7 +497,11 @@ async fn the_refusal_hook_sees_an_etp_upgrade_from_a_foreign_origin() {
     let refused = blocking(move || {
         http(
             addr,
-            &upgrade_request("/etp", "Origin: http://evil.example\r\n"),
+            // A second Connection field (`Upgrade, close`): the answer is read to the end.
+            &upgrade_request(
+                "/etp",
+                "Origin: http://evil.example\r\nConnection: close\r\n",
+            ),
         )
     })
     .await;

@@ -1,8 +1,9 @@
 //! Server-Sent Events (`GET /sse?topic=`) subscribers on raw TCP, and `POST /publish`.
 //!
 //! The stream is read into one buffer per connection; complete events (up to a blank line) are
-//! scanned for `"seq":` in place, with no allocation per event. The server answers with
-//! `Connection: close` and no chunked encoding, so the body is the event stream as is.
+//! scanned for `"seq":` in place, with no allocation per event. A body delimited by the end of
+//! the connection is the event stream as is; a chunked one (hyper) is de-chunked in that buffer
+//! as it is read, its data moved down over the chunk framing.
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
@@ -24,13 +25,91 @@ const BUF: usize = 16 << 10;
 pub(crate) struct SseConn {
     tcp: TcpStream,
     buf: Vec<u8>,
-    /// Bytes of `buf` not yet consumed, from 0.
+    /// Event-stream bytes of `buf` not yet consumed, from 0.
     len: usize,
+    /// `buf[len..read_end]`: bytes read but not yet de-chunked (a partial chunk size line or
+    /// chunk end); `read_end == len` unless the body is chunked.
+    read_end: usize,
+    /// Where a chunked body is; `None` when the body is not chunked.
+    chunk: Option<Chunk>,
+}
+
+/// Where the de-chunking of a chunked body is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A size line is next.
+    Size,
+    /// This many data bytes of the current chunk are still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// The last (0-size) chunk was read: the stream ended.
+    Done,
 }
 
 /// Where the next complete event (ending in a blank line) of `buf` ends, after its blank line.
 fn event_end(buf: &[u8]) -> Option<usize> {
     memmem::find(buf, b"\n\n").map(|i| i + 2)
+}
+
+/// De-chunks in place: the chunks' data in `buf[*len..*read_end]` is moved down to `*len` over
+/// the chunk framing (`*len` grows), and what cannot be decoded yet (a few bytes of framing) is
+/// kept right after it (`*read_end`).
+fn dechunk_in_place(
+    buf: &mut [u8],
+    len: &mut usize,
+    read_end: &mut usize,
+    chunk: &mut Chunk,
+) -> Result<(), String> {
+    let mut at = *len;
+    loop {
+        let rest = &buf[at..*read_end];
+        match *chunk {
+            Chunk::Size => match httparse::parse_chunk_size(rest) {
+                Ok(httparse::Status::Complete((n, size))) => {
+                    at += n;
+                    *chunk = if size == 0 {
+                        Chunk::Done
+                    } else {
+                        Chunk::Data(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => return Err("the chunked SSE body has a bad chunk size line".into()),
+            },
+            Chunk::Data(left) => {
+                let n = rest.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                if n == 0 {
+                    break;
+                }
+                if at != *len {
+                    buf.copy_within(at..at + n, *len);
+                }
+                *len += n;
+                at += n;
+                *chunk = match left - n as u64 {
+                    0 => Chunk::DataEnd,
+                    left => Chunk::Data(left),
+                };
+            }
+            Chunk::DataEnd => match rest {
+                [b'\r', b'\n', ..] => {
+                    at += 2;
+                    *chunk = Chunk::Size;
+                }
+                [] | [b'\r'] => break,
+                _ => return Err("a chunk of the SSE body does not end with CRLF".into()),
+            },
+            Chunk::Done => {
+                // Trailers, if any, are not read.
+                at = *read_end;
+                break;
+            }
+        }
+    }
+    buf.copy_within(at..*read_end, *len);
+    *read_end = *len + (*read_end - at);
+    Ok(())
 }
 
 impl SseConn {
@@ -56,6 +135,8 @@ impl SseConn {
             tcp,
             buf: vec![0; BUF],
             len: 0,
+            read_end: 0,
+            chunk: None,
         };
         let head_end = loop {
             if let Some(i) = memmem::find(&conn.buf[..conn.len], b"\r\n\r\n") {
@@ -67,13 +148,16 @@ impl SseConn {
         if !head.starts_with("HTTP/1.1 200") {
             return Err(format!("SSE request refused: {}", head.trim()));
         }
-        if head
+        let chunked = head
             .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            return Err("chunked SSE responses are not supported by this client".into());
-        }
+            .contains("\r\ntransfer-encoding: chunked\r\n");
         conn.consume(head_end);
+        if chunked {
+            // What followed the head is chunked body, not yet event-stream bytes.
+            conn.chunk = Some(Chunk::Size);
+            conn.len = 0;
+            conn.dechunk()?;
+        }
         // The opening block: `retry: N` or a `:` comment, before any event.
         let end = loop {
             if let Some(end) = event_end(&conn.buf[..conn.len]) {
@@ -85,25 +169,43 @@ impl SseConn {
         Ok(conn)
     }
 
-    /// Reads more bytes after `len`, growing the buffer when it is full.
+    /// Reads more bytes after `read_end` (de-chunked into `len`), growing the buffer when it is
+    /// full. Fails at the end of the stream: the connection's, or the last chunk's.
     async fn fill(&mut self) -> Result<(), String> {
-        if self.len == self.buf.len() {
+        if self.chunk == Some(Chunk::Done) {
+            return Err("the stream ended (last chunk)".into());
+        }
+        if self.read_end == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
-        match self.tcp.read(&mut self.buf[self.len..]).await {
+        match self.tcp.read(&mut self.buf[self.read_end..]).await {
             Ok(0) => Err("connection closed".into()),
             Ok(n) => {
-                self.len += n;
+                self.read_end += n;
                 super::count_wire_bytes(n);
-                Ok(())
+                self.dechunk()
             }
             Err(e) => Err(format!("reading the SSE stream: {e}")),
         }
     }
 
+    /// Turns the bytes read after `len` into event-stream bytes (see `dechunk_in_place`).
+    fn dechunk(&mut self) -> Result<(), String> {
+        match &mut self.chunk {
+            None => {
+                self.len = self.read_end;
+                Ok(())
+            }
+            Some(chunk) => {
+                dechunk_in_place(&mut self.buf, &mut self.len, &mut self.read_end, chunk)
+            }
+        }
+    }
+
     fn consume(&mut self, n: usize) {
-        self.buf.copy_within(n..self.len, 0);
+        self.buf.copy_within(n..self.read_end, 0);
         self.len -= n;
+        self.read_end -= n;
     }
 
     /// Receives events until the last message or the end of the stream (the caller aborts
@@ -140,7 +242,7 @@ impl SseConn {
     /// caller aborts the task to close it).
     pub(crate) async fn hold(mut self) -> String {
         loop {
-            self.len = 0;
+            self.consume(self.len);
             if let Err(e) = self.fill().await {
                 return e;
             }
@@ -148,8 +250,8 @@ impl SseConn {
     }
 }
 
-/// `POST /publish?topic=` of one body (one connection per request: the server answers with
-/// `Connection: close`). Returns the status line if it is not `200`.
+/// `POST /publish?topic=` of one body (one connection per request, read to its end: the request
+/// says `Connection: close`). Returns the status line if it is not `200`.
 pub(crate) async fn publish_http(addr: SocketAddr, topic: &str, body: &[u8]) -> Result<(), String> {
     let mut tcp = TcpStream::connect(addr)
         .await
@@ -217,4 +319,44 @@ pub(crate) async fn publish_all_http(
         }
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chunked body read in pieces of every size, the data taken out after each read as
+    /// `receive` does with complete events: the data comes out whole, and the last chunk (only
+    /// it) ends the stream.
+    #[test]
+    fn dechunks_in_place_across_reads() {
+        let data_chunks = b"5;ext=1\r\nhello\r\n1A\r\n, a chunk of 26 bytes.....\r\n";
+        let last_chunk = b"0\r\n";
+        let body = [&data_chunks[..], last_chunk, b"\r\n"].concat();
+        for split in 1..body.len() {
+            let mut buf = vec![0; body.len()];
+            let (mut len, mut read_end, mut chunk) = (0, 0, Chunk::Size);
+            let mut data = Vec::new();
+            let mut fed = 0;
+            for piece in body.chunks(split) {
+                buf[read_end..read_end + piece.len()].copy_from_slice(piece);
+                read_end += piece.len();
+                fed += piece.len();
+                dechunk_in_place(&mut buf, &mut len, &mut read_end, &mut chunk).unwrap();
+                // Take the data out every other read, leaving it in place otherwise.
+                if fed % 2 == 0 || fed == body.len() {
+                    data.extend_from_slice(&buf[..len]);
+                    buf.copy_within(len..read_end, 0);
+                    read_end -= len;
+                    len = 0;
+                }
+                assert_eq!(
+                    chunk == Chunk::Done,
+                    fed >= data_chunks.len() + last_chunk.len(),
+                    "split {split}, {fed} bytes read"
+                );
+            }
+            assert_eq!(data, b"hello, a chunk of 26 bytes.....", "split {split}");
+        }
+    }
 }
