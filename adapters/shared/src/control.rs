@@ -5,7 +5,7 @@
 use futures_channel::oneshot;
 use tidings_core::{AppOp, AppReply, ConnId, Payload, ProtocolError};
 
-use crate::conn::{Opening, PingReply};
+use crate::conn::{Ended, Opening, PingReply};
 use crate::metrics::ServerStats;
 
 /// What the control channel carries.
@@ -15,8 +15,8 @@ pub(crate) enum Control {
     /// An in-process subscription or an embedded SSE body opens (all their messages use this
     /// channel, so that `Closed` never overtakes `Open`).
     Open(Box<Opening>),
-    /// An in-process subscription or embedded SSE body ended.
-    Closed(ConnId),
+    /// An in-process subscription or SSE body ended, and how.
+    Closed(ConnId, Ended),
     /// An operation of the application, answered as `Answer` says.
     App(AppOp, Answer),
     /// A WebSocket ping of the application ([`crate::Hub::ping`]), answered with the round trip.

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,22 @@ pub(crate) struct ConnCtx<R> {
     pub(crate) _guard: Option<ConnGuard>,
     /// Its count in the listener's connection limits, if the listener accepted it.
     pub(crate) _slot: Option<Slot>,
+}
+
+/// Set when a connection was dropped because its client read nothing for
+/// `http.write_timeout`: the listener's socket sets it, the SSE stream on the connection
+/// reports it (`tidings_write_timeouts_total`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteStall(Arc<AtomicBool>);
+
+impl WriteStall {
+    pub(crate) fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// The open connections the listener accepted, in all and per peer address: every accepted

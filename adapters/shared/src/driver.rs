@@ -208,22 +208,25 @@ impl<R: Runtime> Driver<R> {
         match msg {
             FromConn::Open(opening) => self.open(now, *opening),
             FromConn::Command(conn, cmd) => self.feed(now, Input::Command { conn, cmd }),
-            FromConn::Closed(conn, ended) => {
-                if ended == Ended::WriteTimeout {
-                    // Not a protocol event the core sees: counted and told here.
-                    tracing::info!(%conn, "dropped: it did not take what was written to it in time");
-                    self.conns.write_timeouts += 1;
-                }
-                if let Some(entry) = self.conns.get_mut(conn) {
-                    entry.ending.get_or_insert(match ended {
-                        Ended::Peer(code) => Disconnect::Client(Some(code)),
-                        Ended::Lost => Disconnect::Lost,
-                        Ended::WriteTimeout => Disconnect::WriteTimeout,
-                    });
-                }
-                self.closed(now, conn);
-            }
+            FromConn::Closed(conn, ended) => self.conn_ended(now, conn, ended),
         }
+    }
+
+    /// A connection's task (or SSE body) ended, and how.
+    fn conn_ended(&mut self, now: Instant, conn: ConnId, ended: Ended) {
+        if ended == Ended::WriteTimeout {
+            // Not a protocol event the core sees: counted and told here.
+            tracing::info!(%conn, "dropped: it did not take what was written to it in time");
+            self.conns.write_timeouts += 1;
+        }
+        if let Some(entry) = self.conns.get_mut(conn) {
+            entry.ending.get_or_insert(match ended {
+                Ended::Peer(code) => Disconnect::Client(Some(code)),
+                Ended::Lost => Disconnect::Lost,
+                Ended::WriteTimeout => Disconnect::WriteTimeout,
+            });
+        }
+        self.closed(now, conn);
     }
 
     fn ctl(&mut self, now: Instant, msg: Control) {
@@ -234,7 +237,7 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             Control::Open(opening) => self.open(now, *opening),
-            Control::Closed(conn) => self.closed(now, conn),
+            Control::Closed(conn, ended) => self.conn_ended(now, conn, ended),
             Control::App(op, answer) => self.app_op(now, op, answer),
             Control::Ping(conn, reply) => self.ping(conn, reply),
             Control::Stats(reply) => {

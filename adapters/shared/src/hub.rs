@@ -41,7 +41,7 @@ use tidings_core::{
 use crate::auth::AuthConfigError;
 use crate::auth::{AuthError, Authenticated};
 use crate::config::{ConfigError, ServerConfig};
-use crate::conn::{FromConn, Kind, Opening, ToConn};
+use crate::conn::{Ended, FromConn, Kind, Opening, ToConn};
 use crate::control::{Answer, Control};
 use crate::driver::{Driver, LogLink};
 use crate::events::AppEvents;
@@ -948,7 +948,10 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let _ = self.writer.ctl().send(Control::Closed(self.writer.conn()));
+        let _ = self
+            .writer
+            .ctl()
+            .send(Control::Closed(self.writer.conn(), Ended::Lost));
     }
 }
 

@@ -25,7 +25,7 @@ use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Top
 
 use crate::auth::{AuthError, Authenticated, Authenticator};
 use crate::config::ServerConfig;
-use crate::ctx::{ConnCtx, ConnGuard, Slot, Slots};
+use crate::ctx::{ConnCtx, ConnGuard, Slot, Slots, WriteStall};
 use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
 use crate::http::{Cors, OriginPolicy, Refusal, Response};
 use crate::hub::{Hub, HubError, StartError};
@@ -803,7 +803,18 @@ impl<R: Runtime> Service<R> {
     /// whose HTTP server writes the response: send the request's `headers` (the stream headers
     /// with `sse.headers`, and CORS), then the chunks.
     pub fn sse_body(&self, head: &RequestHead, request: SseRequest) -> crate::sse::SseBody {
-        crate::sse::SseBody::open(&self.inner.hub, head, request)
+        crate::sse::SseBody::open(&self.inner.hub, head, request, None)
+    }
+
+    /// [`Service::sse_body`] on a connection of the server's listener, which reports a write
+    /// timeout through `stall`.
+    pub(crate) fn sse_body_on(
+        &self,
+        head: &RequestHead,
+        request: SseRequest,
+        stall: Option<WriteStall>,
+    ) -> crate::sse::SseBody {
+        crate::sse::SseBody::open(&self.inner.hub, head, request, stall)
     }
 
     // ---- publish -------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ use tidings_core::sse::SseCodec;
 use tidings_core::{Claim, Command, Cursor, Name, Pattern, Subscribe};
 
 use crate::auth::Authenticated;
-use crate::conn::ToConn;
+use crate::conn::{Ended, ToConn};
 use crate::control::Control;
+use crate::ctx::WriteStall;
 use crate::hub::Hub;
 use crate::request::RequestHead;
 use crate::writer::{Bound, ConnWriter};
@@ -58,6 +59,8 @@ const COALESCE: Bound = Bound {
 /// dropping it (the client went away) closes the connection.
 pub struct SseBody {
     writer: ConnWriter,
+    /// Set by the listener's socket if the client read nothing for the write timeout.
+    stall: Option<WriteStall>,
     /// The stream ended (a close, or the driver dropped it): no more chunks.
     ended: bool,
 }
@@ -82,7 +85,12 @@ impl std::fmt::Debug for SseBody {
 
 impl SseBody {
     /// Opens the stream (after [`crate::Service::check_sse`]).
-    pub(crate) fn open(hub: &Hub, head: &RequestHead, request: SseRequest) -> Self {
+    pub(crate) fn open(
+        hub: &Hub,
+        head: &RequestHead,
+        request: SseRequest,
+        stall: Option<WriteStall>,
+    ) -> Self {
         let SseRequest {
             patterns,
             from,
@@ -102,7 +110,11 @@ impl SseBody {
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.
         let ended = writer.ctl().send(Control::Open(Box::new(opening))).is_err();
-        Self { writer, ended }
+        Self {
+            writer,
+            stall,
+            ended,
+        }
     }
 }
 
@@ -152,7 +164,14 @@ impl futures_util::Stream for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        let _ = self.writer.ctl().send(Control::Closed(self.writer.conn()));
+        let ended = match &self.stall {
+            Some(stall) if stall.is_set() => Ended::WriteTimeout,
+            _ => Ended::Lost,
+        };
+        let _ = self
+            .writer
+            .ctl()
+            .send(Control::Closed(self.writer.conn(), ended));
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Body(Kind);
 enum Kind {
     Full(Option<Bytes>),
     Sse {
+        /// The opening chunk, sent with the head.
+        first: Option<Bytes>,
         stream: SseBody,
         /// Held as long as the stream: a graceful shutdown waits for it.
         _guard: ConnGuard,
@@ -39,8 +41,9 @@ impl Body {
         Self(Kind::Full((!bytes.is_empty()).then_some(bytes)))
     }
 
-    pub(crate) fn sse(stream: SseBody, guard: ConnGuard) -> Self {
+    pub(crate) fn sse(first: Option<Bytes>, stream: SseBody, guard: ConnGuard) -> Self {
         Self(Kind::Sse {
+            first,
             stream,
             _guard: guard,
         })
@@ -57,9 +60,12 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match &mut self.get_mut().0 {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Sse { stream, .. } => Pin::new(stream)
-                .poll_next(cx)
-                .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            Kind::Sse { first, stream, .. } => match first.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => Pin::new(stream)
+                    .poll_next(cx)
+                    .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            },
         }
     }
 

@@ -14,8 +14,8 @@ use smol_hyper::rt::FuturesIo;
 
 use super::rt::{Clock, Exec};
 use super::timed::TimedIo;
-use super::{Answer, Upgrading, answer, body};
-use crate::ctx::{Full, Slot};
+use super::{Answer, Upgrading, answer_on, body};
+use crate::ctx::{Full, Slot, WriteStall};
 use crate::http::Refusal;
 use crate::io::with_timeout;
 use crate::request::{MAX_HEAD_BYTES, MAX_HEADERS};
@@ -76,9 +76,11 @@ fn builder<R: Runtime>(service: &Service<R>) -> auto::Builder<Exec<R>> {
         // Also the idle time allowed between two requests of a keep-alive connection.
         .header_read_timeout(service.http_config().read_timeout)
         .max_headers(MAX_HEADERS)
-        .max_buf_size(MAX_HEAD_BYTES.max(8192) * 2)
-        .title_case_headers(true)
-        .pipeline_flush(true);
+        .max_buf_size(MAX_HEAD_BYTES)
+        // Header names as most servers send them (Go's among them): clients that compare them
+        // case-sensitively exist. (Not `pipeline_flush`: with it, hyper 1.12 does not send its
+        // `400` for a malformed request.)
+        .title_case_headers(true);
     builder
         .http2()
         .timer(Clock(rt.clone()))
@@ -97,10 +99,12 @@ where
         return; // shutting down
     };
     let rt = service.runtime().clone();
+    let stall = WriteStall::default();
     let io = FuturesIo::new(TimedIo::new(
         stream,
         rt.clone(),
         service.http_config().write_timeout,
+        stall.clone(),
     ));
     let builder = builder(&service);
     let slot = match service.slots().take(peer.ip()) {
@@ -114,8 +118,9 @@ where
     let handler = hyper::service::service_fn(move |req| {
         let service = answering.clone();
         let slot = slot.clone();
+        let stall = stall.clone();
         async move {
-            let Answer { response, upgrade } = answer(&service, req).await;
+            let Answer { response, upgrade } = answer_on(&service, req, Some(&stall)).await;
             if let Some(upgrading) = upgrade {
                 let rt = service.runtime().clone();
                 rt.spawn(run_upgrade::<R, S>(service, upgrading, slot));

@@ -22,12 +22,14 @@ mod timed;
 use std::error::Error as StdError;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Limited};
 use tidings_core::{ErrorCode, ProtocolError};
 
 pub use body::Body;
 pub use listener::{Listener, serve};
 
+use crate::ctx::WriteStall;
 use crate::http::{Refusal, Response};
 use crate::io::with_deadline;
 use crate::request::RequestHead;
@@ -58,7 +60,22 @@ pub struct Upgrading {
 
 /// Answers a request as the server does: [`Service::route`], then the body read, the broker
 /// asked, the stream opened or the upgrade accepted.
-pub async fn answer<R, B>(service: &Service<R>, mut req: http::Request<B>) -> Answer
+pub async fn answer<R, B>(service: &Service<R>, req: http::Request<B>) -> Answer
+where
+    R: Runtime,
+    B: http_body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    answer_on(service, req, None).await
+}
+
+/// [`answer`] on a connection of the server's listener, whose socket reports a write timeout
+/// through `stall`.
+pub(crate) async fn answer_on<R, B>(
+    service: &Service<R>,
+    mut req: http::Request<B>,
+    stall: Option<&WriteStall>,
+) -> Answer
 where
     R: Runtime,
     B: http_body::Body<Data = Bytes> + Send,
@@ -91,9 +108,14 @@ where
             for (name, value) in &request.headers {
                 response = response.header(name.as_str(), value.as_str());
             }
-            let stream = service.sse_body(&head, request);
+            let mut stream = service.sse_body_on(&head, request, stall.cloned());
+            // The head goes out with the stream's opening chunk (`retry:`, or a `:` comment),
+            // which the broker sends in the step that subscribes it: a client that sees the
+            // head is subscribed, and sees the stream open (`onopen`) without waiting for an
+            // event.
+            let first = stream.next().await;
             // The guard lives as long as the stream: a graceful shutdown waits for it.
-            match response.body(Body::sse(stream, guard)) {
+            match response.body(Body::sse(first, stream, guard)) {
                 Ok(response) => Answer {
                     response,
                     upgrade: None,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_io::{AsyncRead, AsyncWrite};
 
+use crate::ctx::WriteStall;
 use crate::runtime::Runtime;
 
 /// Wraps a connection: a write (or flush) that stays blocked for `timeout` (a client that
@@ -18,18 +19,21 @@ pub(crate) struct TimedIo<S, R> {
     rt: R,
     timeout: Duration,
     stalled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Set when the timeout struck.
+    stall: WriteStall,
 }
 
 // Nothing in it is pinned in place (the sleep is boxed).
 impl<S: Unpin, R> Unpin for TimedIo<S, R> {}
 
 impl<S, R: Runtime> TimedIo<S, R> {
-    pub(crate) fn new(io: S, rt: R, timeout: Duration) -> Self {
+    pub(crate) fn new(io: S, rt: R, timeout: Duration, stall: WriteStall) -> Self {
         Self {
             io,
             rt,
             timeout,
             stalled: None,
+            stall,
         }
     }
 
@@ -46,10 +50,13 @@ impl<S, R: Runtime> TimedIo<S, R> {
             .stalled
             .get_or_insert_with(|| Box::pin(rt.sleep_until(deadline)));
         match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client read nothing for http.write_timeout",
-            ))),
+            Poll::Ready(()) => {
+                self.stall.set();
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read nothing for http.write_timeout",
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
