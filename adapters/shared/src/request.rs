@@ -96,6 +96,9 @@ impl std::error::Error for HeadError {}
 /// Parses a request head from the start of `buf`. Returns `Ok(None)` when more bytes are needed,
 /// or the head and how many bytes it took (the body starts there).
 ///
+/// The server reads requests with hyper ([`RequestHead::from_http`], the same decoding); this
+/// is for tools, tests and the `http_head` fuzz target.
+///
 /// # Errors
 /// [`HeadError`] for anything that is not a valid HTTP/1.x request head within the limits.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
