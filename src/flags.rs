@@ -342,6 +342,21 @@ pub(crate) fn flags() -> Vec<Flag> {
             })
             .values::<String>(&["tokio", "async-std"]),
             Flag::set(
+                "tls-cert",
+                "FILE",
+                "Serve HTTPS with this certificate chain (PEM; with --tls-key); reloaded when \
+                 the file changes or on SIGHUP (docs/TLS.md)",
+                "tls.cert",
+                |c, file: PathBuf| c.tls.cert = Some(file),
+            ),
+            Flag::set(
+                "tls-key",
+                "FILE",
+                "The private key of --tls-cert (PEM)",
+                "tls.key",
+                |c, file: PathBuf| c.tls.key = Some(file),
+            ),
+            Flag::set(
                 "metrics-token-file",
                 "FILE",
                 "Require `Authorization: Bearer <token>` on GET /metrics, with the token in \
@@ -395,7 +410,8 @@ pub(crate) fn flags() -> Vec<Flag> {
             Flag::field(
                 "max-connections",
                 "N",
-                "Connections open at once; more are closed with `overloaded`",
+                "Connections open at once, of any kind (requests, streams, WebSockets); more \
+                 get 503 limit_reached",
                 "limits.max_connections",
                 |c| &mut c.limits.max_connections,
             ),

@@ -180,6 +180,9 @@ async fn serve_tokio(config: ServerConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let Some(hup) = sighup() else {
+        return ExitCode::FAILURE;
+    };
     let listen = config.listen.clone();
     let server = match tidings_tokio::serve(config).await {
         Ok(server) => server,
@@ -189,7 +192,9 @@ async fn serve_tokio(config: ServerConfig) -> ExitCode {
         }
     };
     announce(server.addr(), "tokio", server.service()).await;
-    if let Some(code) = until_signal_or_failure(signals.recv(), server.hub()).await {
+    let signal =
+        futures_lite::FutureExt::or(signals.recv(), reload_on_sighup(hup, server.service()));
+    if let Some(code) = until_signal_or_failure(signal, server.hub()).await {
         return code;
     }
     tracing::info!("shutting down");
@@ -208,6 +213,9 @@ async fn serve_async_std(config: ServerConfig) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+    let Some(hup) = sighup() else {
+        return ExitCode::FAILURE;
+    };
     let listen = config.listen.clone();
     let server = match tidings_async_std::serve(config).await {
         Ok(server) => server,
@@ -221,6 +229,7 @@ async fn serve_async_std(config: ServerConfig) -> ExitCode {
     let signal = async {
         let _ = futures_lite::StreamExt::next(&mut signals).await;
     };
+    let signal = futures_lite::FutureExt::or(signal, reload_on_sighup(hup, server.service()));
     if let Some(code) = until_signal_or_failure(signal, server.hub()).await {
         return code;
     }
@@ -228,6 +237,36 @@ async fn serve_async_std(config: ServerConfig) -> ExitCode {
     server.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP, registered before the server is announced (its default action would end the
+/// process).
+fn sighup() -> Option<async_signal::Signals> {
+    match async_signal::Signals::new([async_signal::Signal::Hup]) {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            eprintln!("tidings: cannot watch SIGHUP: {e}");
+            None
+        }
+    }
+}
+
+/// On every SIGHUP, reads the TLS certificate and key again (never completes).
+async fn reload_on_sighup<R: tidings_adapter::Runtime>(
+    mut hup: async_signal::Signals,
+    service: &tidings_adapter::Service<R>,
+) {
+    while futures_lite::StreamExt::next(&mut hup).await.is_some() {
+        if !service.is_tls() {
+            tracing::info!("SIGHUP: nothing to reload (no [tls] certificate)");
+            continue;
+        }
+        match service.reload_tls() {
+            Ok(()) => tracing::info!("SIGHUP: the TLS certificate and key were reloaded"),
+            Err(e) => tracing::error!("SIGHUP: {e}; the certificate in use stays"),
+        }
+    }
+    std::future::pending().await
 }
 
 /// Waits for a shutdown signal (`None`: shut down gracefully), or for the broker to fail, which
@@ -256,7 +295,8 @@ async fn announce<R: tidings_adapter::Runtime>(
     service: &tidings_adapter::Service<R>,
 ) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "listening on http://{addr}");
+    let scheme = if service.is_tls() { "https" } else { "http" };
+    let _ = writeln!(stdout, "listening on {scheme}://{addr}");
     let _ = stdout.flush();
     drop(stdout);
     let epoch = service

@@ -51,12 +51,58 @@ pub struct ServerConfig {
     pub sse: SseConfig,
     /// The HTTP surface: CORS, WebSocket origins, I/O timeouts.
     pub http: HttpConfig,
+    /// HTTPS: the certificate and key (see `docs/TLS.md`).
+    pub tls: TlsConfig,
     /// Authentication (see `docs/AUTH.md`).
     pub auth: AuthConfig,
     /// The ksbus-compatible endpoint `/ws/bus` (see `docs/COMPAT.md`).
     pub ksbus: KsbusConfig,
     /// The etp-compatible endpoint `/etp` (see `docs/COMPAT.md`).
     pub etp: EtpConfig,
+}
+
+/// `[tls]`: serve HTTPS (and HTTP/2 by ALPN) instead of plain HTTP.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM (the server's certificate first, then intermediates). With
+    /// `key`, the listener speaks TLS only.
+    pub cert: Option<PathBuf>,
+    /// The private key of the certificate, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// CA certificates, PEM: when set, every client must present a certificate signed by one of
+    /// them (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why TLS could not be set up (at start, or when reloading: the old certificate stays).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Only one of `tls.cert` and `tls.key` is set.
+    #[error("tls: set both cert and key (PEM files), or neither for plain HTTP")]
+    Incomplete,
+    /// A file could not be read or holds no usable PEM item.
+    #[error("tls: {path}: {why}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
+    },
+    /// The key is not the certificate's.
+    #[error(
+        "tls: the key in {key} does not belong to the certificate in {cert} (their public keys differ)"
+    )]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// rustls refused the settings.
+    #[error("tls: {0}")]
+    Config(String),
 }
 
 /// The ksbus-compatible endpoint.
@@ -115,6 +161,7 @@ impl Default for ServerConfig {
             slow_consumer: SlowConsumer::default(),
             sse: SseConfig::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             ksbus: KsbusConfig::default(),
             etp: EtpConfig::default(),

@@ -40,7 +40,7 @@ use tidings_core::{
 
 use crate::auth::AuthConfigError;
 use crate::auth::{AuthError, Authenticated};
-use crate::config::{ConfigError, ServerConfig};
+use crate::config::{ConfigError, ServerConfig, TlsError};
 use crate::conn::{Ended, FromConn, Kind, Opening, ToConn};
 use crate::control::{Answer, Control};
 use crate::driver::{Driver, LogLink};
@@ -125,6 +125,8 @@ pub enum StartError {
     /// The data directory cannot be used (locked by another server, unreadable, a corrupt
     /// segment): the message names the file and what to do.
     Store(StoreError),
+    /// The TLS certificate or key cannot be used: the message names the file.
+    Tls(TlsError),
 }
 
 impl fmt::Display for StartError {
@@ -133,6 +135,7 @@ impl fmt::Display for StartError {
             Self::Config(e) => write!(f, "invalid configuration: {e}"),
             Self::Auth(e) => write!(f, "invalid authentication settings: {e}"),
             Self::Store(e) => write!(f, "cannot use the data directory: {e}"),
+            Self::Tls(e) => write!(f, "cannot serve TLS: {e}"),
         }
     }
 }

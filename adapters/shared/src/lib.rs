@@ -45,7 +45,7 @@ mod writer;
 mod ws;
 
 pub use async_tungstenite;
-pub use config::{ConfigError, ServerConfig};
+pub use config::{ConfigError, ServerConfig, TlsConfig, TlsError};
 pub use ctx::ConnGuard;
 pub use hub::{Hub, HubError, Received, StartError, Subscription};
 pub use metrics::ServerStats;

@@ -24,7 +24,7 @@ use futures_io::{AsyncRead, AsyncWrite};
 use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Topic, native};
 
 use crate::auth::{AuthError, Authenticated, Authenticator};
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TlsError};
 use crate::ctx::{ConnCtx, ConnGuard, Slot, Slots, WriteStall};
 use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
 use crate::http::{Cors, OriginPolicy, Refusal, Response};
@@ -32,6 +32,7 @@ use crate::hub::{Hub, HubError, StartError};
 use crate::io::with_deadline;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
+use crate::server::tls::{RELOAD_CHECK, Tls};
 use crate::sse::SseRequest;
 
 /// What exists, for 404 and 405 answers.
@@ -217,6 +218,8 @@ struct Inner<R> {
     closing: flume::Receiver<()>,
     /// The open connections per peer address, within their limits.
     slots: Slots,
+    /// The TLS settings, with HTTPS.
+    tls: Option<Arc<Tls>>,
 }
 
 /// Failed `accept`s: counted for `/metrics`, logged at most every [`ACCEPT_LOG_EVERY`].
@@ -279,6 +282,10 @@ impl<R: Runtime> Service<R> {
         let core = config.into_core().map_err(StartError::Config)?;
         let auth =
             Authenticator::with_limits(&config.auth, &core.limits).map_err(StartError::Auth)?;
+        // Checked before the data directory is opened: a wrong file is reported as such.
+        let tls = Tls::load(&config.tls)
+            .map_err(StartError::Tls)?
+            .map(Arc::new);
         let hub = Hub::start(&rt, &config)?;
         let (live, idle) = flume::bounded(1);
         let cors = Cors::new(&config.http.cors_origins);
@@ -290,7 +297,7 @@ impl<R: Runtime> Service<R> {
             core.limits.max_connections,
             config.http.max_connections_per_ip,
         );
-        Ok(Self {
+        let service = Self {
             inner: Arc::new(Inner {
                 rt,
                 hub,
@@ -306,8 +313,58 @@ impl<R: Runtime> Service<R> {
                 closing_tx: Mutex::new(Some(closing_tx)),
                 closing,
                 slots,
+                tls,
             }),
-        })
+        };
+        service.watch_tls_files();
+        Ok(service)
+    }
+
+    /// Whether the listener speaks TLS (`tls.cert` and `tls.key` are set).
+    pub fn is_tls(&self) -> bool {
+        self.inner.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key files again (SIGHUP): new connections get the new
+    /// certificate, open ones keep theirs. The files are also checked every 2 s and reloaded
+    /// when they change.
+    ///
+    /// # Errors
+    /// [`TlsError`] for files that cannot be used: the certificate in use stays.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        match &self.inner.tls {
+            Some(tls) => tls.reload(false).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The TLS side of the listener, with HTTPS.
+    pub(crate) fn tls(&self) -> Option<&Tls> {
+        self.inner.tls.as_deref()
+    }
+
+    /// With TLS, checks the certificate and key files for changes until the shutdown, and
+    /// serves what they hold once they changed (a broken file is logged, the old certificate
+    /// stays).
+    fn watch_tls_files(&self) {
+        let Some(tls) = self.inner.tls.clone() else {
+            return;
+        };
+        let rt = self.inner.rt.clone();
+        let closing = self.closing();
+        self.inner.rt.spawn(async move {
+            let checks = async {
+                loop {
+                    rt.sleep_until(rt.now() + RELOAD_CHECK).await;
+                    match tls.reload(true) {
+                        Ok(true) => tracing::info!("tls: the certificate files changed: reloaded"),
+                        Ok(false) => {}
+                        Err(e) => tracing::error!("{e}; the certificate in use stays"),
+                    }
+                }
+            };
+            futures_lite::FutureExt::or(checks, closing).await;
+        });
     }
 
     /// The application API of this server's broker.

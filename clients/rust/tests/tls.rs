@@ -1,6 +1,6 @@
-//! `wss://`: the client over TLS to a tidings server behind a TLS-terminating proxy (how a
-//! server is deployed in production), on real loopback sockets. The proxy is tokio-rustls with a
-//! certificate made here (rcgen) for 127.0.0.1; the client trusts it through
+//! `wss://`: the client over TLS to a tidings server serving TLS itself (`[tls]`), and to one
+//! behind a TLS-terminating proxy, on real loopback sockets. The proxy is tokio-rustls; the
+//! certificate is made here (rcgen) for 127.0.0.1; the client trusts it through
 //! `ClientBuilder::tls_config`, and refuses it with its default roots.
 #![cfg(feature = "tls")]
 
@@ -60,7 +60,7 @@ async fn tls_proxy(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wss_with_the_servers_certificate_trusted_and_refused_without() {
+async fn wss_behind_a_proxy_with_the_certificate_trusted_and_refused_without() {
     let server = tidings_tokio::serve(ServerConfig {
         listen: "127.0.0.1:0".into(),
         ..ServerConfig::default()
@@ -73,7 +73,35 @@ async fn wss_with_the_servers_certificate_trusted_and_refused_without() {
         certified.signing_key.serialize_der(),
     ));
     let port = tls_proxy(cert.clone(), key, server.addr()).await;
-    let url = format!("wss://127.0.0.1:{port}/ws");
+    trusted_and_refused(&format!("wss://127.0.0.1:{port}/ws"), cert).await;
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_directly_to_a_server_serving_tls() {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("tidings-client-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert_file, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        ..ServerConfig::default()
+    };
+    config.tls.cert = Some(cert_file);
+    config.tls.key = Some(key_file);
+    let server = tidings_tokio::serve(config).await.unwrap();
+    let url = format!("wss://{}/ws", server.addr());
+    trusted_and_refused(&url, certified.cert.der().clone()).await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Trusting `cert`: a subscription and a publish round trip over TLS to `url`; with the default
+/// roots: refused, saying why.
+async fn trusted_and_refused(url: &str, cert: CertificateDer<'static>) {
+    let url = url.to_owned();
 
     // Trusting the certificate: a subscription and a publish round trip over TLS.
     let mut roots = rustls::RootCertStore::empty();
@@ -114,5 +142,4 @@ async fn wss_with_the_servers_certificate_trusted_and_refused_without() {
         message.to_lowercase().contains("certificate"),
         "the error names the certificate: {message}"
     );
-    server.shutdown().await;
 }

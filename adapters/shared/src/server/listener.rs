@@ -14,6 +14,7 @@ use smol_hyper::rt::FuturesIo;
 
 use super::rt::{Clock, Exec};
 use super::timed::TimedIo;
+use super::tls::MaybeTls;
 use super::{Answer, Upgrading, answer_on, body};
 use crate::ctx::{Full, Slot, WriteStall};
 use crate::http::Refusal;
@@ -99,6 +100,25 @@ where
         return; // shutting down
     };
     let rt = service.runtime().clone();
+    // Counted from here: a connection in its TLS handshake holds a place too.
+    let slot = service.slots().take(peer.ip());
+    let stream = match service.tls() {
+        None => MaybeTls::Plain(stream),
+        Some(tls) => {
+            let read_timeout = service.http_config().read_timeout;
+            match with_timeout(&rt, read_timeout, tls.accept(stream)).await {
+                Some(Ok(stream)) => MaybeTls::Tls(Box::new(stream)),
+                Some(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                None => {
+                    tracing::debug!(%peer, "TLS handshake not done within http.read_timeout");
+                    return;
+                }
+            }
+        }
+    };
     let stall = WriteStall::default();
     let io = FuturesIo::new(TimedIo::new(
         stream,
@@ -107,7 +127,7 @@ where
         stall.clone(),
     ));
     let builder = builder(&service);
-    let slot = match service.slots().take(peer.ip()) {
+    let slot = match slot {
         Ok(slot) => slot,
         Err(full) => {
             refuse(&builder, &service, io, peer, full).await;
@@ -154,7 +174,7 @@ where
 async fn refuse<R, S>(
     builder: &auto::Builder<Exec<R>>,
     service: &Service<R>,
-    io: FuturesIo<TimedIo<S, R>>,
+    io: FuturesIo<TimedIo<MaybeTls<S>, R>>,
     peer: SocketAddr,
     full: Full,
 ) where
@@ -202,7 +222,7 @@ where
         }
     };
     // The socket itself, not hyper's wrapper: the WebSocket task reads and writes it directly.
-    let parts = match auto::upgrade::downcast::<FuturesIo<TimedIo<S, R>>>(upgraded) {
+    let parts = match auto::upgrade::downcast::<FuturesIo<TimedIo<MaybeTls<S>, R>>>(upgraded) {
         Ok(parts) => parts,
         Err(_) => {
             tracing::error!("an upgraded connection is not the one accepted");

@@ -18,6 +18,7 @@ mod listener;
 pub(crate) use listener::connection;
 mod rt;
 mod timed;
+pub(crate) mod tls;
 
 use std::error::Error as StdError;
 
