@@ -78,6 +78,23 @@ impl FlagValue for String {
     const SAMPLE: (&'static str, &'static str) = ("async-std", "\"async-std\"");
 }
 
+/// A comma-separated list (`a.example,b.example`).
+impl FlagValue for Vec<String> {
+    fn parse(s: &str) -> Result<Self, String> {
+        Ok(s.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+    fn show(&self) -> String {
+        self.join(",")
+    }
+    #[cfg(test)]
+    const SAMPLE: (&'static str, &'static str) =
+        ("a.example,b.example", "[\"a.example\", \"b.example\"]");
+}
+
 impl FlagValue for PathBuf {
     fn parse(s: &str) -> Result<Self, String> {
         Ok(Self::from(s))
@@ -355,6 +372,29 @@ pub(crate) fn flags() -> Vec<Flag> {
                 "The private key of --tls-cert (PEM)",
                 "tls.key",
                 |c, file: PathBuf| c.tls.key = Some(file),
+            ),
+            Flag::field(
+                "acme-domain",
+                "DOMAINS",
+                "Serve HTTPS with a certificate for these domains (comma-separated) obtained \
+                 and renewed automatically from an ACME certificate authority (Let's Encrypt \
+                 by default; the server must be reachable on port 443 of each; docs/TLS.md)",
+                "tls.acme_domains",
+                |c| &mut c.tls.acme_domains,
+            ),
+            Flag::field(
+                "acme-directory",
+                "URL",
+                "The ACME directory of the certificate authority",
+                "tls.acme_directory",
+                |c| &mut c.tls.acme_directory,
+            ),
+            Flag::set(
+                "acme-email",
+                "EMAIL",
+                "A contact email for the ACME account (expiry notices)",
+                "tls.acme_email",
+                |c, email: String| c.tls.acme_email = Some(email),
             ),
             Flag::set(
                 "metrics-token-file",

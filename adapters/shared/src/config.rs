@@ -62,7 +62,7 @@ pub struct ServerConfig {
 }
 
 /// `[tls]`: serve HTTPS (and HTTP/2 by ALPN) instead of plain HTTP.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     /// The certificate chain, PEM (the server's certificate first, then intermediates). With
@@ -73,6 +73,36 @@ pub struct TlsConfig {
     /// CA certificates, PEM: when set, every client must present a certificate signed by one of
     /// them (mutual TLS).
     pub client_ca: Option<PathBuf>,
+    /// Automatic certificates: the domain names to get a certificate for from an ACME
+    /// certificate authority (Let's Encrypt by default), instead of `cert` and `key`. The
+    /// server must be reachable on port 443 of these names (the TLS-ALPN-01 challenge is
+    /// answered on its own TLS listener); the certificate is kept under the data directory
+    /// (`acme/`) and renewed a third of its lifetime before it expires.
+    pub acme_domains: Vec<String>,
+    /// The ACME directory URL.
+    pub acme_directory: String,
+    /// A contact email for the ACME account (expiry notices).
+    pub acme_email: Option<String>,
+    /// An extra CA certificate (PEM) to trust for the ACME directory's HTTPS, besides the
+    /// public roots: for a test or private ACME server.
+    pub acme_ca: Option<PathBuf>,
+}
+
+/// Let's Encrypt's production ACME directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            acme_domains: Vec::new(),
+            acme_directory: LETS_ENCRYPT.to_owned(),
+            acme_email: None,
+            acme_ca: None,
+        }
+    }
 }
 
 /// Why TLS could not be set up (at start, or when reloading: the old certificate stays).
@@ -82,6 +112,11 @@ pub enum TlsError {
     /// Only one of `tls.cert` and `tls.key` is set.
     #[error("tls: set both cert and key (PEM files), or neither for plain HTTP")]
     Incomplete,
+    /// Both certificate files and ACME domains are set.
+    #[error(
+        "tls: set either cert and key (certificate files) or acme_domains (automatic certificates), not both"
+    )]
+    FilesAndAcme,
     /// A file could not be read or holds no usable PEM item.
     #[error("tls: {path}: {why}")]
     File {

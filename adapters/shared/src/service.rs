@@ -283,9 +283,11 @@ impl<R: Runtime> Service<R> {
         let auth =
             Authenticator::with_limits(&config.auth, &core.limits).map_err(StartError::Auth)?;
         // Checked before the data directory is opened: a wrong file is reported as such.
-        let tls = Tls::load(&config.tls)
-            .map_err(StartError::Tls)?
-            .map(Arc::new);
+        let tls = Tls::load(&config.tls, &config.store.dir).map_err(StartError::Tls)?;
+        let (tls, renewals) = match tls {
+            Some((tls, renewals)) => (Some(Arc::new(tls)), renewals),
+            None => (None, None),
+        };
         let hub = Hub::start(&rt, &config)?;
         let (live, idle) = flume::bounded(1);
         let cors = Cors::new(&config.http.cors_origins);
@@ -317,6 +319,13 @@ impl<R: Runtime> Service<R> {
             }),
         };
         service.watch_tls_files();
+        if let Some(renewals) = renewals {
+            let closing = service.closing();
+            service
+                .inner
+                .rt
+                .spawn(futures_lite::FutureExt::or(renewals, closing));
+        }
         Ok(service)
     }
 
@@ -347,7 +356,7 @@ impl<R: Runtime> Service<R> {
     /// serves what they hold once they changed (a broken file is logged, the old certificate
     /// stays).
     fn watch_tls_files(&self) {
-        let Some(tls) = self.inner.tls.clone() else {
+        let Some(tls) = self.inner.tls.clone().filter(|tls| tls.from_files()) else {
             return;
         };
         let rt = self.inner.rt.clone();

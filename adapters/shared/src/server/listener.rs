@@ -107,7 +107,8 @@ where
         Some(tls) => {
             let read_timeout = service.http_config().read_timeout;
             match with_timeout(&rt, read_timeout, tls.accept(stream)).await {
-                Some(Ok(stream)) => MaybeTls::Tls(Box::new(stream)),
+                Some(Ok(Some(stream))) => MaybeTls::Tls(Box::new(stream)),
+                Some(Ok(None)) => return, // an ACME validation: done
                 Some(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
                     return;
