@@ -356,7 +356,7 @@ impl<R: Runtime> Service<R> {
     /// serves what they hold once they changed (a broken file is logged, the old certificate
     /// stays).
     fn watch_tls_files(&self) {
-        let Some(tls) = self.inner.tls.clone().filter(|tls| tls.from_files()) else {
+        let Some(tls) = self.inner.tls.clone().filter(|tls| tls.has_cert_files()) else {
             return;
         };
         let rt = self.inner.rt.clone();

@@ -144,7 +144,7 @@ impl Tls {
     }
 
     /// Whether the certificate comes from files (which are watched for changes).
-    pub(crate) fn from_files(&self) -> bool {
+    pub(crate) fn has_cert_files(&self) -> bool {
         self.files.is_some()
     }
 
