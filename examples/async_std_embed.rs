@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example async_std_embed
-//! curl -N 'http://127.0.0.1:9313/sse?topic=clock.>'                # a tick every second
+//! curl -N 'http://127.0.0.1:9313/sse?topic=clock.%3E'                # a tick every second
 //! curl -d 'hi' 'http://127.0.0.1:9313/publish?topic=orders.new'    # logged by the app
 //! websocat 'ws://127.0.0.1:9313/ws'                                # then:
 //!   {"op":"request","id":1,"event":"echo","data":{"hi":1}}        # -> {"type":"ok","id":1,"data":{"hi":1}}
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
 
         println!("listening on http://{addr}; try:");
-        println!("  curl -N 'http://{addr}/sse?topic=clock.>'");
+        println!("  curl -N 'http://{addr}/sse?topic=clock.%3E'");
         println!("  curl -d 'hi' 'http://{addr}/publish?topic=orders.new'");
         println!("  websocat 'ws://{addr}/ws'");
         println!(r#"    then: {{"op":"request","id":1,"event":"echo","data":{{"hi":1}}}}"#);
