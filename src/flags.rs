@@ -373,6 +373,14 @@ pub(crate) fn flags() -> Vec<Flag> {
                 "tls.key",
                 |c, file: PathBuf| c.tls.key = Some(file),
             ),
+            Flag::set(
+                "redirect-http",
+                "ADDR",
+                "Also listen for plain HTTP on ADDR (e.g. 0.0.0.0:80) and redirect every \
+                 request to https:// (with --tls-cert or --acme-domain)",
+                "tls.redirect_http",
+                |c, addr: String| c.tls.redirect_http = Some(addr),
+            ),
             Flag::field(
                 "acme-domain",
                 "DOMAINS",

@@ -330,3 +330,31 @@ fn unusable_files_are_refused_at_start_naming_them() {
     let e = refused_start(&["--tls-cert", &cert]);
     assert!(e.contains("set both cert and key"), "{e}");
 }
+
+#[test]
+fn a_plain_listener_redirects_to_https() {
+    if !curl_or_skip() {
+        return;
+    }
+    let pki = Pki::new("ca");
+    pki.issue("server");
+    for_each_runtime(|rt| {
+        let plain = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let server = start(rt, &pki, &["--redirect-http", &plain.to_string()]);
+        let head = curl(&["-sI", &format!("http://{plain}/healthz?x=1")]).unwrap();
+        assert!(head.starts_with("HTTP/1.1 308"), "[{rt}] {head}");
+        let location = format!("https://{}/healthz?x=1", server.addr);
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("location: {location}")),
+            "[{rt}] {head}"
+        );
+        // Followed, over TLS.
+        let ca = pki.path("ca.pem");
+        let followed = curl(&["-L", "--cacert", &ca, &format!("http://{plain}/healthz")]);
+        assert_eq!(followed.as_deref(), Ok("ok\n"), "[{rt}]");
+    });
+}

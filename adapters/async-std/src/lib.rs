@@ -97,13 +97,30 @@ impl Server {
     }
 }
 
-/// Binds `config.listen`, starts the broker and accepts connections. Returns once listening.
+/// Binds `config.listen` (and `tls.redirect_http`), starts the broker and accepts connections.
+/// Returns once listening.
 ///
 /// # Errors
 /// If the address cannot be bound or the configuration is invalid.
 pub async fn serve(config: ServerConfig) -> io::Result<Server> {
     let listener = TcpListener::bind(config.listen.as_str()).await?;
-    serve_on(listener, config)
+    let redirect = match &config.tls.redirect_http {
+        Some(addr) => Some(TcpListener::bind(addr.as_str()).await?),
+        None => None,
+    };
+    let server = serve_on(listener, config)?;
+    if let Some(listener) = redirect {
+        let accepting = Accept {
+            listener,
+            service: server.service.clone(),
+        };
+        AsyncIoRuntime.spawn(tidings_adapter::server::redirect(
+            server.service.clone(),
+            accepting,
+            server.addr.port(),
+        ));
+    }
+    Ok(server)
 }
 
 /// Like [`serve`], on a listener already bound (`config.listen` is ignored).

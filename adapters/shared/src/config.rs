@@ -86,6 +86,9 @@ pub struct TlsConfig {
     /// An extra CA certificate (PEM) to trust for the ACME directory's HTTPS, besides the
     /// public roots: for a test or private ACME server.
     pub acme_ca: Option<PathBuf>,
+    /// A plain HTTP listener on this address (e.g. `"0.0.0.0:80"`) answering every request
+    /// with a permanent redirect (`308`) to the same URL over `https://`.
+    pub redirect_http: Option<String>,
 }
 
 /// Let's Encrypt's production ACME directory.
@@ -101,6 +104,7 @@ impl Default for TlsConfig {
             acme_directory: LETS_ENCRYPT.to_owned(),
             acme_email: None,
             acme_ca: None,
+            redirect_http: None,
         }
     }
 }

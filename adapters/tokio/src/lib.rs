@@ -138,14 +138,31 @@ pub fn start(config: ServerConfig) -> Result<Service<TokioRuntime>, StartError> 
     Service::start(TokioRuntime::current(), config)
 }
 
-/// Binds `config.listen`, starts the broker and accepts connections on the current tokio
-/// runtime. Returns once listening.
+/// Binds `config.listen` (and `tls.redirect_http`), starts the broker and accepts connections
+/// on the current tokio runtime. Returns once listening.
 ///
 /// # Errors
 /// If the address cannot be bound or the configuration is invalid.
 pub async fn serve(config: ServerConfig) -> io::Result<Server> {
     let listener = TcpListener::bind(&config.listen).await?;
-    serve_on(listener, config)
+    let redirect = match &config.tls.redirect_http {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let server = serve_on(listener, config)?;
+    if let Some(listener) = redirect {
+        let accepting = Accept {
+            listener,
+            service: server.service.clone(),
+        };
+        let https_port = server.addr.port();
+        tokio::spawn(tidings_adapter::server::redirect(
+            server.service.clone(),
+            accepting,
+            https_port,
+        ));
+    }
+    Ok(server)
 }
 
 /// Like [`serve`], on a listener already bound (`config.listen` is ignored).

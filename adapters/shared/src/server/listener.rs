@@ -67,6 +67,84 @@ pub async fn serve<R: Runtime, L: Listener>(service: Service<R>, mut listener: L
     tracing::debug!("no longer accepting connections");
 }
 
+/// Answers every request of the connections from `listener` with a permanent redirect (`308`)
+/// to the same host and target over `https://` on `https_port` (`tls.redirect_http`), until
+/// [`Service::shutdown`] starts.
+pub async fn redirect<R: Runtime, L: Listener>(
+    service: Service<R>,
+    mut listener: L,
+    https_port: u16,
+) {
+    let rt = service.runtime().clone();
+    loop {
+        let closing = async {
+            service.closing().await;
+            None
+        };
+        let accepted = async { Some(listener.accept().await) };
+        let Some(accepted) = closing.or(accepted).await else {
+            break;
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                service.accept_failed(&e);
+                rt.sleep_until(rt.now() + Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = service.slots().take(peer.ip()) else {
+            continue; // over a limit: closed at once
+        };
+        let service = service.clone();
+        rt.spawn(async move {
+            let _slot = slot;
+            let mut builder = builder(&service);
+            builder.http1().keep_alive(false);
+            let handler = hyper::service::service_fn(move |req: http::Request<_>| {
+                let response = body::plain(to_https(&req, https_port));
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let io = FuturesIo::new(TimedIo::new(
+                stream,
+                service.runtime().clone(),
+                service.http_config().write_timeout,
+                WriteStall::default(),
+            ));
+            let conn = builder.serve_connection(io, handler);
+            let _ = with_timeout(service.runtime(), REFUSAL_TIME, conn).await;
+        });
+    }
+}
+
+/// `308 Permanent Redirect` to the request's URL over `https://` on `port`.
+fn to_https<B>(req: &http::Request<B>, port: u16) -> crate::http::Response {
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("localhost");
+    // The host without its port (an IPv6 literal keeps its brackets).
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .map_or(host, |(v6, _)| &host[..v6.len() + 2]),
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = match port {
+        443 => format!("https://{name}{target}"),
+        port => format!("https://{name}:{port}{target}"),
+    };
+    crate::http::Response {
+        status: 308,
+        headers: vec![("Location".to_owned(), location.clone())],
+        content_type: "text/plain; charset=utf-8",
+        body: format!("this server is at {location}\n").into_bytes(),
+    }
+}
+
 /// The hyper settings of every connection.
 fn builder<R: Runtime>(service: &Service<R>) -> auto::Builder<Exec<R>> {
     let rt = service.runtime();
@@ -252,4 +330,34 @@ where
     // A task of exactly the connection's size.
     let rt = service.runtime().clone();
     rt.spawn(service.run_upgraded(ws, head, upgrade));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_https;
+
+    fn location(host: &str, target: &str, port: u16) -> String {
+        let req = http::Request::builder()
+            .uri(target)
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let response = to_https(&req, port);
+        assert_eq!(response.status, 308);
+        response.headers[0].1.clone()
+    }
+
+    #[test]
+    fn redirects_keep_the_host_and_target_and_take_the_https_port() {
+        assert_eq!(
+            location("events.example.com", "/sse?topic=a", 443),
+            "https://events.example.com/sse?topic=a"
+        );
+        assert_eq!(
+            location("events.example.com:80", "/", 8443),
+            "https://events.example.com:8443/"
+        );
+        assert_eq!(location("[::1]:80", "/x", 443), "https://[::1]/x");
+        assert_eq!(location("[::1]", "/x", 9443), "https://[::1]:9443/x");
+    }
 }

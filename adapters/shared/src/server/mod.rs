@@ -28,7 +28,7 @@ use http_body_util::{BodyExt as _, Limited};
 use tidings_core::{ErrorCode, ProtocolError};
 
 pub use body::Body;
-pub use listener::{Listener, serve};
+pub use listener::{Listener, redirect, serve};
 
 use crate::ctx::WriteStall;
 use crate::http::{Refusal, Response};

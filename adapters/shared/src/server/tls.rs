@@ -78,6 +78,12 @@ impl Tls {
         let acme = !config.acme_domains.is_empty();
         let (resolver, files, renewals): (Arc<dyn ResolvesServerCert>, _, _) =
             match (&config.cert, &config.key, acme) {
+                (None, None, false) if config.redirect_http.is_some() => {
+                    return Err(TlsError::Config(
+                        "redirect_http redirects to HTTPS, which needs cert and key or acme_domains"
+                            .to_owned(),
+                    ));
+                }
                 (None, None, false) => return Ok(None),
                 (Some(_), Some(_), true) => return Err(TlsError::FilesAndAcme),
                 (Some(cert), Some(key), false) => {
