@@ -129,7 +129,12 @@ impl App {
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        let scheme = if self.server.service().is_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.server.addr())
     }
 
     async fn publish(&self, items: &Value) -> Vec<String> {
@@ -221,8 +226,17 @@ impl App {
 /// Runs `node tests/browser/run.mjs scenario urls...`, answering its questions with `app`;
 /// returns its result after checking that it exited with 0.
 async fn run(scenario: &str, app: &App, urls: &[String]) -> Value {
+    run_trusting(scenario, app, urls, None).await
+}
+
+/// [`run`], with Chromium trusting the server certificate in the PEM file `trust`.
+async fn run_trusting(scenario: &str, app: &App, urls: &[String], trust: Option<&Path>) -> Value {
     let script = Path::new(ROOT).join("tests/browser/run.mjs");
-    let mut child = Command::new("node")
+    let mut command = Command::new("node");
+    if let Some(cert) = trust {
+        command.env("TIDINGS_TRUST_CERT", cert);
+    }
+    let mut child = command
         .arg(&script)
         .arg(scenario)
         .args(urls)
@@ -546,4 +560,57 @@ async fn tidings_js_requests_replies_and_sends() {
         json!({"before": "closed", "states": ["connecting", "open", "closed"], "afterClose": "closed"}),
         "{r:#}"
     );
+}
+
+/// (g) Over https:// (the server's own TLS, a certificate made here that Chromium is told to
+/// trust): HTTP/2, ten `EventSource`s of one page open at once on one origin, and each resumes
+/// with its `Last-Event-ID` after the server ends the streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_eventsources_share_one_https_origin_over_http2_and_resume() {
+    if !tools_ready() {
+        return;
+    }
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("tidings-browser-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let (tls_cert, tls_key) = (cert.clone(), key.clone());
+    let app = App::start(move |c| {
+        c.tls.cert = Some(tls_cert);
+        c.tls.key = Some(tls_key);
+    })
+    .await;
+    assert!(app.url().starts_with("https://"));
+    let r = run_trusting("https", &app, &[app.url()], Some(&cert)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r["protocol"], "h2", "{r:#}");
+    assert_eq!(r["title"], "tidings demo", "{r:#}");
+    let c = strings(&r["published"]);
+    let streams = r["streams"].as_array().unwrap();
+    assert_eq!(streams.len(), 10);
+    assert_eq!(r["closed"].as_array().unwrap().len(), 10, "{r:#}");
+    for s in streams {
+        assert_eq!(s["opens"], 2, "{r:#}");
+        assert_eq!(
+            s["got"],
+            json!([
+                {"data": "to all ten", "id": c[0]},
+                {"data": "missed one", "id": c[1]},
+                {"data": "missed two", "id": c[2]},
+            ]),
+            "{r:#}"
+        );
+    }
+    // Each resumed with the last cursor it had.
+    let resumed = app
+        .seen
+        .lock()
+        .unwrap()
+        .conns
+        .iter()
+        .filter(|conn| conn["transport"] == "sse" && conn["last_event_id"] == c[0].as_str())
+        .count();
+    assert_eq!(resumed, 10, "{r:#}");
 }

@@ -17,7 +17,8 @@
 // It exits 0 when the scenario ran to its end, 1 on a failure (a timeout waiting for the
 // browser, an uncaught error in a page), 3 when the whole run takes longer than 90 s. Nothing
 // sleeps: every wait is for a condition in the page (waitForFunction, waitForSelector), bounded.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createHash, X509Certificate } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import readline from 'node:readline';
@@ -39,6 +40,13 @@ const FLAGS = [
   '--disable-component-update',
   '--disable-sync',
 ];
+// A server certificate to trust (made by the test, PEM): Chromium trusts it by the hash of its
+// public key, as it would a certificate of a CA in its store.
+if (process.env.TIDINGS_TRUST_CERT) {
+  const cert = new X509Certificate(readFileSync(process.env.TIDINGS_TRUST_CERT));
+  const spki = cert.publicKey.export({ type: 'spki', format: 'der' });
+  FLAGS.push(`--ignore-certificate-errors-spki-list=${createHash('sha256').update(spki).digest('base64')}`);
+}
 const WAIT_MS = 15000;
 
 setTimeout(() => {
@@ -218,6 +226,45 @@ const scenarios = {
   },
 
   /** (c) A plain EventSource reconnects by itself with Last-Event-ID after the stream ends. */
+  /**
+   * (g) Over https:// with HTTP/2: the demo page loads, ten EventSources of one page are open
+   * at once on its origin (over HTTP/1.1 a browser allows six connections per origin), each
+   * gets a live event, and after the server ends every stream each resumes with its
+   * Last-Event-ID and gets exactly the events it missed.
+   */
+  async https() {
+    const page = await newPage(base + '/');
+    const protocol = await page.evaluate(
+      () => performance.getEntriesByType('navigation')[0].nextHopProtocol,
+    );
+    await page.evaluate(() => {
+      window.streams = [];
+      for (let i = 0; i < 10; i++) {
+        const s = { opens: 0, got: [] };
+        const es = new EventSource('/sse?topic=h.*');
+        es.onopen = () => s.opens++;
+        es.onmessage = (e) => s.got.push({ data: e.data, id: e.lastEventId });
+        streams.push(s);
+      }
+    });
+    await until(page, () => streams.every((s) => s.opens === 1));
+    const live = await ask({ ask: 'publish', items: [text('h.a', 'to all ten')] });
+    await until(page, () => streams.every((s) => s.got.length === 1));
+    const drop = await ask({
+      ask: 'close',
+      transport: 'sse',
+      then: [text('h.b', 'missed one'), text('h.c', 'missed two')],
+    });
+    await until(page, () => streams.every((s) => s.opens === 2 && s.got.length === 3));
+    return {
+      protocol,
+      title: await page.title(),
+      published: [...live.cursors, ...drop.cursors],
+      closed: drop.closed,
+      streams: await page.evaluate(() => streams),
+    };
+  },
+
   async eventsource() {
     const page = await newPage(base + '/healthz');
     await page.evaluate(() => {
