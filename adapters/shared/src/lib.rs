@@ -5,7 +5,8 @@
 //! - [`Service`]: the HTTP surface of DESIGN.md §4 (`/ws`, `/sse`, `/publish`, `/healthz`,
 //!   `/metrics`): what answers each request ([`Service::route`]).
 //! - [`server`]: the HTTP server (hyper: HTTP/1.1 with keep-alive, HTTP/2) over any
-//!   `futures-io` connections a runtime adapter accepts ([`server::Listener`]).
+//!   `futures-io` connections a runtime adapter accepts ([`server::Listener`]), with TLS
+//!   (rustls: certificate files or ACME) when configured.
 //! - [`Hub`]: the application API (publish, send, rooms, emit-with-ack, request handlers,
 //!   connect/disconnect hooks, in-process subscriptions), talking to the one driver task that
 //!   owns the broker (`driver.rs`).
@@ -41,6 +42,7 @@ pub mod server;
 mod service;
 pub mod sse;
 pub mod store;
+mod tls;
 mod writer;
 mod ws;
 

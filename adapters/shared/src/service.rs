@@ -32,7 +32,7 @@ use crate::hub::{Hub, HubError, StartError};
 use crate::io::with_deadline;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::server::tls::{RELOAD_CHECK, Tls};
+use crate::tls::{RELOAD_CHECK, Tls};
 use crate::sse::SseRequest;
 
 /// What exists, for 404 and 405 answers.

@@ -14,7 +14,7 @@ use smol_hyper::rt::FuturesIo;
 
 use super::rt::{Clock, Exec};
 use super::timed::TimedIo;
-use super::tls::MaybeTls;
+use crate::tls::MaybeTls;
 use super::{Answer, Upgrading, answer_on, body};
 use crate::ctx::{Full, Slot, WriteStall};
 use crate::http::Refusal;

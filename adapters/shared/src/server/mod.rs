@@ -18,7 +18,6 @@ mod listener;
 pub(crate) use listener::connection;
 mod rt;
 mod timed;
-pub(crate) mod tls;
 
 use std::error::Error as StdError;
 
