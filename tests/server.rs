@@ -1277,3 +1277,97 @@ fn a_client_that_does_not_read_is_dropped_at_the_write_timeout_and_counted() {
         drop(stream);
     });
 }
+
+/// What one HTTP publish got from a server that is shutting down.
+#[derive(Debug, PartialEq, Eq)]
+enum ShutdownOutcome {
+    /// `200`: published.
+    Published,
+    /// `503 shutting_down` with `Retry-After`.
+    Refused,
+    /// The connection was refused: nothing was sent.
+    NotConnected,
+    /// The request was written and nothing came back (a reset, or the end of the stream).
+    Unanswered(String),
+}
+
+/// One publish on a new connection, read to its end.
+fn publish_during_shutdown(addr: std::net::SocketAddr, n: usize) -> ShutdownOutcome {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return ShutdownOutcome::NotConnected;
+    };
+    let body = format!("event {n}");
+    let request = format!(
+        "POST /publish?topic=drain.a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if let Err(e) = stream.write_all(request.as_bytes()) {
+        return ShutdownOutcome::Unanswered(format!("writing: {e}"));
+    }
+    let mut raw = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut raw) {
+        if raw.is_empty() {
+            return ShutdownOutcome::Unanswered(format!("reading: {e}"));
+        }
+    }
+    if raw.is_empty() {
+        return ShutdownOutcome::Unanswered("no answer".to_owned());
+    }
+    let resp = Resp::parse(&raw);
+    match resp.status {
+        200 => ShutdownOutcome::Published,
+        503 if resp.header("retry-after").is_some() => ShutdownOutcome::Refused,
+        _ => ShutdownOutcome::Unanswered(format!("{} {}", resp.status, resp.body)),
+    }
+}
+
+#[test]
+fn at_sigterm_every_publish_written_gets_an_answer() {
+    for_each_runtime(|rt| {
+        let mut server = Server::start(rt, &[]);
+        let addr = server.addr;
+        // 64 publishers, each a new connection per publish, until the server is gone.
+        let publishers: Vec<_> = (0..64)
+            .map(|p| {
+                thread::spawn(move || {
+                    let mut outcomes = Vec::new();
+                    for n in 0.. {
+                        let outcome = publish_during_shutdown(addr, p * 1_000_000 + n);
+                        let done = outcome == ShutdownOutcome::NotConnected;
+                        outcomes.push(outcome);
+                        if done {
+                            break;
+                        }
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        // Publishes flow, then the shutdown starts in the middle of them.
+        server.wait_for_metrics("publishes flow", |m| {
+            metric(m, "tidings_publishes_total") >= 500
+        });
+        let status = server.terminate();
+        assert!(status.success(), "[{rt}] exit status {status:?}");
+        let outcomes: Vec<ShutdownOutcome> = publishers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap())
+            .collect();
+        let unanswered: Vec<&ShutdownOutcome> = outcomes
+            .iter()
+            .filter(|o| matches!(o, ShutdownOutcome::Unanswered(_)))
+            .collect();
+        let count = |o: &ShutdownOutcome| outcomes.iter().filter(|x| *x == o).count();
+        eprintln!(
+            "[{rt}] published {}, refused with 503 {}, not connected {}, unanswered {}",
+            count(&ShutdownOutcome::Published),
+            count(&ShutdownOutcome::Refused),
+            count(&ShutdownOutcome::NotConnected),
+            unanswered.len()
+        );
+        assert!(
+            unanswered.is_empty(),
+            "[{rt}] publishes written and never answered: {unanswered:?}"
+        );
+    });
+}

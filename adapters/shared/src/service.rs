@@ -32,8 +32,8 @@ use crate::hub::{Hub, HubError, StartError};
 use crate::io::with_deadline;
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
-use crate::tls::{RELOAD_CHECK, Tls};
 use crate::sse::SseRequest;
+use crate::tls::{RELOAD_CHECK, Tls};
 
 /// What exists, for 404 and 405 answers.
 const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), \

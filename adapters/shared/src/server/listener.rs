@@ -14,14 +14,14 @@ use smol_hyper::rt::FuturesIo;
 
 use super::rt::{Clock, Exec};
 use super::timed::TimedIo;
-use crate::tls::MaybeTls;
-use super::{Answer, Upgrading, answer_on, body};
+use super::{Answer, Upgrading, answer, answer_on, body};
 use crate::ctx::{Full, Slot, WriteStall};
 use crate::http::Refusal;
 use crate::io::with_timeout;
 use crate::request::{MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::runtime::Runtime;
 use crate::service::Service;
+use crate::tls::MaybeTls;
 
 /// Where connections come from: a runtime adapter's TCP listener (or a TLS acceptor over
 /// one), yielding `futures-io` streams.
@@ -42,10 +42,20 @@ const REFUSAL_TIME: Duration = Duration::from_secs(2);
 /// more fit).
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 
+/// How long the accept queue is drained at shutdown: accepting stops once no connection came
+/// for this long.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
+
 /// Accepts connections until [`Service::shutdown`] starts, and serves each on a task of the
 /// runtime: HTTP/1.1 with keep-alive, or HTTP/2 when the client starts with its preface.
+///
+/// At shutdown, the connections already in the kernel's accept queue (whose clients may have
+/// written a publish) are accepted too and each request on them is answered (`503
+/// shutting_down` with `Retry-After`) before the listener is closed: none is reset unanswered.
+/// The shutdown waits for them.
 pub async fn serve<R: Runtime, L: Listener>(service: Service<R>, mut listener: L) {
     let rt = service.runtime().clone();
+    let guard = service.track();
     loop {
         let closing = async {
             service.closing().await;
@@ -64,7 +74,77 @@ pub async fn serve<R: Runtime, L: Listener>(service: Service<R>, mut listener: L
             }
         }
     }
+    let mut drained = Vec::new();
+    while let Some(Ok((stream, peer))) = with_timeout(&rt, DRAIN_QUIET, listener.accept()).await {
+        drained.push(connection_at_shutdown(service.clone(), stream, peer));
+    }
+    drop(listener);
+    if !drained.is_empty() {
+        tracing::debug!(
+            "answering {} connections accepted at shutdown",
+            drained.len()
+        );
+    }
+    futures_util::future::join_all(drained).await;
+    drop(guard);
     tracing::debug!("no longer accepting connections");
+}
+
+/// The TLS handshake, with TLS (within `http.read_timeout`): `None` if it failed, or for an
+/// ACME validation (done with the handshake).
+async fn secure<R, S>(service: &Service<R>, stream: S, peer: SocketAddr) -> Option<MaybeTls<S>>
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = service.tls() else {
+        return Some(MaybeTls::Plain(stream));
+    };
+    let read_timeout = service.http_config().read_timeout;
+    match with_timeout(service.runtime(), read_timeout, tls.accept(stream)).await {
+        Some(Ok(Some(stream))) => Some(MaybeTls::Tls(Box::new(stream))),
+        Some(Ok(None)) => None,
+        Some(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            None
+        }
+        None => {
+            tracing::debug!(%peer, "TLS handshake not done within http.read_timeout");
+            None
+        }
+    }
+}
+
+/// A connection accepted at shutdown: its request is answered (`503 shutting_down`), then it is
+/// closed, within [`REFUSAL_TIME`].
+async fn connection_at_shutdown<R, S>(service: Service<R>, stream: S, peer: SocketAddr)
+where
+    R: Runtime,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(stream) = secure(&service, stream, peer).await else {
+        return;
+    };
+    let io = FuturesIo::new(TimedIo::new(
+        stream,
+        service.runtime().clone(),
+        service.http_config().write_timeout,
+        WriteStall::default(),
+    ));
+    let mut builder = builder(&service);
+    builder.http1().keep_alive(false);
+    let answering = service.clone();
+    let handler = hyper::service::service_fn(move |req| {
+        let service = answering.clone();
+        async move { Ok::<_, Infallible>(answer(&service, req).await.response) }
+    });
+    let conn = builder.serve_connection(io, handler);
+    if with_timeout(service.runtime(), REFUSAL_TIME, conn)
+        .await
+        .is_none()
+    {
+        tracing::debug!(%peer, "a connection accepted at shutdown sent no request in time");
+    }
 }
 
 /// Answers every request of the connections from `listener` with a permanent redirect (`308`)
@@ -175,28 +255,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let Some(_guard) = service.track() else {
-        return; // shutting down
+        // Accepted as the shutdown started: its request is answered, not reset.
+        return connection_at_shutdown(service, stream, peer).await;
     };
     let rt = service.runtime().clone();
     // Counted from here: a connection in its TLS handshake holds a place too.
     let slot = service.slots().take(peer.ip());
-    let stream = match service.tls() {
-        None => MaybeTls::Plain(stream),
-        Some(tls) => {
-            let read_timeout = service.http_config().read_timeout;
-            match with_timeout(&rt, read_timeout, tls.accept(stream)).await {
-                Some(Ok(Some(stream))) => MaybeTls::Tls(Box::new(stream)),
-                Some(Ok(None)) => return, // an ACME validation: done
-                Some(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                None => {
-                    tracing::debug!(%peer, "TLS handshake not done within http.read_timeout");
-                    return;
-                }
-            }
-        }
+    let Some(stream) = secure(&service, stream, peer).await else {
+        return;
     };
     let stall = WriteStall::default();
     let io = FuturesIo::new(TimedIo::new(

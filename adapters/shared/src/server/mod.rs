@@ -86,7 +86,12 @@ where
         upgrade: None,
     };
     let Some(guard) = service.track() else {
-        let refusal = Refusal::new(503, "shutting_down", "the server is shutting down");
+        let refusal = Refusal::new(
+            503,
+            "shutting_down",
+            "the server is shutting down; retry (another instance, or this one once restarted)",
+        )
+        .with_header("Retry-After", "1");
         return plain(refusal.into_response());
     };
     let head = match RequestHead::from_http(&req) {
