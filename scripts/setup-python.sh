@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Python clients the interop tests use (PyPI ksbus, pinned in
-# tests/interop/python-requirements.txt) into a virtual environment at tests/interop/.venv,
-# which tests/ksbus_interop.rs uses.
+# Installs the Python clients the interop tests use (PyPI ksbus, sseclient-py, requests, httpx
+# and h2, pinned in tests/interop/python-requirements.txt) into a virtual environment at
+# tests/interop/.venv, which tests/ksbus_interop.rs and tests/http.rs use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v python3 >/dev/null; then
