@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::Stream as _;
 use http_body::{Frame, SizeHint};
 
+use super::activity::Active;
 use crate::ctx::ConnGuard;
 use crate::http::Response;
 use crate::sse::SseBody;
@@ -15,7 +16,11 @@ use crate::sse::SseBody;
 /// A response body: complete, or an SSE stream sent as it comes (HTTP/1.1 chunks, HTTP/2 DATA
 /// frames). Usable by any HTTP server built on `http-body` (hyper, axum).
 #[derive(Debug)]
-pub struct Body(Kind);
+pub struct Body {
+    kind: Kind,
+    /// The request it answers, in progress until it is sent (the listener's idle check).
+    _active: Option<Active>,
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -32,17 +37,30 @@ enum Kind {
 impl Body {
     /// No body.
     pub fn empty() -> Self {
-        Self(Kind::Full(None))
+        Self::of(Kind::Full(None))
+    }
+
+    fn of(kind: Kind) -> Self {
+        Self {
+            kind,
+            _active: None,
+        }
+    }
+
+    /// Holds `active` until the body is dropped (sent, or abandoned).
+    pub(crate) fn holding(mut self, active: Active) -> Self {
+        self._active = Some(active);
+        self
     }
 
     /// A complete body.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self(Kind::Full((!bytes.is_empty()).then_some(bytes)))
+        Self::of(Kind::Full((!bytes.is_empty()).then_some(bytes)))
     }
 
     pub(crate) fn sse(first: Option<Bytes>, stream: SseBody, guard: ConnGuard) -> Self {
-        Self(Kind::Sse {
+        Self::of(Kind::Sse {
             first,
             stream,
             _guard: guard,
@@ -58,7 +76,7 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match &mut self.get_mut().0 {
+        match &mut self.get_mut().kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Sse { first, stream, .. } => match first.take() {
                 Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
@@ -70,11 +88,11 @@ impl http_body::Body for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.0, Kind::Full(None))
+        matches!(self.kind, Kind::Full(None))
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Sse { .. } => SizeHint::default(),
         }

@@ -12,6 +12,7 @@ use futures_lite::FutureExt as _;
 use hyper_util::server::conn::auto;
 use smol_hyper::rt::FuturesIo;
 
+use super::activity::Activity;
 use super::rt::{Clock, Exec};
 use super::timed::TimedIo;
 use super::{Answer, Upgrading, answer, answer_on, body};
@@ -279,38 +280,51 @@ where
             return;
         }
     };
+    let activity = Activity::default();
     let answering = service.clone();
+    let requests = activity.clone();
     let handler = hyper::service::service_fn(move |req| {
         let service = answering.clone();
         let slot = slot.clone();
         let stall = stall.clone();
+        let active = requests.begin();
         async move {
             let Answer { response, upgrade } = answer_on(&service, req, Some(&stall)).await;
             if let Some(upgrading) = upgrade {
                 let rt = service.runtime().clone();
                 rt.spawn(run_upgrade::<R, S>(service, upgrading, slot));
             }
-            Ok::<_, Infallible>(response)
+            // Active until its body is sent (a stream: as long as it lasts).
+            Ok::<_, Infallible>(response.map(|body| body.holding(active)))
         }
     });
     let mut conn = pin!(builder.serve_connection_with_upgrades(io, handler));
     let closing = service.closing();
+    let idle = activity.idle_for(&rt, service.http_config().read_timeout);
     let served = async { Some(conn.as_mut().await) }
         .or(async {
             closing.await;
             None
         })
+        .or(async {
+            idle.await;
+            tracing::debug!(%peer, "closing a connection idle for http.read_timeout");
+            None
+        })
         .await;
     let served = match served {
-        Some(served) => served,
+        Some(served) => Some(served),
         None => {
-            // Requests in flight are answered; idle keep-alive connections close now.
+            // Requests in flight are answered; an idle connection closes now (HTTP/2: after
+            // its GOAWAY and a PING round trip, which a silent peer does not make: bounded).
             conn.as_mut().graceful_shutdown();
-            conn.await
+            with_timeout(&rt, service.http_config().read_timeout, conn).await
         }
     };
-    if let Err(e) = served {
-        tracing::debug!(%peer, "connection ended: {e}");
+    match served {
+        Some(Err(e)) => tracing::debug!(%peer, "connection ended: {e}"),
+        None => tracing::debug!(%peer, "connection dropped: it did not close in time"),
+        Some(Ok(())) => {}
     }
 }
 

@@ -12,6 +12,7 @@
 //! route's limit, within `http.read_timeout`; nothing is allocated for what a client only
 //! announced.
 
+mod activity;
 mod body;
 mod listener;
 #[cfg(test)]
