@@ -24,8 +24,8 @@ use crate::runtime::Runtime;
 use crate::service::Service;
 use crate::tls::MaybeTls;
 
-/// Where connections come from: a runtime adapter's TCP listener (or a TLS acceptor over
-/// one), yielding `futures-io` streams.
+/// Where connections come from: a runtime adapter's TCP listener, yielding `futures-io`
+/// streams (the server adds TLS when it is configured).
 pub trait Listener: Send + 'static {
     /// An accepted connection.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
