@@ -29,6 +29,8 @@
 #   QUIET [30]          before each run wait up to this many s for a second >= 70 % idle (0: no wait)
 #   OUT [/tmp/bench-pair-<time>.jsonl]   every run's JSON line (+ label, repeat, idle, load)
 #   BEFORE_LABEL [before], AFTER_LABEL [after]
+#   TARGET [tidings]    the tidings protocol of both sides: tidings (native /ws) or tidings-sse
+#   RUNTIME [tokio]     tidings serve --runtime of both sides: tokio or async-std
 #   BEFORE_ARGS, AFTER_ARGS [none]   extra `tidings serve` flags for one side, space-separated
 #                       (e.g. one binary twice: BEFORE_ARGS=--memory AFTER_ARGS='--durability strict')
 # Re-print the table of an earlier OUT without measuring: benches/scripts/pair.sh --table FILE.jsonl
@@ -100,7 +102,7 @@ if [ "${1:-}" = "--table" ]; then
     exit 0
 fi
 if [ $# -ne 2 ]; then
-    sed -n '2,30p' "$0" >&2
+    sed -n '2,36p' "$0" >&2
     exit 2
 fi
 
@@ -113,6 +115,8 @@ QUIET=${QUIET:-30}
 OUT=${OUT:-/tmp/bench-pair-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 BEFORE_LABEL=${BEFORE_LABEL:-before}
 AFTER_LABEL=${AFTER_LABEL:-after}
+TARGET=${TARGET:-tidings}
+RUNTIME=${RUNTIME:-tokio}
 
 for f in "$1" "$2" "$BENCH"; do
     [ -x "$f" ] || { echo "not an executable: $f" >&2; exit 2; }
@@ -139,7 +143,7 @@ cp "$BENCH" "$DIR/tidings-bench"
 echo "== bench-pair: $(date -u +%FT%TZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 echo "   $BEFORE_LABEL = $1 (sha256 $(sha256sum "$1" | cut -c1-12)) ${BEFORE_ARGS:-}" >&2
 echo "   $AFTER_LABEL = $2 (sha256 $(sha256sum "$2" | cut -c1-12)) ${AFTER_ARGS:-}" >&2
-echo "   load generator $BENCH; runs $RUNS; N = $NS; nats $NATS; JSON lines -> $OUT" >&2
+echo "   load generator $BENCH; target $TARGET, runtime $RUNTIME; runs $RUNS; N = $NS; nats $NATS; JSON lines -> $OUT" >&2
 
 # Percent of CPU time idle over one second.
 idle_pct() {
@@ -218,8 +222,8 @@ for rep in $(seq "$RUNS"); do
         for j in $(seq 0 $((k - 1))); do
             sys=${SYSTEMS[$(((j + rep - 1) % k))]}
             case $sys in
-                before) run "$BEFORE_LABEL" "$rep" "$n" --target tidings --server-bin "$DIR/tidings.before" "${BEFORE_SERVER[@]}" ;;
-                after) run "$AFTER_LABEL" "$rep" "$n" --target tidings --server-bin "$DIR/tidings.after" "${AFTER_SERVER[@]}" ;;
+                before) run "$BEFORE_LABEL" "$rep" "$n" --target "$TARGET" --runtime "$RUNTIME" --server-bin "$DIR/tidings.before" "${BEFORE_SERVER[@]}" ;;
+                after) run "$AFTER_LABEL" "$rep" "$n" --target "$TARGET" --runtime "$RUNTIME" --server-bin "$DIR/tidings.after" "${AFTER_SERVER[@]}" ;;
                 nats) run nats "$rep" "$n" --target nats "${NATS_ARGS[@]}" ;;
             esac
         done
