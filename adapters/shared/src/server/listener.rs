@@ -10,10 +10,9 @@ use std::time::Duration;
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::FutureExt as _;
 use hyper_util::server::conn::auto;
-use smol_hyper::rt::FuturesIo;
 
 use super::activity::Activity;
-use super::rt::{Clock, Exec};
+use super::rt::{Clock, Exec, HyperIo};
 use super::timed::TimedIo;
 use super::{Answer, Upgrading, answer, answer_on, body};
 use crate::ctx::{Full, Slot, WriteStall};
@@ -126,7 +125,7 @@ where
     let Some(stream) = secure(&service, stream, peer).await else {
         return;
     };
-    let io = FuturesIo::new(TimedIo::new(
+    let io = HyperIo::new(TimedIo::new(
         stream,
         service.runtime().clone(),
         service.http_config().write_timeout,
@@ -186,7 +185,7 @@ pub async fn redirect<R: Runtime, L: Listener>(
                 let response = body::plain(to_https(&req, https_port));
                 async move { Ok::<_, Infallible>(response) }
             });
-            let io = FuturesIo::new(TimedIo::new(
+            let io = HyperIo::new(TimedIo::new(
                 stream,
                 service.runtime().clone(),
                 service.http_config().write_timeout,
@@ -266,7 +265,7 @@ where
         return;
     };
     let stall = WriteStall::default();
-    let io = FuturesIo::new(TimedIo::new(
+    let io = HyperIo::new(TimedIo::new(
         stream,
         rt.clone(),
         service.http_config().write_timeout,
@@ -333,7 +332,7 @@ where
 async fn refuse<R, S>(
     builder: &auto::Builder<Exec<R>>,
     service: &Service<R>,
-    io: FuturesIo<TimedIo<MaybeTls<S>, R>>,
+    io: HyperIo<TimedIo<MaybeTls<S>, R>>,
     peer: SocketAddr,
     full: Full,
 ) where
@@ -381,7 +380,7 @@ where
         }
     };
     // The socket itself, not hyper's wrapper: the WebSocket task reads and writes it directly.
-    let parts = match auto::upgrade::downcast::<FuturesIo<TimedIo<MaybeTls<S>, R>>>(upgraded) {
+    let parts = match auto::upgrade::downcast::<HyperIo<TimedIo<MaybeTls<S>, R>>>(upgraded) {
         Ok(parts) => parts,
         Err(_) => {
             tracing::error!("an upgraded connection is not the one accepted");

@@ -183,7 +183,9 @@ where
     let deadline = rt.now() + service.http_config().read_timeout;
     let collected = with_deadline(rt, deadline, Limited::new(body, limit).collect()).await;
     match collected {
-        Some(Ok(collected)) => Ok(collected.to_bytes().into()),
+        // Copied out: the body's bytes are a slice of hyper's read buffer (8 KiB or more), which
+        // a stored event would otherwise keep alive for as long as it is retained.
+        Some(Ok(collected)) => Ok(collected.to_bytes().to_vec()),
         Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(too_large("the body is larger".to_owned()))
         }

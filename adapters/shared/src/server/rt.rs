@@ -1,10 +1,14 @@
-//! hyper's executor and timer, on the server's [`Runtime`].
+//! hyper's executor, timer and I/O traits, on the server's [`Runtime`] and `futures-io` streams.
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use futures_io::{AsyncRead, AsyncWrite};
+use smol_hyper::rt::FuturesIo;
 
 use crate::runtime::Runtime;
 
@@ -56,3 +60,60 @@ impl Future for Sleep {
 }
 
 impl hyper::rt::Sleep for Sleep {}
+
+/// hyper's I/O traits over a `futures-io` stream (smol-hyper's `FuturesIo`), telling hyper that
+/// vectored writes work (every stream the listener serves forwards them: TCP on both runtimes,
+/// rustls, the write deadline): hyper then queues response chunks and writes them with one
+/// `writev` instead of first copying each into its own buffer.
+pub(crate) struct HyperIo<T>(FuturesIo<T>);
+
+impl<T> HyperIo<T> {
+    pub(crate) fn new(io: T) -> Self {
+        Self(FuturesIo::new(io))
+    }
+
+    /// The stream (after an upgrade).
+    pub(crate) fn into_inner(self) -> T {
+        self.0.into_inner()
+    }
+}
+
+impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
