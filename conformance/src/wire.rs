@@ -1,10 +1,15 @@
 //! The client side of the wire: WebSocket connections (tungstenite), SSE streams and plain HTTP
-//! exchanges over `std::net` sockets with deadlines. Response heads are parsed with httparse;
-//! chunked bodies (as an embedding behind hyper sends them) are de-chunked here.
+//! exchanges over `std::net` sockets with deadlines, in the clear or over TLS (rustls, for an
+//! `https://` base: a [`Stream`] is either). Response heads are parsed with httparse; chunked
+//! bodies (as an embedding behind hyper sends them) are de-chunked here.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+
+use rustls::{ClientConnection, StreamOwned};
+
+use crate::Target;
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
@@ -43,12 +48,110 @@ pub fn resolve(authority: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{authority} resolves to no address"))
 }
 
-fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
+/// A connection to the server: plain TCP for an `http://` base, TLS over it for `https://`.
+pub enum Stream {
+    /// In the clear.
+    Plain(TcpStream),
+    /// TLS (the handshake is done when [`connect`] returns).
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref(),
+        }
+    }
+
+    /// How long a read may wait (`None`: forever); a read that waits longer fails with
+    /// `WouldBlock` or `TimedOut`, and can be tried again (also over TLS: rustls keeps a
+    /// partly received record).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+
+    /// How long a write may wait.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(timeout)
+    }
+}
+
+/// Says that a TLS error is one: rustls reports it as an `io::Error` holding a `rustls::Error`.
+fn tls_error(e: io::Error) -> io::Error {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => io::Error::new(e.kind(), format!("TLS: {tls}")),
+        None => e,
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.read(buf),
+            Self::Tls(tls) => tls.read(buf).map_err(tls_error),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.write(buf),
+            Self::Tls(tls) => tls.write(buf).map_err(tls_error),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(tcp) => tcp.flush(),
+            Self::Tls(tls) => tls.flush().map_err(tls_error),
+        }
+    }
+}
+
+/// Connects to the target, and over TLS completes the handshake (so that a certificate the
+/// runner does not trust fails here, saying so, rather than as a failed read later).
+pub fn connect(target: &Target, deadline: Instant) -> Result<Stream, String> {
+    let addr = target.addr;
     let timeout = remaining(deadline).ok_or("timed out before connecting")?;
-    let stream = TcpStream::connect_timeout(&addr, timeout)
+    let mut tcp = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    Ok(stream)
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some(tls) = &target.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut conn = ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+        .map_err(|e| format!("TLS with {}: {e}", tls.trust))?;
+    while conn.is_handshaking() {
+        let Some(timeout) = remaining(deadline) else {
+            return Err(format!(
+                "the TLS handshake with {} did not complete in time",
+                tls.trust
+            ));
+        };
+        tcp.set_read_timeout(Some(timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+            .map_err(|e| e.to_string())?;
+        match conn.complete_io(&mut tcp) {
+            Ok((0, 0)) if conn.is_handshaking() => {
+                return Err(format!(
+                    "TLS handshake failed: the server closed the connection ({})",
+                    tls.trust
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {}
+            Err(e) => {
+                return Err(format!("TLS handshake failed: {e} ({})", tls.trust));
+            }
+        }
+    }
+    Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
@@ -65,7 +168,7 @@ fn timed_out(e: &io::Error) -> bool {
 
 /// An HTTP/1.1 response being read: the head, then the (de-chunked) body in pieces.
 pub struct HttpStream {
-    sock: TcpStream,
+    sock: Stream,
     raw: Vec<u8>,
     framing: Framing,
 }
@@ -94,9 +197,9 @@ pub enum BodyRead {
 }
 
 impl HttpStream {
-    /// Connects to `addr` and writes `request` (a complete request head and body).
-    pub fn send(addr: SocketAddr, request: &[u8], deadline: Instant) -> Result<Self, String> {
-        let mut sock = connect(addr, deadline)?;
+    /// Connects to the target and writes `request` (a complete request head and body).
+    pub fn send(target: &Target, request: &[u8], deadline: Instant) -> Result<Self, String> {
+        let mut sock = connect(target, deadline)?;
         sock.set_write_timeout(remaining(deadline))
             .map_err(|e| e.to_string())?;
         sock.write_all(request)
@@ -313,7 +416,7 @@ pub fn request(
 
 /// An open WebSocket connection.
 pub struct Ws {
-    socket: WebSocket<TcpStream>,
+    socket: WebSocket<Stream>,
     closed: bool,
 }
 
@@ -341,18 +444,19 @@ pub enum Incoming {
 }
 
 impl Ws {
-    /// Opens `ws://authority/path` with these extra headers.
+    /// Opens `ws://authority/path` (`wss://` over TLS) with these extra headers.
     pub fn open(
-        addr: SocketAddr,
-        authority: &str,
+        target: &Target,
         path: &str,
         headers: &[(String, String)],
         deadline: Instant,
     ) -> Result<Upgrade, String> {
-        let sock = connect(addr, deadline)?;
+        let sock = connect(target, deadline)?;
         sock.set_read_timeout(remaining(deadline))
             .map_err(|e| e.to_string())?;
-        let mut req = format!("ws://{authority}{path}")
+        let scheme = if target.tls.is_some() { "wss" } else { "ws" };
+        let authority = &target.authority;
+        let mut req = format!("{scheme}://{authority}{path}")
             .into_client_request()
             .map_err(|e| format!("bad WebSocket URL {path:?}: {e}"))?;
         for (k, v) in headers {
