@@ -93,8 +93,36 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Self::Plain(tcp) => tcp.read(buf),
-            Self::Tls(tls) => tls.read(buf).map_err(tls_error),
+            Self::Tls(tls) => read_tls(tls, buf).map_err(tls_error),
         }
+    }
+}
+
+/// Reads plaintext like rustls' `StreamOwned::read`, except that pending TLS output (what
+/// the last write left, an alert) is written best effort: a write side the server has already
+/// closed must not hide what it sent before closing, as it would there (an early answer, like
+/// `413` to a request whose body the server did not read, reads the same as over TCP).
+fn read_tls(
+    tls: &mut StreamOwned<ClientConnection, TcpStream>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        while tls.conn.wants_write() {
+            if tls.conn.write_tls(&mut tls.sock).is_err() {
+                break;
+            }
+        }
+        match tls.conn.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {} // needs more records
+            Err(e) => return Err(e),
+        }
+        // Timeouts and resets come out here; a TCP end is recorded by rustls, whose reader
+        // then says whether it was clean (close_notify) or not.
+        tls.conn.read_tls(&mut tls.sock)?;
+        tls.conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
     }
 }
 
@@ -171,6 +199,10 @@ pub struct HttpStream {
     sock: Stream,
     raw: Vec<u8>,
     framing: Framing,
+    /// Why the request could not be written whole: the server closed the connection while it
+    /// was sent (it may have answered early, e.g. `413` before reading a body; that answer is
+    /// still read, and this error is reported only if none comes).
+    write_error: Option<String>,
 }
 
 enum Framing {
@@ -202,12 +234,18 @@ impl HttpStream {
         let mut sock = connect(target, deadline)?;
         sock.set_write_timeout(remaining(deadline))
             .map_err(|e| e.to_string())?;
-        sock.write_all(request)
-            .map_err(|e| format!("writing the request: {e}"))?;
+        let write_error = match sock.write_all(request).and_then(|()| sock.flush()) {
+            Ok(()) => None,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                Some(format!("writing the request: {e}"))
+            }
+            Err(e) => return Err(format!("writing the request: {e}")),
+        };
         Ok(Self {
             sock,
             raw: Vec::new(),
             framing: Framing::Head,
+            write_error,
         })
     }
 
@@ -253,9 +291,19 @@ impl HttpStream {
                 Err(e) => return Err(format!("the response is not HTTP/1.x: {e}")),
             }
             match self.fill(deadline)? {
-                Some(0) => return Err("the server closed the connection before answering".into()),
+                Some(0) => {
+                    return Err(match &self.write_error {
+                        Some(e) => format!("{e}; the server closed the connection, no answer"),
+                        None => "the server closed the connection before answering".into(),
+                    });
+                }
                 Some(_) => {}
-                None => return Err("no response head arrived in time".into()),
+                None => {
+                    return Err(match &self.write_error {
+                        Some(e) => format!("{e}; no answer arrived in time"),
+                        None => "no response head arrived in time".into(),
+                    });
+                }
             }
         }
     }
