@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs the conformance suite against `tidings serve` on each runtime, the way CI does:
+# Runs the conformance suite against `tidings serve` on each runtime, over plain HTTP and over
+# TLS, the way CI does:
 #
 #   conformance/run.sh            # run, print one line per case, fail on any failure
 #   conformance/run.sh --write    # also regenerate the results table in docs/CONFORMANCE.md
 #   conformance/run.sh --check    # also fail if docs/CONFORMANCE.md's table is out of date
 #
 # Each server is started with the conformance profile (conformance/server.toml) on a free
-# loopback port and stopped by its pid. JSON reports go to target/conformance/<runtime>.json.
+# loopback port and stopped by its pid; the TLS runs serve a certificate for 127.0.0.1 signed by
+# a test CA that the runner makes (`--make-test-cert`, in target/conformance/tls/) and trusts
+# (`--ca`). JSON reports go to target/conformance/<runtime>[-tls].json. Four runs of about 40 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -15,6 +18,8 @@ cargo build -q -p tidings -p tidings-conformance
 bin="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 out=target/conformance
 mkdir -p "$out"
+# A new test CA and server certificate every run (nothing to keep or to expire).
+"$bin/tidings-conformance" --make-test-cert "$out/tls" >/dev/null
 
 pid=""
 stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
@@ -22,29 +27,38 @@ trap stop EXIT
 
 failed=0
 reports=()
-for runtime in tokio async-std; do
-    log="$out/$runtime.server.log"
+# The table's columns, in this order: plain HTTP on each runtime, then TLS on each runtime.
+for run in tokio async-std tokio-tls async-std-tls; do
+    runtime="${run%-tls}"
+    server_tls=()
+    runner_tls=()
+    label="$runtime"
+    if [ "$run" != "$runtime" ]; then
+        server_tls=(--tls-cert "$out/tls/server.pem" --tls-key "$out/tls/server.key")
+        runner_tls=(--ca "$out/tls/ca.pem")
+        label="$runtime TLS"
+    fi
+    log="$out/$run.server.log"
     # The durable log, the server's default, in a fresh directory per run.
-    data="$out/$runtime.data"
+    data="$out/$run.data"
     rm -rf "$data"
     "$bin/tidings" serve --runtime "$runtime" --config conformance/server.toml --listen 127.0.0.1:0 \
-        --data-dir "$data" >"$out/$runtime.stdout" 2>"$log" &
+        --data-dir "$data" ${server_tls[@]+"${server_tls[@]}"} >"$out/$run.stdout" 2>"$log" &
     pid=$!
     base=""
     for _ in $(seq 1 100); do
-        base="$(sed -n 's/^listening on //p' "$out/$runtime.stdout" | head -1)"
+        base="$(sed -n 's/^listening on //p' "$out/$run.stdout" | head -1)"
         [ -n "$base" ] && break
         kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
         sleep 0.1
     done
-    [ -n "$base" ] || { echo "the $runtime server did not start" >&2; exit 1; }
+    [ -n "$base" ] || { echo "the $label server did not start" >&2; exit 1; }
     echo "== conformance: tidings serve --runtime $runtime ($base)"
-    label="tidings serve --runtime $runtime"
-    if ! "$bin/tidings-conformance" --base "$base" --label "$label" --without etp-handlers --format json >"$out/$runtime.json"; then
+    if ! "$bin/tidings-conformance" --base "$base" ${runner_tls[@]+"${runner_tls[@]}"} --label "$label" --without etp-handlers --format json >"$out/$run.json"; then
         failed=1
     fi
     # One line per case that did not pass, and the summary.
-    python3 - "$out/$runtime.json" <<'PY'
+    python3 - "$out/$run.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 for c in r["results"]:
@@ -54,7 +68,7 @@ for c in r["results"]:
         print(f"skip  {c['id']}: {c['reason']}")
 print(f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped")
 PY
-    reports+=("$out/$runtime.json")
+    reports+=("$out/$run.json")
     stop
 done
 

@@ -9,7 +9,9 @@
 //! known JWT secret), which the cases rely on.
 //!
 //! The suite is a library (our tests run it in-process against both runtime adapters) and a
-//! binary, `tidings-conformance --base http://127.0.0.1:9313`.
+//! binary, `tidings-conformance --base http://127.0.0.1:9313`. Over TLS the base is
+//! `https://HOST:PORT` (WebSockets go to `wss://`), trusting the certificates of
+//! [`Options::ca`] or else the public roots.
 //!
 //! ```
 //! // Load the built-in cases and pick the SSE group.
@@ -20,7 +22,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -28,6 +30,7 @@ use serde::Serialize;
 pub mod case;
 pub mod pattern;
 mod run;
+pub mod tls;
 pub mod wire;
 
 pub use case::Case;
@@ -94,8 +97,12 @@ fn check_unique(cases: &[Case]) -> Result<(), String> {
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The server's base URL, `http://HOST:PORT` optionally with a path prefix
-    /// (`http://127.0.0.1:3000/realtime` for an embedding mounted there).
+    /// (`http://127.0.0.1:3000/realtime` for an embedding mounted there), or `https://…` for
+    /// a server speaking TLS (WebSockets then go to `wss://`).
     pub base: String,
+    /// For an `https://` base: a PEM file of the certificates to trust (a CA, or the server's
+    /// self-signed certificate); `None` trusts the public roots of webpki-roots.
+    pub ca: Option<PathBuf>,
     /// The groups to run; empty runs all.
     pub suites: Vec<String>,
     /// Only cases whose id matches this glob (`*` any characters, `?` one).
@@ -113,6 +120,7 @@ impl Options {
     pub fn new(base: impl Into<String>) -> Self {
         Self {
             base: base.into(),
+            ca: None,
             suites: Vec::new(),
             case_glob: None,
             without: Vec::new(),
@@ -131,22 +139,48 @@ pub struct Target {
     pub authority: String,
     /// The path prefix (empty, or like `/realtime`).
     pub prefix: String,
+    /// For an `https://` base: how to speak TLS to it.
+    pub tls: Option<tls::TlsClient>,
 }
 
 impl Target {
-    /// Parses and resolves a base URL.
-    pub fn parse(base: &str) -> Result<Self, String> {
-        let rest = base
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("the base URL must start with http:// (got {base:?})"))?;
+    /// Parses and resolves a base URL; an `https://` one trusts the certificates in `ca` (PEM),
+    /// or without it the public roots of webpki-roots.
+    pub fn parse(base: &str, ca: Option<&Path>) -> Result<Self, String> {
+        let (rest, secure) = match (base.strip_prefix("http://"), base.strip_prefix("https://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "the base URL must start with http:// or https:// (got {base:?})"
+                ));
+            }
+        };
+        if let (false, Some(ca)) = (secure, ca) {
+            return Err(format!(
+                "--ca {} is for an https:// base (got {base:?})",
+                ca.display()
+            ));
+        }
         let (authority, prefix) = match rest.find('/') {
             Some(at) => (&rest[..at], rest[at..].trim_end_matches('/')),
             None => (rest, ""),
+        };
+        let tls = match secure {
+            true => {
+                let host = match authority.rfind(':') {
+                    Some(at) if !authority[at..].contains(']') => &authority[..at],
+                    _ => authority,
+                };
+                Some(tls::TlsClient::new(base, host, ca)?)
+            }
+            false => None,
         };
         Ok(Self {
             addr: wire::resolve(authority)?,
             authority: authority.to_owned(),
             prefix: prefix.to_owned(),
+            tls,
         })
     }
 }
@@ -243,7 +277,7 @@ pub fn run(
     label: &str,
     mut each: impl FnMut(&CaseResult),
 ) -> Result<Report, String> {
-    let target = Target::parse(&options.base)?;
+    let target = Target::parse(&options.base, options.ca.as_deref())?;
     if let Some(unknown) = options
         .suites
         .iter()
@@ -255,12 +289,16 @@ pub fn run(
         ));
     }
     // A server that cannot be reached is not one that fails every case: the suite cannot run
-    // (exit status 2, like a bad option), and says why once.
+    // (exit status 2, like a bad option), and says why once. Over TLS, the same for a
+    // handshake that fails (a certificate not trusted, a server not speaking TLS).
     if let Err(e) = std::net::TcpStream::connect_timeout(&target.addr, options.timeout) {
         return Err(format!(
             "cannot reach {} ({}): {e}",
             options.base, target.addr
         ));
+    }
+    if target.tls.is_some() {
+        wire::connect(&target, Instant::now() + options.timeout)?;
     }
     // A run-unique namespace per case keeps runs against the same server apart.
     let nonce = SystemTime::now()
@@ -386,9 +424,18 @@ mod tests {
 
     #[test]
     fn targets() {
-        let t = Target::parse("http://127.0.0.1:9313/realtime/").unwrap();
+        let t = Target::parse("http://127.0.0.1:9313/realtime/", None).unwrap();
         assert_eq!(t.authority, "127.0.0.1:9313");
         assert_eq!(t.prefix, "/realtime");
-        assert!(Target::parse("ws://x").is_err());
+        assert!(t.tls.is_none());
+        assert!(Target::parse("ws://x", None).is_err());
+        let t = Target::parse("https://127.0.0.1:9313", None).unwrap();
+        assert!(t.tls.is_some_and(|tls| tls.trust.contains("webpki-roots")));
+        let t = Target::parse("https://[::1]:9313/x", None).unwrap();
+        assert_eq!(t.authority, "[::1]:9313");
+        assert!(t.tls.is_some());
+        // --ca is for https:// only.
+        let e = Target::parse("http://127.0.0.1:9313", Some(Path::new("ca.pem"))).unwrap_err();
+        assert!(e.contains("--ca ca.pem"), "{e}");
     }
 }

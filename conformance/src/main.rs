@@ -3,8 +3,10 @@
 //! ```text
 //! tidings-conformance --base http://127.0.0.1:9313 [--suite native,sse,http] [--case GLOB]
 //!                     [--format text|json] [--label NAME] [--without jwt] [--cases DIR]
+//! tidings-conformance --base https://127.0.0.1:9313 --ca ca.pem …   # over TLS (wss://)
 //! tidings-conformance --list
 //! tidings-conformance --table tokio.json async-std.json      # Markdown, from --format json runs
+//! tidings-conformance --make-test-cert DIR   # DIR/ca.pem, server.pem, server.key for 127.0.0.1
 //! ```
 //!
 //! Text output is one line per case and a summary line; JSON output is one object (the
@@ -27,9 +29,14 @@ use tidings_conformance::{
 #[derive(Debug, Parser)]
 #[command(name = "tidings-conformance", version, about)]
 struct Cli {
-    /// The server's base URL (http://HOST:PORT, optionally with a path prefix).
-    #[arg(long, required_unless_present_any = ["list", "table"])]
+    /// The server's base URL (http://HOST:PORT, optionally with a path prefix; https://HOST:PORT
+    /// for a server speaking TLS, WebSockets then going to wss://).
+    #[arg(long, required_unless_present_any = ["list", "table", "make_test_cert"])]
     base: Option<String>,
+    /// With an https:// base: a PEM file of the certificates to trust (a CA, or the server's
+    /// self-signed certificate). Without it, the public roots of webpki-roots.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Groups to run, comma-separated (native, sse, http, ksbus, etp); default all.
     #[arg(long, value_delimiter = ',')]
     suite: Vec<String>,
@@ -60,6 +67,10 @@ struct Cli {
     /// Print a Markdown table of these JSON reports side by side, and exit.
     #[arg(long, num_args = 1..)]
     table: Vec<PathBuf>,
+    /// Write a test CA (ca.pem) and a server certificate it signs for 127.0.0.1, ::1 and
+    /// localhost (server.pem, server.key) to this directory, print their paths, and exit.
+    #[arg(long, value_name = "DIR")]
+    make_test_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -80,6 +91,13 @@ fn main() -> ExitCode {
 }
 
 fn main_with(cli: Cli) -> Result<ExitCode, String> {
+    if let Some(dir) = &cli.make_test_cert {
+        let files = tidings_conformance::tls::make_test_cert(dir)?;
+        out(&format!("ca\t{}", files.ca.display()));
+        out(&format!("cert\t{}", files.cert.display()));
+        out(&format!("key\t{}", files.key.display()));
+        return Ok(ExitCode::SUCCESS);
+    }
     if !cli.table.is_empty() {
         let reports = cli
             .table
@@ -108,6 +126,7 @@ fn main_with(cli: Cli) -> Result<ExitCode, String> {
     let base = cli.base.clone().unwrap_or_default();
     let options = Options {
         base: base.clone(),
+        ca: cli.ca.clone(),
         suites: cli.suite.clone(),
         case_glob: cli.case_glob.clone(),
         without: cli.without.clone(),

@@ -2,7 +2,6 @@
 //! variables.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{EncodingKey, Header, encode};
@@ -151,10 +150,6 @@ impl Run<'_> {
         Instant::now() + self.timeout
     }
 
-    fn addr(&self) -> SocketAddr {
-        self.target.addr
-    }
-
     fn path(&self, path: &str) -> Result<String, String> {
         Ok(format!(
             "{}{}",
@@ -245,13 +240,7 @@ impl Run<'_> {
         let headers = self.headers(&open.headers)?;
         let deadline = self.deadline();
         match (
-            Ws::open(
-                self.addr(),
-                &self.target.authority,
-                &path,
-                &headers,
-                deadline,
-            )?,
+            Ws::open(self.target, &path, &headers, deadline)?,
             open.status,
         ) {
             (Upgrade::Open(ws), None) => {
@@ -300,7 +289,7 @@ impl Run<'_> {
         }
         let deadline = self.deadline();
         let req = request("GET", &self.target.authority, &path, &headers, None);
-        let mut http = HttpStream::send(self.addr(), &req, deadline)?;
+        let mut http = HttpStream::send(self.target, &req, deadline)?;
         let head = http.head(deadline)?;
         check_head(&head, open.status, &open.response_headers, &mut self.vars)?;
         if head.status != 200 {
@@ -341,7 +330,7 @@ impl Run<'_> {
                 )
             }
         };
-        let mut stream = HttpStream::send(self.addr(), &req, deadline)?;
+        let mut stream = HttpStream::send(self.target, &req, deadline)?;
         let head = stream.head(deadline)?;
         let body = stream.body(deadline)?;
         check_head(&head, http.status, &http.response_headers, &mut self.vars)

@@ -1,10 +1,15 @@
 //! The client side of the wire: WebSocket connections (tungstenite), SSE streams and plain HTTP
-//! exchanges over `std::net` sockets with deadlines. Response heads are parsed with httparse;
-//! chunked bodies (as an embedding behind hyper sends them) are de-chunked here.
+//! exchanges over `std::net` sockets with deadlines, in the clear or over TLS (rustls, for an
+//! `https://` base: a [`Stream`] is either). Response heads are parsed with httparse; chunked
+//! bodies (as an embedding behind hyper sends them) are de-chunked here.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+
+use rustls::{ClientConnection, StreamOwned};
+
+use crate::Target;
 
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::HandshakeError;
@@ -43,12 +48,138 @@ pub fn resolve(authority: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{authority} resolves to no address"))
 }
 
-fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
+/// A connection to the server: plain TCP for an `http://` base, TLS over it for `https://`.
+pub enum Stream {
+    /// In the clear.
+    Plain(TcpStream),
+    /// TLS (the handshake is done when [`connect`] returns).
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Tls(tls) => tls.get_ref(),
+        }
+    }
+
+    /// How long a read may wait (`None`: forever); a read that waits longer fails with
+    /// `WouldBlock` or `TimedOut`, and can be tried again (also over TLS: rustls keeps a
+    /// partly received record).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+
+    /// How long a write may wait.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp().set_write_timeout(timeout)
+    }
+}
+
+/// Says that a TLS error is one: rustls reports it as an `io::Error` holding a `rustls::Error`.
+fn tls_error(e: io::Error) -> io::Error {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => io::Error::new(e.kind(), format!("TLS: {tls}")),
+        None => e,
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.read(buf),
+            Self::Tls(tls) => read_tls(tls, buf).map_err(tls_error),
+        }
+    }
+}
+
+/// Reads plaintext like rustls' `StreamOwned::read`, except that pending TLS output (what
+/// the last write left, an alert) is written best effort: a write side the server has already
+/// closed must not hide what it sent before closing, as it would there (an early answer, like
+/// `413` to a request whose body the server did not read, reads the same as over TCP).
+fn read_tls(
+    tls: &mut StreamOwned<ClientConnection, TcpStream>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        while tls.conn.wants_write() {
+            if tls.conn.write_tls(&mut tls.sock).is_err() {
+                break;
+            }
+        }
+        match tls.conn.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {} // needs more records
+            Err(e) => return Err(e),
+        }
+        // Timeouts and resets come out here; a TCP end is recorded by rustls, whose reader
+        // then says whether it was clean (close_notify) or not.
+        tls.conn.read_tls(&mut tls.sock)?;
+        tls.conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.write(buf),
+            Self::Tls(tls) => tls.write(buf).map_err(tls_error),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(tcp) => tcp.flush(),
+            Self::Tls(tls) => tls.flush().map_err(tls_error),
+        }
+    }
+}
+
+/// Connects to the target, and over TLS completes the handshake (so that a certificate the
+/// runner does not trust fails here, saying so, rather than as a failed read later).
+pub fn connect(target: &Target, deadline: Instant) -> Result<Stream, String> {
+    let addr = target.addr;
     let timeout = remaining(deadline).ok_or("timed out before connecting")?;
-    let stream = TcpStream::connect_timeout(&addr, timeout)
+    let mut tcp = TcpStream::connect_timeout(&addr, timeout)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    Ok(stream)
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let Some(tls) = &target.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let mut conn = ClientConnection::new(tls.config.clone(), tls.server_name.clone())
+        .map_err(|e| format!("TLS with {}: {e}", tls.trust))?;
+    while conn.is_handshaking() {
+        let Some(timeout) = remaining(deadline) else {
+            return Err(format!(
+                "the TLS handshake with {} did not complete in time",
+                tls.trust
+            ));
+        };
+        tcp.set_read_timeout(Some(timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+            .map_err(|e| e.to_string())?;
+        match conn.complete_io(&mut tcp) {
+            Ok((0, 0)) if conn.is_handshaking() => {
+                return Err(format!(
+                    "TLS handshake failed: the server closed the connection ({})",
+                    tls.trust
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {}
+            Err(e) => {
+                return Err(format!("TLS handshake failed: {e} ({})", tls.trust));
+            }
+        }
+    }
+    Ok(Stream::Tls(Box::new(StreamOwned::new(conn, tcp))))
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
@@ -65,9 +196,13 @@ fn timed_out(e: &io::Error) -> bool {
 
 /// An HTTP/1.1 response being read: the head, then the (de-chunked) body in pieces.
 pub struct HttpStream {
-    sock: TcpStream,
+    sock: Stream,
     raw: Vec<u8>,
     framing: Framing,
+    /// Why the request could not be written whole: the server closed the connection while it
+    /// was sent (it may have answered early, e.g. `413` before reading a body; that answer is
+    /// still read, and this error is reported only if none comes).
+    write_error: Option<String>,
 }
 
 enum Framing {
@@ -94,17 +229,23 @@ pub enum BodyRead {
 }
 
 impl HttpStream {
-    /// Connects to `addr` and writes `request` (a complete request head and body).
-    pub fn send(addr: SocketAddr, request: &[u8], deadline: Instant) -> Result<Self, String> {
-        let mut sock = connect(addr, deadline)?;
+    /// Connects to the target and writes `request` (a complete request head and body).
+    pub fn send(target: &Target, request: &[u8], deadline: Instant) -> Result<Self, String> {
+        let mut sock = connect(target, deadline)?;
         sock.set_write_timeout(remaining(deadline))
             .map_err(|e| e.to_string())?;
-        sock.write_all(request)
-            .map_err(|e| format!("writing the request: {e}"))?;
+        let write_error = match sock.write_all(request).and_then(|()| sock.flush()) {
+            Ok(()) => None,
+            Err(e) if matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {
+                Some(format!("writing the request: {e}"))
+            }
+            Err(e) => return Err(format!("writing the request: {e}")),
+        };
         Ok(Self {
             sock,
             raw: Vec::new(),
             framing: Framing::Head,
+            write_error,
         })
     }
 
@@ -150,9 +291,19 @@ impl HttpStream {
                 Err(e) => return Err(format!("the response is not HTTP/1.x: {e}")),
             }
             match self.fill(deadline)? {
-                Some(0) => return Err("the server closed the connection before answering".into()),
+                Some(0) => {
+                    return Err(match &self.write_error {
+                        Some(e) => format!("{e}; the server closed the connection, no answer"),
+                        None => "the server closed the connection before answering".into(),
+                    });
+                }
                 Some(_) => {}
-                None => return Err("no response head arrived in time".into()),
+                None => {
+                    return Err(match &self.write_error {
+                        Some(e) => format!("{e}; no answer arrived in time"),
+                        None => "no response head arrived in time".into(),
+                    });
+                }
             }
         }
     }
@@ -313,7 +464,7 @@ pub fn request(
 
 /// An open WebSocket connection.
 pub struct Ws {
-    socket: WebSocket<TcpStream>,
+    socket: WebSocket<Stream>,
     closed: bool,
 }
 
@@ -341,18 +492,19 @@ pub enum Incoming {
 }
 
 impl Ws {
-    /// Opens `ws://authority/path` with these extra headers.
+    /// Opens `ws://authority/path` (`wss://` over TLS) with these extra headers.
     pub fn open(
-        addr: SocketAddr,
-        authority: &str,
+        target: &Target,
         path: &str,
         headers: &[(String, String)],
         deadline: Instant,
     ) -> Result<Upgrade, String> {
-        let sock = connect(addr, deadline)?;
+        let sock = connect(target, deadline)?;
         sock.set_read_timeout(remaining(deadline))
             .map_err(|e| e.to_string())?;
-        let mut req = format!("ws://{authority}{path}")
+        let scheme = if target.tls.is_some() { "wss" } else { "ws" };
+        let authority = &target.authority;
+        let mut req = format!("{scheme}://{authority}{path}")
             .into_client_request()
             .map_err(|e| format!("bad WebSocket URL {path:?}: {e}"))?;
         for (k, v) in headers {

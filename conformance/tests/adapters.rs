@@ -1,7 +1,11 @@
-//! The whole conformance suite, in-process, against both runtime adapters: each test starts a
-//! server with the conformance profile (`conformance/server.toml`) on a free loopback port and
-//! runs every built-in case against it. A failing case fails the test with its step and diff.
+//! The whole conformance suite, in-process, against both runtime adapters, over plain HTTP and
+//! over TLS: each test starts a server with the conformance profile (`conformance/server.toml`)
+//! on a free loopback port and runs every built-in case against it. A failing case fails the
+//! test with its step and diff. The TLS tests serve a certificate for 127.0.0.1 signed by a test
+//! CA (`tidings_conformance::tls::make_test_cert`, files in a temporary directory), which the
+//! runner trusts (`Options::ca`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tidings_adapter::{Hub, ServerConfig};
@@ -15,9 +19,23 @@ fn profile() -> ServerConfig {
     config
 }
 
-fn run_suite(label: &str, addr: std::net::SocketAddr) {
+/// The profile serving TLS with a new test certificate, and the CA file that signed it.
+fn profile_tls(name: &str) -> (ServerConfig, PathBuf) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("conformance-tls-{name}-{}", std::process::id()));
+    let files = tidings_conformance::tls::make_test_cert(&dir).expect("a test certificate");
+    let mut config = profile();
+    config.tls.cert = Some(files.cert);
+    config.tls.key = Some(files.key);
+    (config, files.ca)
+}
+
+/// Runs every case against `addr`: over TLS (`https://`, `wss://`) when given the CA to trust.
+fn run_suite(label: &str, addr: std::net::SocketAddr, ca: Option<PathBuf>) {
     let cases = builtin_cases().expect("the built-in cases parse");
-    let options = Options::new(format!("http://{addr}"));
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut options = Options::new(format!("{scheme}://{addr}"));
+    options.ca = ca;
     let report = run(&cases, &options, label, |_| {}).expect("the runner starts");
     let failures: Vec<String> = report
         .results
@@ -74,26 +92,46 @@ fn etp_handlers(hub: &Hub) {
     });
 }
 
-#[test]
-fn tokio_adapter_conforms() {
+fn tokio_conforms(label: &str, config: ServerConfig, ca: Option<PathBuf>) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
     let server = rt
-        .block_on(tidings_tokio::serve(profile()))
+        .block_on(tidings_tokio::serve(config))
         .expect("the tokio server starts");
     etp_handlers(server.hub());
-    run_suite("tokio", server.addr());
+    run_suite(label, server.addr(), ca);
     rt.block_on(server.shutdown());
+}
+
+fn async_std_conforms(label: &str, config: ServerConfig, ca: Option<PathBuf>) {
+    let server =
+        async_io::block_on(tidings_async_std::serve(config)).expect("the async-std server starts");
+    etp_handlers(server.hub());
+    run_suite(label, server.addr(), ca);
+    async_io::block_on(server.shutdown());
+}
+
+#[test]
+fn tokio_adapter_conforms() {
+    tokio_conforms("tokio", profile(), None);
 }
 
 #[test]
 fn async_std_adapter_conforms() {
-    let server = async_io::block_on(tidings_async_std::serve(profile()))
-        .expect("the async-std server starts");
-    etp_handlers(server.hub());
-    run_suite("async-std", server.addr());
-    async_io::block_on(server.shutdown());
+    async_std_conforms("async-std", profile(), None);
+}
+
+#[test]
+fn tokio_adapter_conforms_over_tls() {
+    let (config, ca) = profile_tls("tokio");
+    tokio_conforms("tokio TLS", config, Some(ca));
+}
+
+#[test]
+fn async_std_adapter_conforms_over_tls() {
+    let (config, ca) = profile_tls("async-std");
+    async_std_conforms("async-std TLS", config, Some(ca));
 }
