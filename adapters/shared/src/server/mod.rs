@@ -32,7 +32,7 @@ pub use listener::{Listener, redirect, serve};
 
 use crate::ctx::WriteStall;
 use crate::http::{Refusal, Response};
-use crate::io::with_deadline;
+use crate::io::{with_deadline, with_timeout};
 use crate::request::RequestHead;
 use crate::runtime::Runtime;
 use crate::service::{Route, Service, Upgrade};
@@ -99,11 +99,20 @@ where
         Ok(head) => head,
         Err(e) => return plain(Refusal::head(&e).into_response()),
     };
+    // A client that waits for `100 Continue` sends no body unless asked: nothing to discard.
+    let expects_continue = head
+        .header("expect")
+        .is_some_and(|e| e.eq_ignore_ascii_case("100-continue"));
     match service.route(&head) {
-        Route::Respond(response) => plain(response),
+        Route::Respond(response) => {
+            if !expects_continue {
+                discard(service, req.into_body()).await;
+            }
+            plain(response)
+        }
         Route::Metrics => plain(service.metrics().await),
         Route::ReadBody(request) => {
-            let read = read_body(service, req.into_body(), request.limit()).await;
+            let read = read_body(service, req.into_body(), request.limit(), expects_continue).await;
             match read {
                 Ok(bytes) => plain(service.answer_body(&head, request, bytes).await),
                 Err(refusal) => plain(request.refuse(refusal)),
@@ -160,9 +169,43 @@ where
     }
 }
 
+/// How much of a refused request's body is read and dropped at most, and for how long, so that
+/// the client (still sending it) reads the answer instead of a reset (RFC 9112 §9.6).
+const DISCARD_BYTES: usize = 4 << 20;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and drops what is left of a request body, within [`DISCARD_BYTES`] and
+/// [`DISCARD_TIME`]: nothing is kept.
+async fn discard<R, B>(service: &Service<R>, body: B)
+where
+    R: Runtime,
+    B: http_body::Body<Data = Bytes>,
+{
+    if body.is_end_stream() {
+        return;
+    }
+    let drain = async {
+        let mut body = std::pin::pin!(body);
+        let mut read = 0;
+        while read < DISCARD_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                _ => break,
+            }
+        }
+    };
+    let _ = with_timeout(service.runtime(), DISCARD_TIME, drain).await;
+}
+
 /// Reads a request body as it arrives, at most `limit` bytes, within `http.read_timeout`: a
-/// `Content-Length` over the limit is refused before anything is read.
-async fn read_body<R, B>(service: &Service<R>, body: B, limit: usize) -> Result<Vec<u8>, Refusal>
+/// `Content-Length` over the limit is refused before anything is kept (what the client sends
+/// meanwhile is discarded, unless it waits for `100 Continue`).
+async fn read_body<R, B>(
+    service: &Service<R>,
+    body: B,
+    limit: usize,
+    expects_continue: bool,
+) -> Result<Vec<u8>, Refusal>
 where
     R: Runtime,
     B: http_body::Body<Data = Bytes>,
@@ -177,6 +220,9 @@ where
     if let Some(length) = body.size_hint().exact()
         && length > limit as u64
     {
+        if !expects_continue {
+            discard(service, body).await;
+        }
         return Err(too_large(format!("the body is {length} bytes")));
     }
     let rt = service.runtime();
