@@ -464,8 +464,40 @@ pub fn request(
 
 /// An open WebSocket connection.
 pub struct Ws {
-    socket: WebSocket<Stream>,
+    socket: WebSocket<Shared>,
     closed: bool,
+}
+
+/// The stream of a WebSocket handshake, kept by the runner too: when the upgrade is refused,
+/// tungstenite gives back only the part of the body that came with the head, and the rest is
+/// read from here.
+#[derive(Clone)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Stream>>);
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut Stream) -> io::Result<T>) -> io::Result<T> {
+        let mut stream = self
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("the stream's lock is poisoned"))?;
+        f(&mut stream)
+    }
+}
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.with(|s| s.read(buf))
+    }
+}
+
+impl Write for Shared {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|s| s.write(buf))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.with(Write::flush)
+    }
 }
 
 /// The result of a WebSocket handshake.
@@ -517,7 +549,8 @@ impl Ws {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_BODY))
             .max_frame_size(Some(MAX_BODY));
-        match tungstenite::client::client_with_config(req, sock, Some(config)) {
+        let shared = Shared(std::sync::Arc::new(std::sync::Mutex::new(sock)));
+        match tungstenite::client::client_with_config(req, shared.clone(), Some(config)) {
             Ok((socket, _)) => Ok(Upgrade::Open(Box::new(Self {
                 socket,
                 closed: false,
@@ -536,10 +569,24 @@ impl Ws {
                         })
                         .collect(),
                 };
-                Ok(Upgrade::Refused(
-                    head,
-                    response.into_body().unwrap_or_default(),
-                ))
+                let mut body = response.into_body().unwrap_or_default();
+                let length = head
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if body.len() < length.min(MAX_BODY) {
+                    let mut rest = vec![0u8; length.min(MAX_BODY) - body.len()];
+                    shared
+                        .with(|s| {
+                            s.set_read_timeout(remaining(deadline))?;
+                            s.read_exact(&mut rest)
+                        })
+                        .map_err(|e| format!("reading the body of the refusal: {e}"))?;
+                    body.extend_from_slice(&rest);
+                }
+                Ok(Upgrade::Refused(head, body))
             }
             Err(HandshakeError::Failure(e)) => Err(format!("WebSocket handshake failed: {e}")),
             Err(HandshakeError::Interrupted(_)) => {
@@ -566,7 +613,7 @@ impl Ws {
             };
             self.socket
                 .get_mut()
-                .set_read_timeout(Some(timeout))
+                .with(|s| s.set_read_timeout(Some(timeout)))
                 .map_err(|e| e.to_string())?;
             match self.socket.read() {
                 Ok(Message::Text(t)) => return Ok(Incoming::Text(t.as_str().to_owned())),
