@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, TempDir};
+use common::{Server, TempDir, curl, skip};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// How long pebble's certificates are valid.
@@ -43,11 +43,7 @@ fn tools_or_skip() -> bool {
         "{} not installed (scripts/setup-interop.sh installs them)",
         missing.join(" and ")
     );
-    assert!(
-        std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
-        "TIDINGS_REQUIRE_INTEROP is set but {why}"
-    );
-    eprintln!("skipped: {why}");
+    skip(&why);
     false
 }
 
@@ -153,20 +149,6 @@ impl Drop for Pebble {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// curl with `args`: stdout, or the exit status and stderr.
-fn curl(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }
 

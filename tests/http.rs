@@ -15,7 +15,6 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -159,65 +158,6 @@ fn published(resp: &Resp) -> Cursor {
         .expect("a cursor")
 }
 
-/// Skips the test with `why`, unless `TIDINGS_REQUIRE_INTEROP` is set: then it fails.
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
-        "TIDINGS_REQUIRE_INTEROP is set but {why}"
-    );
-    eprintln!("skipped: {why}");
-}
-
-/// Whether curl with HTTP/2 is there (else the test skips).
-fn curl_or_skip() -> bool {
-    let version = Command::new("curl").arg("--version").output();
-    let found = version.is_ok_and(|out| {
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("HTTP2")
-    });
-    if !found {
-        skip("curl with HTTP/2 support is missing");
-    }
-    found
-}
-
-/// curl with `args`; its stdout.
-fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "15"])
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("curl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}\n{stdout}",
-        out.status
-    );
-    stdout
-}
-
-/// The python with the test's HTTP clients (sseclient-py, requests, httpx, h2): the project's
-/// virtual environment, else `python3`; `None` after saying why the test skips.
-fn python_or_skip() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/python");
-    let python = [venv, PathBuf::from("python3")].into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import sseclient, requests, httpx, h2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if python.is_none() {
-        skip(
-            "python3 with sseclient-py, requests, httpx and h2 is missing \
-             (run scripts/setup-python.sh)",
-        );
-    }
-    python
-}
-
 fn interop_script(name: &str) -> String {
     format!("{}/tests/interop/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -291,7 +231,7 @@ fn curl_reuses_its_connection_across_publishes() {
                 &url,
             ]);
         }
-        let out = curl(&args);
+        let out = curl(&args).unwrap_or_else(|e| panic!("curl {args:?}: {e}"));
         // num_connects: the connections this transfer had to open.
         assert_eq!(out, "200 1\n200 0\n200 0\n", "[{rt}]");
         for data in ["x", "y", "z"] {
@@ -528,7 +468,8 @@ fn curl_speaks_http2_by_prior_knowledge() {
             "--write-out",
             "\\n%{http_version}",
             &format!("{base}/healthz"),
-        ]);
+        ])
+        .unwrap_or_else(|e| panic!("curl: {e}"));
         assert_eq!(out, "ok\n\n2", "[{rt}]");
         let out = curl(&[
             "--http2-prior-knowledge",
@@ -537,7 +478,8 @@ fn curl_speaks_http2_by_prior_knowledge() {
             "--data",
             "over h2",
             &format!("{base}/publish?topic=h2"),
-        ]);
+        ])
+        .unwrap_or_else(|e| panic!("curl: {e}"));
         let (body, version) = out.split_once('\n').expect("two lines");
         assert_eq!(version, "2 200", "[{rt}] {out}");
         let json: Value = serde_json::from_str(body).expect("a JSON answer");
@@ -553,7 +495,7 @@ fn curl_speaks_http2_by_prior_knowledge() {
 #[test]
 fn twenty_sse_streams_share_one_http2_connection() {
     const STREAMS: usize = 20;
-    let Some(python) = python_or_skip() else {
+    let Some(python) = python_or_skip("sseclient, requests, httpx, h2") else {
         return;
     };
     for_each_runtime(|rt| {
@@ -605,7 +547,7 @@ fn twenty_sse_streams_share_one_http2_connection() {
 #[test]
 fn sseclient_py_gets_each_event_within_100_ms() {
     const EVENTS: usize = 3;
-    let Some(python) = python_or_skip() else {
+    let Some(python) = python_or_skip("sseclient, requests, httpx, h2") else {
         return;
     };
     for_each_runtime(|rt| {

@@ -11,47 +11,18 @@
 //! `TIDINGS_REQUIRE_INTEROP=1` (set by CI) that is a failure.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-/// The python with the ksbus package: the project's virtual environment, else `python3`.
-fn python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/python");
-    [venv, PathBuf::from("python3")].into_iter().find(|py| {
-        Command::new(py)
-            .args(["-c", "import ksbus, websockets"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
 mod common;
-use common::{RUNTIMES, Server};
-
-/// The python with the ksbus package, or `None` after saying why the test is skipped (a failure
-/// under `TIDINGS_REQUIRE_INTEROP`).
-fn python_or_skip() -> Option<PathBuf> {
-    let python = python();
-    if python.is_none() {
-        let why = "python3 with the PyPI ksbus package is missing (run scripts/setup-python.sh)";
-        assert!(
-            std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
-            "TIDINGS_REQUIRE_INTEROP is set but {why}"
-        );
-        eprintln!("skipped: {why}");
-    }
-    python
-}
+use common::{RUNTIMES, Server, python_or_skip};
 
 #[test]
 fn the_pypi_ksbus_client_works_against_the_server() {
-    let Some(python) = python_or_skip() else {
+    let Some(python) = python_or_skip("ksbus, websockets") else {
         return;
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/ksbus_client.py");
@@ -118,7 +89,7 @@ fn the_pypi_ksbus_client_works_against_the_server() {
 
 #[test]
 fn the_pypi_ksbus_client_reconnects_after_a_graceful_restart() {
-    let Some(python) = python_or_skip() else {
+    let Some(python) = python_or_skip("ksbus, websockets") else {
         return;
     };
     let script = concat!(

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, TempDir, for_each_runtime};
+use common::{Server, TempDir, curl, curl_or_skip, for_each_runtime};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 /// A CA and the files of a server certificate it signed.
@@ -54,42 +54,6 @@ impl Pki {
         let cert = params.signed_by(&key, &self.ca).unwrap();
         std::fs::write(self.dir.0.join(format!("{name}.pem")), cert.pem()).unwrap();
         std::fs::write(self.dir.0.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-}
-
-/// Whether curl is here; without it the test is skipped (a failure under
-/// `TIDINGS_REQUIRE_INTEROP`).
-fn curl_or_skip() -> bool {
-    let here = Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("HTTP2"));
-    if !here {
-        let why = "curl with HTTP/2 is not installed (apt-get install curl)";
-        assert!(
-            std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
-            "TIDINGS_REQUIRE_INTEROP is set but {why}"
-        );
-        eprintln!("skipped: {why}");
-    }
-    here
-}
-
-/// curl with `args`; its stdout, or the exit code and stderr.
-fn curl(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
     }
 }
 

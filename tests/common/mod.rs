@@ -540,3 +540,64 @@ pub fn for_each_runtime(test: impl Fn(&'static str)) {
         test(runtime);
     }
 }
+
+// ---- third-party tools of the interop tests --------------------------------------------------
+
+/// Skips the test with `why`, unless `TIDINGS_REQUIRE_INTEROP` is set (as in CI): then it fails.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var_os("TIDINGS_REQUIRE_INTEROP").is_none(),
+        "TIDINGS_REQUIRE_INTEROP is set but {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
+/// Whether curl with HTTP/2 is installed; without it the test skips ([`skip`]).
+pub fn curl_or_skip() -> bool {
+    let found = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("HTTP2"));
+    if !found {
+        skip("curl with HTTP/2 is missing (scripts/setup-interop.sh installs it)");
+    }
+    found
+}
+
+/// curl with `args` (at most 10 s): its stdout, or its exit status and stderr.
+pub fn curl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The python that imports `modules` (comma-separated): the project's virtual environment
+/// (`scripts/setup-python.sh`), else `python3`; `None` after saying why the test skips.
+pub fn python_or_skip(modules: &str) -> Option<PathBuf> {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/.venv/bin/python");
+    let python = [venv, PathBuf::from("python3")].into_iter().find(|py| {
+        Command::new(py)
+            .args(["-c", &format!("import {modules}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if python.is_none() {
+        skip(&format!(
+            "python3 with {modules} is missing (run scripts/setup-python.sh)"
+        ));
+    }
+    python
+}

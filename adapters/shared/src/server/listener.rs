@@ -56,24 +56,10 @@ const DRAIN_QUIET: Duration = Duration::from_millis(50);
 pub async fn serve<R: Runtime, L: Listener>(service: Service<R>, mut listener: L) {
     let rt = service.runtime().clone();
     let guard = service.track();
-    loop {
-        let closing = async {
-            service.closing().await;
-            None
-        };
-        let accepted = async { Some(listener.accept().await) };
-        let Some(accepted) = closing.or(accepted).await else {
-            break;
-        };
-        match accepted {
-            Ok((stream, peer)) => rt.spawn(connection(service.clone(), stream, peer)),
-            Err(e) => {
-                // Out of file descriptors and the like: wait a little instead of spinning.
-                service.accept_failed(&e);
-                rt.sleep_until(rt.now() + Duration::from_millis(50)).await;
-            }
-        }
-    }
+    accept_until_closing(&service, &mut listener, |stream, peer| {
+        rt.spawn(connection(service.clone(), stream, peer));
+    })
+    .await;
     let mut drained = Vec::new();
     while let Some(Ok((stream, peer))) = with_timeout(&rt, DRAIN_QUIET, listener.accept()).await {
         drained.push(connection_at_shutdown(service.clone(), stream, peer));
@@ -156,25 +142,9 @@ pub async fn redirect<R: Runtime, L: Listener>(
     https_port: u16,
 ) {
     let rt = service.runtime().clone();
-    loop {
-        let closing = async {
-            service.closing().await;
-            None
-        };
-        let accepted = async { Some(listener.accept().await) };
-        let Some(accepted) = closing.or(accepted).await else {
-            break;
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                service.accept_failed(&e);
-                rt.sleep_until(rt.now() + Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    accept_until_closing(&service, &mut listener, |stream, peer| {
         let Ok(slot) = service.slots().take(peer.ip()) else {
-            continue; // over a limit: closed at once
+            return; // over a limit: closed at once
         };
         let service = service.clone();
         rt.spawn(async move {
@@ -194,6 +164,33 @@ pub async fn redirect<R: Runtime, L: Listener>(
             let conn = builder.serve_connection(io, handler);
             let _ = with_timeout(service.runtime(), REFUSAL_TIME, conn).await;
         });
+    })
+    .await;
+}
+
+/// Hands every connection `listener` accepts to `accepted`, until [`Service::shutdown`]
+/// starts. A failed `accept` (out of file descriptors, ...) is counted and logged, and
+/// accepting goes on after 50 ms instead of spinning.
+async fn accept_until_closing<R: Runtime, L: Listener>(
+    service: &Service<R>,
+    listener: &mut L,
+    mut accepted: impl FnMut(L::Stream, SocketAddr),
+) {
+    let rt = service.runtime();
+    loop {
+        let closing = async {
+            service.closing().await;
+            None
+        };
+        let next = async { Some(listener.accept().await) };
+        match closing.or(next).await {
+            None => break,
+            Some(Ok((stream, peer))) => accepted(stream, peer),
+            Some(Err(e)) => {
+                service.accept_failed(&e);
+                rt.sleep_until(rt.now() + Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
