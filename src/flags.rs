@@ -415,6 +415,28 @@ pub(crate) fn flags() -> Vec<Flag> {
         ],
     ));
     all.extend(group(
+        "Cluster (docs/CLUSTER.md)",
+        vec![
+            Flag::set(
+                "nats",
+                "URL",
+                "Run as a node of a cluster: events are stored in a NATS JetStream stream \
+                 (created if missing) shared by every node, so a client may resume on any node \
+                 with the cursor another one gave (comma-separated servers; --data-dir and \
+                 --memory do not apply)",
+                "cluster.nats",
+                |c, url: String| c.cluster.nats = Some(url),
+            ),
+            Flag::set(
+                "node",
+                "NAME",
+                "This node's name in NATS and in logs [default: tidings-<pid>]",
+                "cluster.node",
+                |c, name: String| c.cluster.node = Some(name),
+            ),
+        ],
+    ));
+    all.extend(group(
         "Storage (docs/STORAGE.md)",
         vec![
             Flag::field(

@@ -123,6 +123,11 @@ pub struct Broker {
     /// Positions given out before a restart whose events were not recovered (after the last
     /// recovered one, up to the reservation): cursors in there get a gap notice.
     pub(crate) lost: Option<(u64, u64)>,
+    /// Connections waiting for the head to reach the cursor they resumed from (shared log).
+    pub(crate) waiting: Vec<ConnId>,
+    /// Positions `(first, last)` a shared log evicted before this node read them, while they
+    /// are within the hot window: catching up across one gives a gap notice.
+    pub(crate) holes: std::collections::VecDeque<(u64, u64)>,
     /// Shutting down: new connections are closed at once, and `AppEvent::Stopped` is emitted
     /// once the last connection is gone (`Some(true)`: emitted).
     pub(crate) shutdown: Option<bool>,
@@ -176,6 +181,8 @@ impl Broker {
             next_read: 0,
             log_first: 1,
             lost: None,
+            waiting: Vec::new(),
+            holes: std::collections::VecDeque::new(),
             shutdown: None,
         }
     }

@@ -70,6 +70,9 @@ pub(crate) struct CatchUp {
     /// The log read in flight for this connection, if any, and the position it starts at (a
     /// page that no longer starts right after `pos` is dropped and read again).
     pub(crate) reading: Option<(crate::log::ReadId, u64)>,
+    /// Not live before the head reaches this position (0: no wait): the client resumed from a
+    /// cursor another node of a shared log handed out, further along than this one.
+    pub(crate) ahead: u64,
 }
 
 impl CatchUp {
@@ -82,6 +85,7 @@ impl CatchUp {
             removed: Vec::new(),
             page: std::collections::VecDeque::new(),
             reading: None,
+            ahead: 0,
         }
     }
 

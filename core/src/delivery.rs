@@ -205,6 +205,9 @@ impl Broker {
                 return;
             }
             if cu.pos >= head {
+                if cu.ahead > head {
+                    return; // resumed from further along a shared log: not live before that
+                }
                 let cu = *conn.catch_up.take().expect("checked above");
                 if cu.dropped_messages > 0 {
                     let gap = Gap {
@@ -290,6 +293,22 @@ impl Broker {
                 cu.pos = head;
                 continue;
             };
+            if let Some(&(_, last)) = self
+                .holes
+                .iter()
+                .find(|(first, _)| *first > cu.pos && *first < ev.seq)
+            {
+                // A shared log evicted these before this node read them.
+                let gap = Gap {
+                    from: Some(Cursor::new(epoch, cu.pos)),
+                    to: Cursor::new(epoch, last),
+                    reason: GapReason::Evicted,
+                    dropped_messages: 0,
+                };
+                cu.pos = last;
+                self.send_gap(slot, &gap);
+                continue;
+            }
             cu.pos = ev.seq;
             let seq = ev.seq;
             let visible = ev

@@ -107,6 +107,12 @@ impl History {
         }
     }
 
+    /// Moves the head to `seq` without an event there (a position of a shared log that names
+    /// none).
+    pub(crate) fn advance(&mut self, seq: u64) {
+        self.head = self.head.max(seq);
+    }
+
     /// Starts from a recovered log: positions up to `head` are given out, `recent` (oldest
     /// first, positions increasing) are the newest events, and evictions before them are not
     /// known by topic.

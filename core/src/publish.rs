@@ -16,8 +16,8 @@ use crate::cursor::Cursor;
 use crate::encodings::Encoded;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::history::StoredEvent;
-use crate::log::{AppendId, LogEvent, LogMode, LogReply, LogRequest, LogState, Page};
-use crate::output::{AppEvent, Output, Visibility};
+use crate::log::{AppendId, LogEvent, LogMode, LogReply, LogRequest, LogState, Logged, Page};
+use crate::output::{AppEvent, Gap, GapReason, Output, Visibility};
 use crate::payload::Payload;
 use crate::topic::{Name, Topic};
 
@@ -146,7 +146,11 @@ impl Broker {
         self.scratch = slots;
         let expires = ev.at + self.config.retention.max_age;
         self.history.push(ev);
-        self.encodings.push(seq, encoded, self.history.first_seq());
+        let first = self.history.first_seq();
+        while self.holes.front().is_some_and(|&(_, last)| last < first) {
+            self.holes.pop_front();
+        }
+        self.encodings.push(seq, encoded, first);
         if self.history.len() > 0 {
             self.arm_retention(expires);
         }
@@ -166,6 +170,10 @@ impl Broker {
                     return;
                 };
                 let result = match result {
+                    // Delivered when it comes back in log order (`Committed`).
+                    Ok(appended) if self.shared_log() => {
+                        Ok(Cursor::new(self.config.epoch, appended.seq))
+                    }
                     Ok(appended) if appended.seq > self.history.head() => {
                         self.trimmed(appended.first);
                         Ok(self.stored(appended.seq, pending.event))
@@ -187,7 +195,39 @@ impl Broker {
             }
             LogReply::Page { read, result } => self.page(read, result),
             LogReply::Trimmed { first } => self.trimmed(first),
+            LogReply::Committed(logged) => self.committed(logged),
+            LogReply::Passed { seq } => {
+                if self.shared_log() && seq > self.history.head() {
+                    if seq > self.history.head() + 1 {
+                        self.skipped(self.history.head(), seq);
+                    }
+                    self.history.advance(seq);
+                    self.wake_waiting();
+                }
+            }
         }
+    }
+
+    /// Whether other nodes append to the log too (deliveries come from `Committed`).
+    pub(crate) fn shared_log(&self) -> bool {
+        matches!(self.config.log, LogMode::External { shared: true, .. })
+    }
+
+    /// The next event of a shared log: delivered here in log order, whoever published it.
+    fn committed(&mut self, logged: Logged) {
+        if !self.shared_log() {
+            return;
+        }
+        let head = self.history.head();
+        if logged.seq <= head {
+            return; // a recreated consumer repeating what this node already has
+        }
+        if logged.seq > head + 1 {
+            // Evicted from the log before this node read them.
+            self.skipped(head, logged.seq);
+        }
+        self.stored(logged.seq, logged.event);
+        self.wake_waiting();
     }
 
     fn answer_publisher(
@@ -256,6 +296,29 @@ impl Broker {
                 return;
             };
             self.command(slot, cmd);
+        }
+    }
+
+    /// A shared log skipped from `head` to `next`: the events in between were evicted before this
+    /// node read them. Live subscribers get a gap notice now (the log does not say which topics
+    /// lost events, so every subscriber does); connections catching up get one when they cross
+    /// the hole.
+    fn skipped(&mut self, head: u64, next: u64) {
+        let epoch = self.config.epoch;
+        self.holes.push_back((head + 1, next - 1));
+        let gap = Gap {
+            from: Some(Cursor::new(epoch, head)),
+            to: Cursor::new(epoch, next - 1),
+            reason: GapReason::Evicted,
+            dropped_messages: 0,
+        };
+        let mut live: Vec<_> = self.ids.values().copied().collect();
+        live.retain(|&slot| {
+            let conn = self.conn_ref(slot);
+            !conn.closing && conn.catch_up.is_none() && !conn.subs.is_empty()
+        });
+        for slot in live {
+            self.send_gap(slot, &gap);
         }
     }
 

@@ -9,6 +9,10 @@ use crate::error::{ErrorCode, ProtocolError};
 use crate::output::{Gap, GapReason};
 use crate::subs::Slot;
 
+/// How long a resume from a cursor ahead of this node's head (handed out by another node of a
+/// shared log) waits for the head to reach it.
+pub(crate) const AHEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Broker {
     pub(crate) fn subscribe(&mut self, slot: Slot, sub: Subscribe) {
         let Subscribe {
@@ -90,6 +94,12 @@ impl Broker {
                 c.seq
             }
             Some(_) if new.is_empty() => head,
+            Some(c) if c.epoch == self.config.epoch && self.shared_log() => {
+                // Handed out by a node further along the shared log: wait until this one has
+                // received up to it, so nothing the client saw comes again.
+                self.wait_for(slot, c.seq);
+                c.seq
+            }
             Some(c) => {
                 // Another epoch (or a cursor from the future): nothing it saw can be matched up,
                 // so say so and replay whatever this epoch still holds.
@@ -144,6 +154,75 @@ impl Broker {
                 conn.catch_up = Some(Box::new(CatchUp::new(to, GapReason::Evicted, 0)));
             }
         }
+    }
+
+    /// Keeps the connection off live delivery until the head reaches `seq`, at most
+    /// [`AHEAD_WAIT`]; then its cursor is not of this log after all (`Timer::Ahead`).
+    fn wait_for(&mut self, slot: Slot, seq: u64) {
+        let head = self.history.head();
+        let now = self.now;
+        let conn = self.conn_mut(slot);
+        let id = conn.id;
+        if conn.catch_up.is_none() {
+            for sub in &mut conn.subs {
+                sub.done = sub.done.max(head);
+            }
+            conn.catch_up = Some(Box::new(CatchUp::new(head, GapReason::Evicted, 0)));
+        }
+        let cu = conn.catch_up.as_deref_mut().expect("set above");
+        cu.ahead = cu.ahead.max(seq);
+        if !self.waiting.contains(&id) {
+            self.waiting.push(id);
+        }
+        self.timers
+            .schedule(now + AHEAD_WAIT, crate::timers::Timer::Ahead(id));
+    }
+
+    /// Pumps the connections waiting for the head to reach their cursor (it moved).
+    pub(crate) fn wake_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.retain(|conn| {
+            let Some(&slot) = self.ids.get(conn) else {
+                return false;
+            };
+            self.pump(slot);
+            self.conn_ref(slot)
+                .catch_up
+                .as_ref()
+                .is_some_and(|cu| cu.ahead > self.history.head())
+        });
+        self.waiting.append(&mut waiting);
+    }
+
+    /// The head did not reach the cursor a connection resumed from within [`AHEAD_WAIT`]: that
+    /// cursor is ahead of the log; say so and go on from the head.
+    pub(crate) fn ahead_expired(&mut self, slot: Slot) {
+        let (head, epoch) = (self.history.head(), self.config.epoch);
+        let conn = self.conn_mut(slot);
+        let Some(cu) = conn.catch_up.as_deref_mut() else {
+            return;
+        };
+        if cu.ahead <= head {
+            return;
+        }
+        let from = std::mem::take(&mut cu.ahead);
+        for sub in &mut conn.subs {
+            if sub.start > head {
+                sub.start = head;
+                sub.done = head;
+            }
+        }
+        let gap = Gap {
+            from: Some(Cursor::new(epoch, from)),
+            to: Cursor::new(epoch, head),
+            reason: GapReason::Epoch,
+            dropped_messages: 0,
+        };
+        self.send_gap(slot, &gap);
+        self.pump(slot);
     }
 
     pub(crate) fn remove_sub(&mut self, slot: Slot, pattern: &crate::topic::Pattern) {

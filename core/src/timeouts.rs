@@ -132,6 +132,11 @@ impl Broker {
                     self.out.push_back(Output::Drop { conn });
                 }
             }
+            Timer::Ahead(conn) => {
+                if let Some(slot) = live(self, conn) {
+                    self.ahead_expired(slot);
+                }
+            }
             Timer::Shutdown => {
                 let mut left: Vec<ConnId> = self.ids.keys().copied().collect();
                 left.sort_unstable();

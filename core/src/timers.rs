@@ -24,6 +24,8 @@ pub(crate) enum Timer {
     CloseGrace(ConnId),
     /// The graceful shutdown's deadline.
     Shutdown,
+    /// A connection resumed from a cursor ahead of the head must have been reached by now.
+    Ahead(ConnId),
 }
 
 #[derive(Default)]

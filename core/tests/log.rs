@@ -87,6 +87,7 @@ impl Sim {
                 hot_events,
                 hot_bytes: 1 << 20,
                 max_pending_appends: 6,
+                shared: false,
             },
             ..Config::default()
         };
@@ -466,6 +467,7 @@ fn answers_keep_the_order_of_commands_while_a_publish_is_stored() {
             hot_events: 8,
             hot_bytes: 1 << 20,
             max_pending_appends: 8,
+            shared: false,
         },
         ..Config::default()
     };

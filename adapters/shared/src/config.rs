@@ -19,6 +19,7 @@ pub use tidings_core::units::{parse_duration, parse_opt_duration};
 use tidings_core::{Config, Limits, NameLimits, Retention, SlowConsumer, Timers, units};
 
 use crate::auth::{AuthConfig, Secret};
+use crate::cluster::ClusterConfig;
 use crate::store::{StoreConfig, StoreKind};
 
 /// Publishes waiting for the file log at most (`LogMode::External`): past it the disk is too
@@ -59,6 +60,9 @@ pub struct ServerConfig {
     pub ksbus: KsbusConfig,
     /// The etp-compatible endpoint `/etp` (see `docs/COMPAT.md`).
     pub etp: EtpConfig,
+    /// Cluster mode: several nodes sharing one NATS JetStream stream as their log (see
+    /// `docs/CLUSTER.md`).
+    pub cluster: ClusterConfig,
 }
 
 /// `[tls]`: serve HTTPS (and HTTP/2 by ALPN) instead of plain HTTP.
@@ -204,6 +208,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             ksbus: KsbusConfig::default(),
             etp: EtpConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -455,6 +460,7 @@ impl ServerConfig {
         self.limits.validate()?;
         self.slow_consumer.validate(self.limits.names)?;
         self.store.validate().map_err(ConfigError)?;
+        self.cluster.validate().map_err(ConfigError)?;
         if self.http.metrics_token.is_some() && self.http.metrics_token_file.is_some() {
             return Err(ConfigError(BOTH_METRICS_TOKENS.to_owned()));
         }
@@ -483,11 +489,18 @@ impl ServerConfig {
             timers: self.timers.clone(),
             sse_retry: self.sse.retry,
             log: match self.store.kind {
+                _ if self.cluster.nats.is_some() => tidings_core::log::LogMode::External {
+                    hot_events: self.store.hot_events,
+                    hot_bytes: self.store.hot_bytes,
+                    max_pending_appends: MAX_PENDING_APPENDS,
+                    shared: true,
+                },
                 StoreKind::Memory => tidings_core::log::LogMode::Memory,
                 StoreKind::File => tidings_core::log::LogMode::External {
                     hot_events: self.store.hot_events,
                     hot_bytes: self.store.hot_bytes,
                     max_pending_appends: MAX_PENDING_APPENDS,
+                    shared: false,
                 },
             },
             lifecycle_events: false,

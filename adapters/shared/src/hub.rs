@@ -40,6 +40,7 @@ use tidings_core::{
 
 use crate::auth::AuthConfigError;
 use crate::auth::{AuthError, Authenticated};
+use crate::cluster::{ClusterError, Joined, NatsLog};
 use crate::config::{ConfigError, ServerConfig, TlsError};
 use crate::conn::{Ended, FromConn, Kind, Opening, ToConn};
 use crate::control::{Answer, Control};
@@ -103,6 +104,10 @@ struct HubInner {
     driver_end: Shared<oneshot::Receiver<bool>>,
     /// The file log, if events are stored in files (for `/metrics` and the shutdown).
     file_log: Option<Arc<FileLog>>,
+    /// The cluster's stream, in cluster mode (kept for as long as the hub: dropping it ends the
+    /// NATS client's thread).
+    #[allow(dead_code)]
+    nats_log: Option<NatsLog>,
 }
 
 type Sleep = Arc<dyn Fn(Instant) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -127,6 +132,8 @@ pub enum StartError {
     Store(StoreError),
     /// The TLS certificate or key cannot be used: the message names the file.
     Tls(TlsError),
+    /// Cluster mode cannot start (NATS unreachable, JetStream off, a conflicting stream).
+    Cluster(ClusterError),
 }
 
 impl fmt::Display for StartError {
@@ -136,6 +143,7 @@ impl fmt::Display for StartError {
             Self::Auth(e) => write!(f, "invalid authentication settings: {e}"),
             Self::Store(e) => write!(f, "cannot use the data directory: {e}"),
             Self::Tls(e) => write!(f, "cannot serve TLS: {e}"),
+            Self::Cluster(e) => write!(f, "cannot join the cluster: {e}"),
         }
     }
 }
@@ -163,7 +171,22 @@ impl Hub {
         let limits = core.limits.clone();
         let outbox_frames = config.http.outbox_frames(limits.max_queued_bytes);
         let mut broker = Broker::new(core, rt.now());
+        let mut nats_log = None;
         let (file_log, link) = match config.store.kind {
+            _ if config.cluster.nats.is_some() => {
+                let (log, joined, link) = NatsLog::open(
+                    &config.cluster,
+                    &config.retention,
+                    &limits,
+                    config.store.hot_events,
+                    config.store.hot_bytes,
+                )
+                .map_err(StartError::Cluster)?;
+                announce_join(&joined);
+                broker.restore_log(joined.state);
+                nats_log = Some(log);
+                (None, Some(link))
+            }
             StoreKind::Memory => (None, None),
             StoreKind::File => {
                 let (log, recovery, replies) =
@@ -210,6 +233,7 @@ impl Hub {
                 now,
                 driver_end: futures_util::FutureExt::shared(driver_end),
                 file_log,
+                nats_log,
             }),
         })
     }
@@ -1012,6 +1036,21 @@ fn unexpected(reply: &AppReply) -> HubError {
 
 /// The start-up log line of a recovered file log: where, which epoch, what range, how long, and
 /// anything that was cut or skipped.
+fn announce_join(joined: &Joined) {
+    let state = &joined.state;
+    tracing::info!(
+        stream = joined.stream,
+        created = joined.created,
+        epoch = format_args!("{:x}", state.epoch),
+        first = state.first,
+        last = state.head,
+        messages = joined.messages,
+        warmed = state.recent.len(),
+        took_ms = joined.took.as_secs_f64() * 1000.0,
+        "joined the cluster's stream"
+    );
+}
+
 fn announce_recovery(recovery: &Recovery) {
     let state = &recovery.state;
     let last = state.recovered;

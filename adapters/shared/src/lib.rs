@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 mod conn;
 mod conn_table;

@@ -12,7 +12,10 @@
 //!   delivered or acknowledged;
 //! - a catch-up older than the hot window becomes [`LogRequest::Read`], answered by a
 //!   [`LogReply::Page`], so that events are read from storage without blocking the state machine;
-//! - the log's own retention moves its first position ([`LogReply::Trimmed`]).
+//! - the log's own retention moves its first position ([`LogReply::Trimmed`]);
+//! - a log shared by several nodes (`shared`, a cluster's stream) hands every node every event in
+//!   log order ([`LogReply::Committed`]); a node delivers its own publishes from there too, so
+//!   all nodes deliver in one order and one cursor means the same event everywhere.
 //!
 //! At start the adapter recovers the log and hands the broker its state ([`LogState`], with
 //! `Broker::restore_log`) before any client connects: the epoch belongs to the log and survives a
@@ -46,6 +49,11 @@ pub enum LogMode {
         /// Appends asked for and not yet answered, at most; past it publishes fail with
         /// `unavailable` (the log is behind).
         max_pending_appends: usize,
+        /// Other nodes append to the same log (a cluster's stream): every event, this node's
+        /// own included, is delivered when it arrives in log order ([`LogReply::Committed`]),
+        /// and [`LogReply::Appended`] only answers the publisher. A resume cursor ahead of what
+        /// this node has received waits for it (it came from a node further along).
+        shared: bool,
     },
 }
 
@@ -147,6 +155,17 @@ pub enum LogReply {
         read: ReadId,
         /// The page, or why it could not be read.
         result: Result<Page, ProtocolError>,
+    },
+    /// The next event of a shared log, in log order, whoever appended it (only with
+    /// `shared`). Positions at or before the last one received are ignored (a consumer that
+    /// was recreated may repeat some); a position further than the next means the events in
+    /// between were evicted before this node read them: its subscribers get a gap notice.
+    Committed(Logged),
+    /// A position of a shared log that holds no event for tidings (something else wrote there,
+    /// in a form that is not an event): nothing to deliver, and nothing missing either.
+    Passed {
+        /// The position.
+        seq: u64,
     },
     /// The log's retention evicted events: its first retained position is now `first`.
     Trimmed {

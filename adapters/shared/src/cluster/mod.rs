@@ -1,0 +1,691 @@
+//! Cluster mode: every node's log is one NATS JetStream stream, so one cursor means the same
+//! event on every node (see `docs/CLUSTER.md`).
+//!
+//! The broker talks to it through the core's shared-log seam (`LogMode::External { shared:
+//! true }`): a publish becomes an append to the stream, deduplicated by a `Nats-Msg-Id` made of a
+//! per-process nonce and the append's id (a retry after a timeout gets the same position; a
+//! restarted node never collides with its earlier self); its answer carries the stream sequence.
+//! Delivery does not happen on that answer: every node reads the whole stream in order through
+//! one ordered consumer (never one per client) and delivers what arrives, its own publishes
+//! included, so every node delivers in the same order. Reads older than the hot window use a
+//! short-lived ordered consumer from the position asked for.
+//!
+//! async-nats runs on tokio; so that both runtimes use it alike it runs on a current-thread tokio
+//! runtime on a thread of its own (`tidings-nats`), reached through channels: the driver's
+//! requests never block, and replies come back on a flume channel like the file log's.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use futures_util::StreamExt as _;
+use tidings_core::log::{Appended, LogReply, LogRequest, LogState, Logged, Page};
+use tidings_core::{ErrorCode, Limits, ProtocolError, Retention};
+
+mod codec;
+mod config;
+
+pub use config::ClusterConfig;
+
+use crate::driver::LogLink;
+
+/// How long JetStream remembers a `Nats-Msg-Id` (its default): a publish retried within it is
+/// stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How often the stream's bounds are read (its retention moves its first position).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// Range reads running at once (a reconnect storm asks for many).
+const MAX_READS: usize = 4;
+/// How long a range read or the warm-up waits for the next message before giving up.
+const READ_WAIT: Duration = Duration::from_secs(10);
+
+/// Why cluster mode cannot start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterError(pub String);
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// What [`NatsLog::open`] found, for the broker (`state`) and the start-up log line.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The log's state, for `Broker::restore_log`.
+    pub state: LogState,
+    /// The stream's name.
+    pub stream: String,
+    /// Events in the stream when this node joined.
+    pub messages: u64,
+    /// Whether this node created the stream.
+    pub created: bool,
+    /// How long connecting and warming the hot window took.
+    pub took: Duration,
+}
+
+/// The link to the stream: requests go to the `tidings-nats` thread.
+pub struct NatsLog {
+    requests: tokio::sync::mpsc::UnboundedSender<Vec<LogRequest>>,
+}
+
+impl std::fmt::Debug for NatsLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsLog").finish_non_exhaustive()
+    }
+}
+
+/// What the `tidings-nats` thread needs.
+#[derive(Clone)]
+struct Setup {
+    cluster: ClusterConfig,
+    retention: Retention,
+    limits: Limits,
+    hot_events: usize,
+    hot_bytes: usize,
+    node: String,
+    /// Unique per process start: the first part of every `Nats-Msg-Id`.
+    nonce: String,
+}
+
+impl NatsLog {
+    /// Connects to NATS, creates the stream if missing (or checks and updates an existing one),
+    /// and reads its newest events into the hot window, blocking until done (before the hub
+    /// serves anything). The replies channel then brings every event of the stream from there
+    /// on, in order, and the answers to requests.
+    ///
+    /// # Errors
+    /// NATS unreachable within `connect_timeout`, JetStream not enabled, a stream of that name
+    /// with other subjects, or a read failing: the message says which and what to do.
+    pub fn open(
+        cluster: &ClusterConfig,
+        retention: &Retention,
+        limits: &Limits,
+        hot_events: usize,
+        hot_bytes: usize,
+    ) -> Result<(Self, Joined, LogLink), ClusterError> {
+        let started = Instant::now();
+        let node = cluster
+            .node
+            .clone()
+            .unwrap_or_else(|| format!("tidings-{}", std::process::id()));
+        let clock = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let nonce = format!(
+            "{node}-{:x}",
+            clock ^ (u128::from(std::process::id()) << 64)
+        );
+        let setup = Setup {
+            cluster: cluster.clone(),
+            retention: retention.clone(),
+            limits: limits.clone(),
+            hot_events,
+            hot_bytes,
+            node,
+            nonce,
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (req_tx, req_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = flume::unbounded();
+        std::thread::Builder::new()
+            .name("tidings-nats".to_owned())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ClusterError(format!(
+                            "cannot start the NATS client's runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                rt.block_on(run(setup, ready_tx, req_rx, reply_tx));
+            })
+            .map_err(|e| ClusterError(format!("cannot start the NATS client's thread: {e}")))?;
+        let mut joined = ready_rx
+            .recv()
+            .map_err(|_| ClusterError("the NATS client's thread ended at start".to_owned()))??;
+        joined.took = started.elapsed();
+        let log = Self { requests: req_tx };
+        let link = log.link(reply_rx);
+        Ok((log, joined, link))
+    }
+
+    fn link(&self, replies: flume::Receiver<LogReply>) -> LogLink {
+        let tx = self.requests.clone();
+        LogLink {
+            requests: Box::new(move |reqs| {
+                // Gone only when the thread ended, and then nothing can be stored anyway.
+                let _ = tx.send(reqs);
+            }),
+            replies,
+        }
+    }
+}
+
+/// The `tidings-nats` thread: joins the stream, then serves requests and feeds every event of
+/// the stream to the broker until the hub drops its link.
+async fn run(
+    setup: Setup,
+    ready: std::sync::mpsc::Sender<Result<Joined, ClusterError>>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<Vec<LogRequest>>,
+    replies: flume::Sender<LogReply>,
+) {
+    let (js, stream, joined, messages) = match join(&setup).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (head, first, epoch) = (joined.state.head, joined.state.first, joined.state.epoch);
+    let _ = ready.send(Ok(joined));
+    let setup = Arc::new(setup);
+    tokio::spawn(consume(
+        setup.clone(),
+        stream.clone(),
+        messages,
+        head,
+        replies.clone(),
+    ));
+    tokio::spawn(watch(stream.clone(), first, epoch, replies.clone()));
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(acknowledge(js.clone(), ack_rx, replies.clone()));
+    let reads = Arc::new(tokio::sync::Semaphore::new(MAX_READS));
+    let prefix = setup.cluster.prefix();
+    while let Some(batch) = requests.recv().await {
+        for request in batch {
+            match request {
+                LogRequest::Append { id, event } => {
+                    let (subject, headers, body) = codec::encode(&prefix, &event);
+                    let message = PublishMessage::build()
+                        .payload(body)
+                        .headers(headers)
+                        .message_id(format!("{}-{}", setup.nonce, id.0));
+                    let sent = js.send_publish(subject.clone(), message.clone()).await;
+                    let deadline = Instant::now() + setup.cluster.publish_timeout;
+                    let _ = ack_tx.send(Publishing {
+                        id,
+                        subject,
+                        message,
+                        sent,
+                        deadline,
+                    });
+                }
+                LogRequest::Read {
+                    read,
+                    from,
+                    max_events,
+                } => {
+                    let (setup, stream, replies, reads) = (
+                        setup.clone(),
+                        stream.clone(),
+                        replies.clone(),
+                        reads.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let _permit = reads.acquire().await;
+                        let result = read_range(&setup, &stream, from, max_events).await;
+                        let _ = replies.send(LogReply::Page { read, result });
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Connects, gets or creates the stream, and warms the hot window with its newest events; the
+/// ordered consumer that read them goes on with the live ones.
+async fn join(
+    setup: &Setup,
+) -> Result<
+    (
+        jetstream::Context,
+        stream::Stream,
+        Joined,
+        consumer::pull::Ordered,
+    ),
+    ClusterError,
+> {
+    let cluster = &setup.cluster;
+    let url = cluster.nats.clone().unwrap_or_default();
+    let servers: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
+    let node = setup.node.clone();
+    let options = async_nats::ConnectOptions::new()
+        .name(format!("tidings {node}"))
+        .connection_timeout(cluster.connect_timeout)
+        .event_callback(move |event| {
+            let node = node.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!(
+                        node,
+                        "lost the connection to NATS: publishes wait (and fail after \
+                         cluster.publish_timeout), deliveries pause until it is back"
+                    ),
+                    async_nats::Event::Connected => {
+                        tracing::info!(node, "connected to NATS");
+                    }
+                    other => tracing::info!(node, "NATS: {other}"),
+                }
+            }
+        });
+    let client = tokio::time::timeout(cluster.connect_timeout, options.connect(servers.as_slice()))
+        .await
+        .map_err(|_| {
+            ClusterError(format!(
+                "no answer from NATS at {url} within {:?} (cluster.connect_timeout): is \
+                 nats-server running there?",
+                cluster.connect_timeout
+            ))
+        })?
+        .map_err(|e| ClusterError(format!("cannot connect to NATS at {url}: {e}")))?;
+    let mut js = jetstream::new(client);
+    js.set_timeout((cluster.publish_timeout / 3).max(Duration::from_millis(500)));
+    let want = stream_config(setup);
+    let (mut stream, created) = match js.get_stream(&cluster.stream).await {
+        Ok(stream) => (stream, false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            match js.create_stream(want.clone()).await {
+                Ok(stream) => (stream, true),
+                // Another node created it at the same moment.
+                Err(e) => match js.get_stream(&cluster.stream).await {
+                    Ok(stream) => (stream, false),
+                    Err(_) => {
+                        return Err(ClusterError(format!(
+                            "cannot create the JetStream stream {:?} at {url}: {e} (is \
+                             JetStream enabled: nats-server -js?)",
+                            cluster.stream
+                        )));
+                    }
+                },
+            }
+        }
+        Err(e) => {
+            return Err(ClusterError(format!(
+                "cannot look up the JetStream stream {:?} at {url}: {e} (is JetStream enabled: \
+                 nats-server -js?)",
+                cluster.stream
+            )));
+        }
+    };
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| ClusterError(format!("cannot read the stream's state: {e}")))?
+        .clone();
+    if info.config.subjects != want.subjects {
+        return Err(ClusterError(format!(
+            "the JetStream stream {:?} exists with subjects {:?}; tidings needs exactly {:?}: \
+             name another stream (cluster.stream) or delete that one",
+            cluster.stream, info.config.subjects, want.subjects
+        )));
+    }
+    let limits_differ = (
+        info.config.max_messages,
+        info.config.max_bytes,
+        info.config.max_age,
+    ) != (want.max_messages, want.max_bytes, want.max_age);
+    if !created && limits_differ {
+        // `[retention]` is the one definition of the stream's bounds.
+        let update = stream::Config {
+            num_replicas: info.config.num_replicas,
+            ..want
+        };
+        js.update_stream(update)
+            .await
+            .map_err(|e| ClusterError(format!("cannot apply [retention] to the stream: {e}")))?;
+        tracing::info!(
+            stream = cluster.stream,
+            "the stream's retention follows [retention] now"
+        );
+    }
+    let epoch = u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(1)
+        .max(1);
+    let (first, last, messages) = (
+        info.state.first_sequence,
+        info.state.last_sequence,
+        info.state.messages,
+    );
+    let start = if messages == 0 {
+        last + 1
+    } else {
+        let hot = u64::try_from(setup.hot_events.max(1)).unwrap_or(u64::MAX);
+        first.max(last.saturating_sub(hot - 1))
+    };
+    let mut ordered = ordered_from(&stream, start)
+        .await
+        .map_err(|e| ClusterError(format!("cannot read the stream: {e}")))?;
+    let mut recent: VecDeque<Logged> = VecDeque::new();
+    let (mut bytes, mut head) = (0usize, last);
+    let prefix = cluster.prefix();
+    while messages > 0 && head_of(&recent).is_none_or(|h| h < last) {
+        let Some((seq, logged)) = next_message(&mut ordered, &prefix, &setup.limits)
+            .await
+            .map_err(|e| {
+                ClusterError(format!("cannot warm the hot window from the stream: {e}"))
+            })?
+        else {
+            break;
+        };
+        head = head.max(seq);
+        let Some(logged) = logged else { continue };
+        bytes += logged.event.payload.len() + logged.event.topic.as_str().len();
+        recent.push_back(logged);
+        while recent.len() > setup.hot_events || bytes > setup.hot_bytes {
+            let Some(old) = recent.pop_front() else { break };
+            bytes -= old.event.payload.len() + old.event.topic.as_str().len();
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let state = LogState {
+        epoch,
+        first: if messages == 0 { head + 1 } else { first },
+        head,
+        recovered: head,
+        recent: recent.into(),
+        now_ms,
+    };
+    let joined = Joined {
+        state,
+        stream: cluster.stream.clone(),
+        messages,
+        created,
+        took: Duration::ZERO,
+    };
+    Ok((js, stream, joined, ordered))
+}
+
+fn head_of(recent: &VecDeque<Logged>) -> Option<u64> {
+    recent.back().map(|l| l.seq)
+}
+
+/// The stream as `[retention]` and `[cluster]` describe it.
+fn stream_config(setup: &Setup) -> stream::Config {
+    let r = &setup.retention;
+    stream::Config {
+        name: setup.cluster.stream.clone(),
+        subjects: vec![format!("{}.>", setup.cluster.prefix())],
+        max_messages: i64::try_from(r.max_events).unwrap_or(-1),
+        max_bytes: i64::try_from(r.max_bytes).unwrap_or(-1),
+        max_age: r.max_age,
+        storage: stream::StorageType::File,
+        num_replicas: setup.cluster.replicas,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: DUPLICATE_WINDOW,
+        // Topic, headers and payload: the payload alone is bounded by max_frame_bytes.
+        max_message_size: i32::try_from(setup.limits.max_frame_bytes.saturating_add(64 << 10))
+            .unwrap_or(i32::MAX),
+        ..stream::Config::default()
+    }
+}
+
+/// An ordered consumer of the whole stream from `start` (ephemeral: the server forgets it when
+/// nobody reads it).
+async fn ordered_from(
+    stream: &stream::Stream,
+    start: u64,
+) -> Result<consumer::pull::Ordered, async_nats::Error> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start.max(1),
+            },
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
+/// The next message of an ordered consumer: its position, and its event unless it holds none
+/// (then it is logged). `None` when the consumer ended.
+async fn next_message(
+    ordered: &mut consumer::pull::Ordered,
+    prefix: &str,
+    limits: &Limits,
+) -> Result<Option<(u64, Option<Logged>)>, String> {
+    let message = match tokio::time::timeout(READ_WAIT, ordered.next()).await {
+        Err(_) => return Err(format!("no message within {READ_WAIT:?}")),
+        Ok(None) => return Ok(None),
+        Ok(Some(Err(e))) => return Err(e.to_string()),
+        Ok(Some(Ok(m))) => m,
+    };
+    let info = message.info().map_err(|e| e.to_string())?;
+    let seq = info.stream_sequence;
+    let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let logged = codec::decode(
+        prefix,
+        limits,
+        seq,
+        time_ms,
+        message.subject.as_str(),
+        message.headers.as_ref(),
+        message.payload.clone(),
+    );
+    match logged {
+        Ok(logged) => Ok(Some((seq, Some(logged)))),
+        Err(why) => {
+            tracing::warn!(seq, subject = %message.subject, "a message of the stream is not an event, skipped: {why}");
+            Ok(Some((seq, None)))
+        }
+    }
+}
+
+/// Feeds every event of the stream after `head` to the broker, in order. The ordered consumer
+/// recreates itself after a gap or a lost connection; if it ends, a new one starts after the
+/// last position fed.
+async fn consume(
+    setup: Arc<Setup>,
+    stream: stream::Stream,
+    mut ordered: consumer::pull::Ordered,
+    mut head: u64,
+    replies: flume::Sender<LogReply>,
+) {
+    let prefix = setup.cluster.prefix();
+    loop {
+        let message = match ordered.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                tracing::warn!("reading the stream: {e} (the ordered consumer starts again)");
+                continue;
+            }
+            None => {
+                tracing::warn!("the stream's consumer ended; starting another after {head}");
+                loop {
+                    match ordered_from(&stream, head + 1).await {
+                        Ok(o) => break ordered = o,
+                        Err(e) => {
+                            tracing::warn!("cannot read the stream: {e}; retrying in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                continue;
+            }
+        };
+        let Ok(info) = message.info() else { continue };
+        let seq = info.stream_sequence;
+        if seq <= head {
+            continue;
+        }
+        head = seq;
+        let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        let reply = match codec::decode(
+            &prefix,
+            &setup.limits,
+            seq,
+            time_ms,
+            message.subject.as_str(),
+            message.headers.as_ref(),
+            message.payload.clone(),
+        ) {
+            Ok(logged) => LogReply::Committed(logged),
+            Err(why) => {
+                tracing::warn!(seq, subject = %message.subject, "a message of the stream is not an event, skipped: {why}");
+                LogReply::Passed { seq }
+            }
+        };
+        if replies.send(reply).is_err() {
+            return; // the hub is gone
+        }
+    }
+}
+
+/// Reports the stream's retention moving its first position; warns if the stream was deleted or
+/// recreated under the node.
+async fn watch(
+    mut stream: stream::Stream,
+    mut first: u64,
+    epoch: u64,
+    replies: flume::Sender<LogReply>,
+) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let info = match stream.info().await {
+            Ok(info) => info.clone(),
+            Err(e) => {
+                tracing::debug!("cannot read the stream's state: {e}");
+                continue;
+            }
+        };
+        let created = u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(1);
+        if created.max(1) != epoch && !warned {
+            warned = true;
+            tracing::error!(
+                "the JetStream stream was deleted and created again: its positions are not this \
+                 node's any more; restart the node (clients then get a gap notice)"
+            );
+        }
+        if info.state.first_sequence > first {
+            first = info.state.first_sequence;
+            if replies.send(LogReply::Trimmed { first }).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// An append sent to the stream and not yet answered.
+struct Publishing {
+    id: tidings_core::log::AppendId,
+    subject: String,
+    message: PublishMessage,
+    sent: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
+    deadline: Instant,
+}
+
+/// Answers appends in the order they were asked. A failed attempt is sent again with the same
+/// `Nats-Msg-Id` until the deadline (so an append stored once but not acknowledged is not stored
+/// twice), then answered `unavailable`.
+async fn acknowledge(
+    js: jetstream::Context,
+    mut pending: tokio::sync::mpsc::UnboundedReceiver<Publishing>,
+    replies: flume::Sender<LogReply>,
+) {
+    while let Some(p) = pending.recv().await {
+        let Publishing {
+            id,
+            subject,
+            message,
+            mut sent,
+            deadline,
+        } = p;
+        let result = loop {
+            let error = match sent {
+                Ok(ack) => match ack.await {
+                    Ok(ack) => {
+                        break Ok(Appended {
+                            seq: ack.sequence,
+                            first: 0,
+                        });
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() >= deadline {
+                break Err(ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the cluster's stream did not store the event in time ({error}); nothing \
+                         was delivered, retry later"
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            sent = js.send_publish(subject.clone(), message.clone()).await;
+        };
+        if replies.send(LogReply::Appended { id, result }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Events from `from`, at most `max_events`, read by a short-lived ordered consumer.
+async fn read_range(
+    setup: &Setup,
+    stream: &stream::Stream,
+    from: u64,
+    max_events: usize,
+) -> Result<Page, ProtocolError> {
+    let unavailable = |e: String| {
+        ProtocolError::new(
+            ErrorCode::Unavailable,
+            format!("cannot read the cluster's stream: {e}; reconnect and resume later"),
+        )
+    };
+    let info = stream
+        .get_info()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    if info.state.messages == 0 || from > last {
+        return Ok(Page {
+            first,
+            events: Vec::new(),
+            done: true,
+        });
+    }
+    let mut ordered = ordered_from(stream, from.max(first))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let prefix = setup.cluster.prefix();
+    let mut events = Vec::new();
+    let mut reached = from.saturating_sub(1);
+    while events.len() < max_events && reached < last {
+        match next_message(&mut ordered, &prefix, &setup.limits).await {
+            Ok(Some((seq, logged))) => {
+                reached = seq;
+                events.extend(logged);
+            }
+            Ok(None) => break,
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Ok(Page {
+        first,
+        events,
+        done: reached >= last,
+    })
+}
