@@ -11,7 +11,10 @@
 #![allow(dead_code)] // each test file uses a part of the harness
 
 mod chunked;
+mod nats;
 pub use chunked::ChunkedDecoder;
+#[allow(unused_imports)] // only the cluster tests use it
+pub use nats::Nats;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
@@ -35,6 +36,8 @@ use crate::driver::LogLink;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How often the stream's bounds are read (its retention moves its first position).
 const WATCH_EVERY: Duration = Duration::from_secs(2);
+/// How often a lost consumer is created again, or a failed publish sent again.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
 /// Range reads running at once (a reconnect storm asks for many).
 const MAX_READS: usize = 4;
 /// How long a range read or the warm-up waits for the next message before giving up.
@@ -178,7 +181,13 @@ async fn run(
     mut requests: tokio::sync::mpsc::UnboundedReceiver<Vec<LogRequest>>,
     replies: flume::Sender<LogReply>,
 ) {
-    let (js, stream, joined, messages) = match join(&setup).await {
+    let Joining {
+        js,
+        stream,
+        joined,
+        ordered,
+        back,
+    } = match join(&setup).await {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -191,7 +200,8 @@ async fn run(
     tokio::spawn(consume(
         setup.clone(),
         stream.clone(),
-        messages,
+        ordered,
+        back,
         head,
         replies.clone(),
     ));
@@ -244,35 +254,35 @@ async fn run(
 
 /// Connects, gets or creates the stream, and warms the hot window with its newest events; the
 /// ordered consumer that read them goes on with the live ones.
-async fn join(
-    setup: &Setup,
-) -> Result<
-    (
-        jetstream::Context,
-        stream::Stream,
-        Joined,
-        consumer::pull::Ordered,
-    ),
-    ClusterError,
-> {
+async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
     let cluster = &setup.cluster;
     let url = cluster.nats.clone().unwrap_or_default();
     let servers: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
     let node = setup.node.clone();
+    // After a lost connection the server may have lost the consumer too (its state is in
+    // memory): the consumer starts again at once instead of after missed heartbeats.
+    let back = Arc::new(tokio::sync::Notify::new());
+    let (lost, notify) = (Arc::new(AtomicBool::new(false)), back.clone());
     let options = async_nats::ConnectOptions::new()
         .name(format!("tidings {node}"))
         .connection_timeout(cluster.connect_timeout)
         .event_callback(move |event| {
-            let node = node.clone();
+            let (node, lost, notify) = (node.clone(), lost.clone(), notify.clone());
             async move {
                 match event {
-                    async_nats::Event::Disconnected => tracing::warn!(
-                        node,
-                        "lost the connection to NATS: publishes wait (and fail after \
-                         cluster.publish_timeout), deliveries pause until it is back"
-                    ),
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Relaxed);
+                        tracing::warn!(
+                            node,
+                            "lost the connection to NATS: publishes wait (and fail after \
+                             cluster.publish_timeout), deliveries pause until it is back"
+                        );
+                    }
                     async_nats::Event::Connected => {
                         tracing::info!(node, "connected to NATS");
+                        if lost.swap(false, Ordering::Relaxed) {
+                            notify.notify_one();
+                        }
                     }
                     other => tracing::info!(node, "NATS: {other}"),
                 }
@@ -413,7 +423,24 @@ async fn join(
         created,
         took: Duration::ZERO,
     };
-    Ok((js, stream, joined, ordered))
+    Ok(Joining {
+        js,
+        stream,
+        joined,
+        ordered,
+        back,
+    })
+}
+
+/// What [`join`] leaves running.
+struct Joining {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    joined: Joined,
+    /// The consumer that warmed the hot window, to go on with the live events.
+    ordered: consumer::pull::Ordered,
+    /// Notified when the connection to NATS is back after a loss.
+    back: Arc<tokio::sync::Notify>,
 }
 
 fn head_of(recent: &VecDeque<Logged>) -> Option<u64> {
@@ -491,32 +518,35 @@ async fn next_message(
     }
 }
 
-/// Feeds every event of the stream after `head` to the broker, in order. The ordered consumer
-/// recreates itself after a gap or a lost connection; if it ends, a new one starts after the
-/// last position fed.
+/// Feeds every event of the stream after `head` to the broker, in order. After an error, the
+/// end of the consumer, or a connection to NATS that came back, a new ordered consumer starts
+/// right after the last position fed.
 async fn consume(
     setup: Arc<Setup>,
     stream: stream::Stream,
     mut ordered: consumer::pull::Ordered,
+    back: Arc<tokio::sync::Notify>,
     mut head: u64,
     replies: flume::Sender<LogReply>,
 ) {
     let prefix = setup.cluster.prefix();
     loop {
-        let message = match ordered.next().await {
+        let next = tokio::select! {
+            next = ordered.next() => next,
+            () = back.notified() => None,
+        };
+        let message = match next {
             Some(Ok(m)) => m,
-            Some(Err(e)) => {
-                tracing::warn!("reading the stream: {e} (the ordered consumer starts again)");
-                continue;
-            }
-            None => {
-                tracing::warn!("the stream's consumer ended; starting another after {head}");
+            failed => {
+                if let Some(Err(e)) = failed {
+                    tracing::warn!("reading the stream: {e}");
+                }
                 loop {
                     match ordered_from(&stream, head + 1).await {
                         Ok(o) => break ordered = o,
                         Err(e) => {
-                            tracing::warn!("cannot read the stream: {e}; retrying in 1 s");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            tracing::debug!("cannot read the stream yet: {e}");
+                            tokio::time::sleep(RETRY_EVERY).await;
                         }
                     }
                 }
@@ -633,7 +663,7 @@ async fn acknowledge(
                     ),
                 ));
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(RETRY_EVERY).await;
             sent = js.send_publish(subject.clone(), message.clone()).await;
         };
         if replies.send(LogReply::Appended { id, result }).is_err() {

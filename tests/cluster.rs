@@ -1,0 +1,258 @@
+//! Cluster mode end to end: `tidings serve --nats URL` nodes (on both runtimes) sharing a real
+//! nats-server's JetStream stream, started and stopped by pid. What a user of several nodes
+//! behind a load balancer notices: every node delivers the same events in the same order, a
+//! cursor from one node resumes exactly on another, a restarted node serves old cursors, and a
+//! NATS outage answers publishes `unavailable` and loses nothing that was acknowledged.
+//!
+//! Without nats-server the tests skip (and fail under `TIDINGS_REQUIRE_INTEROP`, as in CI).
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Nats, Server};
+use serde_json::{Value, json};
+
+fn node(runtime: &'static str, nats: &Nats, name: &str, extra: &[&str]) -> Server {
+    let url = nats.url();
+    let mut args = vec!["--nats", url.as_str(), "--node", name];
+    args.extend_from_slice(extra);
+    Server::start(runtime, &args)
+}
+
+/// The epoch part and sequence of a cursor (`<epoch hex>-<seq>`).
+fn seq_of(cursor: &str) -> (String, u64) {
+    let (epoch, seq) = cursor.rsplit_once('-').expect("a cursor");
+    (epoch.to_owned(), seq.parse().expect("a sequence"))
+}
+
+#[test]
+fn three_nodes_deliver_one_order_and_a_cursor_resumes_on_any_node() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let c = node("tokio", &nats, "c", &[]);
+    let mut sse_b = b.sse("/sse?topic=orders.%3E", &[]);
+    let mut sse_a = a.sse("/sse?topic=orders.eu", &[]);
+    let mut ws_c = c.ws();
+    let ok = ws_c.ask(json!({"op":"subscribe","id":1,"topics":["orders.>"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let mut ws_pub = b.ws();
+
+    // Publishes on every node, over HTTP and over WebSocket, answered one after the other.
+    let nodes = [&a, &b, &c];
+    let mut published = Vec::new(); // (cursor, topic, data)
+    for i in 0..30 {
+        let topic = if i % 2 == 0 { "orders.eu" } else { "orders.us" };
+        let data = format!("e{i}");
+        let cursor = if i % 5 == 4 {
+            let ok = ws_pub
+                .ask(json!({"op":"publish","id":i,"topic":topic,"event":"created","data":data}));
+            assert_eq!(ok["type"], "ok", "{ok}");
+            ok["cursor"].as_str().expect("a cursor").to_owned()
+        } else {
+            nodes[i % 3].publish(topic, &data)
+        };
+        published.push((cursor, topic, data));
+    }
+    // One stream, one epoch, positions in publish order.
+    let (epoch, _) = seq_of(&published[0].0);
+    for pair in published.windows(2) {
+        let ((e0, s0), (e1, s1)) = (seq_of(&pair[0].0), seq_of(&pair[1].0));
+        assert_eq!((&e0, &e1), (&epoch, &epoch));
+        assert!(s1 > s0, "positions grow: {} then {}", pair[0].0, pair[1].0);
+    }
+
+    // Node b (async-std), over SSE: every event, in order, with the publishers' cursors and
+    // event names.
+    for (i, (cursor, _, data)) in published.iter().enumerate() {
+        let ev = sse_b.next_event();
+        assert_eq!(
+            (ev.data.as_str(), ev.last_event_id.as_str()),
+            (data.as_str(), cursor.as_str())
+        );
+        let name = if i % 5 == 4 { "created" } else { "message" };
+        assert_eq!(ev.event_type, name, "event {i}");
+    }
+    // Node c, over WebSocket: the same.
+    for (cursor, topic, data) in &published {
+        let ev = ws_c.recv();
+        assert_eq!(
+            (
+                ev["topic"].as_str(),
+                ev["data"].as_str(),
+                ev["cursor"].as_str()
+            ),
+            (Some(*topic), Some(data.as_str()), Some(cursor.as_str())),
+            "{ev}"
+        );
+    }
+    // Node a, one topic of the two: its events only.
+    for (cursor, _, data) in published.iter().filter(|p| p.1 == "orders.eu") {
+        let ev = sse_a.next_event();
+        assert_eq!(
+            (ev.data.as_str(), ev.last_event_id.as_str()),
+            (data.as_str(), cursor.as_str())
+        );
+    }
+
+    // A cursor node a handed out resumes exactly on node c (SSE) and on node b (WebSocket).
+    let from = &published[9].0;
+    let mut resumed = c.sse("/sse?topic=orders.%3E", &[("Last-Event-ID", from)]);
+    let mut ws_b = b.ws();
+    let ok = ws_b.ask(json!({"op":"subscribe","id":1,"topics":["orders.>"],"from":from}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    for (cursor, _, data) in &published[10..] {
+        let ev = resumed.next_event();
+        assert_eq!(
+            (ev.data.as_str(), ev.last_event_id.as_str()),
+            (data.as_str(), cursor.as_str())
+        );
+        let ev = ws_b.recv();
+        assert_eq!(ev["cursor"].as_str(), Some(cursor.as_str()), "{ev}");
+    }
+    // Then live, nothing repeated in between.
+    let last = a.publish("orders.us", "live");
+    let ev = resumed.next_event();
+    assert_eq!(
+        (ev.data.as_str(), ev.last_event_id.as_str()),
+        ("live", last.as_str())
+    );
+    assert_eq!(ws_b.recv()["cursor"].as_str(), Some(last.as_str()));
+}
+
+#[test]
+fn resumes_older_than_the_hot_window_and_after_a_node_restart_come_from_the_stream() {
+    let Some(nats) = Nats::start() else { return };
+    // A hot window of 4 events: older resumes read the stream.
+    let small = ["--set", "store.hot_events=4"];
+    let mut a = node("tokio", &nats, "a", &small);
+    let b = node("async-std", &nats, "b", &small);
+    let cursors: Vec<String> = (0..20).map(|i| a.publish("t", &format!("e{i}"))).collect();
+    let exactly_after = |server: &Server, from: usize, cursors: &[String]| {
+        let mut sse = server.sse("/sse?topic=t", &[("Last-Event-ID", &cursors[from])]);
+        for (i, cursor) in cursors.iter().enumerate().skip(from + 1) {
+            let ev = sse.next_event();
+            assert_eq!(
+                (ev.data.as_str(), ev.last_event_id.as_str()),
+                (format!("e{i}").as_str(), cursor.as_str()),
+                "[{}] resuming after {from}",
+                server.runtime
+            );
+        }
+        sse
+    };
+    drop(exactly_after(&b, 2, &cursors));
+    drop(exactly_after(&a, 0, &cursors));
+
+    // Node a crashes; the others go on; a new node a starts from the stream.
+    a.kill9();
+    let mut cursors = cursors;
+    cursors.extend((20..25).map(|i| b.publish("t", &format!("e{i}"))));
+    let a = node("tokio", &nats, "a", &small);
+    let mut sse = exactly_after(&a, 12, &cursors);
+    // Live after the replay, on the restarted node.
+    let live = b.publish("t", "e25");
+    let ev = sse.next_event();
+    assert_eq!(
+        (ev.data.as_str(), ev.last_event_id.as_str()),
+        ("e25", live.as_str())
+    );
+}
+
+#[test]
+fn a_nats_outage_answers_publishes_unavailable_and_loses_nothing_acknowledged() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let quick = ["--set", "cluster.publish_timeout=\"1s\""];
+    let a = node("tokio", &nats, "a", &quick);
+    let b = node("async-std", &nats, "b", &quick);
+    let mut sse = b.sse("/sse?topic=t", &[]);
+    let mut acknowledged: Vec<(String, String)> = Vec::new();
+    for i in 0..3 {
+        let data = format!("before{i}");
+        acknowledged.push((a.publish("t", &data), data));
+    }
+
+    nats.kill9();
+    let refused = a.request("POST", "/publish?topic=t", &[], b"during");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.error_code(), "unavailable");
+
+    // NATS back (same port and store): publishing works again once the node reconnected.
+    nats.restart();
+    let t0 = Instant::now();
+    let mut refused_data = vec!["during".to_owned()];
+    let mut attempt = 0;
+    loop {
+        let data = format!("after{attempt}");
+        let resp = a.request("POST", "/publish?topic=t", &[], data.as_bytes());
+        if resp.status == 200 {
+            let id: Value = serde_json::from_str(&resp.body).unwrap();
+            acknowledged.push((id["id"].as_str().unwrap().to_owned(), data));
+            break;
+        }
+        assert_eq!(resp.error_code(), "unavailable", "{}", resp.body);
+        refused_data.push(data);
+        attempt += 1;
+        assert!(
+            attempt < 30,
+            "node a did not get back to NATS within 30 attempts"
+        );
+    }
+    for i in 0..3 {
+        let data = format!("later{i}");
+        acknowledged.push((b.publish("t", &data), data));
+    }
+
+    // Every acknowledged event arrives once, in order, with its cursor; an event answered
+    // `unavailable` may still have been stored (NATS had it but its answer was lost), but
+    // nothing else arrives, and there is no gap notice.
+    let mut next = 0;
+    while next < acknowledged.len() {
+        let ev = sse.next_event();
+        assert_ne!(ev.event_type, "tidings-gap", "{}", ev.data);
+        if ev.data == acknowledged[next].1 {
+            assert_eq!(ev.last_event_id, acknowledged[next].0);
+            next += 1;
+        } else {
+            assert!(
+                refused_data.contains(&ev.data),
+                "{:?} was neither acknowledged nor refused",
+                ev.data
+            );
+        }
+    }
+    // Deliveries resume as soon as the node is back, not after the consumer's heartbeats
+    // time out (which took 80 s).
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "deliveries resumed after {took:?}"
+    );
+}
+
+#[test]
+fn nats_unreachable_at_start_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    for runtime in common::RUNTIMES {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--runtime", runtime])
+            .args(["--nats", &format!("nats://127.0.0.1:{port}")])
+            .args(["--set", "cluster.connect_timeout=\"1s\""])
+            .stdin(Stdio::null())
+            .output()
+            .expect("the tidings binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "[{runtime}] started without NATS");
+        assert!(
+            stderr.contains("cannot join the cluster") && stderr.contains(&port.to_string()),
+            "[{runtime}] {stderr}"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! A real `nats-server` with JetStream for the cluster tests: started on a free loopback port
+//! with its store under a temporary directory, stopped by pid (and restarted on the same port
+//! and store, for outage tests). Debian's package (`scripts/setup-interop.sh` installs it).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{TempDir, skip};
+
+pub struct Nats {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub store: TempDir,
+    bin: PathBuf,
+}
+
+/// The nats-server binary, or `None` after saying why the test skips.
+fn nats_server_or_skip() -> Option<PathBuf> {
+    let found = [
+        "nats-server",
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        skip("nats-server is missing (scripts/setup-interop.sh installs Debian's)");
+    }
+    found
+}
+
+impl Nats {
+    /// A JetStream server on a free port; `None` (skipped) without nats-server.
+    pub fn start() -> Option<Self> {
+        let bin = nats_server_or_skip()?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut nats = Self {
+            child: None,
+            port,
+            store: TempDir::new("nats"),
+            bin,
+        };
+        nats.restart();
+        Some(nats)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on its port and store, and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(&self.bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as in a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
