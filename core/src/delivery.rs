@@ -289,14 +289,17 @@ impl Broker {
                 }
                 continue;
             }
-            let Some(ev) = self.history.next_after(cu.pos) else {
-                cu.pos = head;
-                continue;
-            };
+            // A hole counts whether or not an event follows it in memory (a `Passed` position,
+            // or nothing received since), and also when the position is inside it (a cursor
+            // from a node that read some of it): otherwise its events go missing silently.
+            let next = self
+                .history
+                .next_after(cu.pos)
+                .map_or(head + 1, |ev| ev.seq);
             if let Some(&(_, last)) = self
                 .holes
                 .iter()
-                .find(|(first, _)| *first > cu.pos && *first < ev.seq)
+                .find(|&&(first, last)| last > cu.pos && first < next)
             {
                 // A shared log evicted these before this node read them.
                 let gap = Gap {
@@ -309,6 +312,10 @@ impl Broker {
                 self.send_gap(slot, &gap);
                 continue;
             }
+            let Some(ev) = self.history.next_after(cu.pos) else {
+                cu.pos = head;
+                continue;
+            };
             cu.pos = ev.seq;
             let seq = ev.seq;
             let visible = ev

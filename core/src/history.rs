@@ -163,6 +163,13 @@ impl History {
         }
     }
 
+    /// Positions up to `last` were lost without this history ever holding them (a shared log
+    /// evicted them before this node read them): like untracked evictions, any cursor before
+    /// `last` may have a gap there, also once the hole is no longer in the hot window.
+    pub(crate) fn lost_until(&mut self, last: u64) {
+        self.evicted_untracked = self.evicted_untracked.max(last);
+    }
+
     /// The event at `seq`, if held.
     pub(crate) fn get(&self, seq: u64) -> Option<&StoredEvent> {
         let first = self.events.front()?.seq;

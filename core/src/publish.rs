@@ -306,6 +306,10 @@ impl Broker {
     fn skipped(&mut self, head: u64, next: u64) {
         let epoch = self.config.epoch;
         self.holes.push_back((head + 1, next - 1));
+        // `holes` only covers the hot window (dropped once it is older): a connection catching
+        // up across the hole later, from a log page or past the log's first position (e.g. one
+        // that waited for a cursor ahead), must still get its gap notice.
+        self.history.lost_until(next - 1);
         let gap = Gap {
             from: Some(Cursor::new(epoch, head)),
             to: Cursor::new(epoch, next - 1),
@@ -347,14 +351,21 @@ impl Broker {
             }
         };
         self.trimmed(page.first);
-        let hot_first = self.history.first_seq();
+        let (hot_first, head) = (self.history.first_seq(), self.history.head());
         let state = self.conn_mut(slot);
         let Some(cu) = state.catch_up.as_deref_mut() else {
             return;
         };
         match cu.reading {
             Some((r, from)) if r == read && from == cu.pos + 1 => {
-                cu.page = page.events.into_iter().filter(|e| e.seq >= from).collect();
+                // A shared log may hold events this node has not received yet (appended through
+                // other nodes): those come with `Committed` and go to live subscribers then, so
+                // serving them from the page too would deliver them twice.
+                cu.page = page
+                    .events
+                    .into_iter()
+                    .filter(|e| e.seq >= from && e.seq <= head)
+                    .collect();
                 if cu.page.is_empty() && page.first <= from {
                     // The log holds nothing from there to the hot window: positions that name
                     // no event (skipped by a restart).
