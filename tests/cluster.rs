@@ -8,11 +8,15 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Nats, Server};
+use common::{ChunkedDecoder, Nats, Server};
 use serde_json::{Value, json};
+use tidings_core::sse::{DecodedEvent, Decoder};
 
 fn node(runtime: &'static str, nats: &Nats, name: &str, extra: &[&str]) -> Server {
     let url = nats.url();
@@ -254,5 +258,273 @@ fn nats_unreachable_at_start_is_a_clear_error() {
             stderr.contains("cannot join the cluster") && stderr.contains(&port.to_string()),
             "[{runtime}] {stderr}"
         );
+    }
+}
+
+// ---- faults during a publish loop ----------------------------------------------------------
+
+/// What became of one publish of the loop.
+enum Outcome {
+    /// Answered with its cursor.
+    Stored(String),
+    /// Answered `unavailable`, or cut off with the node: it may or may not have been stored.
+    Unknown,
+}
+
+/// A publish over a fresh connection that tolerates the node dying under it.
+fn try_publish(addr: SocketAddr, topic: &str, data: &str) -> Outcome {
+    let attempt = || -> std::io::Result<Outcome> {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let head = format!(
+            "POST /publish?topic={topic} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{data}",
+            data.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        let resp = common::Resp::parse(&raw);
+        Ok(match resp.status {
+            200 => {
+                let json: Value = serde_json::from_str(&resp.body).expect("a JSON answer");
+                Outcome::Stored(json["id"].as_str().expect("an id").to_owned())
+            }
+            503 => Outcome::Unknown,
+            other => panic!("publish answered {other}: {}", resp.body),
+        })
+    };
+    attempt().unwrap_or(Outcome::Unknown)
+}
+
+/// One SSE subscriber that reconnects to any live node and resumes with its last event id
+/// until it has seen `ends` end markers; returns every event it got (gap notices included).
+fn resuming_subscriber(
+    id: usize,
+    pattern: &str,
+    ends: usize,
+    nodes: Arc<Mutex<Vec<SocketAddr>>>,
+    deadline: Instant,
+    subscribed: std::sync::mpsc::Sender<()>,
+) -> Vec<DecodedEvent> {
+    let mut got: Vec<DecodedEvent> = Vec::new();
+    let mut last_id = String::new();
+    let mut seen_ends = 0;
+    let mut turn = id;
+    while seen_ends < ends {
+        assert!(
+            Instant::now() < deadline,
+            "subscriber {id} ({pattern}) saw {seen_ends} of {ends} end markers; last id {last_id:?}"
+        );
+        let addr = {
+            let nodes = nodes.lock().unwrap();
+            nodes[turn % nodes.len()]
+        };
+        turn += 1;
+        let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut head = format!(
+            "GET /sse?topic={pattern} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n"
+        );
+        if !last_id.is_empty() {
+            head.push_str(&format!("Last-Event-ID: {last_id}\r\n"));
+        }
+        head.push_str("\r\n");
+        if stream.write_all(head.as_bytes()).is_err() {
+            continue;
+        }
+        // The head, then the chunked body, as far as the node lives.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 << 10];
+        let body_at = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some(i + 4);
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => break None,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break None,
+            }
+        };
+        let Some(body_at) = body_at else { continue };
+        assert!(
+            raw.starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        // The head comes once the subscription is in place.
+        let _ = subscribed.send(());
+        let mut chunked = ChunkedDecoder::default();
+        let mut decoder = Decoder::new();
+        let mut pending = raw.split_off(body_at);
+        loop {
+            decoder
+                .feed(&chunked.feed(&pending))
+                .expect("a valid event stream");
+            while let Some(ev) = decoder.next_event() {
+                if !ev.last_event_id.is_empty() {
+                    last_id.clone_from(&ev.last_event_id);
+                }
+                if ev.data.starts_with("end-") {
+                    seen_ends += 1;
+                }
+                got.push(ev);
+            }
+            if seen_ends >= ends || Instant::now() >= deadline {
+                break;
+            }
+            pending.clear();
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+    }
+    got
+}
+
+#[test]
+fn nodes_and_a_nats_server_killed_during_a_publish_loop_lose_nothing_acknowledged() {
+    let Some(mut nats) = Nats::cluster(3) else {
+        return;
+    };
+    // Nodes a and c know every NATS server; node b only the one that crashes, so that it
+    // certainly loses its connection (and its consumer) and gets them back.
+    let (urls, only_1) = (Nats::urls(&nats), nats[1].url());
+    let args = |urls: &str| -> Vec<String> {
+        ["--nats", urls, "--set", "cluster.replicas=3"]
+            .into_iter()
+            .chain(["--set", "cluster.publish_timeout=\"2s\""])
+            .map(str::to_owned)
+            .collect()
+    };
+    let start = |runtime: &'static str, urls: &str| {
+        let args = args(urls);
+        Server::start(
+            runtime,
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let mut servers = [
+        start("tokio", &urls),
+        start("async-std", &only_1),
+        start("tokio", &urls),
+    ];
+    let nodes = Arc::new(Mutex::new(
+        servers.iter().map(|s| s.addr).collect::<Vec<_>>(),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (subscribed, ready) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..24)
+        .map(|i| {
+            let (pattern, ends) = if i % 2 == 0 { ("f.%3E", 2) } else { ("f.a", 1) };
+            let (nodes, subscribed) = (nodes.clone(), subscribed.clone());
+            let handle = std::thread::spawn(move || {
+                resuming_subscriber(i, pattern, ends, nodes, deadline, subscribed)
+            });
+            (pattern, handle)
+        })
+        .collect();
+    for _ in 0..24 {
+        ready
+            .recv_timeout(Duration::from_secs(30))
+            .expect("every subscriber subscribed");
+    }
+
+    // The numbered publish loop, on every live node in turn; faults at fixed points.
+    let mut stored: Vec<(u64, String, &str)> = Vec::new(); // (seq, data, topic)
+    let mut unknown: Vec<String> = Vec::new();
+    let mut record = |outcome: Outcome, data: String, topic: &'static str| match outcome {
+        Outcome::Stored(cursor) => stored.push((seq_of(&cursor).1, data, topic)),
+        Outcome::Unknown => unknown.push(data),
+    };
+    let t0 = Instant::now();
+    for i in 0..400 {
+        match i {
+            100 => {
+                // A tidings node crashes: its subscribers move to the others.
+                servers[0].kill9();
+                nodes.lock().unwrap().retain(|a| *a != servers[0].addr);
+            }
+            160 => nats[1].kill9(), // a NATS server crashes: the stream keeps a quorum
+            220 => {
+                servers[0] = start("tokio", &urls);
+                nodes.lock().unwrap().push(servers[0].addr);
+            }
+            280 => nats[1].restart(),
+            _ => {}
+        }
+        let topic = if i % 2 == 0 { "f.a" } else { "f.b" };
+        let data = format!("n{i}");
+        let addr = {
+            let nodes = nodes.lock().unwrap();
+            nodes[i % nodes.len()]
+        };
+        record(try_publish(addr, topic, &data), data, topic);
+    }
+    // The end markers, acknowledged, after everything was healed.
+    for (topic, data) in [("f.a", "end-a"), ("f.b", "end-b")] {
+        loop {
+            let addr = nodes.lock().unwrap()[0];
+            match try_publish(addr, topic, data) {
+                Outcome::Stored(cursor) => {
+                    record(Outcome::Stored(cursor), data.to_owned(), topic);
+                    break;
+                }
+                Outcome::Unknown => {
+                    assert!(Instant::now() < deadline, "the end marker was never stored");
+                    record(Outcome::Unknown, data.to_owned(), topic);
+                }
+            }
+        }
+    }
+    eprintln!(
+        "at {:?}: {} publishes acknowledged, {} with an unknown outcome",
+        t0.elapsed(),
+        stored.len(),
+        unknown.len()
+    );
+    assert!(
+        stored.len() >= 300,
+        "only {} of 402 publishes were acknowledged",
+        stored.len()
+    );
+
+    // Every subscriber: exactly the acknowledged events of its topics, in stream order, once;
+    // besides them only publishes whose outcome was unknown; no gap notice (nothing was evicted).
+    for (i, (pattern, handle)) in clients.into_iter().enumerate() {
+        let got = handle.join().expect("the subscriber thread");
+        let mut last = 0;
+        let mut received = Vec::new();
+        for ev in &got {
+            assert_ne!(ev.event_type, "tidings-gap", "subscriber {i}: {}", ev.data);
+            let seq = seq_of(&ev.last_event_id).1;
+            assert!(
+                seq > last,
+                "subscriber {i}: {seq} after {last} (duplicate or out of order)"
+            );
+            last = seq;
+            if !stored.iter().any(|(s, d, _)| *s == seq && *d == ev.data) {
+                assert!(
+                    unknown.contains(&ev.data),
+                    "subscriber {i}: {:?} at {seq} was never published",
+                    ev.data
+                );
+            } else {
+                received.push(seq);
+            }
+        }
+        let wanted: Vec<u64> = stored
+            .iter()
+            .filter(|(_, _, topic)| pattern == "f.%3E" || *topic == "f.a")
+            .map(|(s, _, _)| *s)
+            .collect();
+        let mut wanted_sorted = wanted.clone();
+        wanted_sorted.sort_unstable();
+        assert_eq!(received, wanted_sorted, "subscriber {i} ({pattern})");
     }
 }

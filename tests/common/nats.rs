@@ -14,6 +14,15 @@ pub struct Nats {
     pub port: u16,
     pub store: TempDir,
     bin: PathBuf,
+    /// The clustering flags of a member of a NATS cluster.
+    cluster_args: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The nats-server binary, or `None` after saying why the test skips.
@@ -41,18 +50,56 @@ impl Nats {
     /// A JetStream server on a free port; `None` (skipped) without nats-server.
     pub fn start() -> Option<Self> {
         let bin = nats_server_or_skip()?;
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
         let mut nats = Self {
             child: None,
-            port,
+            port: free_port(),
             store: TempDir::new("nats"),
             bin,
+            cluster_args: Vec::new(),
         };
         nats.restart();
         Some(nats)
+    }
+
+    /// A NATS cluster of `n` JetStream servers routed to each other on loopback (for streams
+    /// with replicas); `None` (skipped) without nats-server.
+    pub fn cluster(n: usize) -> Option<Vec<Self>> {
+        let bin = nats_server_or_skip()?;
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<Self> = routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| Self {
+                child: None,
+                port: free_port(),
+                store: TempDir::new("nats"),
+                bin: bin.clone(),
+                cluster_args: vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "tidings-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    all.clone(),
+                ],
+            })
+            .collect();
+        for server in &mut servers {
+            server.restart();
+        }
+        Some(servers)
+    }
+
+    /// The URLs of every server of a cluster, as `--nats` takes them.
+    pub fn urls(servers: &[Self]) -> String {
+        servers.iter().map(Self::url).collect::<Vec<_>>().join(",")
     }
 
     pub fn url(&self) -> String {
@@ -72,6 +119,9 @@ impl Nats {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.cluster_args)
+            .arg("-l")
+            .arg(self.store.0.join("nats.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

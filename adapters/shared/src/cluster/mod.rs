@@ -38,6 +38,8 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 /// How often a lost consumer is created again, or a failed publish sent again.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
+/// How long one request to JetStream at start-up waits before it is sent again.
+const ATTEMPT_WAIT: Duration = Duration::from_secs(2);
 /// Range reads running at once (a reconnect storm asks for many).
 const MAX_READS: usize = 4;
 /// How long a range read or the warm-up waits for the next message before giving up.
@@ -301,43 +303,27 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
     let mut js = jetstream::new(client);
     js.set_timeout((cluster.publish_timeout / 3).max(Duration::from_millis(500)));
     let want = stream_config(setup);
-    let (mut stream, created) = match js.get_stream(&cluster.stream).await {
-        Ok(stream) => (stream, false),
-        Err(e)
-            if matches!(
-                e.kind(),
-                jetstream::context::GetStreamErrorKind::JetStream(ref j)
-                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-            ) =>
-        {
-            match js.create_stream(want.clone()).await {
-                Ok(stream) => (stream, true),
-                // Another node created it at the same moment.
-                Err(e) => match js.get_stream(&cluster.stream).await {
-                    Ok(stream) => (stream, false),
-                    Err(_) => {
-                        return Err(ClusterError(format!(
-                            "cannot create the JetStream stream {:?} at {url}: {e} (is \
-                             JetStream enabled: nats-server -js?)",
-                            cluster.stream
-                        )));
-                    }
-                },
-            }
-        }
-        Err(e) => {
-            return Err(ClusterError(format!(
-                "cannot look up the JetStream stream {:?} at {url}: {e} (is JetStream enabled: \
-                 nats-server -js?)",
-                cluster.stream
-            )));
-        }
+    // A NATS cluster that is still electing its JetStream leader answers with errors for a
+    // while: keep asking until the deadline.
+    // A NATS cluster still electing its JetStream leaders (of the cluster, then of a new
+    // stream) leaves requests unanswered or refused for a while: ask again until the deadline.
+    let deadline = Instant::now() + cluster.connect_timeout;
+    let failed = |what: &str, e: String| {
+        ClusterError(format!(
+            "cannot {what} the JetStream stream {:?} at {url} within {:?} \
+             (cluster.connect_timeout): {e} (is JetStream enabled: nats-server -js? is a NATS \
+             cluster large enough for cluster.replicas = {}?)",
+            cluster.stream, cluster.connect_timeout, cluster.replicas
+        ))
     };
-    let info = stream
-        .info()
+    let (stream, created) = until(deadline, || get_or_create(&js, &want))
         .await
-        .map_err(|e| ClusterError(format!("cannot read the stream's state: {e}")))?
-        .clone();
+        .map_err(|e| failed("get or create", e))?;
+    let info = until(deadline, || async {
+        stream.get_info().await.map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| failed("read the state of", e))?;
     if info.config.subjects != want.subjects {
         return Err(ClusterError(format!(
             "the JetStream stream {:?} exists with subjects {:?}; tidings needs exactly {:?}: \
@@ -378,9 +364,13 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
         let hot = u64::try_from(setup.hot_events.max(1)).unwrap_or(u64::MAX);
         first.max(last.saturating_sub(hot - 1))
     };
-    let mut ordered = ordered_from(&stream, start)
-        .await
-        .map_err(|e| ClusterError(format!("cannot read the stream: {e}")))?;
+    let mut ordered = until(deadline, || async {
+        ordered_from(&stream, start)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| failed("read", e))?;
     let mut recent: VecDeque<Logged> = VecDeque::new();
     let (mut bytes, mut head) = (0usize, last);
     let prefix = cluster.prefix();
@@ -445,6 +435,53 @@ struct Joining {
 
 fn head_of(recent: &VecDeque<Logged>) -> Option<u64> {
     recent.back().map(|l| l.seq)
+}
+
+/// `attempt` until it succeeds (each try bounded by [`ATTEMPT_WAIT`]), or its last error once
+/// `deadline` has passed.
+async fn until<T, F, Fut>(deadline: Instant, mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    loop {
+        let tried = tokio::time::timeout(ATTEMPT_WAIT, attempt()).await;
+        match tried.unwrap_or_else(|_| Err(format!("no answer within {ATTEMPT_WAIT:?}"))) {
+            Ok(done) => return Ok(done),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("JetStream is not ready yet: {e}");
+                tokio::time::sleep(RETRY_EVERY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The stream, and whether this call created it.
+async fn get_or_create(
+    js: &jetstream::Context,
+    want: &stream::Config,
+) -> Result<(stream::Stream, bool), String> {
+    match js.get_stream(&want.name).await {
+        Ok(stream) => Ok((stream, false)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            match js.create_stream(want.clone()).await {
+                Ok(stream) => Ok((stream, true)),
+                // Another node may have created it at the same moment.
+                Err(e) => match js.get_stream(&want.name).await {
+                    Ok(stream) => Ok((stream, false)),
+                    Err(_) => Err(e.to_string()),
+                },
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The stream as `[retention]` and `[cluster]` describe it.
