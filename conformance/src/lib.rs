@@ -4,9 +4,10 @@
 //! send, what must come back, silences that must hold) under `conformance/cases/<group>/`; the
 //! format is specified in `docs/CONFORMANCE.md`. The runner plays each case against a server
 //! reachable at a base URL, one case at a time, and reports pass, fail (with the step and a
-//! precise difference) or skip (with the reason) per case. The server under test runs with the
-//! conformance profile (`conformance/server.toml` for tidings: small limits, short timers, a
-//! known JWT secret), which the cases rely on.
+//! precise difference) or not applicable (a feature the server's [`Profile`] lacks) per case,
+//! spec cases (the protocol's own behaviour) and extension cases (tidings' additions) apart.
+//! The server under test runs with the conformance configuration (`conformance/server.toml` for
+//! tidings: small limits, short timers, a known JWT secret), which the cases rely on.
 //!
 //! The suite is a library (our tests run it in-process against both runtime adapters) and a
 //! binary, `tidings-conformance --base http://127.0.0.1:9313`. Over TLS the base is
