@@ -41,8 +41,8 @@ impl Kind {
     /// `spec` or `extension`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Kind::Spec => "spec",
-            Kind::Extension => "extension",
+            Self::Spec => "spec",
+            Self::Extension => "extension",
         }
     }
 }

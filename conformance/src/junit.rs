@@ -66,8 +66,16 @@ pub fn junit(report: &Report) -> String {
             out.push_str("      </properties>\n");
             match &r.outcome {
                 Outcome::Pass => {}
-                Outcome::Fail { step, message } => {
+                Outcome::Fail {
+                    step,
+                    message,
+                    also,
+                } => {
                     let first = message.lines().next().unwrap_or_default();
+                    let mut message = message.clone();
+                    for f in also {
+                        message.push_str(&format!("\nalso step {}: {}", f.step, f.message));
+                    }
                     let _ = writeln!(
                         out,
                         "      <failure message=\"{}\" type=\"{}\">{}</failure>",

@@ -207,12 +207,24 @@ pub enum Outcome {
         step: usize,
         /// What was expected and what came.
         message: String,
+        /// Later steps that did not hold either (checked because they did not depend on it).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        also: Vec<StepFailure>,
     },
     /// Not applicable: the server lacks a feature the case needs (status `skip` in JSON).
     Skip {
         /// Why.
         reason: String,
     },
+}
+
+/// A further failed step of a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepFailure {
+    /// The step, counted from 1.
+    pub step: usize,
+    /// What was expected and what came.
+    pub message: String,
 }
 
 /// Passed, failed and not applicable cases of one kind.
@@ -454,9 +466,16 @@ pub fn run(
     for (i, Selected { case, missing }) in selected.into_iter().enumerate() {
         let started = Instant::now();
         let outcome = if missing.is_empty() {
-            match run::run_case(case, &target, options, &format!("n{nonce:x}x{i}")) {
-                Ok(()) => Outcome::Pass,
-                Err((step, message)) => Outcome::Fail { step, message },
+            let mut failures = run::run_case(case, &target, options, &format!("n{nonce:x}x{i}"))
+                .into_iter()
+                .map(|(step, message)| StepFailure { step, message });
+            match failures.next() {
+                None => Outcome::Pass,
+                Some(first) => Outcome::Fail {
+                    step: first.step,
+                    message: first.message,
+                    also: failures.collect(),
+                },
             }
         } else {
             Outcome::Skip {
@@ -500,7 +519,17 @@ pub fn run(
 pub fn text_line(result: &CaseResult) -> String {
     match &result.outcome {
         Outcome::Pass => format!("pass  {} ({} ms)", result.id, result.millis),
-        Outcome::Fail { step, message } => format!("FAIL  {}: step {step}: {message}", result.id),
+        Outcome::Fail {
+            step,
+            message,
+            also,
+        } => {
+            let mut line = format!("FAIL  {}: step {step}: {message}", result.id);
+            for f in also {
+                line.push_str(&format!("\n      also step {}: {}", f.step, f.message));
+            }
+            line
+        }
         Outcome::Skip { reason } => format!("n/a   {}: {reason}", result.id),
     }
 }

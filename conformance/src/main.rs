@@ -234,6 +234,7 @@ fn report_from_json(value: serde_json::Value) -> Result<Report, serde_json::Erro
                 _ => tidings_conformance::Outcome::Fail {
                     step: r.get("step").and_then(|v| v.as_u64()).unwrap_or(0) as usize,
                     message: s("message"),
+                    also: Vec::new(),
                 },
             };
             let list = |k: &str| -> Vec<String> {

@@ -14,13 +14,17 @@ use crate::pattern::{Vars, matches};
 use crate::wire::{BodyRead, Head, HttpStream, Incoming, Upgrade, Ws, request};
 use crate::{Options, Target};
 
-/// Runs `case` against `target`; `Err` is the failure: the step (1-based) and what was wrong.
-pub fn run_case(
-    case: &Case,
-    target: &Target,
-    options: &Options,
-    ns: &str,
-) -> Result<(), (usize, String)> {
+/// Runs `case` against `target`; the failures, each the step (1-based) and what was wrong (none:
+/// the case passed).
+///
+/// A failure does not end the case when what follows can still be checked on its own: after a
+/// failed expectation (`expect`, `silence`, a refused or answered `ws`/`sse`/`http` checked
+/// against its expected answer) the steps that only read other connections, and plain HTTP
+/// requests, still run and report their own failures. A step on the connection that failed, or
+/// one using a value the failed step was to bind, is not checked; when such a step would act
+/// (send, open, close), or when the failing step itself acted, the case stops there, since
+/// everything after may depend on it.
+pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Vec<(usize, String)> {
     let mut run = Run {
         target,
         profile: &options.profile,
@@ -46,14 +50,62 @@ pub fn run_case(
                     &options.profile.jwt_secret,
                 )
             })
-            .map_err(|e| (0, format!("token {name:?}: {e}")))?;
-        run.vars.set(format!("token:{name}"), Value::String(token));
+            .map_err(|e| (0, format!("token {name:?}: {e}")));
+        match token {
+            Ok(token) => run.vars.set(format!("token:{name}"), Value::String(token)),
+            Err(failure) => return vec![failure],
+        }
     }
+    let mut failures: Vec<(usize, String)> = Vec::new();
+    // Connections whose stream position is unknown after a failed step on them.
+    let mut broken: Vec<&str> = Vec::new();
     for (i, step) in case.steps.iter().enumerate() {
-        run.step(step)
-            .map_err(|e| (i + 1, format!("{}: {e}", describe(step))))?;
+        let conn = step_conn(step);
+        let acts = matches!(
+            step,
+            Step::Send { .. } | Step::OpenWs(_) | Step::OpenSse(_) | Step::Close { .. }
+        );
+        if conn.is_some_and(|c| broken.contains(&c)) {
+            if acts {
+                break;
+            }
+            continue;
+        }
+        match run.step(step) {
+            Ok(()) => {}
+            // A value the failed step was to bind: this step depends on it.
+            Err(e) if !failures.is_empty() && e.contains("is bound at this point") => {
+                if acts {
+                    break;
+                }
+            }
+            Err(e) => {
+                failures.push((i + 1, format!("{}: {e}", describe(step))));
+                // An action that failed (or a failure that is not about one connection):
+                // what follows may depend on it.
+                let reads_only = matches!(step, Step::Expect { .. } | Step::Silence { .. });
+                match (conn, reads_only) {
+                    (Some(c), true) => broken.push(c),
+                    (None, _) if matches!(step, Step::Http(_)) => {}
+                    _ => break,
+                }
+            }
+        }
     }
-    Ok(())
+    failures
+}
+
+/// The connection a step uses, if any.
+fn step_conn(step: &Step) -> Option<&str> {
+    match step {
+        Step::OpenWs(o) => Some(&o.conn),
+        Step::OpenSse(o) => Some(&o.conn),
+        Step::Send { conn, .. }
+        | Step::Expect { conn, .. }
+        | Step::Silence { conn, .. }
+        | Step::Close { conn } => Some(conn),
+        Step::Http(_) | Step::Wait { .. } => None,
+    }
 }
 
 /// Signs `claims` with the profile secret; `exp` is added (an hour from now) when missing, and a

@@ -408,6 +408,10 @@ fn junit_escapes_what_xml_cannot_hold() {
         outcome: Outcome::Fail {
             step: 2,
             message: "expected <a>, got ]]> & \u{1}\u{0}'x'\r\n".into(),
+            also: vec![tidings_conformance::StepFailure {
+                step: 3,
+                message: "</testcase> & more".into(),
+            }],
         },
         millis: 1234,
     });
@@ -427,7 +431,7 @@ fn xml_elements(xml: &str) -> Vec<String> {
         assert!(!text.contains('<'), "a raw < in {text:?}\n{xml}");
         for c in text.chars() {
             assert!(
-                !((c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r')),
+                (c as u32) >= 0x20 || matches!(c, '\t' | '\n' | '\r'),
                 "a forbidden character {c:?} in {text:?}"
             );
         }
@@ -500,4 +504,35 @@ fn xml_elements(xml: &str) -> Vec<String> {
     );
     assert_eq!(roots, 1, "one root element");
     names
+}
+
+#[test]
+fn later_steps_that_do_not_depend_on_a_failed_one_are_still_checked() {
+    // Three requests: the first fails (404, not 200) while binding `n`; the second fails on its
+    // own; the third uses `n`, so it is not checked (and not reported).
+    let dir = temp_dir("independent-steps").join("http");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("steps.json"),
+        r#"{"cases": [{"name": "three", "description": "d", "steps": [
+            {"http": {"path": "/a"}, "status": 200, "json": {"n": "$int:n"}},
+            {"http": {"path": "/b"}, "status": 201},
+            {"http": {"path": "/c?n=${n}"}, "status": 404}
+        ]}]}"#,
+    )
+    .unwrap();
+    let base = fake_server(usize::MAX);
+    let cases = dir.parent().unwrap().display().to_string();
+    let (code, stdout, stderr) = conformance(&["--base", &base, "--cases", &cases]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stdout
+            .contains("FAIL  http/steps/three: step 1: http GET /a: expected status 200, got 404"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("also step 2: http GET /b: expected status 201, got 404"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("step 3"), "{stdout}");
 }
