@@ -1,6 +1,9 @@
-//! The runner's exit status (docs/CONFORMANCE.md): 2 when the suite cannot run, including when
-//! the base URL cannot be reached (not 1, which says a case failed), or when the TLS handshake
-//! with an `https://` base fails (saying so, naming the base and the CA file).
+//! The runner as a user sees it (docs/CONFORMANCE.md). Exit statuses: 2 when the suite cannot
+//! run, including when the base URL cannot be reached (not 1, which says a case failed), when
+//! the TLS handshake with an `https://` base fails (saying so, naming the base and the CA file),
+//! or when a profile names an unknown feature; 3 when the server dies during the run. Profiles
+//! select cases (a ksbus-only profile: only ksbus spec cases), `--case`/`--skip` globs, JUnit
+//! output that is well-formed XML, and failures of independent later steps still reported.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
