@@ -6,10 +6,11 @@
 #   conformance/run.sh --write    # also regenerate the results table in docs/CONFORMANCE.md
 #   conformance/run.sh --check    # also fail if docs/CONFORMANCE.md's table is out of date
 #
-# Each server is started with the conformance profile (conformance/server.toml) on a free
+# Each server is started with the conformance configuration (conformance/server.toml) on a free
 # loopback port and stopped by its pid; the TLS runs serve a certificate for 127.0.0.1 signed by
 # a test CA that the runner makes (`--make-test-cert`, in target/conformance/tls/) and trusts
-# (`--ca`). JSON reports go to target/conformance/<runtime>[-tls].json. Four runs of about 40 s.
+# (`--ca`). The runner is told what `tidings serve` has with conformance/profiles/tidings-serve.toml
+# (everything but the etp-handlers, which need application code). JSON reports go to target/conformance/<runtime>[-tls].json. Four runs of about 40 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -54,7 +55,7 @@ for run in tokio async-std tokio-tls async-std-tls; do
     done
     [ -n "$base" ] || { echo "the $label server did not start" >&2; exit 1; }
     echo "== conformance: tidings serve --runtime $runtime ($base)"
-    if ! "$bin/tidings-conformance" --base "$base" ${runner_tls[@]+"${runner_tls[@]}"} --label "$label" --without etp-handlers --format json >"$out/$run.json"; then
+    if ! "$bin/tidings-conformance" --base "$base" ${runner_tls[@]+"${runner_tls[@]}"} --label "$label" --profile conformance/profiles/tidings-serve.toml --format json >"$out/$run.json"; then
         failed=1
     fi
     # One line per case that did not pass, and the summary.
@@ -65,8 +66,10 @@ for c in r["results"]:
     if c["status"] == "fail":
         print(f"FAIL  {c['id']}: step {c['step']}: {c['message']}")
     elif c["status"] == "skip":
-        print(f"skip  {c['id']}: {c['reason']}")
-print(f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} skipped")
+        print(f"n/a   {c['id']}: {c['reason']}")
+k = r["by_kind"]
+print("; ".join(f"{kind}: {k[kind]['passed']} passed, {k[kind]['failed']} failed, {k[kind]['not_applicable']} not applicable" for kind in ("spec", "extension")))
+print(f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} not applicable")
 PY
     reports+=("$out/$run.json")
     stop

@@ -15,12 +15,36 @@ pub struct Case {
     pub description: String,
     /// Where the behaviour is specified (e.g. `PROTOCOL.md §6.1`).
     pub spec: String,
-    /// Features the server must have (e.g. `jwt`); see `--without`.
+    /// Features the server must have (names from [`crate::profile::FEATURES`]); a case of kind
+    /// extension also needs `tidings-extension`. Without them it is not applicable.
     pub requires: Vec<String>,
+    /// Whether the case checks the protocol's own behaviour or a tidings extension.
+    pub kind: Kind,
+    /// For an extension: where tidings documents it (e.g. `COMPAT.md#deviations-from-the-go-server-on-purpose`).
+    pub extension: Option<String>,
     /// JWTs the case uses, by name: their claims (signed with [`crate::PROFILE_JWT_SECRET`]).
     pub tokens: Vec<(String, Map<String, Value>)>,
     /// The transcript.
     pub steps: Vec<Step>,
+}
+
+/// What a case is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The protocol's own behaviour: any faithful implementation passes it.
+    Spec,
+    /// A tidings addition or deviation, documented where [`Case::extension`] says.
+    Extension,
+}
+
+impl Kind {
+    /// `spec` or `extension`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spec => "spec",
+            Self::Extension => "extension",
+        }
+    }
 }
 
 /// One step of a transcript.
@@ -197,13 +221,56 @@ pub fn parse_file(group: &str, file: &str, text: &str) -> Result<Vec<Case>, Stri
 fn parse_case(group: &str, file: &str, case: &Value) -> Result<Case, String> {
     let obj = case.as_object().ok_or("a case must be an object")?;
     let name = string(obj, "name")?.ok_or("\"name\" is missing")?;
+    const KEYS: &[&str] = &[
+        "name",
+        "spec",
+        "description",
+        "requires",
+        "kind",
+        "extension",
+        "tokens",
+        "steps",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!(
+            "case {name:?}: unknown key {k:?} (allowed: {})",
+            KEYS.join(", ")
+        ));
+    }
     let description = string(obj, "description")?.ok_or("\"description\" is missing")?;
     let spec = string(obj, "spec")?.unwrap_or_default();
-    let requires = match obj.get("requires") {
+    let mut requires: Vec<String> = match obj.get("requires") {
         None => Vec::new(),
         Some(v) => serde_json::from_value(v.clone())
             .map_err(|_| "\"requires\" must be a list of strings")?,
     };
+    crate::profile::check_features(&format!("case {name:?}, \"requires\""), &requires)?;
+    let kind = match string(obj, "kind")?.as_deref() {
+        None | Some("spec") => Kind::Spec,
+        Some("extension") => Kind::Extension,
+        Some(other) => {
+            return Err(format!(
+                "\"kind\" is \"spec\" or \"extension\" (got {other:?})"
+            ));
+        }
+    };
+    let extension = string(obj, "extension")?;
+    match (kind, &extension) {
+        (Kind::Extension, None) => {
+            return Err(format!(
+                "case {name:?}: an extension names where tidings documents it (\"extension\": \"COMPAT.md#…\")"
+            ));
+        }
+        (Kind::Spec, Some(_)) => {
+            return Err(format!(
+                "case {name:?}: \"extension\" is for cases of kind extension"
+            ));
+        }
+        _ => {}
+    }
+    if kind == Kind::Extension && !requires.iter().any(|f| f == "tidings-extension") {
+        requires.push("tidings-extension".into());
+    }
     let tokens = match obj.get("tokens") {
         None => Vec::new(),
         Some(Value::Object(map)) => map
@@ -229,6 +296,8 @@ fn parse_case(group: &str, file: &str, case: &Value) -> Result<Case, String> {
         description,
         spec,
         requires,
+        kind,
+        extension,
         tokens,
         steps,
     })

@@ -4,9 +4,10 @@
 //! send, what must come back, silences that must hold) under `conformance/cases/<group>/`; the
 //! format is specified in `docs/CONFORMANCE.md`. The runner plays each case against a server
 //! reachable at a base URL, one case at a time, and reports pass, fail (with the step and a
-//! precise difference) or skip (with the reason) per case. The server under test runs with the
-//! conformance profile (`conformance/server.toml` for tidings: small limits, short timers, a
-//! known JWT secret), which the cases rely on.
+//! precise difference) or not applicable (a feature the server's [`Profile`] lacks) per case,
+//! spec cases (the protocol's own behaviour) and extension cases (tidings' additions) apart.
+//! The server under test runs with the conformance configuration (`conformance/server.toml` for
+//! tidings: small limits, short timers, a known JWT secret), which the cases rely on.
 //!
 //! The suite is a library (our tests run it in-process against both runtime adapters) and a
 //! binary, `tidings-conformance --base http://127.0.0.1:9313`. Over TLS the base is
@@ -28,13 +29,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 pub mod case;
+pub mod junit;
 pub mod pattern;
+pub mod profile;
 mod run;
 pub mod tls;
 pub mod wire;
 
-pub use case::Case;
-pub use run::PROFILE_JWT_SECRET;
+pub use case::{Case, Kind};
+pub use profile::{FEATURES, PROFILE_JWT_SECRET, Profile};
 
 include!(concat!(env!("OUT_DIR"), "/case_files.rs"));
 
@@ -105,9 +108,14 @@ pub struct Options {
     pub ca: Option<PathBuf>,
     /// The groups to run; empty runs all.
     pub suites: Vec<String>,
-    /// Only cases whose id matches this glob (`*` any characters, `?` one).
-    pub case_glob: Option<String>,
-    /// Features the server lacks: cases requiring them are skipped.
+    /// Only cases whose id matches one of these globs (`*` any characters, `?` one); empty
+    /// selects every case.
+    pub case_globs: Vec<String>,
+    /// Leave out cases whose id matches one of these globs.
+    pub skip_globs: Vec<String>,
+    /// What the server has: cases needing features it lacks are not applicable.
+    pub profile: Profile,
+    /// Features the server lacks although its profile has them (`--without`).
     pub without: Vec<String>,
     /// How long any single expectation may wait.
     pub timeout: Duration,
@@ -122,7 +130,9 @@ impl Options {
             base: base.into(),
             ca: None,
             suites: Vec::new(),
-            case_glob: None,
+            case_globs: Vec::new(),
+            skip_globs: Vec::new(),
+            profile: Profile::full(),
             without: Vec::new(),
             timeout: Duration::from_secs(5),
             trace: false,
@@ -197,12 +207,54 @@ pub enum Outcome {
         step: usize,
         /// What was expected and what came.
         message: String,
+        /// Later steps that did not hold either (checked because they did not depend on it).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        also: Vec<StepFailure>,
     },
-    /// Not run.
+    /// Not applicable: the server lacks a feature the case needs (status `skip` in JSON).
     Skip {
         /// Why.
         reason: String,
     },
+}
+
+/// A further failed step of a case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepFailure {
+    /// The step, counted from 1.
+    pub step: usize,
+    /// What was expected and what came.
+    pub message: String,
+}
+
+/// Passed, failed and not applicable cases of one kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Cases that passed.
+    pub passed: usize,
+    /// Cases that failed.
+    pub failed: usize,
+    /// Cases not applicable to the server (features it lacks).
+    pub not_applicable: usize,
+}
+
+impl Counts {
+    fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Pass => self.passed += 1,
+            Outcome::Fail { .. } => self.failed += 1,
+            Outcome::Skip { .. } => self.not_applicable += 1,
+        }
+    }
+}
+
+/// Spec and extension results apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ByKind {
+    /// Cases of the protocols' own behaviour.
+    pub spec: Counts,
+    /// Cases of tidings' documented additions and deviations.
+    pub extension: Counts,
 }
 
 /// The result of one case.
@@ -216,6 +268,14 @@ pub struct CaseResult {
     pub description: String,
     /// Where that is specified.
     pub spec: String,
+    /// `spec` or `extension`.
+    pub kind: String,
+    /// For an extension: where tidings documents it.
+    pub extension: Option<String>,
+    /// The features the case needs.
+    pub features: Vec<String>,
+    /// Those the server lacks (when not applicable).
+    pub missing: Vec<String>,
     /// How it ended.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -234,18 +294,68 @@ pub struct Report {
     pub passed: usize,
     /// Cases that failed.
     pub failed: usize,
-    /// Cases that were skipped.
+    /// Cases that were not applicable (features the server lacks).
     pub skipped: usize,
+    /// The profile's name.
+    pub profile: String,
+    /// The same counts, spec and extension cases apart.
+    pub by_kind: ByKind,
+    /// Why the run stopped early: the server stopped answering (then the binary exits with 3).
+    pub aborted: Option<String>,
     /// One entry per case, in run order.
     pub results: Vec<CaseResult>,
 }
 
 impl Report {
-    /// `N passed, N failed, N skipped`.
+    /// An empty report.
+    pub fn new(target: &str, base: &str, profile: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            base: base.to_owned(),
+            passed: 0,
+            failed: 0,
+            skipped: 0,
+            profile: profile.to_owned(),
+            by_kind: ByKind::default(),
+            aborted: None,
+            results: Vec::new(),
+        }
+    }
+
+    /// Adds a result, counting it.
+    pub fn push(&mut self, result: CaseResult) {
+        match result.outcome {
+            Outcome::Pass => self.passed += 1,
+            Outcome::Fail { .. } => self.failed += 1,
+            Outcome::Skip { .. } => self.skipped += 1,
+        }
+        match result.kind.as_str() {
+            "extension" => self.by_kind.extension.add(&result.outcome),
+            _ => self.by_kind.spec.add(&result.outcome),
+        }
+        self.results.push(result);
+    }
+
+    /// `N passed, N failed, N not applicable`.
     pub fn summary(&self) -> String {
         format!(
-            "{} passed, {} failed, {} skipped",
+            "{} passed, {} failed, {} not applicable",
             self.passed, self.failed, self.skipped
+        )
+    }
+
+    /// The summary of each kind: `spec: N passed, …; extension: N passed, …`.
+    pub fn kind_summary(&self) -> String {
+        let c = |c: &Counts| {
+            format!(
+                "{} passed, {} failed, {} not applicable",
+                c.passed, c.failed, c.not_applicable
+            )
+        };
+        format!(
+            "spec: {}; extension: {}",
+            c(&self.by_kind.spec),
+            c(&self.by_kind.extension)
         )
     }
 }
@@ -265,19 +375,22 @@ pub fn glob_matches(glob: &str, id: &str) -> bool {
     go(&g, &s)
 }
 
-/// Runs the selected `cases` one after the other (they share the server's history, so they
-/// never overlap), calling `each` as every result comes in.
+/// A case chosen by the options, and the features it needs that the server lacks (none: it
+/// runs).
+#[derive(Debug, Clone)]
+pub struct Selected<'a> {
+    /// The case.
+    pub case: &'a Case,
+    /// Features it needs that the profile lacks (or `--without` takes away).
+    pub missing: Vec<String>,
+}
+
+/// The cases the options choose (groups, `--case` and `--skip` globs), in order, each with the
+/// features the server lacks for it.
 ///
 /// # Errors
-/// When the suite cannot run: a bad base URL, an unknown suite, or a server that cannot be
-/// reached (the binary exits with status 2 then, and 1 when a case failed).
-pub fn run(
-    cases: &[Case],
-    options: &Options,
-    label: &str,
-    mut each: impl FnMut(&CaseResult),
-) -> Result<Report, String> {
-    let target = Target::parse(&options.base, options.ca.as_deref())?;
+/// An unknown suite, or an unknown feature in `without`.
+pub fn select<'a>(cases: &'a [Case], options: &Options) -> Result<Vec<Selected<'a>>, String> {
     if let Some(unknown) = options
         .suites
         .iter()
@@ -288,6 +401,50 @@ pub fn run(
             GROUPS.join(", ")
         ));
     }
+    profile::check_features("--without", &options.without)?;
+    let suites = match options.suites.is_empty() {
+        true => &options.profile.groups,
+        false => &options.suites,
+    };
+    Ok(cases
+        .iter()
+        .filter(|c| {
+            (suites.is_empty() || suites.contains(&c.group))
+                && (options.case_globs.is_empty()
+                    || options.case_globs.iter().any(|g| glob_matches(g, &c.id)))
+                && !options.skip_globs.iter().any(|g| glob_matches(g, &c.id))
+        })
+        .map(|case| Selected {
+            case,
+            missing: case
+                .requires
+                .iter()
+                .filter(|f| !options.profile.has(f) || options.without.contains(f))
+                .cloned()
+                .collect(),
+        })
+        .collect())
+}
+
+/// Runs the selected `cases` one after the other (they share the server's history, so they
+/// never overlap), calling `each` as every result comes in. Cases needing features the
+/// server's profile lacks are not applicable (not run).
+///
+/// When a case fails and the server can no longer be connected to, the server has died: the
+/// run stops there and [`Report::aborted`] says so (that case is not counted).
+///
+/// # Errors
+/// When the suite cannot run: a bad base URL, an unknown suite or feature, or a server that
+/// cannot be reached (the binary exits with status 2 then, 1 when a case failed and 3 when the
+/// server died during the run).
+pub fn run(
+    cases: &[Case],
+    options: &Options,
+    label: &str,
+    mut each: impl FnMut(&CaseResult),
+) -> Result<Report, String> {
+    let target = Target::parse(&options.base, options.ca.as_deref())?;
+    let selected = select(cases, options)?;
     // A server that cannot be reached is not one that fails every case: the suite cannot run
     // (exit status 2, like a bad option), and says why once. Over TLS, the same for a
     // handshake that fails (a certificate not trusted, a server not speaking TLS).
@@ -305,67 +462,86 @@ pub fn run(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros()) as u64
         & 0xffff_ffff;
-    let mut report = Report {
-        target: label.to_owned(),
-        base: options.base.clone(),
-        passed: 0,
-        failed: 0,
-        skipped: 0,
-        results: Vec::new(),
-    };
-    let selected = cases.iter().filter(|c| {
-        (options.suites.is_empty() || options.suites.contains(&c.group))
-            && options
-                .case_glob
-                .as_deref()
-                .is_none_or(|g| glob_matches(g, &c.id))
-    });
-    for (i, case) in selected.enumerate() {
+    let mut report = Report::new(label, &options.base, &options.profile.name);
+    for (i, Selected { case, missing }) in selected.into_iter().enumerate() {
         let started = Instant::now();
-        let outcome = match case.requires.iter().find(|f| options.without.contains(f)) {
-            Some(feature) => Outcome::Skip {
-                reason: format!("needs {feature}, which the server lacks (--without {feature})"),
-            },
-            None => match run::run_case(case, &target, options, &format!("n{nonce:x}x{i}")) {
-                Ok(()) => Outcome::Pass,
-                Err((step, message)) => Outcome::Fail { step, message },
-            },
+        let outcome = if missing.is_empty() {
+            let mut failures = run::run_case(case, &target, options, &format!("n{nonce:x}x{i}"))
+                .into_iter()
+                .map(|(step, message)| StepFailure { step, message });
+            match failures.next() {
+                None => Outcome::Pass,
+                Some(first) => Outcome::Fail {
+                    step: first.step,
+                    message: first.message,
+                    also: failures.collect(),
+                },
+            }
+        } else {
+            Outcome::Skip {
+                reason: format!(
+                    "not applicable: needs {}, which the server's profile lacks",
+                    missing.join(", ")
+                ),
+            }
         };
-        match outcome {
-            Outcome::Pass => report.passed += 1,
-            Outcome::Fail { .. } => report.failed += 1,
-            Outcome::Skip { .. } => report.skipped += 1,
+        if matches!(outcome, Outcome::Fail { .. })
+            && let Err(e) = std::net::TcpStream::connect_timeout(
+                &target.addr,
+                options.timeout.min(Duration::from_secs(2)),
+            )
+        {
+            report.aborted = Some(format!(
+                "the server stopped answering during {}: cannot connect to {} ({}): {e}; the run stops here",
+                case.id, options.base, target.addr
+            ));
+            break;
         }
         let result = CaseResult {
             id: case.id.clone(),
             group: case.group.clone(),
             description: case.description.clone(),
             spec: case.spec.clone(),
+            kind: case.kind.as_str().to_owned(),
+            extension: case.extension.clone(),
+            features: case.requires.clone(),
+            missing,
             outcome,
             millis: started.elapsed().as_millis() as u64,
         };
         each(&result);
-        report.results.push(result);
+        report.push(result);
     }
     Ok(report)
 }
 
-/// One line for a result: `pass  ID (N ms)`, `FAIL  ID: step N: …`, `skip  ID: reason`.
+/// One line for a result: `pass  ID (N ms)`, `FAIL  ID: step N: …`, `n/a   ID: reason`.
 pub fn text_line(result: &CaseResult) -> String {
     match &result.outcome {
         Outcome::Pass => format!("pass  {} ({} ms)", result.id, result.millis),
-        Outcome::Fail { step, message } => format!("FAIL  {}: step {step}: {message}", result.id),
-        Outcome::Skip { reason } => format!("skip  {}: {reason}", result.id),
+        Outcome::Fail {
+            step,
+            message,
+            also,
+        } => {
+            let mut line = format!("FAIL  {}: step {step}: {message}", result.id);
+            for f in also {
+                line.push_str(&format!("\n      also step {}: {}", f.step, f.message));
+            }
+            line
+        }
+        Outcome::Skip { reason } => format!("n/a   {}: {reason}", result.id),
     }
 }
 
-/// A Markdown table of several reports side by side: one row per case, one column per report.
+/// A Markdown table of several reports side by side: one row per case (with its kind), one
+/// column per report, then the totals of spec and extension cases apart and together.
 pub fn markdown_table(reports: &[Report]) -> String {
-    let mut out = String::from("| case | checks |");
+    let mut out = String::from("| case | kind | checks |");
     for r in reports {
         out.push_str(&format!(" {} |", r.target));
     }
-    out.push_str("\n|---|---|");
+    out.push_str("\n|---|---|---|");
     out.push_str(&"---|".repeat(reports.len()));
     out.push('\n');
     let Some(first) = reports.first() else {
@@ -373,8 +549,9 @@ pub fn markdown_table(reports: &[Report]) -> String {
     };
     for result in &first.results {
         out.push_str(&format!(
-            "| `{}` | {} |",
+            "| `{}` | {} | {} |",
             result.id,
+            result.kind,
             result.description.replace('|', "\\|")
         ));
         for r in reports {
@@ -386,14 +563,28 @@ pub fn markdown_table(reports: &[Report]) -> String {
             {
                 Some(Outcome::Pass) => "pass",
                 Some(Outcome::Fail { .. }) => "**FAIL**",
-                Some(Outcome::Skip { .. }) => "skip",
+                Some(Outcome::Skip { .. }) => "n/a",
                 None => "—",
             };
             out.push_str(&format!(" {cell} |"));
         }
         out.push('\n');
     }
-    out.push_str("| **total** | |");
+    let counts = |c: &Counts| {
+        format!(
+            "{} passed, {} failed, {} n/a",
+            c.passed, c.failed, c.not_applicable
+        )
+    };
+    out.push_str("| **spec** | | |");
+    for r in reports {
+        out.push_str(&format!(" {} |", counts(&r.by_kind.spec)));
+    }
+    out.push_str("\n| **extension** | | |");
+    for r in reports {
+        out.push_str(&format!(" {} |", counts(&r.by_kind.extension)));
+    }
+    out.push_str("\n| **total** | | |");
     for r in reports {
         out.push_str(&format!(" {} |", r.summary()));
     }

@@ -14,19 +14,20 @@ use crate::pattern::{Vars, matches};
 use crate::wire::{BodyRead, Head, HttpStream, Incoming, Upgrade, Ws, request};
 use crate::{Options, Target};
 
-/// The HS256 secret of the conformance profile: a server under test verifies the cases' tokens
-/// with it (see `conformance/server.toml`).
-pub const PROFILE_JWT_SECRET: &str = "tidings-conformance-profile-secret-0123456789";
-
-/// Runs `case` against `target`; `Err` is the failure: the step (1-based) and what was wrong.
-pub fn run_case(
-    case: &Case,
-    target: &Target,
-    options: &Options,
-    ns: &str,
-) -> Result<(), (usize, String)> {
+/// Runs `case` against `target`; the failures, each the step (1-based) and what was wrong (none:
+/// the case passed).
+///
+/// A failure does not end the case when what follows can still be checked on its own: after a
+/// failed expectation (`expect`, `silence`, a refused or answered `ws`/`sse`/`http` checked
+/// against its expected answer) the steps that only read other connections, and plain HTTP
+/// requests, still run and report their own failures. A step on the connection that failed, or
+/// one using a value the failed step was to bind, is not checked; when such a step would act
+/// (send, open, close), or when the failing step itself acted, the case stops there, since
+/// everything after may depend on it.
+pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Vec<(usize, String)> {
     let mut run = Run {
         target,
+        profile: &options.profile,
         timeout: options.timeout,
         trace: options.trace,
         vars: Vars::default(),
@@ -34,25 +35,82 @@ pub fn run_case(
         sse: HashMap::new(),
     };
     run.vars.set("ns", Value::String(ns.to_owned()));
+    run.vars.set(
+        "ksbus_server_id",
+        Value::String(options.profile.ksbus_server_id.clone()),
+    );
     for (name, claims) in &case.tokens {
         let token = Value::Object(claims.clone());
         let token = run
             .vars
             .interpolate_json(&token)
-            .and_then(|claims| sign(claims.as_object().expect("an object stays an object")))
-            .map_err(|e| (0, format!("token {name:?}: {e}")))?;
-        run.vars.set(format!("token:{name}"), Value::String(token));
+            .and_then(|claims| {
+                sign(
+                    claims.as_object().expect("an object stays an object"),
+                    &options.profile.jwt_secret,
+                )
+            })
+            .map_err(|e| (0, format!("token {name:?}: {e}")));
+        match token {
+            Ok(token) => run.vars.set(format!("token:{name}"), Value::String(token)),
+            Err(failure) => return vec![failure],
+        }
     }
+    let mut failures: Vec<(usize, String)> = Vec::new();
+    // Connections whose stream position is unknown after a failed step on them.
+    let mut broken: Vec<&str> = Vec::new();
     for (i, step) in case.steps.iter().enumerate() {
-        run.step(step)
-            .map_err(|e| (i + 1, format!("{}: {e}", describe(step))))?;
+        let conn = step_conn(step);
+        let acts = matches!(
+            step,
+            Step::Send { .. } | Step::OpenWs(_) | Step::OpenSse(_) | Step::Close { .. }
+        );
+        if conn.is_some_and(|c| broken.contains(&c)) {
+            if acts {
+                break;
+            }
+            continue;
+        }
+        match run.step(step) {
+            Ok(()) => {}
+            // A value the failed step was to bind: this step depends on it.
+            Err(e) if !failures.is_empty() && e.contains("is bound at this point") => {
+                if acts {
+                    break;
+                }
+            }
+            Err(e) => {
+                failures.push((i + 1, format!("{}: {e}", describe(step))));
+                // An action that failed (or a failure that is not about one connection):
+                // what follows may depend on it.
+                let reads_only = matches!(step, Step::Expect { .. } | Step::Silence { .. });
+                match (conn, reads_only) {
+                    (Some(c), true) => broken.push(c),
+                    (None, _) if matches!(step, Step::Http(_)) => {}
+                    _ => break,
+                }
+            }
+        }
     }
-    Ok(())
+    failures
+}
+
+/// The connection a step uses, if any.
+fn step_conn(step: &Step) -> Option<&str> {
+    match step {
+        Step::OpenWs(o) => Some(&o.conn),
+        Step::OpenSse(o) => Some(&o.conn),
+        Step::Send { conn, .. }
+        | Step::Expect { conn, .. }
+        | Step::Silence { conn, .. }
+        | Step::Close { conn } => Some(conn),
+        Step::Http(_) | Step::Wait { .. } => None,
+    }
 }
 
 /// Signs `claims` with the profile secret; `exp` is added (an hour from now) when missing, and a
 /// negative `exp` counts from now (an expired token). `"$secret"` signs with another secret.
-fn sign(claims: &Map<String, Value>) -> Result<String, String> {
+fn sign(claims: &Map<String, Value>, profile_secret: &str) -> Result<String, String> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
@@ -60,7 +118,7 @@ fn sign(claims: &Map<String, Value>) -> Result<String, String> {
     let secret = match claims.remove("$secret") {
         Some(Value::String(s)) => s,
         Some(_) => return Err("\"$secret\" must be a string".into()),
-        None => PROFILE_JWT_SECRET.to_owned(),
+        None => profile_secret.to_owned(),
     };
     match claims.get("exp").and_then(Value::as_i64) {
         None => {
@@ -111,6 +169,7 @@ fn kind(what: &Expectation) -> &'static str {
 
 struct Run<'a> {
     target: &'a Target,
+    profile: &'a crate::Profile,
     timeout: Duration,
     trace: bool,
     vars: Vars,
@@ -154,7 +213,7 @@ impl Run<'_> {
         Ok(format!(
             "{}{}",
             self.target.prefix,
-            self.vars.interpolate(path)?
+            self.profile.map_path(&self.vars.interpolate(path)?)
         ))
     }
 
@@ -430,9 +489,7 @@ impl Run<'_> {
                 let want = self.vars.interpolate(text)?;
                 match self.next_ws(conn, deadline)? {
                     Incoming::Text(got) if got == want => Ok(()),
-                    Incoming::Text(got) => Err(format!(
-                        "expected exactly\n      {want}\n    got\n      {got}"
-                    )),
+                    Incoming::Text(got) => Err(text_diff("the frame", &want, &got)),
                     other => Err(format!("expected {want}, got {}", show(&other))),
                 }
             }
@@ -608,10 +665,10 @@ impl Run<'_> {
                 }
                 let got: Vec<u8> = c.raw.iter().take(want.len()).copied().collect();
                 if got != want {
-                    return Err(format!(
-                        "expected the bytes {:?}, got {:?}",
-                        String::from_utf8_lossy(&want),
-                        String::from_utf8_lossy(&got)
+                    return Err(text_diff(
+                        "the bytes",
+                        &String::from_utf8_lossy(&want),
+                        &String::from_utf8_lossy(&got),
                     ));
                 }
                 c.raw.drain(..want.len());
@@ -677,10 +734,7 @@ fn check_body(expected: &Body, body: &[u8], vars: &mut Vars) -> Result<(), Strin
             if want.as_bytes() == body {
                 Ok(())
             } else {
-                Err(format!(
-                    "expected the body {want:?}, got {:?}",
-                    String::from_utf8_lossy(body)
-                ))
+                Err(text_diff("the body", &want, &String::from_utf8_lossy(body)))
             }
         }
         Body::Json(pattern) => {
@@ -714,5 +768,63 @@ fn show_item(item: &Item) -> String {
         Item::Retry(ms) => format!("retry: {ms}"),
         Item::Comment(c) => format!("the comment {c:?}"),
         _ => "an unknown SSE item".into(),
+    }
+}
+
+/// Writes text with what is invisible made visible: `\n`, `\r`, `\t`, other control characters
+/// as `\u{..}`, a backslash as `\\`, and a space at either end as `\x20` (spaces inside stay).
+pub(crate) fn visible(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    let last = text.chars().count().saturating_sub(1);
+    for (i, c) in text.chars().enumerate() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            ' ' if i == 0 || i == last => out.push_str("\\x20"),
+            c if c.is_control() || c == '\u{feff}' || c == '\u{a0}' => {
+                out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A mismatch of exact texts, invisible characters escaped, and where they first differ.
+fn text_diff(what: &str, want: &str, got: &str) -> String {
+    let at = want
+        .char_indices()
+        .zip(got.chars())
+        .find(|((_, a), b)| a != b)
+        .map(|((i, _), _)| i)
+        .unwrap_or_else(|| want.len().min(got.len()));
+    let rest = |s: &str| match s.get(at..) {
+        Some("") | None => "the end".to_owned(),
+        Some(r) => format!("\"{}\"", visible(&r.chars().take(12).collect::<String>())),
+    };
+    format!(
+        "expected {what} exactly\n      \"{}\"\n    got\n      \"{}\"\n    first difference at byte {at}: expected {}, got {}",
+        visible(want),
+        visible(got),
+        rest(want),
+        rest(got)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invisible_differences_are_shown() {
+        let e = text_diff("the frame", "{\"a\":1}", "{\"a\":1}\n");
+        assert!(e.contains(r#""{"a":1}\n""#), "{e}");
+        assert!(e.contains(r#"expected the end, got "\n""#), "{e}");
+        let e = text_diff("the body", "ok\r\n", "ok\n");
+        assert!(e.contains(r#""ok\r\n""#) && e.contains("byte 2"), "{e}");
+        let e = text_diff("the body", "a b", "a b ");
+        assert!(e.contains(r#""a b\x20""#), "{e}");
     }
 }
