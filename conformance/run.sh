@@ -10,7 +10,12 @@
 # loopback port and stopped by its pid; the TLS runs serve a certificate for 127.0.0.1 signed by
 # a test CA that the runner makes (`--make-test-cert`, in target/conformance/tls/) and trusts
 # (`--ca`). The runner is told what `tidings serve` has with conformance/profiles/tidings-serve.toml
-# (everything but the etp-handlers, which need application code). JSON reports go to target/conformance/<runtime>[-tls].json. Four runs of about 40 s.
+# (everything but the etp-handlers, which need application code). JSON reports go to
+# target/conformance/<run>.json. Four runs of about 40 s, then a fifth against the second node of
+# a three-node cluster (tokio, async-std, tokio) over one nats-server with JetStream, started here
+# on a free port and stopped by its pid: every event that node delivers came back through the
+# stream. Without nats-server (scripts/setup-interop.sh installs it) that run is skipped with a
+# message, or fails under TIDINGS_REQUIRE_INTEROP=1 as in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-}"
@@ -23,38 +28,37 @@ mkdir -p "$out"
 "$bin/tidings-conformance" --make-test-cert "$out/tls" >/dev/null
 
 pid=""
-stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi; }
+extra=()
+stop() {
+    for p in $pid ${extra[@]+"${extra[@]}"}; do kill "$p" 2>/dev/null || true; done
+    for p in $pid ${extra[@]+"${extra[@]}"}; do wait "$p" 2>/dev/null || true; done
+    pid=""
+    extra=()
+}
 trap stop EXIT
 
-failed=0
-reports=()
-# The table's columns, in this order: plain HTTP on each runtime, then TLS on each runtime.
-for run in tokio async-std tokio-tls async-std-tls; do
-    runtime="${run%-tls}"
-    server_tls=()
-    runner_tls=()
-    label="$runtime"
-    if [ "$run" != "$runtime" ]; then
-        server_tls=(--tls-cert "$out/tls/server.pem" --tls-key "$out/tls/server.key")
-        runner_tls=(--ca "$out/tls/ca.pem")
-        label="$runtime TLS"
-    fi
-    log="$out/$run.server.log"
-    # The durable log, the server's default, in a fresh directory per run.
-    data="$out/$run.data"
-    rm -rf "$data"
-    "$bin/tidings" serve --runtime "$runtime" --config conformance/server.toml --listen 127.0.0.1:0 \
-        --data-dir "$data" ${server_tls[@]+"${server_tls[@]}"} >"$out/$run.stdout" 2>"$log" &
-    pid=$!
+# Starts `tidings serve` with the conformance configuration and extra arguments in the
+# background; sets `started` to its pid and `base` to its address.
+serve() {
+    local run="$1"
+    shift
+    "$bin/tidings" serve --config conformance/server.toml --listen 127.0.0.1:0 "$@" \
+        >"$out/$run.stdout" 2>"$out/$run.server.log" &
+    started=$!
     base=""
-    for _ in $(seq 1 100); do
+    for _ in $(seq 1 150); do
         base="$(sed -n 's/^listening on //p' "$out/$run.stdout" | head -1)"
-        [ -n "$base" ] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; exit 1; }
+        [ -n "$base" ] && return 0
+        kill -0 "$started" 2>/dev/null || { cat "$out/$run.server.log" >&2; exit 1; }
         sleep 0.1
     done
-    [ -n "$base" ] || { echo "the $label server did not start" >&2; exit 1; }
-    echo "== conformance: tidings serve --runtime $runtime ($base)"
+    echo "the $run server did not start" >&2
+    exit 1
+}
+
+# Runs the suite against `$base` (label `$label`, TLS options `runner_tls`), prints one line per
+# case that did not pass and the summary, and records the report.
+run_suite() {
     if ! "$bin/tidings-conformance" --base "$base" ${runner_tls[@]+"${runner_tls[@]}"} --label "$label" --profile conformance/profiles/tidings-serve.toml --format json >"$out/$run.json"; then
         failed=1
     fi
@@ -72,6 +76,68 @@ print("; ".join(f"{kind}: {k[kind]['passed']} passed, {k[kind]['failed']} failed
 print(f"{r['passed']} passed, {r['failed']} failed, {r['skipped']} not applicable")
 PY
     reports+=("$out/$run.json")
+}
+
+failed=0
+reports=()
+# The table's columns, in this order: plain HTTP on each runtime, TLS on each runtime, a cluster node.
+runs=(tokio async-std tokio-tls async-std-tls)
+nats_bin="$(command -v nats-server || true)"
+[ -z "$nats_bin" ] && [ -x /usr/sbin/nats-server ] && nats_bin=/usr/sbin/nats-server
+if [ -n "$nats_bin" ]; then
+    runs+=(cluster)
+elif [ "${TIDINGS_REQUIRE_INTEROP:-}" = 1 ]; then
+    echo "nats-server is missing (scripts/setup-interop.sh installs it)" >&2
+    exit 1
+else
+    echo "== conformance: no cluster run: nats-server is missing (scripts/setup-interop.sh installs it)"
+fi
+
+for run in "${runs[@]}"; do
+    if [ "$run" = cluster ]; then
+        # One nats-server on a free port, then three nodes; the runner talks to the second.
+        rm -rf "$out/nats"
+        mkdir -p "$out/nats"
+        "$nats_bin" -js -a 127.0.0.1 -p -1 -sd "$out/nats" -l "$out/nats/nats.log" &
+        extra+=($!)
+        nats=""
+        for _ in $(seq 1 150); do
+            nats="$(sed -n 's/.*Listening for client connections on \(.*\)$/\1/p' "$out/nats/nats.log" 2>/dev/null | head -1 || true)"
+            [ -n "$nats" ] && break
+            sleep 0.1
+        done
+        [ -n "$nats" ] || { cat "$out/nats/nats.log" >&2; echo "nats-server did not start" >&2; exit 1; }
+        nodes=(tokio async-std tokio)
+        for i in 0 1 2; do
+            serve "cluster-$i" --runtime "${nodes[$i]}" --nats "nats://$nats" --node "node-$i" \
+                --data-dir "$out/cluster-$i.data"
+            extra+=("$started")
+            if [ "$i" = 1 ]; then node_base="$base"; fi
+        done
+        base="$node_base"
+        runner_tls=()
+        label="cluster"
+        echo "== conformance: node 2 of 3 (async-std) over nats-server $nats ($base)"
+        run_suite
+        stop
+        continue
+    fi
+    runtime="${run%-tls}"
+    server_tls=()
+    runner_tls=()
+    label="$runtime"
+    if [ "$run" != "$runtime" ]; then
+        server_tls=(--tls-cert "$out/tls/server.pem" --tls-key "$out/tls/server.key")
+        runner_tls=(--ca "$out/tls/ca.pem")
+        label="$runtime TLS"
+    fi
+    # The durable log, the server's default, in a fresh directory per run.
+    data="$out/$run.data"
+    rm -rf "$data"
+    serve "$run" --runtime "$runtime" --data-dir "$data" ${server_tls[@]+"${server_tls[@]}"}
+    pid=$started
+    echo "== conformance: tidings serve --runtime $runtime ($base)"
+    run_suite
     stop
 done
 

@@ -117,12 +117,23 @@ pub struct Broker {
     pub(crate) next_append: u64,
     /// Log reads in flight, and the connection each is for.
     pub(crate) reads: HashMap<crate::log::ReadId, ConnId>,
+    /// Reads asking a shared log whether it holds the cursor a connection waits for (see
+    /// `Broker::wait_for`): the connection and that position.
+    pub(crate) probes: HashMap<crate::log::ReadId, (ConnId, u64)>,
     pub(crate) next_read: u64,
     /// The external log's first retained position (see `Broker::log_first`).
     pub(crate) log_first: u64,
     /// Positions given out before a restart whose events were not recovered (after the last
     /// recovered one, up to the reservation): cursors in there get a gap notice.
     pub(crate) lost: Option<(u64, u64)>,
+    /// Publishes stored in a shared log whose events this node has not delivered yet: their
+    /// position (0 for a failed append), publisher and answer, in the order the log answered.
+    pub(crate) answering: VecDeque<(
+        u64,
+        crate::appends::Publisher,
+        crate::log::AppendId,
+        Result<Cursor, ProtocolError>,
+    )>,
     /// Connections waiting for the head to reach the cursor they resumed from (shared log).
     pub(crate) waiting: Vec<ConnId>,
     /// Positions `(first, last)` a shared log evicted before this node read them, while they
@@ -178,9 +189,11 @@ impl Broker {
             appends: VecDeque::new(),
             next_append: 0,
             reads: HashMap::new(),
+            probes: HashMap::new(),
             next_read: 0,
             log_first: 1,
             lost: None,
+            answering: VecDeque::new(),
             waiting: Vec::new(),
             holes: std::collections::VecDeque::new(),
             shutdown: None,

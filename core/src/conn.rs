@@ -73,6 +73,8 @@ pub(crate) struct CatchUp {
     /// Not live before the head reaches this position (0: no wait): the client resumed from a
     /// cursor another node of a shared log handed out, further along than this one.
     pub(crate) ahead: u64,
+    /// The log said it holds `ahead`: the wait ends only when this node reads that far.
+    pub(crate) ahead_held: bool,
 }
 
 impl CatchUp {
@@ -86,6 +88,7 @@ impl CatchUp {
             page: std::collections::VecDeque::new(),
             reading: None,
             ahead: 0,
+            ahead_held: false,
         }
     }
 

@@ -169,11 +169,20 @@ impl Broker {
                 let Some(pending) = self.appends.remove(i) else {
                     return;
                 };
+                if self.shared_log() {
+                    // Delivered when it comes back in log order (`Committed`); answered once
+                    // this node has delivered it, so that the answer means here what it means on
+                    // one node: subscribers of this node got it (a publisher subscribed to its
+                    // own topic sees the event before the answer), and a resume from its cursor
+                    // is served at once.
+                    let seq = result.as_ref().map_or(0, |a| a.seq);
+                    let result = result.map(|a| Cursor::new(self.config.epoch, a.seq));
+                    self.answering
+                        .push_back((seq, pending.publisher, pending.id, result));
+                    self.release_answers();
+                    return;
+                }
                 let result = match result {
-                    // Delivered when it comes back in log order (`Committed`).
-                    Ok(appended) if self.shared_log() => {
-                        Ok(Cursor::new(self.config.epoch, appended.seq))
-                    }
                     Ok(appended) if appended.seq > self.history.head() => {
                         self.trimmed(appended.first);
                         Ok(self.stored(appended.seq, pending.event))
@@ -194,8 +203,14 @@ impl Broker {
                 self.answer_publisher(pending.publisher, pending.id, result);
             }
             LogReply::Page { read, result } => self.page(read, result),
-            LogReply::Trimmed { first } => self.trimmed(first),
-            LogReply::Committed(logged) => self.committed(logged),
+            LogReply::Trimmed { first } => {
+                self.trimmed(first);
+                self.release_answers();
+            }
+            LogReply::Committed(logged) => {
+                self.committed(logged);
+                self.release_answers();
+            }
             LogReply::Passed { seq } => {
                 if self.shared_log() && seq > self.history.head() {
                     if seq > self.history.head() + 1 {
@@ -203,8 +218,29 @@ impl Broker {
                     }
                     self.history.advance(seq);
                     self.wake_waiting();
+                    self.release_answers();
                 }
             }
+        }
+    }
+
+    /// Answers the publishers whose events this node has delivered (shared log), or that the
+    /// log evicted before this node read them, in the order their appends were answered; a
+    /// failed append is answered in its turn.
+    fn release_answers(&mut self) {
+        let (head, first) = (self.history.head(), self.log_first);
+        while self
+            .answering
+            .front()
+            .is_some_and(|(seq, ..)| *seq <= head || *seq < first)
+        {
+            let Some((_, publisher, id, result)) = self.answering.pop_front() else {
+                break;
+            };
+            if result.is_err() {
+                self.count_error(ErrorCode::Unavailable);
+            }
+            self.answer_publisher(publisher, id, result);
         }
     }
 
@@ -337,6 +373,9 @@ impl Broker {
 
     /// A page for a connection catching up from the log.
     fn page(&mut self, read: crate::log::ReadId, result: Result<Page, ProtocolError>) {
+        if let Some((conn, seq)) = self.probes.remove(&read) {
+            return self.probed(conn, seq, result.as_ref().ok());
+        }
         let Some(conn) = self.reads.remove(&read) else {
             return;
         };

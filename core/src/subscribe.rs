@@ -6,7 +6,8 @@ use crate::command::Subscribe;
 use crate::conn::{CatchUp, Sub};
 use crate::cursor::Cursor;
 use crate::error::{ErrorCode, ProtocolError};
-use crate::output::{Gap, GapReason};
+use crate::ids::ConnId;
+use crate::output::{Gap, GapReason, Output};
 use crate::subs::Slot;
 
 /// How long a resume from a cursor ahead of this node's head (handed out by another node of a
@@ -156,11 +157,13 @@ impl Broker {
         }
     }
 
-    /// Keeps the connection off live delivery until the head reaches `seq`, at most
-    /// [`AHEAD_WAIT`]; then its cursor is not of this log after all (`Timer::Ahead`).
+    /// Keeps the connection off live delivery until the head reaches `seq`, and asks the log
+    /// whether it holds `seq` at all: a cursor past the log's end (a crafted one, or one of a
+    /// replica-1 stream that lost its tail) gets its gap at once, one the log holds is waited
+    /// for however long this node's consumer takes (a pause, not a gap). Unanswered within
+    /// [`AHEAD_WAIT`], the log is asked again (`Timer::Ahead`).
     fn wait_for(&mut self, slot: Slot, seq: u64) {
         let head = self.history.head();
-        let now = self.now;
         let conn = self.conn_mut(slot);
         let id = conn.id;
         if conn.catch_up.is_none() {
@@ -170,12 +173,71 @@ impl Broker {
             conn.catch_up = Some(Box::new(CatchUp::new(head, GapReason::Evicted, 0)));
         }
         let cu = conn.catch_up.as_deref_mut().expect("set above");
-        cu.ahead = cu.ahead.max(seq);
+        if seq <= cu.ahead {
+            return;
+        }
+        cu.ahead = seq;
+        cu.ahead_held = false;
         if !self.waiting.contains(&id) {
             self.waiting.push(id);
         }
+        self.probe(id, seq);
+    }
+
+    /// Asks the shared log whether it holds position `seq`, for connection `conn`.
+    fn probe(&mut self, conn: ConnId, seq: u64) {
+        let read = crate::log::ReadId(self.next_read);
+        self.next_read += 1;
+        self.probes.insert(read, (conn, seq));
+        self.out
+            .push_back(Output::Log(crate::log::LogRequest::Read {
+                read,
+                from: seq,
+                max_events: 1,
+            }));
         self.timers
-            .schedule(now + AHEAD_WAIT, crate::timers::Timer::Ahead(id));
+            .schedule(self.now + AHEAD_WAIT, crate::timers::Timer::Ahead(conn));
+    }
+
+    /// The shared log's answer to whether it holds position `seq` that a connection waits for
+    /// (`None`: the read failed). Nothing at or after it, and not evicted, means the cursor is
+    /// ahead of the log, not of this node. (A cursor at a trailing position that holds no event
+    /// looks the same: that one gets the gap too, a rare case.)
+    pub(crate) fn probed(&mut self, conn: ConnId, seq: u64, page: Option<&crate::log::Page>) {
+        let Some(&slot) = self.ids.get(&conn) else {
+            return;
+        };
+        let Some(cu) = self.conn_mut(slot).catch_up.as_deref_mut() else {
+            return;
+        };
+        if cu.ahead != seq {
+            return;
+        }
+        let Some(page) = page else {
+            return; // asked again when its timer fires
+        };
+        if page.events.is_empty() && page.done && page.first <= seq {
+            self.ahead_of_log(slot);
+        } else {
+            cu.ahead_held = true;
+        }
+    }
+
+    /// A connection's wait for the head to reach its cursor is [`AHEAD_WAIT`] old: unless the
+    /// log said it holds that position, ask it again (the last probe failed or went
+    /// unanswered).
+    pub(crate) fn ahead_unanswered(&mut self, slot: Slot) {
+        let head = self.history.head();
+        let conn = self.conn_ref(slot);
+        let id = conn.id;
+        let Some(cu) = conn.catch_up.as_deref() else {
+            return;
+        };
+        if cu.ahead > head && !cu.ahead_held {
+            let seq = cu.ahead;
+            self.probes.retain(|_, (c, _)| *c != id);
+            self.probe(id, seq);
+        }
     }
 
     /// Pumps the connections waiting for the head to reach their cursor (it moved).
@@ -197,10 +259,13 @@ impl Broker {
         self.waiting.append(&mut waiting);
     }
 
-    /// The head did not reach the cursor a connection resumed from within [`AHEAD_WAIT`]: that
-    /// cursor is ahead of the log; say so and go on from the head.
-    pub(crate) fn ahead_expired(&mut self, slot: Slot) {
+    /// The log holds nothing from the cursor a connection resumed from: that cursor is ahead of
+    /// the log; say so and replay what the log retains, as for a cursor of another epoch.
+    fn ahead_of_log(&mut self, slot: Slot) {
         let (head, epoch) = (self.history.head(), self.config.epoch);
+        // As for a cursor of another epoch: nothing it saw can be matched up, so it gets what
+        // this epoch still holds.
+        let to = self.log_first() - 1;
         let conn = self.conn_mut(slot);
         let Some(cu) = conn.catch_up.as_deref_mut() else {
             return;
@@ -209,15 +274,21 @@ impl Broker {
             return;
         }
         let from = std::mem::take(&mut cu.ahead);
+        let pos = cu.pos;
+        cu.rewind(to);
         for sub in &mut conn.subs {
             if sub.start > head {
-                sub.start = head;
-                sub.done = head;
+                // Waiting for that cursor: replays from `to`.
+                sub.start = to;
+                sub.done = to;
+            } else {
+                // Subscribed before: had everything up to `pos` already.
+                sub.done = sub.done.max(pos);
             }
         }
         let gap = Gap {
             from: Some(Cursor::new(epoch, from)),
-            to: Cursor::new(epoch, head),
+            to: Cursor::new(epoch, to),
             reason: GapReason::Epoch,
             dropped_messages: 0,
         };

@@ -134,7 +134,7 @@ impl Broker {
             }
             Timer::Ahead(conn) => {
                 if let Some(slot) = live(self, conn) {
-                    self.ahead_expired(slot);
+                    self.ahead_unanswered(slot);
                 }
             }
             Timer::Shutdown => {
