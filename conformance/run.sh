@@ -42,6 +42,8 @@ trap stop EXIT
 serve() {
     local run="$1"
     shift
+    # Emptied first: the background redirection may not have truncated it when it is read.
+    : >"$out/$run.stdout"
     "$bin/tidings" serve --config conformance/server.toml --listen 127.0.0.1:0 "$@" \
         >"$out/$run.stdout" 2>"$out/$run.server.log" &
     started=$!

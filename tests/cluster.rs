@@ -528,3 +528,88 @@ fn nodes_and_a_nats_server_killed_during_a_publish_loop_lose_nothing_acknowledge
         assert_eq!(received, wanted_sorted, "subscriber {i} ({pattern})");
     }
 }
+
+#[test]
+fn direct_messages_and_named_routing_reach_clients_on_other_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let mut alice = b.ws();
+    let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let mut workers = [a.ws(), b.ws()];
+    for w in &mut workers {
+        let ok = w.ask(json!({"op":"subscribe","id":1,"topics":["jobs.>"],"name":"worker"}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+    }
+    let mut bob = a.ws();
+    let ok = bob.ask(json!({"op":"identify","id":1,"client_id":"bob"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+
+    // Node b's subscription for alice reaches NATS a moment after her `ok`: until then a send
+    // is answered `no_recipient`, so the first one is asked again until it lands.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut id = 10;
+    loop {
+        id += 1;
+        let answer = bob.ask(json!({"op":"send","id":id,"to":"alice","event":"hi","data":{"n":1}}));
+        if answer["type"] == "ok" {
+            break;
+        }
+        assert_eq!(answer["code"], "no_recipient", "{answer}");
+        assert!(Instant::now() < deadline, "alice on node b never reachable");
+    }
+    let got = alice.recv();
+    assert_eq!(
+        (
+            got["type"].as_str(),
+            got["from"].as_str(),
+            got["event"].as_str()
+        ),
+        (Some("message"), Some("bob"), Some("hi")),
+        "{got}"
+    );
+    assert_eq!(got["data"], json!({"n": 1}));
+    // And back, from b to a.
+    let ok = alice.ask(json!({"op":"send","id":2,"to":"bob","data":"pong"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(bob.recv()["data"], "pong");
+
+    // Nobody holds the id anywhere: `no_recipient`, at once (NATS has no responder for it).
+    let started = Instant::now();
+    let answer = bob.ask(json!({"op":"send","id":3,"to":"nobody","data":1}));
+    assert_eq!(answer["code"], "no_recipient", "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Named routing: the named subscriptions of both nodes receive it.
+    let ok = bob.ask(json!({"op":"send","id":4,"topic":"jobs.eu","name":"worker","data":"job"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    for w in &mut workers {
+        let got = w.recv();
+        assert_eq!(
+            (got["type"].as_str(), got["data"].as_str()),
+            (Some("message"), Some("job")),
+            "{got}"
+        );
+    }
+
+    // Alice leaves: her id is held nowhere again.
+    drop(alice);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        id += 1;
+        let answer = bob.ask(json!({"op":"send","id":id,"to":"alice","data":1}));
+        if answer["type"] == "error" {
+            assert_eq!(answer["code"], "no_recipient", "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice's id still routed to node b"
+        );
+    }
+}

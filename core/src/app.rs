@@ -31,7 +31,9 @@ impl Broker {
     }
 
     /// Sends a message that is not retained to a connection, a client id, or a named
-    /// subscription; returns how many connections it reached.
+    /// subscription; returns how many connections of this node it reached. In a cluster, a
+    /// client id held by no connection here and named subscriptions are relayed to the other
+    /// nodes too (see [`crate::relay`]).
     pub fn send(
         &mut self,
         now: Instant,
@@ -40,7 +42,22 @@ impl Broker {
         payload: &Payload,
     ) -> usize {
         self.advance(now);
-        self.send_message(to, None, None, event, payload)
+        let reached = self.send_message(to, None, None, event, payload);
+        let elsewhere = match to {
+            Recipient::Client(_) => reached == 0,
+            Recipient::Named { .. } => true,
+            Recipient::Conn(_) => false,
+        };
+        if elsewhere && self.relays() {
+            let message = crate::relay::Relayed {
+                to: crate::relay::RelayTo::Recipient(to.clone()),
+                from: None,
+                event: event.cloned(),
+                payload: payload.clone(),
+            };
+            self.relay(message, None);
+        }
+        reached
     }
 
     /// Puts a connection in a room (rooms are server-side groups; a connection leaves all of them
@@ -85,7 +102,8 @@ impl Broker {
     }
 
     /// Sends a message to every member of a room (encoded once per wire format); returns how
-    /// many connections it reached.
+    /// many connections of this node it reached. In a cluster the other nodes' members get it
+    /// too (see [`crate::relay`]).
     pub fn emit_room(
         &mut self,
         now: Instant,
@@ -94,6 +112,25 @@ impl Broker {
         payload: &Payload,
     ) -> usize {
         self.advance(now);
+        if self.relays() {
+            let message = crate::relay::Relayed {
+                to: crate::relay::RelayTo::Room(room.clone()),
+                from: None,
+                event: event.cloned(),
+                payload: payload.clone(),
+            };
+            self.relay(message, None);
+        }
+        self.room_message(room, event, payload)
+    }
+
+    /// Sends a message to this node's members of a room; returns how many it reached.
+    pub(crate) fn room_message(
+        &mut self,
+        room: &Name,
+        event: Option<&Name>,
+        payload: &Payload,
+    ) -> usize {
         let members = self.rooms.get(room).cloned().unwrap_or_default();
         let frame = Frame::Message {
             from: None,

@@ -128,6 +128,8 @@ pub struct Broker {
     pub(crate) lost: Option<(u64, u64)>,
     /// Publishes stored in a shared log whose events this node has not delivered yet: their
     /// position (0 for a failed append), publisher and answer, in the order the log answered.
+    /// Messages that are not retained, across nodes (a shared log only).
+    pub(crate) relay: crate::relay::Relay,
     pub(crate) answering: VecDeque<(
         u64,
         crate::appends::Publisher,
@@ -194,6 +196,7 @@ impl Broker {
             log_first: 1,
             lost: None,
             answering: VecDeque::new(),
+            relay: crate::relay::Relay::default(),
             waiting: Vec::new(),
             holes: std::collections::VecDeque::new(),
             shutdown: None,
@@ -254,6 +257,10 @@ impl Broker {
                 self.handle_log(reply);
                 Ok(())
             }
+            Input::Relay(reply) => {
+                self.handle_relay(reply);
+                Ok(())
+            }
         }
     }
 
@@ -268,6 +275,10 @@ impl Broker {
     /// The next output, in order. Drain it completely after every `handle_*` call.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.out.is_empty() {
+            // The step's changes of what this node holds, together (a shared log only).
+            self.announce_routes();
+        }
         self.out.pop_front()
     }
 
@@ -478,13 +489,29 @@ impl Broker {
                     );
                     return self.fail(slot, req, e);
                 }
-                let from = conn.client_id().cloned();
-                if self.send_message(&to, from.as_ref(), None, event.as_ref(), &payload) == 0 {
-                    let e = ProtocolError::new(
-                        ErrorCode::NoRecipient,
-                        "no connection is there to receive this message",
-                    );
-                    return self.fail(slot, req, e);
+                let (from, id) = (conn.client_id().cloned(), conn.id);
+                let reached = self.send_message(&to, from.as_ref(), None, event.as_ref(), &payload);
+                // In a cluster, a client id held by no connection here may be held on another
+                // node, and named subscriptions may be anywhere.
+                let elsewhere = match &to {
+                    Recipient::Client(_) => reached == 0,
+                    Recipient::Named { .. } => true,
+                    Recipient::Conn(_) => false,
+                };
+                if elsewhere && self.relays() {
+                    let message = crate::relay::Relayed {
+                        to: crate::relay::RelayTo::Recipient(to),
+                        from,
+                        event,
+                        payload,
+                    };
+                    if reached == 0 {
+                        // Answered (`ok` or `no_recipient`) when the other nodes have said.
+                        return self.relay(message, Some((id, req)));
+                    }
+                    self.relay(message, None);
+                } else if reached == 0 {
+                    return self.fail(slot, req, crate::relay::no_recipient());
                 }
                 self.ok(slot, req, None, None);
             }
@@ -606,8 +633,10 @@ impl Broker {
                     .replace(client_id.clone())
                 {
                     self.clients.remove(&old);
+                    self.route_changed(crate::relay::Route::Client(old));
                 }
                 self.clients.insert(client_id.clone(), slot);
+                self.route_changed(crate::relay::Route::Client(client_id.clone()));
                 self.ok(slot, req, None, None);
                 self.identified(slot, &client_id);
             }

@@ -425,6 +425,7 @@ impl Broker {
         if let Some(client_id) = client_id {
             // Parks the session (subscriptions, position, rooms) for the reconnect window.
             self.clients.remove(&client_id);
+            self.route_changed(crate::relay::Route::Client(client_id.clone()));
             self.park_or_forget(slot, client_id, rooms.clone());
         }
         self.conn_mut(slot).catch_up = None;
@@ -454,6 +455,7 @@ impl Broker {
             }
             if members.is_empty() {
                 self.rooms.remove(room);
+                self.route_changed(crate::relay::Route::Room(room.clone()));
                 let room = room.clone();
                 self.lifecycle(|| crate::output::Lifecycle::GroupRemoved { room });
             }
@@ -465,6 +467,7 @@ impl Broker {
         let members = self.rooms.entry(room.clone()).or_default();
         members.push(slot);
         if members.len() == 1 {
+            self.route_changed(crate::relay::Route::Room(room.clone()));
             self.lifecycle(|| crate::output::Lifecycle::GroupNew { room });
         }
     }

@@ -264,6 +264,7 @@ impl Harness {
                 }
                 Output::App(_) => {}
                 Output::Log(req) => panic!("the in-memory log asks nothing of a log: {req:?}"),
+                Output::Relay(req) => panic!("a single node relays nothing: {req:?}"),
             }
         }
         if let Some(t) = self.broker.poll_timeout() {

@@ -44,4 +44,6 @@ pub enum Input {
     /// What the external log answered ([`crate::log::LogMode::External`]): an append's
     /// position, a page of a range read, or its retention moving its first position.
     Log(LogReply),
+    /// What the relay to other nodes answered or brought (see [`crate::relay`]).
+    Relay(crate::relay::RelayReply),
 }

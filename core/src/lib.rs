@@ -31,6 +31,7 @@ mod output;
 mod parked;
 mod payload;
 mod publish;
+pub mod relay;
 mod session;
 pub mod sse;
 mod subs;

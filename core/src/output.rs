@@ -60,6 +60,9 @@ pub enum Output {
     /// Ask the external log to store an event or read a range
     /// ([`crate::log::LogMode::External`]); its answer comes back as `Input::Log`.
     Log(crate::log::LogRequest),
+    /// Relay a message that is not retained to other nodes, or announce what this node holds
+    /// (a shared log only, see [`crate::relay`]); answers come back as `Input::Relay`.
+    Relay(crate::relay::RelayRequest),
 }
 
 /// What an in-process subscriber receives: the broker's frames as values, with nothing to

@@ -316,6 +316,7 @@ impl Broker {
             self.subs.insert(&sub.pattern, slot);
             if let Some(name) = &sub.name {
                 self.names.entry(name.clone()).or_default().push(slot);
+                self.route_changed(crate::relay::Route::Named(name.clone()));
             }
             restored.push(sub.pattern.clone());
             // What the subscription delivered stays delivered, unless the new connection says

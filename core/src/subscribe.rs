@@ -128,6 +128,7 @@ impl Broker {
             self.subs.insert(&pattern, slot);
             if let Some(name) = &name {
                 self.names.entry(name.clone()).or_default().push(slot);
+                self.route_changed(crate::relay::Route::Named(name.clone()));
             }
             let conn = self.conn_mut(slot);
             conn.subs.push(Sub {
@@ -325,6 +326,7 @@ impl Broker {
                 }
                 if list.is_empty() {
                     self.names.remove(&name);
+                    self.route_changed(crate::relay::Route::Named(name.clone()));
                 }
             }
         }

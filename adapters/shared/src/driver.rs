@@ -50,6 +50,7 @@ enum Wake {
     Control(Result<Control, flume::RecvError>),
     Conn(Result<FromConn, flume::RecvError>),
     Log(Result<LogReply, flume::RecvError>),
+    Relay(Result<tidings_core::relay::RelayReply, flume::RecvError>),
     Timer,
 }
 
@@ -69,6 +70,8 @@ pub(crate) struct Driver<R: Runtime> {
     log: Option<LogLink>,
     /// Its requests of this step, handed over together at the step's end.
     log_out: Vec<LogRequest>,
+    /// The relay's requests of this step (a cluster), handed over together at the step's end.
+    relay_out: Vec<tidings_core::relay::RelayRequest>,
 }
 
 /// The driver's link to an external log (`LogMode::External`): where the broker's requests go
@@ -79,6 +82,17 @@ pub struct LogLink {
     pub requests: Box<dyn FnMut(Vec<LogRequest>) + Send>,
     /// The log's replies, in the order it made them.
     pub replies: flume::Receiver<LogReply>,
+    /// With a shared log: the relay of messages that are not retained to the other nodes.
+    pub relay: Option<RelayLink>,
+}
+
+/// The driver's link to the other nodes of a cluster for messages that are not retained
+/// (`tidings_core::relay`).
+pub struct RelayLink {
+    /// Takes a step's requests, in order; must not block.
+    pub requests: Box<dyn FnMut(Vec<tidings_core::relay::RelayRequest>) + Send>,
+    /// What the relay answers or brings from other nodes.
+    pub replies: flume::Receiver<tidings_core::relay::RelayReply>,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -93,6 +107,7 @@ impl<R: Runtime> Driver<R> {
         Self {
             log,
             log_out: Vec::new(),
+            relay_out: Vec::new(),
             rt,
             broker,
             conns: ConnTable::default(),
@@ -108,6 +123,11 @@ impl<R: Runtime> Driver<R> {
     pub(crate) async fn run(mut self) {
         let (mut ctl_open, mut conn_open) = (true, true);
         let mut log_replies = self.log.as_ref().map(|l| l.replies.clone());
+        let mut relayed = self
+            .log
+            .as_ref()
+            .and_then(|l| l.relay.as_ref())
+            .map(|r| r.replies.clone());
         while ctl_open || conn_open {
             let sleep = self.broker.poll_timeout().map(|at| self.rt.sleep_until(at));
             let wake = {
@@ -138,8 +158,14 @@ impl<R: Runtime> Driver<R> {
                         None => std::future::pending().await,
                     }
                 };
+                let relay = async {
+                    match &relayed {
+                        Some(rx) => Wake::Relay(rx.recv_async().await),
+                        None => std::future::pending().await,
+                    }
+                };
                 // The log first: its answers release publishes waiting to be delivered.
-                log.or(ctl).or(conn).or(timer).await
+                log.or(relay).or(ctl).or(conn).or(timer).await
             };
             let now = self.rt.now();
             match wake {
@@ -150,6 +176,11 @@ impl<R: Runtime> Driver<R> {
                     tracing::error!("the log stopped answering: publishes wait until a restart");
                     self.log = None;
                     log_replies = None;
+                }
+                Wake::Relay(Ok(reply)) => self.feed(now, Input::Relay(reply)),
+                Wake::Relay(Err(_)) => {
+                    tracing::error!("the relay to other nodes stopped: messages stay on this node");
+                    relayed = None;
                 }
                 Wake::Control(Err(_)) => ctl_open = false,
                 Wake::Conn(Err(_)) => conn_open = false,
@@ -176,6 +207,16 @@ impl<R: Runtime> Driver<R> {
             handled += 1;
         }
         while handled < BATCH
+            && let Some(Ok(reply)) = self
+                .log
+                .as_ref()
+                .and_then(|l| l.relay.as_ref())
+                .map(|r| r.replies.try_recv())
+        {
+            self.feed(now, Input::Relay(reply));
+            handled += 1;
+        }
+        while handled < BATCH
             && let Ok(msg) = self.ctl_rx.try_recv()
         {
             self.ctl(now, msg);
@@ -198,6 +239,15 @@ impl<R: Runtime> Driver<R> {
             match &mut self.log {
                 Some(log) => (log.requests)(reqs),
                 None => tracing::error!("adapter bug: {} log requests without a log", reqs.len()),
+            }
+        }
+        if !self.relay_out.is_empty() {
+            let reqs = std::mem::take(&mut self.relay_out);
+            match self.log.as_mut().and_then(|l| l.relay.as_mut()) {
+                Some(relay) => (relay.requests)(reqs),
+                None => {
+                    tracing::error!("adapter bug: {} relay requests without a relay", reqs.len())
+                }
             }
         }
         self.hand_over(now);
@@ -400,6 +450,7 @@ impl<R: Runtime> Driver<R> {
                     }
                 }
                 Output::Log(req) => self.log_out.push(req),
+                Output::Relay(req) => self.relay_out.push(req),
                 other => tracing::debug!("unhandled output: {other:?}"),
             }
         }

@@ -198,7 +198,12 @@ impl Hub {
                     let log = log.clone();
                     Box::new(move |reqs| log.requests(reqs))
                 };
-                (Some(log), Some(LogLink { requests, replies }))
+                let link = LogLink {
+                    requests,
+                    replies,
+                    relay: None,
+                };
+                (Some(log), Some(link))
             }
         };
         let (ctl_tx, ctl_rx) = flume::unbounded();

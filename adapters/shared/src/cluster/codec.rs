@@ -1,12 +1,16 @@
 //! An event as a NATS message of the stream, and back: the subject carries the topic
 //! (`<stream>.ev.<topic>`; tidings topics are valid NATS subjects, so NATS tools can filter them),
 //! headers carry the event name, the publisher's client id and whether the data is JSON, and the
-//! body is the payload as it was published. Pure functions, tested here.
+//! body is the payload as it was published. A relayed message (not retained) goes on a core NATS
+//! subject naming its route, `<stream>.relay.<c|n|r>.<hex of the client id, name or room>`
+//! (hex, since ids may hold characters NATS subjects may not), with the same headers. Pure
+//! functions, tested here.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use tidings_core::log::{LogEvent, Logged};
-use tidings_core::{Limits, Name, Payload, Topic};
+use tidings_core::relay::{RelayTo, Relayed, Route};
+use tidings_core::{Limits, Name, Payload, Recipient, Topic};
 
 /// The event name, if the publisher gave one.
 pub(crate) const EVENT: &str = "Tid-Event";
@@ -14,6 +18,89 @@ pub(crate) const EVENT: &str = "Tid-Event";
 pub(crate) const FROM: &str = "Tid-From";
 /// `1` when the data is JSON (otherwise text).
 pub(crate) const JSON: &str = "Tid-Json";
+
+/// The node (its per-process nonce) that relayed a message: a node ignores its own.
+pub(crate) const NODE: &str = "Tid-Node";
+/// The topic of a named send.
+pub(crate) const TOPIC: &str = "Tid-Topic";
+
+/// The subject of the relayed messages for `route`.
+pub(crate) fn route_subject(stream: &str, route: &Route) -> Option<String> {
+    let (kind, name) = match route {
+        Route::Client(id) => ("c", id),
+        Route::Named(name) => ("n", name),
+        Route::Room(room) => ("r", room),
+        _ => return None,
+    };
+    let hex: String = name.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+    Some(format!("{stream}.relay.{kind}.{hex}"))
+}
+
+/// The subject, headers and body of a relayed message.
+pub(crate) fn encode_relayed(
+    stream: &str,
+    node: &str,
+    message: &Relayed,
+) -> Option<(String, HeaderMap, Bytes)> {
+    let subject = route_subject(stream, &message.to.route()?)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(NODE, node);
+    if let RelayTo::Recipient(Recipient::Named { topic, .. }) = &message.to {
+        headers.insert(TOPIC, topic.as_str());
+    }
+    if let Some(name) = &message.event {
+        headers.insert(EVENT, name.as_str());
+    }
+    if let Some(from) = &message.from {
+        headers.insert(FROM, from.as_str());
+    }
+    if message.payload.is_json() {
+        headers.insert(JSON, "1");
+    }
+    Some((subject, headers, message.payload.bytes().clone()))
+}
+
+/// A relayed message, from its route and NATS message; `None` for one this node relayed itself
+/// (`node`), or one that does not decode (another program's).
+pub(crate) fn decode_relayed(
+    route: &Route,
+    node: &str,
+    limits: &Limits,
+    headers: Option<&HeaderMap>,
+    body: Bytes,
+) -> Option<Relayed> {
+    let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    if header(NODE) == Some(node) {
+        return None;
+    }
+    let name = |what: &str, key: &str| {
+        header(key)
+            .map(|v| Name::parse(what, v, limits.max_name_len))
+            .transpose()
+            .ok()
+    };
+    let to = match route {
+        Route::Client(id) => RelayTo::Recipient(Recipient::Client(id.clone())),
+        Route::Named(name) => RelayTo::Recipient(Recipient::Named {
+            topic: Topic::parse(header(TOPIC)?, limits.names).ok()?,
+            name: name.clone(),
+        }),
+        Route::Room(room) => RelayTo::Room(room.clone()),
+        _ => return None,
+    };
+    let payload = if header(JSON) == Some("1") {
+        Payload::json(body)
+    } else {
+        Payload::text(body)
+    }
+    .ok()?;
+    Some(Relayed {
+        to,
+        from: name("from", FROM)?,
+        event: name("event", EVENT)?,
+        payload,
+    })
+}
 
 /// The subject, headers and body of `event` (without the deduplication id).
 pub(crate) fn encode(prefix: &str, event: &LogEvent) -> (String, HeaderMap, Bytes) {
@@ -102,6 +189,45 @@ mod tests {
             let back = decode("tidings.ev", &limits, 7, 9, &subject, Some(&headers), body).unwrap();
             assert_eq!((back.seq, back.time_ms), (7, 9));
             assert_eq!(back.event, ev);
+        }
+    }
+
+    #[test]
+    fn a_relayed_message_comes_back_as_it_went_except_on_its_own_node() {
+        let limits = Limits::default();
+        let name = |s: &str| Name::parse("name", s, 64).unwrap();
+        let topic = Topic::parse("jobs.eu", limits.names).unwrap();
+        for to in [
+            RelayTo::Recipient(Recipient::Client(name("alice.ü *>"))),
+            RelayTo::Recipient(Recipient::Named {
+                topic,
+                name: name("worker"),
+            }),
+            RelayTo::Room(name("lobby")),
+        ] {
+            let message = Relayed {
+                to,
+                from: Some(name("bob")),
+                event: Some(name("hi")),
+                payload: Payload::json(&b"{\"n\":1}"[..]).unwrap(),
+            };
+            let route = message.to.route().unwrap();
+            let (subject, headers, body) = encode_relayed("t", "node-a", &message).unwrap();
+            assert!(
+                subject.starts_with("t.relay.")
+                    && subject[8..]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.'),
+                "{subject}"
+            );
+            assert_eq!(route_subject("t", &route).unwrap(), subject);
+            let back = decode_relayed(&route, "node-b", &limits, Some(&headers), body.clone());
+            assert_eq!(back.as_ref(), Some(&message));
+            assert_eq!(
+                decode_relayed(&route, "node-a", &limits, Some(&headers), body),
+                None,
+                "its own"
+            );
         }
     }
 

@@ -26,10 +26,11 @@ use tidings_core::{ErrorCode, Limits, ProtocolError, Retention};
 
 mod codec;
 mod config;
+mod relay;
 
 pub use config::ClusterConfig;
 
-use crate::driver::LogLink;
+use crate::driver::{LogLink, RelayLink};
 
 /// How long JetStream remembers a `Nats-Msg-Id` (its default): a publish retried within it is
 /// stored once.
@@ -75,6 +76,7 @@ pub struct Joined {
 /// The link to the stream: requests go to the `tidings-nats` thread.
 pub struct NatsLog {
     requests: tokio::sync::mpsc::UnboundedSender<Vec<LogRequest>>,
+    relay: tokio::sync::mpsc::UnboundedSender<Vec<tidings_core::relay::RelayRequest>>,
 }
 
 impl std::fmt::Debug for NatsLog {
@@ -136,6 +138,8 @@ impl NatsLog {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (req_tx, req_rx) = tokio::sync::mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = flume::unbounded();
+        let (relay_tx, relay_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (relayed_tx, relayed_rx) = flume::unbounded();
         std::thread::Builder::new()
             .name("tidings-nats".to_owned())
             .spawn(move || {
@@ -151,26 +155,40 @@ impl NatsLog {
                         return;
                     }
                 };
-                rt.block_on(run(setup, ready_tx, req_rx, reply_tx));
+                let relay = (relay_rx, relayed_tx);
+                rt.block_on(run(setup, ready_tx, req_rx, reply_tx, relay));
             })
             .map_err(|e| ClusterError(format!("cannot start the NATS client's thread: {e}")))?;
         let mut joined = ready_rx
             .recv()
             .map_err(|_| ClusterError("the NATS client's thread ended at start".to_owned()))??;
         joined.took = started.elapsed();
-        let log = Self { requests: req_tx };
-        let link = log.link(reply_rx);
+        let log = Self {
+            requests: req_tx,
+            relay: relay_tx,
+        };
+        let link = log.link(reply_rx, relayed_rx);
         Ok((log, joined, link))
     }
 
-    fn link(&self, replies: flume::Receiver<LogReply>) -> LogLink {
-        let tx = self.requests.clone();
+    fn link(
+        &self,
+        replies: flume::Receiver<LogReply>,
+        relayed: flume::Receiver<tidings_core::relay::RelayReply>,
+    ) -> LogLink {
+        let (tx, relay_tx) = (self.requests.clone(), self.relay.clone());
         LogLink {
             requests: Box::new(move |reqs| {
                 // Gone only when the thread ended, and then nothing can be stored anyway.
                 let _ = tx.send(reqs);
             }),
             replies,
+            relay: Some(RelayLink {
+                requests: Box::new(move |reqs| {
+                    let _ = relay_tx.send(reqs);
+                }),
+                replies: relayed,
+            }),
         }
     }
 }
@@ -182,8 +200,13 @@ async fn run(
     ready: std::sync::mpsc::Sender<Result<Joined, ClusterError>>,
     mut requests: tokio::sync::mpsc::UnboundedReceiver<Vec<LogRequest>>,
     replies: flume::Sender<LogReply>,
+    relay: (
+        tokio::sync::mpsc::UnboundedReceiver<Vec<tidings_core::relay::RelayRequest>>,
+        flume::Sender<tidings_core::relay::RelayReply>,
+    ),
 ) {
     let Joining {
+        client,
         js,
         stream,
         joined,
@@ -199,6 +222,7 @@ async fn run(
     let (head, first, epoch) = (joined.state.head, joined.state.first, joined.state.epoch);
     let _ = ready.send(Ok(joined));
     let setup = Arc::new(setup);
+    tokio::spawn(relay::run(client, setup.clone(), relay.0, relay.1));
     tokio::spawn(consume(
         setup.clone(),
         stream.clone(),
@@ -300,7 +324,7 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
             ))
         })?
         .map_err(|e| ClusterError(format!("cannot connect to NATS at {url}: {e}")))?;
-    let mut js = jetstream::new(client);
+    let mut js = jetstream::new(client.clone());
     js.set_timeout((cluster.publish_timeout / 3).max(Duration::from_millis(500)));
     let want = stream_config(setup);
     // A NATS cluster that is still electing its JetStream leader answers with errors for a
@@ -414,6 +438,7 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
         took: Duration::ZERO,
     };
     Ok(Joining {
+        client,
         js,
         stream,
         joined,
@@ -424,6 +449,8 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
 
 /// What [`join`] leaves running.
 struct Joining {
+    /// The connection, for the relay (core NATS).
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: stream::Stream,
     joined: Joined,

@@ -1,0 +1,319 @@
+//! Messages that are not retained across the nodes of a cluster (the relay seam,
+//! `tidings_core::relay`): two brokers on a shared log, joined by a simulated relay that routes
+//! by the interest each node announced (as the NATS relay does by subject). Clients speak the
+//! native protocol, so answers (`ok`, `no_recipient`) are what a client would read.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tidings_core::log::LogMode;
+use tidings_core::native::NativeCodec;
+use tidings_core::relay::{RelayReply, RelayRequest, Route};
+use tidings_core::{
+    AppOp, Broker, Config, ConnId, ErrorCode, Grants, Input, Name, Output, ProtocolError,
+};
+
+fn config() -> Config {
+    Config {
+        log: LogMode::External {
+            hot_events: 16,
+            hot_bytes: 1 << 20,
+            max_pending_appends: 16,
+            shared: true,
+        },
+        ..Config::default()
+    }
+}
+
+/// Two nodes and the relay between them.
+struct Cluster {
+    nodes: Vec<Broker>,
+    now: Instant,
+    /// Routes each node announced as held.
+    interest: Vec<HashSet<Route>>,
+    /// Every announcement, per node, in order: `(route, held)`.
+    announced: Vec<Vec<(Route, bool)>>,
+    /// Frames each connection received, parsed.
+    frames: HashMap<ConnId, Vec<Value>>,
+    /// Relayed messages waiting for the nodes that hold their route to answer: sender node,
+    /// send id, answers still expected, reached so far.
+    pending: HashMap<u64, (usize, tidings_core::relay::RelayId, usize, bool)>,
+    queue: VecDeque<(usize, Input)>,
+    next_token: u64,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        let now = Instant::now(); // clock: test-only
+        Self {
+            nodes: (0..2).map(|_| Broker::new(config(), now)).collect(),
+            now,
+            interest: vec![HashSet::new(); 2],
+            announced: vec![Vec::new(); 2],
+            frames: HashMap::new(),
+            pending: HashMap::new(),
+            queue: VecDeque::new(),
+            next_token: 1,
+        }
+    }
+
+    fn input(&mut self, n: usize, input: Input) {
+        self.queue.push_back((n, input));
+        self.run();
+    }
+
+    /// What the relay carries, until nothing is left.
+    fn run(&mut self) {
+        while let Some((n, input)) = self.queue.pop_front() {
+            let _ = self.nodes[n].handle_input(self.now, input);
+            self.drain(n);
+        }
+    }
+
+    fn drain(&mut self, n: usize) {
+        while let Some(out) = self.nodes[n].poll_output() {
+            match out {
+                Output::Transmit { conn, payload } => {
+                    let v: Value = serde_json::from_slice(&payload).unwrap();
+                    self.frames.entry(conn).or_default().push(v);
+                }
+                Output::Relay(req) => self.relay(n, req),
+                _ => {}
+            }
+        }
+    }
+
+    /// The simulated relay: a message goes to every other node holding its route.
+    fn relay(&mut self, from: usize, req: RelayRequest) {
+        match req {
+            RelayRequest::Interest { route, held } => {
+                self.announced[from].push((route.clone(), held));
+                if held {
+                    assert!(self.interest[from].insert(route), "announced twice");
+                } else {
+                    assert!(self.interest[from].remove(&route), "withdrawn unheld");
+                }
+            }
+            RelayRequest::Send { id, message } => {
+                let route = message.to.route().expect("relayed messages have a route");
+                let holders: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&m| m != from && self.interest[m].contains(&route))
+                    .collect();
+                let token = id.map(|id| {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    self.pending.insert(token, (from, id, holders.len(), false));
+                    token
+                });
+                if let (Some(id), true) = (id, holders.is_empty()) {
+                    let e = ProtocolError::new(ErrorCode::NoRecipient, "nobody holds it");
+                    let result = Err(e);
+                    self.queue
+                        .push_back((from, Input::Relay(RelayReply::Sent { id, result })));
+                }
+                for m in holders {
+                    let message = message.clone();
+                    self.queue
+                        .push_back((m, Input::Relay(RelayReply::Message { token, message })));
+                }
+            }
+            RelayRequest::Reached { token, reached } => {
+                let Some(p) = self.pending.get_mut(&token) else {
+                    return;
+                };
+                p.2 -= 1;
+                p.3 |= reached;
+                let (node, id, left, any) = *p;
+                if any || left == 0 {
+                    self.pending.remove(&token);
+                    let result = if any {
+                        Ok(())
+                    } else {
+                        Err(ProtocolError::new(ErrorCode::NoRecipient, "nobody got it"))
+                    };
+                    self.queue
+                        .push_back((node, Input::Relay(RelayReply::Sent { id, result })));
+                }
+            }
+            other => panic!("unexpected relay request {other:?}"),
+        }
+    }
+
+    /// The application of node `n` does `op`.
+    fn app(&mut self, n: usize, op: AppOp) {
+        self.nodes[n].handle_app(self.now, op);
+        self.drain(n);
+        self.run();
+    }
+
+    fn open(&mut self, n: usize, conn: u64) -> ConnId {
+        let conn = ConnId(conn);
+        self.input(
+            n,
+            Input::Open {
+                conn,
+                codec: Box::new(NativeCodec),
+                grants: Arc::new(Grants::all()),
+            },
+        );
+        self.take(conn);
+        conn
+    }
+
+    fn send(&mut self, n: usize, conn: ConnId, frame: Value) {
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&frame).unwrap());
+        let cmd = tidings_core::native::decode(&bytes, &Config::default().limits);
+        self.input(n, Input::Command { conn, cmd });
+    }
+
+    fn take(&mut self, conn: ConnId) -> Vec<Value> {
+        self.frames.remove(&conn).unwrap_or_default()
+    }
+
+    fn identify(&mut self, n: usize, conn: ConnId, id: &str) {
+        self.send(n, conn, json!({"op": "identify", "id": 1, "client_id": id}));
+        assert_eq!(self.take(conn), [json!({"type": "ok", "id": 1})]);
+    }
+
+    fn close(&mut self, n: usize, conn: ConnId) {
+        self.input(n, Input::Closed { conn });
+    }
+}
+
+fn name(s: &str) -> Name {
+    Name::parse("name", s, 64).unwrap()
+}
+
+#[test]
+fn a_direct_message_reaches_a_client_id_held_on_another_node_and_is_answered_ok() {
+    let mut c = Cluster::new();
+    let alice = c.open(1, 1);
+    c.identify(1, alice, "alice");
+    let bob = c.open(0, 2);
+    c.send(
+        0,
+        bob,
+        json!({"op": "send", "id": 7, "to": "alice", "event": "hi", "data": {"n": 1}}),
+    );
+    let got = c.take(alice);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "message");
+    assert_eq!(got[0]["data"], json!({"n": 1}));
+    assert_eq!(got[0]["event"], "hi");
+    assert_eq!(c.take(bob), [json!({"type": "ok", "id": 7})]);
+}
+
+#[test]
+fn a_client_id_held_nowhere_is_answered_no_recipient() {
+    let mut c = Cluster::new();
+    let bob = c.open(0, 2);
+    c.send(
+        0,
+        bob,
+        json!({"op": "send", "id": 3, "to": "carol", "data": 1}),
+    );
+    let got = c.take(bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "error");
+    assert_eq!(got[0]["id"], 3);
+    assert_eq!(got[0]["code"], "no_recipient");
+}
+
+#[test]
+fn a_client_id_held_here_is_not_relayed() {
+    let mut c = Cluster::new();
+    let alice = c.open(0, 1);
+    c.identify(0, alice, "alice");
+    let bob = c.open(0, 2);
+    c.send(
+        0,
+        bob,
+        json!({"op": "send", "id": 1, "to": "alice", "data": 1}),
+    );
+    assert_eq!(c.take(alice).len(), 1);
+    assert_eq!(c.take(bob), [json!({"type": "ok", "id": 1})]);
+    assert!(c.pending.is_empty());
+}
+
+#[test]
+fn named_routing_reaches_named_subscriptions_on_every_node() {
+    let mut c = Cluster::new();
+    let w0 = c.open(0, 1);
+    let w1 = c.open(1, 2);
+    for (n, w) in [(0, w0), (1, w1)] {
+        c.send(
+            n,
+            w,
+            json!({"op": "subscribe", "id": 1, "topic": "jobs.>", "name": "worker"}),
+        );
+        assert_eq!(c.take(w)[0]["type"], "ok");
+    }
+    let p = c.open(0, 3);
+    c.send(
+        0,
+        p,
+        json!({"op": "send", "id": 2, "topic": "jobs.a", "name": "worker", "data": "x"}),
+    );
+    assert_eq!(c.take(w0).len(), 1);
+    assert_eq!(c.take(w1).len(), 1);
+    assert_eq!(c.take(p), [json!({"type": "ok", "id": 2})]);
+}
+
+#[test]
+fn a_room_emit_reaches_members_on_every_node() {
+    let mut c = Cluster::new();
+    let a = c.open(0, 1);
+    let b = c.open(1, 2);
+    for (n, conn) in [(0, a), (1, b)] {
+        let op = AppOp::Join {
+            conn,
+            room: name("lobby"),
+        };
+        c.app(n, op);
+    }
+    let op = AppOp::EmitRoom {
+        room: name("lobby"),
+        event: None,
+        payload: tidings_core::Payload::text("hello").unwrap(),
+    };
+    c.app(0, op);
+    for conn in [a, b] {
+        let got = c.take(conn);
+        assert_eq!(got.len(), 1, "{conn}: {got:?}");
+        assert_eq!(got[0]["room"], "lobby");
+    }
+}
+
+#[test]
+fn interest_is_announced_once_per_route_as_it_comes_and_goes() {
+    let mut c = Cluster::new();
+    let a = c.open(1, 1);
+    let b = c.open(1, 2);
+    for conn in [a, b] {
+        c.send(
+            1,
+            conn,
+            json!({"op": "subscribe", "id": 1, "topic": "jobs.>", "name": "worker"}),
+        );
+        c.take(conn);
+    }
+    c.identify(1, a, "alice");
+    assert_eq!(
+        c.announced[1],
+        [
+            (Route::Named(name("worker")), true),
+            (Route::Client(name("alice")), true)
+        ]
+    );
+    c.close(1, a);
+    assert_eq!(
+        c.announced[1][2..],
+        [(Route::Client(name("alice")), false)],
+        "b still holds the name"
+    );
+    c.close(1, b);
+    assert_eq!(c.announced[1][3..], [(Route::Named(name("worker")), false)]);
+    assert!(c.announced[0].is_empty());
+}
