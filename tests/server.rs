@@ -1090,6 +1090,9 @@ fn query_values_that_are_not_utf8_are_refused() {
             ("POST", "/subscriptions?client_id=%FF&add=a", "client_id"),
             ("POST", "/subscriptions?client_id=u&add=%FF", "add"),
             ("GET", "/ws?x=%FF", "x"),
+            ("GET", "/ws/bus?x=%FE", "x"),
+            ("GET", "/etp?x=%FF", "x"),
+            ("GET", "/presence?topic=%FF", "topic"),
         ];
         for (method, target, param) in cases {
             if target.starts_with("/sse") {

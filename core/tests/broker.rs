@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NativeCodec, Sim, SseCodec, publish};
+use common::{EtpCodec, NativeCodec, Sim, SseCodec, publish};
 use serde_json::{Value, json};
 use tidings_core::{
     ApiError, AppEvent, ClientIds, Config, ConnId, Cursor, ErrorCode, Grants, Input, Name, Pattern,
@@ -430,6 +430,34 @@ fn client_requests_get_exactly_one_answer() {
         sim.take(a),
         vec![json!({"type":"error","id":14,"code":"rejected","message":"nope"})]
     );
+}
+
+/// etp keeps an ack id as `uint64(strconv.Atoi(id))` but writes it back as the signed number, so
+/// its clients match `x||-1` with `__ack_x||-1`; an unsigned echo (`18446744073709551615`) would
+/// never be matched. Leading zeros and `+` are Atoi's and are not echoed.
+#[test]
+fn etp_ack_ids_are_answered_as_etp_writes_them() {
+    let mut sim = Sim::new(Config::default());
+    let a = sim.open(1, EtpCodec::go());
+    for (sent, answer) in [
+        ("x||-1", "__ack_x||-1"),
+        (
+            "x||-9223372036854775808||d",
+            "__ack_x||-9223372036854775808",
+        ),
+        ("x||9223372036854775807", "__ack_x||9223372036854775807"),
+        ("x||+5", "__ack_x||5"),
+        ("x||-007||d", "__ack_x||-7"),
+    ] {
+        let cmd = tidings_core::etp::decode(sent.as_bytes(), &sim.broker.config().limits);
+        sim.command(a, cmd);
+        let Some(AppEvent::Request { req, .. }) = sim.take_events().pop() else {
+            panic!("{sent}: no request reached the application")
+        };
+        assert!(sim.broker.reply(sim.now, a, req, Ok(Payload::empty())));
+        sim.drain();
+        assert_eq!(sim.take_raw(a), vec![answer], "{sent}");
+    }
 }
 
 #[test]

@@ -792,7 +792,8 @@ impl<R: Runtime> Service<R> {
     /// subscribe grants.
     ///
     /// # Errors
-    /// The [`Refusal`] to answer with (400, 401, 403, 429).
+    /// The [`Refusal`] to answer with (400, among them `limit_reached` for too many topics; 401;
+    /// 403).
     pub fn check_sse(&self, head: &RequestHead) -> Result<SseRequest, Refusal> {
         let cors = self.inner.cors.headers(head)?;
         let limits = self.inner.hub.limits();
