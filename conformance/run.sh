@@ -58,10 +58,10 @@ serve() {
     exit 1
 }
 
-# Runs the suite against `$base` (label `$label`, TLS options `runner_tls`), prints one line per
-# case that did not pass and the summary, and records the report.
+# Runs the suite against `$base` (label `$label`, extra runner options `runner_args`: TLS,
+# skips), prints one line per case that did not pass and the summary, and records the report.
 run_suite() {
-    if ! "$bin/tidings-conformance" --base "$base" ${runner_tls[@]+"${runner_tls[@]}"} --label "$label" --profile conformance/profiles/tidings-serve.toml --format json >"$out/$run.json"; then
+    if ! "$bin/tidings-conformance" --base "$base" ${runner_args[@]+"${runner_args[@]}"} --label "$label" --profile conformance/profiles/tidings-serve.toml --format json >"$out/$run.json"; then
         failed=1
     fi
     # One line per case that did not pass, and the summary.
@@ -117,7 +117,12 @@ for run in "${runs[@]}"; do
             if [ "$i" = 1 ]; then node_base="$base"; fi
         done
         base="$node_base"
-        runner_tls=()
+        # Two cases assume that every event is stored before the subscriber reads: in a cluster
+        # a burst reaches a node through its consumer while the subscriber reads (so a slow one
+        # can fall behind twice), and a burst larger than the retention can be evicted before a
+        # node's consumer read it (its subscribers then get a gap for it, docs/CLUSTER.md).
+        runner_args=(--skip native/flow/slow-consumer-catches-up-with-gap
+            --skip native/replay/no-gap-when-other-topics-evicted)
         label="cluster"
         echo "== conformance: node 2 of 3 (async-std) over nats-server $nats ($base)"
         run_suite
@@ -126,11 +131,11 @@ for run in "${runs[@]}"; do
     fi
     runtime="${run%-tls}"
     server_tls=()
-    runner_tls=()
+    runner_args=()
     label="$runtime"
     if [ "$run" != "$runtime" ]; then
         server_tls=(--tls-cert "$out/tls/server.pem" --tls-key "$out/tls/server.key")
-        runner_tls=(--ca "$out/tls/ca.pem")
+        runner_args=(--ca "$out/tls/ca.pem")
         label="$runtime TLS"
     fi
     # The durable log, the server's default, in a fresh directory per run.

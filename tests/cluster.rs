@@ -613,3 +613,43 @@ fn direct_messages_and_named_routing_reach_clients_on_other_nodes() {
         );
     }
 }
+
+#[test]
+fn presence_counts_the_subscribers_of_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let mut c = node("tokio", &nats, "c", &[]);
+    let mut alice = a.ws();
+    let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let ok = alice.ask(json!({"op":"subscribe","id":2,"topics":["chat.>"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let mut anonymous = b.sse("/sse?topic=chat.room1", &[]);
+    assert!(anonymous.fill(), "opened, so subscribed");
+    let mut bob = c.ws();
+    let ok = bob.ask(json!({"op":"identify","id":1,"client_id":"bob"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let ok = bob.ask(json!({"op":"subscribe","id":2,"topics":["chat.room1"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+
+    let expected = json!({"topic":"chat.room1","connections":3,"anonymous":1,
+        "clients":[{"client_id":"alice","connections":1},{"client_id":"bob","connections":1}],
+        "truncated":false,"nodes":3});
+    let resp = b.get("/presence?topic=chat.room1");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(serde_json::from_str::<Value>(&resp.body).unwrap(), expected);
+    let answer = alice.ask(json!({"op":"presence","id":3,"topic":"chat.room1"}));
+    assert_eq!(answer["data"], expected, "{answer}");
+
+    // A node gone: its subscribers are gone from the presence (it no longer answers).
+    c.terminate();
+    let resp = a.get("/presence?topic=chat.room1");
+    let got: Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(
+        (got["connections"].as_u64(), got["nodes"].as_u64()),
+        (Some(2), Some(2)),
+        "{got}"
+    );
+    drop(bob);
+}

@@ -1374,3 +1374,44 @@ fn at_sigterm_every_publish_written_gets_an_answer() {
         );
     });
 }
+
+#[test]
+fn presence_over_http_and_the_native_protocol() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        let mut alice = server.ws();
+        let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let ok = alice.ask(json!({"op":"subscribe","id":2,"topics":["chat.*"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let mut sse = server.sse("/sse?topic=chat.%3E", &[]);
+        // Its first bytes (the `retry:` field) come once the broker opened it, subscribed.
+        assert!(sse.fill());
+        let resp = server.get("/presence?topic=chat.room1");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let got: Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(
+            got,
+            json!({"topic":"chat.room1","connections":2,"anonymous":1,
+                   "clients":[{"client_id":"alice","connections":1}],"truncated":false,"nodes":1})
+        );
+        // The same from a client, over WebSocket.
+        let answer = alice.ask(json!({"op":"presence","id":3,"topic":"chat.room1"}));
+        assert_eq!(answer["data"], got, "{answer}");
+        // Another topic: nobody.
+        let resp = server.get("/presence?topic=news.x");
+        let got: Value = serde_json::from_str(&resp.body).unwrap();
+        assert_eq!(got["connections"], 0);
+        // A pattern is not a topic; no topic at all is a clear 400.
+        let resp = server.get("/presence?topic=chat.*");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (400, "invalid_topic")
+        );
+        let resp = server.get("/presence");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (400, "bad_field")
+        );
+    });
+}

@@ -67,6 +67,10 @@ pub const FEATURES: &[(&str, &str)] = &[
         "the CORS and WebSocket Origin allow-list https://allowed.example",
     ),
     (
+        "presence",
+        "who is subscribed to a topic: the native presence op and GET /presence?topic=T",
+    ),
+    (
         "tidings-extension",
         "tidings' documented additions and deviations (every extension case needs it)",
     ),

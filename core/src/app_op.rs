@@ -29,6 +29,16 @@ pub enum AppOp {
         /// The data.
         payload: Payload,
     },
+    /// Who is subscribed to `topic` ([`crate::presence`]): answers [`AppReply::Presence`] on a
+    /// single node, [`AppReply::Gathering`] in a cluster (then [`crate::AppEvent::Presence`]
+    /// brings every node's, merged).
+    Presence {
+        /// The topic.
+        topic: Topic,
+        /// Whose grants to check (`GET /presence` for a client): `None` for the application
+        /// itself, which sees every topic; refused with [`AppReply::Failed`] (`forbidden`).
+        viewer: Option<std::sync::Arc<crate::Grants>>,
+    },
     /// [`Broker::send`]: answers [`AppReply::Count`] (connections reached).
     Send {
         /// Who gets it.
@@ -184,6 +194,11 @@ pub enum AppReply {
     /// The operation failed as a client's would (a change of subscriptions checked against
     /// the client's grants).
     Failed(ProtocolError),
+    /// Who is subscribed to a topic, on this node (a single node).
+    Presence(crate::presence::Presence),
+    /// The presence is being gathered from the other nodes of the cluster: it comes as
+    /// [`crate::AppEvent::Presence`] with this id.
+    Gathering(crate::relay::RelayId),
 }
 
 impl From<Result<(), ApiError>> for AppReply {
@@ -204,6 +219,19 @@ impl Broker {
     pub fn handle_app(&mut self, now: Instant, op: AppOp) -> AppReply {
         self.handle_timeout(now);
         match op {
+            AppOp::Presence { topic, viewer } => {
+                if let Some(grants) = viewer
+                    && !self.may_see_presence(&grants, &topic)
+                {
+                    return AppReply::Failed(crate::presence::not_granted(&topic));
+                }
+                if !self.relays() {
+                    return AppReply::Presence(self.presence(&topic));
+                }
+                let id = self.relay_id();
+                self.ask_presence(crate::relay::Asker::App(id), topic);
+                AppReply::Gathering(id)
+            }
             AppOp::Publish {
                 topic,
                 event,

@@ -696,6 +696,16 @@ impl Broker {
                 }
                 self.ok(slot, req, None, None);
             }
+            Command::Presence { req, topic } => {
+                let conn = self.conn_ref(slot);
+                if !self.may_see_presence(&conn.grants, &topic)
+                    || !self.may_see(conn, &crate::topic::Pattern::exact(&topic))
+                {
+                    return self.fail(slot, Some(req), crate::presence::not_granted(&topic));
+                }
+                let asker = crate::relay::Asker::Conn(conn.id, req);
+                self.ask_presence(asker, topic);
+            }
             Command::Ping { req } => {
                 if let Some(req) = req {
                     self.send_frame(slot, &Frame::Pong { req });

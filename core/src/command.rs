@@ -139,6 +139,14 @@ pub enum Command {
         /// The topic.
         topic: Topic,
     },
+    /// Who is subscribed to a topic ([`crate::presence`]): answered `ok` with the presence as
+    /// its data.
+    Presence {
+        /// Request id to answer.
+        req: ReqId,
+        /// The topic.
+        topic: Topic,
+    },
     /// Liveness check; answered with a pong when it has a request id.
     Ping {
         /// Request id to answer.

@@ -30,6 +30,7 @@ pub mod native;
 mod output;
 mod parked;
 mod payload;
+pub mod presence;
 mod publish;
 pub mod relay;
 mod session;

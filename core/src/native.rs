@@ -228,6 +228,10 @@ fn decode_op(
             )?,
             claim: Claim::Explicit,
         },
+        "presence" => Command::Presence {
+            req: req.ok_or_else(|| missing("id"))?,
+            topic: topic(f.topic, limits)?,
+        },
         "ping" => Command::Ping { req },
         // The answer to a server `ping`: activity, nothing to reply.
         "pong" => Command::Ping { req: None },
@@ -235,7 +239,7 @@ fn decode_op(
             return Err(ProtocolError::new(
                 ErrorCode::UnknownOp,
                 format!(
-                    "unknown op {:?}; known ops: subscribe, unsubscribe, publish, send, request, reply, identify, ping, pong",
+                    "unknown op {:?}; known ops: subscribe, unsubscribe, publish, send, request, reply, identify, presence, ping, pong",
                     truncate(other, 64)
                 ),
             ));

@@ -163,6 +163,14 @@ pub enum AppEvent {
         /// Its cursor, or why nothing was stored (`unavailable`).
         result: Result<crate::Cursor, ProtocolError>,
     },
+    /// The presence an [`crate::AppOp::Presence`] answered [`crate::AppReply::Gathering`] for:
+    /// every node's that answered, merged.
+    Presence {
+        /// The gathering, as its reply named it.
+        id: crate::relay::RelayId,
+        /// The presence.
+        presence: crate::presence::Presence,
+    },
     /// A lifecycle notification (only with `Config::lifecycle_events`).
     Lifecycle(Lifecycle),
     /// A client event that wants no answer ([`crate::Command::Notify`]).

@@ -14,6 +14,10 @@
 //! - [`RelayReply::Message`]: a message another node relayed here, delivered to local
 //!   recipients; when the other node waits for the outcome, the broker answers with
 //!   [`RelayRequest::Reached`].
+//! - Presence ([`crate::presence`]) is gathered from every node: [`RelayRequest::GatherPresence`]
+//!   asks the others, [`RelayReply::PresenceAsked`] is another node asking this one (answered
+//!   with [`RelayRequest::PresenceHere`]), [`RelayReply::PresenceGathered`] brings what the others
+//!   answered.
 
 use crate::broker::Broker;
 use crate::command::Recipient;
@@ -21,7 +25,8 @@ use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::ConnId;
 use crate::output::Output;
 use crate::payload::Payload;
-use crate::topic::Name;
+use crate::presence::Presence;
+use crate::topic::{Name, Topic};
 
 /// What a node holds that other nodes may relay messages to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,6 +109,21 @@ pub enum RelayRequest {
         /// Whether it reached anyone here.
         reached: bool,
     },
+    /// Ask the other nodes for their presence of `topic`; answer with
+    /// [`RelayReply::PresenceGathered`].
+    GatherPresence {
+        /// The gathering.
+        id: RelayId,
+        /// The topic.
+        topic: Topic,
+    },
+    /// This node's presence, answering a [`RelayReply::PresenceAsked`].
+    PresenceHere {
+        /// The relay's token for that question.
+        token: u64,
+        /// The presence here.
+        presence: Presence,
+    },
 }
 
 /// What the relay tells the broker ([`crate::Input::Relay`]).
@@ -125,6 +145,32 @@ pub enum RelayReply {
         /// The message.
         message: Relayed,
     },
+    /// Another node asks for this node's presence of `topic`: answer with
+    /// [`RelayRequest::PresenceHere`].
+    PresenceAsked {
+        /// The relay's token for the question.
+        token: u64,
+        /// The topic.
+        topic: Topic,
+    },
+    /// What the other nodes answered to a [`RelayRequest::GatherPresence`], merged (`nodes`
+    /// counts them; nodes that did not answer in time are not in it).
+    PresenceGathered {
+        /// The gathering.
+        id: RelayId,
+        /// Their presence.
+        presence: Presence,
+    },
+}
+
+/// Who waits for a presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asker {
+    /// A client's `presence` request.
+    Conn(ConnId, crate::ids::ReqId),
+    /// The application ([`crate::AppOp::Presence`]), answered with
+    /// [`crate::AppEvent::Presence`] under this id.
+    App(RelayId),
 }
 
 /// The relay's state in the broker: routes to announce, and sends waiting for an outcome.
@@ -136,6 +182,9 @@ pub(crate) struct Relay {
     changed: Vec<Route>,
     /// Sends waiting for their outcome: the sender and its request id, if it gave one.
     waiting: std::collections::HashMap<RelayId, (ConnId, Option<u64>)>,
+    /// Presence being gathered from the other nodes: who asked, for which topic, and this
+    /// node's part.
+    gathering: std::collections::HashMap<RelayId, (Asker, Topic, Presence)>,
     next_id: u64,
 }
 
@@ -177,12 +226,49 @@ impl Broker {
         }
     }
 
+    /// A new relay id.
+    pub(crate) fn relay_id(&mut self) -> RelayId {
+        let id = RelayId(self.relay.next_id);
+        self.relay.next_id += 1;
+        id
+    }
+
+    /// The presence of `topic` for `asker`: this node's at once on a single node; in a cluster,
+    /// merged with the other nodes' when they have answered.
+    pub(crate) fn ask_presence(&mut self, asker: Asker, topic: Topic) {
+        let here = self.presence(&topic);
+        if !self.relays() {
+            return self.answer_presence(asker, &topic, here);
+        }
+        let id = match asker {
+            Asker::App(id) => id,
+            Asker::Conn(..) => self.relay_id(),
+        };
+        self.relay
+            .gathering
+            .insert(id, (asker, topic.clone(), here));
+        self.out
+            .push_back(Output::Relay(RelayRequest::GatherPresence { id, topic }));
+    }
+
+    fn answer_presence(&mut self, asker: Asker, topic: &Topic, presence: Presence) {
+        match asker {
+            Asker::Conn(conn, req) => {
+                let Some(&slot) = self.ids.get(&conn) else {
+                    return;
+                };
+                let json = Payload::json_unchecked(bytes::Bytes::from(presence.to_json(topic)));
+                self.ok(slot, Some(req), None, Some(&json));
+            }
+            Asker::App(id) => self.emit(crate::output::AppEvent::Presence { id, presence }),
+        }
+    }
+
     /// Relays a message that other nodes may deliver; with `answer`, the connection's request
     /// waits for the outcome ([`RelayReply::Sent`]).
     pub(crate) fn relay(&mut self, message: Relayed, answer: Option<(ConnId, Option<u64>)>) {
         let id = answer.map(|waiting| {
-            let id = RelayId(self.relay.next_id);
-            self.relay.next_id += 1;
+            let id = self.relay_id();
             self.relay.waiting.insert(id, waiting);
             id
         });
@@ -225,6 +311,21 @@ impl Broker {
                         reached: reached > 0,
                     }));
                 }
+            }
+            RelayReply::PresenceAsked { token, topic } => {
+                let presence = self.presence(&topic);
+                self.out
+                    .push_back(Output::Relay(RelayRequest::PresenceHere {
+                        token,
+                        presence,
+                    }));
+            }
+            RelayReply::PresenceGathered { id, presence } => {
+                let Some((asker, topic, mut here)) = self.relay.gathering.remove(&id) else {
+                    return;
+                };
+                here.merge(presence);
+                self.answer_presence(asker, &topic, here);
             }
         }
     }

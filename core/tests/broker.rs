@@ -968,3 +968,70 @@ fn null_fields_are_absent_and_bad_utf8_anywhere_is_refused() {
     );
     assert!(tidings_core::native::event_name("update", 128).is_ok());
 }
+
+#[test]
+fn presence_lists_who_would_receive_an_event_on_the_topic() {
+    let mut sim = Sim::new(Config::default());
+    let alice1 = sim.open(1, NativeCodec);
+    let alice2 = sim.open(2, NativeCodec);
+    let bob = sim.open(3, NativeCodec);
+    let anon = sim.open(4, NativeCodec);
+    let other = sim.open(5, NativeCodec);
+    for (conn, id) in [(alice1, "alice"), (bob, "bob")] {
+        sim.send(
+            conn,
+            &format!(r#"{{"op":"identify","id":1,"client_id":"{id}"}}"#),
+        );
+    }
+    // alice2 takes no id: a second tab of alice's without one is anonymous.
+    sim.send(alice1, r#"{"op":"subscribe","topics":["chat.*","chat.>"]}"#);
+    sim.send(alice2, r#"{"op":"subscribe","topic":"chat.room1"}"#);
+    sim.send(bob, r#"{"op":"subscribe","topic":"chat.>"}"#);
+    sim.send(anon, r#"{"op":"subscribe","topic":"chat.room1"}"#);
+    sim.send(other, r#"{"op":"subscribe","topic":"news.>"}"#);
+    for conn in [alice1, alice2, bob, anon, other] {
+        sim.take(conn);
+    }
+    sim.send(other, r#"{"op":"presence","id":9,"topic":"chat.room1"}"#);
+    assert_eq!(
+        sim.take(other),
+        [json!({"type":"ok","id":9,"data":{
+            "topic":"chat.room1","connections":4,"anonymous":2,
+            "clients":[{"client_id":"alice","connections":1},{"client_id":"bob","connections":1}],
+            "truncated":false,"nodes":1}})],
+        "alice's two overlapping patterns count her connection once"
+    );
+    sim.send(
+        other,
+        r#"{"op":"presence","id":10,"topic":"chat.room1.typing"}"#,
+    );
+    let got = sim.take(other);
+    assert_eq!(got[0]["data"]["connections"], 2, "{got:?}");
+    // Gone connections are gone from the presence.
+    sim.close(bob);
+    sim.send(other, r#"{"op":"presence","id":11,"topic":"chat.room1"}"#);
+    assert_eq!(sim.take(other)[0]["data"]["connections"], 3);
+    // Without an id, the op is refused (its answer has nowhere to go).
+    sim.send(other, r#"{"op":"presence","topic":"chat.room1"}"#);
+    assert_eq!(sim.take(other)[0]["code"], "bad_field");
+}
+
+#[test]
+fn presence_needs_the_right_to_subscribe_to_the_topic() {
+    let mut sim = Sim::new(Config::default());
+    let grants = Grants {
+        subscribe: vec![Pattern::parse("public.>", Default::default()).unwrap()],
+        ..Grants::none()
+    };
+    let limited = sim.open_with(1, NativeCodec, grants);
+    sim.take(limited);
+    sim.send(limited, r#"{"op":"presence","id":1,"topic":"secret.room"}"#);
+    let got = sim.take(limited);
+    assert_eq!(
+        (got[0]["type"].as_str(), got[0]["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{got:?}"
+    );
+    sim.send(limited, r#"{"op":"presence","id":2,"topic":"public.room"}"#);
+    assert_eq!(sim.take(limited)[0]["data"]["connections"], 0);
+}

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tidings_core::log::LogMode;
 use tidings_core::native::NativeCodec;
+use tidings_core::presence::Presence;
 use tidings_core::relay::{RelayReply, RelayRequest, Route};
 use tidings_core::{
     AppOp, Broker, Config, ConnId, ErrorCode, Grants, Input, Name, Output, ProtocolError,
@@ -42,6 +43,11 @@ struct Cluster {
     pending: HashMap<u64, (usize, tidings_core::relay::RelayId, usize, bool)>,
     queue: VecDeque<(usize, Input)>,
     next_token: u64,
+    /// Presence being gathered: token -> asking node, gathering id, answers still expected,
+    /// merged so far.
+    gathering: HashMap<u64, (usize, tidings_core::relay::RelayId, usize, Presence)>,
+    /// The application events of each node.
+    events: Vec<Vec<tidings_core::AppEvent>>,
 }
 
 impl Cluster {
@@ -56,6 +62,8 @@ impl Cluster {
             pending: HashMap::new(),
             queue: VecDeque::new(),
             next_token: 1,
+            gathering: HashMap::new(),
+            events: vec![Vec::new(); 2],
         }
     }
 
@@ -80,6 +88,7 @@ impl Cluster {
                     self.frames.entry(conn).or_default().push(v);
                 }
                 Output::Relay(req) => self.relay(n, req),
+                Output::App(e) => self.events[n].push(*e),
                 _ => {}
             }
         }
@@ -135,6 +144,30 @@ impl Cluster {
                     };
                     self.queue
                         .push_back((node, Input::Relay(RelayReply::Sent { id, result })));
+                }
+            }
+            RelayRequest::GatherPresence { id, topic } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                let others = self.nodes.len() - 1;
+                self.gathering
+                    .insert(token, (from, id, others, Presence::default()));
+                for m in (0..self.nodes.len()).filter(|&m| m != from) {
+                    let topic = topic.clone();
+                    self.queue
+                        .push_back((m, Input::Relay(RelayReply::PresenceAsked { token, topic })));
+                }
+            }
+            RelayRequest::PresenceHere { token, presence } => {
+                let g = self.gathering.get_mut(&token).expect("asked");
+                g.2 -= 1;
+                g.3.merge(presence);
+                if g.2 == 0 {
+                    let (node, id, _, presence) = self.gathering.remove(&token).unwrap();
+                    self.queue.push_back((
+                        node,
+                        Input::Relay(RelayReply::PresenceGathered { id, presence }),
+                    ));
                 }
             }
             other => panic!("unexpected relay request {other:?}"),
@@ -316,4 +349,54 @@ fn interest_is_announced_once_per_route_as_it_comes_and_goes() {
     c.close(1, b);
     assert_eq!(c.announced[1][3..], [(Route::Named(name("worker")), false)]);
     assert!(c.announced[0].is_empty());
+}
+
+#[test]
+fn presence_counts_the_subscribers_of_every_node() {
+    let mut c = Cluster::new();
+    let alice = c.open(0, 1);
+    c.identify(0, alice, "alice");
+    let bob = c.open(1, 2);
+    c.identify(1, bob, "bob");
+    let anon = c.open(1, 3);
+    for (n, conn) in [(0, alice), (1, bob), (1, anon)] {
+        c.send(
+            n,
+            conn,
+            json!({"op": "subscribe", "id": 2, "topic": "chat.>"}),
+        );
+        c.take(conn);
+    }
+    let asker = c.open(0, 4);
+    c.send(
+        0,
+        asker,
+        json!({"op": "presence", "id": 5, "topic": "chat.a"}),
+    );
+    assert_eq!(
+        c.take(asker),
+        [json!({"type": "ok", "id": 5, "data": {
+            "topic": "chat.a", "connections": 3, "anonymous": 1,
+            "clients": [{"client_id": "alice", "connections": 1}, {"client_id": "bob", "connections": 1}],
+            "truncated": false, "nodes": 2}})]
+    );
+    // The application asks too: gathered, then an event with the same answer.
+    let op = AppOp::Presence {
+        topic: tidings_core::Topic::parse("chat.a", Default::default()).unwrap(),
+        viewer: None,
+    };
+    let reply = c.nodes[1].handle_app(c.now, op);
+    let tidings_core::AppReply::Gathering(id) = reply else {
+        panic!("a cluster gathers: {reply:?}")
+    };
+    c.drain(1);
+    c.run();
+    let presence = std::mem::take(&mut c.events[1])
+        .into_iter()
+        .find_map(|e| match e {
+            tidings_core::AppEvent::Presence { id: got, presence } if got == id => Some(presence),
+            _ => None,
+        })
+        .expect("the gathered presence");
+    assert_eq!((presence.connections, presence.nodes), (3, 2));
 }

@@ -315,6 +315,10 @@ impl<R: Runtime> Driver<R> {
                 // Answered when the log has it (its `Stored` comes in a later step).
                 self.app.await_stored(id, waiter);
             }
+            (Answer::Reply(waiter), AppReply::Gathering(id), _) => {
+                // Answered when the other nodes have (its `Presence` comes in a later step).
+                self.app.await_presence(id, waiter);
+            }
             (Answer::Reply(waiter), reply, _) => {
                 let _ = waiter.send(reply);
             }

@@ -26,6 +26,8 @@ pub enum Serve {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /presence?topic=`.
+    Presence,
 }
 
 /// A WebSocket endpoint: the codec of its connections and its settings.
@@ -68,7 +70,7 @@ pub struct Endpoint {
 }
 
 /// Every endpoint of the server (besides the embedded files: `GET /`, `GET /tidings.js`).
-pub const ENDPOINTS: [Endpoint; 9] = [
+pub const ENDPOINTS: [Endpoint; 10] = [
     Endpoint {
         path: "/ws",
         methods: "GET",
@@ -128,6 +130,11 @@ pub const ENDPOINTS: [Endpoint; 9] = [
         path: "/metrics",
         methods: "GET",
         serve: Serve::Metrics,
+    },
+    Endpoint {
+        path: "/presence",
+        methods: "GET, OPTIONS",
+        serve: Serve::Presence,
     },
 ];
 

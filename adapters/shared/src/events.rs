@@ -34,6 +34,8 @@ pub(crate) struct AppEvents {
     is_stopped: bool,
     /// Callers of `Hub::publish` waiting for the external log to store their event.
     stored: HashMap<AppendId, oneshot::Sender<AppReply>>,
+    /// Presence being gathered from the other nodes (a cluster), by the id of its reply.
+    presence: HashMap<tidings_core::relay::RelayId, oneshot::Sender<AppReply>>,
 }
 
 impl AppEvents {
@@ -45,6 +47,7 @@ impl AppEvents {
             stopped: Vec::new(),
             is_stopped: false,
             stored: HashMap::new(),
+            presence: HashMap::new(),
         }
     }
 
@@ -52,6 +55,16 @@ impl AppEvents {
     /// [`AppReply::Cursor`] or [`AppReply::Failed`], as with the in-memory log.
     pub(crate) fn await_stored(&mut self, id: AppendId, waiter: oneshot::Sender<AppReply>) {
         self.stored.insert(id, waiter);
+    }
+
+    /// Waits for the presence gathered from every node (`AppReply::Gathering(id)`); the waiter
+    /// gets [`AppReply::Presence`].
+    pub(crate) fn await_presence(
+        &mut self,
+        id: tidings_core::relay::RelayId,
+        waiter: oneshot::Sender<AppReply>,
+    ) {
+        self.presence.insert(id, waiter);
     }
 
     /// Waits for the client's answer to server request `ack` of `conn`.
@@ -155,6 +168,11 @@ impl AppEvents {
             AppEvent::Stored { id, result } => {
                 if let Some(waiter) = self.stored.remove(&id) {
                     let _ = waiter.send(result.map_or_else(AppReply::Failed, AppReply::Cursor));
+                }
+            }
+            AppEvent::Presence { id, presence } => {
+                if let Some(waiter) = self.presence.remove(&id) {
+                    let _ = waiter.send(AppReply::Presence(presence));
                 }
             }
             AppEvent::Stopped => {

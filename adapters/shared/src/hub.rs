@@ -31,6 +31,7 @@ use futures_lite::FutureExt as _;
 use futures_util::Stream;
 use futures_util::future::{BoxFuture, Shared};
 use tidings_core::codec::Codec;
+use tidings_core::presence::Presence;
 use tidings_core::typed::TypedCodec;
 use tidings_core::{
     ApiError, AppOp, AppReply, Broker, Claim, Command, ConnId, Cursor, Delivery, ErrorCode, Gap,
@@ -426,6 +427,33 @@ impl Hub {
             .await?
         {
             AppReply::Cursor(cursor) => Ok(cursor),
+            AppReply::Failed(e) => Err(HubError::Failed(e)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Who is subscribed to `topic` now: connections, client ids, anonymous connections
+    /// (`tidings_core::presence`); in a cluster, every node's that answered within the
+    /// gathering window, merged.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`].
+    pub async fn presence(&self, topic: Topic) -> Result<Presence, HubError> {
+        self.presence_as(topic, None).await
+    }
+
+    /// [`Hub::presence`] for a client with `viewer`'s grants (`GET /presence`): refused with
+    /// [`HubError::Failed`] (`forbidden`) unless it may subscribe to the topic and sees it.
+    ///
+    /// # Errors
+    /// [`HubError::Stopped`], [`HubError::Failed`].
+    pub async fn presence_as(
+        &self,
+        topic: Topic,
+        viewer: Option<Arc<Grants>>,
+    ) -> Result<Presence, HubError> {
+        match self.app(AppOp::Presence { topic, viewer }).await? {
+            AppReply::Presence(presence) => Ok(presence),
             AppReply::Failed(e) => Err(HubError::Failed(e)),
             other => Err(unexpected(&other)),
         }

@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_io::{AsyncRead, AsyncWrite};
-use tidings_core::{Cursor, ErrorCode, Name, Pattern, Payload, ProtocolError, Topic, native};
+use tidings_core::{
+    Cursor, ErrorCode, Grants, Name, Pattern, Payload, ProtocolError, Topic, native,
+};
 
 use crate::auth::{AuthError, Authenticated, Authenticator};
 use crate::config::{ServerConfig, TlsError};
@@ -37,8 +39,8 @@ use crate::tls::{RELOAD_CHECK, Tls};
 
 /// What exists, for 404 and 405 answers.
 const ROUTES: &str = "GET /ws (WebSocket), GET /ws/bus (ksbus), GET /etp (etp), \
-     GET /sse?topic=..., POST /publish?topic=..., POST /subscriptions, GET /healthz, \
-     GET /metrics, GET / (demo page), GET /tidings.js (browser client)";
+     GET /sse?topic=..., POST /publish?topic=..., POST /subscriptions, \
+     GET /presence?topic=..., GET /healthz, GET /metrics, GET / (demo page), GET /tidings.js (browser client)";
 
 /// What answers a request, decided from its head alone ([`Service::route`]).
 #[derive(Debug)]
@@ -57,6 +59,18 @@ pub enum Route {
     /// A Server-Sent Events stream: answer `200` with [`SseRequest::headers`] and the body of
     /// [`Service::sse_body`].
     Sse(SseRequest),
+    /// `GET /presence?topic=`, answered by [`Service::presence`] (it asks the broker, and in a
+    /// cluster the other nodes).
+    Presence(PresenceRequest),
+}
+
+/// A presence request that passed every check but the topic's grant (the broker checks that,
+/// with the declared topics it knows).
+#[derive(Debug)]
+pub struct PresenceRequest {
+    topic: Topic,
+    grants: Arc<Grants>,
+    cors: Vec<(String, String)>,
 }
 
 /// A request whose body is to be read ([`Route::ReadBody`]): it passed every check that does
@@ -503,7 +517,17 @@ impl<R: Runtime> Service<R> {
                     Route::Respond(refusal.with_headers(cors).into_response())
                 }
             },
-            (Some(Serve::Sse | Serve::Publish | Serve::Subscriptions), "OPTIONS") => {
+            (Some(Serve::Presence), "GET") => match self.check_presence(head) {
+                Ok(request) => Route::Presence(request),
+                Err(refusal) => {
+                    let cors = self.inner.cors.headers(head).unwrap_or_default();
+                    Route::Respond(refusal.with_headers(cors).into_response())
+                }
+            },
+            (
+                Some(Serve::Sse | Serve::Publish | Serve::Subscriptions | Serve::Presence),
+                "OPTIONS",
+            ) => {
                 let methods = endpoint(&head.path).map_or("", |e| e.methods);
                 Route::Respond(self.inner.cors.preflight(head, methods))
             }
@@ -946,6 +970,50 @@ impl<R: Runtime> Service<R> {
             Err(HubError::Failed(e)) => Err(Refusal::protocol(&e)),
             Err(e) => Err(Refusal::new(503, "shutting_down", e.to_string())),
         }
+    }
+
+    // ---- presence ------------------------------------------------------------------------------
+
+    /// `GET /presence?topic=T`, from its head: CORS, the topic, who is asking.
+    fn check_presence(&self, head: &RequestHead) -> Result<PresenceRequest, Refusal> {
+        let cors = self.inner.cors.headers(head)?;
+        let limits = self.inner.hub.limits();
+        let topic = head.query_param("topic").ok_or_else(|| {
+            Refusal::new(
+                400,
+                "bad_field",
+                "the topic parameter is required, e.g. /presence?topic=chat.room1 (a topic, \
+                 not a pattern: who would receive an event published there)",
+            )
+        })?;
+        let topic = Topic::parse(topic, limits.names).map_err(|e| Refusal::protocol(&e))?;
+        let auth = self.authenticate(head)?;
+        Ok(PresenceRequest {
+            topic,
+            grants: Arc::new(auth.grants),
+            cors,
+        })
+    }
+
+    /// Answers `GET /presence`: `200` with the presence as JSON, `403` when the requester may not
+    /// subscribe to the topic.
+    pub async fn presence(&self, request: PresenceRequest) -> Response {
+        let PresenceRequest {
+            topic,
+            grants,
+            cors,
+        } = request;
+        let answer = match self
+            .inner
+            .hub
+            .presence_as(topic.clone(), Some(grants))
+            .await
+        {
+            Ok(presence) => Response::ok("application/json", presence.to_json(&topic)),
+            Err(HubError::Failed(e)) => Refusal::protocol(&e).into_response(),
+            Err(e) => Refusal::new(503, "shutting_down", e.to_string()).into_response(),
+        };
+        answer.with_headers(cors)
     }
 
     // ---- subscriptions over HTTP (gochan's update_subscriptions) --------------------------------

@@ -7,20 +7,33 @@
 //! sender waits for the outcome it is a NATS request: a node that delivered it answers, and the
 //! first answer is `ok`. NATS answers at once when no node holds the route ("no responders"),
 //! and a request nobody delivered ends after [`SENT_WAIT`]: both are `no_recipient`.
+//!
+//! Presence is gathered: a node asks on `<stream>.presence` and merges the answers of the other
+//! nodes. Every node says it is alive on `<stream>.nodes` every [`HEARTBEAT`], so the asking node
+//! knows how many answers to wait for: it answers as soon as every node heard from within
+//! [`ALIVE`] has, and after [`GATHER_WAIT`] at most (a node that does not answer in time is left
+//! out, and `nodes` in the answer says how many took part).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use tidings_core::presence::Presence;
 use tidings_core::relay::{RelayReply, RelayRequest, Route};
-use tidings_core::{ErrorCode, ProtocolError};
+use tidings_core::{ErrorCode, ProtocolError, Topic};
 
 use super::Setup;
 use super::codec;
 
 /// How long a relayed send waits for a node to say it delivered it.
 pub(crate) const SENT_WAIT: Duration = Duration::from_secs(2);
+/// How often a node says it is alive.
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
+/// A node not heard from for this long is not waited for.
+pub(crate) const ALIVE: Duration = Duration::from_secs(3);
+/// How long a presence gathering waits for the other nodes' answers, at most.
+pub(crate) const GATHER_WAIT: Duration = Duration::from_millis(500);
 
 /// A relayed message that came in, for the broker: its route and the NATS message.
 struct Incoming {
@@ -36,6 +49,22 @@ pub(crate) async fn run(
     replies: flume::Sender<RelayReply>,
 ) {
     let stream = setup.cluster.stream.clone();
+    let started = tokio::time::Instant::now();
+    let (presence_subject, nodes_subject) =
+        (format!("{stream}.presence"), format!("{stream}.nodes"));
+    let (mut asked, mut heard) = match (
+        client.subscribe(presence_subject.clone()).await,
+        client.subscribe(nodes_subject.clone()).await,
+    ) {
+        (Ok(asked), Ok(heard)) => (asked, heard),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot subscribe to the cluster's presence subjects: {e}");
+            return;
+        }
+    };
+    // The other nodes heard from, and when.
+    let mut alive: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let (in_tx, mut in_rx) = tokio::sync::mpsc::unbounded_channel::<Incoming>();
     // One forwarding task per route held; aborting it drops its subscription (UNSUB).
     let mut held: HashMap<Route, tokio::task::JoinHandle<()>> = HashMap::new();
@@ -91,6 +120,28 @@ pub(crate) async fn run(
                                 }
                             }
                         }
+                        RelayRequest::GatherPresence { id, topic } => {
+                            let now = tokio::time::Instant::now();
+                            alive.retain(|_, at| now.duration_since(*at) < ALIVE);
+                            // Just started: the other nodes may not have been heard yet.
+                            let expected =
+                                (now.duration_since(started) >= ALIVE).then_some(alive.len());
+                            let (client, replies) = (client.clone(), replies.clone());
+                            let (subject, node) = (presence_subject.clone(), setup.nonce.clone());
+                            tokio::spawn(async move {
+                                let presence =
+                                    gather(&client, subject, &node, &topic, expected).await;
+                                let _ = replies.send(RelayReply::PresenceGathered { id, presence });
+                            });
+                        }
+                        RelayRequest::PresenceHere { token, presence } => {
+                            if let Some(reply) = answering.remove(&token) {
+                                let body = serde_json::to_vec(&presence).unwrap_or_default();
+                                if let Err(e) = client.publish(reply, body.into()).await {
+                                    tracing::debug!("answering a presence question failed: {e}");
+                                }
+                            }
+                        }
                         RelayRequest::Reached { token, reached } => {
                             if let Some(reply) = answering.remove(&token)
                                 && reached
@@ -101,6 +152,38 @@ pub(crate) async fn run(
                         }
                         _ => {}
                     }
+                }
+            }
+            _ = heartbeat.tick() => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(codec::NODE, setup.nonce.as_str());
+                let _ = client
+                    .publish_with_headers(nodes_subject.clone(), headers, bytes::Bytes::new())
+                    .await;
+            }
+            Some(message) = heard.next() => {
+                if let Some(node) = sender(&message)
+                    && node != setup.nonce
+                {
+                    alive.insert(node, tokio::time::Instant::now());
+                }
+            }
+            Some(message) = asked.next() => {
+                let Some(node) = sender(&message) else { continue };
+                let (Some(reply), false) = (message.reply.clone(), node == setup.nonce) else {
+                    continue;
+                };
+                let Ok(topic) = std::str::from_utf8(&message.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| Topic::parse(t, setup.limits.names).map_err(|e| e.message))
+                else {
+                    continue;
+                };
+                let token = next_token;
+                next_token += 1;
+                answering.insert(token, reply);
+                if replies.send(RelayReply::PresenceAsked { token, topic }).is_err() {
+                    break;
                 }
             }
             Some(Incoming { route, message }) = in_rx.recv() => {
@@ -181,4 +264,57 @@ async fn ask(
             )),
         },
     }
+}
+
+/// The node that sent a message of the cluster's subjects.
+fn sender(message: &async_nats::Message) -> Option<String> {
+    let node = message.headers.as_ref()?.get(codec::NODE)?;
+    Some(node.as_str().to_owned())
+}
+
+/// Asks the other nodes for their presence of `topic` and merges what they answer: until
+/// `expected` have (when known), within [`GATHER_WAIT`].
+async fn gather(
+    client: &async_nats::Client,
+    subject: String,
+    node: &str,
+    topic: &Topic,
+    expected: Option<usize>,
+) -> Presence {
+    let mut merged = Presence::default();
+    if expected == Some(0) {
+        return merged;
+    }
+    let inbox = client.new_inbox();
+    let mut answers = match client.subscribe(inbox.clone()).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::debug!("cannot gather presence: {e}");
+            return merged;
+        }
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(codec::NODE, node);
+    let body = bytes::Bytes::from(topic.as_str().to_owned());
+    if let Err(e) = client
+        .publish_with_reply_and_headers(subject, inbox, headers, body)
+        .await
+    {
+        tracing::debug!("cannot gather presence: {e}");
+        return merged;
+    }
+    let deadline = tokio::time::Instant::now() + GATHER_WAIT;
+    let mut got = 0;
+    while expected.is_none_or(|n| got < n) {
+        let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+            break;
+        };
+        // What another node sends is bounded: at most MAX_PRESENCE_CLIENTS ids are kept.
+        if let Ok(mut presence) = serde_json::from_slice::<Presence>(&answer.payload) {
+            presence.bound();
+            merged.merge(presence);
+            got += 1;
+        }
+    }
+    merged
 }

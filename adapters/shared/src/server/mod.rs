@@ -111,6 +111,7 @@ where
             plain(response)
         }
         Route::Metrics => plain(service.metrics().await),
+        Route::Presence(request) => plain(service.presence(request).await),
         Route::ReadBody(request) => {
             let read = read_body(service, req.into_body(), request.limit(), expects_continue).await;
             match read {
