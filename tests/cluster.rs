@@ -653,3 +653,61 @@ fn presence_counts_the_subscribers_of_every_node() {
     );
     drop(bob);
 }
+
+#[test]
+fn a_stream_deleted_and_created_again_gives_every_subscriber_an_epoch_gap() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let mut ws = a.ws();
+    let ok = ws.ask(json!({"op":"subscribe","id":1,"topics":["t.>"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let mut sse = b.sse("/sse?topic=t.%3E", &[]);
+    let old: Vec<String> = (0..3)
+        .map(|i| a.publish("t.a", &format!("old {i}")))
+        .collect();
+    for cursor in &old {
+        assert_eq!(ws.recv()["cursor"].as_str(), Some(cursor.as_str()));
+        assert_eq!(&sse.next_event().last_event_id, cursor);
+    }
+
+    // An operator deletes the stream; a node started then creates it again.
+    nats.delete_stream("tidings");
+    let c = node("tokio", &nats, "c", &[]);
+    let first_new = c.publish("t.a", "new 0");
+    let (old_epoch, _) = seq_of(&old[0]);
+    let (new_epoch, seq) = seq_of(&first_new);
+    assert_ne!(old_epoch, new_epoch, "a new stream, a new epoch");
+    assert_eq!(seq, 1);
+
+    // Both nodes notice: an epoch gap from where their subscribers were, then the new stream.
+    let gap = ws.recv();
+    assert_eq!(
+        (
+            gap["type"].as_str(),
+            gap["reason"].as_str(),
+            gap["from"].as_str()
+        ),
+        (Some("gap"), Some("epoch"), Some(old[2].as_str())),
+        "{gap}"
+    );
+    assert_eq!(ws.recv()["cursor"].as_str(), Some(first_new.as_str()));
+    let ev = sse.next_event();
+    assert_eq!(ev.event_type, "tidings-gap", "{ev:?}");
+    assert!(ev.data.contains("\"reason\":\"epoch\""), "{}", ev.data);
+    let ev = sse.next_event();
+    assert_eq!(
+        (ev.last_event_id.as_str(), ev.data.as_str()),
+        (first_new.as_str(), "new 0")
+    );
+    // Then live, in the new epoch, from every node.
+    let next = b.publish("t.b", "new 1");
+    assert_eq!(seq_of(&next), (new_epoch.clone(), 2));
+    assert_eq!(ws.recv()["cursor"].as_str(), Some(next.as_str()));
+    assert_eq!(sse.next_event().last_event_id, next);
+    // A client resuming with an old cursor: the same notice, then the new stream.
+    let mut resumed = c.sse("/sse?topic=t.%3E", &[("Last-Event-ID", &old[1])]);
+    let ev = resumed.next_event();
+    assert_eq!(ev.event_type, "tidings-gap", "{ev:?}");
+    assert_eq!(resumed.next_event().last_event_id, first_new);
+}

@@ -126,10 +126,10 @@ pub struct Broker {
     /// Positions given out before a restart whose events were not recovered (after the last
     /// recovered one, up to the reservation): cursors in there get a gap notice.
     pub(crate) lost: Option<(u64, u64)>,
-    /// Publishes stored in a shared log whose events this node has not delivered yet: their
-    /// position (0 for a failed append), publisher and answer, in the order the log answered.
     /// Messages that are not retained, across nodes (a shared log only).
     pub(crate) relay: crate::relay::Relay,
+    /// Publishes stored in a shared log whose events this node has not delivered yet: their
+    /// position (0 for a failed append), publisher and answer, in the order the log answered.
     pub(crate) answering: VecDeque<(
         u64,
         crate::appends::Publisher,

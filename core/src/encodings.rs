@@ -45,6 +45,11 @@ impl Encodings {
         }
     }
 
+    /// Forgets every encoding (the log was replaced: its positions name other events).
+    pub(crate) fn clear(&mut self) {
+        self.trim(u64::MAX);
+    }
+
     /// The encodings of event `seq`, if it is retained.
     pub(crate) fn get_mut(&mut self, seq: u64) -> Option<&mut Encoded> {
         let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;

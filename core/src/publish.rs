@@ -207,6 +207,7 @@ impl Broker {
                 self.trimmed(first);
                 self.release_answers();
             }
+            LogReply::Replaced(state) => self.replaced(state),
             LogReply::Committed(logged) => {
                 self.committed(logged);
                 self.release_answers();
@@ -432,6 +433,64 @@ impl Broker {
         if !matches!(self.config.log, LogMode::External { .. }) || !self.ids.is_empty() {
             return;
         }
+        self.install_log(state);
+    }
+
+    /// The shared log was replaced (`LogReply::Replaced`): every connection's subscriptions go
+    /// on in the new log after an `epoch` gap notice, from what it retains.
+    fn replaced(&mut self, state: LogState) {
+        if !self.shared_log() {
+            return;
+        }
+        let old = Cursor::new(self.config.epoch, self.history.head());
+        // Answers held until delivery: their events were stored, in the old log.
+        while let Some((_, publisher, id, result)) = self.answering.pop_front() {
+            self.answer_publisher(publisher, id, result);
+        }
+        // Reads and waits refer to the old positions.
+        self.reads.clear();
+        self.probes.clear();
+        self.waiting.clear();
+        self.holes.clear();
+        // Parked sessions hold old positions: their clients resume with their cursors instead
+        // (and get the same gap notice).
+        let parked: Vec<Name> = self.parked.keys().cloned().collect();
+        self.parked.clear();
+        self.parked_order.clear();
+        for client_id in parked {
+            self.emit(AppEvent::SessionExpired { client_id });
+        }
+        self.encodings.clear();
+        self.install_log(state);
+        let to = self.log_first - 1;
+        let gap = Gap {
+            from: Some(old),
+            to: Cursor::new(self.config.epoch, to),
+            reason: GapReason::Epoch,
+            dropped_messages: 0,
+        };
+        let slots: Vec<crate::subs::Slot> = self.ids.values().copied().collect();
+        for slot in slots {
+            let conn = self.conn_mut(slot);
+            if conn.closing || conn.subs.is_empty() {
+                continue;
+            }
+            for sub in &mut conn.subs {
+                sub.start = to;
+                sub.done = to;
+            }
+            conn.catch_up = Some(Box::new(crate::conn::CatchUp::new(
+                to,
+                GapReason::Evicted,
+                0,
+            )));
+            self.send_gap(slot, &gap);
+            self.pump(slot);
+        }
+    }
+
+    /// Takes `state` as the log: its epoch, positions and newest events.
+    fn install_log(&mut self, state: LogState) {
         let LogState {
             epoch,
             first,

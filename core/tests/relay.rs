@@ -400,3 +400,67 @@ fn presence_counts_the_subscribers_of_every_node() {
         .expect("the gathered presence");
     assert_eq!((presence.connections, presence.nodes), (3, 2));
 }
+
+fn logged(seq: u64, topic: &str, data: &str) -> tidings_core::log::Logged {
+    tidings_core::log::Logged {
+        seq,
+        time_ms: 0,
+        event: tidings_core::log::LogEvent {
+            topic: tidings_core::Topic::parse(topic, Default::default()).unwrap(),
+            event: None,
+            from: None,
+            payload: tidings_core::Payload::text(data.to_owned()).unwrap(),
+        },
+    }
+}
+
+#[test]
+fn a_replaced_log_gives_every_subscriber_an_epoch_gap_then_the_new_logs_events() {
+    use tidings_core::log::{LogReply, LogState};
+    let mut c = Cluster::new();
+    let s = c.open(0, 1);
+    c.send(0, s, json!({"op": "subscribe", "id": 1, "topic": "t.>"}));
+    c.take(s);
+    for seq in 1..=3 {
+        c.input(
+            0,
+            Input::Log(LogReply::Committed(logged(seq, "t.a", "old"))),
+        );
+    }
+    let old = c.take(s);
+    assert_eq!(old.len(), 3, "{old:?}");
+    let old_head = old[2]["cursor"].as_str().unwrap().to_owned();
+    // The stream was deleted and created again; two events are in it already.
+    let state = LogState {
+        epoch: 0xbeef,
+        first: 1,
+        head: 2,
+        recovered: 2,
+        recent: vec![logged(1, "t.a", "new 1"), logged(2, "t.b", "new 2")],
+        now_ms: 0,
+    };
+    c.input(0, Input::Log(LogReply::Replaced(state)));
+    c.input(
+        0,
+        Input::Log(LogReply::Committed(logged(3, "t.a", "new 3"))),
+    );
+    assert_eq!(
+        c.take(s),
+        [
+            json!({"type": "gap", "from": old_head, "to": "beef-0", "reason": "epoch", "dropped_messages": 0}),
+            json!({"type": "event", "topic": "t.a", "cursor": "beef-1", "data": "new 1"}),
+            json!({"type": "event", "topic": "t.b", "cursor": "beef-2", "data": "new 2"}),
+            json!({"type": "event", "topic": "t.a", "cursor": "beef-3", "data": "new 3"}),
+        ]
+    );
+    // A client resuming with a cursor of the old log: the same notice, then the new log.
+    let r = c.open(0, 2);
+    c.send(
+        0,
+        r,
+        json!({"op": "subscribe", "id": 1, "topic": "t.a", "from": old_head}),
+    );
+    let got = c.take(r);
+    assert_eq!(got[1]["reason"], "epoch", "{got:?}");
+    assert_eq!(got[2]["cursor"], "beef-1", "{got:?}");
+}

@@ -135,6 +135,20 @@ impl Nats {
         }
     }
 
+    /// Deletes a JetStream stream, as an operator would (with the NATS client library).
+    pub fn delete_stream(&self, name: &str) {
+        let url = self.url();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let client = async_nats::connect(url).await.expect("connected to NATS");
+            let js = async_nats::jetstream::new(client);
+            js.delete_stream(name).await.expect("the stream deleted");
+        });
+    }
+
     /// SIGKILL, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

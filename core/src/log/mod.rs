@@ -172,6 +172,12 @@ pub enum LogReply {
         /// The new first retained position.
         first: u64,
     },
+    /// The shared log was replaced by another (a cluster's stream deleted and created again):
+    /// its positions mean other events now. The broker takes `state` as its log, with its
+    /// epoch, and every subscriber gets an `epoch` gap notice, then what the new log holds and
+    /// its live events; cursors of the old log get the same notice when they resume. Committed
+    /// events after this are the new log's.
+    Replaced(LogState),
 }
 
 /// The state of a recovered log, handed to the broker before clients connect

@@ -223,15 +223,27 @@ async fn run(
     let _ = ready.send(Ok(joined));
     let setup = Arc::new(setup);
     tokio::spawn(relay::run(client, setup.clone(), relay.0, relay.1));
+    let signals = Signals {
+        back,
+        replaced: Arc::default(),
+    };
+    let replaced = signals.replaced.clone();
     tokio::spawn(consume(
         setup.clone(),
         stream.clone(),
         ordered,
-        back,
+        signals,
         head,
+        epoch,
         replies.clone(),
     ));
-    tokio::spawn(watch(stream.clone(), first, epoch, replies.clone()));
+    tokio::spawn(watch(
+        stream.clone(),
+        first,
+        epoch,
+        replaced,
+        replies.clone(),
+    ));
     let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(acknowledge(js.clone(), ack_rx, replies.clone()));
     let reads = Arc::new(tokio::sync::Semaphore::new(MAX_READS));
@@ -374,9 +386,41 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
             "the stream's retention follows [retention] now"
         );
     }
-    let epoch = u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000)
+    let (state, ordered, messages) = until(deadline, || warm(setup, &stream, &info))
+        .await
+        .map_err(|e| failed("read", e))?;
+    let joined = Joined {
+        state,
+        stream: cluster.stream.clone(),
+        messages,
+        created,
+        took: Duration::ZERO,
+    };
+    Ok(Joining {
+        client,
+        js,
+        stream,
+        joined,
+        ordered,
+        back,
+    })
+}
+
+/// The epoch of a stream: its creation time in milliseconds (a recreated stream has another).
+fn epoch_of(info: &stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(1)
-        .max(1);
+        .max(1)
+}
+
+/// Reads the stream's newest events (the hot window) into the log's state, with the consumer
+/// that read them, to go on with the live ones; and how many messages the stream holds.
+async fn warm(
+    setup: &Setup,
+    stream: &stream::Stream,
+    info: &stream::Info,
+) -> Result<(LogState, consumer::pull::Ordered, u64), String> {
+    let epoch = epoch_of(info);
     let (first, last, messages) = (
         info.state.first_sequence,
         info.state.last_sequence,
@@ -388,22 +432,16 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
         let hot = u64::try_from(setup.hot_events.max(1)).unwrap_or(u64::MAX);
         first.max(last.saturating_sub(hot - 1))
     };
-    let mut ordered = until(deadline, || async {
-        ordered_from(&stream, start)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| failed("read", e))?;
+    let mut ordered = ordered_from(stream, start)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut recent: VecDeque<Logged> = VecDeque::new();
     let (mut bytes, mut head) = (0usize, last);
-    let prefix = cluster.prefix();
+    let prefix = setup.cluster.prefix();
     while messages > 0 && head_of(&recent).is_none_or(|h| h < last) {
         let Some((seq, logged)) = next_message(&mut ordered, &prefix, &setup.limits)
             .await
-            .map_err(|e| {
-                ClusterError(format!("cannot warm the hot window from the stream: {e}"))
-            })?
+            .map_err(|e| format!("cannot warm the hot window from the stream: {e}"))?
         else {
             break;
         };
@@ -430,21 +468,7 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
         recent: recent.into(),
         now_ms,
     };
-    let joined = Joined {
-        state,
-        stream: cluster.stream.clone(),
-        messages,
-        created,
-        took: Duration::ZERO,
-    };
-    Ok(Joining {
-        client,
-        js,
-        stream,
-        joined,
-        ordered,
-        back,
-    })
+    Ok((state, ordered, messages))
 }
 
 /// What [`join`] leaves running.
@@ -582,32 +606,49 @@ async fn next_message(
     }
 }
 
-/// Feeds every event of the stream after `head` to the broker, in order. After an error, the
-/// end of the consumer, or a connection to NATS that came back, a new ordered consumer starts
-/// right after the last position fed.
+/// Feeds every event of the stream to the broker, in order, from `head + 1`; after a lost
+/// connection (`back`) or a failed read, a new consumer starts right after the last event
+/// delivered. When the stream was deleted and created again (`replaced`, from [`watch`], or
+/// seen when a consumer starts), the node takes the new stream as its log: it reads its hot
+/// window and tells the broker (`LogReply::Replaced`), then goes on with the new stream's events.
 async fn consume(
     setup: Arc<Setup>,
     stream: stream::Stream,
     mut ordered: consumer::pull::Ordered,
-    back: Arc<tokio::sync::Notify>,
+    signals: Signals,
     mut head: u64,
+    mut epoch: u64,
     replies: flume::Sender<LogReply>,
 ) {
     let prefix = setup.cluster.prefix();
     loop {
         let next = tokio::select! {
-            next = ordered.next() => next,
-            () = back.notified() => None,
+            next = ordered.next() => Some(next),
+            () = signals.back.notified() => None,
+            () = signals.replaced.notified() => None,
         };
         let message = match next {
-            Some(Ok(m)) => m,
+            Some(Some(Ok(m))) => m,
             failed => {
-                if let Some(Err(e)) = failed {
+                if let Some(Some(Err(e))) = failed {
                     tracing::warn!("reading the stream: {e}");
                 }
                 loop {
-                    match ordered_from(&stream, head + 1).await {
-                        Ok(o) => break ordered = o,
+                    match restart(&setup, &stream, head, epoch).await {
+                        Ok(Restarted::Same(o)) => break ordered = o,
+                        Ok(Restarted::Replaced(state, o)) => {
+                            tracing::error!(
+                                stream = setup.cluster.stream,
+                                "the JetStream stream was deleted and created again: its \
+                                 positions name other events now; this node takes it as a new \
+                                 log (clients get a gap notice with reason epoch)"
+                            );
+                            (head, epoch, ordered) = (state.head, state.epoch, o);
+                            if replies.send(LogReply::Replaced(state)).is_err() {
+                                return;
+                            }
+                            break;
+                        }
                         Err(e) => {
                             tracing::debug!("cannot read the stream yet: {e}");
                             tokio::time::sleep(RETRY_EVERY).await;
@@ -645,15 +686,49 @@ async fn consume(
     }
 }
 
-/// Reports the stream's retention moving its first position; warns if the stream was deleted or
-/// recreated under the node.
+/// What wakes the consumer besides its messages.
+#[derive(Clone, Default)]
+struct Signals {
+    /// The connection to NATS is back after a loss.
+    back: Arc<tokio::sync::Notify>,
+    /// The stream may have been deleted and created again ([`watch`]).
+    replaced: Arc<tokio::sync::Notify>,
+}
+
+/// A new consumer, after `head`.
+enum Restarted {
+    /// Of the same stream.
+    Same(consumer::pull::Ordered),
+    /// Of a stream created again: its state and the consumer that read its hot window.
+    Replaced(LogState, consumer::pull::Ordered),
+}
+
+async fn restart(
+    setup: &Setup,
+    stream: &stream::Stream,
+    head: u64,
+    epoch: u64,
+) -> Result<Restarted, String> {
+    let info = stream.get_info().await.map_err(|e| e.to_string())?;
+    if epoch_of(&info) != epoch {
+        let (state, ordered, _) = warm(setup, stream, &info).await?;
+        return Ok(Restarted::Replaced(state, ordered));
+    }
+    let ordered = ordered_from(stream, head + 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Restarted::Same(ordered))
+}
+
+/// Reports the stream's retention moving its first position, and tells the consumer when the
+/// stream was deleted and created again (another creation time).
 async fn watch(
     mut stream: stream::Stream,
     mut first: u64,
-    epoch: u64,
+    mut epoch: u64,
+    replaced: Arc<tokio::sync::Notify>,
     replies: flume::Sender<LogReply>,
 ) {
-    let mut warned = false;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let info = match stream.info().await {
@@ -663,13 +738,11 @@ async fn watch(
                 continue;
             }
         };
-        let created = u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(1);
-        if created.max(1) != epoch && !warned {
-            warned = true;
-            tracing::error!(
-                "the JetStream stream was deleted and created again: its positions are not this \
-                 node's any more; restart the node (clients then get a gap notice)"
-            );
+        if epoch_of(&info) != epoch {
+            epoch = epoch_of(&info);
+            first = info.state.first_sequence;
+            replaced.notify_one();
+            continue;
         }
         if info.state.first_sequence > first {
             first = info.state.first_sequence;
