@@ -1,8 +1,10 @@
 //! Cluster mode end to end: `tidings serve --nats URL` nodes (on both runtimes) sharing a real
 //! nats-server's JetStream stream, started and stopped by pid. What a user of several nodes
 //! behind a load balancer notices: every node delivers the same events in the same order, a
-//! cursor from one node resumes exactly on another, a restarted node serves old cursors, and a
-//! NATS outage answers publishes `unavailable` and loses nothing that was acknowledged.
+//! cursor from one node resumes exactly on another (native, SSE, ksbus and etp subscribers), a
+//! restarted node serves old cursors, a NATS outage answers publishes `unavailable` and loses
+//! nothing that was acknowledged, direct messages, named routing and presence span the nodes, and
+//! a stream created again becomes a new epoch everywhere.
 //!
 //! Without nats-server the tests skip (and fail under `TIDINGS_REQUIRE_INTEROP`, as in CI).
 
@@ -710,4 +712,60 @@ fn a_stream_deleted_and_created_again_gives_every_subscriber_an_epoch_gap() {
     let ev = resumed.next_event();
     assert_eq!(ev.event_type, "tidings-gap", "{ev:?}");
     assert_eq!(resumed.next_event().last_event_id, first_new);
+}
+
+/// A WebSocket of another protocol (`/ws/bus`, `/etp`) to `server`.
+fn websocket(server: &Server, path: &str) -> tungstenite::WebSocket<TcpStream> {
+    let url = format!("ws://{}{path}", server.addr);
+    let (ws, _) = tungstenite::client(url, server.connect()).expect("the handshake succeeds");
+    ws
+}
+
+/// The next text frame (pings skipped).
+fn text(ws: &mut tungstenite::WebSocket<TcpStream>) -> String {
+    loop {
+        match ws.read().expect("a frame arrives") {
+            tungstenite::Message::Text(t) => return t.to_string(),
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn ksbus_and_etp_subscribers_on_other_nodes_receive_every_event_in_order() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let c = node("tokio", &nats, "c", &[]);
+    // ksbus on b: subscribed once its ping is answered (frames are handled in order).
+    let mut ksbus = websocket(&b, "/ws/bus");
+    let send = |ws: &mut tungstenite::WebSocket<TcpStream>, text: String| {
+        ws.send(tungstenite::Message::text(text)).unwrap();
+    };
+    send(
+        &mut ksbus,
+        json!({"action":"sub","topic":"orders.>","from":"k"}).to_string(),
+    );
+    send(&mut ksbus, json!({"action":"ping"}).to_string());
+    assert_eq!(text(&mut ksbus), r#"{"data":"pong"}"#);
+    // etp on c: the same with an acknowledged event.
+    let mut etp = websocket(&c, "/etp");
+    send(&mut etp, r#"tidings.subscribe||0||orders.>"#.to_owned());
+    send(&mut etp, "sync||1".to_owned());
+    assert_eq!(text(&mut etp), "__ack_sync||1");
+
+    let topics = ["orders.eu", "orders.us"];
+    for i in 0..10 {
+        a.publish(topics[i % 2], &format!("e{i}"));
+    }
+    for i in 0..10 {
+        let got: Value = serde_json::from_str(&text(&mut ksbus)).unwrap();
+        assert_eq!(
+            (got["topic"].as_str(), got["data"].as_str()),
+            (Some(topics[i % 2]), Some(format!("e{i}").as_str())),
+            "{got}"
+        );
+        assert_eq!(text(&mut etp), format!("{}||0||e{i}", topics[i % 2]));
+    }
 }
