@@ -96,6 +96,39 @@ fn wait_until_parked(server: &Server, client_id: &str, bearer: &str) {
     }
 }
 
+/// The next event of a stream within [`READ_TIMEOUT`] (keep-alive comments do not count), so
+/// that a stream left open when it should have ended fails the test rather than hanging it.
+fn next_event(sse: &mut Sse) -> tidings_core::sse::DecodedEvent {
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        if let Some(event) = sse.decoder.next_event() {
+            return event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event within {READ_TIMEOUT:?}"
+        );
+        assert!(sse.fill(), "the SSE stream ended");
+    }
+}
+
+/// Reads a stream until its `tidings-error` (what came before is returned with it), then checks
+/// that the stream ends.
+fn until_error(sse: &mut Sse) -> (tidings_core::sse::DecodedEvent, Vec<String>) {
+    let mut before = Vec::new();
+    loop {
+        let event = next_event(sse);
+        if event.event_type == "tidings-error" {
+            let deadline = Instant::now() + READ_TIMEOUT;
+            while sse.fill() {
+                assert!(Instant::now() < deadline, "the stream did not end");
+            }
+            return (event, before);
+        }
+        before.push(event.data);
+    }
+}
+
 /// The refusal of an anonymous claim of a user's id says why and who may.
 fn assert_owned_refusal(what: &str, error: &str) {
     assert!(error.contains("client_id_taken"), "{what}: {error}");
@@ -147,7 +180,7 @@ fn an_anonymous_client_cannot_take_over_or_edit_a_users_client_id() {
 
         // Alice's stream, with her token: it claims her client id.
         let mut alice = server.sse("/sse?topic=secret.alice", &[("Authorization", &bearer)]);
-        let session = alice.next_event();
+        let session = next_event(&mut alice);
         assert_eq!(session.event_type, "tidings-session");
         assert!(
             session.data.contains(r#""client_id":"alice""#),
@@ -157,7 +190,7 @@ fn an_anonymous_client_cannot_take_over_or_edit_a_users_client_id() {
 
         // Somebody anonymous asks for her id on a stream of its own: refused, she keeps it.
         let mut mallory = server.sse("/sse?client_id=alice&topic=x", &[]);
-        let refused = mallory.next_event();
+        let refused = next_event(&mut mallory);
         assert_eq!(refused.event_type, "tidings-error", "{}", refused.data);
         assert_owned_refusal("an anonymous SSE client_id", &refused.data);
 
@@ -167,20 +200,16 @@ fn an_anonymous_client_cannot_take_over_or_edit_a_users_client_id() {
             &json!({"client_id": "alice", "remove": ["secret.alice"], "add": ["x"]}),
             None,
         );
-        assert_eq!(
-            (resp.status, resp.error_code().as_str()),
-            (403, "forbidden"),
-            "{}",
-            resp.body
-        );
+        assert_eq!(resp.status, 403, "{}", resp.body);
+        assert_eq!(resp.error_code(), "forbidden", "{}", resp.body);
 
         // Direct messages to alice still reach her stream, and her topic still does.
         let mut sender = server.ws();
         let answer = sender.ask(json!({"op":"send","id":1,"to":"alice","data":"for alice"}));
         assert_eq!(answer["type"], "ok", "{answer}");
-        assert_eq!(alice.next_event().data, "for alice");
+        assert_eq!(next_event(&mut alice).data, "for alice");
         server.publish("secret.alice", "still subscribed");
-        assert_eq!(alice.next_event().data, "still subscribed");
+        assert_eq!(next_event(&mut alice).data, "still subscribed");
 
         // Alice herself may change her subscriptions.
         let resp = post_subscriptions(
@@ -189,7 +218,7 @@ fn an_anonymous_client_cannot_take_over_or_edit_a_users_client_id() {
             Some(&bearer),
         );
         assert_eq!(resp.status, 200, "{}", resp.body);
-        assert_eq!(alice.next_event().event_type, "tidings-subscribed");
+        assert_eq!(next_event(&mut alice).event_type, "tidings-subscribed");
     });
 }
 
@@ -234,12 +263,8 @@ fn a_subscription_change_for_a_client_id_not_granted_is_refused_before_the_body(
             ],
             br#"{"client_id":"bob"}"#,
         );
-        assert_eq!(
-            (resp.status, resp.error_code().as_str()),
-            (400, "bad_field"),
-            "{}",
-            resp.body
-        );
+        assert_eq!(resp.status, 400, "{}", resp.body);
+        assert_eq!(resp.error_code(), "bad_field", "{}", resp.body);
     });
 }
 
@@ -304,9 +329,9 @@ fn a_user_takes_her_id_over_from_her_own_stream_and_back_from_anyone_else() {
 
         // Her reconnecting stream (the old one not yet noticed gone) takes her id over.
         let mut old = server.sse("/sse?topic=secret.alice", &[("Authorization", &bearer)]);
-        assert_eq!(old.next_event().event_type, "tidings-session");
+        assert_eq!(next_event(&mut old).event_type, "tidings-session");
         let mut new = server.sse("/sse?client_id=alice", &[("Authorization", &bearer)]);
-        let session = new.next_event();
+        let session = next_event(&mut new);
         assert_eq!(session.event_type, "tidings-session", "{}", session.data);
         let session: Value = serde_json::from_str(&session.data).unwrap();
         assert_eq!(session["resumed"], true, "{session}");
@@ -315,30 +340,21 @@ fn a_user_takes_her_id_over_from_her_own_stream_and_back_from_anyone_else() {
             json!(["secret.alice"]),
             "{session}"
         );
-        let ended = old.until_end();
-        assert!(
-            ended
-                .iter()
-                .any(|e| e.event_type == "tidings-error" && e.data.contains("client_id_taken")),
-            "{ended:?}"
-        );
+        let (taken, _) = until_error(&mut old);
+        assert!(taken.data.contains("client_id_taken"), "{}", taken.data);
         send_to(&server, "alice", "to the new stream");
-        assert_eq!(new.next_event().data, "to the new stream");
+        assert_eq!(next_event(&mut new).data, "to the new stream");
 
         // While carol is away (nothing of hers parked), an anonymous stream gets her free id,
         // subscribed to a topic of its choosing, and her direct messages.
         let mut squatter = server.sse("/sse?client_id=carol&topic=bait", &[]);
-        assert_eq!(squatter.next_event().event_type, "tidings-session");
+        assert_eq!(next_event(&mut squatter).event_type, "tidings-session");
         send_to(&server, "carol", "to whoever holds carol");
-        assert_eq!(squatter.next_event().data, "to whoever holds carol");
+        assert_eq!(next_event(&mut squatter).data, "to whoever holds carol");
         // Carol comes back with her token: her id is hers again, with no error for her.
         let carol_bearer = format!("Bearer {}", token("carol"));
         let mut carol = ws_with(&server, &[("Authorization", &carol_bearer)]);
-        let ended = squatter.until_end();
-        let taken = ended
-            .iter()
-            .find(|e| e.event_type == "tidings-error")
-            .unwrap_or_else(|| panic!("{ended:?}"));
+        let (taken, _) = until_error(&mut squatter);
         assert!(taken.data.contains("client_id_taken"), "{}", taken.data);
         assert!(
             taken.data.contains("claimed back by its owner"),
@@ -373,7 +389,7 @@ fn a_parked_session_and_its_id_are_kept_for_their_user() {
         server.publish("secret.alice", "while away");
 
         let mut mallory = server.sse("/sse?client_id=alice&topic=x", &[]);
-        let refused = mallory.next_event();
+        let refused = next_event(&mut mallory);
         assert_eq!(refused.event_type, "tidings-error", "{}", refused.data);
         assert_owned_refusal("an SSE client_id while parked", &refused.data);
         assert!(
@@ -389,16 +405,12 @@ fn a_parked_session_and_its_id_are_kept_for_their_user() {
             &json!({"client_id": "alice", "remove": ["secret.alice"]}),
             None,
         );
-        assert_eq!(
-            (resp.status, resp.error_code().as_str()),
-            (403, "forbidden"),
-            "{}",
-            resp.body
-        );
+        assert_eq!(resp.status, 403, "{}", resp.body);
+        assert_eq!(resp.error_code(), "forbidden", "{}", resp.body);
         // The refused stream got nothing of hers: its next event is its own topic's.
         server.publish("secret.alice", "still away");
         server.publish("x", "mallory's own");
-        assert_eq!(mallory.next_event().data, "mallory's own");
+        assert_eq!(next_event(&mut mallory).data, "mallory's own");
 
         // Alice comes back with her token: her session, and what she missed.
         let mut alice = ws_with(&server, &[("Authorization", &bearer)]);

@@ -622,3 +622,39 @@ fn the_principal_claims_its_id_back_from_a_wildcard_holder_without_its_session()
         assert_eq!(messages, [json!("hi")], "{mode:?}");
     }
 }
+
+#[test]
+fn only_the_principal_changes_its_subscriptions_live_or_parked() {
+    use tidings_core::Claim;
+    let mut sim = Sim::new(windowed());
+    let alice = sim.open_with(1, NativeCodec, grants(Some("alice")));
+    claim(&mut sim, alice, "alice", Claim::IfFree);
+    sim.send(alice, r#"{"op":"subscribe","topic":"secret.alice"}"#);
+    sim.take(alice);
+    let stranger = grants(None);
+    let owner = grants(Some("alice"));
+    for parked in [false, true] {
+        if parked {
+            sim.close(alice);
+        }
+        let now = sim.now;
+        let e = sim
+            .broker
+            .update_subscriptions_as(
+                now,
+                Some(&stranger),
+                &name("alice"),
+                vec![pattern("x")],
+                vec![pattern("secret.alice")],
+            )
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden, "parked: {parked}");
+        assert!(e.message.contains("only that owner"), "{e}");
+        let change = sim
+            .broker
+            .update_subscriptions_as(now, Some(&owner), &name("alice"), vec![], vec![])
+            .unwrap();
+        assert_eq!(change.subscriptions, vec![pattern("secret.alice")]);
+        assert_eq!(change.connected, !parked);
+    }
+}
