@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codec::{Codec, Frame};
-use crate::command::{Claim, Command, Recipient};
+use crate::command::{Command, Recipient};
 use crate::config::Config;
 use crate::conn::ConnState;
 use crate::cursor::Cursor;
@@ -22,6 +22,7 @@ use crate::output::{AppEvent, Output};
 use crate::parked::Parked;
 pub use crate::parked::SubscriptionChange;
 use crate::payload::Payload;
+use crate::session::ClaimVerdict;
 use crate::subs::{Slot, SubIndex};
 use crate::timers::{Timer, TimerHeap};
 use crate::topic::{Name, Topic};
@@ -596,35 +597,13 @@ impl Broker {
                     );
                     return self.fail(slot, req, e);
                 }
-                if let Some(&holder) = self.clients.get(&client_id)
-                    && holder != slot
-                {
-                    // The principal may take its id over; an id held through a wildcard grant
-                    // has no owner to protect (anonymous clients reconnecting, as in gochan).
-                    let allowed = self.conn_ref(slot).grants.is_bound_to(&client_id)
-                        || !self.conn_ref(holder).grants.is_bound_to(&client_id);
-                    match claim {
-                        // The same user's other connection has it: go on without it.
-                        Claim::IfFree => return,
-                        Claim::TakeOver if allowed => {
-                            let e = ProtocolError::new(
-                                ErrorCode::ClientIdTaken,
-                                "another connection of this client took its client id over",
-                            );
-                            // Parks the holder's session, which this connection gets back below.
-                            self.close(holder, e);
-                        }
-                        _ => {
-                            let e = ProtocolError::new(
-                                ErrorCode::ClientIdTaken,
-                                format!(
-                                    "client id {:?} is held by another connection",
-                                    client_id.as_str()
-                                ),
-                            );
-                            return self.fail(slot, req, e);
-                        }
-                    }
+                match self.claim_verdict(slot, &client_id, claim) {
+                    ClaimVerdict::Claim => {}
+                    // Parks the holder's session (back to this connection below if it is the
+                    // same principal's).
+                    ClaimVerdict::TakeOver { holder, reason } => self.close(holder, reason),
+                    ClaimVerdict::Skip => return,
+                    ClaimVerdict::Refused(e) => return self.fail(slot, req, e),
                 }
                 if let Some(old) = self
                     .conn_mut(slot)

@@ -40,20 +40,25 @@ pub enum Recipient {
 /// How a client id is claimed ([`Command::Identify`]) when another connection holds it.
 ///
 /// A client id may belong to a *principal*: a connection whose grants are bound to exactly that
-/// id ([`crate::ClientIds::Only`], e.g. the subject of its token). A principal's id is taken
-/// over only by the principal, and its parked session is restored only to the principal: a
+/// id ([`crate::Grants::principal`] or [`crate::ClientIds::Only`], e.g. the subject of its
+/// token). Whatever the mode, a principal's id is taken over only by the principal, is kept for
+/// it while its session is parked, and its parked session is restored only to the principal: a
 /// connection claiming ids through a wildcard grant ([`crate::ClientIds::Any`]) gets such an id
-/// only while it is free, and never its session. An id held through a wildcard grant has no
-/// owner to protect: any connection allowed to claim it may take it over (anonymous clients
-/// reconnecting, as gochan's do).
+/// only while it is free and no session of the principal is parked under it, and never a
+/// session. The principal claims its id back from a wildcard holder (closed with
+/// `client_id_taken`), in every mode, without that holder's session. An id held through a
+/// wildcard grant has no owner to protect otherwise: any connection allowed to claim it may take
+/// it over with [`Claim::TakeOver`] (anonymous clients reconnecting, as gochan's do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Claim {
-    /// Asked for by the client: refused with `client_id_taken` while another connection holds it.
+    /// Asked for by the client: refused with `client_id_taken` while another connection holds it
+    /// (unless this is the principal and the holder is not).
     #[default]
     Explicit,
     /// Given by authentication: claimed if free; if another connection holds it (the same
-    /// user's first tab), this one goes on without it, with no error.
+    /// user's first tab), this one goes on without it, with no error (unless this is the
+    /// principal and the holder is not).
     IfFree,
     /// Asked for by the client, taking it over from the connection holding it (typically its
     /// own previous stream, not yet noticed gone), which is closed with `client_id_taken` and

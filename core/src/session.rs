@@ -7,6 +7,11 @@
 //!   resume (so nothing retained is lost, and a gap notice announces what is not). Parked
 //!   sessions are bounded by `max_parked_sessions` (the oldest goes first), each by the
 //!   per-connection limits.
+//! - **Who may have a client id** ([`Broker::claim_verdict`], the one place of the rule): an id
+//!   whose holder's grants are bound to exactly it (its *principal*, [`crate::Claim`]) is taken
+//!   over only by the same principal, never through a wildcard grant; while the principal's
+//!   session is parked, its id is kept for it; the principal claims its id back from a connection
+//!   that got it through a wildcard grant; a parked session goes back only to the same principal.
 //! - **Subscription changes on behalf of a client** ([`Broker::update_subscriptions`]): for a
 //!   live connection or a parked session, checked against that client's own grants.
 //! - **Declared topics** (pubsub-sse's public, private and group topics): a topic may be declared
@@ -24,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::broker::Broker;
 use crate::codec::Frame;
+use crate::command::Claim;
 use crate::conn::{CatchUp, ConnState, Sub, sees};
 use crate::error::{ErrorCode, ProtocolError};
 use crate::grants::Grants;
@@ -123,14 +129,14 @@ impl Broker {
         let head = self.history.head();
         let window = self.config.timers.reconnect_window;
         let max = self.config.limits.max_parked_sessions;
-        // A connection that got a principal's id while the principal's session stayed parked
-        // (see `Claim`) does not replace that session: its own is forgotten.
-        let principal_parked = self
+        // Another principal's parked session is never replaced by this one (the id is kept for
+        // its principal, `claim_verdict`, so this is a safeguard): this one is forgotten.
+        let foreign_parked = self
             .parked
             .get(&client_id)
-            .is_some_and(|p| p.grants.is_bound_to(&client_id));
+            .is_some_and(|p| !same_principal(&p.grants, &self.conn_ref(slot).grants, &client_id));
         let conn = self.conn_mut(slot);
-        if principal_parked && !conn.grants.is_bound_to(&client_id) {
+        if foreign_parked && !conn.grants.is_bound_to(&client_id) {
             return;
         }
         if window.is_none() || max == 0 || (conn.subs.is_empty() && rooms.is_empty()) {
@@ -236,12 +242,14 @@ impl Broker {
             // parked, for the next connection of this client.
             return;
         }
-        // A principal's session goes back to the principal only (see `Claim`).
+        // A session goes back to the same principal only (see `Claim`): a principal's to the
+        // principal, a wildcard claimer's to a wildcard claimer (gochan's reconnecting clients),
+        // never one to the other.
         let grants = &self.conn_ref(slot).grants;
         let restorable = self
             .parked
             .get(client_id)
-            .is_some_and(|p| !p.grants.is_bound_to(client_id) || grants.is_bound_to(client_id));
+            .is_some_and(|p| same_principal(&p.grants, grants, client_id));
         let restored = restorable
             .then(|| self.parked.remove(client_id))
             .flatten()
@@ -348,6 +356,84 @@ impl Broker {
         restored
     }
 
+    // ---- who may have a client id --------------------------------------------------------------
+
+    /// Whether `client_id` has an owner to protect: the connection holding it, or the session
+    /// parked under it, is bound to exactly that id (its principal, see [`Claim`]).
+    fn owned(&self, client_id: &Name) -> bool {
+        let live = self
+            .clients
+            .get(client_id)
+            .is_some_and(|&s| self.conn_ref(s).grants.is_bound_to(client_id));
+        live || self
+            .parked
+            .get(client_id)
+            .is_some_and(|p| p.grants.is_bound_to(client_id))
+    }
+
+    /// What claiming `client_id` comes to for the connection `slot` (its grants allow the id):
+    /// the one place of the rule for every transport (SSE `client_id`, `identify` of the native,
+    /// ksbus and etp protocols, the id from authentication). An id held by another connection is
+    /// taken over only by the same principal, never through a wildcard grant; the id of a
+    /// principal whose session is parked is kept for it; a principal claims its id back from a
+    /// connection that got it through a wildcard grant, whatever the claim's mode (else
+    /// whoever held the id while she was away would keep her direct messages).
+    pub(crate) fn claim_verdict(&self, slot: Slot, client_id: &Name, claim: Claim) -> ClaimVerdict {
+        let principal = self.conn_ref(slot).grants.is_bound_to(client_id);
+        let holder = self.clients.get(client_id).copied().filter(|&h| h != slot);
+        let Some(holder) = holder else {
+            if !principal
+                && self
+                    .parked
+                    .get(client_id)
+                    .is_some_and(|p| p.grants.is_bound_to(client_id))
+            {
+                return match claim {
+                    Claim::IfFree => ClaimVerdict::Skip,
+                    _ => ClaimVerdict::Refused(owned_error(
+                        client_id,
+                        "is kept for its owner's session within the reconnect window",
+                    )),
+                };
+            }
+            return ClaimVerdict::Claim;
+        };
+        let holder_principal = self.conn_ref(holder).grants.is_bound_to(client_id);
+        match (principal, holder_principal, claim) {
+            (true, false, _) => ClaimVerdict::TakeOver {
+                holder,
+                reason: ProtocolError::new(
+                    ErrorCode::ClientIdTaken,
+                    format!(
+                        "client id {:?} was claimed back by its owner (a token bound to exactly this id)",
+                        client_id.as_str()
+                    ),
+                ),
+            },
+            // The same user's other connection has it (or, from authentication, its owner):
+            // go on without it.
+            (_, _, Claim::IfFree) => ClaimVerdict::Skip,
+            (false, true, _) => ClaimVerdict::Refused(owned_error(
+                client_id,
+                "is held by a connection of its owner",
+            )),
+            (_, _, Claim::TakeOver) => ClaimVerdict::TakeOver {
+                holder,
+                reason: ProtocolError::new(
+                    ErrorCode::ClientIdTaken,
+                    "another connection of this client took its client id over",
+                ),
+            },
+            (_, _, _) => ClaimVerdict::Refused(ProtocolError::new(
+                ErrorCode::ClientIdTaken,
+                format!(
+                    "client id {:?} is held by another connection",
+                    client_id.as_str()
+                ),
+            )),
+        }
+    }
+
     // ---- subscription changes on behalf of a client --------------------------------------------
 
     /// Changes the subscriptions of the client holding `client_id`, connected or parked within
@@ -384,20 +470,17 @@ impl Broker {
         remove: Vec<Pattern>,
     ) -> Result<SubscriptionChange, ProtocolError> {
         self.advance(now);
-        if let Some(by) = by {
-            let owner = match self.clients.get(client_id) {
-                Some(&slot) => Some(&self.conn_ref(slot).grants),
-                None => self.parked.get(client_id).map(|p| &p.grants),
-            };
-            if owner.is_some_and(|g| g.is_bound_to(client_id)) && !by.is_bound_to(client_id) {
-                return Err(ProtocolError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "client id {:?} belongs to another principal: only it may change its subscriptions",
-                        client_id.as_str()
-                    ),
-                ));
-            }
+        if let Some(by) = by
+            && self.owned(client_id)
+            && !by.is_bound_to(client_id)
+        {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "client id {:?} is held by its owner (a token bound to exactly this id): only that owner may change its subscriptions",
+                    client_id.as_str()
+                ),
+            ));
         }
         let max = self.config.limits.max_subscriptions;
         let head = self.history.head();
@@ -628,6 +711,40 @@ impl Broker {
                 .collect(),
         )
     }
+}
+
+/// What [`Broker::claim_verdict`] decided.
+pub(crate) enum ClaimVerdict {
+    /// The id is free (or already this connection's): claim it.
+    Claim,
+    /// Close `holder` with `reason` (its session is parked), then claim the id.
+    TakeOver {
+        /// The connection holding the id.
+        holder: Slot,
+        /// What it is told.
+        reason: ProtocolError,
+    },
+    /// A claim from authentication whose id is not free: go on without it, with no error.
+    Skip,
+    /// Refused with this error (`client_id_taken`).
+    Refused(ProtocolError),
+}
+
+/// Whether two sets of grants are the same principal for `client_id`: both bound to exactly it,
+/// or neither (wildcard claimers, who have no owner to protect).
+fn same_principal(a: &Grants, b: &Grants, client_id: &Name) -> bool {
+    a.is_bound_to(client_id) == b.is_bound_to(client_id)
+}
+
+/// `client_id_taken` for an id that belongs to a principal.
+fn owned_error(client_id: &Name, why: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::ClientIdTaken,
+        format!(
+            "client id {:?} {why}: only a connection whose token is bound to exactly this id may take it over",
+            client_id.as_str()
+        ),
+    )
 }
 
 fn no_client(client_id: &Name) -> ProtocolError {

@@ -21,7 +21,9 @@
 //! Claims: a connection's grants allow any client id, or are bound to one shared id (it is that
 //! id's principal). Identify uses each `Claim`; the model predicts who holds every id (checked
 //! with `client_conn` after every step), who is closed by a take-over, and who gets which parked
-//! session (a principal's only goes back to a principal, and is not replaced by another's).
+//! session (a session goes back only to the same principal: a principal's to a principal, a
+//! wildcard claimer's to a wildcard claimer; a principal's is not replaced by another's, and
+//! keeps its id from wildcard claimers; a principal claims its id back from a wildcard holder).
 //!
 //! Policy timers: some peers do not close when told (`stuck`): the broker must drop them exactly
 //! at the end of `close_grace` (the clock steps to just before and to each deadline). A shutdown
@@ -230,7 +232,8 @@ struct MParked {
     subs: Vec<(usize, bool, Interest)>,
     rooms: Vec<usize>,
     expires: Instant,
-    /// Parked by the id's principal: restored only to a principal.
+    /// Parked by the id's principal: restored only to a principal (and not parked by one:
+    /// restored only to a wildcard claimer).
     bound: bool,
 }
 
@@ -723,13 +726,22 @@ impl Harness {
         let holder = (0..self.conns.len()).find(|&j| {
             j != i && self.conns[j].open && self.conns[j].client_id.as_deref() == Some(client_id)
         });
-        // A principal's id goes only to a principal; other ids to anyone asking to take over.
-        let may_take = |j: usize| bound_to(&self.conns[i]) || !bound_to(&self.conns[j]);
+        // A principal's id goes only to the principal (also while its session is parked), who
+        // claims it back from a wildcard holder; other ids to anyone asking to take over.
+        let me_bound = bound_to(&self.conns[i]);
+        let kept = !me_bound
+            && self
+                .parked
+                .iter()
+                .any(|p| p.client_id == client_id && p.bound);
         let answer = match (granted, holder, claim) {
             (false, _, _) => Some("forbidden"),
+            (true, None, Claim::IfFree) if kept => None,
+            (true, None, _) if kept => Some("client_id_taken"),
             (true, None, _) => Some("ok"),
+            (true, Some(j), _) if me_bound && !bound_to(&self.conns[j]) => Some("ok"),
             (true, Some(_), Claim::IfFree) => None,
-            (true, Some(j), Claim::TakeOver) if may_take(j) => Some("ok"),
+            (true, Some(j), Claim::TakeOver) if me_bound || !bound_to(&self.conns[j]) => Some("ok"),
             _ => Some("client_id_taken"),
         };
         let got = answer == Some("ok");
@@ -742,7 +754,8 @@ impl Harness {
         let mut taken_from = None;
         if got {
             if let Some(j) = holder {
-                // Closed with `client_id_taken`: its session is parked for this connection.
+                // Closed with `client_id_taken`: its session is parked (for this connection if
+                // the same principal's).
                 let c = &mut self.conns[j];
                 c.open = false;
                 c.closed_step = Some(self.step_no);
@@ -750,11 +763,10 @@ impl Harness {
                 taken_from = Some(j);
             }
             self.conns[i].client_id = Some(client_id.to_owned());
-            let me_bound = bound_to(&self.conns[i]);
             if let Some(k) = self
                 .parked
                 .iter()
-                .position(|p| p.client_id == client_id && (!p.bound || me_bound))
+                .position(|p| p.client_id == client_id && p.bound == me_bound)
             {
                 let parked = self.parked.remove(k);
                 restored = Some(self.restore(i, parked));
@@ -1771,9 +1783,10 @@ proptest! {
     }
 }
 
-/// A connection that got a principal's id while the principal's session stayed parked closes:
-/// the principal's session must stay (not evicted, not replaced by the stranger's), and come
-/// back to the principal.
+/// A stranger (any client id) asks for a principal's id while the principal's session is
+/// parked: refused (the id is kept for her); it closes with a session of its own; the
+/// principal's session must stay (not evicted, not replaced by the stranger's), and come back
+/// to the principal.
 #[test]
 fn principal_session_outlives_a_stranger_holding_its_id() {
     let open = |bound| Op::Open {

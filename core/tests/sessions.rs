@@ -165,7 +165,8 @@ fn parked_sessions_are_bounded_oldest_first() {
 #[test]
 fn a_restored_session_is_limited_by_the_new_connections_grants() {
     let mut sim = Sim::new(windowed());
-    let a = sim.open(1, NativeCodec);
+    // Dave's token granted more when he parked than when he comes back.
+    let a = sim.open_with(1, NativeCodec, grants(Some("dave")));
     identify(&mut sim, a, "dave");
     sim.send(a, r#"{"op":"subscribe","topics":["public.a","secret.b"]}"#);
     sim.close(a);
@@ -504,16 +505,32 @@ fn a_principals_parked_session_goes_back_to_the_principal_only() {
     sim.close(alice);
     publish(&mut sim, publisher, "secret.alice", "while away");
 
-    // A wildcard claimer may hold the free id, but gets no session.
-    let other = sim.open_with(3, NativeCodec, grants(None));
-    claim(&mut sim, other, "alice", Claim::Explicit);
-    assert!(sim.broker.conn(other).unwrap().subscriptions.is_empty());
-    assert_eq!(sim.broker.parked_sessions(), vec![&name("alice")]);
-    assert!(
-        sim.event_data(other).is_empty(),
-        "nothing of alice's reaches it"
-    );
-    sim.close(other);
+    // A wildcard claimer gets neither the id (kept for alice within her window) nor her
+    // session, whatever the claim's mode; a claim from authentication goes on without it.
+    for (conn, mode) in [
+        (3, Claim::Explicit),
+        (4, Claim::TakeOver),
+        (5, Claim::IfFree),
+    ] {
+        let other = sim.open_with(conn, NativeCodec, grants(None));
+        claim(&mut sim, other, "alice", mode);
+        let info = sim.broker.conn(other).unwrap();
+        assert_eq!((info.client_id, info.subscriptions), (None, vec![]));
+        let frames = sim.take(other);
+        if mode == Claim::IfFree {
+            assert!(frames.is_empty(), "{frames:?}");
+        } else {
+            assert_eq!(frames.len(), 1, "{frames:?}");
+            assert_eq!(frames[0]["code"], "client_id_taken", "{frames:?}");
+            let message = frames[0]["message"].as_str().unwrap();
+            assert!(
+                message.contains("only a connection whose token"),
+                "{message}"
+            );
+        }
+        assert_eq!(sim.broker.parked_sessions(), vec![&name("alice")]);
+        sim.close(other);
+    }
 
     let back = sim.open_with(4, NativeCodec, grants(Some("alice")));
     claim(&mut sim, back, "alice", Claim::Explicit);
@@ -562,4 +579,82 @@ fn an_id_held_through_a_wildcard_grant_is_taken_over_by_a_reconnecting_stream() 
         .map(|e| e.1)
         .collect();
     assert_eq!(got, ["x"], "the session moved to the new stream");
+}
+
+#[test]
+fn the_principal_claims_its_id_back_from_a_wildcard_holder_without_its_session() {
+    use tidings_core::Claim;
+    // Whatever the mode of the principal's claim (authentication's, or `identify`).
+    for mode in [Claim::IfFree, Claim::Explicit, Claim::TakeOver] {
+        let mut sim = Sim::new(windowed());
+        let publisher = sim.open(1, NativeCodec);
+        // While alice is away (nothing parked), a wildcard claimer takes her free id and
+        // subscribes and joins on it.
+        let squatter = sim.open_with(2, NativeCodec, grants(None));
+        claim(&mut sim, squatter, "alice", Claim::Explicit);
+        sim.send(squatter, r#"{"op":"subscribe","topic":"bait"}"#);
+        sim.take(squatter);
+
+        let alice = sim.open_with(3, NativeCodec, grants(Some("alice")));
+        claim(&mut sim, alice, "alice", mode);
+        let reason = sim.closed[&squatter].as_ref().unwrap();
+        assert_eq!(reason.code, ErrorCode::ClientIdTaken, "{mode:?}");
+        assert!(
+            reason.message.contains("claimed back by its owner"),
+            "{reason}"
+        );
+        sim.close(squatter);
+        let info = sim.broker.conn(alice).unwrap();
+        assert_eq!(info.client_id.as_deref(), Some("alice"), "{mode:?}");
+        assert!(
+            info.subscriptions.is_empty(),
+            "{mode:?}: the squatter's session is not hers: {:?}",
+            info.subscriptions
+        );
+        sim.take(alice);
+        sim.send(publisher, r#"{"op":"send","to":"alice","data":"hi"}"#);
+        let messages: Vec<_> = sim
+            .take(alice)
+            .into_iter()
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["data"].clone())
+            .collect();
+        assert_eq!(messages, [json!("hi")], "{mode:?}");
+    }
+}
+
+#[test]
+fn only_the_principal_changes_its_subscriptions_live_or_parked() {
+    use tidings_core::Claim;
+    let mut sim = Sim::new(windowed());
+    let alice = sim.open_with(1, NativeCodec, grants(Some("alice")));
+    claim(&mut sim, alice, "alice", Claim::IfFree);
+    sim.send(alice, r#"{"op":"subscribe","topic":"secret.alice"}"#);
+    sim.take(alice);
+    let stranger = grants(None);
+    let owner = grants(Some("alice"));
+    for parked in [false, true] {
+        if parked {
+            sim.close(alice);
+        }
+        let now = sim.now;
+        let e = sim
+            .broker
+            .update_subscriptions_as(
+                now,
+                Some(&stranger),
+                &name("alice"),
+                vec![pattern("x")],
+                vec![pattern("secret.alice")],
+            )
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden, "parked: {parked}");
+        assert!(e.message.contains("only that owner"), "{e}");
+        let change = sim
+            .broker
+            .update_subscriptions_as(now, Some(&owner), &name("alice"), vec![], vec![])
+            .unwrap();
+        assert_eq!(change.subscriptions, vec![pattern("secret.alice")]);
+        assert_eq!(change.connected, !parked);
+    }
 }

@@ -1019,7 +1019,9 @@ impl<R: Runtime> Service<R> {
     // ---- subscriptions over HTTP (gochan's update_subscriptions) --------------------------------
 
     /// `POST /subscriptions`, before its body: CORS, who is asking, and whether it may use a
-    /// client id at all (a requester who may use none has nothing to change).
+    /// client id at all (a requester who may use none has nothing to change), or the one in the
+    /// query when there is one. Whether the id belongs to another principal is the broker's
+    /// decision, after the body.
     fn check_subscriptions(&self, head: &RequestHead) -> Result<BodyRequest, Response> {
         let cors = self
             .inner
@@ -1032,6 +1034,19 @@ impl<R: Runtime> Service<R> {
             return Err(refuse(auth_refusal(&AuthError::forbidden(
                 "changing a client's subscriptions needs the right to use its client id",
             ))));
+        }
+        // An id in the query is checked now, one in the body only after it (a body naming
+        // another id than the query is refused, so this refuses nothing the body could allow).
+        if let Some(id) = head.query_param("client_id") {
+            let max = self.inner.hub.limits().max_name_len;
+            if let Ok(id) = Name::parse("client_id", id, max)
+                && !auth.grants.may_identify(&id)
+            {
+                return Err(refuse(auth_refusal(&AuthError::forbidden(format!(
+                    "not allowed to use client id {:?}",
+                    id.as_str()
+                )))));
+            }
         }
         Ok(BodyRequest {
             kind: BodyKind::Subscriptions,
@@ -1074,13 +1089,19 @@ impl<R: Runtime> Service<R> {
                 ))
             })?
         };
-        let client_id = change
-            .client_id
-            .as_deref()
-            .or_else(|| head.query_param("client_id"))
-            .ok_or_else(|| {
-                bad("client_id is required (in the JSON body or the query)".to_owned())
-            })?;
+        let client_id = match (change.client_id.as_deref(), head.query_param("client_id")) {
+            (Some(body), Some(query)) if body != query => {
+                return Err(bad(format!(
+                    "client_id {body:?} in the body and {query:?} in the query differ"
+                )));
+            }
+            (Some(id), _) | (None, Some(id)) => id,
+            (None, None) => {
+                return Err(bad(
+                    "client_id is required (in the JSON body or the query)".to_owned()
+                ));
+            }
+        };
         let client_id = Name::parse("client_id", client_id, limits.max_name_len)
             .map_err(|e| Refusal::protocol(&e))?;
         let parse = |list: Vec<String>, param: &str| {
