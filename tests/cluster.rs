@@ -769,3 +769,71 @@ fn ksbus_and_etp_subscribers_on_other_nodes_receive_every_event_in_order() {
         assert_eq!(text(&mut etp), format!("{}||0||e{i}", topics[i % 2]));
     }
 }
+
+#[test]
+fn post_subscriptions_on_any_node_changes_a_client_held_on_another() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let mut alice = b.sse("/sse?topic=news.a&client_id=alice", &[]);
+    assert!(alice.fill(), "opened");
+    let post = |body: &Value| {
+        a.request(
+            "POST",
+            "/subscriptions",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    let change = json!({"client_id":"alice","add":["news.b"],"remove":["news.a"]});
+    // Node b's subscription for alice's id reaches NATS a moment after her stream opened: until
+    // then the change is answered 404, as for a client not connected yet.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let resp = loop {
+        let resp = post(&change);
+        if resp.status != 404 {
+            break resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alice on node b never reachable: {}",
+            resp.body
+        );
+    };
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let got: Value = serde_json::from_str(&resp.body).unwrap();
+    assert_eq!(
+        (
+            &got["subscriptions"],
+            &got["added"],
+            &got["removed"],
+            &got["connected"]
+        ),
+        (
+            &json!(["news.b"]),
+            &json!(["news.b"]),
+            &json!(["news.a"]),
+            &json!(true)
+        ),
+        "{got}"
+    );
+    // Her stream on b was told, and from now on gets news.b, not news.a.
+    let notices: Vec<String> = (0..2).map(|_| alice.next_event().event_type).collect();
+    assert_eq!(notices, ["tidings-unsubscribed", "tidings-subscribed"]);
+    a.publish("news.a", "not for her");
+    let cursor = a.publish("news.b", "for her");
+    let ev = alice.next_event();
+    assert_eq!(
+        (ev.data.as_str(), ev.last_event_id.as_str()),
+        ("for her", cursor.as_str())
+    );
+
+    // A client id no node holds: 404, as on one node.
+    let resp = post(&json!({"client_id":"nobody","add":["x"]}));
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (404, "no_recipient"),
+        "{}",
+        resp.body
+    );
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::broker::{Broker, ConnInfo, Stats};
 use crate::command::Recipient;
 use crate::cursor::Cursor;
-use crate::error::{ApiError, ProtocolError};
+use crate::error::{ApiError, ErrorCode, ProtocolError};
 use crate::grants::Grants;
 use crate::ids::{AckId, ConnId, ReqId};
 use crate::output::Visibility;
@@ -30,7 +30,7 @@ pub enum AppOp {
         payload: Payload,
     },
     /// Who is subscribed to `topic` ([`crate::presence`]): answers [`AppReply::Presence`] on a
-    /// single node, [`AppReply::Gathering`] in a cluster (then [`crate::AppEvent::Presence`]
+    /// single node, [`AppReply::Relaying`] in a cluster (then [`crate::AppEvent::Relayed`]
     /// brings every node's, merged).
     Presence {
         /// The topic.
@@ -194,11 +194,11 @@ pub enum AppReply {
     /// The operation failed as a client's would (a change of subscriptions checked against
     /// the client's grants).
     Failed(ProtocolError),
-    /// Who is subscribed to a topic, on this node (a single node).
+    /// Who is subscribed to a topic.
     Presence(crate::presence::Presence),
-    /// The presence is being gathered from the other nodes of the cluster: it comes as
-    /// [`crate::AppEvent::Presence`] with this id.
-    Gathering(crate::relay::RelayId),
+    /// Other nodes of the cluster are asked (a presence, a client id held on another node): the
+    /// answer comes as [`crate::AppEvent::Relayed`] with this id.
+    Relaying(crate::relay::RelayId),
 }
 
 impl From<Result<(), ApiError>> for AppReply {
@@ -230,7 +230,7 @@ impl Broker {
                 }
                 let id = self.relay_id();
                 self.ask_presence(crate::relay::Asker::App(id), topic);
-                AppReply::Gathering(id)
+                AppReply::Relaying(id)
             }
             AppOp::Publish {
                 topic,
@@ -280,9 +280,23 @@ impl Broker {
                 client_id,
                 add,
                 remove,
-            } => self
-                .update_subscriptions_as(now, by.as_deref(), &client_id, add, remove)
-                .map_or_else(AppReply::Failed, AppReply::Subscriptions),
+            } => {
+                let by_principal = by.as_deref().map(|g| g.is_bound_to(&client_id));
+                let (a, r) = (add.clone(), remove.clone());
+                match self.update_subscriptions_by(now, by_principal, &client_id, add, remove) {
+                    Ok(change) => AppReply::Subscriptions(change),
+                    // Not here: in a cluster, the node holding the client id changes them.
+                    Err(e) if e.code == ErrorCode::NoRecipient && self.relays() => {
+                        let update = crate::relay::SubscriptionUpdate {
+                            add: a,
+                            remove: r,
+                            by_principal,
+                        };
+                        AppReply::Relaying(self.relay_update(client_id, update, e))
+                    }
+                    Err(e) => AppReply::Failed(e),
+                }
+            }
             AppOp::DeclareTopic { topic, visibility } => {
                 AppReply::Bool(self.declare_topic(now, topic, visibility))
             }

@@ -163,13 +163,14 @@ pub enum AppEvent {
         /// Its cursor, or why nothing was stored (`unavailable`).
         result: Result<crate::Cursor, ProtocolError>,
     },
-    /// The presence an [`crate::AppOp::Presence`] answered [`crate::AppReply::Gathering`] for:
-    /// every node's that answered, merged.
-    Presence {
-        /// The gathering, as its reply named it.
+    /// The answer to an application operation answered [`crate::AppReply::Relaying`]: what the
+    /// other nodes of the cluster said (a presence, a subscription change on the node holding
+    /// the client id).
+    Relayed {
+        /// The operation, as its reply named it.
         id: crate::relay::RelayId,
-        /// The presence.
-        presence: crate::presence::Presence,
+        /// Its answer.
+        reply: crate::AppReply,
     },
     /// A lifecycle notification (only with `Config::lifecycle_events`).
     Lifecycle(Lifecycle),

@@ -14,6 +14,10 @@
 //! - [`RelayReply::Message`]: a message another node relayed here, delivered to local
 //!   recipients; when the other node waits for the outcome, the broker answers with
 //!   [`RelayRequest::Reached`].
+//! - A change of a client id's subscriptions (`POST /subscriptions`) asked on a node that does
+//!   not hold the id goes to the node holding it: [`RelayRequest::UpdateSubscriptions`], carried
+//!   out there on [`RelayReply::UpdateAsked`] and answered with [`RelayRequest::UpdatedHere`],
+//!   whose result comes back as [`RelayReply::Updated`].
 //! - Presence ([`crate::presence`]) is gathered from every node: [`RelayRequest::GatherPresence`]
 //!   asks the others, [`RelayReply::PresenceAsked`] is another node asking this one (answered
 //!   with [`RelayRequest::PresenceHere`]), [`RelayReply::PresenceGathered`] brings what the others
@@ -24,9 +28,10 @@ use crate::command::Recipient;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::ConnId;
 use crate::output::Output;
+use crate::parked::SubscriptionChange;
 use crate::payload::Payload;
 use crate::presence::Presence;
-use crate::topic::{Name, Topic};
+use crate::topic::{Name, Pattern, Topic};
 
 /// What a node holds that other nodes may relay messages to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -81,6 +86,18 @@ pub struct Relayed {
     pub payload: Payload,
 }
 
+/// A change of a client id's subscriptions, as it crosses nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionUpdate {
+    /// Patterns to add (checked against the client's own grants where it is).
+    pub add: Vec<Pattern>,
+    /// Patterns to remove.
+    pub remove: Vec<Pattern>,
+    /// Who asks: `None` for the application, else whether the requester is the client id's
+    /// principal (only the principal changes a principal's subscriptions).
+    pub by_principal: Option<bool>,
+}
+
 /// What the broker asks of the relay ([`Output::Relay`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -124,6 +141,23 @@ pub enum RelayRequest {
         /// The presence here.
         presence: Presence,
     },
+    /// Change the subscriptions of a client id this node does not hold, on the node that
+    /// holds it; answer with [`RelayReply::Updated`].
+    UpdateSubscriptions {
+        /// The change.
+        id: RelayId,
+        /// The client id.
+        client_id: Name,
+        /// What to change.
+        update: SubscriptionUpdate,
+    },
+    /// The outcome of a [`RelayReply::UpdateAsked`].
+    UpdatedHere {
+        /// The relay's token for that question.
+        token: u64,
+        /// The change, or why not.
+        result: Result<SubscriptionChange, ProtocolError>,
+    },
 }
 
 /// What the relay tells the broker ([`crate::Input::Relay`]).
@@ -161,6 +195,24 @@ pub enum RelayReply {
         /// Their presence.
         presence: Presence,
     },
+    /// Another node asks to change the subscriptions of a client id this node holds: answer
+    /// with [`RelayRequest::UpdatedHere`].
+    UpdateAsked {
+        /// The relay's token for the question.
+        token: u64,
+        /// The client id.
+        client_id: Name,
+        /// What to change.
+        update: SubscriptionUpdate,
+    },
+    /// The outcome of a [`RelayRequest::UpdateSubscriptions`]: the holding node's answer, or
+    /// `None` when no node holds the client id.
+    Updated {
+        /// The change.
+        id: RelayId,
+        /// The holding node's answer.
+        result: Option<Result<SubscriptionChange, ProtocolError>>,
+    },
 }
 
 /// Who waits for a presence.
@@ -185,6 +237,9 @@ pub(crate) struct Relay {
     /// Presence being gathered from the other nodes: who asked, for which topic, and this
     /// node's part.
     gathering: std::collections::HashMap<RelayId, (Asker, Topic, Presence)>,
+    /// Subscription changes asked of the node holding the client id, with this node's own
+    /// answer (`no_recipient`) for when no node holds it.
+    updating: std::collections::HashMap<RelayId, ProtocolError>,
     next_id: u64,
 }
 
@@ -260,8 +315,30 @@ impl Broker {
                 let json = Payload::json_unchecked(bytes::Bytes::from(presence.to_json(topic)));
                 self.ok(slot, Some(req), None, Some(&json));
             }
-            Asker::App(id) => self.emit(crate::output::AppEvent::Presence { id, presence }),
+            Asker::App(id) => self.emit(crate::output::AppEvent::Relayed {
+                id,
+                reply: crate::AppReply::Presence(presence),
+            }),
         }
+    }
+
+    /// Asks the node holding `client_id` to change its subscriptions; `here` is this node's
+    /// answer for when no node holds it. The answer comes as [`crate::AppEvent::Relayed`].
+    pub(crate) fn relay_update(
+        &mut self,
+        client_id: Name,
+        update: SubscriptionUpdate,
+        here: ProtocolError,
+    ) -> RelayId {
+        let id = self.relay_id();
+        self.relay.updating.insert(id, here);
+        self.out
+            .push_back(Output::Relay(RelayRequest::UpdateSubscriptions {
+                id,
+                client_id,
+                update,
+            }));
+        id
     }
 
     /// Relays a message that other nodes may deliver; with `answer`, the connection's request
@@ -320,6 +397,32 @@ impl Broker {
                         presence,
                     }));
             }
+            RelayReply::UpdateAsked {
+                token,
+                client_id,
+                update,
+            } => {
+                let SubscriptionUpdate {
+                    add,
+                    remove,
+                    by_principal,
+                } = update;
+                let now = self.now;
+                let result =
+                    self.update_subscriptions_by(now, by_principal, &client_id, add, remove);
+                self.out
+                    .push_back(Output::Relay(RelayRequest::UpdatedHere { token, result }));
+            }
+            RelayReply::Updated { id, result } => {
+                let Some(here) = self.relay.updating.remove(&id) else {
+                    return;
+                };
+                let reply = match result.unwrap_or(Err(here)) {
+                    Ok(change) => crate::AppReply::Subscriptions(change),
+                    Err(e) => crate::AppReply::Failed(e),
+                };
+                self.emit(crate::output::AppEvent::Relayed { id, reply });
+            }
             RelayReply::PresenceGathered { id, presence } => {
                 let Some((asker, topic, mut here)) = self.relay.gathering.remove(&id) else {
                     return;
@@ -338,4 +441,142 @@ pub fn no_recipient() -> ProtocolError {
         ErrorCode::NoRecipient,
         "no connection is there to receive this message",
     )
+}
+
+/// The JSON forms of what crosses nodes besides messages (a relay carries them as bytes).
+pub mod json {
+    use serde::{Deserialize, Serialize};
+
+    use super::SubscriptionUpdate;
+    use crate::error::{ErrorCode, ProtocolError};
+    use crate::parked::SubscriptionChange;
+    use crate::topic::{NameLimits, Pattern};
+
+    #[derive(Serialize, Deserialize)]
+    struct Update {
+        add: Vec<String>,
+        remove: Vec<String>,
+        principal: Option<bool>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    enum Change {
+        Ok {
+            added: Vec<String>,
+            removed: Vec<String>,
+            subscriptions: Vec<String>,
+            connected: bool,
+        },
+        Error {
+            code: String,
+            message: String,
+        },
+    }
+
+    fn strings(patterns: &[Pattern]) -> Vec<String> {
+        patterns.iter().map(|p| p.as_str().to_owned()).collect()
+    }
+
+    fn patterns(strings: Vec<String>, limits: NameLimits) -> Option<Vec<Pattern>> {
+        strings
+            .iter()
+            .map(|s| Pattern::parse(s, limits).ok())
+            .collect()
+    }
+
+    /// A subscription change asked of another node.
+    #[must_use]
+    pub fn encode_update(update: &SubscriptionUpdate) -> Vec<u8> {
+        let wire = Update {
+            add: strings(&update.add),
+            remove: strings(&update.remove),
+            principal: update.by_principal,
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// A subscription change another node asks; `None` if it does not decode.
+    #[must_use]
+    pub fn decode_update(body: &[u8], limits: NameLimits) -> Option<SubscriptionUpdate> {
+        let wire: Update = serde_json::from_slice(body).ok()?;
+        Some(SubscriptionUpdate {
+            add: patterns(wire.add, limits)?,
+            remove: patterns(wire.remove, limits)?,
+            by_principal: wire.principal,
+        })
+    }
+
+    /// The outcome of a subscription change, for the node that asked.
+    #[must_use]
+    pub fn encode_change(result: &Result<SubscriptionChange, ProtocolError>) -> Vec<u8> {
+        let wire = match result {
+            Ok(change) => Change::Ok {
+                added: strings(&change.added),
+                removed: strings(&change.removed),
+                subscriptions: strings(&change.subscriptions),
+                connected: change.connected,
+            },
+            Err(e) => Change::Error {
+                code: e.code.as_str().to_owned(),
+                message: e.message.clone(),
+            },
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// The outcome another node sent; `None` if it does not decode.
+    #[must_use]
+    pub fn decode_change(
+        body: &[u8],
+        limits: NameLimits,
+    ) -> Option<Result<SubscriptionChange, ProtocolError>> {
+        Some(match serde_json::from_slice(body).ok()? {
+            Change::Ok {
+                added,
+                removed,
+                subscriptions,
+                connected,
+            } => Ok(SubscriptionChange {
+                added: patterns(added, limits)?,
+                removed: patterns(removed, limits)?,
+                subscriptions: patterns(subscriptions, limits)?,
+                connected,
+            }),
+            Change::Error { code, message } => Err(ProtocolError::new(
+                ErrorCode::from_wire(&code).unwrap_or(ErrorCode::Unavailable),
+                message,
+            )),
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn updates_and_changes_come_back_as_they_went() {
+            let limits = NameLimits::default();
+            let p = |s: &str| Pattern::parse(s, limits).unwrap();
+            let update = SubscriptionUpdate {
+                add: vec![p("a.>"), p("b")],
+                remove: vec![p("c.*")],
+                by_principal: Some(false),
+            };
+            assert_eq!(decode_update(&encode_update(&update), limits), Some(update));
+            let change = Ok(SubscriptionChange {
+                added: vec![p("a.>")],
+                removed: vec![],
+                subscriptions: vec![p("a.>"), p("x")],
+                connected: true,
+            });
+            assert_eq!(decode_change(&encode_change(&change), limits), Some(change));
+            let refused = Err(ProtocolError::new(ErrorCode::Forbidden, "no"));
+            assert_eq!(
+                decode_change(&encode_change(&refused), limits),
+                Some(refused)
+            );
+            assert_eq!(decode_update(b"{\"add\":[\"a..b\"]}", limits), None);
+        }
+    }
 }

@@ -469,11 +469,23 @@ impl Broker {
         add: Vec<Pattern>,
         remove: Vec<Pattern>,
     ) -> Result<SubscriptionChange, ProtocolError> {
+        let by_principal = by.map(|g| g.is_bound_to(client_id));
+        self.update_subscriptions_by(now, by_principal, client_id, add, remove)
+    }
+
+    /// [`Broker::update_subscriptions_as`] with what the rule needs of the requester: `None`
+    /// for the application, else whether it is the client id's principal (so that another node
+    /// can ask for a requester of its own).
+    pub(crate) fn update_subscriptions_by(
+        &mut self,
+        now: Instant,
+        by_principal: Option<bool>,
+        client_id: &Name,
+        add: Vec<Pattern>,
+        remove: Vec<Pattern>,
+    ) -> Result<SubscriptionChange, ProtocolError> {
         self.advance(now);
-        if let Some(by) = by
-            && self.owned(client_id)
-            && !by.is_bound_to(client_id)
-        {
+        if by_principal == Some(false) && self.owned(client_id) {
             return Err(ProtocolError::new(
                 ErrorCode::Forbidden,
                 format!(

@@ -386,7 +386,7 @@ fn presence_counts_the_subscribers_of_every_node() {
         viewer: None,
     };
     let reply = c.nodes[1].handle_app(c.now, op);
-    let tidings_core::AppReply::Gathering(id) = reply else {
+    let tidings_core::AppReply::Relaying(id) = reply else {
         panic!("a cluster gathers: {reply:?}")
     };
     c.drain(1);
@@ -394,7 +394,10 @@ fn presence_counts_the_subscribers_of_every_node() {
     let presence = std::mem::take(&mut c.events[1])
         .into_iter()
         .find_map(|e| match e {
-            tidings_core::AppEvent::Presence { id: got, presence } if got == id => Some(presence),
+            tidings_core::AppEvent::Relayed {
+                id: got,
+                reply: tidings_core::AppReply::Presence(presence),
+            } if got == id => Some(presence),
             _ => None,
         })
         .expect("the gathered presence");

@@ -315,9 +315,9 @@ impl<R: Runtime> Driver<R> {
                 // Answered when the log has it (its `Stored` comes in a later step).
                 self.app.await_stored(id, waiter);
             }
-            (Answer::Reply(waiter), AppReply::Gathering(id), _) => {
-                // Answered when the other nodes have (its `Presence` comes in a later step).
-                self.app.await_presence(id, waiter);
+            (Answer::Reply(waiter), AppReply::Relaying(id), _) => {
+                // Answered when the other nodes have (its `Relayed` comes in a later step).
+                self.app.await_relayed(id, waiter);
             }
             (Answer::Reply(waiter), reply, _) => {
                 let _ = waiter.send(reply);

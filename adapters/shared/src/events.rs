@@ -34,8 +34,8 @@ pub(crate) struct AppEvents {
     is_stopped: bool,
     /// Callers of `Hub::publish` waiting for the external log to store their event.
     stored: HashMap<AppendId, oneshot::Sender<AppReply>>,
-    /// Presence being gathered from the other nodes (a cluster), by the id of its reply.
-    presence: HashMap<tidings_core::relay::RelayId, oneshot::Sender<AppReply>>,
+    /// Operations whose answer comes from other nodes (a cluster), by the id of their reply.
+    relayed: HashMap<tidings_core::relay::RelayId, oneshot::Sender<AppReply>>,
 }
 
 impl AppEvents {
@@ -47,7 +47,7 @@ impl AppEvents {
             stopped: Vec::new(),
             is_stopped: false,
             stored: HashMap::new(),
-            presence: HashMap::new(),
+            relayed: HashMap::new(),
         }
     }
 
@@ -57,14 +57,13 @@ impl AppEvents {
         self.stored.insert(id, waiter);
     }
 
-    /// Waits for the presence gathered from every node (`AppReply::Gathering(id)`); the waiter
-    /// gets [`AppReply::Presence`].
-    pub(crate) fn await_presence(
+    /// Waits for the answer other nodes give (`AppReply::Relaying(id)`).
+    pub(crate) fn await_relayed(
         &mut self,
         id: tidings_core::relay::RelayId,
         waiter: oneshot::Sender<AppReply>,
     ) {
-        self.presence.insert(id, waiter);
+        self.relayed.insert(id, waiter);
     }
 
     /// Waits for the client's answer to server request `ack` of `conn`.
@@ -170,9 +169,9 @@ impl AppEvents {
                     let _ = waiter.send(result.map_or_else(AppReply::Failed, AppReply::Cursor));
                 }
             }
-            AppEvent::Presence { id, presence } => {
-                if let Some(waiter) = self.presence.remove(&id) {
-                    let _ = waiter.send(AppReply::Presence(presence));
+            AppEvent::Relayed { id, reply } => {
+                if let Some(waiter) = self.relayed.remove(&id) {
+                    let _ = waiter.send(reply);
                 }
             }
             AppEvent::Stopped => {

@@ -23,6 +23,11 @@ pub(crate) const JSON: &str = "Tid-Json";
 pub(crate) const NODE: &str = "Tid-Node";
 /// The topic of a named send.
 pub(crate) const TOPIC: &str = "Tid-Topic";
+/// What a message on a client id's subject is besides a direct message: `subscriptions` (a
+/// change of its subscriptions, `tidings_core::relay::json`).
+pub(crate) const KIND: &str = "Tid-Kind";
+/// [`KIND`] of a subscription change.
+pub(crate) const SUBSCRIPTIONS: &str = "subscriptions";
 
 /// The subject of the relayed messages for `route`.
 pub(crate) fn route_subject(stream: &str, route: &Route) -> Option<String> {

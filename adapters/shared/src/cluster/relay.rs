@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tidings_core::presence::Presence;
-use tidings_core::relay::{RelayReply, RelayRequest, Route};
+use tidings_core::relay::{RelayReply, RelayRequest, Route, json};
 use tidings_core::{ErrorCode, ProtocolError, Topic};
 
 use super::Setup;
@@ -114,7 +114,8 @@ pub(crate) async fn run(
                                 Some(id) => {
                                     let (client, replies) = (client.clone(), replies.clone());
                                     tokio::spawn(async move {
-                                        let result = ask(&client, subject, headers, body).await;
+                                        let result =
+                                            ask(&client, subject, headers, body).await.map(drop);
                                         let _ = replies.send(RelayReply::Sent { id, result });
                                     });
                                 }
@@ -133,6 +134,37 @@ pub(crate) async fn run(
                                     gather(&client, subject, &node, &topic, expected).await;
                                 let _ = replies.send(RelayReply::PresenceGathered { id, presence });
                             });
+                        }
+                        RelayRequest::UpdateSubscriptions { id, client_id, update } => {
+                            let route = Route::Client(client_id);
+                            let Some(subject) = codec::route_subject(&stream, &route) else {
+                                continue;
+                            };
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers.insert(codec::NODE, setup.nonce.as_str());
+                            headers.insert(codec::KIND, codec::SUBSCRIPTIONS);
+                            let body = bytes::Bytes::from(json::encode_update(&update));
+                            let (client, replies) = (client.clone(), replies.clone());
+                            let names = setup.limits.names;
+                            tokio::spawn(async move {
+                                let result = match ask(&client, subject, headers, body).await {
+                                    Ok(answer) => Some(
+                                        json::decode_change(&answer, names)
+                                            .unwrap_or_else(|| Err(garbled())),
+                                    ),
+                                    Err(e) if e.code == ErrorCode::NoRecipient => None,
+                                    Err(e) => Some(Err(e)),
+                                };
+                                let _ = replies.send(RelayReply::Updated { id, result });
+                            });
+                        }
+                        RelayRequest::UpdatedHere { token, result } => {
+                            if let Some(reply) = answering.remove(&token) {
+                                let body = json::encode_change(&result);
+                                if let Err(e) = client.publish(reply, body.into()).await {
+                                    tracing::debug!("answering a subscription change failed: {e}");
+                                }
+                            }
                         }
                         RelayRequest::PresenceHere { token, presence } => {
                             if let Some(reply) = answering.remove(&token) {
@@ -187,6 +219,35 @@ pub(crate) async fn run(
                 }
             }
             Some(Incoming { route, message }) = in_rx.recv() => {
+                let header = |name: &str| {
+                    message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
+                };
+                if header(codec::KIND).as_deref() == Some(codec::SUBSCRIPTIONS) {
+                    // A change of the subscriptions of a client id held here.
+                    let (Route::Client(client_id), Some(reply)) = (&route, message.reply.clone())
+                    else {
+                        continue;
+                    };
+                    if header(codec::NODE).as_deref() == Some(setup.nonce.as_str()) {
+                        continue;
+                    }
+                    let Some(update) = json::decode_update(&message.payload, setup.limits.names)
+                    else {
+                        continue;
+                    };
+                    let token = next_token;
+                    next_token += 1;
+                    answering.insert(token, reply);
+                    let asked = RelayReply::UpdateAsked {
+                        token,
+                        client_id: client_id.clone(),
+                        update,
+                    };
+                    if replies.send(asked).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let Some(relayed) = codec::decode_relayed(
                     &route,
                     &setup.nonce,
@@ -241,19 +302,21 @@ async fn forward(
     }
 }
 
-/// A relayed send whose sender waits: `Ok` once a node says it delivered it.
+/// A request to the nodes holding a route: the first answer (a node that delivered a message,
+/// or the outcome of a subscription change); `no_recipient` when no node holds the route or
+/// none answered within [`SENT_WAIT`].
 async fn ask(
     client: &async_nats::Client,
     subject: String,
     headers: async_nats::HeaderMap,
     body: bytes::Bytes,
-) -> Result<(), ProtocolError> {
+) -> Result<bytes::Bytes, ProtocolError> {
     let request = async_nats::Request::new()
         .headers(headers)
         .payload(body)
         .timeout(Some(SENT_WAIT));
     match client.send_request(subject, request).await {
-        Ok(_) => Ok(()),
+        Ok(answer) => Ok(answer.payload),
         Err(e) => match e.kind() {
             async_nats::RequestErrorKind::NoResponders | async_nats::RequestErrorKind::TimedOut => {
                 Err(tidings_core::relay::no_recipient())
@@ -317,4 +380,12 @@ async fn gather(
         }
     }
     merged
+}
+
+/// An answer from another node that does not decode.
+fn garbled() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Unavailable,
+        "the node holding that client id answered with something that does not decode; try again",
+    )
 }
