@@ -837,3 +837,83 @@ fn post_subscriptions_on_any_node_changes_a_client_held_on_another() {
         resp.body
     );
 }
+
+const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+/// A token bound to client id `sub`.
+fn token(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = json!({
+        "sub": sub,
+        "exp": exp,
+        "tidings": {"subscribe": [">"], "publish": [">"], "direct": true},
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Sends direct messages to `to` from `from` until one is answered `ok` (the route reached NATS).
+fn send_until_delivered(from: &mut common::Ws, to: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for id in 100.. {
+        let answer = from.ask(json!({"op":"send","id":id,"to":to,"data":"ping"}));
+        if answer["type"] == "ok" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{to} never reachable: {answer}");
+    }
+}
+
+#[test]
+fn a_users_client_id_is_hers_on_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let args = [
+        "--set",
+        "auth.anonymous={ subscribe = [\">\"], publish = [\">\"], direct = true, any_client_id = true }",
+        "--set",
+        &format!("auth.jwt.secret=\"{SECRET}\""),
+    ];
+    let a = node("tokio", &nats, "a", &args);
+    let b = node("async-std", &nats, "b", &args);
+    // An anonymous client on b takes "alice" while she is away: allowed, the id is free.
+    let mut mallory = b.ws();
+    let ok = mallory.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let mut other = a.ws();
+    send_until_delivered(&mut other, "alice");
+    assert_eq!(mallory.recv()["data"], "ping");
+
+    // Alice connects to a with her token: her id is claimed back on b too.
+    let bearer = format!("Bearer {}", token("alice"));
+    let mut alice = common::Ws::open(a.connect(), a.addr, &[("Authorization", bearer.as_str())]);
+    let (frames, _) = mallory.until_close();
+    assert!(
+        frames.iter().any(|f| f["code"] == "client_id_taken"),
+        "mallory is told: {frames:?}"
+    );
+    // From b, messages to alice reach her on a, and only her.
+    let mut sender = b.ws();
+    send_until_delivered(&mut sender, "alice");
+    assert_eq!(alice.recv()["data"], "ping");
+
+    // Another anonymous client on b claims "alice" while she holds it on a: it loses it.
+    let mut carol = b.ws();
+    let ok = carol.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "b did not know yet: {ok}");
+    let (frames, _) = carol.until_close();
+    assert!(
+        frames.iter().any(|f| f["code"] == "client_id_taken"),
+        "carol is told: {frames:?}"
+    );
+    let ok = sender.ask(json!({"op":"send","id":1,"to":"alice","data":"only hers"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(alice.recv()["data"], "only hers");
+}

@@ -616,6 +616,7 @@ impl Broker {
                 }
                 self.clients.insert(client_id.clone(), slot);
                 self.route_changed(crate::relay::Route::Client(client_id.clone()));
+                self.claimed(slot, &client_id);
                 self.ok(slot, req, None, None);
                 self.identified(slot, &client_id);
             }

@@ -18,6 +18,10 @@
 //!   not hold the id goes to the node holding it: [`RelayRequest::UpdateSubscriptions`], carried
 //!   out there on [`RelayReply::UpdateAsked`] and answered with [`RelayRequest::UpdatedHere`],
 //!   whose result comes back as [`RelayReply::Updated`].
+//! - Client ids are settled across nodes as on one node, for the one conflict that matters: a
+//!   claim ([`RelayRequest::Claimed`]) by a connection bound to the id (its principal) closes a
+//!   connection of another node that holds it through a wildcard grant; a wildcard claim of an id
+//!   a principal holds on another node is answered [`RelayReply::ClaimRefused`] and closed.
 //! - Presence ([`crate::presence`]) is gathered from every node: [`RelayRequest::GatherPresence`]
 //!   asks the others, [`RelayReply::PresenceAsked`] is another node asking this one (answered
 //!   with [`RelayRequest::PresenceHere`]), [`RelayReply::PresenceGathered`] brings what the others
@@ -141,6 +145,22 @@ pub enum RelayRequest {
         /// The presence here.
         presence: Presence,
     },
+    /// A connection here claimed `client_id`: tell the nodes holding it. When it is not the
+    /// id's principal, a node whose holder is answers, and [`RelayReply::ClaimRefused`] follows.
+    Claimed {
+        /// The client id.
+        client_id: Name,
+        /// Whether the claimer is the id's principal (a token bound to exactly it).
+        principal: bool,
+    },
+    /// The answer to a [`RelayReply::ClaimedElsewhere`] that asked for one: whether this node's
+    /// holder of the id is its principal.
+    ClaimAnswer {
+        /// The relay's token for the question.
+        token: u64,
+        /// Whether the id is held here by its principal.
+        owned: bool,
+    },
     /// Change the subscriptions of a client id this node does not hold, on the node that
     /// holds it; answer with [`RelayReply::Updated`].
     UpdateSubscriptions {
@@ -194,6 +214,22 @@ pub enum RelayReply {
         id: RelayId,
         /// Their presence.
         presence: Presence,
+    },
+    /// A connection of another node claimed a client id this node holds (with a token when that
+    /// node waits for a [`RelayRequest::ClaimAnswer`]).
+    ClaimedElsewhere {
+        /// Set when the claiming node waits for the answer.
+        token: Option<u64>,
+        /// The client id.
+        client_id: Name,
+        /// Whether the claimer is the id's principal.
+        principal: bool,
+    },
+    /// A connection here claimed a client id through a wildcard grant that its principal holds
+    /// on another node: it loses the id.
+    ClaimRefused {
+        /// The client id.
+        client_id: Name,
     },
     /// Another node asks to change the subscriptions of a client id this node holds: answer
     /// with [`RelayRequest::UpdatedHere`].
@@ -322,6 +358,17 @@ impl Broker {
         }
     }
 
+    /// A connection here claimed `client_id`: the other nodes settle conflicts with theirs.
+    pub(crate) fn claimed(&mut self, slot: crate::subs::Slot, client_id: &Name) {
+        if self.relays() {
+            let principal = self.conn_ref(slot).grants.is_bound_to(client_id);
+            self.out.push_back(Output::Relay(RelayRequest::Claimed {
+                client_id: client_id.clone(),
+                principal,
+            }));
+        }
+    }
+
     /// Asks the node holding `client_id` to change its subscriptions; `here` is this node's
     /// answer for when no node holds it. The answer comes as [`crate::AppEvent::Relayed`].
     pub(crate) fn relay_update(
@@ -396,6 +443,40 @@ impl Broker {
                         token,
                         presence,
                     }));
+            }
+            RelayReply::ClaimedElsewhere {
+                token,
+                client_id,
+                principal,
+            } => {
+                let holder = self.clients.get(&client_id).copied();
+                let owned = holder.is_some_and(|h| self.conn_ref(h).grants.is_bound_to(&client_id));
+                if let (Some(holder), true, false) = (holder, principal, owned) {
+                    let reason = ProtocolError::new(
+                        ErrorCode::ClientIdTaken,
+                        format!(
+                            "client id {:?} was claimed back by its owner (a token bound to exactly this id) on another node",
+                            client_id.as_str()
+                        ),
+                    );
+                    self.close(holder, reason);
+                }
+                if let Some(token) = token {
+                    self.out
+                        .push_back(Output::Relay(RelayRequest::ClaimAnswer { token, owned }));
+                }
+            }
+            RelayReply::ClaimRefused { client_id } => {
+                let holder = self.clients.get(&client_id).copied();
+                if let Some(holder) = holder
+                    && !self.conn_ref(holder).grants.is_bound_to(&client_id)
+                {
+                    let reason = crate::session::owned_error(
+                        &client_id,
+                        "is held by a connection of its owner on another node",
+                    );
+                    self.close(holder, reason);
+                }
             }
             RelayReply::UpdateAsked {
                 token,

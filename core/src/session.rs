@@ -749,7 +749,7 @@ fn same_principal(a: &Grants, b: &Grants, client_id: &Name) -> bool {
 }
 
 /// `client_id_taken` for an id that belongs to a principal.
-fn owned_error(client_id: &Name, why: &str) -> ProtocolError {
+pub(crate) fn owned_error(client_id: &Name, why: &str) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::ClientIdTaken,
         format!(

@@ -48,6 +48,10 @@ struct Cluster {
     gathering: HashMap<u64, (usize, tidings_core::relay::RelayId, usize, Presence)>,
     /// The application events of each node.
     events: Vec<Vec<tidings_core::AppEvent>>,
+    /// Claims waiting for an answer: token -> claiming node and id.
+    claims: HashMap<u64, (usize, Name)>,
+    /// Connections each node asked to close, with the error code.
+    closed: HashMap<ConnId, Option<ErrorCode>>,
 }
 
 impl Cluster {
@@ -64,6 +68,8 @@ impl Cluster {
             next_token: 1,
             gathering: HashMap::new(),
             events: vec![Vec::new(); 2],
+            claims: HashMap::new(),
+            closed: HashMap::new(),
         }
     }
 
@@ -89,6 +95,9 @@ impl Cluster {
                 }
                 Output::Relay(req) => self.relay(n, req),
                 Output::App(e) => self.events[n].push(*e),
+                Output::Close { conn, reason } => {
+                    self.closed.insert(conn, reason.map(|r| r.code));
+                }
                 _ => {}
             }
         }
@@ -144,6 +153,36 @@ impl Cluster {
                     };
                     self.queue
                         .push_back((node, Input::Relay(RelayReply::Sent { id, result })));
+                }
+            }
+            RelayRequest::Claimed {
+                client_id,
+                principal,
+            } => {
+                let route = Route::Client(client_id.clone());
+                for m in (0..self.nodes.len()).filter(|&m| m != from) {
+                    if !self.interest[m].contains(&route) {
+                        continue;
+                    }
+                    let token = (!principal).then(|| {
+                        let token = self.next_token;
+                        self.next_token += 1;
+                        self.claims.insert(token, (from, client_id.clone()));
+                        token
+                    });
+                    let claimed = RelayReply::ClaimedElsewhere {
+                        token,
+                        client_id: client_id.clone(),
+                        principal,
+                    };
+                    self.queue.push_back((m, Input::Relay(claimed)));
+                }
+            }
+            RelayRequest::ClaimAnswer { token, owned } => {
+                let (node, client_id) = self.claims.remove(&token).expect("asked");
+                if owned {
+                    let refused = RelayReply::ClaimRefused { client_id };
+                    self.queue.push_back((node, Input::Relay(refused)));
                 }
             }
             RelayRequest::GatherPresence { id, topic } => {
@@ -466,4 +505,56 @@ fn a_replaced_log_gives_every_subscriber_an_epoch_gap_then_the_new_logs_events()
     let got = c.take(r);
     assert_eq!(got[1]["reason"], "epoch", "{got:?}");
     assert_eq!(got[2]["cursor"], "beef-1", "{got:?}");
+}
+
+fn bound_to(id: &str) -> Grants {
+    Grants {
+        principal: Some(name(id)),
+        ..Grants::all()
+    }
+}
+
+#[test]
+fn a_principal_claim_closes_a_wildcard_holder_of_its_id_on_another_node_and_back() {
+    let mut c = Cluster::new();
+    // A wildcard holder of "alice" on node 1.
+    let mallory = c.open(1, 1);
+    c.identify(1, mallory, "alice");
+    // Alice, bound to her id, claims it on node 0: mallory is closed on node 1.
+    let alice = ConnId(2);
+    c.input(
+        0,
+        Input::Open {
+            conn: alice,
+            codec: Box::new(NativeCodec),
+            grants: Arc::new(bound_to("alice")),
+        },
+    );
+    c.take(alice);
+    c.identify(0, alice, "alice");
+    assert_eq!(
+        c.closed.get(&mallory),
+        Some(&Some(ErrorCode::ClientIdTaken))
+    );
+    // A wildcard claim on node 1 while she holds it on node 0: refused after the fact.
+    let carol = c.open(1, 3);
+    c.send(
+        1,
+        carol,
+        json!({"op": "identify", "id": 1, "client_id": "alice"}),
+    );
+    let got = c.take(carol);
+    assert_eq!(
+        got[0],
+        json!({"type": "ok", "id": 1}),
+        "node 1 did not know yet"
+    );
+    assert_eq!(got[1]["code"], "client_id_taken", "{got:?}");
+    assert_eq!(c.closed.get(&carol), Some(&Some(ErrorCode::ClientIdTaken)));
+    assert!(!c.closed.contains_key(&alice), "alice keeps her id");
+    // Two wildcard holders on two nodes: nobody to protect, both stay.
+    let (x, y) = (c.open(0, 4), c.open(1, 5));
+    c.identify(0, x, "anon");
+    c.identify(1, y, "anon");
+    assert!(!c.closed.contains_key(&x) && !c.closed.contains_key(&y));
 }

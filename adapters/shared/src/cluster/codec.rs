@@ -3,7 +3,8 @@
 //! headers carry the event name, the publisher's client id and whether the data is JSON, and the
 //! body is the payload as it was published. A relayed message (not retained) goes on a core NATS
 //! subject naming its route, `<stream>.relay.<c|n|r>.<hex of the client id, name or room>`
-//! (hex, since ids may hold characters NATS subjects may not), with the same headers. Pure
+//! (hex, since ids may hold characters NATS subjects may not), with the same headers; on a
+//! client id's subject, `Tid-Kind` tells a subscription change or a claim from a message. Pure
 //! functions, tested here.
 
 use async_nats::HeaderMap;
@@ -28,6 +29,11 @@ pub(crate) const TOPIC: &str = "Tid-Topic";
 pub(crate) const KIND: &str = "Tid-Kind";
 /// [`KIND`] of a subscription change.
 pub(crate) const SUBSCRIPTIONS: &str = "subscriptions";
+/// [`KIND`] of a claim of the id by a connection of another node (header [`PRINCIPAL`]: `1`
+/// when it is the id's principal).
+pub(crate) const CLAIM: &str = "claim";
+/// Whether a claim is the principal's.
+pub(crate) const PRINCIPAL: &str = "Tid-Principal";
 
 /// The subject of the relayed messages for `route`.
 pub(crate) fn route_subject(stream: &str, route: &Route) -> Option<String> {

@@ -158,6 +158,39 @@ pub(crate) async fn run(
                                 let _ = replies.send(RelayReply::Updated { id, result });
                             });
                         }
+                        RelayRequest::Claimed { client_id, principal } => {
+                            let route = Route::Client(client_id.clone());
+                            let Some(subject) = codec::route_subject(&stream, &route) else {
+                                continue;
+                            };
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers.insert(codec::NODE, setup.nonce.as_str());
+                            headers.insert(codec::KIND, codec::CLAIM);
+                            headers.insert(codec::PRINCIPAL, if principal { "1" } else { "0" });
+                            if principal {
+                                // Nodes holding it through a wildcard grant close their holder.
+                                let _ = client
+                                    .publish_with_headers(subject, headers, bytes::Bytes::new())
+                                    .await;
+                                continue;
+                            }
+                            // A node whose holder is the principal answers: this claim loses.
+                            let (client, replies) = (client.clone(), replies.clone());
+                            tokio::spawn(async move {
+                                if ask(&client, subject, headers, bytes::Bytes::new()).await.is_ok() {
+                                    let _ = replies.send(RelayReply::ClaimRefused { client_id });
+                                }
+                            });
+                        }
+                        RelayRequest::ClaimAnswer { token, owned } => {
+                            // Only an owner answers: the claimer takes the first answer.
+                            if let Some(reply) = answering.remove(&token)
+                                && owned
+                                && let Err(e) = client.publish(reply, "owned".into()).await
+                            {
+                                tracing::debug!("answering a claim failed: {e}");
+                            }
+                        }
                         RelayRequest::UpdatedHere { token, result } => {
                             if let Some(reply) = answering.remove(&token) {
                                 let body = json::encode_change(&result);
@@ -222,6 +255,28 @@ pub(crate) async fn run(
                 let header = |name: &str| {
                     message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
                 };
+                if header(codec::KIND).as_deref() == Some(codec::CLAIM) {
+                    let Route::Client(client_id) = &route else { continue };
+                    if header(codec::NODE).as_deref() == Some(setup.nonce.as_str()) {
+                        continue;
+                    }
+                    let principal = header(codec::PRINCIPAL).as_deref() == Some("1");
+                    let token = message.reply.clone().map(|reply| {
+                        let token = next_token;
+                        next_token += 1;
+                        answering.insert(token, reply);
+                        token
+                    });
+                    let claimed = RelayReply::ClaimedElsewhere {
+                        token,
+                        client_id: client_id.clone(),
+                        principal,
+                    };
+                    if replies.send(claimed).is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 if header(codec::KIND).as_deref() == Some(codec::SUBSCRIPTIONS) {
                     // A change of the subscriptions of a client id held here.
                     let (Route::Client(client_id), Some(reply)) = (&route, message.reply.clone())
