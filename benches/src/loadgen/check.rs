@@ -18,8 +18,14 @@ thread_local! {
     static LOCAL: OnceCell<Arc<Mutex<Histogram<u64>>>> = const { OnceCell::new() };
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// An empty latency histogram (1 ns to 10 minutes, 3 significant digits).
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_NS, 3).expect("valid histogram bounds")
+}
+
+/// Records `ns` in `h` (clamped to what it holds).
+pub(crate) fn record_in(h: &mut Histogram<u64>, ns: u64) {
+    h.saturating_record(ns.clamp(1, MAX_NS));
 }
 
 /// Records one publish-to-delivery latency.

@@ -150,6 +150,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let deadline = start + Duration::from_secs(args.timeout);
     let n = args.subscribers;
     let addr = server.addr;
+    let addrs = server.addrs.clone();
     let (stop_tx, stop) = watch::channel(false);
     let connecting = Arc::new(Semaphore::new(CONNECT_PARALLEL));
     let ready = Arc::new(AtomicUsize::new(0));
@@ -174,6 +175,8 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
             Arc::clone(&first_error),
         );
         let (target, topic, check) = (args.target, topic_of(i), Arc::clone(check));
+        // Several nodes (`--url` repeated): subscribers are spread over them in turn.
+        let addr = addrs[i % addrs.len()];
         subscribers.spawn(async move {
             let permit = connecting.acquire().await;
             let conn = open_with_retry(target, addr, Some(&topic)).await;
@@ -220,6 +223,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     let subscribed = ready.load(Ordering::Relaxed);
     eprintln!("  {subscribed}/{n} subscribed in {connect_s:.1} s");
     let server_before = server.stats();
+    let nats_before = server.nats_stats();
     let client_before = proc_stats("self");
     server.start_sampling();
 
@@ -275,6 +279,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
         }
     }
     let server_after = server.stats();
+    let nats_after = server.nats_stats();
     let client_after = proc_stats("self");
     let wire = wire_bytes() - wire_before;
     let peak_rss = server.peak_rss();
@@ -327,6 +332,7 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
         _ => None,
     };
     let server_cpu = cpu(server_before, server_after);
+    let nats_cpu = cpu(nats_before, nats_after);
     let client_cpu = cpu(client_before, client_after);
     #[allow(clippy::cast_precision_loss)]
     let per_delivery = |cpu: Option<f64>| {
@@ -355,6 +361,19 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
     r.put_f("p999_us", us(0.999));
     #[allow(clippy::cast_precision_loss)]
     r.put_f("max_us", h.max() as f64 / 1e3);
+    // Publish-to-answer (the publisher's `ok`, or the HTTP answer), tidings only.
+    #[allow(clippy::cast_precision_loss)]
+    let answer_us = |q: f64| {
+        pub_stats
+            .answers
+            .as_ref()
+            .filter(|h| !h.is_empty())
+            .map(|h| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0)
+    };
+    r.put_opt("answer_p50_us", answer_us(0.5));
+    r.put_opt("answer_p99_us", answer_us(0.99));
+    r.put_opt("answer_p999_us", answer_us(0.999));
+    r.put_opt("answer_max_us", answer_us(1.0));
     r.put("lost", lost);
     r.put("reordered", reordered);
     r.put("gaps", gaps);
@@ -382,6 +401,12 @@ async fn run(args: &FanoutArgs, server: &mut Server) -> (Report, bool) {
         per_delivery(server_cpu)
             .zip(cpu_hz())
             .map(|(ns, hz)| (ns * hz / 1e9).round()),
+    );
+    r.put("nodes", server.addrs.len() as u64);
+    r.put_opt("nats_cpu_s", nats_cpu.map(|c| (c * 100.0).round() / 100.0));
+    r.put_opt(
+        "nats_cpu_ns_per_delivery",
+        per_delivery(nats_cpu).map(f64::round),
     );
     r.put_opt(
         "client_cpu_s",

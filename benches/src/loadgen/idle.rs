@@ -95,9 +95,10 @@ async fn open(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let topic =
         (!args.no_subscribe || args.target == Target::TidingsSse).then(|| args.topic.clone());
-    for _ in 0..count {
+    for i in 0..count {
         let (connecting, done, tx) = (Arc::clone(&connecting), Arc::clone(&done), tx.clone());
-        let (target, addr, topic) = (args.target, server.addr, topic.clone());
+        let addr = server.addrs[i % server.addrs.len()];
+        let (target, topic) = (args.target, topic.clone());
         tasks.spawn(async move {
             let permit = connecting.acquire().await;
             let conn = open_with_retry(target, addr, topic.as_deref()).await;

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_tungstenite::tokio::{TokioAdapter, client_async_with_config};
@@ -12,9 +13,11 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
 use futures_util::StreamExt as _;
+use hdrhistogram::Histogram;
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Semaphore, watch};
 
+use super::check::{new_histogram, record_in};
 use super::ws::has;
 use super::wsraw::Flow;
 use super::{Target, nats, payload, sio};
@@ -53,6 +56,22 @@ pub(crate) struct PublishStats {
     /// `error` answers received (the first is kept).
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Publish-to-answer latencies, ns from the send time (the scheduled one when paced) to the
+    /// `ok` with the publish's id (tidings only).
+    pub answers: Option<Histogram<u64>>,
+}
+
+/// The request id of an `ok` answer (`{"type":"ok","id":N,...}`).
+pub(crate) fn ok_id(frame: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(frame, b"\"id\":")? + 5;
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn since(start: Instant) -> u64 {
@@ -183,8 +202,11 @@ async fn read_answers(
     tx: Arc<Mutex<WebSocketSender<TokioAdapter<TcpStream>>>>,
     credit: Arc<Semaphore>,
     total: u64,
+    sent_at: Arc<Vec<AtomicU64>>,
+    start: Instant,
 ) -> Result<PublishStats, (PublishStats, String)> {
     let mut stats = PublishStats::default();
+    let mut answers = (proto == Proto::Tidings).then(new_histogram);
     let mut stream = nats::Stream::default();
     while stats.acked + stats.errors < total {
         let msg = match rx.next().await {
@@ -200,6 +222,11 @@ async fn read_answers(
             Proto::Tidings => {
                 if has(frame, b"\"type\":\"ok\"") {
                     acks += 1;
+                    let sent = ok_id(frame)
+                        .and_then(|id| sent_at.get(usize::try_from(id).ok()?.checked_sub(1)?));
+                    if let (Some(h), Some(sent)) = (answers.as_mut(), sent) {
+                        record_in(h, since(start).saturating_sub(sent.load(Ordering::Relaxed)));
+                    }
                 } else if has(frame, b"\"type\":\"error\"") {
                     errors.push(String::from_utf8_lossy(frame).into_owned());
                 } else if has(frame, b"\"type\":\"ping\"") {
@@ -244,6 +271,7 @@ async fn read_answers(
             }
         }
     }
+    stats.answers = answers;
     Ok(stats)
 }
 
@@ -264,12 +292,20 @@ pub(crate) async fn publish(
     let window = Arc::new(Semaphore::new(plan.window.max(1)));
     let topics = plan.topics.len().max(1) as u64;
     let total = plan.messages * topics;
+    // Send times by request id - 1, for the answers' latency (tidings only).
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new(if proto == Proto::Tidings {
+        (0..total).map(|_| AtomicU64::new(0)).collect()
+    } else {
+        Vec::new()
+    });
     let reader = tokio::spawn(read_answers(
         proto,
         rx,
         Arc::clone(&tx),
         Arc::clone(&window),
         total,
+        Arc::clone(&sent_at),
+        plan.start,
     ));
 
     let mut data = Vec::with_capacity(plan.size + 64);
@@ -307,6 +343,9 @@ pub(crate) async fn publish(
         };
         let k = usize::try_from(i % topics).unwrap_or(0);
         let topic = &plan.topics[k];
+        if let Some(at) = usize::try_from(i).ok().and_then(|i| sent_at.get(i)) {
+            at.store(t, Ordering::Relaxed);
+        }
         payload::build(&mut data, i / topics, t, plan.size);
         let msg = match proto {
             Proto::Tidings => {
@@ -355,5 +394,21 @@ pub(crate) async fn publish(
     match send_error {
         Some(e) => Err(e),
         None => Ok(stats),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ok_id;
+
+    #[test]
+    fn finds_the_id_of_an_ok() {
+        assert_eq!(
+            ok_id(br#"{"type":"ok","id":1234,"cursor":"18f-7"}"#),
+            Some(1234)
+        );
+        assert_eq!(ok_id(br#"{"type":"ok","id":7}"#), Some(7));
+        assert_eq!(ok_id(br#"{"type":"ok"}"#), None);
+        assert_eq!(ok_id(br#"{"type":"ok","id":"x"}"#), None);
     }
 }

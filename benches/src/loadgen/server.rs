@@ -25,12 +25,18 @@ pub(crate) struct ServerArgs {
     #[arg(long, value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
     /// Use a running server at this address (`http://127.0.0.1:9313` or `127.0.0.1:9313`)
-    /// instead of starting one
+    /// instead of starting one. Repeatable, for the nodes of a cluster: subscribers (and idle
+    /// connections) are spread over them in turn, the publisher uses the first
     #[arg(long, value_name = "URL", conflicts_with = "server_bin")]
-    pub url: Option<String>,
-    /// With `--url`: the server's process id, for its RSS and CPU time (else not reported)
+    pub url: Vec<String>,
+    /// With `--url`: the server's process id, for its RSS and CPU time (else not reported).
+    /// Repeatable (the nodes of a cluster): RSS and CPU time are the sums over them
     #[arg(long, value_name = "PID", requires = "url")]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+    /// With `--url`: a process measured apart from the server, e.g. the nats-server(s) under a
+    /// cluster of nodes (repeatable): its CPU time is reported as `nats_cpu_s` (summed)
+    #[arg(long, value_name = "PID", requires = "url")]
+    pub nats_pid: Vec<u32>,
     /// An extra argument for `tidings serve` (repeatable), e.g. `--server-arg=--keepalive=off`
     #[arg(long = "server-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -94,10 +100,32 @@ pub(crate) fn proc_stats(pid: &str) -> Option<ProcStats> {
     })
 }
 
+/// The sum of the RSS and CPU time of `pids`; `None` if there are none or one is gone.
+fn sum_stats(pids: &[u32]) -> Option<ProcStats> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(ProcStats::default(), |sum, pid| {
+        let s = proc_stats(&pid.to_string())?;
+        Some(ProcStats {
+            rss_bytes: sum.rss_bytes + s.rss_bytes,
+            cpu_s: sum.cpu_s + s.cpu_s,
+        })
+    })
+}
+
 /// A server to measure.
 pub(crate) struct Server {
+    /// The first (or only) address: the publisher's.
     pub addr: SocketAddr,
+    /// Every address (`--url` given several times: the nodes of a cluster), `addr` first.
+    pub addrs: Vec<SocketAddr>,
+    /// The first (or only) process.
     pub pid: Option<u32>,
+    /// Every process whose RSS and CPU time are the server's (summed).
+    pub pids: Vec<u32>,
+    /// Processes measured apart (`--nats-pid`).
+    pub nats_pids: Vec<u32>,
     child: Option<Child>,
     sampler: Option<Sampler>,
     /// A file to remove when the server stops (the generated nats-server config).
@@ -156,19 +184,28 @@ impl Server {
         args: &ServerArgs,
         limits: &[String],
     ) -> Result<Self, String> {
-        if let Some(url) = &args.url {
-            let hostport = url
-                .trim_start_matches("http://")
-                .trim_start_matches("ws://")
-                .trim_end_matches('/');
-            let addr = hostport
-                .to_socket_addrs()
-                .map_err(|e| format!("--url {url}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("--url {url}: no address"))?;
+        if !args.url.is_empty() {
+            let addrs = args
+                .url
+                .iter()
+                .map(|url| {
+                    let hostport = url
+                        .trim_start_matches("http://")
+                        .trim_start_matches("ws://")
+                        .trim_end_matches('/');
+                    hostport
+                        .to_socket_addrs()
+                        .map_err(|e| format!("--url {url}: {e}"))?
+                        .next()
+                        .ok_or_else(|| format!("--url {url}: no address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             return Ok(Self {
-                addr,
-                pid: args.server_pid,
+                addr: addrs[0],
+                addrs,
+                pid: args.server_pid.first().copied(),
+                pids: args.server_pid.clone(),
+                nats_pids: args.nats_pid.clone(),
                 child: None,
                 sampler: None,
                 temp_file: None,
@@ -264,7 +301,10 @@ impl Server {
         });
         let mut server = Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addrs: Vec::new(),
             pid: Some(pid),
+            pids: vec![pid],
+            nats_pids: Vec::new(),
             child: Some(child),
             sampler: None,
             temp_file: None,
@@ -284,6 +324,7 @@ impl Server {
                 )
             })?;
         server.addr = addr;
+        server.addrs = vec![addr];
         Ok(server)
     }
 
@@ -322,7 +363,10 @@ impl Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], ws_port));
         let server = Self {
             addr,
+            addrs: vec![addr],
             pid: Some(child.id()),
+            pids: vec![child.id()],
+            nats_pids: Vec::new(),
             child: Some(child),
             sampler: None,
             temp_file: Some(config),
@@ -340,15 +384,20 @@ impl Server {
         ))
     }
 
-    /// The server's memory and CPU now, if its process is known.
+    /// The server's memory and CPU now (summed over its processes), if they are known.
     pub(crate) fn stats(&self) -> Option<ProcStats> {
-        proc_stats(&self.pid?.to_string())
+        sum_stats(&self.pids)
+    }
+
+    /// The CPU time of the `--nats-pid` processes now (summed), if any were given.
+    pub(crate) fn nats_stats(&self) -> Option<ProcStats> {
+        sum_stats(&self.nats_pids)
     }
 
     /// Starts sampling the server's RSS every 50 ms (for the peak).
     pub(crate) fn start_sampling(&mut self) {
-        if let Some(pid) = self.pid {
-            self.sampler = Some(Sampler::start(pid));
+        if !self.pids.is_empty() {
+            self.sampler = Some(Sampler::start(self.pids.clone()));
         }
     }
 
@@ -402,14 +451,13 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(pid: u32) -> Self {
+    fn start(pids: Vec<u32>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let (s, p) = (Arc::clone(&stop), Arc::clone(&peak));
-        let pid = pid.to_string();
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                if let Some(stats) = proc_stats(&pid) {
+                if let Some(stats) = sum_stats(&pids) {
                     p.fetch_max(stats.rss_bytes, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -422,5 +470,57 @@ impl Sampler {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         self.peak.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    /// `--url` and `--server-pid` given several times (the nodes of a cluster): every address
+    /// in order, the first one the publisher's; the CPU time is the sum over the processes.
+    #[test]
+    fn attaches_to_several_urls() {
+        let me = std::process::id();
+        let cli = Cli::try_parse_from([
+            "t",
+            "--url",
+            "http://127.0.0.1:9001/",
+            "--url=127.0.0.1:9002",
+            "--url",
+            "ws://127.0.0.1:9003",
+            "--server-pid",
+            &me.to_string(),
+            "--server-pid",
+            &me.to_string(),
+            "--nats-pid",
+            &me.to_string(),
+        ])
+        .unwrap();
+        let server = Server::start(Target::Tidings, &cli.server, &[]).unwrap();
+        let ports: Vec<u16> = server.addrs.iter().map(SocketAddr::port).collect();
+        assert_eq!(ports, [9001, 9002, 9003]);
+        assert_eq!(server.addr.port(), 9001);
+        assert_eq!(server.pids, [me, me]);
+        let (one, both) = (proc_stats("self").unwrap(), server.stats().unwrap());
+        assert!(
+            both.rss_bytes >= one.rss_bytes * 3 / 2,
+            "{both:?} vs {one:?}"
+        );
+        assert!(server.nats_stats().is_some());
+        // One --url is still one address; the pid options need --url.
+        let cli = Cli::try_parse_from(["t", "--url", "127.0.0.1:9001"]).unwrap();
+        let server = Server::start(Target::Tidings, &cli.server, &[]).unwrap();
+        assert_eq!(server.addrs.len(), 1);
+        assert!(server.stats().is_none());
+        assert!(Cli::try_parse_from(["t", "--server-pid", "1"]).is_err());
     }
 }

@@ -311,7 +311,14 @@ pub(crate) async fn publish_all_http(
         }
         stats.last_send_ns = t;
         match publish_http(addr, topic, &body).await {
-            Ok(()) => stats.acked += 1,
+            Ok(()) => {
+                stats.acked += 1;
+                let now = u64::try_from(plan.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let answers = stats
+                    .answers
+                    .get_or_insert_with(super::check::new_histogram);
+                super::check::record_in(answers, now.saturating_sub(t));
+            }
             Err(e) => {
                 stats.errors += 1;
                 stats.first_error.get_or_insert(e);
