@@ -14,7 +14,7 @@
 # target/conformance/<run>.json. Four runs of about 40 s, then a fifth against the second node of
 # a three-node cluster (tokio, async-std, tokio) over one nats-server with JetStream, started here
 # on a free port and stopped by its pid: every event that node delivers came back through the
-# stream. Without nats-server (scripts/setup-interop.sh installs it) that run is skipped with a
+# stream, and the cluster cases use the third node as --peer. Without nats-server (scripts/setup-interop.sh installs it) that run is skipped with a
 # message, or fails under TIDINGS_REQUIRE_INTEROP=1 as in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -115,16 +115,18 @@ for run in "${runs[@]}"; do
                 --data-dir "$out/cluster-$i.data"
             extra+=("$started")
             if [ "$i" = 1 ]; then node_base="$base"; fi
+            if [ "$i" = 2 ]; then peer_base="$base"; fi
         done
         base="$node_base"
         # Two cases assume that every event is stored before the subscriber reads: in a cluster
         # a burst reaches a node through its consumer while the subscriber reads (so a slow one
         # can fall behind twice), and a burst larger than the retention can be evicted before a
         # node's consumer read it (its subscribers then get a gap for it, docs/CLUSTER.md).
+        # The cluster cases talk to the third node as well (--peer).
         runner_args=(--skip native/flow/slow-consumer-catches-up-with-gap
-            --skip native/replay/no-gap-when-other-topics-evicted)
+            --skip native/replay/no-gap-when-other-topics-evicted --peer "$peer_base")
         label="cluster"
-        echo "== conformance: node 2 of 3 (async-std) over nats-server $nats ($base)"
+        echo "== conformance: node 2 of 3 (async-std), node 3 as its peer, over nats-server $nats ($base)"
         run_suite
         stop
         continue

@@ -99,6 +99,8 @@ pub enum Step {
 pub struct OpenWs {
     /// The connection's name in the case.
     pub conn: String,
+    /// The server: 1 (`--base`, the default) or 2 (`--peer`, another node of the same cluster).
+    pub node: u8,
     /// Request path with query (interpolated); default `/ws`.
     pub path: String,
     /// Request headers (interpolated).
@@ -121,6 +123,8 @@ pub struct OpenWs {
 pub struct OpenSse {
     /// The connection's name in the case.
     pub conn: String,
+    /// The server: 1 (`--base`, the default) or 2 (`--peer`, another node of the same cluster).
+    pub node: u8,
     /// Request path with query (interpolated); default `/sse`.
     pub path: String,
     /// Request headers (interpolated).
@@ -136,6 +140,8 @@ pub struct OpenSse {
 /// One plain HTTP exchange.
 #[derive(Debug, Clone)]
 pub struct Http {
+    /// The server: 1 (`--base`, the default) or 2 (`--peer`).
+    pub node: u8,
     /// Method.
     pub method: String,
     /// Path with query (interpolated).
@@ -303,6 +309,15 @@ fn parse_case(group: &str, file: &str, case: &Value) -> Result<Case, String> {
     })
 }
 
+/// The `node` of a step that opens or asks: 1 (the default) or 2.
+fn node(obj: &serde_json::Map<String, Value>) -> Result<u8, String> {
+    match number(obj, "node")? {
+        None | Some(1) => Ok(1),
+        Some(2) => Ok(2),
+        Some(n) => Err(format!("\"node\" is 1 (--base) or 2 (--peer), not {n}")),
+    }
+}
+
 fn parse_step(step: &Value) -> Result<Step, String> {
     let obj = step.as_object().ok_or("a step must be an object")?;
     let known = |allowed: &[&str]| -> Result<(), String> {
@@ -325,12 +340,14 @@ fn parse_step(step: &Value) -> Result<Step, String> {
             "body",
             "welcome",
             "raw_pings",
+            "node",
         ])?;
         let path = string(obj, "path")?.unwrap_or_else(|| "/ws".into());
         // ksbus and etp have no welcome frame.
         let compat = path.starts_with("/ws/bus") || path.starts_with("/etp");
         return Ok(Step::OpenWs(OpenWs {
             conn,
+            node: node(obj)?,
             path,
             headers: headers(obj, "headers")?,
             status: number(obj, "status")?.map(|n| n as u16),
@@ -349,9 +366,11 @@ fn parse_step(step: &Value) -> Result<Step, String> {
             "response_headers",
             "json",
             "body",
+            "node",
         ])?;
         return Ok(Step::OpenSse(OpenSse {
             conn,
+            node: node(obj)?,
             path: string(obj, "path")?
                 .ok_or("\"path\" is missing (e.g. \"/sse?topic=t.${ns}.a\")")?,
             headers: headers(obj, "headers")?,
@@ -361,10 +380,11 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }));
     }
     if let Some(request) = obj.get("http") {
-        known(&["http", "status", "response_headers", "json", "body"])?;
+        known(&["http", "status", "response_headers", "json", "body", "node"])?;
         let req = request.as_object().ok_or("\"http\" must be an object")?;
         let raw = string(req, "raw")?;
         return Ok(Step::Http(Http {
+            node: node(obj)?,
             method: string(req, "method")?.unwrap_or_else(|| "GET".into()),
             path: match (&raw, string(req, "path")?) {
                 (_, Some(path)) => path,

@@ -42,7 +42,7 @@ pub use profile::{FEATURES, PROFILE_JWT_SECRET, Profile};
 include!(concat!(env!("OUT_DIR"), "/case_files.rs"));
 
 /// The groups a suite may name, in report order.
-pub const GROUPS: &[&str] = &["native", "sse", "http", "ksbus", "etp"];
+pub const GROUPS: &[&str] = &["native", "sse", "http", "ksbus", "etp", "cluster"];
 
 /// The cases compiled into this crate.
 pub fn builtin_cases() -> Result<Vec<Case>, String> {
@@ -106,6 +106,9 @@ pub struct Options {
     /// For an `https://` base: a PEM file of the certificates to trust (a CA, or the server's
     /// self-signed certificate); `None` trusts the public roots of webpki-roots.
     pub ca: Option<PathBuf>,
+    /// Another node of the same cluster as `base` (`--peer`): the `cluster` cases open
+    /// connections on both; without it they are not applicable.
+    pub peer: Option<String>,
     /// The groups to run; empty runs all.
     pub suites: Vec<String>,
     /// Only cases whose id matches one of these globs (`*` any characters, `?` one); empty
@@ -129,6 +132,7 @@ impl Options {
         Self {
             base: base.into(),
             ca: None,
+            peer: None,
             suites: Vec::new(),
             case_globs: Vec::new(),
             skip_globs: Vec::new(),
@@ -419,7 +423,11 @@ pub fn select<'a>(cases: &'a [Case], options: &Options) -> Result<Vec<Selected<'
             missing: case
                 .requires
                 .iter()
-                .filter(|f| !options.profile.has(f) || options.without.contains(f))
+                .filter(|f| match f.as_str() {
+                    // What a cluster node has is another node to talk to: `--peer`.
+                    "cluster" => options.peer.is_none(),
+                    _ => !options.profile.has(f) || options.without.contains(f),
+                })
                 .cloned()
                 .collect(),
         })
@@ -444,6 +452,11 @@ pub fn run(
     mut each: impl FnMut(&CaseResult),
 ) -> Result<Report, String> {
     let target = Target::parse(&options.base, options.ca.as_deref())?;
+    let peer = options
+        .peer
+        .as_deref()
+        .map(|peer| Target::parse(peer, options.ca.as_deref()))
+        .transpose()?;
     let selected = select(cases, options)?;
     // A server that cannot be reached is not one that fails every case: the suite cannot run
     // (exit status 2, like a bad option), and says why once. Over TLS, the same for a
@@ -466,7 +479,8 @@ pub fn run(
     for (i, Selected { case, missing }) in selected.into_iter().enumerate() {
         let started = Instant::now();
         let outcome = if missing.is_empty() {
-            let mut failures = run::run_case(case, &target, options, &format!("n{nonce:x}x{i}"))
+            let ns = format!("n{nonce:x}x{i}");
+            let mut failures = run::run_case(case, &target, peer.as_ref(), options, &ns)
                 .into_iter()
                 .map(|(step, message)| StepFailure { step, message });
             match failures.next() {

@@ -3,7 +3,7 @@
 //! ```text
 //! tidings-conformance --base http://127.0.0.1:9313 [--profile FILE] [--suite native,sse,http]
 //!                     [--case GLOB]… [--skip GLOB]… [--format text|json|junit] [--label NAME]
-//!                     [--without FEATURE]… [--cases DIR]
+//!                     [--without FEATURE]… [--cases DIR] [--peer URL]
 //! tidings-conformance --base https://127.0.0.1:9313 --ca ca.pem …   # over TLS (wss://)
 //! tidings-conformance --list [--profile FILE] [--case GLOB]…   # what would run, kinds, features
 //! tidings-conformance --table tokio.json async-std.json      # Markdown, from --format json runs
@@ -66,6 +66,10 @@ struct Cli {
     /// needing it are not applicable. Repeatable.
     #[arg(long)]
     without: Vec<String>,
+    /// Another node of the same cluster as --base: the cluster cases (profile feature cluster)
+    /// open connections on both.
+    #[arg(long, value_name = "URL")]
+    peer: Option<String>,
     /// How long one expectation may wait, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
@@ -141,6 +145,7 @@ fn main_with(cli: Cli) -> Result<ExitCode, String> {
     let options = Options {
         base: base.clone(),
         ca: cli.ca.clone(),
+        peer: cli.peer.clone(),
         suites: cli.suite.clone(),
         case_globs: cli.case_globs.clone(),
         skip_globs: cli.skip_globs.clone(),

@@ -67,6 +67,10 @@ pub const FEATURES: &[(&str, &str)] = &[
         "the CORS and WebSocket Origin allow-list https://allowed.example",
     ),
     (
+        "cluster",
+        "a node of a cluster with another node of it at --peer URL (given on the command line, not in a profile): resume, delivery and presence across nodes",
+    ),
+    (
         "presence",
         "who is subscribed to a topic: the native presence op and GET /presence?topic=T",
     ),

@@ -24,9 +24,16 @@ use crate::{Options, Target};
 /// one using a value the failed step was to bind, is not checked; when such a step would act
 /// (send, open, close), or when the failing step itself acted, the case stops there, since
 /// everything after may depend on it.
-pub fn run_case(case: &Case, target: &Target, options: &Options, ns: &str) -> Vec<(usize, String)> {
+pub fn run_case(
+    case: &Case,
+    target: &Target,
+    peer: Option<&Target>,
+    options: &Options,
+    ns: &str,
+) -> Vec<(usize, String)> {
     let mut run = Run {
         target,
+        peer,
         profile: &options.profile,
         timeout: options.timeout,
         trace: options.trace,
@@ -169,6 +176,8 @@ fn kind(what: &Expectation) -> &'static str {
 
 struct Run<'a> {
     target: &'a Target,
+    /// Another node of the same cluster (`--peer`): node 2 of the steps.
+    peer: Option<&'a Target>,
     profile: &'a crate::Profile,
     timeout: Duration,
     trace: bool,
@@ -204,17 +213,29 @@ enum Skip {
     Fields,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
     fn deadline(&self) -> Instant {
         Instant::now() + self.timeout
     }
 
-    fn path(&self, path: &str) -> Result<String, String> {
+    fn path_on(&self, target: &Target, path: &str) -> Result<String, String> {
         Ok(format!(
             "{}{}",
-            self.target.prefix,
+            target.prefix,
             self.profile.map_path(&self.vars.interpolate(path)?)
         ))
+    }
+
+    /// The server of a step: node 1 is `--base`, node 2 `--peer`.
+    fn node(&self, node: u8) -> Result<&'a Target, String> {
+        match (node, self.peer) {
+            (1, _) => Ok(self.target),
+            (2, Some(peer)) => Ok(peer),
+            (2, None) => Err("node 2 needs --peer (another node of the same cluster)".into()),
+            (n, _) => Err(format!(
+                "node {n}: only nodes 1 (--base) and 2 (--peer) exist"
+            )),
+        }
     }
 
     fn headers(&self, headers: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
@@ -295,13 +316,11 @@ impl Run<'_> {
     }
 
     fn open_ws(&mut self, open: &OpenWs) -> Result<(), String> {
-        let path = self.path(&open.path)?;
+        let target = self.node(open.node)?;
+        let path = self.path_on(target, &open.path)?;
         let headers = self.headers(&open.headers)?;
         let deadline = self.deadline();
-        match (
-            Ws::open(self.target, &path, &headers, deadline)?,
-            open.status,
-        ) {
+        match (Ws::open(target, &path, &headers, deadline)?, open.status) {
             (Upgrade::Open(ws), None) => {
                 self.ws.insert(
                     open.conn.clone(),
@@ -338,7 +357,8 @@ impl Run<'_> {
     }
 
     fn open_sse(&mut self, open: &OpenSse) -> Result<(), String> {
-        let path = self.path(&open.path)?;
+        let target = self.node(open.node)?;
+        let path = self.path_on(target, &open.path)?;
         let mut headers = self.headers(&open.headers)?;
         if !headers
             .iter()
@@ -347,8 +367,8 @@ impl Run<'_> {
             headers.push(("Accept".into(), "text/event-stream".into()));
         }
         let deadline = self.deadline();
-        let req = request("GET", &self.target.authority, &path, &headers, None);
-        let mut http = HttpStream::send(self.target, &req, deadline)?;
+        let req = request("GET", &target.authority, &path, &headers, None);
+        let mut http = HttpStream::send(target, &req, deadline)?;
         let head = http.head(deadline)?;
         check_head(&head, open.status, &open.response_headers, &mut self.vars)?;
         if head.status != 200 {
@@ -371,6 +391,7 @@ impl Run<'_> {
     }
 
     fn http(&mut self, http: &Http) -> Result<(), String> {
+        let target = self.node(http.node)?;
         let deadline = self.deadline();
         let req = match &http.raw {
             Some(raw) => self.vars.interpolate(raw)?.into_bytes(),
@@ -382,14 +403,14 @@ impl Run<'_> {
                     .transpose()?;
                 request(
                     &http.method,
-                    &self.target.authority,
-                    &self.path(&http.path)?,
+                    &target.authority,
+                    &self.path_on(target, &http.path)?,
                     &self.headers(&http.headers)?,
                     body.as_deref(),
                 )
             }
         };
-        let mut stream = HttpStream::send(self.target, &req, deadline)?;
+        let mut stream = HttpStream::send(target, &req, deadline)?;
         let head = stream.head(deadline)?;
         let body = stream.body(deadline)?;
         check_head(&head, http.status, &http.response_headers, &mut self.vars)

@@ -268,8 +268,12 @@ fn a_ksbus_only_profile_runs_only_ksbus_spec_cases() {
             && c.1 == "n/a (needs tidings-extension)"),
         "{na:?}"
     );
-    // Without --profile: tidings' full profile, every case runs.
-    assert!(listing(&[]).iter().all(|c| c.1 == "run"));
+    // Without --profile: tidings' full profile, every case runs (the cluster ones with a peer).
+    assert!(
+        listing(&["--peer", "http://127.0.0.1:9"])
+            .iter()
+            .all(|c| c.1 == "run")
+    );
 }
 
 #[test]
@@ -538,4 +542,27 @@ fn later_steps_that_do_not_depend_on_a_failed_one_are_still_checked() {
         "{stdout}"
     );
     assert!(!stdout.contains("step 3"), "{stdout}");
+}
+
+#[test]
+fn cluster_cases_run_only_with_a_peer() {
+    let (code, without, stderr) = conformance(&["--list", "--case", "cluster/*"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = without.lines().collect();
+    assert!(!lines.is_empty(), "the cluster group has cases");
+    for line in &lines {
+        assert!(line.contains("n/a (needs cluster)"), "{line}");
+    }
+    let (code, with, stderr) = conformance(&[
+        "--list",
+        "--case",
+        "cluster/*",
+        "--peer",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(with.lines().count(), lines.len());
+    for line in with.lines() {
+        assert!(line.contains("\trun\t"), "{line}");
+    }
 }
