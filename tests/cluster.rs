@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{ChunkedDecoder, Nats, Server};
+use common::{ChunkedDecoder, JWT_SECRET, Nats, Server, token_for};
 use serde_json::{Value, json};
 use tidings_core::sse::{DecodedEvent, Decoder};
 
@@ -838,28 +838,6 @@ fn post_subscriptions_on_any_node_changes_a_client_held_on_another() {
     );
 }
 
-const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-
-/// A token bound to client id `sub`.
-fn token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let claims = json!({
-        "sub": sub,
-        "exp": exp,
-        "tidings": {"subscribe": [">"], "publish": [">"], "direct": true},
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 /// Sends direct messages to `to` from `from` until one is answered `ok` (the route reached NATS).
 fn send_until_delivered(from: &mut common::Ws, to: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -879,7 +857,7 @@ fn a_users_client_id_is_hers_on_every_node() {
         "--set",
         "auth.anonymous={ subscribe = [\">\"], publish = [\">\"], direct = true, any_client_id = true }",
         "--set",
-        &format!("auth.jwt.secret=\"{SECRET}\""),
+        &format!("auth.jwt.secret=\"{JWT_SECRET}\""),
     ];
     let a = node("tokio", &nats, "a", &args);
     let b = node("async-std", &nats, "b", &args);
@@ -892,7 +870,7 @@ fn a_users_client_id_is_hers_on_every_node() {
     assert_eq!(mallory.recv()["data"], "ping");
 
     // Alice connects to a with her token: her id is claimed back on b too.
-    let bearer = format!("Bearer {}", token("alice"));
+    let bearer = format!("Bearer {}", token_for("alice"));
     let mut alice = common::Ws::open(a.connect(), a.addr, &[("Authorization", bearer.as_str())]);
     let (frames, _) = mallory.until_close();
     assert!(

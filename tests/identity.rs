@@ -25,7 +25,7 @@ fn start(runtime: &'static str) -> Server {
             "--set",
             "auth.anonymous={ subscribe = [\">\"], publish = [\">\"], direct = true, any_client_id = true }",
             "--set",
-            &format!("auth.jwt.secret=\"{SECRET}\""),
+            &format!("auth.jwt.secret=\"{JWT_SECRET}\""),
             "--set",
             "timers.reconnect_window=\"1m\"",
         ],
@@ -138,27 +138,6 @@ fn assert_owned_refusal(what: &str, error: &str) {
     );
 }
 
-const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-
-fn token(sub: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let claims = json!({
-        "sub": sub,
-        "exp": exp,
-        "tidings": {"subscribe": [">"], "publish": [">"], "direct": true},
-    });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
 fn post_subscriptions(server: &Server, body: &Value, bearer: Option<&str>) -> Resp {
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(bearer) = bearer {
@@ -176,7 +155,7 @@ fn post_subscriptions(server: &Server, body: &Value, bearer: Option<&str>) -> Re
 fn an_anonymous_client_cannot_take_over_or_edit_a_users_client_id() {
     for_each_runtime(|runtime| {
         let server = start(runtime);
-        let bearer = format!("Bearer {}", token("alice"));
+        let bearer = format!("Bearer {}", token_for("alice"));
 
         // Alice's stream, with her token: it claims her client id.
         let mut alice = server.sse("/sse?topic=secret.alice", &[("Authorization", &bearer)]);
@@ -233,7 +212,7 @@ fn a_subscription_change_for_a_client_id_not_granted_is_refused_before_the_body(
                 "--set",
                 "auth.anonymous=false",
                 "--set",
-                &format!("auth.jwt.secret=\"{SECRET}\""),
+                &format!("auth.jwt.secret=\"{JWT_SECRET}\""),
             ],
         );
         let mut stream = server.connect();
@@ -241,7 +220,7 @@ fn a_subscription_change_for_a_client_id_not_granted_is_refused_before_the_body(
             "POST /subscriptions?client_id=bob HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
              Content-Type: application/json\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n",
             server.addr,
-            token("alice")
+            token_for("alice")
         );
         stream.write_all(head.as_bytes()).unwrap();
         // No body follows: the answer comes from the head alone.
@@ -258,7 +237,7 @@ fn a_subscription_change_for_a_client_id_not_granted_is_refused_before_the_body(
             "POST",
             "/subscriptions?client_id=alice",
             &[
-                ("Authorization", &format!("Bearer {}", token("alice"))),
+                ("Authorization", &format!("Bearer {}", token_for("alice"))),
                 ("Content-Type", "application/json"),
             ],
             br#"{"client_id":"bob"}"#,
@@ -275,7 +254,7 @@ fn a_subscription_change_for_a_client_id_not_granted_is_refused_before_the_body(
 fn no_anonymous_identify_takes_a_users_id_on_any_websocket_protocol() {
     for_each_runtime(|runtime| {
         let server = start(runtime);
-        let bearer = format!("Bearer {}", token("alice"));
+        let bearer = format!("Bearer {}", token_for("alice"));
         let mut alice = ws_with(&server, &[("Authorization", &bearer)]);
         // Her token's id is claimed when she opens, before anything she sends.
         assert_eq!(alice.ask(json!({"op":"ping","id":1}))["type"], "pong");
@@ -325,7 +304,7 @@ fn no_anonymous_identify_takes_a_users_id_on_any_websocket_protocol() {
 fn a_user_takes_her_id_over_from_her_own_stream_and_back_from_anyone_else() {
     for_each_runtime(|runtime| {
         let server = start(runtime);
-        let bearer = format!("Bearer {}", token("alice"));
+        let bearer = format!("Bearer {}", token_for("alice"));
 
         // Her reconnecting stream (the old one not yet noticed gone) takes her id over.
         let mut old = server.sse("/sse?topic=secret.alice", &[("Authorization", &bearer)]);
@@ -352,7 +331,7 @@ fn a_user_takes_her_id_over_from_her_own_stream_and_back_from_anyone_else() {
         send_to(&server, "carol", "to whoever holds carol");
         assert_eq!(next_event(&mut squatter).data, "to whoever holds carol");
         // Carol comes back with her token: her id is hers again, with no error for her.
-        let carol_bearer = format!("Bearer {}", token("carol"));
+        let carol_bearer = format!("Bearer {}", token_for("carol"));
         let mut carol = ws_with(&server, &[("Authorization", &carol_bearer)]);
         let (taken, _) = until_error(&mut squatter);
         assert!(taken.data.contains("client_id_taken"), "{}", taken.data);
@@ -379,7 +358,7 @@ fn a_user_takes_her_id_over_from_her_own_stream_and_back_from_anyone_else() {
 fn a_parked_session_and_its_id_are_kept_for_their_user() {
     for_each_runtime(|runtime| {
         let server = start(runtime);
-        let bearer = format!("Bearer {}", token("alice"));
+        let bearer = format!("Bearer {}", token_for("alice"));
         let mut alice = ws_with(&server, &[("Authorization", &bearer)]);
         let ok = alice.ask(json!({"op":"subscribe","id":1,"topic":"secret.alice"}));
         assert_eq!(ok["type"], "ok", "{ok}");

@@ -181,6 +181,9 @@ pub enum Outgoing {
     Text(String),
     /// A binary message (bytes given as hex).
     Binary(Vec<u8>),
+    /// Bytes written to the connection as they are, not as a message: a WebSocket frame the
+    /// case builds itself (given as hex), to break the framing rules on purpose.
+    Frame(Vec<u8>),
 }
 
 /// What must arrive next on a connection.
@@ -400,15 +403,17 @@ fn parse_step(step: &Value) -> Result<Step, String> {
         }));
     }
     if let Some(conn) = string(obj, "send")? {
-        known(&["send", "json", "text", "binary", "times"])?;
+        known(&["send", "json", "text", "binary", "frame", "times"])?;
         let message = if let Some(v) = obj.get("json") {
             Outgoing::Json(v.clone())
         } else if let Some(t) = string(obj, "text")? {
             Outgoing::Text(t)
         } else if let Some(hex) = string(obj, "binary")? {
             Outgoing::Binary(unhex(&hex)?)
+        } else if let Some(hex) = string(obj, "frame")? {
+            Outgoing::Frame(unhex(&hex)?)
         } else {
-            return Err("\"send\" needs \"json\", \"text\" or \"binary\"".into());
+            return Err("\"send\" needs \"json\", \"text\", \"binary\" or \"frame\"".into());
         };
         let times = number(obj, "times")?.unwrap_or(1);
         return Ok(Step::Send {

@@ -67,6 +67,10 @@ pub const FEATURES: &[(&str, &str)] = &[
         "the CORS and WebSocket Origin allow-list https://allowed.example",
     ),
     (
+        "sse-trigger",
+        "the test hook of a plain SSE server: POST <publish path>?topic=T[&event=E] answers 200 and sends the body as one event to the streams of T (CONFORMANCE.md)",
+    ),
+    (
         "cluster",
         "a node of a cluster with another node of it at --peer URL (given on the command line, not in a profile): resume, delivery and presence across nodes",
     ),

@@ -263,6 +263,13 @@ impl<'a> Run<'a> {
                         }
                         Outgoing::Text(t) => Message::text(self.vars.interpolate(t)?),
                         Outgoing::Binary(b) => Message::binary(b.clone()),
+                        Outgoing::Frame(bytes) => {
+                            if self.trace {
+                                trace(conn, "->", &format!("(raw frame, {} bytes)", bytes.len()));
+                            }
+                            self.ws_conn(conn)?.ws.send_raw(bytes)?;
+                            continue;
+                        }
                     };
                     if self.trace {
                         trace(conn, "->", message.to_text().unwrap_or("(binary)"));

@@ -602,6 +602,15 @@ impl Ws {
             .map_err(|e| format!("sending: {e}"))
     }
 
+    /// Writes `bytes` to the connection as they are (a frame the case built).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let stream = self.socket.get_mut();
+        stream
+            .write_all(bytes)
+            .and_then(|()| stream.flush())
+            .map_err(|e| format!("writing a raw frame: {e}"))
+    }
+
     /// The next message, close or end, or `Timeout`.
     pub fn next(&mut self, deadline: Instant) -> Result<Incoming, String> {
         if self.closed {

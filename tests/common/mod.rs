@@ -33,6 +33,29 @@ use tungstenite::{Message, WebSocket};
 /// The runtimes the server can run on; every test runs on each.
 pub const RUNTIMES: &[&str] = &["tokio", "async-std"];
 
+/// The HS256 secret of the tests that use tokens (`--set auth.jwt.secret=...`).
+pub const JWT_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
+
+/// A token for client id `sub`, valid for an hour, granting every topic and direct messages.
+pub fn token_for(sub: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": exp,
+        "tidings": {"subscribe": [">"], "publish": [">"], "direct": true},
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// How long any single read may take before the test fails.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
