@@ -407,6 +407,9 @@ where
 /// Sends the close frame for `reason` (its close code, from the connection's codec, and the
 /// error; `None`: a normal close, 1000 without a reason), then waits (briefly) for the client's close, or, if the
 /// connection can no longer be read as WebSocket, drains what the client still sends so that
+/// How long a connection that broke the framing rules is drained after its close frame.
+const VIOLATION_LINGER: Duration = Duration::from_millis(250);
+
 /// closing does not reset the connection before it has read the close.
 async fn close_ws<R, S>(
     rt: &R,
@@ -441,9 +444,11 @@ async fn close_ws<R, S>(
         })
         .await;
     } else {
-        let mut rest = deadline.saturating_duration_since(rt.now());
-        rest = rest.max(Duration::from_millis(200));
-        linger(rt, ws.get_mut(), 4 << 20, rest).await;
+        // The frames can no longer be read (a protocol violation): its close reply cannot be
+        // seen, so drain briefly, for the close frame not to be lost to a reset, then close the
+        // TCP connection as the server does first (RFC 6455 §7.1.1) instead of waiting out
+        // `close_grace` for a reply it could not read anyway.
+        linger(rt, ws.get_mut(), 4 << 20, VIOLATION_LINGER).await;
     }
 }
 
