@@ -541,6 +541,12 @@ async fn tidings_js_requests_replies_and_sends() {
     assert_eq!(r["failure"], json!([true, "no_handler"]));
     assert_eq!(r["timeout"], json!(["timeout", true]), "{r:#}");
     assert_eq!(r["nobody"], "no_recipient");
+    assert_eq!(
+        r["presence"],
+        json!({"topic":"jobs.eu","connections":1,"anonymous":0,
+               "clients":[{"client_id":"alice","connections":1}],"truncated":false,"nodes":1}),
+        "alice's named subscription, seen from bob's tidings.js"
+    );
     assert_eq!(r["bad"], "invalid_topic");
     assert_eq!(r["rtt"], true);
     assert_eq!(

@@ -463,6 +463,19 @@ export class Tidings extends Emitter {
   }
 
   /**
+   * Who is subscribed to `topic` now (every node's, in a cluster): resolves with
+   * `{topic, connections, anonymous, clients: [{client_id, connections}], truncated, nodes}`
+   * (PROTOCOL.md §6.7a); `forbidden` without the right to subscribe to the topic.
+   *
+   * @param {string} topic a topic, not a pattern
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<{topic: string, connections: number, anonymous: number, clients: {client_id: string, connections: number}[], truncated: boolean, nodes: number}>}
+   */
+  presence(topic, options = {}) {
+    return this._call({ op: 'presence', topic }, options.timeout).then((ok) => ok.data);
+  }
+
+  /**
    * Claims a client id, now and on every reconnect, so that others can `send` to it and its
    * publications carry it as `from`.
    *

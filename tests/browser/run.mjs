@@ -409,7 +409,8 @@ const scenarios = {
 
   /**
    * (f) The rest of the API between two tidings.js clients: requests with an answer, an error
-   * and a client-side timeout; answering the application's request; direct and named sends.
+   * and a client-side timeout; answering the application's request; direct and named sends;
+   * presence.
    */
   async api() {
     const page = await newPage(base + '/healthz');
@@ -433,6 +434,7 @@ const scenarios = {
       await bob.send({ to: 'alice' }, 'psst', { event: 'dm' });
       await bob.send({ topic: 'jobs.eu', name: 'worker' }, { job: 1 });
       const nobody = await bob.send({ to: 'carol' }, 1).catch((e) => e.code);
+      const presence = await bob.presence('jobs.eu');
       const bad = await bob.publish('a..b', 1).catch((e) => e.code);
       const rtt = await bob.ping();
       // A client made with connect: false waits for connect(); after close() it refuses work.
@@ -451,6 +453,7 @@ const scenarios = {
         failure,
         timeout,
         nobody,
+        presence,
         bad,
         rtt: rtt >= 0,
         inbox,
