@@ -918,6 +918,18 @@ impl Client {
         })
     }
 
+    /// Who is subscribed to `topic` ([`crate::presence`]); [`Event::Done`] carries the presence as
+    /// JSON.
+    ///
+    /// # Errors
+    /// [`ClientError`] for a limit or a stopped client.
+    pub fn presence(&mut self, now: Instant, topic: Topic) -> Result<OpId, ClientError> {
+        self.user_op(now, self.config.op_timeout, |req| Command::Presence {
+            req,
+            topic,
+        })
+    }
+
     /// Claims a client id, now and on every later connection.
     ///
     /// # Errors

@@ -54,6 +54,7 @@ pub(crate) enum Op {
         timeout: Option<Duration>,
     },
     Identify(Name),
+    Presence(Topic),
     Ping,
 }
 
@@ -324,6 +325,7 @@ impl Driver {
                         timeout,
                     } => self.machine.request(now, event, payload, timeout),
                     Op::Identify(id) => self.machine.identify(now, id),
+                    Op::Presence(topic) => self.machine.presence(now, topic),
                     Op::Ping => self.machine.ping(now),
                 };
                 match result {

@@ -695,6 +695,28 @@ impl Client {
         self.op(Op::Identify(id)).await.map(|_| ())
     }
 
+    /// Who is subscribed to `topic` now: connections, client ids with their connections,
+    /// anonymous connections (every node's, in a cluster).
+    ///
+    /// # Errors
+    /// [`Error::Server`] with `forbidden` (no right to subscribe to it) or `invalid_topic`; as
+    /// [`Client::publish`].
+    pub async fn presence(&self, topic: &str) -> Result<tidings_core::presence::Presence, Error> {
+        let topic = parse_topic(topic)?;
+        let answer = self.op(Op::Presence(topic)).await?;
+        let json = answer
+            .payload
+            .map(|p| p.bytes().clone())
+            .unwrap_or_default();
+        // The server's answer is not what PROTOCOL.md says: reported as its fault.
+        serde_json::from_slice(&json).map_err(|e| {
+            Error::Server(ServerError::new(
+                "bad_frame",
+                format!("the server's presence answer does not decode: {e}"),
+            ))
+        })
+    }
+
     /// Checks that the server answers.
     ///
     /// # Errors

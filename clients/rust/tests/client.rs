@@ -513,6 +513,16 @@ async fn direct_and_named_sends_and_server_requests() {
     assert_eq!(m.payload.as_str(), "job 1");
     let err = bob.send_to("carol", None, text("?")).await.unwrap_err();
     assert_eq!(err.code(), Some("no_recipient"));
+    // Who is on jobs.eu: alice's named subscription.
+    let presence = bob.presence("jobs.eu").await.unwrap();
+    assert_eq!((presence.connections, presence.anonymous), (1, 0));
+    assert_eq!(presence.clients.len(), 1);
+    assert_eq!(presence.clients[0].client_id, "alice");
+    let err = bob.presence("jobs.*").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Invalid(_)),
+        "a pattern is refused locally: {err:?}"
+    );
     // The application asks alice (emit-with-ack).
     alice.on_request("confirm", |payload| async move {
         Ok(Payload::json(format!(r#"{{"confirmed":{}}}"#, payload.as_str())).unwrap())

@@ -565,6 +565,12 @@ pub fn encode_command(cmd: &Command) -> Option<Bytes> {
             out.id("id", *req);
             out.finish()
         }
+        Command::Presence { req, topic } => {
+            let mut out = Out::op("presence", 48 + topic.as_str().len());
+            out.id("id", Some(*req));
+            out.str("topic", Some(topic.as_str()));
+            out.finish()
+        }
         _ => return None,
     })
 }
@@ -664,6 +670,10 @@ mod tests {
             },
             Command::Ping { req: Some(10) },
             Command::Ping { req: None },
+            Command::Presence {
+                req: 11,
+                topic: Topic::parse("chat.room", Default::default()).unwrap(),
+            },
         ];
         for cmd in commands {
             let frame = encode_command(&cmd).expect("expressible");
