@@ -89,6 +89,17 @@ impl Broker {
                 ),
             ));
         }
+        // A shared log: answers wait for this node to deliver their events; bounded too, in
+        // case its consumer stalls while the stream keeps accepting.
+        if self.answering.len() >= max_pending_appends {
+            self.count_error(ErrorCode::Unavailable);
+            return Published::Refused(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "{max_pending_appends} stored events wait to be delivered by this node (its stream consumer is behind); nothing was stored, retry later"
+                ),
+            ));
+        }
         let id = AppendId(self.next_append);
         self.next_append += 1;
         if let Publisher::Conn { conn, .. } = publisher

@@ -878,3 +878,37 @@ fn a_resume_waiting_across_a_hole_gets_its_gap() {
     assert_eq!(events(&sim, s), [6]);
     sim.check();
 }
+
+#[test]
+fn answers_waiting_for_delivery_are_bounded_like_appends() {
+    let mut sim = Sim::new(2, 4);
+    // Six publishes stored by the log, none delivered back to node 0 yet (its consumer is
+    // behind): their answers wait, up to max_pending_appends (6).
+    for _ in 0..6 {
+        sim.apply(&Op::Publish(0, 0));
+        sim.apply(&Op::Store(0));
+    }
+    assert!(
+        sim.nodes[0].answers.is_empty(),
+        "answered only once delivered"
+    );
+    let topic = Topic::parse(TOPICS[0], Default::default()).unwrap();
+    let payload = Payload::text("one too many".to_owned()).unwrap();
+    let now = sim.now;
+    match sim.nodes[0]
+        .broker
+        .publish(now, topic.clone(), None, payload.clone())
+    {
+        Published::Refused(e) => assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}"),
+        other => panic!("refused while six answers wait, not {other:?}"),
+    }
+    sim.drain(0);
+    // Delivered: answered, and publishes are taken again.
+    sim.apply(&Op::Deliver(0, 6));
+    assert_eq!(sim.nodes[0].answers.len(), 6);
+    assert!(matches!(
+        sim.nodes[0].broker.publish(now, topic, None, payload),
+        Published::Storing(_)
+    ));
+    sim.drain(0);
+}

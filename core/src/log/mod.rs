@@ -47,7 +47,8 @@ pub enum LogMode {
         /// Payload and topic bytes kept in memory, at most.
         hot_bytes: usize,
         /// Appends asked for and not yet answered, at most; past it publishes fail with
-        /// `unavailable` (the log is behind).
+        /// `unavailable` (the log is behind). With `shared`, also the stored events whose
+        /// answers wait for this node to deliver them.
         max_pending_appends: usize,
         /// Other nodes append to the same log (a cluster's stream): every event, this node's
         /// own included, is delivered when it arrives in log order ([`LogReply::Committed`]),
