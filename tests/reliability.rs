@@ -622,3 +622,213 @@ fn a_reconnect_storm_with_a_short_history_announces_exactly_what_is_missing() {
         away_publishes: 300,
     });
 }
+
+// ---- 5. soak -----------------------------------------------------------------------------------
+
+/// One HTTP publish on a new connection (from threads that do not hold the [`Server`]); the
+/// cursor.
+fn publish_to(addr: SocketAddr, topic: &str, body: &str) -> String {
+    use std::io::Write;
+    let mut stream = connect(addr);
+    let head = format!(
+        "POST /publish?topic={topic} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("an answer");
+    let resp = common::Resp::parse(&raw);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let json: Value = serde_json::from_str(&resp.body).unwrap();
+    json["id"].as_str().expect("an id").to_owned()
+}
+
+/// The server's resident memory (kB) and open file descriptors, from /proc.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// Ten minutes (`TIDINGS_SOAK_SECS`) of 100 steady subscribers (half WebSocket, half SSE), 8
+/// threads opening, resuming and dropping connections as fast as they can, and 50 publishes a
+/// second; the server's RSS and file descriptors, sampled every 10 s, stay flat after the
+/// warm-up (the first 3 minutes, while the 10,000-event history fills), and the descriptors go
+/// back to where they were once the clients are gone. Not in CI:
+///
+/// ```sh
+/// cargo test --test reliability soak -- --ignored --nocapture
+/// ```
+#[test]
+#[ignore = "a 10-minute soak, run by hand (docs/RELIABILITY.md)"]
+fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let secs: u64 = std::env::var("TIDINGS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let runtime = match std::env::var("TIDINGS_SOAK_RUNTIME").as_deref() {
+        Ok("async-std") => "async-std",
+        _ => "tokio",
+    };
+    let server = Server::start(runtime, &[]);
+    let (addr, pid) = (server.addr, server.child.id());
+    let first = server.publish("soak.a", "first");
+    let epoch = seq_of(&first).0.to_owned();
+    let head = Arc::new(AtomicU64::new(seq_of(&first).1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (baseline_rss, baseline_fds) = rss_and_fds(pid);
+    eprintln!("[{runtime}] soak for {secs} s; at start: RSS {baseline_rss} kB, {baseline_fds} fds");
+
+    let mut threads = Vec::new();
+    let received = Arc::new(AtomicU64::new(0));
+    for i in 0..100 {
+        let (stop, received) = (stop.clone(), received.clone());
+        threads.push(thread::spawn(move || {
+            let done = || stop.load(Ordering::Relaxed);
+            if i % 2 == 0 {
+                let mut ws = Ws::open(connect(addr), addr, &[]);
+                ws.ws
+                    .get_mut()
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                ws.send(json!({"op":"subscribe","id":1,"topics":["soak.>"]}));
+                while let Some(frame) = ws_next(&mut ws, done) {
+                    match frame["type"].as_str() {
+                        Some("ping") => ws.send(json!({"op":"pong"})),
+                        Some("event") => {
+                            received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {}
+                    }
+                }
+            } else {
+                let mut sse = Sse::open(connect(addr), "/sse?topic=soak.%3E", &[]);
+                sse.stream
+                    .set_read_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                while sse_next(&mut sse, done).is_some() {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let churned = Arc::new(AtomicU64::new(0));
+    for t in 0..8u64 {
+        let (stop, churned, head, epoch) =
+            (stop.clone(), churned.clone(), head.clone(), epoch.clone());
+        threads.push(thread::spawn(move || {
+            let mut rng = Rng::new(seed() ^ t);
+            while !stop.load(Ordering::Relaxed) {
+                // Resume from up to 100 events back, read a few frames, drop.
+                let from = format!(
+                    "{epoch}-{}",
+                    head.load(Ordering::Relaxed).saturating_sub(rng.below(100))
+                );
+                let reads = rng.below(10);
+                let done = || stop.load(Ordering::Relaxed);
+                if rng.below(2) == 0 {
+                    let mut ws = Ws::open(connect(addr), addr, &[]);
+                    ws.send(json!({"op":"subscribe","id":1,"topics":["soak.a"],"from":from}));
+                    for _ in 0..reads {
+                        ws_next(&mut ws, done);
+                    }
+                } else {
+                    let mut sse = Sse::open(
+                        connect(addr),
+                        "/sse?topic=soak.b",
+                        &[("Last-Event-ID", &from)],
+                    );
+                    for _ in 0..reads {
+                        sse_next(&mut sse, done);
+                    }
+                }
+                churned.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let published = Arc::new(AtomicU64::new(0));
+    {
+        let (stop, head, published) = (stop.clone(), head.clone(), published.clone());
+        threads.push(thread::spawn(move || {
+            let mut n = 0u64;
+            let t0 = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let topic = if n % 2 == 0 { "soak.a" } else { "soak.b" };
+                let cursor = publish_to(
+                    addr,
+                    topic,
+                    &format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(200)),
+                );
+                head.store(seq_of(&cursor).1, Ordering::Relaxed);
+                n += 1;
+                published.store(n, Ordering::Relaxed);
+                // 50 a second.
+                let due = t0 + Duration::from_millis(20 * n);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+            }
+        }));
+    }
+
+    let t0 = Instant::now();
+    let mut samples = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        thread::sleep(Duration::from_secs(10));
+        let (rss, fds) = rss_and_fds(pid);
+        let metrics = server.metrics();
+        let conns = metric(&metrics, "tidings_connections{transport=\"ws\"}")
+            + metric(&metrics, "tidings_connections{transport=\"sse\"}");
+        eprintln!(
+            "t={:>4}s rss={rss} kB fds={fds} connections={conns} churned={} published={} received={}",
+            t0.elapsed().as_secs(),
+            churned.load(Ordering::Relaxed),
+            published.load(Ordering::Relaxed),
+            received.load(Ordering::Relaxed),
+        );
+        samples.push((t0.elapsed(), rss, fds));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("a soak thread");
+    }
+    server.wait_for_metrics("every client gone", |m| {
+        metric(m, "tidings_connections{transport=\"ws\"}") == 0
+            && metric(m, "tidings_connections{transport=\"sse\"}") == 0
+    });
+    let (end_rss, end_fds) = rss_and_fds(pid);
+    let warm = Duration::from_secs((secs * 3 / 10).min(180));
+    let after: Vec<_> = samples.iter().filter(|(t, _, _)| *t > warm).collect();
+    let at_warm = after.first().map_or(end_rss, |s| s.1);
+    let max_rss = after.iter().map(|s| s.1).max().unwrap_or(end_rss);
+    let (min_fds, max_fds) = (
+        after.iter().map(|s| s.2).min().unwrap_or(end_fds),
+        after.iter().map(|s| s.2).max().unwrap_or(end_fds),
+    );
+    eprintln!(
+        "[{runtime}] soak: {} connections churned, {} published, {} received by the steady \
+         subscribers; after warm-up RSS {at_warm}..{max_rss} kB, fds {min_fds}..{max_fds}; \
+         clients gone: RSS {end_rss} kB, {end_fds} fds (start {baseline_rss} kB, {baseline_fds})",
+        churned.load(Ordering::Relaxed),
+        published.load(Ordering::Relaxed),
+        received.load(Ordering::Relaxed),
+    );
+    assert!(
+        max_rss <= at_warm + at_warm / 4 + 8192,
+        "RSS grew after the warm-up: {at_warm} -> {max_rss} kB"
+    );
+    assert!(
+        end_fds <= baseline_fds + 2,
+        "descriptors leaked: {baseline_fds} at start, {end_fds} once every client left"
+    );
+}
