@@ -137,7 +137,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[derive(Debug, Clone)]
 struct Published {
     seq: u64,
-    topic: usize,
+    topic: &'static str,
     data: String,
 }
 
@@ -203,7 +203,7 @@ fn check_log(
                     "{who}: event {seq} ({data}) was not published to {topics:?}, item {at}"
                 );
                 if let Some(topic) = topic {
-                    assert_eq!(topic, TOPICS[want.topic], "{who}: topic of {seq}");
+                    assert_eq!(topic, want.topic, "{who}: topic of {seq}");
                 }
                 next += 1;
                 last = *seq;
@@ -511,7 +511,7 @@ fn reconnect_storm(plan: StormPlan) {
         let cursor = server.publish(TOPICS[topic], &data);
         published.push(Published {
             seq: seq_of(&cursor).1,
-            topic,
+            topic: TOPICS[topic],
             data,
         });
         progress.set(n + 1);
@@ -521,7 +521,7 @@ fn reconnect_storm(plan: StormPlan) {
         let cursor = server.publish(name, &data);
         published.push(Published {
             seq: seq_of(&cursor).1,
-            topic,
+            topic: name,
             data,
         });
     }
@@ -541,7 +541,7 @@ fn reconnect_storm(plan: StormPlan) {
         let (topics, patterns) = storm_topics(i);
         let expected: Vec<&Published> = published
             .iter()
-            .filter(|p| topics.contains(&p.topic))
+            .filter(|p| topics.iter().any(|&t| TOPICS[t] == p.topic))
             .collect();
         let who = format!("[{}] client {i} ({})", plan.runtime, ["ws", "sse"][i % 2]);
         let c = check_log(&who, patterns, start_seq, &expected, &run.log);
@@ -621,6 +621,267 @@ fn a_reconnect_storm_with_a_short_history_announces_exactly_what_is_missing() {
         away_per_mille: 250,
         away_publishes: 300,
     });
+}
+
+// ---- 2. a stalled reader beside 200 normal ones ------------------------------------------------
+
+/// Publishes `n` events `{prefix}{i}` on `lat`, 100 a second; each with the instant it was sent.
+fn publish_paced(server: &Server, prefix: &str, n: u64, out: &mut Vec<(Published, Instant)>) {
+    let t0 = Instant::now();
+    for i in 0..n {
+        let data = format!("{prefix}{i}");
+        let sent = Instant::now();
+        let cursor = server.publish("lat", &data);
+        out.push((
+            Published {
+                seq: seq_of(&cursor).1,
+                topic: "lat",
+                data,
+            },
+            sent,
+        ));
+        // Paced (an open-loop rate), not waiting for anything.
+        let due = t0 + Duration::from_millis(10 * (i + 1));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+    }
+}
+
+/// p50, p99 and max publish-to-delivery latency over the normal clients, for the events of
+/// `phase`.
+fn latencies(
+    published: &[(Published, Instant)],
+    phase: &str,
+    received: &[Vec<(u64, Instant)>],
+) -> (Duration, Duration, Duration) {
+    let sent: std::collections::HashMap<u64, Instant> = published
+        .iter()
+        .filter(|(p, _)| p.data.starts_with(phase))
+        .map(|(p, t)| (p.seq, *t))
+        .collect();
+    let mut all: Vec<Duration> = received
+        .iter()
+        .flatten()
+        .filter_map(|(seq, at)| Some(at.duration_since(*sent.get(seq)?)))
+        .collect();
+    all.sort_unstable();
+    (
+        percentile(&all, 50.0),
+        percentile(&all, 99.0),
+        all.last().copied().unwrap_or_default(),
+    )
+}
+
+/// 200 native clients on `lat` read everything; 250 events are published at 100/s, then one
+/// more client subscribes to `lat` and `bulk` on a tiny receive buffer and never reads, `bulk`
+/// gets enough to fill every buffer between them, and 250 more events follow. The normal
+/// clients receive every event in order either way (their latencies are printed, not asserted);
+/// the stalled one, when it finally reads, finds what the policy promises: under drop-and-gap
+/// everything up to a `slow_consumer` gap notice covering exactly what was evicted meanwhile,
+/// then the rest; under disconnect the `slow_consumer` error and close code 1008.
+fn stalled_reader_beside_200(runtime: &'static str, policy: &str) {
+    let policy_arg = format!("slow_consumer.default=\"{policy}\"");
+    let server = Server::start(
+        runtime,
+        &[
+            "--set",
+            &policy_arg,
+            "--max-queued-bytes",
+            "65536",
+            "--retention-events",
+            "200",
+            // The stalled client holds out for the whole run, under either policy.
+            "--set",
+            "http.write_timeout=\"120s\"",
+            "--set",
+            "timers.close_grace=\"120s\"",
+        ],
+    );
+    let addr = server.addr;
+    let (ready_tx, ready) = mpsc::channel();
+    let normal: Vec<_> = (0..200)
+        .map(|i| {
+            let ready = ready_tx.clone();
+            thread::Builder::new()
+                .stack_size(512 << 10)
+                .spawn(move || {
+                    let mut ws = Ws::open(connect(addr), addr, &[]);
+                    let ok = ws.ask(json!({"op":"subscribe","id":1,"topics":["lat"]}));
+                    assert_eq!(ok["type"], "ok", "{ok}");
+                    let _ = ready.send(());
+                    let (mut log, mut times) = (Vec::new(), Vec::new());
+                    loop {
+                        let frame = ws.recv();
+                        let at = Instant::now();
+                        match frame["type"].as_str() {
+                            Some("ping") => ws.send(json!({"op":"pong"})),
+                            Some("event") => {
+                                let seq = seq_of(frame["cursor"].as_str().unwrap()).1;
+                                let data = frame["data"].as_str().unwrap().to_owned();
+                                if data == "start" {
+                                    continue; // where the check starts
+                                }
+                                times.push((seq, at));
+                                let end = data == "end";
+                                log.push(Got::Event {
+                                    seq,
+                                    topic: frame["topic"].as_str().map(str::to_owned),
+                                    data,
+                                });
+                                if end {
+                                    return (log, times);
+                                }
+                            }
+                            _ => panic!("normal client {i}: {frame}"),
+                        }
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    for _ in 0..200 {
+        ready
+            .recv_timeout(Duration::from_secs(60))
+            .expect("subscribed");
+    }
+    let start = seq_of(&server.publish("lat", "start")).1;
+    let mut published = Vec::new();
+    publish_paced(&server, "a", 250, &mut published);
+
+    // The stalled reader: a tiny receive buffer, and no read until the end.
+    let mut stalled = Ws::open(server.connect_small_buffer(), addr, &[]);
+    let ok = stalled.ask(json!({"op":"subscribe","id":1,"topics":["lat","bulk"]}));
+    let stalled_from = seq_of(ok["cursor"].as_str().unwrap()).1;
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    let bulk = "x".repeat(64 << 10);
+    let mut bulk_published = Vec::new();
+    for _ in 0..(wmem_max + (2 << 20)) / bulk.len() {
+        let seq = seq_of(&server.publish("bulk", &bulk)).1;
+        bulk_published.push(Published {
+            seq,
+            topic: "bulk",
+            data: bulk.clone(),
+        });
+    }
+    if policy == "disconnect" {
+        server.wait_for_metrics("the stalled client is closed", |m| {
+            metric(m, "tidings_slow_consumer_closes_total") >= 1
+        });
+    }
+    publish_paced(&server, "b", 250, &mut published);
+    let end = seq_of(&server.publish("lat", "end")).1;
+    let end_published = Published {
+        seq: end,
+        topic: "lat",
+        data: "end".into(),
+    };
+
+    let mut expected: Vec<&Published> = published.iter().map(|(p, _)| p).collect();
+    expected.push(&end_published);
+    let mut received = Vec::new();
+    for (i, h) in normal.into_iter().enumerate() {
+        let (log, times) = h.join().expect("a normal client");
+        check_log(
+            &format!("[{runtime}] normal client {i}"),
+            &["lat"],
+            start,
+            &expected,
+            &log,
+        );
+        received.push(times);
+    }
+    let (a50, a99, amax) = latencies(&published, "a", &received);
+    let (b50, b99, bmax) = latencies(&published, "b", &received);
+
+    // The stalled reader reads at last.
+    let mut stalled_expected: Vec<&Published> = published
+        .iter()
+        .map(|(p, _)| p)
+        .chain(&bulk_published)
+        .chain([&end_published])
+        .filter(|p| p.seq > stalled_from)
+        .collect();
+    stalled_expected.sort_by_key(|p| p.seq);
+    let outcome = if policy == "disconnect" {
+        let (frames, code) = stalled.until_close();
+        let last = frames.last().expect("frames before the close");
+        assert_eq!(
+            (last["type"].as_str(), last["code"].as_str()),
+            (Some("error"), Some("slow_consumer")),
+            "[{runtime}] {last}"
+        );
+        assert_eq!(
+            code,
+            Some(tungstenite::protocol::frame::coding::CloseCode::Policy)
+        );
+        format!(
+            "closed with slow_consumer after {} events",
+            frames.len() - 1
+        )
+    } else {
+        let mut log = Vec::new();
+        loop {
+            let frame = stalled.recv();
+            match frame["type"].as_str() {
+                Some("ping") => stalled.send(json!({"op":"pong"})),
+                Some("event") => {
+                    let data = frame["data"].as_str().unwrap().to_owned();
+                    let end = data == "end";
+                    log.push(Got::Event {
+                        seq: seq_of(frame["cursor"].as_str().unwrap()).1,
+                        topic: frame["topic"].as_str().map(str::to_owned),
+                        data,
+                    });
+                    if end {
+                        break;
+                    }
+                }
+                Some("gap") => {
+                    assert_eq!(frame["reason"], "slow_consumer", "{frame}");
+                    log.push(Got::Gap {
+                        from: frame["from"].as_str().map(|c| seq_of(c).1),
+                        to: seq_of(frame["to"].as_str().unwrap()).1,
+                        reason: "slow_consumer".into(),
+                    });
+                }
+                _ => panic!("[{runtime}] stalled client: {frame}"),
+            }
+        }
+        let c = check_log(
+            &format!("[{runtime}] stalled client"),
+            &["lat", "bulk"],
+            stalled_from,
+            &stalled_expected,
+            &log,
+        );
+        assert!(
+            c.gaps >= 1,
+            "[{runtime}] the stalled client got no gap notice"
+        );
+        format!(
+            "{} events and {} slow_consumer gap notice(s) announcing {} events",
+            c.events, c.gaps, c.covered
+        )
+    };
+    eprintln!(
+        "[{runtime}] {policy}: 200 normal clients, 250 + 250 events; publish-to-delivery \
+         without the stalled reader p50 {a50:.2?} p99 {a99:.2?} max {amax:.2?}; with it p50 \
+         {b50:.2?} p99 {b99:.2?} max {bmax:.2?}; stalled reader: {outcome}"
+    );
+}
+
+#[test]
+fn a_stalled_reader_gets_a_gap_and_does_not_hold_up_200_others() {
+    common::for_each_runtime(|runtime| stalled_reader_beside_200(runtime, "drop_and_gap"));
+}
+
+#[test]
+fn a_stalled_reader_is_disconnected_and_does_not_hold_up_200_others() {
+    common::for_each_runtime(|runtime| stalled_reader_beside_200(runtime, "disconnect"));
 }
 
 // ---- 5. soak -----------------------------------------------------------------------------------
