@@ -884,6 +884,269 @@ fn a_stalled_reader_is_disconnected_and_does_not_hold_up_200_others() {
     common::for_each_runtime(|runtime| stalled_reader_beside_200(runtime, "disconnect"));
 }
 
+// ---- 3. a low file-descriptor limit ------------------------------------------------------------
+
+/// The server under `ulimit -n <nofile>`, its log (stderr) in a file.
+fn start_limited(runtime: &'static str, nofile: u32, log: &std::path::Path) -> Server {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_tidings"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            runtime,
+            "--memory",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("bash starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server prints its address");
+    Server {
+        child,
+        addr: line
+            .strip_prefix("listening on http://")
+            .unwrap()
+            .parse()
+            .unwrap(),
+        runtime,
+        own_data_dir: None,
+    }
+}
+
+/// Under `ulimit -n 64`, 120 WebSocket clients connect at once. The server accepts what its
+/// descriptors allow, then fails to accept the rest: it keeps running, keeps serving the
+/// connections it has (a publish reaches a subscriber), counts the failures in
+/// `tidings_accept_failures_total` and logs them at most every 10 s. When the first clients
+/// leave, the waiting ones are accepted and complete their handshakes, and new clients work.
+#[test]
+fn out_of_file_descriptors_the_server_refuses_cleanly_and_recovers() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    common::for_each_runtime(|runtime| {
+        let log = common::TempDir::new("nofile");
+        let log = log.0.join("stderr.log");
+        let started = Instant::now();
+        let mut server = start_limited(runtime, 64, &log);
+        let (addr, pid) = (server.addr, server.child.id());
+        let idle_fds = rss_and_fds(pid).1;
+        let mut subscriber = server.ws();
+        let ok = subscriber.ask(json!({"op":"subscribe","id":1,"topics":["fd.t"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let mut publisher = server.ws();
+
+        let opened = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let (closed_tx, closed) = mpsc::channel();
+        let clients: Vec<_> = (0..120)
+            .map(|_| {
+                let (opened, release, closed) =
+                    (opened.clone(), release.clone(), closed_tx.clone());
+                thread::spawn(move || {
+                    let stream = TcpStream::connect(addr).expect("the kernel queues it");
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(60)))
+                        .unwrap();
+                    let mut ws = Ws::open(stream, addr, &[]);
+                    opened.fetch_add(1, Ordering::SeqCst);
+                    // Held until released: the held ones are what exhausts the descriptors.
+                    while !release.load(Ordering::SeqCst) {
+                        ws.ws
+                            .get_mut()
+                            .set_read_timeout(Some(Duration::from_millis(200)))
+                            .unwrap();
+                        let _ = ws.ws.read();
+                    }
+                    drop(ws);
+                    let _ = closed.send(());
+                })
+            })
+            .collect();
+
+        // The server says it is out of descriptors (there is no event to await but its log),
+        // and says it again no sooner than 10 s later, with the count of the failures between.
+        let accept_lines = || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .lines()
+                .filter_map(|l| Some(format!("accept failed{}", l.split_once("accept failed")?.1)))
+                .collect::<Vec<_>>()
+        };
+        let wait_lines = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while accept_lines().len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "[{runtime}] no accept failure logged"
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+            Instant::now()
+        };
+        let first_line = wait_lines(1);
+        let limit_fds = rss_and_fds(pid).1;
+        // It still serves what it has.
+        let ok = publisher.ask(json!({"op":"publish","id":1,"topic":"fd.t","data":"still here"}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let event = subscriber.recv();
+        assert_eq!(event["data"], "still here", "{event}");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server exited"
+        );
+        let at_limit = opened.load(Ordering::SeqCst);
+        assert!(
+            at_limit < 120,
+            "[{runtime}] all 120 were accepted under ulimit -n 64"
+        );
+        let second_line = wait_lines(2);
+        let between = second_line - first_line;
+        assert!(
+            between > Duration::from_millis(9500),
+            "[{runtime}] two accept lines {between:?} apart: {:?}",
+            accept_lines()
+        );
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server exited"
+        );
+        let at_limit_later = opened.load(Ordering::SeqCst);
+
+        // The first ones leave: the waiting ones get in, and everyone completes.
+        release.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.join().expect("every client was accepted in the end");
+        }
+        for _ in 0..120 {
+            closed.recv().unwrap();
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 120);
+        let metrics = server.metrics();
+        let failures = metric(&metrics, "tidings_accept_failures_total");
+        assert!(failures > 0, "[{runtime}] {metrics}");
+        // New clients work.
+        let mut fresh = server.ws();
+        let ok = fresh.ask(json!({"op":"subscribe","id":1,"topics":["fd.t"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        server.publish("fd.t", "after");
+        assert_eq!(fresh.recv()["data"], "after");
+        let elapsed = started.elapsed();
+        let lines = accept_lines();
+        assert!(
+            lines.len() as u64 <= 1 + elapsed.as_secs() / 10,
+            "[{runtime}] {} accept lines in {elapsed:?}: {lines:?}",
+            lines.len()
+        );
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "the server exited"
+        );
+        eprintln!(
+            "[{runtime}] ulimit -n 64: {idle_fds} fds idle; {limit_fds} fds at the limit, {at_limit} of \
+             120 handshakes completed then, {at_limit_later} 10 s later; {failures} failed accepts, {} log line(s) in \
+             {elapsed:.1?}, {between:.1?} apart: {lines:?}; all 120 accepted once the first \
+             left",
+            lines.len(),
+        );
+    });
+}
+
+// ---- 4. a silent (half-open) peer --------------------------------------------------------------
+
+/// With `timers.keepalive` 500 ms and `timers.idle_timeout` 2 s, a native client that stops
+/// answering (it neither reads nor sends: its socket still acknowledges, like a frozen process
+/// or a peer whose application hung) is pinged and then closed with `idle` within the idle
+/// timeout; a client beside it that answers the pings stays connected. With the defaults these
+/// are 15 s and 60 s (docs/HTTP.md §1).
+#[test]
+fn a_silent_peer_is_found_within_the_idle_timeout() {
+    common::for_each_runtime(|runtime| {
+        let server = Server::start(
+            runtime,
+            &[
+                "--set",
+                "timers.keepalive=\"500ms\"",
+                "--set",
+                "timers.idle_timeout=\"2s\"",
+            ],
+        );
+        let mut healthy = server.ws();
+        let mut silent = server.ws();
+        let ok = silent.ask(json!({"op":"subscribe","id":1,"topics":["half.t"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let last_sent = Instant::now();
+        // From here the silent client only watches the raw socket: nothing is answered (a
+        // WebSocket library would answer pings on its own).
+        let mut raw = silent.ws.get_ref().try_clone().unwrap();
+        let watcher = thread::spawn(move || {
+            let (mut bytes, mut idle_at) = (Vec::new(), None);
+            let mut buf = [0u8; 4096];
+            loop {
+                match raw.read(&mut buf) {
+                    Ok(0) => return (bytes, idle_at, last_sent.elapsed()),
+                    Ok(n) => {
+                        bytes.extend_from_slice(&buf[..n]);
+                        if idle_at.is_none()
+                            && String::from_utf8_lossy(&bytes).contains("\"code\":\"idle\"")
+                        {
+                            idle_at = Some(last_sent.elapsed());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                        return (bytes, idle_at, last_sent.elapsed());
+                    }
+                    Err(e) => panic!("watching the silent client: {e}"),
+                }
+            }
+        });
+        // The healthy one answers every ping for three idle timeouts.
+        let mut pings = 0;
+        while last_sent.elapsed() < Duration::from_secs(6) {
+            let frame = healthy.recv();
+            if frame["type"] == "ping" {
+                pings += 1;
+                healthy.send(json!({"op":"pong"}));
+            }
+        }
+        let (bytes, idle_at, closed_after) = watcher.join().unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        let found_after = idle_at.unwrap_or_else(|| panic!("[{runtime}] no idle error: {text}"));
+        assert!(
+            found_after >= Duration::from_secs(2) && found_after < Duration::from_secs(4),
+            "[{runtime}] closed after {found_after:?} (idle timeout 2 s)"
+        );
+        let ok = healthy.ask(json!({"op":"ping","id":9}));
+        assert_eq!(
+            ok["type"], "pong",
+            "[{runtime}] the healthy client was closed: {ok}"
+        );
+        eprintln!(
+            "[{runtime}] keepalive 500 ms, idle_timeout 2 s: the silent client was closed with \
+             `idle` {found_after:.2?} after its last frame ({} pings sent to it; its TCP \
+             connection ended {closed_after:.2?} after it, the close handshake unanswered); the \
+             healthy one answered {pings} pings and stayed",
+            text.matches("\"type\":\"ping\"").count()
+        );
+    });
+}
+
 // ---- 5. soak -----------------------------------------------------------------------------------
 
 /// One HTTP publish on a new connection (from threads that do not hold the [`Server`]); the
