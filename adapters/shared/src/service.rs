@@ -405,7 +405,6 @@ impl<R: Runtime> Service<R> {
         self.inner.auth.describe()
     }
 
-    /// Socket options for an accepted TCP connection: no Nagle delay, and on Linux
     /// Runtime adapters report a failed `accept` here: it is counted
     /// (`tidings_accept_failures_total`) and logged at most every 10 s, with the number of
     /// failures since the last line.
