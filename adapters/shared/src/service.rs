@@ -421,6 +421,7 @@ impl<R: Runtime> Service<R> {
         }
     }
 
+    /// Socket options for an accepted TCP connection: no Nagle delay, and on Linux
     /// `http.tcp_user_timeout`, so that the keep-alives the server sends find half-open
     /// connections. Runtime adapters call it on every accepted socket (errors are ignored: the
     /// options are an optimisation).
