@@ -763,10 +763,19 @@ impl Harness {
                 taken_from = Some(j);
             }
             self.conns[i].client_id = Some(client_id.to_owned());
+            // An `ok` that takes the queue past twice its limit closes the connection as it is
+            // answered, before its parked session could come back: the broker then parks the
+            // connection's own session under the id (the parked one is replaced).
+            let closes_on_answer = req.is_some_and(|id| {
+                let ok = format!("{{\"type\":\"ok\",\"id\":{id}}}").len();
+                let c = &self.conns[i];
+                c.unflushed > 0 && c.unflushed + ok > 2 * self.max_queued
+            });
             if let Some(k) = self
                 .parked
                 .iter()
                 .position(|p| p.client_id == client_id && p.bound == me_bound)
+                .filter(|_| !closes_on_answer)
             {
                 let parked = self.parked.remove(k);
                 restored = Some(self.restore(i, parked));
@@ -1827,4 +1836,88 @@ fn principal_session_outlives_a_stranger_holding_its_id() {
         }
         h.finish();
     }
+}
+
+/// A case CI's longer run found (2,000 cases): an id taken over (`TakeOver`) twice in a row
+/// by the same connection, with parked sessions around.
+#[test]
+fn a_connection_taking_over_two_ids_in_a_row_parks_what_the_model_parks() {
+    let open = |shared: Option<usize>| Op::Open {
+        sse: false,
+        shared,
+        bound: false,
+        claim: 0,
+        stuck: false,
+    };
+    let sub = |conn: usize, p: usize| Op::Subscribe {
+        conn,
+        patterns: vec![p],
+        from: None,
+        named: false,
+    };
+    let ops = vec![
+        open(None),
+        open(Some(1)),
+        open(Some(0)),
+        Op::ClientReply(0),
+        Op::Close(0),
+        sub(1, 0),
+        Op::Join { conn: 0, room: 0 },
+        Op::Close(1),
+        Op::Declare { topic: 0, vis: 1 },
+        Op::Tick(0),
+        Op::Identify {
+            conn: 0,
+            who: 3,
+            claim: 0,
+        },
+        open(None),
+        open(None),
+        Op::Close(1),
+        sub(0, 0),
+        Op::RemoveTopic(1),
+        Op::RemoveTopic(1),
+        sub(2, 0),
+        Op::Notify(0),
+        Op::Identify {
+            conn: 0,
+            who: 1,
+            claim: 0,
+        },
+        Op::Join { conn: 0, room: 0 },
+        open(None),
+        Op::Publish {
+            conn: Some(1),
+            topic: 0,
+            big: false,
+        },
+        Op::Close(2),
+        sub(0, 1),
+        sub(0, 0),
+        Op::Identify {
+            conn: 0,
+            who: 2,
+            claim: 2,
+        },
+        Op::Identify {
+            conn: 0,
+            who: 0,
+            claim: 2,
+        },
+    ];
+    let params = Params {
+        max_events: 1,
+        max_queued: 254,
+        disconnect_b: false,
+        window: Some(Duration::from_millis(1000)),
+        max_parked: 3,
+        close_grace: Duration::from_millis(1),
+        shutdown_grace: Duration::from_millis(1),
+        max_notifies: 1,
+    };
+    let mut h = Harness::new(&params);
+    for op in &ops {
+        h.step(op);
+    }
+    h.finish();
 }
