@@ -165,7 +165,8 @@ pub enum Reason {
     Refused {
         /// The HTTP status.
         status: u16,
-        /// The response body or reason.
+        /// The response body, or the status's reason phrase when no body came with the head
+        /// (the WebSocket library keeps only the bytes read with it).
         message: String,
     },
     /// The server closed the connection and said why (its last error frame).

@@ -292,7 +292,12 @@ async fn a_refused_token_stops_the_client_and_a_valid_one_gets_its_grants() {
         panic!("{err:?}")
     };
     assert_eq!(*status, 401);
-    assert!(message.contains("requires a token"), "{message}");
+    // The body when it came in the same read as the response head (the WebSocket library
+    // returns only those bytes), else the reason phrase: both happen on a loaded machine.
+    assert!(
+        message.contains("requires a token") || message == "Unauthorized",
+        "{message}"
+    );
     // A token signed with another secret.
     let exp = in_ten_minutes();
     let claims = json!({"sub": "alice", "exp": exp,
