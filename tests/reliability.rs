@@ -1089,9 +1089,11 @@ fn a_silent_peer_is_found_within_the_idle_timeout() {
         );
         let mut healthy = server.ws();
         let mut silent = server.ws();
+        // Taken before its last frame goes out: the server cannot find it idle any earlier than
+        // the idle timeout after that.
+        let last_sent = Instant::now();
         let ok = silent.ask(json!({"op":"subscribe","id":1,"topics":["half.t"]}));
         assert_eq!(ok["type"], "ok", "{ok}");
-        let last_sent = Instant::now();
         // From here the silent client only watches the raw socket: nothing is answered (a
         // WebSocket library would answer pings on its own).
         let mut raw = silent.ws.get_ref().try_clone().unwrap();
