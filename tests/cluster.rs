@@ -897,3 +897,164 @@ fn a_users_client_id_is_hers_on_every_node() {
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(alice.recv()["data"], "only hers");
 }
+
+/// A node embedded in an application (tokio, in this process), on `nats`.
+fn embedded(rt: &tokio::runtime::Runtime, nats: &Nats, name: &str) -> tidings_tokio::Server {
+    let mut config = tidings_adapter::ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        ..tidings_adapter::ServerConfig::default()
+    };
+    config.cluster.nats = Some(nats.url());
+    config.cluster.node = Some(name.to_owned());
+    rt.block_on(tidings_tokio::serve(config))
+        .expect("the embedded node serves")
+}
+
+/// A native client on an embedded node that identifies as `client_id`.
+fn client_on(server: &tidings_tokio::Server, client_id: &str) -> common::Ws {
+    let stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut ws = common::Ws::open(stream, server.addr(), &[]);
+    let ok = ws.ask(json!({"op":"identify","id":1,"client_id":client_id}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    ws
+}
+
+/// Answers every server request `ws` gets with `"<client id>:<data>"`, until it closes.
+fn answering(mut ws: common::Ws, client_id: &'static str) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Ok(tungstenite::Message::Text(text)) = ws.ws.read() {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "request" {
+                let data = format!("{client_id}:{}", frame["data"].as_str().unwrap_or("?"));
+                ws.send(json!({"op":"reply","id":frame["id"],"data":data}));
+            }
+        }
+    })
+}
+
+fn name(s: &str) -> tidings_core::Name {
+    tidings_core::Name::parse("name", s, 128).unwrap()
+}
+
+#[test]
+fn server_requests_reach_a_client_id_and_a_rooms_members_on_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = embedded(&rt, &nats, "a");
+    let b = embedded(&rt, &nats, "b");
+    let c = node("async-std", &nats, "c", &[]);
+    let text = |s: &str| tidings_core::Payload::text(s.to_owned()).unwrap();
+    let ask_alice = |hub: &tidings_adapter::Hub, data: &str| {
+        rt.block_on(hub.request_client(
+            name("alice"),
+            name("confirm"),
+            text(data),
+            Some(Duration::from_secs(10)),
+        ))
+    };
+
+    // Alice is connected to node c (async-std); node b's application asks her. Node c
+    // subscribes to her id's subject a moment after her `ok`: until then, `no_recipient`.
+    let mut alice = c.ws();
+    let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = answering(alice, "alice");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        match ask_alice(b.hub(), "pay 5?") {
+            Err(e) if e.code == tidings_core::ErrorCode::NoRecipient => {
+                assert!(Instant::now() < deadline, "alice on node c never reachable");
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(
+        answer.map(|p| p.as_str().to_owned()),
+        Ok("alice:pay 5?".into())
+    );
+
+    // A client on node a asks node a's handler, which asks alice on node c: the answer comes
+    // back to the client that asked.
+    let hub = a.hub().clone();
+    a.hub().on("ask-alice", move |_conn, payload| {
+        let hub = hub.clone();
+        async move {
+            hub.request_client(name("alice"), name("confirm"), payload, None)
+                .await
+        }
+    });
+    let mut bob = client_on(&a, "bob");
+    let answer = bob.ask(json!({"op":"request","id":5,"event":"ask-alice","data":"ship it?"}));
+    assert_eq!(
+        (answer["type"].as_str(), answer["data"].as_str()),
+        (Some("ok"), Some("alice:ship it?")),
+        "{answer}"
+    );
+
+    // Nobody holds the id on any node: `no_recipient`, at once.
+    let started = Instant::now();
+    let refused = rt.block_on(
+        a.hub()
+            .request_client(name("nobody"), name("e"), text("?"), None),
+    );
+    assert_eq!(
+        refused.map_err(|e| e.code),
+        Err(tidings_core::ErrorCode::NoRecipient)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A room with members on nodes a and b: every member's answer, and `timeout` for the one
+    // that does not answer.
+    let carol = client_on(&b, "carol");
+    let dave = client_on(&a, "dave");
+    let eve = client_on(&a, "eve");
+    for (server, ws) in [(&b, &carol), (&a, &dave), (&a, &eve)] {
+        let conn = tidings_core::ConnId(ws.welcome["conn"].as_u64().unwrap());
+        assert_eq!(rt.block_on(server.hub().join(conn, name("jury"))), Ok(true));
+    }
+    let (carol, dave) = (answering(carol, "carol"), answering(dave, "dave"));
+    let answers = rt
+        .block_on(a.hub().request_room(
+            name("jury"),
+            name("vote"),
+            text("guilty?"),
+            Some(Duration::from_secs(2)),
+        ))
+        .expect("the room's answers");
+    let mut shown: Vec<(String, String)> = answers
+        .iter()
+        .map(|answer| {
+            let who = answer.client_id.as_ref().map_or("-", |n| n.as_str());
+            let what = match &answer.result {
+                Ok(p) => p.as_str().to_owned(),
+                Err(e) => e.code.as_str().to_owned(),
+            };
+            (who.to_owned(), what)
+        })
+        .collect();
+    shown.sort();
+    let expected = [
+        ("carol", "carol:guilty?"),
+        ("dave", "dave:guilty?"),
+        ("eve", "timeout"),
+    ]
+    .map(|(w, a)| (w.to_owned(), a.to_owned()));
+    assert_eq!(shown, expected);
+    // Stopping the nodes closes the answering clients' connections.
+    drop((eve, bob, a, b, c));
+    rt.shutdown_background();
+    for client in [alice, carol, dave] {
+        client.join().unwrap();
+    }
+}

@@ -129,6 +129,8 @@ pub struct Broker {
     pub(crate) lost: Option<(u64, u64)>,
     /// Messages that are not retained, across nodes (a shared log only).
     pub(crate) relay: crate::relay::Relay,
+    /// Server requests to a client id or a room, on every node.
+    pub(crate) asks: crate::ask::Asks,
     /// Publishes stored in a shared log whose events this node has not delivered yet: their
     /// position (0 for a failed append), publisher and answer, in the order the log answered.
     pub(crate) answering: VecDeque<(
@@ -198,6 +200,7 @@ impl Broker {
             lost: None,
             answering: VecDeque::new(),
             relay: crate::relay::Relay::default(),
+            asks: crate::ask::Asks::default(),
             waiting: Vec::new(),
             holes: std::collections::VecDeque::new(),
             shutdown: None,
@@ -575,11 +578,7 @@ impl Broker {
                 conn.extras_mut().acks.swap_remove(i);
                 let id = conn.id;
                 let result = result.map_err(|msg| ProtocolError::new(ErrorCode::Rejected, msg));
-                self.emit(AppEvent::AckResult {
-                    conn: id,
-                    ack,
-                    result,
-                });
+                self.ack_result(id, ack, result);
                 self.mark_stale();
             }
             Command::Identify {

@@ -440,11 +440,7 @@ impl Broker {
                 ErrorCode::NoRecipient,
                 "the connection closed before answering",
             );
-            self.emit(AppEvent::AckResult {
-                conn: id,
-                ack,
-                result: Err(e),
-            });
+            self.ack_result(id, ack, Err(e));
         }
     }
 
