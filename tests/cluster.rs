@@ -861,6 +861,7 @@ fn a_users_client_id_is_hers_on_every_node() {
         "--set",
         &format!("auth.jwt.secret=\"{JWT_SECRET}\""),
     ];
+    let args = [&args[..], &["--set", "timers.reconnect_window=\"60s\""]].concat();
     let a = node("tokio", &nats, "a", &args);
     let b = node("async-std", &nats, "b", &args);
     // An anonymous client on b takes "alice" while she is away: allowed, the id is free.
@@ -896,6 +897,21 @@ fn a_users_client_id_is_hers_on_every_node() {
     let ok = sender.ask(json!({"op":"send","id":1,"to":"alice","data":"only hers"}));
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(alice.recv()["data"], "only hers");
+
+    // She leaves a with a subscription: her session is parked there for the reconnect window,
+    // and her id stays hers on b too: a wildcard claim there loses it.
+    let ok = alice.ask(json!({"op":"subscribe","id":2,"topics":["news"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    // (Node a routes her id all along: connected, then parked.)
+    drop(alice);
+    let mut dave = b.ws();
+    let ok = dave.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let (frames, _) = dave.until_close();
+    assert!(
+        frames.iter().any(|f| f["code"] == "client_id_taken"),
+        "dave is told: {frames:?}"
+    );
 }
 
 /// A node embedded in an application (tokio, in this process), on `nats`.

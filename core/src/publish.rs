@@ -469,6 +469,7 @@ impl Broker {
         self.parked.clear();
         self.parked_order.clear();
         for client_id in parked {
+            self.route_changed(crate::relay::Route::Client(client_id.clone()));
             self.emit(AppEvent::SessionExpired { client_id });
         }
         self.encodings.clear();

@@ -346,7 +346,8 @@ impl Broker {
         changed.dedup();
         for route in changed {
             let held = match &route {
-                Route::Client(id) => self.clients.contains_key(id),
+                // An owner's parked session keeps her id (`claim_verdict`), on every node.
+                Route::Client(id) => self.clients.contains_key(id) || self.parked_for_owner(id),
                 Route::Named(name) => self.names.contains_key(name),
                 Route::Room(room) => self.rooms.contains_key(room),
             };
@@ -498,7 +499,17 @@ impl Broker {
                 principal,
             } => {
                 let holder = self.clients.get(&client_id).copied();
-                let owned = holder.is_some_and(|h| self.conn_ref(h).grants.is_bound_to(&client_id));
+                let owned = match holder {
+                    Some(h) => self.conn_ref(h).grants.is_bound_to(&client_id),
+                    // Kept for its owner while her session is parked here.
+                    None => self.parked_for_owner(&client_id),
+                };
+                if holder.is_none() && principal && owned {
+                    // The owner came back on another node: her session parked here would only
+                    // keep the id routed here (its subscriptions are not carried over).
+                    self.parked.remove(&client_id);
+                    self.expired(client_id.clone());
+                }
                 if let (Some(holder), true, false) = (holder, principal, owned) {
                     let reason = ProtocolError::new(
                         ErrorCode::ClientIdTaken,

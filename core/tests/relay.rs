@@ -25,6 +25,10 @@ fn config() -> Config {
             max_pending_appends: 16,
             shared: true,
         },
+        timers: tidings_core::Timers {
+            reconnect_window: Some(std::time::Duration::from_secs(60)),
+            ..tidings_core::Timers::default()
+        },
         ..Config::default()
     }
 }
@@ -630,6 +634,66 @@ fn a_principal_claim_closes_a_wildcard_holder_of_its_id_on_another_node_and_back
     c.identify(0, x, "anon");
     c.identify(1, y, "anon");
     assert!(!c.closed.contains_key(&x) && !c.closed.contains_key(&y));
+}
+
+#[test]
+fn an_owners_parked_session_keeps_her_id_on_every_node_until_she_is_back() {
+    let mut c = Cluster::new();
+    let open_as_alice = |c: &mut Cluster, n: usize, conn: u64| {
+        let conn = ConnId(conn);
+        let grants = Arc::new(bound_to("alice"));
+        let codec = Box::new(NativeCodec);
+        c.input(
+            n,
+            Input::Open {
+                conn,
+                codec,
+                grants,
+            },
+        );
+        c.take(conn);
+        c.identify(n, conn, "alice");
+        conn
+    };
+    let alice = open_as_alice(&mut c, 0, 1);
+    c.send(
+        0,
+        alice,
+        json!({"op": "subscribe", "id": 2, "topic": "news"}),
+    );
+    c.close(0, alice);
+    let route = Route::Client(name("alice"));
+    assert!(
+        c.interest[0].contains(&route),
+        "her parked session keeps her id on node 0"
+    );
+    // A wildcard claim of her id on node 1 while she is away: refused, as on one node.
+    let mallory = c.open(1, 2);
+    c.send(
+        1,
+        mallory,
+        json!({"op": "identify", "id": 1, "client_id": "alice"}),
+    );
+    assert_eq!(
+        c.closed.get(&mallory),
+        Some(&Some(ErrorCode::ClientIdTaken))
+    );
+    c.close(1, mallory);
+    // She comes back on node 1: node 0 lets her parked session go, and with it her id.
+    let again = open_as_alice(&mut c, 1, 3);
+    assert!(!c.closed.contains_key(&again));
+    assert!(
+        !c.interest[0].contains(&route),
+        "node 0 still routes her id"
+    );
+    assert!(c.interest[1].contains(&route));
+    let expired = c.events[0].iter().any(|e| {
+        matches!(e, tidings_core::AppEvent::SessionExpired { client_id } if client_id.as_str() == "alice")
+    });
+    assert!(
+        expired,
+        "node 0's application is told her session there is over"
+    );
 }
 
 /// The answers node `n`'s application got for the ask it started with `op`.
