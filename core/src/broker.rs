@@ -116,8 +116,12 @@ pub struct Broker {
     /// Publishes waiting for the external log, in the order asked.
     pub(crate) appends: VecDeque<crate::appends::Pending>,
     pub(crate) next_append: u64,
-    /// Log reads in flight, and the connection each is for.
-    pub(crate) reads: HashMap<crate::log::ReadId, ConnId>,
+    /// Log reads in flight: the position each starts at and the connections waiting for it
+    /// (connections catching up from one position share one read: a mass reconnect after a
+    /// restart reads each range once, not once per client).
+    pub(crate) reads: HashMap<crate::log::ReadId, (u64, Vec<ConnId>)>,
+    /// The read in flight from each position.
+    pub(crate) reading_from: HashMap<u64, crate::log::ReadId>,
     /// Reads asking a shared log whether it holds the cursor a connection waits for (see
     /// `Broker::wait_for`): the connection and that position.
     pub(crate) probes: HashMap<crate::log::ReadId, (ConnId, u64)>,
@@ -194,6 +198,7 @@ impl Broker {
             appends: VecDeque::new(),
             next_append: 0,
             reads: HashMap::new(),
+            reading_from: HashMap::new(),
             probes: HashMap::new(),
             next_read: 0,
             log_first: 1,
