@@ -3,8 +3,10 @@
 //! behind a load balancer notices: every node delivers the same events in the same order, a
 //! cursor from one node resumes exactly on another (native, SSE, ksbus and etp subscribers), a
 //! restarted node serves old cursors, a NATS outage answers publishes `unavailable` and loses
-//! nothing that was acknowledged, direct messages, named routing and presence span the nodes, and
-//! a stream created again becomes a new epoch everywhere.
+//! nothing that was acknowledged, direct messages, named routing and presence span the nodes,
+//! server requests reach a client id or a room's members on any node, in-process subscribers
+//! of a node embedded in an application are subscribers like the others, and a stream created
+//! again becomes a new epoch everywhere.
 //!
 //! Without nats-server the tests skip (and fail under `TIDINGS_REQUIRE_INTEROP`, as in CI).
 
@@ -1073,4 +1075,62 @@ fn server_requests_reach_a_client_id_and_a_rooms_members_on_every_node() {
     for client in [alice, carol, dave] {
         client.join().unwrap();
     }
+}
+
+#[test]
+fn in_process_subscribers_of_an_embedded_node_receive_and_resume_cursors_of_another_node() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = Nats::start() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = embedded(&rt, &nats, "a");
+    let b = node("async-std", &nats, "b", &[]);
+    let publish = |data: &str| {
+        let resp = b.request("POST", "/publish?topic=orders.eu", &[], data.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let answer: Value = serde_json::from_str(&resp.body).unwrap();
+        answer["id"]
+            .as_str()
+            .unwrap()
+            .parse::<tidings_core::Cursor>()
+            .unwrap()
+    };
+    let next = |sub: &mut tidings_adapter::Subscription| match rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(15), sub.next()).await })
+    {
+        Ok(Some(tidings_adapter::Received::Event {
+            cursor, payload, ..
+        })) => (cursor, payload.as_str().to_owned()),
+        other => panic!("an event, not {other:?}"),
+    };
+    // A cursor node b handed out; an in-process subscription of node a from it.
+    let start = publish("zero");
+    let pattern = tidings_core::Pattern::parse("orders.>", Default::default()).unwrap();
+    let mut live = a
+        .hub()
+        .subscribe(vec![pattern.clone()], Some(start))
+        .unwrap();
+    let published: Vec<_> = (1..=20)
+        .map(|i| {
+            let data = format!("order {i}");
+            (publish(&data), data)
+        })
+        .collect();
+    let received: Vec<_> = (0..20).map(|_| next(&mut live)).collect();
+    assert_eq!(
+        received, published,
+        "node b's events, in its order, on node a"
+    );
+    // Resumed from the tenth event's cursor: exactly the ten after it.
+    let mut resumed = a
+        .hub()
+        .subscribe(vec![pattern], Some(published[9].0))
+        .unwrap();
+    let received: Vec<_> = (0..10).map(|_| next(&mut resumed)).collect();
+    assert_eq!(received, published[10..]);
+    drop((live, resumed, a, b));
+    rt.shutdown_background();
 }
