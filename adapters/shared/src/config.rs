@@ -606,6 +606,16 @@ mod tests {
     const EXAMPLE: &str = include_str!("../../../tidings.example.toml");
 
     #[test]
+    fn the_per_address_limit_is_on_by_default_at_a_hundredth_of_max_connections() {
+        let config = ServerConfig::default();
+        assert_eq!(
+            config.http.max_connections_per_ip,
+            config.limits.max_connections / 100
+        );
+        assert!(config.http.per_ip_exempt_loopback);
+    }
+
+    #[test]
     fn the_example_file_lists_the_defaults() {
         assert_eq!(
             ServerConfig::from_toml(EXAMPLE).unwrap(),
