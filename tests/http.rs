@@ -792,6 +792,42 @@ fn the_default_per_address_limit_refuses_connection_1001() {
     });
 }
 
+/// Over `limits.max_connections` (2 here), which applies to loopback too, a connection gets
+/// `503 limit_reached` naming that limit, counted apart from the per-address refusals.
+#[test]
+fn the_server_wide_limit_refuses_and_is_counted_apart() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &["--memory", "--set", "limits.max_connections=2"]);
+        let mut held: Vec<Conn> = (0..2)
+            .map(|_| {
+                let mut conn = Conn::open(&server);
+                conn.send(&get_request(&server, "/healthz"));
+                assert_eq!(conn.response().status, 200, "[{rt}]");
+                conn
+            })
+            .collect();
+        let refused = server.get("/healthz");
+        assert_eq!(refused.status, 503, "[{rt}] {}", refused.body);
+        assert_eq!(refused.error_code(), "limit_reached", "[{rt}]");
+        assert!(
+            refused.body.contains("limits.max_connections"),
+            "[{rt}] {}",
+            refused.body
+        );
+        let conn = &mut held[0];
+        conn.send(&get_request(&server, "/metrics"));
+        let metrics = conn.response().body;
+        let sample = |limit: &str| {
+            metric(
+                &metrics,
+                &format!("tidings_refused_connections_total{{limit=\"{limit}\"}}"),
+            )
+        };
+        assert_eq!(sample("max_connections"), 1, "[{rt}]");
+        assert_eq!(sample("per_ip"), 0, "[{rt}]");
+    });
+}
+
 /// By default loopback clients are exempt from the per-address limit (a reverse proxy on the
 /// same host, local tools): with `http.max_connections_per_ip=2`, five streams from 127.0.0.1
 /// are all served, and none is counted as refused.
