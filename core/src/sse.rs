@@ -882,6 +882,8 @@ impl crate::codec::Codec for SseCodec {
             Frame::Error { error, .. } => {
                 ev(None, Some("tidings-error"), &native::error_json(error))
             }
+            // Not retained: no `id:`, so it does not move the stream's `Last-Event-ID`.
+            Frame::Presence(notice) => ev(None, Some("presence"), notice.to_json().as_bytes()),
             Frame::Ping => keepalive(),
             Frame::Ok { .. } | Frame::Request { .. } | Frame::Pong { .. } => return None,
         };
