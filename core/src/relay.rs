@@ -377,6 +377,7 @@ impl Broker {
                 };
                 let json = Payload::json_unchecked(bytes::Bytes::from(presence.to_json(topic)));
                 self.ok(slot, Some(req), None, Some(&json));
+                self.watch_answered(slot, topic, req);
             }
             Asker::App(id) => self.emit(crate::output::AppEvent::Relayed {
                 id,

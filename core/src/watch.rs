@@ -42,7 +42,19 @@ pub(crate) struct Watches {
     local: HashMap<Topic, Vec<Slot>>,
     /// Topics watched on other nodes (a cluster only).
     remote: HashSet<Topic>,
+    /// Watches whose answer waits for the other nodes' presence (a cluster only), by watcher
+    /// and topic: the request to answer and the notices held until the answer is sent (so a
+    /// watcher gets its starting presence first, then what changed since), at most
+    /// [`MAX_HELD`]; `None` once more came.
+    starting: HashMap<(Slot, Topic), (ReqId, Held)>,
 }
+
+/// The notices held for a starting watch; `None` past [`MAX_HELD`].
+type Held = Option<Vec<PresenceNotice>>;
+
+/// The most notices held for a watch whose answer is being gathered; past it the watch is
+/// refused (`unavailable`: the presence changed too fast to be gathered; watch again).
+const MAX_HELD: usize = 1024;
 
 impl Watches {
     fn is_empty(&self) -> bool {
@@ -111,10 +123,51 @@ impl Broker {
                 }));
             }
         }
-        // Answered with the presence now; notices follow it (queued after the answer here; a
-        // cluster's answer waits for the other nodes, see `docs/CLUSTER.md`).
+        // Answered with the presence now; notices follow it. A cluster's answer waits for the
+        // other nodes: the notices meanwhile are held until it is sent (`watch_answered`).
+        if self.relays() {
+            self.watches
+                .starting
+                .insert((slot, topic.clone()), (req, Some(Vec::new())));
+        }
         let asker = crate::relay::Asker::Conn(self.conn_ref(slot).id, req);
         self.ask_presence(asker, topic);
+    }
+
+    /// A connection's `presence` request (`req`) on `topic` was answered: if it started a
+    /// watch, the notices held meanwhile go now.
+    pub(crate) fn watch_answered(&mut self, slot: Slot, topic: &Topic, req: ReqId) {
+        let key = (slot, topic.clone());
+        if self
+            .watches
+            .starting
+            .get(&key)
+            .is_none_or(|(r, _)| *r != req)
+        {
+            return;
+        }
+        let Some((_, held)) = self.watches.starting.remove(&key) else {
+            return;
+        };
+        match held {
+            Some(held) => {
+                for notice in &held {
+                    self.fan_out_message(&[slot], &Frame::Presence(notice));
+                }
+            }
+            None => {
+                self.unwatch(slot, topic);
+                let e = ProtocolError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "the presence of {:?} changed more than {MAX_HELD} times while it was \
+                         gathered from the other nodes; the watch was stopped: watch again",
+                        topic.as_str()
+                    ),
+                );
+                self.fail(slot, None, e);
+            }
+        }
     }
 
     /// Stops a connection's watch of `topic` (nothing if it does not watch it).
@@ -130,6 +183,9 @@ impl Broker {
     }
 
     fn drop_watcher(&mut self, slot: Slot, topic: &Topic) {
+        if !self.watches.starting.is_empty() {
+            self.watches.starting.remove(&(slot, topic.clone()));
+        }
         let Some(watchers) = self.watches.local.get_mut(topic) else {
             return;
         };
@@ -269,6 +325,23 @@ impl Broker {
         };
         let mut slots = std::mem::take(&mut self.scratch);
         slots.extend_from_slice(watchers);
+        if !self.watches.starting.is_empty() {
+            // Held for the watchers whose starting presence is not sent yet.
+            let starting = &mut self.watches.starting;
+            slots.retain(|slot| {
+                let Some((_, held)) = starting.get_mut(&(*slot, notice.topic.clone())) else {
+                    return true;
+                };
+                if let Some(list) = held {
+                    if list.len() < MAX_HELD {
+                        list.push(notice.clone());
+                    } else {
+                        *held = None;
+                    }
+                }
+                false
+            });
+        }
         self.fan_out_message(&slots, &Frame::Presence(notice));
         slots.clear();
         self.scratch = slots;
