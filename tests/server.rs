@@ -1489,5 +1489,21 @@ fn presence_notices_over_websocket_and_sse() {
             (400, "invalid_topic"),
             "[{rt}]"
         );
+
+        // Watching needs the right to subscribe to the topic: 403 at connect, forbidden on
+        // WebSocket.
+        let limited = Server::start(rt, &["--set", r#"auth.anonymous={subscribe=["public.>"]}"#]);
+        let resp = limited.get("/sse?topic=public.a&presence=secret.room");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "forbidden"),
+            "[{rt}] {}",
+            resp.body
+        );
+        let mut ws = limited.ws();
+        let refused = ws.ask(json!({"op":"presence","id":1,"topic":"secret.room","watch":true}));
+        assert_eq!(refused["code"], "forbidden", "[{rt}] {refused}");
+        let ok = ws.ask(json!({"op":"presence","id":2,"topic":"public.room","watch":true}));
+        assert_eq!(ok["type"], "ok", "[{rt}] {ok}");
     });
 }

@@ -349,3 +349,42 @@ fn an_sse_stream_gets_notices_as_presence_events_without_an_id() {
         )]
     );
 }
+
+#[test]
+fn a_slow_watcher_is_told_how_many_notices_it_lost() {
+    let mut config = Config::default();
+    config.limits.max_queued_bytes = 200;
+    let mut sim = Sim::new(config);
+    let w = watcher(&mut sim, 1, "t");
+    sim.auto_flush = false;
+    // A first notice goes (nothing in flight); the next ones wait, then overflow the queue.
+    for id in 0..20 {
+        let c = sim.open(10 + id, NativeCodec);
+        sim.send(c, r#"{"op":"subscribe","topic":"t"}"#);
+    }
+    let got = sim.take_raw(w);
+    let sent: usize = got.iter().map(bytes::Bytes::len).sum();
+    assert!(got.len() < 20, "some were dropped: {} sent", got.len());
+    // Once its queue drains, a gap notice says how many notices (messages) it lost.
+    sim.auto_flush = true;
+    sim.broker
+        .handle_input(
+            sim.now,
+            tidings_core::Input::Flushed {
+                conn: w,
+                bytes: sent,
+            },
+        )
+        .unwrap();
+    sim.drain();
+    let after = sim.take(w);
+    let gap = after
+        .iter()
+        .find(|f| f["type"] == "gap")
+        .unwrap_or_else(|| panic!("a gap notice: {after:?}"));
+    assert_eq!(
+        gap["dropped_messages"].as_u64().unwrap() as usize + got.len(),
+        20,
+        "{gap}"
+    );
+}
