@@ -223,6 +223,10 @@ pub enum RelayReply {
         token: u64,
         /// The topic.
         topic: Topic,
+        /// For a watch there: from this answer on, this node relays its joins and leaves on
+        /// the topic (as after [`RelayReply::WatchedElsewhere`], in the same step as the
+        /// answer, so that every change after the answer is relayed and none before it).
+        watch: bool,
     },
     /// What the other nodes answered to a [`RelayRequest::GatherPresence`], merged (`nodes`
     /// counts them; nodes that did not answer in time are not in it).
@@ -464,7 +468,17 @@ impl Broker {
                     }));
                 }
             }
-            RelayReply::PresenceAsked { token, topic } => {
+            RelayReply::PresenceAsked {
+                token,
+                topic,
+                watch,
+            } => {
+                if watch {
+                    self.handle_watch_relay(RelayReply::WatchedElsewhere {
+                        topic: topic.clone(),
+                        watched: true,
+                    });
+                }
                 let presence = self.presence(&topic);
                 self.out
                     .push_back(Output::Relay(RelayRequest::PresenceHere {

@@ -197,10 +197,21 @@ impl Cluster {
                 let others = self.nodes.len() - 1;
                 self.gathering
                     .insert(token, (from, id, others, Presence::default()));
+                // A gathering for a watch says so (the real relay's `Tid-Watch` header).
+                let watch = self
+                    .watching
+                    .get(&topic)
+                    .is_some_and(|nodes| nodes.contains(&from));
                 for m in (0..self.nodes.len()).filter(|&m| m != from) {
                     let topic = topic.clone();
-                    self.queue
-                        .push_back((m, Input::Relay(RelayReply::PresenceAsked { token, topic })));
+                    self.queue.push_back((
+                        m,
+                        Input::Relay(RelayReply::PresenceAsked {
+                            token,
+                            topic,
+                            watch,
+                        }),
+                    ));
                 }
             }
             RelayRequest::PresenceHere { token, presence } => {

@@ -267,15 +267,17 @@ pub(crate) async fn run(
                 else {
                     continue;
                 };
-                // A gathering for a watch: registered before the answer, so that every change
-                // after it is relayed.
-                if message.headers.as_ref().is_some_and(|h| h.get(super::watch::WATCH).is_some()) {
-                    watches.watched_by(&node, topic.clone(), &replies);
-                }
+                // A gathering for a watch: the broker registers it with its answer (one step),
+                // so that every change after the answer is relayed and none before it.
+                let watch = message
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(super::watch::WATCH).is_some());
+                let watch = watch && watches.watched_by_gathering(&node, topic.clone());
                 let token = next_token;
                 next_token += 1;
                 answering.insert(token, reply);
-                if replies.send(RelayReply::PresenceAsked { token, topic }).is_err() {
+                if replies.send(RelayReply::PresenceAsked { token, topic, watch }).is_err() {
                     break;
                 }
             }

@@ -211,13 +211,31 @@ impl Watches {
         }
     }
 
-    /// `node` watches `topic` (a gathering for its watch, or its announcement).
+    /// `node` watches `topic` (its announcement).
     pub(crate) fn watched_by(
         &mut self,
         node: &str,
         topic: Topic,
         replies: &flume::Sender<RelayReply>,
     ) {
+        if self.add(node, topic.clone()) == Some(true) {
+            let _ = replies.send(RelayReply::WatchedElsewhere {
+                topic,
+                watched: true,
+            });
+        }
+    }
+
+    /// `node` gathers the presence of `topic` for a watch: recorded here; the broker registers
+    /// the watch itself with its answer (`RelayReply::PresenceAsked` with `watch`), unless this
+    /// returns `false` (past [`MAX_REMOTE_TOPICS`]).
+    pub(crate) fn watched_by_gathering(&mut self, node: &str, topic: Topic) -> bool {
+        self.add(node, topic).is_some()
+    }
+
+    /// Records that `node` watches `topic`: `Some(true)` if no other node did, `None` past
+    /// [`MAX_REMOTE_TOPICS`] (nothing recorded).
+    fn add(&mut self, node: &str, topic: Topic) -> Option<bool> {
         self.heard
             .insert(node.to_owned(), tokio::time::Instant::now());
         if !self.elsewhere.contains_key(&topic) && self.elsewhere.len() >= MAX_REMOTE_TOPICS {
@@ -225,15 +243,10 @@ impl Watches {
                 "more than {MAX_REMOTE_TOPICS} topics are watched on other nodes; the watch of \
                  {topic} is ignored here"
             );
-            return;
+            return None;
         }
-        let nodes = self.elsewhere.entry(topic.clone()).or_default();
-        if nodes.insert(node.to_owned()) && nodes.len() == 1 {
-            let _ = replies.send(RelayReply::WatchedElsewhere {
-                topic,
-                watched: true,
-            });
-        }
+        let nodes = self.elsewhere.entry(topic).or_default();
+        Some(nodes.insert(node.to_owned()) && nodes.len() == 1)
     }
 
     fn unwatched_by(&mut self, node: &str, topic: &Topic, replies: &flume::Sender<RelayReply>) {
