@@ -388,3 +388,163 @@ fn a_slow_watcher_is_told_how_many_notices_it_lost() {
         "{gap}"
     );
 }
+
+/// A watcher's view: the presence it started from plus every notice since.
+#[derive(Debug, Default, PartialEq)]
+struct View {
+    connections: i64,
+    anonymous: i64,
+    clients: std::collections::BTreeMap<String, i64>,
+}
+
+impl View {
+    fn of(presence: &Value) -> Self {
+        let mut view = Self {
+            connections: presence["connections"].as_i64().unwrap(),
+            anonymous: presence["anonymous"].as_i64().unwrap(),
+            ..Self::default()
+        };
+        for c in presence["clients"].as_array().unwrap() {
+            view.clients.insert(
+                c["client_id"].as_str().unwrap().to_owned(),
+                c["connections"].as_i64().unwrap(),
+            );
+        }
+        view
+    }
+
+    fn apply(&mut self, notice: &Value) {
+        let d = if notice["action"] == "join" { 1 } else { -1 };
+        self.connections += d;
+        match notice["client_id"].as_str() {
+            Some(id) => {
+                let n = self.clients.entry(id.to_owned()).or_default();
+                *n += d;
+                assert!(*n >= 0, "a leave without a join: {notice}");
+                if *n == 0 {
+                    self.clients.remove(id);
+                }
+            }
+            None => self.anonymous += d,
+        }
+        assert!(self.connections >= 0 && self.anonymous >= 0, "{notice}");
+    }
+}
+
+#[test]
+fn the_starting_presence_plus_the_notices_is_always_the_presence() {
+    const PATTERNS: [&str; 5] = ["room.a", "room.*", "room.>", ">", "other.x"];
+    const IDS: [&str; 2] = ["alice", "bob"];
+    let topic = Topic::parse("room.a", Default::default()).unwrap();
+    for seed in 0..200u64 {
+        let mut config = Config::default();
+        config.timers.reconnect_window = Some(Duration::from_secs(60));
+        let mut sim = Sim::new(config);
+        let mut rng = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let mut next = |n: u64| {
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (rng >> 33) % n
+        };
+        let w = sim.open(1000, NativeCodec);
+        let mut view: Option<View> = None;
+        let mut open: Vec<u64> = Vec::new();
+        let mut next_conn = 1;
+        let mut log = Vec::new();
+        for step in 0..60 {
+            let i = next(8);
+            let c = open.get(next(open.len().max(1) as u64) as usize).copied();
+            let p = PATTERNS[next(5) as usize];
+            let id = IDS[next(2) as usize];
+            match (i, c) {
+                (0, _) | (_, None) => {
+                    sim.open(next_conn, NativeCodec);
+                    open.push(next_conn);
+                    log.push(format!("open {next_conn}"));
+                    next_conn += 1;
+                }
+                (1, Some(c)) => {
+                    sim.close(ConnId(c));
+                    open.retain(|o| *o != c);
+                    log.push(format!("close {c}"));
+                }
+                (2 | 3, Some(c)) => {
+                    sim.send(ConnId(c), &format!(r#"{{"op":"subscribe","topic":"{p}"}}"#));
+                    log.push(format!("{c} subscribe {p}"));
+                }
+                (4, Some(c)) => {
+                    sim.send(
+                        ConnId(c),
+                        &format!(r#"{{"op":"unsubscribe","topic":"{p}"}}"#),
+                    );
+                    log.push(format!("{c} unsubscribe {p}"));
+                }
+                (5, Some(c)) => {
+                    let claim = if next(2) == 0 {
+                        tidings_core::Claim::Explicit
+                    } else {
+                        tidings_core::Claim::TakeOver
+                    };
+                    sim.command(
+                        ConnId(c),
+                        tidings_core::Command::Identify {
+                            req: Some(1),
+                            client_id: tidings_core::Name::parse("client_id", id, 64).unwrap(),
+                            claim,
+                        },
+                    );
+                    log.push(format!("{c} identify {id} {claim:?}"));
+                }
+                (6, _) => {
+                    // Watch (again): a new starting point.
+                    sim.send(
+                        w,
+                        &format!(
+                            r#"{{"op":"presence","id":{step},"topic":"room.a","watch":true}}"#
+                        ),
+                    );
+                    log.push("watch".into());
+                }
+                _ => {
+                    sim.send(
+                        w,
+                        &format!(
+                            r#"{{"op":"presence","id":{step},"topic":"room.a","watch":false}}"#
+                        ),
+                    );
+                    log.push("unwatch".into());
+                }
+            }
+            // Connections the broker closed (take-overs) are gone: report them closed.
+            let closed: Vec<ConnId> = sim.closed.keys().copied().collect();
+            for conn in closed {
+                sim.closed.remove(&conn);
+                if conn != w && sim.broker.conn(conn).is_some() {
+                    sim.close(conn);
+                    open.retain(|o| *o != conn.0);
+                }
+            }
+            for c in &open {
+                sim.take(ConnId(*c));
+            }
+            for frame in sim.take(w) {
+                match frame["type"].as_str() {
+                    Some("ok") if frame["data"].is_object() => {
+                        view = Some(View::of(&frame["data"]))
+                    }
+                    Some("ok") if log.last().is_some_and(|l| l == "unwatch") => view = None,
+                    Some("presence") => view
+                        .as_mut()
+                        .unwrap_or_else(|| panic!("seed {seed}: a notice unwatched: {log:?}"))
+                        .apply(&frame),
+                    _ => {}
+                }
+            }
+            if let Some(view) = &view {
+                let now = serde_json::to_value(sim.broker.presence(&topic)).unwrap();
+                assert_eq!(view, &View::of(&now), "seed {seed}, after {log:?}");
+            }
+        }
+    }
+}
