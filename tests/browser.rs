@@ -555,9 +555,11 @@ async fn tidings_js_requests_replies_and_sends() {
             "notices": [
                 {"topic":"room.w","action":"join","client_id":"carol"},
                 {"topic":"room.w","action":"leave","client_id":"carol"},
+                {"topic":"room.w","action":"resync","presence":{"topic":"room.w","connections":0,
+                    "anonymous":0,"clients":[],"truncated":false,"nodes":1}},
             ],
         }),
-        "bob's watchPresence: its starting presence, then carol's join and leave"
+        "bob's watchPresence: its starting presence, carol's join and leave, a resync after a reconnect"
     );
     assert_eq!(r["bad"], "invalid_topic");
     assert_eq!(r["rtt"], true);

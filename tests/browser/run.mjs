@@ -452,6 +452,9 @@ const scenarios = {
       await nth(1);
       carol.close();
       await nth(2);
+      // bob's connection drops: the watch is asked again on the next one (a resync).
+      bob.drop();
+      await nth(3);
       await watch.stop();
       const watched = { start: watch.presence, notices };
       const bad = await bob.publish('a..b', 1).catch((e) => e.code);
