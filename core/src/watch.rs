@@ -21,7 +21,8 @@
 //!
 //! The state is plain data: which local connections watch which topic, and which topics other
 //! nodes watch. When nothing is watched anywhere, a subscription change costs one emptiness
-//! check.
+//! check; otherwise an exact subscription costs a lookup, and a wildcard one a match against
+//! every watched topic (here and elsewhere).
 
 use std::collections::{HashMap, HashSet};
 
