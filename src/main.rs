@@ -307,6 +307,7 @@ async fn announce<R: tidings_adapter::Runtime>(
         .unwrap_or_default();
     tracing::info!(%addr, runtime, epoch, "tidings is serving");
     tracing::info!("auth: {}", service.describe_auth());
+    tracing::info!("{}", service.describe_limits());
     if let Some(warning) = service.cookie_origin_warning() {
         tracing::warn!("{warning}");
     }

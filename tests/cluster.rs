@@ -3,8 +3,10 @@
 //! behind a load balancer notices: every node delivers the same events in the same order, a
 //! cursor from one node resumes exactly on another (native, SSE, ksbus and etp subscribers), a
 //! restarted node serves old cursors, a NATS outage answers publishes `unavailable` and loses
-//! nothing that was acknowledged, direct messages, named routing and presence span the nodes, and
-//! a stream created again becomes a new epoch everywhere.
+//! nothing that was acknowledged, direct messages, named routing and presence span the nodes,
+//! server requests reach a client id or a room's members on any node, in-process subscribers
+//! of a node embedded in an application are subscribers like the others, and a stream created
+//! again becomes a new epoch everywhere.
 //!
 //! Without nats-server the tests skip (and fail under `TIDINGS_REQUIRE_INTEROP`, as in CI).
 
@@ -861,6 +863,7 @@ fn a_users_client_id_is_hers_on_every_node() {
         "--set",
         &format!("auth.jwt.secret=\"{JWT_SECRET}\""),
     ];
+    let args = [&args[..], &["--set", "timers.reconnect_window=\"60s\""]].concat();
     let a = node("tokio", &nats, "a", &args);
     let b = node("async-std", &nats, "b", &args);
     // An anonymous client on b takes "alice" while she is away: allowed, the id is free.
@@ -896,6 +899,240 @@ fn a_users_client_id_is_hers_on_every_node() {
     let ok = sender.ask(json!({"op":"send","id":1,"to":"alice","data":"only hers"}));
     assert_eq!(ok["type"], "ok", "{ok}");
     assert_eq!(alice.recv()["data"], "only hers");
+
+    // She leaves a with a subscription: her session is parked there for the reconnect window,
+    // and her id stays hers on b too: a wildcard claim there loses it.
+    let ok = alice.ask(json!({"op":"subscribe","id":2,"topics":["news"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    // (Node a routes her id all along: connected, then parked.)
+    drop(alice);
+    let mut dave = b.ws();
+    let ok = dave.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let (frames, _) = dave.until_close();
+    assert!(
+        frames.iter().any(|f| f["code"] == "client_id_taken"),
+        "dave is told: {frames:?}"
+    );
+}
+
+/// A node embedded in an application (tokio, in this process), on `nats`.
+fn embedded(rt: &tokio::runtime::Runtime, nats: &Nats, name: &str) -> tidings_tokio::Server {
+    let mut config = tidings_adapter::ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        ..tidings_adapter::ServerConfig::default()
+    };
+    config.cluster.nats = Some(nats.url());
+    config.cluster.node = Some(name.to_owned());
+    rt.block_on(tidings_tokio::serve(config))
+        .expect("the embedded node serves")
+}
+
+/// A native client on an embedded node that identifies as `client_id`.
+fn client_on(server: &tidings_tokio::Server, client_id: &str) -> common::Ws {
+    let stream = TcpStream::connect(server.addr()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut ws = common::Ws::open(stream, server.addr(), &[]);
+    let ok = ws.ask(json!({"op":"identify","id":1,"client_id":client_id}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    ws
+}
+
+/// Answers every server request `ws` gets with `"<client id>:<data>"`, until it closes.
+fn answering(mut ws: common::Ws, client_id: &'static str) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Ok(tungstenite::Message::Text(text)) = ws.ws.read() {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "request" {
+                let data = format!("{client_id}:{}", frame["data"].as_str().unwrap_or("?"));
+                ws.send(json!({"op":"reply","id":frame["id"],"data":data}));
+            }
+        }
+    })
+}
+
+fn name(s: &str) -> tidings_core::Name {
+    tidings_core::Name::parse("name", s, 128).unwrap()
+}
+
+#[test]
+fn server_requests_reach_a_client_id_and_a_rooms_members_on_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = embedded(&rt, &nats, "a");
+    let b = embedded(&rt, &nats, "b");
+    let c = node("async-std", &nats, "c", &[]);
+    let text = |s: &str| tidings_core::Payload::text(s.to_owned()).unwrap();
+    let ask_alice = |hub: &tidings_adapter::Hub, data: &str| {
+        rt.block_on(hub.request_client(
+            name("alice"),
+            name("confirm"),
+            text(data),
+            Some(Duration::from_secs(10)),
+        ))
+    };
+
+    // Alice is connected to node c (async-std); node b's application asks her. Node c
+    // subscribes to her id's subject a moment after her `ok`: until then, `no_recipient`.
+    let mut alice = c.ws();
+    let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let alice = answering(alice, "alice");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        match ask_alice(b.hub(), "pay 5?") {
+            Err(e) if e.code == tidings_core::ErrorCode::NoRecipient => {
+                assert!(Instant::now() < deadline, "alice on node c never reachable");
+            }
+            other => break other,
+        }
+    };
+    assert_eq!(
+        answer.map(|p| p.as_str().to_owned()),
+        Ok("alice:pay 5?".into())
+    );
+
+    // A client on node a asks node a's handler, which asks alice on node c: the answer comes
+    // back to the client that asked.
+    let hub = a.hub().clone();
+    a.hub().on("ask-alice", move |_conn, payload| {
+        let hub = hub.clone();
+        async move {
+            hub.request_client(name("alice"), name("confirm"), payload, None)
+                .await
+        }
+    });
+    let mut bob = client_on(&a, "bob");
+    let answer = bob.ask(json!({"op":"request","id":5,"event":"ask-alice","data":"ship it?"}));
+    assert_eq!(
+        (answer["type"].as_str(), answer["data"].as_str()),
+        (Some("ok"), Some("alice:ship it?")),
+        "{answer}"
+    );
+
+    // Nobody holds the id on any node: `no_recipient`, at once.
+    let started = Instant::now();
+    let refused = rt.block_on(
+        a.hub()
+            .request_client(name("nobody"), name("e"), text("?"), None),
+    );
+    assert_eq!(
+        refused.map_err(|e| e.code),
+        Err(tidings_core::ErrorCode::NoRecipient)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A room with members on nodes a and b: every member's answer, and `timeout` for the one
+    // that does not answer.
+    let carol = client_on(&b, "carol");
+    let dave = client_on(&a, "dave");
+    let eve = client_on(&a, "eve");
+    for (server, ws) in [(&b, &carol), (&a, &dave), (&a, &eve)] {
+        let conn = tidings_core::ConnId(ws.welcome["conn"].as_u64().unwrap());
+        assert_eq!(rt.block_on(server.hub().join(conn, name("jury"))), Ok(true));
+    }
+    let (carol, dave) = (answering(carol, "carol"), answering(dave, "dave"));
+    let answers = rt
+        .block_on(a.hub().request_room(
+            name("jury"),
+            name("vote"),
+            text("guilty?"),
+            Some(Duration::from_secs(2)),
+        ))
+        .expect("the room's answers");
+    let mut shown: Vec<(String, String)> = answers
+        .iter()
+        .map(|answer| {
+            let who = answer.client_id.as_ref().map_or("-", |n| n.as_str());
+            let what = match &answer.result {
+                Ok(p) => p.as_str().to_owned(),
+                Err(e) => e.code.as_str().to_owned(),
+            };
+            (who.to_owned(), what)
+        })
+        .collect();
+    shown.sort();
+    let expected = [
+        ("carol", "carol:guilty?"),
+        ("dave", "dave:guilty?"),
+        ("eve", "timeout"),
+    ]
+    .map(|(w, a)| (w.to_owned(), a.to_owned()));
+    assert_eq!(shown, expected);
+    // Stopping the nodes closes the answering clients' connections.
+    drop((eve, bob, a, b, c));
+    rt.shutdown_background();
+    for client in [alice, carol, dave] {
+        client.join().unwrap();
+    }
+}
+
+#[test]
+fn in_process_subscribers_of_an_embedded_node_receive_and_resume_cursors_of_another_node() {
+    use futures_util::StreamExt as _;
+    let Some(nats) = Nats::start() else { return };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = embedded(&rt, &nats, "a");
+    let b = node("async-std", &nats, "b", &[]);
+    let publish = |data: &str| {
+        let resp = b.request("POST", "/publish?topic=orders.eu", &[], data.as_bytes());
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let answer: Value = serde_json::from_str(&resp.body).unwrap();
+        answer["id"]
+            .as_str()
+            .unwrap()
+            .parse::<tidings_core::Cursor>()
+            .unwrap()
+    };
+    let next = |sub: &mut tidings_adapter::Subscription| match rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(15), sub.next()).await })
+    {
+        Ok(Some(tidings_adapter::Received::Event {
+            cursor, payload, ..
+        })) => (cursor, payload.as_str().to_owned()),
+        other => panic!("an event, not {other:?}"),
+    };
+    // A cursor node b handed out; an in-process subscription of node a from it.
+    let start = publish("zero");
+    let pattern = tidings_core::Pattern::parse("orders.>", Default::default()).unwrap();
+    let mut live = a
+        .hub()
+        .subscribe(vec![pattern.clone()], Some(start))
+        .unwrap();
+    let published: Vec<_> = (1..=20)
+        .map(|i| {
+            let data = format!("order {i}");
+            (publish(&data), data)
+        })
+        .collect();
+    let received: Vec<_> = (0..20).map(|_| next(&mut live)).collect();
+    assert_eq!(
+        received, published,
+        "node b's events, in its order, on node a"
+    );
+    // Resumed from the tenth event's cursor: exactly the ten after it.
+    let mut resumed = a
+        .hub()
+        .subscribe(vec![pattern], Some(published[9].0))
+        .unwrap();
+    let received: Vec<_> = (0..10).map(|_| next(&mut resumed)).collect();
+    assert_eq!(received, published[10..]);
+    drop((live, resumed, a, b));
+    rt.shutdown_background();
 }
 
 /// The next presence notice a WebSocket watcher gets (other frames are skipped).

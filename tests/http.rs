@@ -504,6 +504,8 @@ fn twenty_sse_streams_share_one_http2_connection() {
             &[
                 "--set",
                 "http.max_connections_per_ip=1",
+                "--set",
+                "http.per_ip_exempt_loopback=false",
                 // httpx needs data on its streams to make progress (see the script).
                 "--set",
                 "timers.keepalive=\"200ms\"",
@@ -605,13 +607,21 @@ fn sseclient_py_gets_each_event_within_100_ms() {
 
 // ---- connection limits and timeouts ------------------------------------------------------------
 
-/// With `http.max_connections_per_ip=3`, three open streams fill the address's share: a fourth
-/// connection gets `503 limit_reached` and `Connection: close`; once a stream closes, a
-/// request goes through again.
+/// With `http.max_connections_per_ip=3` (and loopback not exempt), three open streams fill
+/// the address's share: a fourth connection gets `503 limit_reached` and `Connection: close`;
+/// once a stream closes, a request goes through again.
 #[test]
 fn the_per_address_limit_refuses_with_503_until_a_connection_closes() {
     for_each_runtime(|rt| {
-        let server = Server::start(rt, &["--set", "http.max_connections_per_ip=3"]);
+        let server = Server::start(
+            rt,
+            &[
+                "--set",
+                "http.max_connections_per_ip=3",
+                "--set",
+                "http.per_ip_exempt_loopback=false",
+            ],
+        );
         let mut streams: Vec<Sse> = (0..3).map(|_| server.sse("/sse?topic=lim", &[])).collect();
         for stream in &streams {
             assert_eq!(stream.head.status, 200, "[{rt}] {}", stream.head.body);
@@ -644,6 +654,200 @@ fn the_per_address_limit_refuses_with_503_until_a_connection_closes() {
             assert_eq!(event.data, "let in", "[{rt}]");
             assert_eq!(event.last_event_id, cursor.to_string(), "[{rt}]");
         }
+    });
+}
+
+/// The server with its log (stderr, at `warn`) in `log`.
+fn start_logging_to(rt: &'static str, args: &[&str], log: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime",
+            rt,
+            "--memory",
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("the tidings binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the server prints its address");
+    let addr = line.strip_prefix("listening on http://").unwrap().parse();
+    Server {
+        child,
+        addr: addr.unwrap(),
+        runtime: rt,
+        own_data_dir: None,
+    }
+}
+
+/// The default `http.max_connections_per_ip` (1,000), applied to loopback by
+/// `http.per_ip_exempt_loopback=false` (a test has no other address): 1,000 connections from
+/// one address are served (each answers a request, so each holds its place), the 1,001st and
+/// 1,002nd get `503 limit_reached` naming the setting; both are counted in
+/// `tidings_refused_connections_total{limit="per_ip"}`, and the first is logged at `warn` with
+/// what to do behind a proxy, the second not (at most one line per 10 s).
+#[test]
+fn the_default_per_address_limit_refuses_connection_1001() {
+    const DEFAULT: usize = 1000;
+    assert_eq!(
+        tidings_adapter::config::HttpConfig::default().max_connections_per_ip,
+        DEFAULT
+    );
+    for_each_runtime(|rt| {
+        let dir = TempDir::new("log");
+        let log = std::path::Path::new(dir.path()).join("stderr");
+        let server = start_logging_to(
+            rt,
+            &[
+                "--set",
+                "http.per_ip_exempt_loopback=false",
+                // Room to open the 1,000 before the first is closed as idle.
+                "--set",
+                "http.read_timeout=\"120s\"",
+            ],
+            &log,
+        );
+        let started = Instant::now();
+        let mut held: Vec<Conn> = (0..DEFAULT)
+            .map(|n| {
+                let mut conn = Conn::open(&server);
+                conn.send(&get_request(&server, "/healthz"));
+                let resp = conn.response();
+                assert_eq!(
+                    resp.status,
+                    200,
+                    "[{rt}] connection {}: {}",
+                    n + 1,
+                    resp.body
+                );
+                conn
+            })
+            .collect();
+        eprintln!(
+            "[{rt}] {DEFAULT} connections open in {:?}",
+            started.elapsed()
+        );
+        for n in [DEFAULT + 1, DEFAULT + 2] {
+            let refused = server.get("/healthz");
+            assert_eq!(
+                refused.status, 503,
+                "[{rt}] connection {n}: {}",
+                refused.body
+            );
+            assert_eq!(refused.error_code(), "limit_reached", "[{rt}]");
+            assert_eq!(refused.header("connection"), Some("close"), "[{rt}]");
+            assert!(
+                refused.body.contains(
+                    "1000 connections from 127.0.0.1 are open, the limit per address \
+                     (http.max_connections_per_ip)"
+                ),
+                "[{rt}] {}",
+                refused.body
+            );
+        }
+        // Asked on a connection that holds a place.
+        let conn = held.last_mut().unwrap();
+        conn.send(&get_request(&server, "/metrics"));
+        let metrics = conn.response().body;
+        let sample = |limit: &str| {
+            metric(
+                &metrics,
+                &format!("tidings_refused_connections_total{{limit=\"{limit}\"}}"),
+            )
+        };
+        assert_eq!(sample("per_ip"), 2, "[{rt}]");
+        assert_eq!(sample("max_connections"), 0, "[{rt}]");
+        drop(held);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("refused")).collect();
+        assert_eq!(lines.len(), 1, "[{rt}] {text}");
+        for expected in [
+            "WARN",
+            "connection from 127.0.0.1 refused: 1000 connections from that address are open",
+            "http.max_connections_per_ip",
+            "raise the limit, or set it to 0",
+        ] {
+            assert!(
+                lines[0].contains(expected),
+                "[{rt}] {expected:?} in {}",
+                lines[0]
+            );
+        }
+    });
+}
+
+/// Over `limits.max_connections` (2 here), which applies to loopback too, a connection gets
+/// `503 limit_reached` naming that limit, counted apart from the per-address refusals.
+#[test]
+fn the_server_wide_limit_refuses_and_is_counted_apart() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &["--memory", "--set", "limits.max_connections=2"]);
+        let mut held: Vec<Conn> = (0..2)
+            .map(|_| {
+                let mut conn = Conn::open(&server);
+                conn.send(&get_request(&server, "/healthz"));
+                assert_eq!(conn.response().status, 200, "[{rt}]");
+                conn
+            })
+            .collect();
+        let refused = server.get("/healthz");
+        assert_eq!(refused.status, 503, "[{rt}] {}", refused.body);
+        assert_eq!(refused.error_code(), "limit_reached", "[{rt}]");
+        assert!(
+            refused.body.contains("limits.max_connections"),
+            "[{rt}] {}",
+            refused.body
+        );
+        let conn = &mut held[0];
+        conn.send(&get_request(&server, "/metrics"));
+        let metrics = conn.response().body;
+        let sample = |limit: &str| {
+            metric(
+                &metrics,
+                &format!("tidings_refused_connections_total{{limit=\"{limit}\"}}"),
+            )
+        };
+        assert_eq!(sample("max_connections"), 1, "[{rt}]");
+        assert_eq!(sample("per_ip"), 0, "[{rt}]");
+    });
+}
+
+/// By default loopback clients are exempt from the per-address limit (a reverse proxy on the
+/// same host, local tools): with `http.max_connections_per_ip=2`, five streams from 127.0.0.1
+/// are all served, and none is counted as refused.
+#[test]
+fn loopback_clients_are_exempt_from_the_per_address_limit_by_default() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &["--memory", "--set", "http.max_connections_per_ip=2"]);
+        let streams: Vec<Sse> = (0..5).map(|_| server.sse("/sse?topic=lo", &[])).collect();
+        for stream in &streams {
+            assert_eq!(stream.head.status, 200, "[{rt}] {}", stream.head.body);
+        }
+        let metrics = server.metrics();
+        assert_eq!(
+            metric(
+                &metrics,
+                "tidings_refused_connections_total{limit=\"per_ip\"}"
+            ),
+            0,
+            "[{rt}]"
+        );
     });
 }
 

@@ -90,6 +90,32 @@ pub enum AppOp {
         /// How long to wait (default `Timers::ack_timeout`).
         timeout: Option<Duration>,
     },
+    /// A server request to the connection holding a client id, on any node ([`crate::ask`]):
+    /// answers [`AppReply::Relaying`], then [`crate::AppEvent::Relayed`] brings
+    /// [`AppReply::Answers`] with exactly one answer.
+    RequestClient {
+        /// The client id.
+        client_id: Name,
+        /// The handler name on the client.
+        event: Name,
+        /// The data.
+        payload: Payload,
+        /// How long to wait (default `Timers::ack_timeout`).
+        timeout: Option<Duration>,
+    },
+    /// A server request to every member of a room, on every node ([`crate::ask`]): answers
+    /// [`AppReply::Relaying`], then [`crate::AppEvent::Relayed`] brings [`AppReply::Answers`]
+    /// with one answer per member that can answer.
+    RequestRoom {
+        /// The room.
+        room: Name,
+        /// The handler name on the clients.
+        event: Name,
+        /// The data.
+        payload: Payload,
+        /// How long to wait (default `Timers::ack_timeout`).
+        timeout: Option<Duration>,
+    },
     /// [`Broker::reply`]: answers [`AppReply::Bool`] (sent).
     Reply {
         /// The asking connection.
@@ -196,6 +222,8 @@ pub enum AppReply {
     Failed(ProtocolError),
     /// Who is subscribed to a topic.
     Presence(crate::presence::Presence),
+    /// The clients' answers to a [`AppOp::RequestClient`] or [`AppOp::RequestRoom`].
+    Answers(Vec<crate::ask::ClientAnswer>),
     /// Other nodes of the cluster are asked (a presence, a client id held on another node): the
     /// answer comes as [`crate::AppEvent::Relayed`] with this id.
     Relaying(crate::relay::RelayId),
@@ -261,6 +289,26 @@ impl Broker {
             } => self
                 .request(now, conn, &event, &payload, timeout)
                 .map_or_else(AppReply::Refused, AppReply::Ack),
+            AppOp::RequestClient {
+                client_id,
+                event,
+                payload,
+                timeout,
+            } => {
+                self.advance(now);
+                let to = crate::ask::AskTo::Client(client_id);
+                AppReply::Relaying(self.ask_from_app(to, &event, &payload, timeout))
+            }
+            AppOp::RequestRoom {
+                room,
+                event,
+                payload,
+                timeout,
+            } => {
+                self.advance(now);
+                let to = crate::ask::AskTo::Room(room);
+                AppReply::Relaying(self.ask_from_app(to, &event, &payload, timeout))
+            }
             AppOp::Reply { conn, req, result } => {
                 AppReply::Bool(self.reply(now, conn, req, result))
             }

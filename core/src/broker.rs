@@ -116,8 +116,12 @@ pub struct Broker {
     /// Publishes waiting for the external log, in the order asked.
     pub(crate) appends: VecDeque<crate::appends::Pending>,
     pub(crate) next_append: u64,
-    /// Log reads in flight, and the connection each is for.
-    pub(crate) reads: HashMap<crate::log::ReadId, ConnId>,
+    /// Log reads in flight: the position each starts at and the connections waiting for it
+    /// (connections catching up from one position share one read: a mass reconnect after a
+    /// restart reads each range once, not once per client).
+    pub(crate) reads: HashMap<crate::log::ReadId, (u64, Vec<ConnId>)>,
+    /// The read in flight from each position.
+    pub(crate) reading_from: HashMap<u64, crate::log::ReadId>,
     /// Reads asking a shared log whether it holds the cursor a connection waits for (see
     /// `Broker::wait_for`): the connection and that position.
     pub(crate) probes: HashMap<crate::log::ReadId, (ConnId, u64)>,
@@ -129,6 +133,8 @@ pub struct Broker {
     pub(crate) lost: Option<(u64, u64)>,
     /// Messages that are not retained, across nodes (a shared log only).
     pub(crate) relay: crate::relay::Relay,
+    /// Server requests to a client id or a room, on every node.
+    pub(crate) asks: crate::ask::Asks,
     /// Publishes stored in a shared log whose events this node has not delivered yet: their
     /// position (0 for a failed append), publisher and answer, in the order the log answered.
     pub(crate) answering: VecDeque<(
@@ -194,12 +200,14 @@ impl Broker {
             appends: VecDeque::new(),
             next_append: 0,
             reads: HashMap::new(),
+            reading_from: HashMap::new(),
             probes: HashMap::new(),
             next_read: 0,
             log_first: 1,
             lost: None,
             answering: VecDeque::new(),
             relay: crate::relay::Relay::default(),
+            asks: crate::ask::Asks::default(),
             waiting: Vec::new(),
             holes: std::collections::VecDeque::new(),
             shutdown: None,
@@ -578,11 +586,7 @@ impl Broker {
                 conn.extras_mut().acks.swap_remove(i);
                 let id = conn.id;
                 let result = result.map_err(|msg| ProtocolError::new(ErrorCode::Rejected, msg));
-                self.emit(AppEvent::AckResult {
-                    conn: id,
-                    ack,
-                    result,
-                });
+                self.ack_result(id, ack, result);
                 self.mark_stale();
             }
             Command::Identify {

@@ -250,9 +250,18 @@ impl Broker {
                 let Some(ev) = cu.page.pop_front() else {
                     if cu.reading.is_none() {
                         let from = cu.pos + 1;
+                        if let Some(&read) = self.reading_from.get(&from)
+                            && let Some((_, waiting)) = self.reads.get_mut(&read)
+                        {
+                            // Another connection reads from here already: share its page.
+                            waiting.push(conn.id);
+                            cu.reading = Some((read, from));
+                            return;
+                        }
                         let read = crate::log::ReadId(self.next_read);
                         self.next_read += 1;
-                        self.reads.insert(read, conn.id);
+                        self.reads.insert(read, (from, vec![conn.id]));
+                        self.reading_from.insert(from, read);
                         cu.reading = Some((read, from));
                         let max_events = usize::try_from(first - from)
                             .unwrap_or(usize::MAX)
@@ -442,11 +451,7 @@ impl Broker {
                 ErrorCode::NoRecipient,
                 "the connection closed before answering",
             );
-            self.emit(AppEvent::AckResult {
-                conn: id,
-                ack,
-                result: Err(e),
-            });
+            self.ack_result(id, ack, Err(e));
         }
     }
 

@@ -5,6 +5,7 @@
 mod app;
 mod app_op;
 mod appends;
+pub mod ask;
 mod broker;
 pub mod client;
 pub mod codec;

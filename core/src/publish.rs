@@ -388,20 +388,34 @@ impl Broker {
         if let Some((conn, seq)) = self.probes.remove(&read) {
             return self.probed(conn, seq, result.as_ref().ok());
         }
-        let Some(conn) = self.reads.remove(&read) else {
+        let Some((from, conns)) = self.reads.remove(&read) else {
             return;
         };
-        let Some(&slot) = self.ids.get(&conn) else {
-            return;
-        };
+        if self.reading_from.get(&from) == Some(&read) {
+            self.reading_from.remove(&from);
+        }
         let page = match result {
             Ok(page) => page,
             Err(e) => {
-                // Nothing to serve it from: it reconnects and resumes later.
-                return self.close(slot, e);
+                // Nothing to serve them from: they reconnect and resume later.
+                for conn in conns {
+                    if let Some(&slot) = self.ids.get(&conn) {
+                        self.close(slot, e.clone());
+                    }
+                }
+                return;
             }
         };
         self.trimmed(page.first);
+        for conn in conns {
+            if let Some(&slot) = self.ids.get(&conn) {
+                self.page_for(slot, read, &page);
+            }
+        }
+    }
+
+    /// A page read for connection `slot` (and maybe others).
+    fn page_for(&mut self, slot: crate::subs::Slot, read: crate::log::ReadId, page: &Page) {
         let (hot_first, head) = (self.history.first_seq(), self.history.head());
         let state = self.conn_mut(slot);
         let Some(cu) = state.catch_up.as_deref_mut() else {
@@ -414,8 +428,9 @@ impl Broker {
                 // serving them from the page too would deliver them twice.
                 cu.page = page
                     .events
-                    .into_iter()
+                    .iter()
                     .filter(|e| e.seq >= from && e.seq <= head)
+                    .cloned()
                     .collect();
                 if cu.page.is_empty() && page.first <= from {
                     // The log holds nothing from there to the hot window: positions that name
@@ -460,6 +475,7 @@ impl Broker {
         }
         // Reads and waits refer to the old positions.
         self.reads.clear();
+        self.reading_from.clear();
         self.probes.clear();
         self.waiting.clear();
         self.holes.clear();
@@ -469,6 +485,7 @@ impl Broker {
         self.parked.clear();
         self.parked_order.clear();
         for client_id in parked {
+            self.route_changed(crate::relay::Route::Client(client_id.clone()));
             self.emit(AppEvent::SessionExpired { client_id });
         }
         self.encodings.clear();

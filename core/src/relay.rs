@@ -31,6 +31,7 @@
 //!   ones other nodes watch; [`RelayRequest::Notice`] relays a join or leave here on a topic
 //!   watched elsewhere, [`RelayReply::Notice`] brings one from another node.
 
+use crate::ask::{AskTo, ClientAnswer};
 use crate::broker::Broker;
 use crate::command::Recipient;
 use crate::error::{ErrorCode, ProtocolError};
@@ -195,6 +196,29 @@ pub enum RelayRequest {
         /// The change, or why not.
         result: Result<SubscriptionChange, ProtocolError>,
     },
+    /// Ask the clients of the other nodes ([`crate::ask`]): a client id's holders (the first
+    /// answer), or a room's members on every node (all their answers); answer with
+    /// [`RelayReply::Answered`] within `timeout` and a moment.
+    Ask {
+        /// The ask.
+        id: RelayId,
+        /// Who is asked.
+        to: AskTo,
+        /// The handler name on the clients.
+        event: Name,
+        /// The data.
+        payload: Payload,
+        /// How long the clients have to answer.
+        timeout: std::time::Duration,
+    },
+    /// The answers of this node's clients to a [`RelayReply::Asked`] (none when no connection
+    /// here could answer).
+    AskedHere {
+        /// The relay's token for the question.
+        token: u64,
+        /// The answers.
+        answers: Vec<ClientAnswer>,
+    },
 }
 
 /// What the relay tells the broker ([`crate::Input::Relay`]).
@@ -280,6 +304,27 @@ pub enum RelayReply {
         /// The holding node's answer.
         result: Option<Result<SubscriptionChange, ProtocolError>>,
     },
+    /// Another node asks this node's clients: answer with [`RelayRequest::AskedHere`].
+    Asked {
+        /// The relay's token for the question.
+        token: u64,
+        /// Who is asked.
+        to: AskTo,
+        /// The handler name on the clients.
+        event: Name,
+        /// The data.
+        payload: Payload,
+        /// How long the clients have to answer.
+        timeout: std::time::Duration,
+    },
+    /// What the other nodes' clients answered to a [`RelayRequest::Ask`]: `no_recipient` when
+    /// no node holds its client id or room, `unavailable` when the relay is down.
+    Answered {
+        /// The ask.
+        id: RelayId,
+        /// Their answers.
+        result: Result<Vec<ClientAnswer>, ProtocolError>,
+    },
 }
 
 /// Who waits for a presence.
@@ -332,7 +377,8 @@ impl Broker {
         changed.dedup();
         for route in changed {
             let held = match &route {
-                Route::Client(id) => self.clients.contains_key(id),
+                // An owner's parked session keeps her id (`claim_verdict`), on every node.
+                Route::Client(id) => self.clients.contains_key(id) || self.parked_for_owner(id),
                 Route::Named(name) => self.names.contains_key(name),
                 Route::Room(room) => self.rooms.contains_key(room),
             };
@@ -468,6 +514,9 @@ impl Broker {
                     }));
                 }
             }
+            reply @ (RelayReply::Asked { .. } | RelayReply::Answered { .. }) => {
+                self.handle_ask_relay(reply);
+            }
             RelayReply::PresenceAsked {
                 token,
                 topic,
@@ -492,7 +541,17 @@ impl Broker {
                 principal,
             } => {
                 let holder = self.clients.get(&client_id).copied();
-                let owned = holder.is_some_and(|h| self.conn_ref(h).grants.is_bound_to(&client_id));
+                let owned = match holder {
+                    Some(h) => self.conn_ref(h).grants.is_bound_to(&client_id),
+                    // Kept for its owner while her session is parked here.
+                    None => self.parked_for_owner(&client_id),
+                };
+                if holder.is_none() && principal && owned {
+                    // The owner came back on another node: her session parked here would only
+                    // keep the id routed here (its subscriptions are not carried over).
+                    self.parked.remove(&client_id);
+                    self.expired(client_id.clone());
+                }
                 if let (Some(holder), true, false) = (holder, principal, owned) {
                     let reason = ProtocolError::new(
                         ErrorCode::ClientIdTaken,
@@ -676,9 +735,230 @@ pub mod json {
         })
     }
 
+    /// An ask as it crosses nodes: who, the handler, the timeout, the data (JSON or text).
+    #[derive(Serialize, Deserialize)]
+    struct Ask {
+        client: Option<String>,
+        room: Option<String>,
+        event: String,
+        timeout_ms: u64,
+        json: bool,
+        data: String,
+    }
+
+    /// One client's answer as it crosses nodes.
+    #[derive(Serialize, Deserialize)]
+    struct Answer {
+        client_id: Option<String>,
+        json: Option<bool>,
+        data: Option<String>,
+        code: Option<String>,
+        message: Option<String>,
+    }
+
+    /// An ask for the other nodes' clients.
+    #[must_use]
+    pub fn encode_ask(
+        to: &crate::ask::AskTo,
+        event: &crate::topic::Name,
+        payload: &crate::payload::Payload,
+        timeout: std::time::Duration,
+    ) -> Vec<u8> {
+        let (client, room) = match to {
+            crate::ask::AskTo::Client(id) => (Some(id.as_str().to_owned()), None),
+            crate::ask::AskTo::Room(room) => (None, Some(room.as_str().to_owned())),
+        };
+        let wire = Ask {
+            client,
+            room,
+            event: event.as_str().to_owned(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            json: payload.is_json(),
+            data: payload.as_str().to_owned(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// An ask another node sent: who, the handler, the data and the timeout (at most
+    /// `max_timeout`: another node's number is not trusted to be small); `None` if it does not
+    /// decode or breaks a limit.
+    #[must_use]
+    pub fn decode_ask(
+        body: &[u8],
+        max_name_len: usize,
+        max_timeout: std::time::Duration,
+    ) -> Option<(
+        crate::ask::AskTo,
+        crate::topic::Name,
+        crate::payload::Payload,
+        std::time::Duration,
+    )> {
+        let wire: Ask = serde_json::from_slice(body).ok()?;
+        let name = |s: &str| crate::topic::Name::parse("name", s, max_name_len).ok();
+        let to = match (wire.client, wire.room) {
+            (Some(id), None) => crate::ask::AskTo::Client(name(&id)?),
+            (None, Some(room)) => crate::ask::AskTo::Room(name(&room)?),
+            _ => return None,
+        };
+        let payload = payload(wire.json, wire.data)?;
+        let timeout = std::time::Duration::from_millis(wire.timeout_ms).min(max_timeout);
+        Some((to, name(&wire.event)?, payload, timeout))
+    }
+
+    fn payload(json: bool, data: String) -> Option<crate::payload::Payload> {
+        if json {
+            crate::payload::Payload::json(data).ok()
+        } else {
+            crate::payload::Payload::text(data).ok()
+        }
+    }
+
+    /// Clients' answers, for the node that asked: as many as fit in `max_bytes` (a NATS
+    /// message's limit); those that do not fit are sent as `unavailable` errors without data.
+    #[must_use]
+    pub fn encode_answers(answers: &[crate::ask::ClientAnswer], max_bytes: usize) -> Vec<u8> {
+        let mut used: usize = 2;
+        let wire: Vec<Answer> = answers
+            .iter()
+            .map(|a| {
+                let client_id = a.client_id.as_ref().map(|n| n.as_str().to_owned());
+                let too_large = |client_id| Answer {
+                    client_id,
+                    json: None,
+                    data: None,
+                    code: Some(ErrorCode::Unavailable.as_str().to_owned()),
+                    message: Some("the answer is too large to cross nodes".to_owned()),
+                };
+                let answer = match &a.result {
+                    Ok(p) => Answer {
+                        client_id: client_id.clone(),
+                        json: Some(p.is_json()),
+                        data: Some(p.as_str().to_owned()),
+                        code: None,
+                        message: None,
+                    },
+                    Err(e) => Answer {
+                        client_id: client_id.clone(),
+                        json: None,
+                        data: None,
+                        code: Some(e.code.as_str().to_owned()),
+                        message: Some(e.message.clone()),
+                    },
+                };
+                let size = serde_json::to_vec(&answer).map_or(usize::MAX, |v| v.len() + 1);
+                // Room for the short error of every answer after this one.
+                if used.saturating_add(size) > max_bytes.saturating_sub(256) {
+                    let small = too_large(client_id);
+                    used += serde_json::to_vec(&small).map_or(0, |v| v.len() + 1);
+                    small
+                } else {
+                    used += size;
+                    answer
+                }
+            })
+            .collect();
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Answers another node sent: at most `max` of them; `None` if they do not decode.
+    #[must_use]
+    pub fn decode_answers(
+        body: &[u8],
+        max_name_len: usize,
+        max: usize,
+    ) -> Option<Vec<crate::ask::ClientAnswer>> {
+        let wire: Vec<Answer> = serde_json::from_slice(body).ok()?;
+        wire.into_iter()
+            .take(max)
+            .map(|a| {
+                let client_id = match a.client_id {
+                    Some(id) => {
+                        Some(crate::topic::Name::parse("client id", &id, max_name_len).ok()?)
+                    }
+                    None => None,
+                };
+                let result = match (a.data, a.code) {
+                    (Some(data), None) => Ok(payload(a.json.unwrap_or(false), data)?),
+                    (None, Some(code)) => Err(ProtocolError::new(
+                        ErrorCode::from_wire(&code).unwrap_or(ErrorCode::Unavailable),
+                        a.message.unwrap_or_default(),
+                    )),
+                    _ => return None,
+                };
+                Some(crate::ask::ClientAnswer { client_id, result })
+            })
+            .collect()
+    }
+
     #[cfg(test)]
     mod tests {
         use super::*;
+
+        #[test]
+        fn asks_and_answers_come_back_as_they_went() {
+            use crate::ask::{AskTo, ClientAnswer};
+            use crate::payload::Payload;
+            use crate::topic::Name;
+            use std::time::Duration;
+            let n = |s: &str| Name::parse("name", s, 64).unwrap();
+            let json = Payload::json(r#"{"a":[1,"x"]}"#).unwrap();
+            let body = encode_ask(
+                &AskTo::Room(n("lobby")),
+                &n("vote"),
+                &json,
+                Duration::from_secs(3),
+            );
+            assert_eq!(
+                decode_ask(&body, 64, Duration::from_secs(60)),
+                Some((
+                    AskTo::Room(n("lobby")),
+                    n("vote"),
+                    json.clone(),
+                    Duration::from_secs(3)
+                ))
+            );
+            let body = encode_ask(
+                &AskTo::Client(n("al")),
+                &n("e"),
+                &json,
+                Duration::from_secs(3600),
+            );
+            let (_, _, _, timeout) = decode_ask(&body, 64, Duration::from_secs(60)).unwrap();
+            assert_eq!(
+                timeout,
+                Duration::from_secs(60),
+                "another node's timeout is bounded"
+            );
+            let answers = vec![
+                ClientAnswer {
+                    client_id: Some(n("al")),
+                    result: Ok(json.clone()),
+                },
+                ClientAnswer {
+                    client_id: None,
+                    result: Ok(Payload::text("plain").unwrap()),
+                },
+                ClientAnswer {
+                    client_id: Some(n("bo")),
+                    result: Err(ProtocolError::new(ErrorCode::Timeout, "late")),
+                },
+            ];
+            let body = encode_answers(&answers, 1 << 20);
+            assert_eq!(decode_answers(&body, 64, 100), Some(answers.clone()));
+            assert_eq!(decode_answers(&body, 64, 2).map(|a| a.len()), Some(2));
+            // Too large for the message: the data is replaced by an error, never dropped.
+            let big = Payload::text("x".repeat(2000)).unwrap();
+            let answers = vec![ClientAnswer {
+                client_id: Some(n("al")),
+                result: Ok(big),
+            }];
+            let got = decode_answers(&encode_answers(&answers, 1024), 64, 10).unwrap();
+            assert_eq!(
+                got[0].result.as_ref().unwrap_err().code,
+                ErrorCode::Unavailable
+            );
+            assert_eq!(got[0].client_id, Some(n("al")));
+        }
 
         #[test]
         fn updates_and_changes_come_back_as_they_went() {

@@ -227,7 +227,15 @@ impl Broker {
         self.arm_parked();
     }
 
-    fn expired(&mut self, client_id: Name) {
+    /// Whether `client_id`'s session is parked here for its owner (a token bound to the id).
+    pub(crate) fn parked_for_owner(&self, client_id: &Name) -> bool {
+        self.parked
+            .get(client_id)
+            .is_some_and(|p| p.grants.is_bound_to(client_id))
+    }
+
+    pub(crate) fn expired(&mut self, client_id: Name) {
+        self.route_changed(crate::relay::Route::Client(client_id.clone()));
         self.lifecycle(|| Lifecycle::ClientRemoved {
             client_id: client_id.clone(),
         });

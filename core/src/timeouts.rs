@@ -7,7 +7,7 @@ use crate::broker::Broker;
 use crate::codec::Frame;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::ids::ConnId;
-use crate::output::{AppEvent, Output};
+use crate::output::Output;
 use crate::subs::Slot;
 use crate::timers::Timer;
 
@@ -119,12 +119,9 @@ impl Broker {
                 };
                 state.extras_mut().acks.swap_remove(i);
                 let e = ProtocolError::new(ErrorCode::Timeout, "the client did not answer in time");
-                self.emit(AppEvent::AckResult {
-                    conn,
-                    ack,
-                    result: Err(e),
-                });
+                self.ack_result(conn, ack, Err(e));
             }
+            Timer::Ask(id) => self.ask_deadline(id),
             Timer::Parked => self.expire_parked(now),
             Timer::CloseGrace(conn) => {
                 // Still not closed (ids are never reused, so this is the same connection).

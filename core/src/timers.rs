@@ -26,6 +26,8 @@ pub(crate) enum Timer {
     Shutdown,
     /// A connection resumed from a cursor ahead of the head must have been reached by now.
     Ahead(ConnId),
+    /// A server request to a client id or a room ends with the answers it has.
+    Ask(crate::relay::RelayId),
 }
 
 #[derive(Default)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use tidings_core::ask::{AskTo, ClientAnswer};
 use tidings_core::log::LogMode;
 use tidings_core::native::NativeCodec;
 use tidings_core::presence::Presence;
@@ -23,6 +24,10 @@ fn config() -> Config {
             hot_bytes: 1 << 20,
             max_pending_appends: 16,
             shared: true,
+        },
+        timers: tidings_core::Timers {
+            reconnect_window: Some(std::time::Duration::from_secs(60)),
+            ..tidings_core::Timers::default()
         },
         ..Config::default()
     }
@@ -56,7 +61,20 @@ struct Cluster {
     watching: HashMap<tidings_core::Topic, HashSet<usize>>,
     /// While set, gathered presences wait here (a slow gathering).
     slow_gathering: Option<Vec<(usize, Input)>>,
+    /// Asks of clients on other nodes: token -> asking node, ask id, answers still expected,
+    /// whether the first answer ends it, answers so far.
+    asking: HashMap<u64, AskInFlight>,
+    /// The relay drops asks (a NATS outage).
+    relay_down: bool,
 }
+
+type AskInFlight = (
+    usize,
+    tidings_core::relay::RelayId,
+    usize,
+    bool,
+    Vec<ClientAnswer>,
+);
 
 impl Cluster {
     fn new() -> Self {
@@ -76,6 +94,8 @@ impl Cluster {
             closed: HashMap::new(),
             watching: HashMap::new(),
             slow_gathering: None,
+            asking: HashMap::new(),
+            relay_down: false,
         }
     }
 
@@ -260,6 +280,63 @@ impl Cluster {
                 for m in watchers.into_iter().filter(|&m| m != from) {
                     let reply = RelayReply::Notice(notice.clone());
                     self.queue.push_back((m, Input::Relay(reply)));
+                }
+            }
+            RelayRequest::Ask {
+                id,
+                to,
+                event,
+                payload,
+                timeout,
+            } => {
+                if self.relay_down {
+                    return;
+                }
+                let holders: Vec<usize> = (0..self.nodes.len())
+                    .filter(|&m| m != from)
+                    .filter(|&m| match &to {
+                        AskTo::Client(client_id) => {
+                            self.interest[m].contains(&Route::Client(client_id.clone()))
+                        }
+                        // A room's ask goes to every node (each answers, maybe with nothing).
+                        _ => true,
+                    })
+                    .collect();
+                if holders.is_empty() {
+                    let e = ProtocolError::new(ErrorCode::NoRecipient, "no responders");
+                    let reply = RelayReply::Answered { id, result: Err(e) };
+                    self.queue.push_back((from, Input::Relay(reply)));
+                    return;
+                }
+                let token = self.next_token;
+                self.next_token += 1;
+                let first_wins = matches!(to, AskTo::Client(_));
+                self.asking
+                    .insert(token, (from, id, holders.len(), first_wins, Vec::new()));
+                for m in holders {
+                    let asked = RelayReply::Asked {
+                        token,
+                        to: to.clone(),
+                        event: event.clone(),
+                        payload: payload.clone(),
+                        timeout,
+                    };
+                    self.queue.push_back((m, Input::Relay(asked)));
+                }
+            }
+            RelayRequest::AskedHere { token, answers } => {
+                let Some(a) = self.asking.get_mut(&token) else {
+                    return;
+                };
+                a.2 -= 1;
+                a.4.extend(answers);
+                if a.2 == 0 || (a.3 && !a.4.is_empty()) {
+                    let (node, id, _, _, answers) = self.asking.remove(&token).unwrap();
+                    let reply = RelayReply::Answered {
+                        id,
+                        result: Ok(answers),
+                    };
+                    self.queue.push_back((node, Input::Relay(reply)));
                 }
             }
             other => panic!("unexpected relay request {other:?}"),
@@ -673,4 +750,275 @@ fn presence_notices_cross_nodes_and_wait_for_the_gathered_answer() {
             .is_none_or(HashSet::is_empty)
     );
     assert_eq!(c.take(watcher), Vec::<Value>::new());
+}
+
+#[test]
+fn an_owners_parked_session_keeps_her_id_on_every_node_until_she_is_back() {
+    let mut c = Cluster::new();
+    let open_as_alice = |c: &mut Cluster, n: usize, conn: u64| {
+        let conn = ConnId(conn);
+        let grants = Arc::new(bound_to("alice"));
+        let codec = Box::new(NativeCodec);
+        c.input(
+            n,
+            Input::Open {
+                conn,
+                codec,
+                grants,
+            },
+        );
+        c.take(conn);
+        c.identify(n, conn, "alice");
+        conn
+    };
+    let alice = open_as_alice(&mut c, 0, 1);
+    c.send(
+        0,
+        alice,
+        json!({"op": "subscribe", "id": 2, "topic": "news"}),
+    );
+    c.close(0, alice);
+    let route = Route::Client(name("alice"));
+    assert!(
+        c.interest[0].contains(&route),
+        "her parked session keeps her id on node 0"
+    );
+    // A wildcard claim of her id on node 1 while she is away: refused, as on one node.
+    let mallory = c.open(1, 2);
+    c.send(
+        1,
+        mallory,
+        json!({"op": "identify", "id": 1, "client_id": "alice"}),
+    );
+    assert_eq!(
+        c.closed.get(&mallory),
+        Some(&Some(ErrorCode::ClientIdTaken))
+    );
+    c.close(1, mallory);
+    // She comes back on node 1: node 0 lets her parked session go, and with it her id.
+    let again = open_as_alice(&mut c, 1, 3);
+    assert!(!c.closed.contains_key(&again));
+    assert!(
+        !c.interest[0].contains(&route),
+        "node 0 still routes her id"
+    );
+    assert!(c.interest[1].contains(&route));
+    let expired = c.events[0].iter().any(|e| {
+        matches!(e, tidings_core::AppEvent::SessionExpired { client_id } if client_id.as_str() == "alice")
+    });
+    assert!(
+        expired,
+        "node 0's application is told her session there is over"
+    );
+}
+
+/// The answers node `n`'s application got for the ask it started with `op`.
+fn ask(c: &mut Cluster, n: usize, op: AppOp) -> tidings_core::relay::RelayId {
+    match c.nodes[n].handle_app(c.now, op) {
+        tidings_core::AppReply::Relaying(id) => {
+            c.drain(n);
+            c.run();
+            id
+        }
+        other => panic!("an ask is answered later, not {other:?}"),
+    }
+}
+
+fn answers(
+    c: &mut Cluster,
+    n: usize,
+    id: tidings_core::relay::RelayId,
+) -> Option<Vec<ClientAnswer>> {
+    let i = c.events[n]
+        .iter()
+        .position(|e| matches!(e, tidings_core::AppEvent::Relayed { id: got, .. } if *got == id))?;
+    match c.events[n].remove(i) {
+        tidings_core::AppEvent::Relayed {
+            reply: tidings_core::AppReply::Answers(answers),
+            ..
+        } => Some(answers),
+        other => panic!("not answers: {other:?}"),
+    }
+}
+
+/// Lets `d` pass on every node.
+fn wait(c: &mut Cluster, d: std::time::Duration) {
+    c.now += d;
+    for n in 0..c.nodes.len() {
+        c.nodes[n].handle_timeout(c.now);
+        c.drain(n);
+    }
+    c.run();
+}
+
+fn request_to(c: &mut Cluster, conn: ConnId) -> Value {
+    let got = c.take(conn);
+    assert_eq!(got.len(), 1, "{conn}: {got:?}");
+    assert_eq!(got[0]["type"], "request", "{got:?}");
+    got[0].clone()
+}
+
+fn text(s: &str) -> tidings_core::Payload {
+    tidings_core::Payload::text(s.to_owned()).unwrap()
+}
+
+#[test]
+fn a_server_request_reaches_a_client_id_on_another_node_and_its_reply_comes_back() {
+    let mut c = Cluster::new();
+    let alice = c.open(1, 1);
+    c.identify(1, alice, "alice");
+    let op = AppOp::RequestClient {
+        client_id: name("alice"),
+        event: name("confirm"),
+        payload: text("pay 5?"),
+        timeout: None,
+    };
+    let id = ask(&mut c, 0, op);
+    let request = request_to(&mut c, alice);
+    assert_eq!(request["event"], "confirm");
+    assert_eq!(request["data"], "pay 5?");
+    assert_eq!(
+        answers(&mut c, 0, id),
+        None,
+        "answered before alice replied"
+    );
+    c.send(
+        1,
+        alice,
+        json!({"op": "reply", "id": request["id"], "data": "yes"}),
+    );
+    let got = answers(&mut c, 0, id).expect("alice's reply reaches node 0's application");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].client_id, Some(name("alice")));
+    assert_eq!(
+        got[0].result.as_ref().map(|p| p.as_str().to_owned()),
+        Ok("yes".into())
+    );
+}
+
+#[test]
+fn a_server_request_to_a_client_id_nobody_holds_is_no_recipient_at_once() {
+    let mut c = Cluster::new();
+    let op = AppOp::RequestClient {
+        client_id: name("carol"),
+        event: name("confirm"),
+        payload: text("?"),
+        timeout: None,
+    };
+    let id = ask(&mut c, 0, op);
+    let got = answers(&mut c, 0, id).expect("answered at once");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].result.as_ref().unwrap_err().code,
+        ErrorCode::NoRecipient
+    );
+}
+
+#[test]
+fn a_server_request_to_a_room_gets_every_members_answer_on_every_node() {
+    let mut c = Cluster::new();
+    let a = c.open(0, 1);
+    c.identify(0, a, "ann");
+    let b = c.open(1, 2);
+    c.identify(1, b, "ben");
+    let silent = c.open(1, 3);
+    for (n, conn) in [(0, a), (1, b), (1, silent)] {
+        c.app(
+            n,
+            AppOp::Join {
+                conn,
+                room: name("jury"),
+            },
+        );
+    }
+    let op = AppOp::RequestRoom {
+        room: name("jury"),
+        event: name("vote"),
+        payload: text("guilty?"),
+        timeout: Some(std::time::Duration::from_secs(5)),
+    };
+    let id = ask(&mut c, 0, op);
+    for (n, conn, vote) in [(0, a, "no"), (1, b, "yes")] {
+        let request = request_to(&mut c, conn);
+        c.send(
+            n,
+            conn,
+            json!({"op": "reply", "id": request["id"], "data": vote}),
+        );
+    }
+    request_to(&mut c, silent);
+    assert_eq!(
+        answers(&mut c, 0, id),
+        None,
+        "one member has not answered yet"
+    );
+    wait(&mut c, std::time::Duration::from_secs(5));
+    let mut got = answers(&mut c, 0, id).expect("answered when the silent member timed out");
+    got.sort_by_key(|a| a.client_id.clone());
+    let shown: Vec<_> = got
+        .iter()
+        .map(|a| {
+            let who = a.client_id.as_ref().map_or("-", |n| n.as_str()).to_owned();
+            match &a.result {
+                Ok(p) => (who, p.as_str().to_owned()),
+                Err(e) => (who, e.code.as_str().to_owned()),
+            }
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("-".to_owned(), "timeout".to_owned()),
+            ("ann".to_owned(), "no".to_owned()),
+            ("ben".to_owned(), "yes".to_owned()),
+        ]
+    );
+}
+
+#[test]
+fn a_server_request_ends_once_at_its_deadline_when_the_other_nodes_never_answer() {
+    let mut c = Cluster::new();
+    c.relay_down = true;
+    let a = c.open(0, 1);
+    c.app(
+        0,
+        AppOp::Join {
+            conn: a,
+            room: name("r"),
+        },
+    );
+    let op = AppOp::RequestRoom {
+        room: name("r"),
+        event: name("e"),
+        payload: text("x"),
+        timeout: Some(std::time::Duration::from_secs(1)),
+    };
+    let id = ask(&mut c, 0, op);
+    let request = request_to(&mut c, a);
+    c.send(0, a, json!({"op": "reply", "id": request["id"], "data": 1}));
+    assert_eq!(answers(&mut c, 0, id), None, "waits for the other nodes");
+    wait(&mut c, std::time::Duration::from_secs(1));
+    assert_eq!(
+        answers(&mut c, 0, id),
+        None,
+        "the other nodes have a moment more"
+    );
+    wait(&mut c, tidings_core::ask::ASK_GRACE);
+    let got = answers(&mut c, 0, id).expect("ended at its deadline");
+    assert_eq!(got.len(), 1, "this node's member answered: {got:?}");
+    wait(&mut c, std::time::Duration::from_secs(10));
+    assert_eq!(answers(&mut c, 0, id), None, "answered once");
+    let op = AppOp::RequestClient {
+        client_id: name("zed"),
+        event: name("e"),
+        payload: text("x"),
+        timeout: Some(std::time::Duration::from_secs(1)),
+    };
+    let id = ask(&mut c, 0, op);
+    wait(
+        &mut c,
+        std::time::Duration::from_secs(1) + tidings_core::ask::ASK_GRACE,
+    );
+    let got = answers(&mut c, 0, id).expect("ended at its deadline");
+    assert_eq!(got[0].result.as_ref().unwrap_err().code, ErrorCode::Timeout);
 }

@@ -912,3 +912,36 @@ fn answers_waiting_for_delivery_are_bounded_like_appends() {
     ));
     sim.drain(0);
 }
+
+#[test]
+fn subscribers_catching_up_from_one_position_share_one_read() {
+    // Nothing in memory: a mass reconnect from one cursor reads the range once, not once per
+    // subscriber, and every subscriber gets every event.
+    let mut sim = Sim::new(1, 0);
+    for _ in 0..5 {
+        sim.apply(&Op::Publish(0, 0));
+        sim.apply(&Op::Store(0));
+    }
+    sim.apply(&Op::Deliver(0, 5));
+    let subs: Vec<usize> = (0..3).map(|_| sim.subscribe(0, 0, Some(0))).collect();
+    assert_eq!(
+        sim.nodes[0].reads.len(),
+        1,
+        "one read for three subscribers from one position"
+    );
+    let late = sim.subscribe(0, 0, Some(2));
+    assert_eq!(
+        sim.nodes[0].reads.len(),
+        2,
+        "another position, another read"
+    );
+    while !sim.nodes[0].reads.is_empty() {
+        sim.apply(&Op::Answer(0, 0, false));
+    }
+    for s in subs {
+        assert_eq!(events(&sim, s), [1, 2, 3, 4, 5]);
+    }
+    assert_eq!(events(&sim, late), [3, 4, 5]);
+    sim.settle();
+    sim.check();
+}

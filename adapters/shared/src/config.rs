@@ -308,9 +308,15 @@ pub struct HttpConfig {
     pub ws_origins: Vec<String>,
     /// Connections open at once from one peer address (0: no limit besides
     /// `limits.max_connections`), counted from `accept`: requests in progress, idle keep-alive
-    /// connections, streams and WebSockets alike. Behind a proxy every client has the proxy's
-    /// address: leave it at 0 there.
+    /// connections, streams and WebSockets alike; more get `503 limit_reached`. On by default
+    /// ([`DEFAULT_MAX_CONNECTIONS_PER_IP`]). Behind a reverse proxy on another host every client
+    /// has the proxy's address: raise it there, or set 0 (a proxy on the same host connects
+    /// from loopback, exempt by `per_ip_exempt_loopback`).
     pub max_connections_per_ip: usize,
+    /// Whether loopback peers (`127.0.0.0/8`, `::1`, and IPv4-mapped loopback) are exempt from
+    /// `max_connections_per_ip`: a reverse proxy on the same host, local tools, tests and load
+    /// generators. They still count toward `limits.max_connections`.
+    pub per_ip_exempt_loopback: bool,
     /// A client must send its whole request head (and a publish body) within this time; an
     /// idle keep-alive connection is closed after it.
     #[serde(with = "units::duration")]
@@ -338,12 +344,19 @@ pub struct HttpConfig {
     pub metrics_token_file: Option<PathBuf>,
 }
 
+/// The default of `http.max_connections_per_ip`: 1% of the default `limits.max_connections`
+/// (100,000), so that no one address can take more than a hundredth of the server, while a
+/// busy NAT (an office, a campus, a mobile carrier's shared address: hundreds of users, each
+/// with a few tabs holding a WebSocket or up to six HTTP/1.1 connections) stays well within it.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
+
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             cors_origins: Vec::new(),
             ws_origins: Vec::new(),
-            max_connections_per_ip: 0,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            per_ip_exempt_loopback: true,
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             tcp_user_timeout: Some(Duration::from_secs(60)),
@@ -591,6 +604,16 @@ mod tests {
     }
 
     const EXAMPLE: &str = include_str!("../../../tidings.example.toml");
+
+    #[test]
+    fn the_per_address_limit_is_on_by_default_at_a_hundredth_of_max_connections() {
+        let config = ServerConfig::default();
+        assert_eq!(
+            config.http.max_connections_per_ip,
+            config.limits.max_connections / 100
+        );
+        assert!(config.http.per_ip_exempt_loopback);
+    }
 
     #[test]
     fn the_example_file_lists_the_defaults() {

@@ -133,6 +133,8 @@ impl ConnTable {
             dead_connections: self.dead,
             write_timeouts: self.write_timeouts,
             accept_failures: 0, // the listener's, filled in by the service
+            refused_server: 0,  // the listener's too
+            refused_per_ip: 0,
             handled_requests: handled,
             epoch,
             log: None, // the file log's, filled in by the hub

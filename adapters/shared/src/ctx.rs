@@ -55,6 +55,8 @@ struct SlotCounts {
     max: usize,
     /// `http.max_connections_per_ip` (0: no limit).
     max_per_ip: usize,
+    /// `http.per_ip_exempt_loopback`: loopback peers are not held to `max_per_ip`.
+    exempt_loopback: bool,
     open: Mutex<OpenConnections>,
 }
 
@@ -75,10 +77,11 @@ pub(crate) enum Full {
 }
 
 impl Slots {
-    pub(crate) fn new(max: usize, max_per_ip: usize) -> Self {
+    pub(crate) fn new(max: usize, max_per_ip: usize, exempt_loopback: bool) -> Self {
         Self(Arc::new(SlotCounts {
             max,
             max_per_ip,
+            exempt_loopback,
             open: Mutex::default(),
         }))
     }
@@ -93,7 +96,9 @@ impl Slots {
             return Err(Full::Server(counts.max));
         }
         let from_ip = open.per_ip.get(&ip).copied().unwrap_or(0);
-        if counts.max_per_ip > 0 && from_ip >= counts.max_per_ip {
+        // An IPv4 peer of a dual-stack (`[::]`) listener has an IPv4-mapped address.
+        let exempt = counts.exempt_loopback && ip.to_canonical().is_loopback();
+        if counts.max_per_ip > 0 && !exempt && from_ip >= counts.max_per_ip {
             return Err(Full::Peer(counts.max_per_ip));
         }
         open.total += 1;
@@ -143,7 +148,7 @@ mod tests {
 
     #[test]
     fn slots_count_in_all_and_per_address_and_come_back() {
-        let slots = Slots::new(3, 2);
+        let slots = Slots::new(3, 2, false);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let a1 = slots.take(a).unwrap();
@@ -160,9 +165,34 @@ mod tests {
         drop((a2, b1));
         assert_eq!(slots.open(), 1);
         // No limit per address: only the total.
-        let open = Slots::new(2, 0);
+        let open = Slots::new(2, 0, false);
         let _x = open.take(a).unwrap();
         let _y = open.take(a).unwrap();
         assert_eq!(open.take(a).unwrap_err(), Full::Server(2));
+    }
+
+    #[test]
+    fn loopback_peers_are_exempt_from_the_per_address_limit_when_so_configured() {
+        let v4: IpAddr = "127.0.0.1".parse().unwrap();
+        let other_v4: IpAddr = "127.0.0.2".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let exempt = Slots::new(10, 1, true);
+        let mut held = Vec::new();
+        for ip in [v4, v4, other_v4, other_v4, v6, v6, mapped, mapped] {
+            held.push(exempt.take(ip).expect("loopback is exempt"));
+        }
+        held.push(exempt.take(remote).unwrap());
+        assert_eq!(exempt.take(remote).unwrap_err(), Full::Peer(1));
+        // Still within the total.
+        held.push(exempt.take(v4).unwrap());
+        assert_eq!(exempt.take(v4).unwrap_err(), Full::Server(10));
+        // Not exempt: loopback is an address like any other.
+        let strict = Slots::new(10, 1, false);
+        let _a = strict.take(v4).unwrap();
+        assert_eq!(strict.take(v4).unwrap_err(), Full::Peer(1));
+        let _b = strict.take(mapped).unwrap();
+        assert_eq!(strict.take(mapped).unwrap_err(), Full::Peer(1));
     }
 }

@@ -30,6 +30,7 @@ use futures_channel::oneshot;
 use futures_lite::FutureExt as _;
 use futures_util::Stream;
 use futures_util::future::{BoxFuture, Shared};
+use tidings_core::ask::ClientAnswer;
 use tidings_core::codec::Codec;
 use tidings_core::presence::Presence;
 use tidings_core::typed::TypedCodec;
@@ -560,6 +561,79 @@ impl Hub {
                 "the server has stopped",
             ))
         })
+    }
+
+    /// Asks the connection holding `client_id` something (emit-with-ack), on whichever node of
+    /// a cluster it is connected to, and waits for its answer: the client's `reply`, or an
+    /// error: `timeout` after `timeout` (default `ack_timeout`), `rejected`, `no_recipient`
+    /// (no connection that can answer holds the id: none, or only SSE), `limit_reached`,
+    /// `unavailable` (the other nodes cannot be reached), or `shutting_down`. See
+    /// `tidings_core::ask`.
+    ///
+    /// # Errors
+    /// The [`ProtocolError`] above.
+    pub async fn request_client(
+        &self,
+        client_id: Name,
+        event: Name,
+        payload: Payload,
+        timeout: Option<Duration>,
+    ) -> Result<Payload, ProtocolError> {
+        let op = AppOp::RequestClient {
+            client_id,
+            event,
+            payload,
+            timeout,
+        };
+        let answers = self.answers(op).await?;
+        answers.into_iter().next().map_or_else(
+            || {
+                Err(ProtocolError::new(
+                    ErrorCode::NoRecipient,
+                    "nobody answered",
+                ))
+            },
+            |answer| answer.result,
+        )
+    }
+
+    /// Asks every member of a room something (emit-with-ack), on every node of a cluster, and
+    /// waits for all of them: one [`ClientAnswer`] per member that can answer (SSE members
+    /// cannot), each the client's `reply` or why there is none (`timeout` after `timeout`,
+    /// default `ack_timeout`; `rejected`; `no_recipient` when it closed first). Members of a
+    /// node that does not answer within `timeout` and two seconds are left out. See
+    /// `tidings_core::ask`.
+    ///
+    /// # Errors
+    /// `shutting_down` when the server stopped.
+    pub async fn request_room(
+        &self,
+        room: Name,
+        event: Name,
+        payload: Payload,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<ClientAnswer>, ProtocolError> {
+        let op = AppOp::RequestRoom {
+            room,
+            event,
+            payload,
+            timeout,
+        };
+        self.answers(op).await
+    }
+
+    async fn answers(&self, op: AppOp) -> Result<Vec<ClientAnswer>, ProtocolError> {
+        match self.app(op).await {
+            Ok(AppReply::Answers(answers)) => Ok(answers),
+            Ok(other) => Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!("unexpected answer {other:?}"),
+            )),
+            Err(_) => Err(ProtocolError::new(
+                ErrorCode::ShuttingDown,
+                "the server has stopped",
+            )),
+        }
     }
 
     /// Closes a connection with a reason sent to the client.

@@ -23,6 +23,10 @@ pub struct ServerStats {
     pub write_timeouts: u64,
     /// Failed `accept`s of the listener (out of file descriptors, ...).
     pub accept_failures: u64,
+    /// Connections refused because `limits.max_connections` were open.
+    pub refused_server: u64,
+    /// Connections refused because `http.max_connections_per_ip` were open from their address.
+    pub refused_per_ip: u64,
     /// Client requests answered by an application handler.
     pub handled_requests: u64,
     /// The hub epoch (the log's: with the file log it survives restarts).
@@ -110,6 +114,15 @@ pub fn render(stats: &ServerStats) -> String {
         "counter",
         "Failed accepts of the listener (out of file descriptors and the like).",
         &[("", stats.accept_failures)],
+    );
+    family(
+        "tidings_refused_connections_total",
+        "counter",
+        "Connections refused with 503 limit_reached, by the limit they were over (max_connections: limits.max_connections; per_ip: http.max_connections_per_ip).",
+        &[
+            ("limit=\"max_connections\"", stats.refused_server),
+            ("limit=\"per_ip\"", stats.refused_per_ip),
+        ],
     );
     family(
         "tidings_gaps_total",

@@ -27,7 +27,7 @@ use tidings_core::{
 
 use crate::auth::{AuthError, Authenticated, Authenticator};
 use crate::config::{ServerConfig, TlsError};
-use crate::ctx::{ConnCtx, ConnGuard, Slot, Slots, WriteStall};
+use crate::ctx::{ConnCtx, ConnGuard, Full, Slot, Slots, WriteStall};
 use crate::endpoints::{Endpoint, Origins, Serve, endpoint, websocket_paths};
 use crate::http::{Cors, OriginPolicy, Refusal, Response};
 use crate::hub::{Hub, HubError, StartError};
@@ -226,7 +226,11 @@ struct Inner<R> {
     /// Disconnects when every connection task has ended after shutdown started.
     idle: flume::Receiver<()>,
     /// Failed `accept`s (out of file descriptors, ...), and when the last was logged.
-    accept_failures: Mutex<AcceptFailures>,
+    accept_failures: Mutex<Repeated>,
+    /// Connections refused over `limits.max_connections`, and when the last was logged.
+    refused_server: Mutex<Repeated>,
+    /// Connections refused over `http.max_connections_per_ip`, and when the last was logged.
+    refused_per_ip: Mutex<Repeated>,
     /// Dropped when a graceful shutdown starts ([`Service::closing`]).
     closing_tx: Mutex<Option<flume::Sender<()>>>,
     closing: flume::Receiver<()>,
@@ -236,21 +240,22 @@ struct Inner<R> {
     tls: Option<Arc<Tls>>,
 }
 
-/// Failed `accept`s: counted for `/metrics`, logged at most every [`ACCEPT_LOG_EVERY`].
+/// Something that may repeat many times a second (failed `accept`s, refused connections):
+/// counted for `/metrics`, logged at most every [`LOG_EVERY`].
 #[derive(Default)]
-struct AcceptFailures {
+struct Repeated {
     total: u64,
     /// When the last line was logged, and the failures since.
     logged: Option<(std::time::Instant, u64)>,
 }
 
-impl AcceptFailures {
+impl Repeated {
     /// Counts a failure at `now`; returns the failures not logged since the last line when this
     /// one is to be logged.
     fn record(&mut self, now: std::time::Instant) -> Option<u64> {
         self.total += 1;
         match &mut self.logged {
-            Some((at, since)) if now < *at + ACCEPT_LOG_EVERY => {
+            Some((at, since)) if now < *at + LOG_EVERY => {
                 *since += 1;
                 None
             }
@@ -263,9 +268,9 @@ impl AcceptFailures {
     }
 }
 
-/// How often failed `accept`s are logged at most (they repeat every few milliseconds at the
-/// file-descriptor limit).
-const ACCEPT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often failed `accept`s (they repeat every few milliseconds at the file-descriptor limit)
+/// and refused connections are logged at most.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The tidings server, independent of the runtime: cheap to clone.
 pub struct Service<R: Runtime> {
@@ -312,6 +317,7 @@ impl<R: Runtime> Service<R> {
         let slots = Slots::new(
             core.limits.max_connections,
             config.http.max_connections_per_ip,
+            config.http.per_ip_exempt_loopback,
         );
         let service = Self {
             inner: Arc::new(Inner {
@@ -326,6 +332,8 @@ impl<R: Runtime> Service<R> {
                 live: Mutex::new(Some(live)),
                 idle,
                 accept_failures: Mutex::default(),
+                refused_server: Mutex::default(),
+                refused_per_ip: Mutex::default(),
                 closing_tx: Mutex::new(Some(closing_tx)),
                 closing,
                 slots,
@@ -416,8 +424,64 @@ impl<R: Runtime> Service<R> {
         if let Some(since) = failures.record(now) {
             tracing::warn!(
                 "accept failed: {error} ({since} more failures since the last line; logged at most every {} s)",
-                ACCEPT_LOG_EVERY.as_secs()
+                LOG_EVERY.as_secs()
             );
+        }
+    }
+
+    /// The listener reports a connection it refused over a limit (`503 limit_reached`) here:
+    /// it is counted (`tidings_refused_connections_total`) and logged at `warn`, the first one
+    /// at once and then at most every 10 s, with the number refused since the last line.
+    pub(crate) fn connection_refused(&self, peer: std::net::SocketAddr, full: Full) {
+        let now = self.inner.rt.now();
+        let repeated = match full {
+            Full::Server(_) => &self.inner.refused_server,
+            Full::Peer(_) => &self.inner.refused_per_ip,
+        };
+        let Ok(mut refused) = repeated.lock() else {
+            return;
+        };
+        let Some(since) = refused.record(now) else {
+            return;
+        };
+        let every = LOG_EVERY.as_secs();
+        match full {
+            Full::Server(max) => tracing::warn!(
+                "connection from {} refused: {max} connections are open, the server's limit \
+                 (limits.max_connections) ({since} more refused since the last line; logged at \
+                 most every {every} s)",
+                peer.ip()
+            ),
+            Full::Peer(max) => tracing::warn!(
+                "connection from {} refused: {max} connections from that address are open, the \
+                 limit per address (http.max_connections_per_ip). Behind a reverse proxy on \
+                 another host every client has the proxy's address: raise the limit, or set it \
+                 to 0 for none (docs/HTTP.md) ({since} more refused since the last line; logged \
+                 at most every {every} s)",
+                peer.ip()
+            ),
+        }
+    }
+
+    /// One line for the start-up log: the connection limits in force.
+    pub fn describe_limits(&self) -> String {
+        let http = &self.inner.config.http;
+        let max = self.inner.config.limits.max_connections;
+        match http.max_connections_per_ip {
+            0 => format!(
+                "connections: at most {max} (limits.max_connections); no limit per client \
+                 address (http.max_connections_per_ip = 0)"
+            ),
+            per_ip => format!(
+                "connections: at most {max} (limits.max_connections), {per_ip} per client \
+                 address (http.max_connections_per_ip{}; behind a reverse proxy on another host \
+                 raise it or set 0)",
+                if http.per_ip_exempt_loopback {
+                    ", loopback exempt"
+                } else {
+                    ", loopback included"
+                }
+            ),
         }
     }
 
@@ -624,6 +688,8 @@ impl<R: Runtime> Service<R> {
         match self.inner.hub.stats().await {
             Ok(mut stats) => {
                 stats.accept_failures = self.inner.accept_failures.lock().map_or(0, |f| f.total);
+                stats.refused_server = self.inner.refused_server.lock().map_or(0, |f| f.total);
+                stats.refused_per_ip = self.inner.refused_per_ip.lock().map_or(0, |f| f.total);
                 Response::ok(
                     "text/plain; version=0.0.4; charset=utf-8",
                     crate::metrics::render(&stats),
@@ -1400,12 +1466,12 @@ mod cookie_warning {
 mod accept_failures {
     use std::time::{Duration, Instant};
 
-    use super::AcceptFailures;
+    use super::Repeated;
 
     #[test]
     fn are_all_counted_and_logged_at_most_every_ten_seconds() {
         let t0 = Instant::now();
-        let mut f = AcceptFailures::default();
+        let mut f = Repeated::default();
         assert_eq!(f.record(t0), Some(0), "the first one is logged");
         for i in 1..=200 {
             // Every 50 ms, as the accept loops retry, for 10 s.

@@ -159,6 +159,81 @@ async fn emit_with_ack_gets_the_clients_answer_or_a_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_client_id_and_to_a_room_get_their_members_answers() {
+    let server = server().await;
+    let hub = server.hub().clone();
+    let addr = server.addr();
+    // Two clients answer with their id.
+    let answering = |id: &'static str, requests: usize| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let client = spawn_blocking(move || {
+            let mut ws = Ws::open(addr, "/ws");
+            ws.send(json!({"op":"identify","id":1,"client_id":id}));
+            assert_eq!(ws.recv()["type"], "ok");
+            tx.send(ws.conn).unwrap();
+            for _ in 0..requests {
+                let request = ws.recv();
+                assert_eq!(request["type"], "request", "{request}");
+                let data = format!("{id}:{}", request["data"].as_str().unwrap());
+                ws.send(json!({"op":"reply","id":request["id"],"data":data}));
+            }
+            ws
+        });
+        (client, rx)
+    };
+    let (ann, ann_conn) = answering("ann", 3);
+    let (ben, ben_conn) = answering("ben", 1);
+    let (ann_conn, ben_conn) = (
+        ConnId(ann_conn.await.unwrap()),
+        ConnId(ben_conn.await.unwrap()),
+    );
+    for conn in [ann_conn, ben_conn] {
+        assert_eq!(hub.join(conn, name("jury")).await, Ok(true));
+    }
+    let text = |s: &str| Payload::text(s.to_owned()).unwrap();
+    let answer = hub
+        .request_client(name("ann"), name("confirm"), text("pay?"), None)
+        .await;
+    assert_eq!(answer.map(|p| p.as_str().to_owned()), Ok("ann:pay?".into()));
+    let mut answers: Vec<(String, String)> = hub
+        .request_room(name("jury"), name("vote"), text("yes?"), None)
+        .await
+        .expect("the room's answers")
+        .into_iter()
+        .map(|a| {
+            (
+                a.client_id.unwrap().as_str().to_owned(),
+                a.result.unwrap().as_str().to_owned(),
+            )
+        })
+        .collect();
+    answers.sort();
+    assert_eq!(
+        answers,
+        [("ann", "ann:yes?"), ("ben", "ben:yes?")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    let error = hub
+        .request_client(name("nobody"), name("x"), Payload::empty(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::NoRecipient);
+    let nobody = hub
+        .request_room(name("empty"), name("x"), Payload::empty(), None)
+        .await;
+    assert_eq!(nobody, Ok(Vec::new()));
+    // The room's request did not leave a second answer of ann's behind.
+    let answer = hub
+        .request_client(name("ann"), name("again"), text("sure?"), None)
+        .await;
+    assert_eq!(
+        answer.map(|p| p.as_str().to_owned()),
+        Ok("ann:sure?".into())
+    );
+    drop((ann.await.unwrap(), ben.await.unwrap()));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_from_the_connect_hook_and_the_disconnect_hook() {
     let server = server().await;
     let hub = server.hub().clone();

@@ -32,6 +32,8 @@ pub(crate) const SUBSCRIPTIONS: &str = "subscriptions";
 /// [`KIND`] of a claim of the id by a connection of another node (header [`PRINCIPAL`]: `1`
 /// when it is the id's principal).
 pub(crate) const CLAIM: &str = "claim";
+/// [`KIND`] of a server request to the id's connection (`tidings_core::relay::json`).
+pub(crate) const ASK: &str = "ask";
 /// Whether a claim is the principal's.
 pub(crate) const PRINCIPAL: &str = "Tid-Principal";
 

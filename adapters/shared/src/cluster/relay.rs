@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use tidings_core::ask::{AskTo, ClientAnswer};
 use tidings_core::presence::Presence;
 use tidings_core::relay::{RelayReply, RelayRequest, Route, json};
 use tidings_core::{ErrorCode, ProtocolError, Topic};
@@ -36,6 +37,14 @@ pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
 pub(crate) const ALIVE: Duration = Duration::from_secs(3);
 /// How long a presence gathering waits for the other nodes' answers, at most.
 pub(crate) const GATHER_WAIT: Duration = Duration::from_millis(500);
+
+/// The longest timeout another node's server request is given here.
+pub(crate) const MAX_ASK_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long after a server request's timeout the asking node waits for the other nodes'
+/// answers (the core ends the ask [`tidings_core::ask::ASK_GRACE`] after it anyway).
+const ASK_TRAVEL: Duration = Duration::from_secs(1);
+/// The most answers taken from one node's reply.
+const MAX_ANSWERS: usize = 100_000;
 
 /// A relayed message that came in, for the broker: its route and the NATS message.
 struct Incoming {
@@ -54,6 +63,16 @@ pub(crate) async fn run(
     let started = tokio::time::Instant::now();
     let (presence_subject, nodes_subject) =
         (format!("{stream}.presence"), format!("{stream}.nodes"));
+    let ask_subject = format!("{stream}.ask");
+    let mut asked_rooms = match client.subscribe(ask_subject.clone()).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            tracing::error!("cannot subscribe to the cluster's request subject: {e}");
+            return;
+        }
+    };
+    // Server requests asked here for a client id: answered only by a node that has an answer.
+    let mut asked_clients: std::collections::HashSet<u64> = std::collections::HashSet::new();
     // Presence watches across nodes (`super::watch`).
     let mut watches = super::watch::Watches::new(&stream, &setup.nonce, setup.limits.clone());
     let (mut asked, mut heard, mut announced) = match (
@@ -217,6 +236,52 @@ pub(crate) async fn run(
                                 }
                             }
                         }
+                        RelayRequest::Ask { id, to, event, payload, timeout } => {
+                            let body = bytes::Bytes::from(json::encode_ask(&to, &event, &payload, timeout));
+                            let mut headers = async_nats::HeaderMap::new();
+                            headers.insert(codec::NODE, setup.nonce.as_str());
+                            headers.insert(codec::KIND, codec::ASK);
+                            let (client, replies) = (client.clone(), replies.clone());
+                            let max_name_len = setup.limits.max_name_len;
+                            let wait = timeout.saturating_add(ASK_TRAVEL);
+                            match to {
+                                AskTo::Client(client_id) => {
+                                    let Some(subject) =
+                                        codec::route_subject(&stream, &Route::Client(client_id))
+                                    else {
+                                        continue;
+                                    };
+                                    tokio::spawn(async move {
+                                        let result = ask_client(&client, subject, headers, body, wait, max_name_len).await;
+                                        let _ = replies.send(RelayReply::Answered { id, result });
+                                    });
+                                }
+                                AskTo::Room(_) => {
+                                    let now = tokio::time::Instant::now();
+                                    alive.retain(|_, at| now.duration_since(*at) < ALIVE);
+                                    let expected =
+                                        (now.duration_since(started) >= ALIVE).then_some(alive.len());
+                                    let subject = ask_subject.clone();
+                                    tokio::spawn(async move {
+                                        let answers = ask_everyone(&client, subject, headers, body, wait, expected, max_name_len).await;
+                                        let _ = replies.send(RelayReply::Answered { id, result: Ok(answers) });
+                                    });
+                                }
+                                _ => {}
+                            }
+                        }
+                        RelayRequest::AskedHere { token, answers } => {
+                            let for_client = asked_clients.remove(&token);
+                            if let Some(reply) = answering.remove(&token)
+                                && !(for_client && answers.is_empty())
+                            {
+                                let max = client.server_info().max_payload;
+                                let body = json::encode_answers(&answers, max);
+                                if let Err(e) = client.publish(reply, body.into()).await {
+                                    tracing::debug!("answering a server request failed: {e}");
+                                }
+                            }
+                        }
                         RelayRequest::Reached { token, reached } => {
                             if let Some(reply) = answering.remove(&token)
                                 && reached
@@ -281,6 +346,24 @@ pub(crate) async fn run(
                     break;
                 }
             }
+            Some(message) = asked_rooms.next() => {
+                let Some(node) = sender(&message) else { continue };
+                let (Some(reply), false) = (message.reply.clone(), node == setup.nonce) else {
+                    continue;
+                };
+                let Some((to, event, payload, timeout)) =
+                    json::decode_ask(&message.payload, setup.limits.max_name_len, MAX_ASK_TIMEOUT)
+                else {
+                    continue;
+                };
+                let token = next_token;
+                next_token += 1;
+                answering.insert(token, reply);
+                let asked = RelayReply::Asked { token, to, event, payload, timeout };
+                if replies.send(asked).is_err() {
+                    break;
+                }
+            }
             Some(Incoming { route, message }) = in_rx.recv() => {
                 let header = |name: &str| {
                     message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned())
@@ -303,6 +386,34 @@ pub(crate) async fn run(
                         principal,
                     };
                     if replies.send(claimed).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                if header(codec::KIND).as_deref() == Some(codec::ASK) {
+                    // A server request to the connection holding a client id held here.
+                    let (Route::Client(client_id), Some(reply)) = (&route, message.reply.clone())
+                    else {
+                        continue;
+                    };
+                    if header(codec::NODE).as_deref() == Some(setup.nonce.as_str()) {
+                        continue;
+                    }
+                    let Some((AskTo::Client(asked_id), event, payload, timeout)) =
+                        json::decode_ask(&message.payload, setup.limits.max_name_len, MAX_ASK_TIMEOUT)
+                    else {
+                        continue;
+                    };
+                    if asked_id != *client_id {
+                        continue;
+                    }
+                    let token = next_token;
+                    next_token += 1;
+                    answering.insert(token, reply);
+                    asked_clients.insert(token);
+                    let to = AskTo::Client(asked_id);
+                    let asked = RelayReply::Asked { token, to, event, payload, timeout };
+                    if replies.send(asked).is_err() {
                         break;
                     }
                     continue;
@@ -478,4 +589,78 @@ fn garbled() -> ProtocolError {
         ErrorCode::Unavailable,
         "the node holding that client id answered with something that does not decode; try again",
     )
+}
+
+/// A server request to the connection holding a client id on another node: the first node with
+/// an answer answers; `no_recipient` when no node holds the id, no answer (the core's
+/// `timeout`) when none did within `wait`.
+async fn ask_client(
+    client: &async_nats::Client,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+    wait: Duration,
+    max_name_len: usize,
+) -> Result<Vec<ClientAnswer>, ProtocolError> {
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(body)
+        .timeout(Some(wait));
+    match client.send_request(subject, request).await {
+        Ok(answer) => json::decode_answers(&answer.payload, max_name_len, 1).ok_or_else(garbled),
+        Err(e) => match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => Err(tidings_core::relay::no_recipient()),
+            async_nats::RequestErrorKind::TimedOut => Ok(Vec::new()),
+            async_nats::RequestErrorKind::Other => Err(ProtocolError::new(
+                ErrorCode::Unavailable,
+                format!("cannot reach the other nodes: {e}; try again later"),
+            )),
+        },
+    }
+}
+
+/// A server request to a room's members on every node: every node answers (with nothing when
+/// it has no member); the answers of those that did within `wait`, until `expected` have (when
+/// known).
+async fn ask_everyone(
+    client: &async_nats::Client,
+    subject: String,
+    headers: async_nats::HeaderMap,
+    body: bytes::Bytes,
+    wait: Duration,
+    expected: Option<usize>,
+    max_name_len: usize,
+) -> Vec<ClientAnswer> {
+    let mut all = Vec::new();
+    if expected == Some(0) {
+        return all;
+    }
+    let inbox = client.new_inbox();
+    let mut answers = match client.subscribe(inbox.clone()).await {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::debug!("cannot ask the other nodes: {e}");
+            return all;
+        }
+    };
+    if let Err(e) = client
+        .publish_with_reply_and_headers(subject, inbox, headers, body)
+        .await
+    {
+        tracing::debug!("cannot ask the other nodes: {e}");
+        return all;
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut got = 0;
+    while expected.is_none_or(|n| got < n) {
+        let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await else {
+            break;
+        };
+        let room = MAX_ANSWERS.saturating_sub(all.len());
+        if let Some(answers) = json::decode_answers(&answer.payload, max_name_len, room) {
+            all.extend(answers);
+            got += 1;
+        }
+    }
+    all
 }

@@ -143,8 +143,12 @@ pub async fn redirect<R: Runtime, L: Listener>(
 ) {
     let rt = service.runtime().clone();
     accept_until_closing(&service, &mut listener, |stream, peer| {
-        let Ok(slot) = service.slots().take(peer.ip()) else {
-            return; // over a limit: closed at once
+        let slot = match service.slots().take(peer.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                service.connection_refused(peer, full);
+                return; // over a limit: closed at once
+            }
         };
         let service = service.clone();
         rt.spawn(async move {
@@ -272,6 +276,7 @@ where
     let slot = match slot {
         Ok(slot) => slot,
         Err(full) => {
+            service.connection_refused(peer, full);
             refuse(&builder, &service, io, peer, full).await;
             return;
         }
