@@ -547,6 +547,20 @@ async fn tidings_js_requests_replies_and_sends() {
                "clients":[{"client_id":"alice","connections":1}],"truncated":false,"nodes":1}),
         "alice's named subscription, seen from bob's tidings.js"
     );
+    assert_eq!(
+        r["watched"],
+        json!({
+            "start": {"topic":"room.w","connections":0,"anonymous":0,"clients":[],
+                      "truncated":false,"nodes":1},
+            "notices": [
+                {"topic":"room.w","action":"join","client_id":"carol"},
+                {"topic":"room.w","action":"leave","client_id":"carol"},
+                {"topic":"room.w","action":"resync","presence":{"topic":"room.w","connections":0,
+                    "anonymous":0,"clients":[],"truncated":false,"nodes":1}},
+            ],
+        }),
+        "bob's watchPresence: its starting presence, carol's join and leave, a resync after a reconnect"
+    );
     assert_eq!(r["bad"], "invalid_topic");
     assert_eq!(r["rtt"], true);
     assert_eq!(

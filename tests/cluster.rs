@@ -1134,3 +1134,132 @@ fn in_process_subscribers_of_an_embedded_node_receive_and_resume_cursors_of_anot
     drop((live, resumed, a, b));
     rt.shutdown_background();
 }
+
+/// The next presence notice a WebSocket watcher gets (other frames are skipped).
+fn next_notice(watcher: &mut common::Ws) -> Value {
+    loop {
+        let frame = watcher.recv();
+        if frame["type"] == "presence" {
+            return frame;
+        }
+    }
+}
+
+fn notice(action: &str, client_id: Option<&str>) -> Value {
+    let mut v = json!({"type":"presence","topic":"chat.room1","action":action});
+    if let Some(id) = client_id {
+        v["client_id"] = json!(id);
+    }
+    v
+}
+
+#[test]
+fn a_presence_watcher_sees_joins_and_leaves_on_every_node() {
+    let Some(nats) = Nats::start() else { return };
+    let a = node("tokio", &nats, "a", &[]);
+    let b = node("async-std", &nats, "b", &[]);
+    let mut c = node("tokio", &nats, "c", &[]);
+    // dave on b is there before the watch: in its starting presence, not in a notice.
+    let mut dave = b.ws();
+    let ok = dave.ask(json!({"op":"identify","id":1,"client_id":"dave"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let ok = dave.ask(json!({"op":"subscribe","id":2,"topics":["chat.>"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+
+    let mut watcher = a.ws();
+    let ok = watcher.ask(json!({"op":"presence","id":1,"topic":"chat.room1","watch":true}));
+    assert_eq!(
+        ok["data"],
+        json!({"topic":"chat.room1","connections":1,"anonymous":0,
+               "clients":[{"client_id":"dave","connections":1}],"truncated":false,"nodes":3}),
+        "{ok}"
+    );
+    let mut sse = a.sse("/sse?presence=chat.room1", &[]);
+    let start: Value = serde_json::from_str(&sse.next_event().data).unwrap();
+    assert_eq!(start["connections"], 1, "{start}");
+
+    // Joins on b and c reach the watchers on a, in each node's order.
+    let mut alice = b.ws();
+    let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let ok = alice.ask(json!({"op":"subscribe","id":2,"topics":["chat.*"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(next_notice(&mut watcher), notice("join", Some("alice")));
+    let mut bob = c.ws();
+    let ok = bob.ask(json!({"op":"identify","id":1,"client_id":"bob"}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    let ok = bob.ask(json!({"op":"subscribe","id":2,"topics":["chat.room1"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(next_notice(&mut watcher), notice("join", Some("bob")));
+    let mut anonymous = c.sse("/sse?topic=chat.%3E", &[]);
+    assert!(anonymous.fill(), "opened, so subscribed");
+    assert_eq!(next_notice(&mut watcher), notice("join", None));
+
+    // Leaves: an unsubscribe on b, a connection gone on c.
+    let ok = alice.ask(json!({"op":"unsubscribe","id":3,"topics":["chat.*"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    assert_eq!(next_notice(&mut watcher), notice("leave", Some("alice")));
+    drop(bob);
+    assert_eq!(next_notice(&mut watcher), notice("leave", Some("bob")));
+    // The SSE watcher got the same, in the same order.
+    let seen: Vec<Value> = (0..5)
+        .map(|_| serde_json::from_str(&sse.next_event().data).unwrap())
+        .collect();
+    let actions: Vec<(&str, Option<&str>)> = seen
+        .iter()
+        .map(|n| (n["action"].as_str().unwrap(), n["client_id"].as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("join", Some("alice")),
+            ("join", Some("bob")),
+            ("join", None),
+            ("leave", Some("alice")),
+            ("leave", Some("bob")),
+        ]
+    );
+
+    // A node started after the watch learns of it (a hears it anew and tells it its watched
+    // topics): a join on d reaches the watcher once d knows. Until then d relays nothing (a
+    // connection that subscribed before may later leave without a join: docs/CLUSTER.md).
+    let d = node("async-std", &nats, "d", &[]);
+    watcher
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let joined = 'attempts: loop {
+        assert!(Instant::now() < deadline, "d never relayed a join");
+        let mut eve = d.ws();
+        let ok = eve.ask(json!({"op":"identify","id":1,"client_id":"eve"}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        let ok = eve.ask(json!({"op":"subscribe","id":2,"topics":["chat.room1"]}));
+        assert_eq!(ok["type"], "ok", "{ok}");
+        while let Ok(message) = watcher.ws.read() {
+            let tungstenite::Message::Text(text) = message else {
+                continue;
+            };
+            let got: Value = serde_json::from_str(&text).unwrap();
+            if got["action"] == "join" {
+                break 'attempts (got, eve);
+            }
+        }
+        // Not yet (d did not know of the watch when eve subscribed): another connection.
+    };
+    assert_eq!(joined.0, notice("join", Some("eve")));
+    watcher.ws.get_ref().set_read_timeout(None).unwrap();
+    drop(joined.1);
+    assert_eq!(next_notice(&mut watcher), notice("leave", Some("eve")));
+
+    // Stopping the last watch on a: the other nodes stop relaying (nothing more arrives; the
+    // pong comes first).
+    let ok = watcher.ask(json!({"op":"presence","id":2,"topic":"chat.room1","watch":false}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    drop(sse);
+    c.terminate();
+    drop(dave);
+    watcher.send(json!({"op":"ping","id":3}));
+    assert_eq!(watcher.recv()["type"], "pong");
+}

@@ -1415,3 +1415,95 @@ fn presence_over_http_and_the_native_protocol() {
         );
     });
 }
+
+#[test]
+fn presence_notices_over_websocket_and_sse() {
+    for_each_runtime(|rt| {
+        let server = Server::start(rt, &[]);
+        // A WebSocket watcher: answered with the presence it starts from.
+        let mut watcher = server.ws();
+        let ok = watcher.ask(json!({"op":"presence","id":1,"topic":"chat.room1","watch":true}));
+        assert_eq!(ok["data"]["connections"], 0, "[{rt}] {ok}");
+        // An SSE watcher: its first `presence` event is the presence, without an id.
+        let mut sse = server.sse("/sse?presence=chat.room1", &[]);
+        assert_eq!(sse.head.status, 200, "[{rt}]");
+        let ev = sse.next_event();
+        assert_eq!(ev.event_type, "presence", "[{rt}] {ev:?}");
+        let start: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(
+            (start["topic"].as_str(), start["connections"].as_u64()),
+            (Some("chat.room1"), Some(0)),
+            "[{rt}] {start}"
+        );
+
+        let mut alice = server.ws();
+        let ok = alice.ask(json!({"op":"identify","id":1,"client_id":"alice"}));
+        assert_eq!(ok["type"], "ok", "[{rt}] {ok}");
+        let ok = alice.ask(json!({"op":"subscribe","id":2,"topics":["chat.*"]}));
+        assert_eq!(ok["type"], "ok", "[{rt}] {ok}");
+        let join =
+            json!({"type":"presence","topic":"chat.room1","action":"join","client_id":"alice"});
+        assert_eq!(watcher.recv(), join, "[{rt}]");
+        let ev = sse.next_event();
+        assert_eq!(
+            (ev.event_type.as_str(), ev.last_event_id.as_str()),
+            ("presence", ""),
+            "[{rt}] not retained: no id"
+        );
+        let data: Value = serde_json::from_str(&ev.data).unwrap();
+        assert_eq!(
+            data,
+            json!({"topic":"chat.room1","action":"join","client_id":"alice"}),
+            "[{rt}]"
+        );
+
+        // alice's connection goes: a leave for both watchers.
+        drop(alice);
+        let leave =
+            json!({"type":"presence","topic":"chat.room1","action":"leave","client_id":"alice"});
+        assert_eq!(watcher.recv(), leave, "[{rt}]");
+        let data: Value = serde_json::from_str(&sse.next_event().data).unwrap();
+        assert_eq!(data["action"], "leave", "[{rt}] {data}");
+
+        // Stopped: answered, then nothing for later changes (a ping's pong comes next).
+        let ok = watcher.ask(json!({"op":"presence","id":2,"topic":"chat.room1","watch":false}));
+        assert_eq!(ok, json!({"type":"ok","id":2}), "[{rt}]");
+        let mut anon = server.ws();
+        let ok = anon.ask(json!({"op":"subscribe","id":1,"topic":"chat.room1"}));
+        assert_eq!(ok["type"], "ok", "[{rt}] {ok}");
+        watcher.send(json!({"op":"ping","id":3}));
+        let pong = watcher.recv();
+        assert_eq!(pong["type"], "pong", "[{rt}] no notice before it: {pong}");
+        // The SSE watcher still watches: the anonymous join.
+        let data: Value = serde_json::from_str(&sse.next_event().data).unwrap();
+        assert_eq!(
+            data,
+            json!({"topic":"chat.room1","action":"join"}),
+            "[{rt}]"
+        );
+
+        // A pattern is refused at connect, as a topic parameter would be.
+        let resp = server.get("/sse?presence=chat.*");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (400, "invalid_topic"),
+            "[{rt}]"
+        );
+
+        // Watching needs the right to subscribe to the topic: 403 at connect, forbidden on
+        // WebSocket.
+        let limited = Server::start(rt, &["--set", r#"auth.anonymous={subscribe=["public.>"]}"#]);
+        let resp = limited.get("/sse?topic=public.a&presence=secret.room");
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (403, "forbidden"),
+            "[{rt}] {}",
+            resp.body
+        );
+        let mut ws = limited.ws();
+        let refused = ws.ask(json!({"op":"presence","id":1,"topic":"secret.room","watch":true}));
+        assert_eq!(refused["code"], "forbidden", "[{rt}] {refused}");
+        let ok = ws.ask(json!({"op":"presence","id":2,"topic":"public.room","watch":true}));
+        assert_eq!(ok["type"], "ok", "[{rt}] {ok}");
+    });
+}

@@ -283,6 +283,8 @@ export class Tidings extends Emitter {
     this._patterns = new Map();
     /** @type {Map<string, Function>} */
     this._requestHandlers = new Map();
+    /** Presence watches: topic → callbacks. @type {Map<string, Set<Function>>} */
+    this._watches = new Map();
     this._attempt = 0;
     this._retryTimer = null;
     this._tick = null;
@@ -473,6 +475,63 @@ export class Tidings extends Emitter {
    */
   presence(topic, options = {}) {
     return this._call({ op: 'presence', topic }, options.timeout).then((ok) => ok.data);
+  }
+
+  /**
+   * Watches the presence of `topic` (PROTOCOL.md §6.7b): resolves with `{presence, stop}`, the
+   * presence now (as `presence()` resolves) and a function that ends the watch; then calls
+   * `callback` with each join and leave, one per connection:
+   * `{topic, action: 'join'|'leave', client_id?, info?}` (`client_id` absent for an anonymous
+   * connection; `info` what its token says, if anything). The watch lasts across reconnects:
+   * it is asked again on every new connection and `callback` gets
+   * `{topic, action: 'resync', presence}`, the presence the later notices continue from (joins
+   * and leaves while disconnected are not replayed). Rejects with `forbidden` without the
+   * right to subscribe to the topic, `limit_reached` past `max_subscriptions` watches.
+   *
+   * @param {string} topic a topic, not a pattern
+   * @param {(notice: {topic: string, action: string, client_id?: string, info?: *, presence?: object}) => void} callback
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<{presence: object, stop: () => Promise<void>}>}
+   */
+  watchPresence(topic, callback, options = {}) {
+    let callbacks = this._watches.get(topic);
+    if (!callbacks) {
+      callbacks = new Set();
+      this._watches.set(topic, callbacks);
+    }
+    callbacks.add(callback);
+    return this._call({ op: 'presence', topic, watch: true }, options.timeout).then(
+      (ok) => ({ presence: ok.data, stop: () => this._unwatch(topic, callback) }),
+      (e) => {
+        callbacks.delete(callback);
+        if (callbacks.size === 0 && this._watches.get(topic) === callbacks) {
+          this._watches.delete(topic);
+        }
+        throw e;
+      },
+    );
+  }
+
+  /** Ends one `watchPresence`; the server's watch ends with the topic's last callback. */
+  _unwatch(topic, callback) {
+    const callbacks = this._watches.get(topic);
+    if (!callbacks || !callbacks.delete(callback) || callbacks.size > 0) return Promise.resolve();
+    this._watches.delete(topic);
+    if (!this._welcome) return Promise.resolve();
+    return this._call({ op: 'presence', topic, watch: false }, undefined, true).then(() => undefined);
+  }
+
+  /** Calls the callbacks of a watched topic with a notice. */
+  _notify(topic, notice) {
+    for (const callback of this._watches.get(topic) ?? []) {
+      try {
+        callback(notice);
+      } catch (e) {
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    }
   }
 
   /**
@@ -763,6 +822,14 @@ export class Tidings extends Emitter {
     const subscribed = [...byName].map(([name, patterns]) =>
       this._sendSubscribe(patterns, name, from),
     );
+    // The presence watches, asked again: their new starting presence as a `resync`.
+    const rewatches = this._connections > 1 ? [...this._watches.keys()] : [];
+    for (const topic of rewatches) {
+      this._call({ op: 'presence', topic, watch: true }, undefined, true).then(
+        (ok) => this._notify(topic, { topic, action: 'resync', presence: ok.data }),
+        (e) => this._emit('error', e),
+      );
+    }
     for (const p of this._pending.values()) {
       if (!p.sent) {
         p.sent = true;
@@ -856,6 +923,14 @@ export class Tidings extends Emitter {
         }
         return;
       }
+      case 'presence':
+        this._notify(f.topic, {
+          topic: f.topic,
+          action: f.action,
+          ...(f.client_id !== undefined ? { client_id: f.client_id } : {}),
+          ...(f.info !== undefined ? { info: f.info } : {}),
+        });
+        return;
       case 'ping':
         this._write({ op: 'pong' });
         return;

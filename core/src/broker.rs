@@ -151,6 +151,8 @@ pub struct Broker {
     /// Shutting down: new connections are closed at once, and `AppEvent::Stopped` is emitted
     /// once the last connection is gone (`Some(true)`: emitted).
     pub(crate) shutdown: Option<bool>,
+    /// Presence watches: who watches which topic, here and on other nodes.
+    pub(crate) watches: crate::watch::Watches,
 }
 
 impl Broker {
@@ -209,6 +211,7 @@ impl Broker {
             waiting: Vec::new(),
             holes: std::collections::VecDeque::new(),
             shutdown: None,
+            watches: crate::watch::Watches::default(),
         }
     }
 
@@ -609,6 +612,7 @@ impl Broker {
                     ClaimVerdict::Skip => return,
                     ClaimVerdict::Refused(e) => return self.fail(slot, req, e),
                 }
+                self.presence_identity_changes(slot, &client_id);
                 if let Some(old) = self
                     .conn_mut(slot)
                     .extras_mut()
@@ -689,6 +693,9 @@ impl Broker {
                 }
                 let asker = crate::relay::Asker::Conn(conn.id, req);
                 self.ask_presence(asker, topic);
+            }
+            Command::WatchPresence { req, topic, watch } => {
+                self.watch_command(slot, req, topic, watch);
             }
             Command::Ping { req } => {
                 if let Some(req) = req {

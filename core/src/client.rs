@@ -368,6 +368,18 @@ pub enum Event {
     /// The server reported something not tied to an operation (an error frame without id that
     /// did not close the connection), or sent a frame the client could not decode.
     Notice(ServerError),
+    /// A join or leave on a topic whose presence the client watches
+    /// ([`Client::watch_presence`]).
+    Presence(crate::presence::PresenceNotice),
+    /// A presence watch was asked again on a new connection (notices of the time without a
+    /// connection are lost): its answer, the presence the notices continue from (JSON, as
+    /// `presence` answers), or why the watch ended.
+    PresenceRewatched {
+        /// The watched topic.
+        topic: Topic,
+        /// The presence now, or why the watch ended.
+        result: Result<Payload, OpError>,
+    },
 }
 
 // ---- internals ---------------------------------------------------------------------------------
@@ -419,6 +431,13 @@ enum Kind {
     },
     /// Internal operations whose answers matter to nobody (unsubscribe, automatic identify).
     Internal,
+    /// Starting or stopping a presence watch: asked by the user (`user`), or a watch asked again
+    /// on a new connection.
+    Watch {
+        topic: Topic,
+        watch: bool,
+        user: bool,
+    },
     /// Any other user operation (publish, send, request, identify, ping).
     User,
 }
@@ -478,6 +497,9 @@ pub struct Client {
     subs: BTreeMap<SubId, Sub>,
     /// Patterns of all subscriptions, with how many subscriptions hold each and its name.
     held: BTreeMap<Pattern, (usize, Option<Name>)>,
+    /// Topics whose presence is watched (confirmed by the server): watched again on every new
+    /// connection.
+    watches: BTreeSet<Topic>,
     next_sub: u64,
     transmits: VecDeque<Bytes>,
     events: VecDeque<Event>,
@@ -517,6 +539,7 @@ impl Client {
             deadlines: BTreeSet::new(),
             subs: BTreeMap::new(),
             held: BTreeMap::new(),
+            watches: BTreeSet::new(),
             next_sub: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -709,9 +732,11 @@ impl Client {
                     self.drop_sub(now, sub);
                     self.done(id, Err(OpError::Timeout));
                 }
-                Kind::User => self.done(id, Err(OpError::Timeout)),
+                Kind::User | Kind::Watch { user: true, .. } => {
+                    self.done(id, Err(OpError::Timeout));
+                }
                 // The server answers every op in order; one of ours unanswered means it is gone.
-                Kind::Resubscribe { .. } | Kind::Internal => {
+                Kind::Resubscribe { .. } | Kind::Internal | Kind::Watch { user: false, .. } => {
                     if op.sent == Some(self.generation) {
                         self.close_link(Reason::Unresponsive);
                     }
@@ -931,6 +956,39 @@ impl Client {
         })
     }
 
+    /// Starts (`watch`) or stops watching the presence of `topic`: while watching, joins and
+    /// leaves on it come as [`Event::Presence`]. [`Event::Done`] carries the presence the
+    /// notices continue from (JSON, as [`Client::presence`]). A watch lasts across
+    /// reconnections: it is asked again on every new connection, and its new starting
+    /// presence comes as [`Event::PresenceRewatched`].
+    ///
+    /// # Errors
+    /// [`ClientError`] for a limit or a stopped client.
+    pub fn watch_presence(
+        &mut self,
+        now: Instant,
+        topic: Topic,
+        watch: bool,
+    ) -> Result<OpId, ClientError> {
+        self.check_room()?;
+        let req = self.next_id;
+        let cmd = Command::WatchPresence {
+            req,
+            topic: topic.clone(),
+            watch,
+        };
+        let kind = Kind::Watch {
+            topic,
+            watch,
+            user: true,
+        };
+        let id = self.add_op(now, kind, Some(cmd), self.config.op_timeout);
+        if self.is_connected() {
+            self.send_op(now, id);
+        }
+        Ok(OpId(id))
+    }
+
     /// Claims a client id, now and on every later connection.
     ///
     /// # Errors
@@ -1008,7 +1066,10 @@ impl Client {
             *retry_at = None;
         }
         for (id, op) in std::mem::take(&mut self.ops) {
-            if !matches!(op.kind, Kind::Resubscribe { .. } | Kind::Internal) {
+            if !matches!(
+                op.kind,
+                Kind::Resubscribe { .. } | Kind::Internal | Kind::Watch { user: false, .. }
+            ) {
                 self.done(id, Err(OpError::Stopped));
             }
         }
@@ -1163,10 +1224,10 @@ impl Client {
             match op.kind {
                 // A subscription is state: it is sent again on the next connection.
                 Kind::Subscribe { .. } => op.sent = None,
-                Kind::Resubscribe { .. } | Kind::Internal => {
+                Kind::Resubscribe { .. } | Kind::Internal | Kind::Watch { user: false, .. } => {
                     self.remove_op(id);
                 }
-                Kind::User => {
+                Kind::User | Kind::Watch { user: true, .. } => {
                     self.remove_op(id);
                     self.done(id, Err(OpError::ConnectionLost));
                 }
@@ -1295,7 +1356,27 @@ impl Client {
                 })),
             );
         }
-        // 3. Everything that waited for a connection, in the order it was asked for.
+        // 3. The presence watches.
+        for topic in self.watches.clone() {
+            let kind = Kind::Watch {
+                topic: topic.clone(),
+                watch: true,
+                user: false,
+            };
+            let id = self.add_op(now, kind, None, self.config.op_timeout);
+            if let Some(op) = self.ops.get_mut(&id) {
+                op.sent = Some(self.generation);
+            }
+            self.transmit(
+                now,
+                encode_command(&Command::WatchPresence {
+                    req: id,
+                    topic,
+                    watch: true,
+                }),
+            );
+        }
+        // 4. Everything that waited for a connection, in the order it was asked for.
         let waiting: Vec<u64> = self
             .ops
             .iter()
@@ -1381,6 +1462,7 @@ impl Client {
                 });
             }
             ServerFrame::Ping => self.transmit(now, Some(encode_pong())),
+            ServerFrame::Presence(notice) => self.events.push_back(Event::Presence(notice)),
             ServerFrame::Welcome(_) | ServerFrame::Unknown => {}
         }
     }
@@ -1458,6 +1540,25 @@ impl Client {
         match op.kind {
             Kind::User => self.done(id, result),
             Kind::Internal => {}
+            Kind::Watch { topic, watch, user } => {
+                if result.is_ok() && watch {
+                    self.watches.insert(topic.clone());
+                } else if result.is_ok() || !user {
+                    // Stopped, or refused when asked again on a new connection.
+                    self.watches.remove(&topic);
+                }
+                if user {
+                    self.done(id, result);
+                } else {
+                    let result = result.map(|answer| {
+                        answer
+                            .payload
+                            .unwrap_or_else(|| Payload::json_unchecked(Bytes::from_static(b"null")))
+                    });
+                    self.events
+                        .push_back(Event::PresenceRewatched { topic, result });
+                }
+            }
             Kind::Subscribe { sub, from, added } => match result {
                 Ok(answer) => {
                     let patterns = match self.subs.get_mut(&sub) {

@@ -152,6 +152,18 @@ pub enum Command {
         /// The topic.
         topic: Topic,
     },
+    /// Starts (`watch`) or stops watching the presence of a topic: while watching, the
+    /// connection gets a [`crate::presence::PresenceNotice`] for every join and leave on it.
+    /// Starting is answered `ok` with the current presence (as [`Command::Presence`]), so that
+    /// the notices continue from that snapshot; it needs what the presence needs.
+    WatchPresence {
+        /// Request id to answer.
+        req: ReqId,
+        /// The topic (exact, no wildcards).
+        topic: Topic,
+        /// Start (`true`) or stop (`false`).
+        watch: bool,
+    },
     /// Liveness check; answered with a pong when it has a request id.
     Ping {
         /// Request id to answer.

@@ -121,6 +121,8 @@ pub(crate) struct Extras {
     /// The earliest resume cursor (sequence) the connection subscribed from: a parked session
     /// it claims resumes from there if that is earlier than where delivery stopped.
     pub(crate) resumed_from: Option<u64>,
+    /// The topics whose presence it watches (at most `max_subscriptions`).
+    pub(crate) watching: Vec<crate::topic::Topic>,
 }
 
 pub(crate) struct ConnState {
@@ -144,6 +146,8 @@ pub(crate) struct ConnState {
     pub(crate) stamp: u64,
     /// The broker asked the adapter to close it; waiting for `Closed`.
     pub(crate) closing: bool,
+    /// Its presence ended (it is closing or closed): its leaves were sent.
+    pub(crate) gone: bool,
     /// Its publishes handed to the external log and not answered yet: its later commands (but
     /// publishes) wait in `Extras::held`, so that answers keep the order of the commands.
     pub(crate) appending: u32,
@@ -171,6 +175,7 @@ impl ConnState {
             last_write: now,
             stamp: 0,
             closing: false,
+            gone: false,
             appending: 0,
         }
     }

@@ -426,6 +426,8 @@ impl Broker {
 
     /// Removes a connection from every index and settles what it had pending.
     pub(crate) fn release(&mut self, slot: Slot) {
+        // Leaves first, while it still has its client id and subscriptions.
+        self.presence_conn_gone(slot);
         let conn = self.conn_mut(slot);
         let patterns: Vec<_> = conn.subs.iter().map(|s| s.pattern.clone()).collect();
         let extras = conn.extras.take().map(|x| *x).unwrap_or_default();

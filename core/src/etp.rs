@@ -481,6 +481,7 @@ pub fn encode(frame: &Frame<'_>, ack_name: Option<&str>, js: bool) -> Option<Byt
         }
         Frame::Gap(gap) => event(GAP, 0, &crate::native::gap_json(gap), js),
         Frame::Ping
+        | Frame::Presence(_)
         | Frame::Error { req: None, .. }
         | Frame::Welcome { .. }
         | Frame::Pong { .. } => {

@@ -50,6 +50,9 @@ pub enum Frame<'a> {
     },
     /// A gap notice.
     Gap(&'a Gap),
+    /// A join or leave on a topic whose presence the connection watches (not retained: no
+    /// cursor).
+    Presence(&'a crate::presence::PresenceNotice),
     /// A successful answer to a client request.
     Ok {
         /// The request id.

@@ -35,7 +35,9 @@ fn req_of(cmd: &Command) -> Option<u64> {
         | Command::Invalid { req, .. }
         | Command::RemoveTopic { req, .. } => *req,
         Command::Notify { .. } => None,
-        Command::Request { req, .. } | Command::Presence { req, .. } => Some(*req),
+        Command::Request { req, .. }
+        | Command::Presence { req, .. }
+        | Command::WatchPresence { req, .. } => Some(*req),
         Command::Reply { ack, .. } => Some(*ack),
     }
 }

@@ -18,6 +18,10 @@ pub struct Grants {
     /// The client id the connection's credentials are bound to (a token's subject), whatever
     /// else it may claim: it is that id's principal ([`crate::Claim`]).
     pub principal: Option<Name>,
+    /// What the connection's credentials say about it, for others to see in presence notices
+    /// ([`crate::presence::PresenceNotice::info`]): the JSON text of one value (a token's `info`
+    /// claim), at most [`crate::presence::MAX_INFO_BYTES`] long.
+    pub info: Option<std::sync::Arc<str>>,
 }
 
 /// The client ids a connection may claim.
@@ -43,6 +47,7 @@ impl Grants {
             direct: true,
             client_ids: ClientIds::Any,
             principal: None,
+            info: None,
         }
     }
 

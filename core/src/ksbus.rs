@@ -448,7 +448,9 @@ pub fn encode(frame: &Frame<'_>, server_id: &str) -> Option<Bytes> {
             write_parts(&mut out, &map);
             out
         }
-        Frame::Ping | Frame::Welcome { .. } | Frame::Ok { .. } => return None,
+        Frame::Ping | Frame::Welcome { .. } | Frame::Ok { .. } | Frame::Presence(_) => {
+            return None;
+        }
     };
     Some(Bytes::from(bytes))
 }

@@ -42,6 +42,7 @@ mod timeouts;
 mod timers;
 mod topic;
 pub mod typed;
+mod watch;
 
 pub use app_op::{AppOp, AppReply};
 pub use appends::Published;
@@ -58,4 +59,5 @@ pub use ids::{AckId, ConnId, ConnIdHasher, ConnMap, ReqId};
 pub use input::Input;
 pub use output::{AppEvent, Delivery, Gap, GapReason, Lifecycle, Output, Visibility};
 pub use payload::Payload;
+pub use presence::{PresenceAction, PresenceNotice};
 pub use topic::{Name, NameLimits, Pattern, Topic};

@@ -73,6 +73,8 @@ struct Fields<'a> {
     to: Option<&'a RawValue>,
     #[serde(borrow)]
     client_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    watch: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as a present value, so `"data": null` is data and not a missing field.
@@ -228,9 +230,17 @@ fn decode_op(
             )?,
             claim: Claim::Explicit,
         },
-        "presence" => Command::Presence {
-            req: req.ok_or_else(|| missing("id"))?,
-            topic: topic(f.topic, limits)?,
+        "presence" => match f.watch.map(|raw| raw.get()) {
+            None => Command::Presence {
+                req: req.ok_or_else(|| missing("id"))?,
+                topic: topic(f.topic, limits)?,
+            },
+            Some(flag @ ("true" | "false")) => Command::WatchPresence {
+                req: req.ok_or_else(|| missing("id"))?,
+                topic: topic(f.topic, limits)?,
+                watch: flag == "true",
+            },
+            Some(_) => return Err(wrong_type("watch", "true or false")),
         },
         "ping" => Command::Ping { req },
         // The answer to a server `ping`: activity, nothing to reply.
@@ -492,6 +502,12 @@ pub fn encode(frame: &Frame<'_>) -> Bytes {
             b.raw(",\"data\":");
             b.payload(payload);
             b.raw("}");
+        }
+        Frame::Presence(notice) => {
+            // `{"topic":..}` as `{"type":"presence","topic":..}`.
+            let json = notice.to_json();
+            b.raw("{\"type\":\"presence\",");
+            b.raw(json.get(1..).unwrap_or("}"));
         }
         Frame::Gap(gap) => {
             b.raw("{\"type\":\"gap\",");

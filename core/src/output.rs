@@ -98,6 +98,11 @@ pub enum Delivery {
     },
     /// A gap notice.
     Gap(Gap),
+    /// A join or leave on a topic whose presence the subscriber watches.
+    Presence(crate::presence::PresenceNotice),
+    /// The data of an `ok` answering a command of the subscriber (a presence watch's
+    /// starting presence, as JSON).
+    Answer(Payload),
 }
 
 impl Delivery {
@@ -107,6 +112,10 @@ impl Delivery {
             Self::Event { topic, payload, .. } => topic.as_str().len() + payload.len(),
             Self::Message { payload, .. } => payload.len(),
             Self::Gap(_) => 0,
+            Self::Presence(notice) => {
+                notice.topic.as_str().len() + notice.info.as_deref().map_or(0, str::len) + 16
+            }
+            Self::Answer(payload) => payload.len(),
         }
     }
 }

@@ -158,6 +158,110 @@ pub(crate) fn not_granted(topic: &Topic) -> crate::error::ProtocolError {
     )
 }
 
+/// What a presence notice says happened ([`PresenceNotice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceAction {
+    /// A connection started matching the topic: its first subscription whose pattern matches
+    /// it appeared (subscribe, a restored session, an identify after subscribing).
+    Join,
+    /// A connection stopped matching the topic: its last such subscription went (unsubscribe,
+    /// the connection closed or was closed, an identify under another id).
+    Leave,
+}
+
+impl PresenceAction {
+    /// `"join"` or `"leave"`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Join => "join",
+            Self::Leave => "leave",
+        }
+    }
+}
+
+/// A join or leave on a watched topic ([`crate::Command::WatchPresence`]): one per connection
+/// (two connections of one client id give two joins), as watchers receive it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceNotice {
+    /// The watched topic.
+    pub topic: Topic,
+    /// Join or leave.
+    pub action: PresenceAction,
+    /// The connection's client id; `None` for an anonymous connection.
+    pub client_id: Option<crate::topic::Name>,
+    /// What the connection's token says about it (its `info` claim: the JSON text of a value of
+    /// at most [`MAX_INFO_BYTES`]), if any ([`Grants::info`]).
+    pub info: Option<std::sync::Arc<str>>,
+}
+
+/// The most bytes of the JSON text of a connection's `info` ([`Grants::info`]).
+pub const MAX_INFO_BYTES: usize = 1024;
+
+impl PresenceNotice {
+    /// The JSON object watchers receive: `{"topic":..,"action":"join"|"leave","client_id":..,
+    /// "info":..}` (the last two only when present).
+    #[must_use]
+    pub fn to_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            topic: &'a str,
+            action: PresenceAction,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            client_id: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            info: Option<&'a serde_json::value::RawValue>,
+        }
+        let info = self
+            .info
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<&serde_json::value::RawValue>(text).ok());
+        let wire = Wire {
+            topic: self.topic.as_str(),
+            action: self.action,
+            client_id: self.client_id.as_ref().map(crate::topic::Name::as_str),
+            info,
+        };
+        serde_json::to_string(&wire).unwrap_or_default()
+    }
+
+    /// The notice from its JSON (as another node relays it), checked like one made here: a
+    /// valid topic and client id, an `info` that is JSON of at most [`MAX_INFO_BYTES`].
+    #[must_use]
+    pub fn from_json(
+        bytes: &[u8],
+        limits: crate::topic::NameLimits,
+        max_name: usize,
+    ) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Wire<'a> {
+            topic: &'a str,
+            action: PresenceAction,
+            #[serde(default)]
+            client_id: Option<&'a str>,
+            #[serde(default, borrow)]
+            info: Option<&'a serde_json::value::RawValue>,
+        }
+        let wire: Wire<'_> = serde_json::from_slice(bytes).ok()?;
+        let client_id = match wire.client_id {
+            Some(id) => Some(crate::topic::Name::parse("client_id", id, max_name).ok()?),
+            None => None,
+        };
+        let info = match wire.info {
+            Some(raw) if raw.get().len() <= MAX_INFO_BYTES => Some(std::sync::Arc::from(raw.get())),
+            Some(_) => return None,
+            None => None,
+        };
+        Some(Self {
+            topic: Topic::parse(wire.topic, limits).ok()?,
+            action: wire.action,
+            client_id,
+            info,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

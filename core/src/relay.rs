@@ -26,6 +26,10 @@
 //!   asks the others, [`RelayReply::PresenceAsked`] is another node asking this one (answered
 //!   with [`RelayRequest::PresenceHere`]), [`RelayReply::PresenceGathered`] brings what the others
 //!   answered.
+//! - Presence notices ([`crate::presence::PresenceNotice`]): [`RelayRequest::Watch`] says which
+//!   topics this node watches (first watcher, last one), [`RelayReply::WatchedElsewhere`] which
+//!   ones other nodes watch; [`RelayRequest::Notice`] relays a join or leave here on a topic
+//!   watched elsewhere, [`RelayReply::Notice`] brings one from another node.
 
 use crate::ask::{AskTo, ClientAnswer};
 use crate::broker::Broker;
@@ -146,6 +150,19 @@ pub enum RelayRequest {
         /// The presence here.
         presence: Presence,
     },
+    /// This node's first connection watching the presence of `topic` appeared (`watched`), or
+    /// its last one went: the other nodes relay their joins and leaves on it while some node
+    /// watches it. Comes before the [`RelayRequest::GatherPresence`] of the watch's answer: a
+    /// node answering that gathering must already relay its later changes.
+    Watch {
+        /// The topic.
+        topic: Topic,
+        /// Whether this node watches it now.
+        watched: bool,
+    },
+    /// A join or leave of a connection here on a topic another node watches
+    /// ([`RelayReply::WatchedElsewhere`]): relay it to the nodes watching it.
+    Notice(crate::presence::PresenceNotice),
     /// A connection here claimed `client_id`: tell the nodes holding it. When it is not the
     /// id's principal, a node whose holder is answers, and [`RelayReply::ClaimRefused`] follows.
     Claimed {
@@ -230,6 +247,10 @@ pub enum RelayReply {
         token: u64,
         /// The topic.
         topic: Topic,
+        /// For a watch there: from this answer on, this node relays its joins and leaves on
+        /// the topic (as after [`RelayReply::WatchedElsewhere`], in the same step as the
+        /// answer, so that every change after the answer is relayed and none before it).
+        watch: bool,
     },
     /// What the other nodes answered to a [`RelayRequest::GatherPresence`], merged (`nodes`
     /// counts them; nodes that did not answer in time are not in it).
@@ -239,6 +260,16 @@ pub enum RelayReply {
         /// Their presence.
         presence: Presence,
     },
+    /// Some other node watches the presence of `topic` now (`watched`), or none does any
+    /// more: this node relays its joins and leaves on it while some does.
+    WatchedElsewhere {
+        /// The topic.
+        topic: Topic,
+        /// Whether another node watches it.
+        watched: bool,
+    },
+    /// A join or leave another node relayed: for the watchers of its topic here.
+    Notice(crate::presence::PresenceNotice),
     /// A connection of another node claimed a client id this node holds (with a token when that
     /// node waits for a [`RelayRequest::ClaimAnswer`]).
     ClaimedElsewhere {
@@ -396,6 +427,7 @@ impl Broker {
                 };
                 let json = Payload::json_unchecked(bytes::Bytes::from(presence.to_json(topic)));
                 self.ok(slot, Some(req), None, Some(&json));
+                self.watch_answered(slot, topic, req);
             }
             Asker::App(id) => self.emit(crate::output::AppEvent::Relayed {
                 id,
@@ -485,7 +517,17 @@ impl Broker {
             reply @ (RelayReply::Asked { .. } | RelayReply::Answered { .. }) => {
                 self.handle_ask_relay(reply);
             }
-            RelayReply::PresenceAsked { token, topic } => {
+            RelayReply::PresenceAsked {
+                token,
+                topic,
+                watch,
+            } => {
+                if watch {
+                    self.handle_watch_relay(RelayReply::WatchedElsewhere {
+                        topic: topic.clone(),
+                        watched: true,
+                    });
+                }
                 let presence = self.presence(&topic);
                 self.out
                     .push_back(Output::Relay(RelayRequest::PresenceHere {
@@ -569,6 +611,9 @@ impl Broker {
                 };
                 here.merge(presence);
                 self.answer_presence(asker, &topic, here);
+            }
+            reply @ (RelayReply::WatchedElsewhere { .. } | RelayReply::Notice(_)) => {
+                self.handle_watch_relay(reply);
             }
         }
     }

@@ -338,7 +338,9 @@ impl Broker {
             // What the subscription delivered stays delivered, unless the new connection says
             // it missed it (its own resume cursor is earlier).
             let done = resumed_from.map_or(sub.done, |r| sub.done.min(r).max(sub.start));
+            let pattern = sub.pattern.clone();
             self.conn_mut(slot).subs.push(Sub { done, ..sub });
+            self.presence_sub_added(slot, &pattern);
         }
         let conn = self.conn_mut(slot);
         if let Some(cu) = conn.catch_up.as_deref_mut() {

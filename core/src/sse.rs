@@ -882,7 +882,15 @@ impl crate::codec::Codec for SseCodec {
             Frame::Error { error, .. } => {
                 ev(None, Some("tidings-error"), &native::error_json(error))
             }
+            // Not retained: no `id:`, so it does not move the stream's `Last-Event-ID`.
+            Frame::Presence(notice) => ev(None, Some("presence"), notice.to_json().as_bytes()),
             Frame::Ping => keepalive(),
+            // A stream sends no requests: an answer with data is that of a presence watch the
+            // stream asked for (`/sse?presence=`), the presence its notices start from.
+            Frame::Ok {
+                payload: Some(payload),
+                ..
+            } => ev(None, Some("presence"), payload.bytes()),
             Frame::Ok { .. } | Frame::Request { .. } | Frame::Pong { .. } => return None,
         };
         Some(crate::codec::Wire::Frame(bytes))

@@ -132,11 +132,12 @@ impl Broker {
             }
             let conn = self.conn_mut(slot);
             conn.subs.push(Sub {
-                pattern,
+                pattern: pattern.clone(),
                 name: name.clone(),
                 start,
                 done: start,
             });
+            self.presence_sub_added(slot, &pattern);
         }
         self.pump(slot);
     }
@@ -319,6 +320,7 @@ impl Broker {
             }
         }
         self.subs.remove(pattern, slot);
+        self.presence_sub_removed(slot, pattern);
         if let Some(name) = sub.name {
             if let Some(list) = self.names.get_mut(&name) {
                 if let Some(j) = list.iter().position(|s| *s == slot) {

@@ -104,6 +104,13 @@ impl Topic {
     }
 }
 
+/// Looks a topic up by its name (hash, equality and order are the string's).
+impl std::borrow::Borrow<str> for Topic {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Debug for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)

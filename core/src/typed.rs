@@ -66,6 +66,12 @@ impl Codec for TypedCodec {
                 payload: payload.clone(),
             },
             Frame::Gap(gap) => Delivery::Gap(gap.clone()),
+            Frame::Presence(notice) => Delivery::Presence(notice.clone()),
+            // The answer to a watch: the presence it starts from.
+            Frame::Ok {
+                payload: Some(payload),
+                ..
+            } => Delivery::Answer(payload.clone()),
             _ => return None,
         };
         Some(Wire::Item(Arc::new(item)))

@@ -644,6 +644,7 @@ fn grants_are_enforced() {
         direct: false,
         client_ids: ClientIds::Only(name("me")),
         principal: None,
+        info: None,
     };
     let mut sim = Sim::new(Config::default());
     let c = sim.open_with(1, NativeCodec, grants);

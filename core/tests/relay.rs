@@ -57,6 +57,10 @@ struct Cluster {
     claims: HashMap<u64, (usize, Name)>,
     /// Connections each node asked to close, with the error code.
     closed: HashMap<ConnId, Option<ErrorCode>>,
+    /// Nodes watching each topic's presence.
+    watching: HashMap<tidings_core::Topic, HashSet<usize>>,
+    /// While set, gathered presences wait here (a slow gathering).
+    slow_gathering: Option<Vec<(usize, Input)>>,
     /// Asks of clients on other nodes: token -> asking node, ask id, answers still expected,
     /// whether the first answer ends it, answers so far.
     asking: HashMap<u64, AskInFlight>,
@@ -88,6 +92,8 @@ impl Cluster {
             events: vec![Vec::new(); 2],
             claims: HashMap::new(),
             closed: HashMap::new(),
+            watching: HashMap::new(),
+            slow_gathering: None,
             asking: HashMap::new(),
             relay_down: false,
         }
@@ -211,10 +217,21 @@ impl Cluster {
                 let others = self.nodes.len() - 1;
                 self.gathering
                     .insert(token, (from, id, others, Presence::default()));
+                // A gathering for a watch says so (the real relay's `Tid-Watch` header).
+                let watch = self
+                    .watching
+                    .get(&topic)
+                    .is_some_and(|nodes| nodes.contains(&from));
                 for m in (0..self.nodes.len()).filter(|&m| m != from) {
                     let topic = topic.clone();
-                    self.queue
-                        .push_back((m, Input::Relay(RelayReply::PresenceAsked { token, topic })));
+                    self.queue.push_back((
+                        m,
+                        Input::Relay(RelayReply::PresenceAsked {
+                            token,
+                            topic,
+                            watch,
+                        }),
+                    ));
                 }
             }
             RelayRequest::PresenceHere { token, presence } => {
@@ -223,10 +240,46 @@ impl Cluster {
                 g.3.merge(presence);
                 if g.2 == 0 {
                     let (node, id, _, presence) = self.gathering.remove(&token).unwrap();
-                    self.queue.push_back((
+                    let gathered = (
                         node,
                         Input::Relay(RelayReply::PresenceGathered { id, presence }),
-                    ));
+                    );
+                    match &mut self.slow_gathering {
+                        Some(waiting) => waiting.push(gathered),
+                        None => self.queue.push_back(gathered),
+                    }
+                }
+            }
+            // Presence watches: the other nodes hear of the first and last watch of a node at
+            // once (as a real relay's gathering header makes sure before they answer).
+            RelayRequest::Watch { topic, watched } => {
+                let nodes = self.watching.entry(topic.clone()).or_default();
+                let before = nodes.clone();
+                if watched {
+                    assert!(nodes.insert(from), "watched twice");
+                } else {
+                    assert!(nodes.remove(&from), "unwatched unwatched");
+                }
+                let after = nodes.clone();
+                for m in (0..self.nodes.len()).filter(|&m| m != from) {
+                    let was = before.iter().any(|&w| w != m);
+                    let is = after.iter().any(|&w| w != m);
+                    if was != is {
+                        let topic = topic.clone();
+                        let reply = RelayReply::WatchedElsewhere { topic, watched: is };
+                        self.queue.push_back((m, Input::Relay(reply)));
+                    }
+                }
+            }
+            RelayRequest::Notice(notice) => {
+                let watchers = self
+                    .watching
+                    .get(&notice.topic)
+                    .cloned()
+                    .unwrap_or_default();
+                for m in watchers.into_iter().filter(|&m| m != from) {
+                    let reply = RelayReply::Notice(notice.clone());
+                    self.queue.push_back((m, Input::Relay(reply)));
                 }
             }
             RelayRequest::Ask {
@@ -634,6 +687,69 @@ fn a_principal_claim_closes_a_wildcard_holder_of_its_id_on_another_node_and_back
     c.identify(0, x, "anon");
     c.identify(1, y, "anon");
     assert!(!c.closed.contains_key(&x) && !c.closed.contains_key(&y));
+}
+
+#[test]
+fn presence_notices_cross_nodes_and_wait_for_the_gathered_answer() {
+    let mut c = Cluster::new();
+    // A slow gathering: changes while it runs, here and on node 1, come after the answer.
+    c.slow_gathering = Some(Vec::new());
+    let watcher = c.open(0, 1);
+    c.send(
+        0,
+        watcher,
+        json!({"op": "presence", "id": 5, "topic": "chat.a", "watch": true}),
+    );
+    assert_eq!(c.take(watcher), Vec::<Value>::new(), "the answer waits");
+    let here = c.open(0, 2);
+    c.send(0, here, json!({"op": "subscribe", "topic": "chat.*"}));
+    let there = c.open(1, 3);
+    c.identify(1, there, "bob");
+    c.send(1, there, json!({"op": "subscribe", "topic": "chat.a"}));
+    assert_eq!(
+        c.take(watcher),
+        Vec::<Value>::new(),
+        "held until the answer"
+    );
+    let waiting = c.slow_gathering.take().unwrap();
+    c.queue.extend(waiting);
+    c.run();
+    let got = c.take(watcher);
+    assert_eq!(got[0]["type"], "ok");
+    assert_eq!(
+        (
+            got[0]["data"]["connections"].as_u64(),
+            got[0]["data"]["nodes"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[1..],
+        [
+            json!({"type": "presence", "topic": "chat.a", "action": "join"}),
+            json!({"type": "presence", "topic": "chat.a", "action": "join", "client_id": "bob"}),
+        ]
+    );
+    // Later changes on node 1 come at once; the watch's end stops node 1's relaying.
+    c.send(1, there, json!({"op": "unsubscribe", "topic": "chat.a"}));
+    assert_eq!(
+        c.take(watcher),
+        [json!({"type": "presence", "topic": "chat.a", "action": "leave", "client_id": "bob"})]
+    );
+    c.send(
+        0,
+        watcher,
+        json!({"op": "presence", "id": 6, "topic": "chat.a", "watch": false}),
+    );
+    c.take(watcher);
+    c.send(1, there, json!({"op": "subscribe", "topic": "chat.a"}));
+    assert!(
+        c.watching
+            .get(&tidings_core::Topic::parse("chat.a", Default::default()).unwrap())
+            .is_none_or(HashSet::is_empty)
+    );
+    assert_eq!(c.take(watcher), Vec::<Value>::new());
 }
 
 #[test]

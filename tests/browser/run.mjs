@@ -435,6 +435,28 @@ const scenarios = {
       await bob.send({ topic: 'jobs.eu', name: 'worker' }, { job: 1 });
       const nobody = await bob.send({ to: 'carol' }, 1).catch((e) => e.code);
       const presence = await bob.presence('jobs.eu');
+      // Presence notices: bob watches a room; carol comes and goes.
+      const notices = [];
+      let noticed = () => {};
+      const watch = await bob.watchPresence('room.w', (n) => {
+        notices.push(n);
+        noticed();
+      });
+      const nth = (k) =>
+        new Promise((resolve) => {
+          noticed = () => notices.length >= k && resolve();
+          noticed();
+        });
+      const carol = new Tidings({ clientId: 'carol' });
+      await carol.subscribe('room.*', () => {}).ready;
+      await nth(1);
+      carol.close();
+      await nth(2);
+      // bob's connection drops: the watch is asked again on the next one (a resync).
+      bob.drop();
+      await nth(3);
+      await watch.stop();
+      const watched = { start: watch.presence, notices };
       const bad = await bob.publish('a..b', 1).catch((e) => e.code);
       const rtt = await bob.ping();
       // A client made with connect: false waits for connect(); after close() it refuses work.
@@ -454,6 +476,7 @@ const scenarios = {
         timeout,
         nobody,
         presence,
+        watched,
         bad,
         rtt: rtt >= 0,
         inbox,

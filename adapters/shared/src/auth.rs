@@ -491,6 +491,9 @@ struct GrantsClaim {
     publish: Option<Vec<String>>,
     direct: Option<bool>,
     client_id: Option<String>,
+    /// What others see of the connection in presence notices: any JSON value, at most
+    /// `MAX_INFO_BYTES` as JSON text.
+    info: Option<Value>,
 }
 
 impl Authenticator {
@@ -647,12 +650,29 @@ impl Authenticator {
             Some(value) => GrantsClaim::deserialize(value).map_err(|e| {
                 refuse(format!(
                     "its `{}` claim is malformed ({e}); expected {{\"subscribe\": [patterns], \
-                     \"publish\": [patterns], \"direct\": bool, \"client_id\": string}}",
+                     \"publish\": [patterns], \"direct\": bool, \"client_id\": string, \
+                     \"info\": any JSON value}}",
                     v.claim
                 ))
             })?,
         };
 
+        let info = match &claim.info {
+            None => None,
+            Some(value) => {
+                let text = value.to_string();
+                let max = tidings_core::presence::MAX_INFO_BYTES;
+                if text.len() > max {
+                    return Err(refuse(format!(
+                        "its `{}.info` is {} bytes of JSON; at most {max} are allowed (it goes \
+                         with every presence notice of the connection)",
+                        v.claim,
+                        text.len()
+                    )));
+                }
+                Some(std::sync::Arc::<str>::from(text))
+            }
+        };
         let mut subscribe = claim.subscribe.unwrap_or_default();
         let mut publish = claim.publish.unwrap_or_default();
         let mut direct = claim.direct.unwrap_or(false);
@@ -720,6 +740,7 @@ impl Authenticator {
             direct,
             client_ids: client_id.clone().map_or(ClientIds::None, ClientIds::Only),
             principal: client_id.clone(),
+            info,
         };
         if let Some(anonymous) = &self.anonymous {
             add_grants(&mut grants, anonymous);
@@ -1049,6 +1070,7 @@ fn config_grants(g: &GrantsConfig, names: NameLimits) -> Result<Grants, AuthConf
             ClientIds::None
         },
         principal: None,
+        info: None,
     })
 }
 
@@ -1182,6 +1204,7 @@ mod tests {
             direct: true,
             client_ids: ClientIds::Only(name("alice")),
             principal: Some(name("alice")),
+            info: None,
         }
     }
 
@@ -1699,6 +1722,7 @@ mod tests {
                     direct: false,
                     client_ids: ClientIds::Only(name("alice")),
                     principal: Some(name("alice")),
+                    info: None,
                 },
                 client_id: Some(name("alice")),
             }
@@ -1773,6 +1797,7 @@ mod tests {
                 direct: true,
                 client_ids: ClientIds::Only(name("alice")),
                 principal: Some(name("alice")),
+                info: None,
             }
         );
         assert!(auth.describe().contains("plus the anonymous grants"));
@@ -2212,5 +2237,21 @@ mod tests {
             "{}",
             open.describe()
         );
+    }
+
+    #[test]
+    fn the_info_claim_goes_with_presence_notices_and_is_bounded() {
+        let auth = token_only(jwt_secret());
+        let token = hs256(&json!({"sub": "alice", "exp": in_an_hour(), "tidings": {
+            "subscribe": ["chat.>"], "info": {"name": "Alice", "color": 3}
+        }}));
+        let ok = auth.authenticate(&bearer(&token)).unwrap();
+        assert_eq!(
+            ok.grants.info.as_deref(),
+            Some(r#"{"color":3,"name":"Alice"}"#)
+        );
+        let big = "x".repeat(tidings_core::presence::MAX_INFO_BYTES);
+        let token = hs256(&json!({"sub": "alice", "exp": in_an_hour(), "tidings": {"info": big}}));
+        refused(auth.authenticate(&bearer(&token)), 401, "`tidings.info` is");
     }
 }

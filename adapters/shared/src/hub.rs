@@ -57,6 +57,9 @@ use crate::runtime::Runtime;
 use crate::store::{FileLog, Recovery, StoreError, StoreKind};
 use crate::writer::ConnWriter;
 
+mod watch;
+pub use watch::PresenceWatch;
+
 /// Capacity of the channel from connection tasks to the driver: a connection whose commands
 /// cannot be queued waits (backpressure on clients that send faster than the broker routes).
 const CONN_CHANNEL: usize = 4096;

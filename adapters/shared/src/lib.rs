@@ -50,7 +50,7 @@ mod ws;
 pub use async_tungstenite;
 pub use config::{ConfigError, ServerConfig, TlsConfig, TlsError};
 pub use ctx::ConnGuard;
-pub use hub::{Hub, HubError, Received, StartError, Subscription};
+pub use hub::{Hub, HubError, PresenceWatch, Received, StartError, Subscription};
 pub use metrics::ServerStats;
 pub use registry::{
     Authorizer, ConnectHook, Connecting, Disconnect, DisconnectHook, DisconnectReasonHook,

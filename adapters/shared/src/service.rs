@@ -899,7 +899,22 @@ impl<R: Runtime> Service<R> {
             .map(|id| Name::parse("client_id", id, limits.max_name_len))
             .transpose()
             .map_err(|e| Refusal::protocol(&e))?;
-        if patterns.is_empty() && client_id.is_none() {
+        let presence = head
+            .query_params("presence")
+            .map(|t| Topic::parse(t, limits.names))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Refusal::protocol(&e))?;
+        if presence.len() > limits.max_subscriptions {
+            return Err(Refusal::protocol(&ProtocolError::new(
+                ErrorCode::LimitReached,
+                format!(
+                    "{} presence topics requested; at most {} are allowed per stream",
+                    presence.len(),
+                    limits.max_subscriptions
+                ),
+            )));
+        }
+        if patterns.is_empty() && client_id.is_none() && presence.is_empty() {
             return Err(Refusal::new(
                 400,
                 "bad_field",
@@ -928,6 +943,18 @@ impl<R: Runtime> Service<R> {
         let auth = self.authenticate(head)?;
         auth.check_subscribe(&patterns)
             .map_err(|e| auth_refusal(&e))?;
+        // Watching a presence needs what the presence needs: the right to subscribe to the
+        // topic (a declared private topic is checked by the broker, as for subscriptions).
+        if let Some(t) = presence
+            .iter()
+            .find(|t| !auth.grants.may_subscribe(&Pattern::exact(t)))
+        {
+            return Err(auth_refusal(&AuthError::forbidden(format!(
+                "the presence of {:?} is not granted: it needs the right to subscribe to that \
+                 topic",
+                t.as_str()
+            ))));
+        }
         if let Some(id) = &client_id
             && !auth.grants.may_identify(id)
         {
@@ -953,6 +980,7 @@ impl<R: Runtime> Service<R> {
             auth,
             headers,
             client_id,
+            presence,
         })
     }
 
@@ -1366,6 +1394,7 @@ mod task_sizes {
             auth: auth.clone(),
             headers: vec![],
             client_id: None,
+            presence: vec![],
         };
         let sse = size_of_val(&svc.sse_body(&head, request));
         let ws = futures_lite::future::block_on(WebSocketStream::from_raw_socket(

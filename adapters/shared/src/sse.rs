@@ -40,6 +40,9 @@ pub struct SseRequest {
     /// The client id the stream claims (`client_id` parameter): it takes the id over from any
     /// connection holding it, and gets back its parked session (the reconnect window).
     pub client_id: Option<Name>,
+    /// The topics whose presence the stream watches (`presence` parameters): a `presence` event
+    /// with the presence of each first, then one per join and leave.
+    pub presence: Vec<tidings_core::Topic>,
 }
 
 /// Bytes coalesced into one write at most (the entry that reaches it included).
@@ -97,9 +100,10 @@ impl SseBody {
             mut auth,
             headers: _,
             client_id,
+            presence,
         } = request;
         let claim = claim_of(&mut auth, client_id);
-        let (opening, writer) = hub.opening(
+        let (mut opening, writer) = hub.opening(
             Box::new(SseCodec),
             head,
             auth,
@@ -107,6 +111,20 @@ impl SseBody {
             claim,
             None,
         );
+        // The watches come after the client id is claimed: a restored session is in their
+        // starting presence.
+        opening
+            .commands
+            .extend(
+                presence
+                    .into_iter()
+                    .zip(1..)
+                    .map(|(topic, req)| Command::WatchPresence {
+                        req,
+                        topic,
+                        watch: true,
+                    }),
+            );
         // Everything of this stream goes through the control channel, so `Closed` (sent on
         // drop, without waiting) can never overtake `Open`.
         let ended = writer.ctl().send(Control::Open(Box::new(opening))).is_err();

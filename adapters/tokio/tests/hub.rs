@@ -774,3 +774,60 @@ async fn pings_with_counter_payloads_wait_for_their_pong() {
     drop(ws);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_watches_a_presence() {
+    use tidings_core::{PresenceAction, PresenceNotice};
+    let server = server().await;
+    let hub = server.hub().clone();
+    let topic = Topic::parse("chat.room1", Default::default()).unwrap();
+    let (start, mut watch) = hub.watch_presence(topic.clone()).await.unwrap();
+    assert_eq!((start.connections, start.nodes), (0, 1));
+    async fn next(watch: &mut tidings_adapter::PresenceWatch) -> tidings_core::PresenceNotice {
+        tokio::time::timeout(TIMEOUT, watch.next())
+            .await
+            .expect("a notice in time")
+            .expect("the watch goes on")
+    }
+
+    let addr = server.addr();
+    let ws = blocking(move || {
+        let mut ws = Ws::open(addr, "/ws");
+        ws.send(json!({"op":"identify","id":1,"client_id":"alice"}));
+        ws.send(json!({"op":"subscribe","id":2,"topic":"chat.*"}));
+        assert_eq!(ws.recv()["type"], "ok");
+        assert_eq!(ws.recv()["type"], "ok");
+        ws
+    })
+    .await;
+    assert_eq!(
+        next(&mut watch).await,
+        PresenceNotice {
+            topic: topic.clone(),
+            action: PresenceAction::Join,
+            client_id: Some(name("alice")),
+            info: None,
+        }
+    );
+    // An in-process subscription is a connection too: anonymous.
+    let pattern = Pattern::parse("chat.room1", Default::default()).unwrap();
+    let sub = hub.subscribe(vec![pattern], None).unwrap();
+    let notice = next(&mut watch).await;
+    assert_eq!(
+        (notice.action, notice.client_id),
+        (PresenceAction::Join, None)
+    );
+    drop(sub);
+    assert_eq!(next(&mut watch).await.action, PresenceAction::Leave);
+    drop(ws);
+    let notice = next(&mut watch).await;
+    assert_eq!(
+        (notice.action, notice.client_id),
+        (PresenceAction::Leave, Some(name("alice")))
+    );
+    // A pattern is not a topic: nothing to watch (the type says so); the server's shutdown
+    // ends the watch.
+    server.shutdown().await;
+    let end = tokio::time::timeout(TIMEOUT, watch.next()).await.unwrap();
+    assert_eq!(end, None);
+}

@@ -55,6 +55,8 @@ pub(crate) enum Op {
     },
     Identify(Name),
     Presence(Topic),
+    /// Starts or stops the server's watch of a topic's presence.
+    WatchPresence(Topic, bool),
     Ping,
 }
 
@@ -72,7 +74,22 @@ pub(crate) enum Cmd {
     Reply(ServerRequestId, Result<Payload, String>),
     Messages(mpsc::Sender<Message>),
     Close(oneshot::Sender<()>),
+    /// A [`crate::PresenceWatch`] of `topic` (its watch on the server is asked with
+    /// `Op::WatchPresence`) receives its updates through `items`.
+    Watch {
+        topic: Topic,
+        id: u64,
+        items: mpsc::Sender<crate::PresenceUpdate>,
+    },
+    /// A [`crate::PresenceWatch`] was dropped: the last one of its topic stops the server's.
+    Unwatch {
+        topic: Topic,
+        id: u64,
+    },
 }
+
+/// The [`crate::PresenceWatch`]es of each watched topic.
+type Watchers = HashMap<Topic, Vec<(u64, mpsc::Sender<crate::PresenceUpdate>)>>;
 
 /// Where the answer to an operation goes.
 enum Waiter {
@@ -105,6 +122,7 @@ impl Driver {
         let mut waiters: HashMap<OpId, Waiter> = HashMap::new();
         let mut messages: Vec<mpsc::Sender<Message>> = Vec::new();
         let mut closing: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut watchers: Watchers = HashMap::new();
         let mut commands_open = true;
         loop {
             // The cursor first: it is never behind an item a subscription has received.
@@ -153,6 +171,7 @@ impl Driver {
                                 let _ = tx.try_send(Err(Error::Stopped(reason.clone())));
                             }
                             messages.clear();
+                            watchers.clear();
                         }
                         self.state.send_replace(state);
                     }
@@ -202,6 +221,25 @@ impl Driver {
                         }
                     }
                     Event::Notice(e) => tracing::debug!("tidings server notice: {e}"),
+                    Event::Presence(notice) => {
+                        let topic = notice.topic.clone();
+                        let update = crate::PresenceUpdate::Notice(notice);
+                        self.hand_to_watchers(&mut watchers, &topic, update).await;
+                    }
+                    Event::PresenceRewatched { topic, result } => {
+                        let presence = result.ok().and_then(|p| {
+                            serde_json::from_slice::<tidings_core::presence::Presence>(p.bytes())
+                                .ok()
+                        });
+                        match presence {
+                            Some(presence) => {
+                                let update = crate::PresenceUpdate::Resync(presence);
+                                self.hand_to_watchers(&mut watchers, &topic, update).await;
+                            }
+                            // Refused on the new connection: the watches end.
+                            None => drop(watchers.remove(&topic)),
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -241,6 +279,17 @@ impl Driver {
             let deadline = self.machine.poll_timeout();
             tokio::select! {
                 cmd = self.commands.recv(), if commands_open => match cmd {
+                    Some(Cmd::Watch { topic, id, items }) => {
+                        watchers.entry(topic).or_default().push((id, items));
+                    }
+                    Some(Cmd::Unwatch { topic, id }) => {
+                        let Some(list) = watchers.get_mut(&topic) else { continue };
+                        list.retain(|(i, _)| *i != id);
+                        if list.is_empty() {
+                            watchers.remove(&topic);
+                            let _ = self.machine.watch_presence(Instant::now(), topic, false);
+                        }
+                    }
                     Some(cmd) => self.command(cmd, &mut subs, &mut waiters, &mut messages, &mut closing),
                     None => {
                         // Every handle is gone: nobody can receive anything any more.
@@ -326,6 +375,9 @@ impl Driver {
                     } => self.machine.request(now, event, payload, timeout),
                     Op::Identify(id) => self.machine.identify(now, id),
                     Op::Presence(topic) => self.machine.presence(now, topic),
+                    Op::WatchPresence(topic, watch) => {
+                        self.machine.watch_presence(now, topic, watch)
+                    }
                     Op::Ping => self.machine.ping(now),
                 };
                 match result {
@@ -349,6 +401,36 @@ impl Driver {
                 closing.push(tx);
                 self.machine.close();
             }
+            // Handled in `run`, which holds the watches.
+            Cmd::Watch { .. } | Cmd::Unwatch { .. } => {}
+        }
+    }
+
+    /// Hands a presence update to the watches of `topic`; a watch whose receiver is gone is
+    /// dropped, and the server's watch stops with the last one.
+    async fn hand_to_watchers(
+        &mut self,
+        watchers: &mut Watchers,
+        topic: &Topic,
+        update: crate::PresenceUpdate,
+    ) {
+        let Some(list) = watchers.get_mut(topic) else {
+            return;
+        };
+        let mut open = Vec::with_capacity(list.len());
+        for (id, tx) in list.drain(..) {
+            // A full buffer pauses reading from the server, as for subscriptions.
+            if tx.send(update.clone()).await.is_ok() {
+                open.push((id, tx));
+            }
+        }
+        if open.is_empty() {
+            watchers.remove(topic);
+            let _ = self
+                .machine
+                .watch_presence(Instant::now(), topic.clone(), false);
+        } else {
+            *list = open;
         }
     }
 

@@ -717,6 +717,49 @@ impl Client {
         })
     }
 
+    /// Watches the presence of `topic`: answers the presence now (every node's, in a cluster)
+    /// in a [`PresenceWatch`] that then yields a [`PresenceUpdate::Notice`] for every join and
+    /// leave, one per connection (`docs/PROTOCOL.md` §6.7b). The watch lasts across
+    /// reconnections: asked again on each new connection, it yields
+    /// [`PresenceUpdate::Resync`] with the presence the later notices continue from (changes
+    /// while disconnected are not replayed). Dropping the watch stops it.
+    ///
+    /// # Errors
+    /// [`Error::Server`] with `forbidden` (no right to subscribe to it), `limit_reached` or
+    /// `invalid_topic`; as [`Client::publish`].
+    pub async fn watch_presence(&self, topic: &str) -> Result<PresenceWatch, Error> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let topic = parse_topic(topic)?;
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Registered before the watch is asked: no notice after the answer is missed.
+        let (items, rx) = mpsc::channel(256);
+        let watch = Cmd::Watch {
+            topic: topic.clone(),
+            id,
+            items,
+        };
+        self.command(watch).await?;
+        let mut handle = PresenceWatch {
+            topic: topic.clone(),
+            id,
+            items: rx,
+            commands: self.inner.commands.clone(),
+            presence: tidings_core::presence::Presence::default(),
+        };
+        let answer = self.op(Op::WatchPresence(topic, true)).await?;
+        let json = answer
+            .payload
+            .map(|p| p.bytes().clone())
+            .unwrap_or_default();
+        handle.presence = serde_json::from_slice(&json).map_err(|e| {
+            Error::Server(ServerError::new(
+                "bad_frame",
+                format!("the server's presence answer does not decode: {e}"),
+            ))
+        })?;
+        Ok(handle)
+    }
+
     /// Checks that the server answers.
     ///
     /// # Errors
@@ -822,6 +865,63 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // If the queue is full, the driver notices the closed channel at the next delivery.
         let _ = self.commands.try_send(Cmd::Unsubscribe(self.id));
+    }
+}
+
+/// What a [`PresenceWatch`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PresenceUpdate {
+    /// A connection joined or left the topic.
+    Notice(tidings_core::presence::PresenceNotice),
+    /// The watch was asked again on a new connection: the presence now, which later notices
+    /// continue from.
+    Resync(tidings_core::presence::Presence),
+}
+
+/// A watch of a topic's presence; see [`Client::watch_presence`]. Dropping it stops the watch.
+pub struct PresenceWatch {
+    topic: Topic,
+    id: u64,
+    items: mpsc::Receiver<PresenceUpdate>,
+    commands: mpsc::Sender<Cmd>,
+    presence: tidings_core::presence::Presence,
+}
+
+impl fmt::Debug for PresenceWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PresenceWatch")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PresenceWatch {
+    /// The presence the watch started from (the server's answer).
+    pub fn presence(&self) -> &tidings_core::presence::Presence {
+        &self.presence
+    }
+
+    /// Waits for the next update; `None` once the client stopped or the watch ended.
+    pub async fn recv(&mut self) -> Option<PresenceUpdate> {
+        self.items.recv().await
+    }
+}
+
+impl Stream for PresenceWatch {
+    type Item = PresenceUpdate;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PresenceUpdate>> {
+        self.items.poll_recv(cx)
+    }
+}
+
+impl Drop for PresenceWatch {
+    fn drop(&mut self) {
+        let _ = self.commands.try_send(Cmd::Unwatch {
+            topic: self.topic.clone(),
+            id: self.id,
+        });
     }
 }
 

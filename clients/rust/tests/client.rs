@@ -617,3 +617,47 @@ async fn operations_wait_for_the_connection_and_fail_clearly() {
     assert_eq!(err, Error::Timeout);
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_watch_sees_joins_and_leaves_and_resyncs_after_a_reconnect() {
+    use tidings_client::PresenceUpdate;
+    use tidings_core::presence::{PresenceAction, PresenceNotice};
+    let server = server(config()).await;
+    let url = url(&server);
+    let conns = track_connections(&server);
+    let bob = builder(&url).connect().await.unwrap();
+    let mut watch = bob.watch_presence("room.w").await.unwrap();
+    assert_eq!(watch.presence().connections, 0);
+    let bob_conn = *conns.lock().unwrap().last().unwrap();
+
+    let carol = builder(&url).client_id("carol").connect().await.unwrap();
+    let _sub = carol.subscribe(["room.*"]).await.unwrap();
+    let notice = |action| {
+        PresenceUpdate::Notice(PresenceNotice {
+            topic: topic("room.w"),
+            action,
+            client_id: Some(Name::parse("client_id", "carol", 128).unwrap()),
+            info: None,
+        })
+    };
+    assert_eq!(
+        within("carol's join", watch.recv()).await,
+        Some(notice(PresenceAction::Join))
+    );
+
+    // bob's connection drops: the watch is asked again; its presence now has carol.
+    drop_connection(&server, bob_conn).await;
+    let Some(PresenceUpdate::Resync(presence)) = within("the resync", watch.recv()).await else {
+        panic!("a resync after the reconnect");
+    };
+    assert_eq!(presence.clients[0].client_id, "carol");
+
+    carol.close().await;
+    assert_eq!(
+        within("carol's leave", watch.recv()).await,
+        Some(notice(PresenceAction::Leave))
+    );
+    let err = bob.watch_presence("room.*").await.unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
+    bob.close().await;
+}

@@ -58,6 +58,8 @@ struct Pair {
     sent: Vec<String>,
     /// Server frames delivered to the client since the connection opened.
     received: usize,
+    /// Presence notices and watches asked again.
+    presence: Vec<Event>,
 }
 
 impl Pair {
@@ -82,6 +84,7 @@ impl Pair {
             requests: Vec::new(),
             app: Vec::new(),
             sent: Vec::new(),
+            presence: Vec::new(),
             received: 0,
         };
         pair.drive();
@@ -140,6 +143,9 @@ impl Pair {
                     }
                     Event::SubscriptionEnded { sub, error } => self.ended.push((sub, error)),
                     Event::Notice(_) => {}
+                    e @ (Event::Presence(_) | Event::PresenceRewatched { .. }) => {
+                        self.presence.push(e);
+                    }
                 }
             }
             while let Some(frame) = self.client.poll_transmit() {
@@ -968,4 +974,83 @@ proptest::proptest! {
         proptest::prop_assert!(outcomes.get(&sub_op).copied().unwrap_or(0) <= 1);
         proptest::prop_assert!(outcomes.values().all(|n| *n == 1));
     }
+}
+
+/// Another connection of the broker (not the client's) sends a native frame.
+fn other_sends(pair: &mut Pair, conn: ConnId, frame: &str) {
+    if pair.broker.conn(conn).is_none() {
+        let codec = Box::new(crate::native::NativeCodec);
+        let grants = Arc::new(Grants::all());
+        pair.broker
+            .handle_input(
+                pair.now,
+                Input::Open {
+                    conn,
+                    codec,
+                    grants,
+                },
+            )
+            .unwrap();
+    }
+    let cmd = native::decode(
+        &bytes::Bytes::from(frame.to_owned()),
+        &crate::Limits::default(),
+    );
+    pair.broker
+        .handle_input(pair.now, Input::Command { conn, cmd })
+        .unwrap();
+    pair.drive();
+}
+
+#[test]
+fn a_presence_watch_gets_notices_and_is_asked_again_after_a_reconnect() {
+    let mut pair = Pair::new(fast());
+    let other = ConnId(1000);
+    other_sends(&mut pair, other, r#"{"op":"subscribe","topic":"room.a"}"#);
+    let op = pair
+        .client
+        .watch_presence(pair.now, topic("room.a"), true)
+        .unwrap();
+    pair.drive();
+    let (done, result) = pair.done.pop().unwrap();
+    assert_eq!(done, op);
+    let data = result.unwrap().payload.unwrap();
+    let snapshot: serde_json::Value = serde_json::from_slice(data.bytes()).unwrap();
+    assert_eq!(snapshot["connections"], 1);
+
+    other_sends(&mut pair, other, r#"{"op":"unsubscribe","topic":"room.a"}"#);
+    let leave = crate::presence::PresenceNotice {
+        topic: topic("room.a"),
+        action: crate::presence::PresenceAction::Leave,
+        client_id: None,
+        info: None,
+    };
+    assert_eq!(pair.presence, [Event::Presence(leave)]);
+    pair.presence.clear();
+
+    // The connection drops: the watch is asked again on the next one, its presence the new
+    // starting point.
+    pair.drop_network();
+    other_sends(&mut pair, other, r#"{"op":"subscribe","topic":"room.a"}"#);
+    pair.reconnect();
+    pair.drive();
+    let [Event::PresenceRewatched { topic: t, result }] = &pair.presence[..] else {
+        panic!("{:?}", pair.presence);
+    };
+    assert_eq!(t, &topic("room.a"));
+    let again: serde_json::Value =
+        serde_json::from_slice(result.as_ref().unwrap().bytes()).unwrap();
+    assert_eq!(again["connections"], 1, "the join while away is in it");
+    pair.presence.clear();
+
+    // Stopped: nothing more, and not asked again.
+    pair.client
+        .watch_presence(pair.now, topic("room.a"), false)
+        .unwrap();
+    pair.drive();
+    other_sends(&mut pair, other, r#"{"op":"unsubscribe","topic":"room.a"}"#);
+    pair.drop_network();
+    pair.reconnect();
+    pair.drive();
+    assert_eq!(pair.presence, []);
 }

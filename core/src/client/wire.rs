@@ -73,6 +73,8 @@ pub enum ServerFrame {
     },
     /// A keep-alive: answer with [`encode_pong`].
     Ping,
+    /// A join or leave on a topic whose presence the client watches.
+    Presence(crate::presence::PresenceNotice),
     /// A frame type this client does not know (newer servers may send them): ignored.
     Unknown,
 }
@@ -406,6 +408,10 @@ pub fn decode_server_frame(frame: &Bytes) -> Result<ServerFrame, ProtocolError> 
             id: id(true)?.unwrap_or_default(),
         },
         "ping" => ServerFrame::Ping,
+        "presence" => ServerFrame::Presence(
+            crate::presence::PresenceNotice::from_json(frame, LENIENT_TOPICS, LENIENT_NAME_LEN)
+                .ok_or_else(|| bad("a presence frame needs a topic, an action and valid fields"))?,
+        ),
         _ => ServerFrame::Unknown,
     })
 }
@@ -571,6 +577,14 @@ pub fn encode_command(cmd: &Command) -> Option<Bytes> {
             out.str("topic", Some(topic.as_str()));
             out.finish()
         }
+        Command::WatchPresence { req, topic, watch } => {
+            let mut out = Out::op("presence", 64 + topic.as_str().len());
+            out.id("id", Some(*req));
+            out.str("topic", Some(topic.as_str()));
+            out.key("watch");
+            out.raw(if *watch { "true" } else { "false" });
+            out.finish()
+        }
         _ => return None,
     })
 }
@@ -673,6 +687,16 @@ mod tests {
             Command::Presence {
                 req: 11,
                 topic: Topic::parse("chat.room", Default::default()).unwrap(),
+            },
+            Command::WatchPresence {
+                req: 12,
+                topic: Topic::parse("chat.room", Default::default()).unwrap(),
+                watch: true,
+            },
+            Command::WatchPresence {
+                req: 13,
+                topic: Topic::parse("chat.room", Default::default()).unwrap(),
+                watch: false,
             },
         ];
         for cmd in commands {

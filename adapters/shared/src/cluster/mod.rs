@@ -27,6 +27,7 @@ use tidings_core::{ErrorCode, Limits, ProtocolError, Retention};
 mod codec;
 mod config;
 mod relay;
+mod watch;
 
 pub use config::ClusterConfig;
 

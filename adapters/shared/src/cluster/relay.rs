@@ -13,6 +13,8 @@
 //! knows how many answers to wait for: it answers as soon as every node heard from within
 //! [`ALIVE`] has, and after [`GATHER_WAIT`] at most (a node that does not answer in time is left
 //! out, and `nodes` in the answer says how many took part).
+//!
+//! Presence watches (join and leave notices) are `super::watch`'s.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,12 +73,15 @@ pub(crate) async fn run(
     };
     // Server requests asked here for a client id: answered only by a node that has an answer.
     let mut asked_clients: std::collections::HashSet<u64> = std::collections::HashSet::new();
-    let (mut asked, mut heard) = match (
+    // Presence watches across nodes (`super::watch`).
+    let mut watches = super::watch::Watches::new(&stream, &setup.nonce, setup.limits.clone());
+    let (mut asked, mut heard, mut announced) = match (
         client.subscribe(presence_subject.clone()).await,
         client.subscribe(nodes_subject.clone()).await,
+        client.subscribe(watches.subject()).await,
     ) {
-        (Ok(asked), Ok(heard)) => (asked, heard),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(asked), Ok(heard), Ok(announced)) => (asked, heard, announced),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             tracing::error!("cannot subscribe to the cluster's presence subjects: {e}");
             return;
         }
@@ -140,6 +145,9 @@ pub(crate) async fn run(
                                 }
                             }
                         }
+                        request @ (RelayRequest::Watch { .. } | RelayRequest::Notice(_)) => {
+                            watches.request(&client, request).await;
+                        }
                         RelayRequest::GatherPresence { id, topic } => {
                             let now = tokio::time::Instant::now();
                             alive.retain(|_, at| now.duration_since(*at) < ALIVE);
@@ -148,9 +156,11 @@ pub(crate) async fn run(
                                 (now.duration_since(started) >= ALIVE).then_some(alive.len());
                             let (client, replies) = (client.clone(), replies.clone());
                             let (subject, node) = (presence_subject.clone(), setup.nonce.clone());
+                            // For a watch here: the nodes answering register it first.
+                            let watch = watches.watched_here(&topic);
                             tokio::spawn(async move {
                                 let presence =
-                                    gather(&client, subject, &node, &topic, expected).await;
+                                    gather(&client, subject, &node, &topic, expected, watch).await;
                                 let _ = replies.send(RelayReply::PresenceGathered { id, presence });
                             });
                         }
@@ -290,12 +300,25 @@ pub(crate) async fn run(
                 let _ = client
                     .publish_with_headers(nodes_subject.clone(), headers, bytes::Bytes::new())
                     .await;
+                watches.tick(&client, &replies).await;
             }
             Some(message) = heard.next() => {
                 if let Some(node) = sender(&message)
                     && node != setup.nonce
                 {
+                    // A node heard anew (starting, or back) learns what this one watches.
+                    if watches.heard(&node) {
+                        watches.announce_all(&client).await;
+                    }
                     alive.insert(node, tokio::time::Instant::now());
+                }
+            }
+            Some(message) = announced.next() => watches.announced(&message, &replies),
+            Some(message) = watches.next_notice() => {
+                if let Some(notice) = watches.notice(&message)
+                    && replies.send(notice).is_err()
+                {
+                    break;
                 }
             }
             Some(message) = asked.next() => {
@@ -309,10 +332,17 @@ pub(crate) async fn run(
                 else {
                     continue;
                 };
+                // A gathering for a watch: the broker registers it with its answer (one step),
+                // so that every change after the answer is relayed and none before it.
+                let watch = message
+                    .headers
+                    .as_ref()
+                    .is_some_and(|h| h.get(super::watch::WATCH).is_some());
+                let watch = watch && watches.watched_by_gathering(&node, topic.clone());
                 let token = next_token;
                 next_token += 1;
                 answering.insert(token, reply);
-                if replies.send(RelayReply::PresenceAsked { token, topic }).is_err() {
+                if replies.send(RelayReply::PresenceAsked { token, topic, watch }).is_err() {
                     break;
                 }
             }
@@ -441,6 +471,7 @@ pub(crate) async fn run(
     for task in held.into_values() {
         task.abort();
     }
+    watches.stop();
 }
 
 /// Subscribes to a route's subject and hands what arrives to the relay task.
@@ -509,6 +540,7 @@ async fn gather(
     node: &str,
     topic: &Topic,
     expected: Option<usize>,
+    watch: bool,
 ) -> Presence {
     let mut merged = Presence::default();
     if expected == Some(0) {
@@ -524,6 +556,9 @@ async fn gather(
     };
     let mut headers = async_nats::HeaderMap::new();
     headers.insert(codec::NODE, node);
+    if watch {
+        headers.insert(super::watch::WATCH, "1");
+    }
     let body = bytes::Bytes::from(topic.as_str().to_owned());
     if let Err(e) = client
         .publish_with_reply_and_headers(subject, inbox, headers, body)
