@@ -6,7 +6,8 @@
 //! nothing that was acknowledged, direct messages, named routing and presence span the nodes,
 //! server requests reach a client id or a room's members on any node, in-process subscribers
 //! of a node embedded in an application are subscribers like the others, and a stream created
-//! again becomes a new epoch everywhere.
+//! again, or one that lost its tail (a `replicas = 1` server back with an older store), becomes
+//! a new epoch everywhere.
 //!
 //! Without nats-server the tests skip (and fail under `TIDINGS_REQUIRE_INTEROP`, as in CI).
 
