@@ -1297,3 +1297,40 @@ fn a_replicas_1_stream_that_lost_its_tail_gives_an_epoch_gap_and_never_reuses_a_
     assert_eq!(ev["cursor"].as_str(), Some(cursor.as_str()), "{ev}");
     named.saw(&cursor, &data);
 }
+
+#[test]
+fn an_epoch_marker_outlives_the_retention_so_a_node_started_later_takes_the_same_epoch() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let small = ["--set", "retention.max_events=20"];
+    let a = node("tokio", &nats, "a", &small);
+    let (old_epoch, _) = seq_of(&a.publish("t.a", "kept"));
+    nats.stop();
+    let copy = nats.copy_store();
+    nats.restart();
+    // Answered once this node delivered it: its head is past the copy.
+    let (lost, _) = publish_when_up(&a, "t.a", "lost");
+    nats.stop();
+    nats.restore_store(&copy);
+    nats.restart();
+    // Whether it comes before or after the node noticed the loss, the answer is the new epoch.
+    let (first_new, _) = publish_when_up(&a, "t.a", "new");
+    let (new_epoch, _) = seq_of(&first_new);
+    assert_ne!(new_epoch, old_epoch, "{first_new}");
+    // Enough to evict the marker, slowly enough for the 2 s watch to copy it in time.
+    for round in 0..5 {
+        for i in 0..5 {
+            let cursor = a.publish("t.a", &format!("more {round}.{i}"));
+            assert_eq!(seq_of(&cursor).0, new_epoch, "{cursor}");
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let c = node("async-std", &nats, "c", &small);
+    let cursor = c.publish("t.a", "from c");
+    assert_eq!(seq_of(&cursor).0, new_epoch, "{cursor}");
+    let mut resumed = c.sse("/sse?topic=t.%3E", &[("Last-Event-ID", &lost)]);
+    let ev = resumed.next_event();
+    assert_eq!(ev.event_type, "tidings-gap", "{ev:?}");
+    assert!(ev.data.contains("\"reason\":\"epoch\""), "{}", ev.data);
+}

@@ -245,6 +245,8 @@ async fn run(
         replies.clone(),
     ));
     tokio::spawn(watch(
+        js.clone(),
+        tail::subject(&setup.cluster.stream),
         stream.clone(),
         first,
         tail.created,
@@ -759,7 +761,8 @@ async fn consume(
         (tail.head, tail.head_ms) = (seq, Some(time_ms));
         delivered.head.store(seq, Ordering::Release);
         let reply = if message.subject.as_str() == marker {
-            switch = tail::parse(seq, &message.payload).is_some_and(|m| m.epoch != tail.epoch);
+            switch =
+                tail::parse(seq, time_ms, &message.payload).is_some_and(|m| m.epoch != tail.epoch);
             LogReply::Passed { seq }
         } else {
             match codec::decode(
@@ -873,8 +876,11 @@ async fn restart(
 
 /// Reports the stream's retention moving its first position, and tells the consumer when the
 /// stream may be another log: created again (another creation time), or ending before what
-/// the consumer delivered (it lost its tail).
+/// the consumer delivered (it lost its tail). Keeps the latest epoch marker from retention.
+#[allow(clippy::too_many_arguments)]
 async fn watch(
+    js: jetstream::Context,
+    subject: String,
     mut stream: stream::Stream,
     mut first: u64,
     mut created: u64,
@@ -882,6 +888,7 @@ async fn watch(
     delivered: Arc<Delivered>,
     replies: flume::Sender<LogReply>,
 ) {
+    let mut marker: Option<tail::Marker> = None;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         // Read before the stream's state, which then holds at least that much.
@@ -901,6 +908,21 @@ async fn watch(
         }
         if info.state.last_sequence < head {
             replaced.notify_one();
+        }
+        let epoch = delivered.epoch.load(Ordering::Acquire);
+        if epoch != created {
+            if marker.is_none_or(|m| m.epoch != epoch) {
+                marker = tail::latest(&stream, &info, &subject)
+                    .await
+                    .unwrap_or_default()
+                    .filter(|m| m.epoch == epoch);
+            }
+            if let Some(m) = marker {
+                match tail::keep(&js, &info, &subject, m).await {
+                    Ok(kept) => marker = Some(kept),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
         }
         if info.state.first_sequence > first {
             first = info.state.first_sequence;

@@ -26,6 +26,8 @@ pub(super) struct Marker {
     pub(super) epoch: u64,
     /// The epoch whose tail was lost.
     pub(super) replaces: u64,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub(super) time_ms: u64,
 }
 
 /// The marker's body (epochs in hex, as in cursors).
@@ -42,14 +44,15 @@ pub(super) fn subject(stream: &str) -> String {
     format!("{stream}.epoch")
 }
 
-/// The marker stored at `seq` with `body`; `None` if that is not a marker's body.
-pub(super) fn parse(seq: u64, body: &[u8]) -> Option<Marker> {
+/// The marker stored at `seq` (at `time_ms`) with `body`; `None` if that is not a marker's body.
+pub(super) fn parse(seq: u64, time_ms: u64, body: &[u8]) -> Option<Marker> {
     let body: Body = serde_json::from_slice(body).ok()?;
     let hex = |s: &str| u64::from_str_radix(s, 16).ok().filter(|e| *e > 0);
     Some(Marker {
         seq,
         epoch: hex(&body.epoch)?,
         replaces: hex(&body.replaces)?,
+        time_ms,
     })
 }
 
@@ -64,7 +67,11 @@ pub(super) async fn latest(
         return Ok(None);
     }
     match stream.get_last_raw_message_by_subject(subject).await {
-        Ok(m) => Ok(parse(m.sequence, &m.payload)),
+        Ok(m) => Ok(parse(
+            m.sequence,
+            time_ms(m.time.unix_timestamp_nanos()),
+            &m.payload,
+        )),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(format!("cannot read the stream's epoch marker: {e}")),
     }
@@ -154,6 +161,7 @@ pub(super) async fn mark(
             seq: ack.sequence,
             epoch,
             replaces,
+            time_ms: now,
         });
     }
     // Another node stored it first: its body decides.
@@ -161,8 +169,55 @@ pub(super) async fn mark(
         .get_raw_message(ack.sequence)
         .await
         .map_err(|e| format!("cannot read the epoch marker: {e}"))?;
-    parse(stored.sequence, &stored.payload)
+    let time = time_ms(stored.time.unix_timestamp_nanos());
+    parse(stored.sequence, time, &stored.payload)
         .ok_or_else(|| format!("the message at {} is not an epoch marker", ack.sequence))
+}
+
+/// Keeps the latest marker from the stream's retention, which evicts it like an event (a node
+/// started then would take the creation time as the epoch again): while it is in the older
+/// half of what the stream (`info`) holds, or older than half its `max_age`, a copy (same
+/// body, same epoch) is appended at the end. Nodes copying the same marker store one copy.
+/// The marker kept (`marker`, the copy once made).
+pub(super) async fn keep(
+    js: &jetstream::Context,
+    info: &stream::Info,
+    subject: &str,
+    marker: Marker,
+) -> Result<Marker, String> {
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let limited =
+        info.config.max_messages > 0 || info.config.max_bytes > 0 || !info.config.max_age.is_zero();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let half_age = u64::try_from(info.config.max_age.as_millis() / 2).unwrap_or(u64::MAX);
+    let old = marker.seq < first + (last.saturating_sub(first) / 2)
+        || (half_age > 0 && now.saturating_sub(marker.time_ms) > half_age);
+    if !limited || !old || marker.seq < first {
+        return Ok(marker);
+    }
+    let body = Body {
+        epoch: format!("{:x}", marker.epoch),
+        replaces: format!("{:x}", marker.replaces),
+        after: marker.seq,
+    };
+    let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+    let message = PublishMessage::build().payload(body).message_id(format!(
+        "tidings-epoch-copy-{:x}-{}",
+        marker.epoch, marker.seq
+    ));
+    let ack = js
+        .send_publish(subject.to_owned(), message)
+        .await
+        .map_err(|e| format!("cannot copy the epoch marker: {e}"))?
+        .await
+        .map_err(|e| format!("cannot copy the epoch marker: {e}"))?;
+    Ok(Marker {
+        seq: ack.sequence,
+        time_ms: now,
+        ..marker
+    })
 }
 
 #[cfg(test)]
@@ -178,15 +233,22 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            parse(9, &body),
+            parse(9, 5, &body),
             Some(Marker {
                 seq: 9,
                 epoch: 0x018c_5e2f_04a1,
-                replaces: 16
+                replaces: 16,
+                time_ms: 5,
             })
         );
-        assert_eq!(parse(9, b"hello"), None);
-        assert_eq!(parse(9, br#"{"epoch":"0","replaces":"1","after":1}"#), None);
-        assert_eq!(parse(9, br#"{"epoch":"X","replaces":"1","after":1}"#), None);
+        assert_eq!(parse(9, 5, b"hello"), None);
+        assert_eq!(
+            parse(9, 5, br#"{"epoch":"0","replaces":"1","after":1}"#),
+            None
+        );
+        assert_eq!(
+            parse(9, 5, br#"{"epoch":"X","replaces":"1","after":1}"#),
+            None
+        );
     }
 }
