@@ -711,7 +711,7 @@ async fn consume(
                 if let Some(Some(Err(e))) = failed {
                     tracing::warn!("reading the stream: {e}");
                 }
-                for attempt in 1u32.. {
+                for attempt in 1u64.. {
                     match restart(&setup, &js, &mut stream, tail).await {
                         Ok(Restarted::Same(o)) => {
                             ordered = o;
@@ -847,7 +847,9 @@ async fn restart(
              with replicas = 1 came back with an older store): its next positions would \
              name other events",
         )
-    } else if let Some(m) = latest.filter(|m| m.seq <= tail.head && m.epoch != tail.epoch) {
+    } else if let Some(m) = latest.filter(|m| m.epoch != tail.epoch) {
+        // Read by the consumer, or still ahead of it: nothing after it is delivered in the
+        // old epoch.
         (
             m.epoch,
             "the JetStream stream has a new epoch (another node found it shorter than what \

@@ -35,7 +35,8 @@ pub(super) struct Marker {
 struct Body {
     epoch: String,
     replaces: String,
-    /// The stream's last position when the loss was noticed (for operators).
+    /// The stream's last position when the loss was noticed (for operators); in a copy, the
+    /// position of the marker copied.
     after: u64,
 }
 
