@@ -6,7 +6,8 @@
 //! nothing that was acknowledged, direct messages, named routing and presence span the nodes,
 //! server requests reach a client id or a room's members on any node, in-process subscribers
 //! of a node embedded in an application are subscribers like the others, and a stream created
-//! again becomes a new epoch everywhere.
+//! again, or one that lost its tail (a `replicas = 1` server back with an older store), becomes
+//! a new epoch everywhere.
 //!
 //! Without nats-server the tests skip (and fail under `TIDINGS_REQUIRE_INTEROP`, as in CI).
 
@@ -1262,4 +1263,203 @@ fn a_presence_watcher_sees_joins_and_leaves_on_every_node() {
     drop(dave);
     watcher.send(json!({"op":"ping","id":3}));
     assert_eq!(watcher.recv()["type"], "pong");
+}
+
+/// A publish through `server`, sent again until it is answered with a cursor (NATS may still
+/// be coming back); each attempt has its own data, so one answered `unavailable` but stored
+/// anyway is a distinct event.
+fn publish_when_up(server: &Server, topic: &str, data: &str) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for attempt in 0.. {
+        let data = format!("{data}#{attempt}");
+        if let Outcome::Stored(cursor) = try_publish(server.addr, topic, &data) {
+            return (cursor, data);
+        }
+        assert!(Instant::now() < deadline, "no publish answered: {data}");
+    }
+    unreachable!()
+}
+
+/// The next frame that is not the server's ping (answered, as a client does).
+fn next_frame(ws: &mut common::Ws) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "only pings for 30 s");
+        let frame = ws.recv();
+        if frame["type"] != "ping" {
+            return frame;
+        }
+        ws.send(json!({"op":"pong"}));
+    }
+}
+
+/// Every `(cursor, data)` seen by any client: a cursor must never name two events.
+#[derive(Default)]
+struct Named(std::collections::HashMap<String, String>);
+
+impl Named {
+    fn saw(&mut self, cursor: &str, data: &str) {
+        let before = self
+            .0
+            .entry(cursor.to_owned())
+            .or_insert_with(|| data.to_owned());
+        assert_eq!(before, data, "the cursor {cursor} named two events");
+    }
+}
+
+#[test]
+fn a_replicas_1_stream_that_lost_its_tail_gives_an_epoch_gap_and_never_reuses_a_cursor() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let a = node("tokio", &nats, "a", &[]);
+    let mut named = Named::default();
+    let mut ws = a.ws();
+    let ok = ws.ask(json!({"op":"subscribe","id":1,"topics":["t.>"]}));
+    assert_eq!(ok["type"], "ok", "{ok}");
+    // What the store keeps: three events.
+    let mut kept = Vec::new();
+    for i in 0..3 {
+        let data = format!("kept {i}");
+        let cursor = a.publish("t.a", &data);
+        let ev = next_frame(&mut ws);
+        assert_eq!(ev["cursor"].as_str(), Some(cursor.as_str()), "{ev}");
+        named.saw(&cursor, &data);
+        kept.push(data);
+    }
+    let (old_epoch, _) = seq_of(&named.0.keys().next().unwrap().clone());
+
+    // A copy of the store now (what an unclean stop of a replicas = 1 server leaves behind).
+    nats.stop();
+    let copy = nats.copy_store();
+    nats.restart();
+    // Three more, delivered; the client holds a cursor past the copy.
+    let mut lost = Vec::new();
+    for i in 0..3 {
+        lost.push(publish_when_up(&a, "t.a", &format!("lost {i}")));
+    }
+    let mut held = String::new();
+    while !lost.iter().all(|(c, _)| named.0.contains_key(c)) {
+        let ev = next_frame(&mut ws);
+        assert_eq!(ev["type"], "event", "{ev}");
+        let (cursor, data) = (ev["cursor"].as_str().unwrap(), ev["data"].as_str().unwrap());
+        assert!(data.starts_with("lost "), "{ev}");
+        named.saw(cursor, data);
+        held = cursor.to_owned();
+    }
+    let (_, held_seq) = seq_of(&held);
+    assert!(held_seq > 3, "{held}");
+
+    // The server comes back with the copy: the same stream, without its tail.
+    nats.stop();
+    nats.restore_store(&copy);
+    nats.restart();
+
+    // The live subscriber: an epoch gap from where it was, then exactly the stream's events.
+    let gap = next_frame(&mut ws);
+    assert_eq!(
+        (
+            gap["type"].as_str(),
+            gap["reason"].as_str(),
+            gap["from"].as_str()
+        ),
+        (Some("gap"), Some("epoch"), Some(held.as_str())),
+        "{gap}"
+    );
+    let mut new_epoch = String::new();
+    for (i, data) in kept.iter().enumerate() {
+        let ev = next_frame(&mut ws);
+        let cursor = ev["cursor"].as_str().unwrap_or_default();
+        let (epoch, seq) = seq_of(cursor);
+        assert_ne!(epoch, old_epoch, "a new epoch: {ev}");
+        assert_eq!(
+            (seq, ev["data"].as_str()),
+            (i as u64 + 1, Some(data.as_str())),
+            "{ev}"
+        );
+        named.saw(cursor, data);
+        new_epoch = epoch;
+    }
+    // New publishes: cursors of the new epoch, after the stream's end.
+    let (cursor, data) = publish_when_up(&a, "t.b", "new a");
+    let (epoch, seq) = seq_of(&cursor);
+    assert_eq!(epoch, new_epoch, "{cursor}");
+    assert!(seq > 3, "{cursor}");
+    let ev = next_frame(&mut ws);
+    assert_eq!(
+        (ev["cursor"].as_str(), ev["data"].as_str()),
+        (Some(cursor.as_str()), Some(data.as_str())),
+        "{ev}"
+    );
+    named.saw(&cursor, &data);
+    let mut stream: Vec<(String, String)> = kept
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("{new_epoch}-{}", i + 1), d.clone()))
+        .collect();
+    stream.push((cursor, data));
+
+    // A node started now takes the same epoch; old cursors resume with the notice on both.
+    let b = node("async-std", &nats, "b", &[]);
+    let mut live = b.sse("/sse?topic=t.%3E", &[]);
+    for (server, from) in [(&a, &lost[0].0), (&b, &held), (&b, &lost[1].0)] {
+        let mut resumed = server.sse("/sse?topic=t.%3E", &[("Last-Event-ID", from)]);
+        let ev = resumed.next_event();
+        assert_eq!(ev.event_type, "tidings-gap", "{ev:?}");
+        assert!(ev.data.contains("\"reason\":\"epoch\""), "{}", ev.data);
+        for (cursor, data) in &stream {
+            let ev = resumed.next_event();
+            assert_eq!(
+                (&ev.last_event_id, &ev.data),
+                (cursor, data),
+                "resuming from {from} on {}",
+                server.runtime
+            );
+            named.saw(&ev.last_event_id, &ev.data);
+        }
+    }
+    let (cursor, data) = publish_when_up(&b, "t.c", "new b");
+    assert_eq!(seq_of(&cursor).0, new_epoch, "{cursor}");
+    let ev = live.next_event();
+    assert_eq!((&ev.last_event_id, &ev.data), (&cursor, &data));
+    let ev = next_frame(&mut ws);
+    assert_eq!(ev["cursor"].as_str(), Some(cursor.as_str()), "{ev}");
+    named.saw(&cursor, &data);
+}
+
+#[test]
+fn an_epoch_marker_outlives_the_retention_so_a_node_started_later_takes_the_same_epoch() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let small = ["--set", "retention.max_events=20"];
+    let a = node("tokio", &nats, "a", &small);
+    let (old_epoch, _) = seq_of(&a.publish("t.a", "kept"));
+    nats.stop();
+    let copy = nats.copy_store();
+    nats.restart();
+    // Answered once this node delivered it: its head is past the copy.
+    let (lost, _) = publish_when_up(&a, "t.a", "lost");
+    nats.stop();
+    nats.restore_store(&copy);
+    nats.restart();
+    // Whether it comes before or after the node noticed the loss, the answer is the new epoch.
+    let (first_new, _) = publish_when_up(&a, "t.a", "new");
+    let (new_epoch, _) = seq_of(&first_new);
+    assert_ne!(new_epoch, old_epoch, "{first_new}");
+    // Enough to evict the marker, slowly enough for the 2 s watch to copy it in time.
+    for round in 0..5 {
+        for i in 0..5 {
+            let cursor = a.publish("t.a", &format!("more {round}.{i}"));
+            assert_eq!(seq_of(&cursor).0, new_epoch, "{cursor}");
+        }
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    let c = node("async-std", &nats, "c", &small);
+    let cursor = c.publish("t.a", "from c");
+    assert_eq!(seq_of(&cursor).0, new_epoch, "{cursor}");
+    let mut resumed = c.sse("/sse?topic=t.%3E", &[("Last-Event-ID", &lost)]);
+    let ev = resumed.next_event();
+    assert_eq!(ev.event_type, "tidings-gap", "{ev:?}");
+    assert!(ev.data.contains("\"reason\":\"epoch\""), "{}", ev.data);
 }

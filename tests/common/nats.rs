@@ -149,6 +149,43 @@ impl Nats {
         });
     }
 
+    /// SIGTERM (a clean stop: the store is written out), then waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().expect("wait works").is_none() {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("nats-server did not stop on SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// A copy of the store of the stopped server (a backup, or the files a power loss leaves).
+    pub fn copy_store(&self) -> TempDir {
+        assert!(self.child.is_none(), "stop it first");
+        let copy = TempDir::new("nats-copy");
+        copy_dir(&self.store.0, &copy.0);
+        copy
+    }
+
+    /// Puts a copy made by [`Nats::copy_store`] back as the store of the stopped server: what it
+    /// stored since is gone (its log file stays).
+    pub fn restore_store(&self, copy: &TempDir) {
+        assert!(self.child.is_none(), "stop it first");
+        let jetstream = self.store.0.join("jetstream");
+        std::fs::remove_dir_all(&jetstream).expect("the store removed");
+        copy_dir(&copy.0.join("jetstream"), &jetstream);
+    }
+
     /// SIGKILL, as in a crash.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -161,5 +198,19 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Copies the directory `from` (recursively) to `to`, created if missing.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("a directory");
+    for entry in std::fs::read_dir(from).expect("a readable directory") {
+        let entry = entry.expect("an entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("a copied file");
+        }
     }
 }

@@ -14,7 +14,8 @@ pub struct ClusterConfig {
     /// The NATS server(s) to connect to, comma-separated (`nats://host:4222,nats://other:4222`).
     pub nats: Option<String>,
     /// The JetStream stream that holds the events (created if missing); its subjects are
-    /// `<stream>.ev.<topic>`. Nodes of one hub name the same stream.
+    /// `<stream>.ev.<topic>`, and `<stream>.epoch` once it lost its tail (epoch markers). Nodes
+    /// of one hub name the same stream.
     pub stream: String,
     /// Replicas of the stream when this node creates it (1, 3 or 5; 3 in production: a stream
     /// with one replica can lose acknowledged events when its NATS server loses power).

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
@@ -27,6 +27,7 @@ use tidings_core::{ErrorCode, Limits, ProtocolError, Retention};
 mod codec;
 mod config;
 mod relay;
+mod tail;
 mod watch;
 
 pub use config::ClusterConfig;
@@ -213,6 +214,7 @@ async fn run(
         joined,
         ordered,
         back,
+        tail,
     } = match join(&setup).await {
         Ok(x) => x,
         Err(e) => {
@@ -220,7 +222,7 @@ async fn run(
             return;
         }
     };
-    let (head, first, epoch) = (joined.state.head, joined.state.first, joined.state.epoch);
+    let first = joined.state.first;
     let _ = ready.send(Ok(joined));
     let setup = Arc::new(setup);
     tokio::spawn(relay::run(client, setup.clone(), relay.0, relay.1));
@@ -229,24 +231,37 @@ async fn run(
         replaced: Arc::default(),
     };
     let replaced = signals.replaced.clone();
+    let delivered = Arc::new(Delivered {
+        head: AtomicU64::new(tail.head),
+        epoch: AtomicU64::new(tail.epoch),
+    });
     tokio::spawn(consume(
         setup.clone(),
+        js.clone(),
         stream.clone(),
         ordered,
         signals,
-        head,
-        epoch,
+        tail,
+        delivered.clone(),
         replies.clone(),
     ));
     tokio::spawn(watch(
+        js.clone(),
+        tail::subject(&setup.cluster.stream),
         stream.clone(),
         first,
-        epoch,
-        replaced,
+        tail.created,
+        replaced.clone(),
+        delivered.clone(),
         replies.clone(),
     ));
     let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(acknowledge(js.clone(), ack_rx, replies.clone()));
+    tokio::spawn(acknowledge(
+        js.clone(),
+        ack_rx,
+        (replaced, delivered.clone()),
+        replies.clone(),
+    ));
     let reads = Arc::new(tokio::sync::Semaphore::new(MAX_READS));
     let prefix = setup.cluster.prefix();
     while let Some(batch) = requests.recv().await {
@@ -258,6 +273,10 @@ async fn run(
                         .payload(body)
                         .headers(headers)
                         .message_id(format!("{}-{}", setup.nonce, id.0));
+                    let before = (
+                        delivered.head.load(Ordering::Acquire),
+                        delivered.epoch.load(Ordering::Acquire),
+                    );
                     let sent = js.send_publish(subject.clone(), message.clone()).await;
                     let deadline = Instant::now() + setup.cluster.publish_timeout;
                     let _ = ack_tx.send(Publishing {
@@ -266,6 +285,7 @@ async fn run(
                         message,
                         sent,
                         deadline,
+                        before,
                     });
                 }
                 LogRequest::Read {
@@ -361,11 +381,18 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
     })
     .await
     .map_err(|e| failed("read the state of", e))?;
-    if info.config.subjects != want.subjects {
+    // The epoch markers' subject is added by the first node that needs it (`tail::mark`).
+    let marked: Vec<String> = want
+        .subjects
+        .iter()
+        .cloned()
+        .chain([tail::subject(&cluster.stream)])
+        .collect();
+    if info.config.subjects != want.subjects && info.config.subjects != marked {
         return Err(ClusterError(format!(
-            "the JetStream stream {:?} exists with subjects {:?}; tidings needs exactly {:?}: \
-             name another stream (cluster.stream) or delete that one",
-            cluster.stream, info.config.subjects, want.subjects
+            "the JetStream stream {:?} exists with subjects {:?}; tidings needs exactly {:?} \
+             (or {:?}): name another stream (cluster.stream) or delete that one",
+            cluster.stream, info.config.subjects, want.subjects, marked
         )));
     }
     let limits_differ = (
@@ -377,6 +404,7 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
         // `[retention]` is the one definition of the stream's bounds.
         let update = stream::Config {
             num_replicas: info.config.num_replicas,
+            subjects: info.config.subjects.clone(),
             ..want
         };
         js.update_stream(update)
@@ -387,9 +415,19 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
             "the stream's retention follows [retention] now"
         );
     }
-    let (state, ordered, messages) = until(deadline, || warm(setup, &stream, &info))
-        .await
-        .map_err(|e| failed("read", e))?;
+    let born = epoch_of(&info);
+    let (state, ordered, messages, head_ms) = until(deadline, || async {
+        let epoch = tail::epoch(&stream, &info, &tail::subject(&cluster.stream), born).await?;
+        warm(setup, &stream, &info, epoch).await
+    })
+    .await
+    .map_err(|e| failed("read", e))?;
+    let tail = Tail {
+        created: born,
+        epoch: state.epoch,
+        head: state.head,
+        head_ms,
+    };
     let joined = Joined {
         state,
         stream: cluster.stream.clone(),
@@ -404,24 +442,27 @@ async fn join(setup: &Setup) -> Result<Joining, ClusterError> {
         joined,
         ordered,
         back,
+        tail,
     })
 }
 
-/// The epoch of a stream: its creation time in milliseconds (a recreated stream has another).
+/// A stream's creation time in milliseconds: its epoch until an epoch marker (`tail`) gives it
+/// another (a recreated stream has another creation time).
 fn epoch_of(info: &stream::Info) -> u64 {
     u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(1)
         .max(1)
 }
 
-/// Reads the stream's newest events (the hot window) into the log's state, with the consumer
-/// that read them, to go on with the live ones; and how many messages the stream holds.
+/// Reads the stream's newest events (the hot window) into the log's state, with `epoch`, and
+/// the consumer that read them, to go on with the live ones; how many messages the stream
+/// holds, and the time of the last one read.
 async fn warm(
     setup: &Setup,
     stream: &stream::Stream,
     info: &stream::Info,
-) -> Result<(LogState, consumer::pull::Ordered, u64), String> {
-    let epoch = epoch_of(info);
+    epoch: u64,
+) -> Result<(LogState, consumer::pull::Ordered, u64, Option<u64>), String> {
     let (first, last, messages) = (
         info.state.first_sequence,
         info.state.last_sequence,
@@ -437,23 +478,27 @@ async fn warm(
         .await
         .map_err(|e| e.to_string())?;
     let mut recent: VecDeque<Logged> = VecDeque::new();
-    let (mut bytes, mut head) = (0usize, last);
-    let prefix = setup.cluster.prefix();
+    let (mut bytes, mut head, mut head_ms) = (0usize, last, None);
     while messages > 0 && head_of(&recent).is_none_or(|h| h < last) {
-        let Some((seq, logged)) = next_message(&mut ordered, &prefix, &setup.limits)
+        let Some((seq, time_ms, logged)) = next_message(&mut ordered, setup)
             .await
             .map_err(|e| format!("cannot warm the hot window from the stream: {e}"))?
         else {
             break;
         };
         head = head.max(seq);
-        let Some(logged) = logged else { continue };
-        bytes += logged.event.payload.len() + logged.event.topic.as_str().len();
-        recent.push_back(logged);
-        while recent.len() > setup.hot_events || bytes > setup.hot_bytes {
-            let Some(old) = recent.pop_front() else { break };
-            bytes -= old.event.payload.len() + old.event.topic.as_str().len();
+        if seq == head {
+            head_ms = Some(time_ms);
         }
+        if let Some(logged) = logged {
+            bytes += logged.event.payload.len() + logged.event.topic.as_str().len();
+            recent.push_back(logged);
+            while recent.len() > setup.hot_events || bytes > setup.hot_bytes {
+                let Some(old) = recent.pop_front() else { break };
+                bytes -= old.event.payload.len() + old.event.topic.as_str().len();
+            }
+        }
+        // The last message may be no event (an epoch marker): nothing more comes.
         if seq >= last {
             break;
         }
@@ -469,7 +514,7 @@ async fn warm(
         recent: recent.into(),
         now_ms,
     };
-    Ok((state, ordered, messages))
+    Ok((state, ordered, messages, head_ms))
 }
 
 /// What [`join`] leaves running.
@@ -483,6 +528,25 @@ struct Joining {
     ordered: consumer::pull::Ordered,
     /// Notified when the connection to NATS is back after a loss.
     back: Arc<tokio::sync::Notify>,
+    /// Where the consumer starts.
+    tail: Tail,
+}
+
+/// What the consumer has delivered: the stream it reads (its creation time), the epoch, the
+/// last position and the time it was stored (to notice a stream that lost its tail).
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    created: u64,
+    epoch: u64,
+    head: u64,
+    head_ms: Option<u64>,
+}
+
+/// The consumer's head and epoch, for [`watch`] and [`acknowledge`].
+#[derive(Debug)]
+struct Delivered {
+    head: AtomicU64,
+    epoch: AtomicU64,
 }
 
 fn head_of(recent: &VecDeque<Logged>) -> Option<u64> {
@@ -573,13 +637,13 @@ async fn ordered_from(
     Ok(consumer.messages().await?)
 }
 
-/// The next message of an ordered consumer: its position, and its event unless it holds none
-/// (then it is logged). `None` when the consumer ended.
+/// The next message of an ordered consumer: its position, the time it was stored, and its
+/// event unless it holds none (then it is logged, unless it is an epoch marker). `None` when the
+/// consumer ended.
 async fn next_message(
     ordered: &mut consumer::pull::Ordered,
-    prefix: &str,
-    limits: &Limits,
-) -> Result<Option<(u64, Option<Logged>)>, String> {
+    setup: &Setup,
+) -> Result<Option<(u64, u64, Option<Logged>)>, String> {
     let message = match tokio::time::timeout(READ_WAIT, ordered.next()).await {
         Err(_) => return Err(format!("no message within {READ_WAIT:?}")),
         Ok(None) => return Ok(None),
@@ -588,10 +652,13 @@ async fn next_message(
     };
     let info = message.info().map_err(|e| e.to_string())?;
     let seq = info.stream_sequence;
-    let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    let time_ms = tail::time_ms(info.published.unix_timestamp_nanos());
+    if message.subject.as_str() == tail::subject(&setup.cluster.stream) {
+        return Ok(Some((seq, time_ms, None)));
+    }
     let logged = codec::decode(
-        prefix,
-        limits,
+        &setup.cluster.prefix(),
+        &setup.limits,
         seq,
         time_ms,
         message.subject.as_str(),
@@ -599,34 +666,45 @@ async fn next_message(
         message.payload.clone(),
     );
     match logged {
-        Ok(logged) => Ok(Some((seq, Some(logged)))),
+        Ok(logged) => Ok(Some((seq, time_ms, Some(logged)))),
         Err(why) => {
             tracing::warn!(seq, subject = %message.subject, "a message of the stream is not an event, skipped: {why}");
-            Ok(Some((seq, None)))
+            Ok(Some((seq, time_ms, None)))
         }
     }
 }
 
 /// Feeds every event of the stream to the broker, in order, from `head + 1`; after a lost
 /// connection (`back`) or a failed read, a new consumer starts right after the last event
-/// delivered. When the stream was deleted and created again (`replaced`, from [`watch`], or
-/// seen when a consumer starts), the node takes the new stream as its log: it reads its hot
-/// window and tells the broker (`LogReply::Replaced`), then goes on with the new stream's events.
+/// delivered. When the stream is another log now (`replaced`, from [`watch`] or
+/// [`acknowledge`], or seen when a consumer starts): deleted and created again, cut back
+/// before what this node delivered, or given a new epoch by a marker read here, the node takes
+/// it as a new log: it reads its hot window and tells the broker (`LogReply::Replaced`), then
+/// goes on with its events.
+#[allow(clippy::too_many_arguments)]
 async fn consume(
     setup: Arc<Setup>,
-    stream: stream::Stream,
+    js: jetstream::Context,
+    mut stream: stream::Stream,
     mut ordered: consumer::pull::Ordered,
     signals: Signals,
-    mut head: u64,
-    mut epoch: u64,
+    mut tail: Tail,
+    delivered: Arc<Delivered>,
     replies: flume::Sender<LogReply>,
 ) {
     let prefix = setup.cluster.prefix();
+    let marker = tail::subject(&setup.cluster.stream);
+    // An epoch marker was read: switch before anything after it is delivered.
+    let mut switch = false;
     loop {
-        let next = tokio::select! {
-            next = ordered.next() => Some(next),
-            () = signals.back.notified() => None,
-            () = signals.replaced.notified() => None,
+        let next = if std::mem::take(&mut switch) {
+            None
+        } else {
+            tokio::select! {
+                next = ordered.next() => Some(next),
+                () = signals.back.notified() => None,
+                () = signals.replaced.notified() => None,
+            }
         };
         let message = match next {
             Some(Some(Ok(m))) => m,
@@ -634,21 +712,34 @@ async fn consume(
                 if let Some(Some(Err(e))) = failed {
                     tracing::warn!("reading the stream: {e}");
                 }
-                loop {
-                    match restart(&setup, &stream, head, epoch).await {
-                        Ok(Restarted::Same(o)) => break ordered = o,
-                        Ok(Restarted::Replaced(state, o)) => {
+                for attempt in 1u64.. {
+                    match restart(&setup, &js, &mut stream, tail).await {
+                        Ok(Restarted::Same(o)) => {
+                            ordered = o;
+                            break;
+                        }
+                        Ok(Restarted::Replaced {
+                            tail: t,
+                            state,
+                            ordered: o,
+                            why,
+                        }) => {
                             tracing::error!(
                                 stream = setup.cluster.stream,
-                                "the JetStream stream was deleted and created again: its \
-                                 positions name other events now; this node takes it as a new \
-                                 log (clients get a gap notice with reason epoch)"
+                                epoch = format!("{:x}", t.epoch),
+                                "{why}; this node takes it as a new log (clients get a gap \
+                                 notice with reason epoch)"
                             );
-                            (head, epoch, ordered) = (state.head, state.epoch, o);
+                            (tail, ordered) = (t, o);
                             if replies.send(LogReply::Replaced(state)).is_err() {
                                 return;
                             }
                             break;
+                        }
+                        // Every 5 s: NATS coming back is quiet, a lasting failure is not.
+                        Err(e) if attempt % 25 == 0 => {
+                            tracing::warn!("cannot read the stream, deliveries wait: {e}");
+                            tokio::time::sleep(RETRY_EVERY).await;
                         }
                         Err(e) => {
                             tracing::debug!("cannot read the stream yet: {e}");
@@ -656,29 +747,39 @@ async fn consume(
                         }
                     }
                 }
+                // After `Replaced` went out: an append waiting for it is answered after it.
+                delivered.head.store(tail.head, Ordering::Release);
+                delivered.epoch.store(tail.epoch, Ordering::Release);
                 continue;
             }
         };
         let Ok(info) = message.info() else { continue };
         let seq = info.stream_sequence;
-        if seq <= head {
+        if seq <= tail.head {
             continue;
         }
-        head = seq;
-        let time_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-        let reply = match codec::decode(
-            &prefix,
-            &setup.limits,
-            seq,
-            time_ms,
-            message.subject.as_str(),
-            message.headers.as_ref(),
-            message.payload.clone(),
-        ) {
-            Ok(logged) => LogReply::Committed(logged),
-            Err(why) => {
-                tracing::warn!(seq, subject = %message.subject, "a message of the stream is not an event, skipped: {why}");
-                LogReply::Passed { seq }
+        let time_ms = tail::time_ms(info.published.unix_timestamp_nanos());
+        (tail.head, tail.head_ms) = (seq, Some(time_ms));
+        delivered.head.store(seq, Ordering::Release);
+        let reply = if message.subject.as_str() == marker {
+            switch =
+                tail::parse(seq, time_ms, &message.payload).is_some_and(|m| m.epoch != tail.epoch);
+            LogReply::Passed { seq }
+        } else {
+            match codec::decode(
+                &prefix,
+                &setup.limits,
+                seq,
+                time_ms,
+                message.subject.as_str(),
+                message.headers.as_ref(),
+                message.payload.clone(),
+            ) {
+                Ok(logged) => LogReply::Committed(logged),
+                Err(why) => {
+                    tracing::warn!(seq, subject = %message.subject, "a message of the stream is not an event, skipped: {why}");
+                    LogReply::Passed { seq }
+                }
             }
         };
         if replies.send(reply).is_err() {
@@ -692,46 +793,109 @@ async fn consume(
 struct Signals {
     /// The connection to NATS is back after a loss.
     back: Arc<tokio::sync::Notify>,
-    /// The stream may have been deleted and created again ([`watch`]).
+    /// The stream may be another log now ([`watch`], [`acknowledge`]).
     replaced: Arc<tokio::sync::Notify>,
 }
 
 /// A new consumer, after `head`.
 enum Restarted {
-    /// Of the same stream.
+    /// Of the same log.
     Same(consumer::pull::Ordered),
-    /// Of a stream created again: its state and the consumer that read its hot window.
-    Replaced(LogState, consumer::pull::Ordered),
+    /// Of another log (why, for the log line): its state and the consumer that read its hot
+    /// window.
+    Replaced {
+        tail: Tail,
+        state: LogState,
+        ordered: consumer::pull::Ordered,
+        why: &'static str,
+    },
 }
 
+/// A new consumer after what `tail` delivered, or the stream taken as a new log when it is not
+/// the log `tail` read any more.
 async fn restart(
     setup: &Setup,
-    stream: &stream::Stream,
-    head: u64,
-    epoch: u64,
+    js: &jetstream::Context,
+    stream: &mut stream::Stream,
+    tail: Tail,
 ) -> Result<Restarted, String> {
-    let info = stream.get_info().await.map_err(|e| e.to_string())?;
-    if epoch_of(&info) != epoch {
-        let (state, ordered, _) = warm(setup, stream, &info).await?;
-        return Ok(Restarted::Replaced(state, ordered));
-    }
-    let ordered = ordered_from(stream, head + 1)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Restarted::Same(ordered))
+    let subject = tail::subject(&setup.cluster.stream);
+    let mut info = stream.get_info().await.map_err(|e| e.to_string())?;
+    let created = epoch_of(&info);
+    let latest = tail::latest(stream, &info, &subject).await?;
+    let (epoch, why) = if created != tail.created {
+        (
+            latest.map_or(created, |m| m.epoch),
+            "the JetStream stream was deleted and created again: its positions name other \
+             events now",
+        )
+    } else if info.state.last_sequence < tail.head
+        || tail::head_replaced(stream, &info, tail.head, tail.head_ms).await?
+    {
+        let epoch = match latest {
+            // Another node noticed this loss first.
+            Some(m) if m.replaces == tail.epoch && m.epoch != tail.epoch => m.epoch,
+            _ => {
+                tail::mark(js, stream, &subject, created, tail.epoch)
+                    .await?
+                    .epoch
+            }
+        };
+        info = stream.get_info().await.map_err(|e| e.to_string())?;
+        (
+            epoch,
+            "the JetStream stream lost the end of what this node delivered (a NATS server \
+             with replicas = 1 came back with an older store): its next positions would \
+             name other events",
+        )
+    } else if let Some(m) = latest.filter(|m| m.epoch != tail.epoch) {
+        // Read by the consumer, or still ahead of it: nothing after it is delivered in the
+        // old epoch.
+        (
+            m.epoch,
+            "the JetStream stream has a new epoch (another node found it shorter than what \
+             it delivered)",
+        )
+    } else {
+        let ordered = ordered_from(stream, tail.head + 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Restarted::Same(ordered));
+    };
+    let (state, ordered, _, head_ms) = warm(setup, stream, &info, epoch).await?;
+    let tail = Tail {
+        created,
+        epoch,
+        head: state.head,
+        head_ms,
+    };
+    Ok(Restarted::Replaced {
+        tail,
+        state,
+        ordered,
+        why,
+    })
 }
 
 /// Reports the stream's retention moving its first position, and tells the consumer when the
-/// stream was deleted and created again (another creation time).
+/// stream may be another log: created again (another creation time), or ending before what
+/// the consumer delivered (it lost its tail). Keeps the latest epoch marker from retention.
+#[allow(clippy::too_many_arguments)]
 async fn watch(
+    js: jetstream::Context,
+    subject: String,
     mut stream: stream::Stream,
     mut first: u64,
-    mut epoch: u64,
+    mut created: u64,
     replaced: Arc<tokio::sync::Notify>,
+    delivered: Arc<Delivered>,
     replies: flume::Sender<LogReply>,
 ) {
+    let mut marker: Option<tail::Marker> = None;
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
+        // Read before the stream's state, which then holds at least that much.
+        let head = delivered.head.load(Ordering::Acquire);
         let info = match stream.info().await {
             Ok(info) => info.clone(),
             Err(e) => {
@@ -739,11 +903,29 @@ async fn watch(
                 continue;
             }
         };
-        if epoch_of(&info) != epoch {
-            epoch = epoch_of(&info);
+        if epoch_of(&info) != created {
+            created = epoch_of(&info);
             first = info.state.first_sequence;
             replaced.notify_one();
             continue;
+        }
+        if info.state.last_sequence < head {
+            replaced.notify_one();
+        }
+        let epoch = delivered.epoch.load(Ordering::Acquire);
+        if epoch != created {
+            if marker.is_none_or(|m| m.epoch != epoch) {
+                marker = tail::latest(&stream, &info, &subject)
+                    .await
+                    .unwrap_or_default()
+                    .filter(|m| m.epoch == epoch);
+            }
+            if let Some(m) = marker {
+                match tail::keep(&js, &info, &subject, m).await {
+                    Ok(kept) => marker = Some(kept),
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
         }
         if info.state.first_sequence > first {
             first = info.state.first_sequence;
@@ -761,14 +943,19 @@ struct Publishing {
     message: PublishMessage,
     sent: Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError>,
     deadline: Instant,
+    /// The consumer's head and epoch when it was first sent.
+    before: (u64, u64),
 }
 
 /// Answers appends in the order they were asked. A failed attempt is sent again with the same
 /// `Nats-Msg-Id` until the deadline (so an append stored once but not acknowledged is not stored
-/// twice), then answered `unavailable`.
+/// twice), then answered `unavailable`. An append stored at a position this node had already
+/// delivered (the stream lost its tail) is answered once the consumer took the new epoch, so
+/// that its cursor names it.
 async fn acknowledge(
     js: jetstream::Context,
     mut pending: tokio::sync::mpsc::UnboundedReceiver<Publishing>,
+    (replaced, delivered): (Arc<tokio::sync::Notify>, Arc<Delivered>),
     replies: flume::Sender<LogReply>,
 ) {
     while let Some(p) = pending.recv().await {
@@ -778,15 +965,36 @@ async fn acknowledge(
             message,
             mut sent,
             deadline,
+            before: (head, epoch),
         } = p;
         let result = loop {
             let error = match sent {
                 Ok(ack) => match ack.await {
-                    Ok(ack) => {
+                    Ok(ack) if ack.sequence > head => {
                         break Ok(Appended {
                             seq: ack.sequence,
                             first: 0,
                         });
+                    }
+                    Ok(ack) => {
+                        replaced.notify_one();
+                        while delivered.epoch.load(Ordering::Acquire) == epoch
+                            && Instant::now() < deadline
+                        {
+                            tokio::time::sleep(RETRY_EVERY).await;
+                        }
+                        if delivered.epoch.load(Ordering::Acquire) != epoch {
+                            break Ok(Appended {
+                                seq: ack.sequence,
+                                first: 0,
+                            });
+                        }
+                        break Err(ProtocolError::new(
+                            ErrorCode::Unavailable,
+                            "the cluster's stream lost events and stored this one at a position \
+                             given before; it may be delivered under a new epoch: resume to see it"
+                                .to_owned(),
+                        ));
                     }
                     Err(e) => e.to_string(),
                 },
@@ -838,12 +1046,11 @@ async fn read_range(
     let mut ordered = ordered_from(stream, from.max(first))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let prefix = setup.cluster.prefix();
     let mut events = Vec::new();
     let mut reached = from.saturating_sub(1);
     while events.len() < max_events && reached < last {
-        match next_message(&mut ordered, &prefix, &setup.limits).await {
-            Ok(Some((seq, logged))) => {
+        match next_message(&mut ordered, setup).await {
+            Ok(Some((seq, _, logged))) => {
                 reached = seq;
                 events.extend(logged);
             }
