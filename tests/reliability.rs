@@ -1206,7 +1206,22 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
         Ok("async-std") => "async-std",
         _ => "tokio",
     };
-    let server = Server::start(runtime, &[]);
+    // Knobs to tell growth per connection from growth per event (RELIABILITY.md §5.1): the
+    // churning threads (`TIDINGS_SOAK_CHURNERS`, 8), publishes a second (`TIDINGS_SOAK_RATE`,
+    // 50; 0: none), the warm-up in seconds (`TIDINGS_SOAK_WARMUP`, 3 minutes or 30% of the run)
+    // and extra server flags (`TIDINGS_SOAK_ARGS`, e.g. `--memory`).
+    let knob = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let churners = knob("TIDINGS_SOAK_CHURNERS", 8);
+    let rate = knob("TIDINGS_SOAK_RATE", 50);
+    let warm = Duration::from_secs(knob("TIDINGS_SOAK_WARMUP", (secs * 3 / 10).min(180)));
+    let extra = std::env::var("TIDINGS_SOAK_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let server = Server::start(runtime, &extra);
     let (addr, pid) = (server.addr, server.child.id());
     let first = server.publish("soak.a", "first");
     let epoch = seq_of(&first).0.to_owned();
@@ -1249,7 +1264,7 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
         }));
     }
     let churned = Arc::new(AtomicU64::new(0));
-    for t in 0..8u64 {
+    for t in 0..churners {
         let (stop, churned, head, epoch) =
             (stop.clone(), churned.clone(), head.clone(), epoch.clone());
         threads.push(thread::spawn(move || {
@@ -1260,7 +1275,8 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
                     "{epoch}-{}",
                     head.load(Ordering::Relaxed).saturating_sub(rng.below(100))
                 );
-                let reads = rng.below(10);
+                // With no publishes there is nothing to read: open, subscribe and drop.
+                let reads = if rate == 0 { 0 } else { rng.below(10) };
                 let done = || stop.load(Ordering::Relaxed);
                 if rng.below(2) == 0 {
                     let mut ws = Ws::open(connect(addr), addr, &[]);
@@ -1288,7 +1304,7 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
         threads.push(thread::spawn(move || {
             let mut n = 0u64;
             let t0 = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
+            while rate > 0 && !stop.load(Ordering::Relaxed) {
                 let topic = if n % 2 == 0 { "soak.a" } else { "soak.b" };
                 let cursor = publish_to(
                     addr,
@@ -1298,8 +1314,8 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
                 head.store(seq_of(&cursor).1, Ordering::Relaxed);
                 n += 1;
                 published.store(n, Ordering::Relaxed);
-                // 50 a second.
-                let due = t0 + Duration::from_millis(20 * n);
+                // `rate` a second (50).
+                let due = t0 + Duration::from_micros(1_000_000 * n / rate);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     thread::sleep(wait);
                 }
@@ -1333,7 +1349,6 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
             && metric(m, "tidings_connections{transport=\"sse\"}") == 0
     });
     let (end_rss, end_fds) = rss_and_fds(pid);
-    let warm = Duration::from_secs((secs * 3 / 10).min(180));
     let after: Vec<_> = samples.iter().filter(|(t, _, _)| *t > warm).collect();
     let at_warm = after.first().map_or(end_rss, |s| s.1);
     let max_rss = after.iter().map(|s| s.1).max().unwrap_or(end_rss);
@@ -1341,6 +1356,16 @@ fn soak_with_connection_churn_keeps_memory_and_descriptors_flat() {
         after.iter().map(|s| s.2).min().unwrap_or(end_fds),
         after.iter().map(|s| s.2).max().unwrap_or(end_fds),
     );
+    if let (Some(a), Some(b)) = (after.first(), after.last()) {
+        let minutes = b.0.saturating_sub(a.0).as_secs_f64().max(1.0) / 60.0;
+        eprintln!(
+            "[{runtime}] after warm-up: RSS {:+.0} kB a minute ({} to {} kB over {:.1} min)",
+            (b.1 as f64 - a.1 as f64) / minutes,
+            a.1,
+            b.1,
+            minutes
+        );
+    }
     eprintln!(
         "[{runtime}] soak: {} connections churned, {} published, {} received by the steady \
          subscribers; after warm-up RSS {at_warm}..{max_rss} kB, fds {min_fds}..{max_fds}; \

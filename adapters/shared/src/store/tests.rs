@@ -391,6 +391,45 @@ fn retention_by_count_moves_first_and_deletes_whole_segments() {
     assert_eq!(recovery.state.recent.len(), 30);
 }
 
+/// The index entries a log holds, evicted ones included, and the capacity they occupy.
+fn indexed(log: &Log) -> (usize, usize) {
+    let index = log.log.shared.index();
+    index.segments.iter().fold((0, 0), |(len, cap), s| {
+        (len + s.entries.len(), cap + s.entries.capacity())
+    })
+}
+
+#[test]
+fn evicted_entries_of_the_active_segment_are_not_kept() {
+    // The soak's shape (RELIABILITY.md §5.1): a count retention far below what one segment
+    // holds, so every event stays in the active segment and retention only moves `front`.
+    let dir = tempfile::tempdir().unwrap();
+    let retention = Retention {
+        max_events: 100,
+        ..keep_all()
+    };
+    let (mut log, _) = Log::open(&config(dir.path()), &retention);
+    for chunk in 0..40 {
+        log.append(chunk * 250 + 1..chunk * 250 + 251, 50);
+    }
+    let stats = log.log.stats();
+    assert_eq!((stats.segments, stats.first, stats.events), (1, 9_901, 100));
+    let (len, capacity) = indexed(&log);
+    // Evicted entries are dropped once there are 1,024 of them and they are at least half:
+    // at most that, the retained 100 and one batch of 250 are indexed (10,000 before).
+    assert!(
+        len <= 1024 + 100 + 250 && capacity <= 4096,
+        "10,000 appended, 100 retained, {len} entries indexed in a capacity of {capacity}"
+    );
+    // Reads and recovery still find exactly the retained events.
+    assert_eq!(seqs(&log.read(1, 3)), [9_901, 9_902, 9_903]);
+    assert_eq!(log.read(9_998, 10).events.len(), 3);
+    log.log.close();
+    let (_log, recovery) = Log::open(&config(dir.path()), &retention);
+    assert_eq!(recovery.state.first, 9_901);
+    assert_eq!(recovery.state.recent.len(), 100);
+}
+
 #[test]
 fn retention_by_bytes_moves_first() {
     let dir = tempfile::tempdir().unwrap();
