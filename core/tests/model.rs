@@ -231,6 +231,10 @@ struct MParked {
     /// (pattern, named, the interest it served).
     subs: Vec<(usize, bool, Interest)>,
     rooms: Vec<usize>,
+    /// Interests of the session that ended (unsubscribed, or their topic removed, before or
+    /// while it was parked): what they delivered counts for the session's completeness, since
+    /// the broker does not repeat what the session already received.
+    ended: Vec<Interest>,
     expires: Instant,
     /// Parked by the id's principal: restored only to a principal (and not parked by one:
     /// restored only to a wildcard claimer).
@@ -600,6 +604,12 @@ impl Harness {
             })
             .collect();
         let rooms = c.rooms.clone();
+        let ended = c
+            .interests
+            .iter()
+            .filter(|x| x.until.is_some())
+            .cloned()
+            .collect();
         let bound = c.bound.is_some_and(|k| CLIENTS[k] == client_id);
         // A connection that got a principal's id while its session stayed parked: the
         // principal's session is kept, this one's forgotten.
@@ -620,6 +630,7 @@ impl Harness {
             client_id,
             subs,
             rooms,
+            ended,
             expires: self.now + self.window.unwrap(),
             bound,
         });
@@ -879,6 +890,11 @@ impl Harness {
             });
             restored.push(p);
         }
+        for mut interest in parked.ended {
+            interest.chain.push(i);
+            interest.since = c.delivered.len();
+            c.interests.push(interest);
+        }
         if !restored.is_empty() {
             c.rewinds.push(c.delivered.len());
         }
@@ -1121,7 +1137,11 @@ impl Harness {
                         end_interest(c, p, head);
                     }
                     for parked in &mut self.parked {
-                        parked.subs.retain(|(q, _, _)| *q != p);
+                        while let Some(k) = parked.subs.iter().position(|(q, _, _)| *q == p) {
+                            let (_, _, mut interest) = parked.subs.remove(k);
+                            interest.until = Some(head);
+                            parked.ended.push(interest);
+                        }
                     }
                 }
                 assert_eq!(self.broker.remove_topic(self.now, &topic(t)), declared);
@@ -1911,6 +1931,75 @@ fn a_connection_taking_over_two_ids_in_a_row_parks_what_the_model_parks() {
         disconnect_b: false,
         window: Some(Duration::from_millis(1000)),
         max_parked: 3,
+        close_grace: Duration::from_millis(1),
+        shutdown_grace: Duration::from_millis(1),
+        max_notifies: 1,
+    };
+    let mut h = Harness::new(&params);
+    for op in &ops {
+        h.step(op);
+    }
+    h.finish();
+}
+
+/// A case CI's longer run found (2,000 cases): a resume from one event back by a connection
+/// closed by the application, with an id taken over and a topic declared and removed.
+#[test]
+fn a_resume_then_an_app_close_with_an_id_taken_over_matches_the_model() {
+    let open = || Op::Open {
+        sse: false,
+        shared: None,
+        bound: false,
+        claim: 0,
+        stuck: false,
+    };
+    let ops = vec![
+        open(),
+        Op::Subscribe {
+            conn: 0,
+            patterns: vec![0],
+            from: None,
+            named: false,
+        },
+        Op::Identify {
+            conn: 0,
+            who: 1,
+            claim: 0,
+        },
+        Op::Publish {
+            conn: None,
+            topic: 0,
+            big: false,
+        },
+        open(),
+        open(),
+        Op::Identify {
+            conn: 2,
+            who: 1,
+            claim: 2,
+        },
+        Op::Subscribe {
+            conn: 1,
+            patterns: vec![5],
+            from: Some(From::Back(1)),
+            named: false,
+        },
+        Op::AppClose(1),
+        Op::Declare { topic: 0, vis: 0 },
+        open(),
+        Op::RemoveTopic(0),
+        Op::Identify {
+            conn: 0,
+            who: 1,
+            claim: 0,
+        },
+    ];
+    let params = Params {
+        max_events: 1,
+        max_queued: 396,
+        disconnect_b: false,
+        window: Some(Duration::from_millis(1000)),
+        max_parked: 1,
         close_grace: Duration::from_millis(1),
         shutdown_grace: Duration::from_millis(1),
         max_notifies: 1,
