@@ -13,6 +13,10 @@ use tidings_core::log::{LogEvent, Logged};
 use tidings_core::relay::{RelayTo, Relayed, Route};
 use tidings_core::{Limits, Name, Payload, Recipient, Topic};
 
+/// How often a node says it is alive (on `<stream>.nodes`).
+pub(crate) const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// A node not heard from for this long is taken as gone: not waited for.
+pub(crate) const ALIVE: std::time::Duration = std::time::Duration::from_secs(3);
 /// The event name, if the publisher gave one.
 pub(crate) const EVENT: &str = "Tid-Event";
 /// The publisher's client id, if it had one.

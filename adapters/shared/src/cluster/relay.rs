@@ -27,14 +27,10 @@ use tidings_core::relay::{RelayReply, RelayRequest, Route, json};
 use tidings_core::{ErrorCode, ProtocolError, Topic};
 
 use super::Setup;
-use super::codec;
+use super::codec::{self, ALIVE, HEARTBEAT};
 
 /// How long a relayed send waits for a node to say it delivered it.
 pub(crate) const SENT_WAIT: Duration = Duration::from_secs(2);
-/// How often a node says it is alive.
-pub(crate) const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A node not heard from for this long is not waited for.
-pub(crate) const ALIVE: Duration = Duration::from_secs(3);
 /// How long a presence gathering waits for the other nodes' answers, at most.
 pub(crate) const GATHER_WAIT: Duration = Duration::from_millis(500);
 
@@ -149,11 +145,7 @@ pub(crate) async fn run(
                             watches.request(&client, request).await;
                         }
                         RelayRequest::GatherPresence { id, topic } => {
-                            let now = tokio::time::Instant::now();
-                            alive.retain(|_, at| now.duration_since(*at) < ALIVE);
-                            // Just started: the other nodes may not have been heard yet.
-                            let expected =
-                                (now.duration_since(started) >= ALIVE).then_some(alive.len());
+                            let expected = expected_answers(&mut alive, started);
                             let (client, replies) = (client.clone(), replies.clone());
                             let (subject, node) = (presence_subject.clone(), setup.nonce.clone());
                             // For a watch here: the nodes answering register it first.
@@ -257,10 +249,7 @@ pub(crate) async fn run(
                                     });
                                 }
                                 AskTo::Room(_) => {
-                                    let now = tokio::time::Instant::now();
-                                    alive.retain(|_, at| now.duration_since(*at) < ALIVE);
-                                    let expected =
-                                        (now.duration_since(started) >= ALIVE).then_some(alive.len());
+                                    let expected = expected_answers(&mut alive, started);
                                     let subject = ask_subject.clone();
                                     tokio::spawn(async move {
                                         let answers = ask_everyone(&client, subject, headers, body, wait, expected, max_name_len).await;
@@ -524,6 +513,18 @@ async fn ask(
             )),
         },
     }
+}
+
+/// How many other nodes a question to every node waits for: those heard from within
+/// [`ALIVE`] (forgetting the others); `None` just after start, when they may not have been
+/// heard yet.
+fn expected_answers(
+    alive: &mut HashMap<String, tokio::time::Instant>,
+    started: tokio::time::Instant,
+) -> Option<usize> {
+    let now = tokio::time::Instant::now();
+    alive.retain(|_, at| now.duration_since(*at) < ALIVE);
+    (now.duration_since(started) >= ALIVE).then_some(alive.len())
 }
 
 /// The node that sent a message of the cluster's subjects.

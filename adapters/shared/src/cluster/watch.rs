@@ -83,7 +83,7 @@ impl Watches {
         let fresh = self
             .heard
             .insert(node.to_owned(), now)
-            .is_none_or(|at| now.duration_since(at) >= super::relay::ALIVE);
+            .is_none_or(|at| now.duration_since(at) >= super::codec::ALIVE);
         fresh && !self.here.is_empty()
     }
 
@@ -202,7 +202,7 @@ impl Watches {
         let gone: Vec<String> = self
             .heard
             .iter()
-            .filter(|(_, at)| now.duration_since(**at) >= super::relay::ALIVE)
+            .filter(|(_, at)| now.duration_since(**at) >= super::codec::ALIVE)
             .map(|(node, _)| node.clone())
             .collect();
         for node in gone {
